@@ -1,0 +1,75 @@
+"""Speech quality metrics and the Opus reference, shared by benchmarks and training evaluation."""
+
+from __future__ import annotations
+
+import fractions
+import time
+
+import numpy as np
+
+from talkstream.audio_io import resample
+
+
+def pesq_wb(ref: np.ndarray, deg: np.ndarray, sample_rate: int) -> float:
+    """Wide-band PESQ (ITU-T P.862.2) at 16 kHz; NaN where PESQ finds no speech."""
+    from pesq import pesq
+    from pesq.cypesq import PesqError
+
+    r, d = resample(ref, sample_rate, 16_000), resample(deg, sample_rate, 16_000)
+    n = min(r.size, d.size)
+    try:
+        return float(pesq(16_000, r[:n], d[:n], "wb"))
+    except PesqError:
+        return float("nan")
+
+
+def stoi(ref: np.ndarray, deg: np.ndarray, sample_rate: int) -> float:
+    from pystoi import stoi as _stoi
+
+    n = min(ref.size, deg.size)
+    return float(_stoi(ref[:n], deg[:n], sample_rate, extended=False))
+
+
+def align(ref: np.ndarray, deg: np.ndarray, max_lag: int) -> np.ndarray:
+    """Shift `deg` by the lag (0..max_lag samples) that best matches `ref`; returns deg cut to ref's length."""
+    n = min(ref.size, deg.size) - max_lag
+    best = max(range(max_lag + 1), key=lambda lag: float(np.dot(ref[:n], deg[lag : lag + n])))
+    out = deg[best:]
+    return np.pad(out, (0, max(0, ref.size - out.size)))[: ref.size]
+
+
+def opus_roundtrip(audio: np.ndarray, sample_rate: int, bitrate: int) -> tuple[np.ndarray, float, int]:
+    """Encode + decode with libopus through PyAV (20 ms frames, VOIP application).
+
+    Returns (decoded audio aligned to the input, encode+decode seconds, payload bytes).
+    """
+    import av
+
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate, enc.layout, enc.format = sample_rate, "mono", "s16"
+    enc.bit_rate = bitrate
+    enc.time_base = fractions.Fraction(1, sample_rate)
+    enc.options = {"application": "voip", "frame_duration": "20"}
+    dec = av.CodecContext.create("libopus", "r")
+    dec.sample_rate, dec.layout = sample_rate, "mono"
+    pcm16 = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    frame_len = sample_rate // 50
+    pcm16 = np.pad(pcm16, (0, -pcm16.size % frame_len + frame_len))
+    out, nbytes = [], 0
+    t0 = time.perf_counter()
+    packets = []
+    for i in range(0, pcm16.size, frame_len):
+        frame = av.AudioFrame.from_ndarray(pcm16[None, i : i + frame_len], format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = sample_rate, i, enc.time_base
+        packets += enc.encode(frame)
+    packets += enc.encode(None)
+    out_rate = sample_rate
+    for p in packets:
+        nbytes += p.size
+        for f in dec.decode(p):
+            x = f.to_ndarray().reshape(-1)
+            out.append(x.astype(np.float32) / 32768.0 if x.dtype.kind == "i" else x.astype(np.float32))
+            out_rate = f.sample_rate  # libopus decodes at 48 kHz whatever was asked
+    decoded = resample(np.concatenate(out), out_rate, sample_rate)
+    elapsed = time.perf_counter() - t0
+    return align(audio, decoded, max_lag=sample_rate // 50), elapsed, nbytes

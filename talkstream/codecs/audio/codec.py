@@ -1,0 +1,251 @@
+"""talkstream's causal neural audio codec: SEANet-like encoder, residual VQ, Vocos-style iSTFT decoder.
+
+24 kHz mono, 75 frames/s (hop 320 samples = 13.3 ms), up to 8 codebooks of 1024 codes (0.75 to 6 kbps).
+
+Latency: the encoder never looks ahead; a frame's code needs its own 320 samples. The decoder is causal too and
+predicts, per frame, a 640-sample windowed STFT frame (n_fft = 2 x hop) that overlap-adds with its neighbour, so a
+block of output is final one frame later. Algorithmic latency = 2 hops = 640 samples = 26.7 ms, decoder lookahead 0.
+
+Streaming: `state = codec.init_state()`, `codes, state = codec.encode_step(pcm, state)`,
+`pcm, state = codec.decode_step(codes, state)`. `encode`/`decode` run the same steps over the whole signal.
+The decoded stream is `decode_delay` (= hop) samples behind the input: sample n of the output is sample
+n - hop of the input; `reconstruct` trims that for whole-file use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from talkstream.codecs.audio.modules import (
+    CausalConvNeXtBlock,
+    ChannelLayerNorm,
+    ResidualUnit,
+    State,
+    StreamingConv1d,
+    StreamingSequential,
+)
+from talkstream.codecs.audio.quantizer import ResidualVQ
+
+
+@dataclass
+class AudioCodecConfig:
+    sample_rate: int = 24_000
+    strides: tuple[int, ...] = (4, 4, 5, 4)  # product = hop = 320 -> 75 Hz
+    channels: tuple[int, ...] = (24, 48, 96, 192)  # encoder width after each downsampling
+    encoder_blocks: int = 1  # ConvNeXt blocks at frame rate at the end of the encoder
+    latent_dim: int = 128
+    num_codebooks: int = 8
+    codebook_size: int = 1024
+    decoder_dim: int = 256
+    decoder_hidden: int = 768
+    decoder_blocks: int = 6
+    codec_id: str = "talkstream-audio-v1"
+
+    @property
+    def hop(self) -> int:
+        h = 1
+        for s in self.strides:
+            h *= s
+        return h
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AudioCodecConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown codec config keys: {sorted(unknown)}")
+        d = dict(d)
+        for k in ("strides", "channels"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclass
+class CodecState:
+    """Everything one stream carries between steps. Encoder and decoder halves are independent."""
+
+    num_codebooks: int
+    pending: Tensor  # input samples not yet a whole frame [B, 1, <hop]
+    encoder: State = field(default_factory=list)
+    decoder: State = field(default_factory=list)  # conv contexts, then the overlap-add tail [B, hop]
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: AudioCodecConfig):
+        super().__init__()
+        c, s = cfg.channels, cfg.strides
+        layers: list[nn.Module] = [StreamingConv1d(1, c[0], 2 * s[0], stride=s[0])]
+        for i in range(1, len(s)):
+            layers += [ResidualUnit(c[i - 1]), nn.ELU(), StreamingConv1d(c[i - 1], c[i], 2 * s[i], stride=s[i])]
+        layers += [CausalConvNeXtBlock(c[-1], 3 * c[-1]) for _ in range(cfg.encoder_blocks)]
+        layers += [ChannelLayerNorm(c[-1]), nn.Conv1d(c[-1], cfg.latent_dim, 1)]
+        self.net = StreamingSequential(*layers)
+
+
+class Decoder(nn.Module):
+    """Latent frames -> per-frame log-magnitude and phase of a 2*hop STFT frame -> windowed frames."""
+
+    def __init__(self, cfg: AudioCodecConfig):
+        super().__init__()
+        self.n_fft = 2 * cfg.hop
+        self.net = StreamingSequential(
+            StreamingConv1d(cfg.latent_dim, cfg.decoder_dim, 3),
+            *(CausalConvNeXtBlock(cfg.decoder_dim, cfg.decoder_hidden, layer_scale=1 / cfg.decoder_blocks)
+              for _ in range(cfg.decoder_blocks)),
+            ChannelLayerNorm(cfg.decoder_dim),
+        )
+        self.head = nn.Linear(cfg.decoder_dim, 2 * (self.n_fft // 2 + 1))
+        # sqrt-Hann: analysis x synthesis = Hann, which sums to 1 at 50% overlap (perfect reconstruction).
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True).sqrt(), persistent=False)
+
+    def frames(self, z: Tensor, state: State) -> tuple[Tensor, State]:
+        """z [B, D, F] -> windowed time frames [B, F, n_fft]."""
+        h, state = self.net.step(z, state)
+        logmag, phase = self.head(h.transpose(1, 2)).chunk(2, dim=-1)
+        mag = torch.exp(logmag.clamp(max=7.0))
+        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+        return torch.fft.irfft(spec, n=self.n_fft) * self.window, state
+
+
+class AudioCodec(nn.Module):
+    def __init__(self, cfg: AudioCodecConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or AudioCodecConfig()
+        self.encoder = Encoder(self.cfg)
+        self.quantizer = ResidualVQ(self.cfg.latent_dim, self.cfg.num_codebooks, self.cfg.codebook_size)
+        self.decoder = Decoder(self.cfg)
+
+    # --- the contract servers read instead of hard-coding numbers ---
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
+
+    @property
+    def frame_size(self) -> int:
+        return self.cfg.hop
+
+    @property
+    def frame_rate(self) -> float:
+        return self.cfg.sample_rate / self.cfg.hop
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.cfg.num_codebooks
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
+
+    @property
+    def lookahead_frames(self) -> int:
+        return 0
+
+    @property
+    def decode_delay(self) -> int:
+        """Samples by which decoded output trails the input (the overlap-add tail)."""
+        return self.cfg.hop
+
+    @property
+    def algorithmic_latency_ms(self) -> float:
+        return 1000.0 * (self.frame_size + self.decode_delay) / self.sample_rate
+
+    def bitrate(self, num_codebooks: int) -> float:
+        """Bits per second at `num_codebooks` codebooks."""
+        return self.frame_rate * num_codebooks * (self.codebook_size - 1).bit_length()
+
+    def _check_codebooks(self, n: int | None) -> int:
+        n = self.num_codebooks if n is None else int(n)
+        if not 1 <= n <= self.num_codebooks:
+            raise ValueError(f"num_codebooks must be between 1 and {self.num_codebooks}, got {n}")
+        return n
+
+    # --- streaming ---
+    def init_state(self, batch_size: int = 1, num_codebooks: int | None = None) -> CodecState:
+        p = next(self.parameters())
+        return CodecState(
+            num_codebooks=self._check_codebooks(num_codebooks),
+            pending=torch.zeros(batch_size, 1, 0, dtype=p.dtype, device=p.device),
+            encoder=self.encoder.net.init_state(batch_size),
+            decoder=self.decoder.net.init_state(batch_size)
+            + [torch.zeros(batch_size, self.cfg.hop, dtype=p.dtype, device=p.device)],
+        )
+
+    def encode_step(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
+        """pcm: float [B, 1, T] (any T >= 0) -> codes long [B, K, F] for every whole frame now available."""
+        x = torch.cat([state.pending, pcm.to(state.pending.dtype)], dim=-1)
+        n = x.shape[-1] // self.cfg.hop * self.cfg.hop
+        if n == 0:
+            codes = torch.zeros(x.shape[0], state.num_codebooks, 0, dtype=torch.long, device=x.device)
+            return codes, dataclasses.replace(state, pending=x)
+        z, enc = self.encoder.net.step(x[..., :n], state.encoder)
+        codes = self.quantizer.encode(z, state.num_codebooks)
+        return codes, dataclasses.replace(state, pending=x[..., n:], encoder=enc)
+
+    def decode_latent_step(self, z: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
+        """Latent [B, D, F] -> pcm [B, 1, F*hop], trailing the input by `decode_delay` samples."""
+        hop = self.cfg.hop
+        if z.shape[-1] == 0:
+            return z.new_zeros(z.shape[0], 1, 0), state
+        frames, dec = self.decoder.frames(z, state.decoder[:-1])
+        tail = state.decoder[-1]
+        # Overlap-add: block f = first half of frame f + second half of frame f-1.
+        prev_second = torch.cat([tail[:, None], frames[:, :-1, hop:]], dim=1)
+        out = frames[:, :, :hop] + prev_second
+        new_tail = frames[:, -1, hop:]
+        return out.reshape(out.shape[0], 1, -1), dataclasses.replace(state, decoder=dec + [new_tail])
+
+    def decode_step(self, codes: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
+        """codes long [B, K, F] (K <= num_codebooks) -> pcm float [B, 1, F*hop]."""
+        if codes.shape[1] > self.num_codebooks or codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError("codes out of range for this codec")
+        return self.decode_latent_step(self.quantizer.decode(codes), state)
+
+    # --- offline: the same steps over the whole signal ---
+    @torch.no_grad()
+    def encode(self, pcm: Tensor, num_codebooks: int | None = None) -> Tensor:
+        """pcm [B, 1, T] -> codes [B, K, ceil(T/hop)] (the tail is zero-padded to a whole frame)."""
+        pad = -pcm.shape[-1] % self.cfg.hop
+        codes, _ = self.encode_step(F.pad(pcm, (0, pad)), self.init_state(pcm.shape[0], num_codebooks))
+        return codes
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, K, F] -> pcm [B, 1, F*hop], `decode_delay` samples behind the input (as streamed)."""
+        pcm, _ = self.decode_step(codes, self.init_state(codes.shape[0]))
+        return pcm
+
+    @torch.no_grad()
+    def reconstruct(self, pcm: Tensor, num_codebooks: int | None = None) -> Tensor:
+        """Round trip aligned with the input: [B, 1, T] -> [B, 1, T]."""
+        # One extra frame of silence lets the overlap-add finish the last real frame.
+        codes = self.encode(F.pad(pcm, (0, self.decode_delay)), num_codebooks)
+        return align_output(self.decode(codes), self.decode_delay, pcm.shape[-1])
+
+    def forward_train(self, pcm: Tensor, n_q: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Training pass on [B, 1, T] (T a multiple of hop): returns (pcm_hat aligned [B, 1, T-hop], commit, codes).
+
+        n_q=None skips quantization (the autoencoder warm start).
+        """
+        z, _ = self.encoder.net.step(pcm, self.encoder.net.init_state(pcm.shape[0]))
+        if n_q is None:
+            q, commit, codes = z, z.new_zeros(()), z.new_zeros(pcm.shape[0], 0, z.shape[-1]).long()
+        else:
+            q, commit, codes = self.quantizer(z, n_q)
+        st = self.init_state(pcm.shape[0])
+        out, _ = self.decode_latent_step(q, st)
+        return out[..., self.decode_delay :], commit, codes
+
+
+def align_output(out: Tensor, delay: int, length: int) -> Tensor:
+    """Drop the decoder's leading delay and pad/trim to `length` samples."""
+    out = out[..., delay:]
+    return F.pad(out, (0, max(0, length - out.shape[-1])))[..., :length]

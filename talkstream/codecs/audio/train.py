@@ -1,0 +1,255 @@
+"""Training the audio codec: resumable, checkpointed, CPU or CUDA (bf16 autocast), one or many GPUs (torchrun).
+
+    talkstream train codec --data data/speech --out runs/codec --minutes 60
+
+Schedule (what made training converge on two CPU cores, see README):
+1. `warmup_steps` of plain autoencoder training (no quantizer), so the latent space is shaped first;
+2. k-means initialisation of every residual codebook from the warm encoder's latents;
+3. training with residual VQ and quantizer dropout (each item uses 1..K codebooks), EMA codebooks with
+   dead-code restarts.
+Every `checkpoint_minutes` the full training state is saved (and exported as config + safetensors); rerunning the
+same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from talkstream.audio_io import AudioInputError, load_audio
+from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig
+from talkstream.codecs.audio.losses import complex_loss, spectral_losses
+
+log = logging.getLogger(__name__)
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a"}
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/speech"
+    out: str = "runs/codec"
+    steps: int = 20_000  # total optimiser steps (the lr schedule's length)
+    warmup_steps: int = 1_500  # autoencoder-only steps before the quantizer switches on
+    batch_size: int = 10
+    segment_seconds: float = 0.8
+    lr: float = 1e-3
+    weight_mel: float = 1.0
+    weight_stft: float = 1.0
+    weight_complex: float = 1.0
+    weight_commit: float = 0.5
+    noise_prob: float = 0.25  # share of segments with added noise (the codec must carry noise, not invent it)
+    checkpoint_minutes: float = 4.0
+    max_minutes: float = 0.0  # stop after this many minutes of this run (0 = until `steps`)
+    threads: int = 0  # CPU threads (0 = torch default)
+    seed: int = 0
+    device: str = "auto"
+
+
+def audio_files(root: Path, split: str = "train") -> list[Path]:
+    """Files of `split` from a corpus manifest, else every audio file under root."""
+    manifest = root / "manifest.jsonl"
+    if manifest.exists():
+        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        return [root / r["file"] for r in rows if r["split"] == split]
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+class SegmentSampler:
+    """Random fixed-length crops from audio held in memory, with level and noise augmentation."""
+
+    def __init__(self, files: list[Path], sample_rate: int, segment: int, noise_prob: float, seed: int):
+        self.clips = []
+        for f in tqdm(files, desc="loading audio", unit="file", leave=False):
+            try:
+                a = load_audio(f, sample_rate)
+            except AudioInputError as e:
+                log.warning("skipping %s", e)
+                continue
+            if a.size >= segment // 2:
+                self.clips.append(torch.from_numpy(a))
+        if not self.clips:
+            raise AudioInputError("no usable audio files found for training")
+        self.weights = torch.tensor([float(c.numel()) for c in self.clips])
+        self.segment, self.noise_prob = segment, noise_prob
+        self.g = torch.Generator().manual_seed(seed)
+        self.seconds = float(self.weights.sum()) / sample_rate
+
+    def batch(self, n: int) -> Tensor:
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=self.g)
+        out = torch.zeros(n, self.segment)
+        for i, j in enumerate(idx.tolist()):
+            clip = self.clips[j]
+            if clip.numel() > self.segment:
+                start = int(torch.randint(0, clip.numel() - self.segment + 1, (1,), generator=self.g))
+                out[i] = clip[start : start + self.segment]
+            else:
+                out[i, : clip.numel()] = clip
+        peak = out.abs().amax(dim=1, keepdim=True).clamp(min=1e-4)
+        gain_db = torch.empty(n, 1).uniform_(-24, -1, generator=self.g)
+        out = out / peak * 10 ** (gain_db / 20)
+        noisy = torch.rand(n, 1, generator=self.g) < self.noise_prob
+        snr_db = torch.empty(n, 1).uniform_(10, 40, generator=self.g)
+        rms = out.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-5)
+        noise = torch.randn(n, self.segment, generator=self.g) * rms * 10 ** (-snr_db / 20)
+        return (out + noise * noisy).clamp(-1, 1).unsqueeze(1)
+
+
+class CodecLoss(nn.Module):
+    """Wraps the codec so one `forward` (what DDP hooks) returns the weighted loss and its parts."""
+
+    def __init__(self, codec: AudioCodec, cfg: TrainConfig):
+        super().__init__()
+        self.codec, self.cfg = codec, cfg
+
+    def forward(self, x: Tensor, n_q: Tensor | None) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        hop = self.codec.cfg.hop
+        x_hat, commit, codes = self.codec.forward_train(x, n_q)
+        target = x[..., : x.shape[-1] - self.codec.decode_delay].squeeze(1)
+        x_hat = x_hat.squeeze(1).float()
+        parts = spectral_losses(x_hat, target, self.codec.sample_rate)
+        parts["complex"] = complex_loss(x_hat, target, 2 * hop, hop)
+        parts["commit"] = commit.float()
+        c = self.cfg
+        loss = (c.weight_mel * parts["mel"] + c.weight_stft * parts["stft"] + c.weight_complex * parts["complex"]
+                + c.weight_commit * parts["commit"])
+        return loss, parts, codes
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < 300:
+        return cfg.lr * (step + 1) / 300
+    progress = min(1.0, step / max(1, cfg.steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def export_weights(codec: AudioCodec, out_dir: Path) -> None:
+    from talkstream.models.loaders import save_checkpoint
+
+    save_checkpoint(codec, codec.cfg.to_dict(), out_dir, kind="audio_codec")
+
+
+@torch.no_grad()
+def collect_latents(codec: AudioCodec, sampler: SegmentSampler, n_frames: int, device: torch.device) -> Tensor:
+    out, total = [], 0
+    while total < n_frames:
+        x = sampler.batch(32).to(device)
+        z, _ = codec.encoder.net.step(x, codec.encoder.net.init_state(x.shape[0]))
+        z = z.transpose(1, 2).reshape(-1, z.shape[1]).float().cpu()
+        out.append(z)
+        total += z.shape[0]
+    return torch.cat(out)[:n_frames]
+
+
+def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> Path:
+    """Train (or resume) and return the export directory."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    if ckpt is not None:
+        model_cfg = AudioCodecConfig.from_dict(ckpt["model_config"])
+        log.info("resuming from %s at step %d", ckpt_path, ckpt["step"])
+    codec = AudioCodec(model_cfg or AudioCodecConfig()).to(device)
+    opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=1e-4)
+    step = 0
+    if ckpt is not None:
+        codec.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    segment = round(cfg.segment_seconds * codec.frame_rate) * codec.frame_size
+    sampler = SegmentSampler(audio_files(Path(cfg.data)), codec.sample_rate, segment, cfg.noise_prob,
+                             cfg.seed + 1000 * rank + step)
+    log.info("training on %.1f minutes of audio, %d clips", sampler.seconds / 60, len(sampler.clips))
+    loss_fn: nn.Module = CodecLoss(codec, cfg)
+    if world > 1:
+        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def save() -> None:
+        if rank != 0:
+            return
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": codec.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "model_config": codec.cfg.to_dict()}, tmp)
+        tmp.replace(ckpt_path)
+        export_weights(codec, out / "export")
+
+    started = last_save = time.monotonic()
+    log_file = open(out / "train_log.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=cfg.steps, initial=step, desc="train codec", unit="step", disable=rank != 0)
+    audio_seconds, t_window = 0.0, time.monotonic()
+    while step < cfg.steps:
+        if step == cfg.warmup_steps:
+            log.info("initialising codebooks with k-means on encoder latents")
+            z = collect_latents(codec, sampler, 40 * codec.codebook_size, device)
+            codec.quantizer.init_from_latents(z.to(device))
+            if world > 1:
+                for b in codec.quantizer.buffers():
+                    torch.distributed.broadcast(b, 0)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        x = sampler.batch(cfg.batch_size).to(device)
+        n_q = None
+        if step >= cfg.warmup_steps:
+            n_q = torch.randint(1, codec.num_codebooks + 1, (x.shape[0],), device=device)
+        with amp:
+            loss, parts, codes = loss_fn(x, n_q)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), 5.0)
+        opt.step()
+        step += 1
+        audio_seconds += x.shape[0] * x.shape[-1] / codec.sample_rate * world
+        bar.update(1)
+        if step % 50 == 0 and rank == 0:
+            dt = time.monotonic() - t_window
+            row = {"step": step, "loss": float(loss), **{k: round(float(v), 5) for k, v in parts.items()},
+                   "lr": opt.param_groups[0]["lr"], "audio_s_per_s": round(audio_seconds / dt, 2),
+                   "device": device.type, "time": time.time()}
+            if codes.shape[1]:
+                row["usage"] = [round(u["used"], 3) for u in codec.quantizer.usage(codes)]
+            bar.set_postfix(mel=f"{row['mel']:.3f}", aps=row["audio_s_per_s"])
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+            audio_seconds, t_window = 0.0, time.monotonic()
+        now = time.monotonic()
+        if now - last_save > cfg.checkpoint_minutes * 60:
+            save()
+            last_save = now
+        if cfg.max_minutes and now - started > cfg.max_minutes * 60:
+            break
+    save()
+    bar.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return out / "export"

@@ -1,0 +1,81 @@
+"""Checkpoints: a folder with `config.json` (kind, config, checksum) and `model.safetensors`, loaded by one function.
+
+Weights ship as float16 (half the size; the models run in float32) without training-only buffers. The SHA-256 of
+the weights file is in config.json and is verified on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# Buffers that only training needs (EMA statistics); not shipped.
+_TRAINING_ONLY = ("quantizer.cluster_size", "quantizer.embed_sum")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupted, or of another kind or version. The message is for the user."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, config: dict, out_dir: str | Path, kind: str) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items() if not k.endswith(_TRAINING_ONLY)}
+    weights = out / "model.safetensors"
+    save_file(tensors, str(weights))
+    meta = {"format_version": FORMAT_VERSION, "kind": kind, "config": config, "weights": weights.name,
+            "sha256": _sha256(weights)}
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def read_checkpoint(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Verify and read a checkpoint folder -> (model config dict, float32 state dict)."""
+    path = Path(path)
+    meta_path = path / "config.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path}: not a talkstream checkpoint (no config.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_path}: unreadable ({e.msg})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a {meta.get('kind')!r}, expected a {kind!r}")
+    weights = path / meta.get("weights", "model.safetensors")
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file missing")
+    if _sha256(weights) != meta.get("sha256"):
+        raise CheckpointError(f"{weights}: checksum mismatch (corrupted or replaced weights)")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    return meta["config"], state
+
+
+def load_audio_codec(path: str | Path | None = None, device: str = "cpu"):
+    """The shipped codec (or the checkpoint at `path`), in eval mode."""
+    from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig
+
+    config, state = read_checkpoint(path or WEIGHTS_DIR / "audio_codec", "audio_codec")
+    codec = AudioCodec(AudioCodecConfig.from_dict(config))
+    missing, unexpected = codec.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(_TRAINING_ONLY)]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return codec.to(device).eval()

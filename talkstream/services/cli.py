@@ -1,0 +1,177 @@
+"""The `talkstream` command: one CLI, a subcommand per job. Errors a user can cause print one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from talkstream.audio_io import AudioInputError
+from talkstream.codecs.container import ContainerError
+from talkstream.models.loaders import CheckpointError
+
+USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, FileNotFoundError)
+SAMPLE_WAV = Path(__file__).resolve().parent.parent / "data" / "sample.wav"
+
+
+def _codec(args):
+    from talkstream.models.loaders import load_audio_codec
+
+    return load_audio_codec(args.weights)
+
+
+def cmd_encode(args) -> None:
+    from talkstream.codecs.audio.files import encode_file
+
+    h = encode_file(_codec(args), args.input, args.output, args.codebooks)
+    secs = h["num_samples"] / h["sample_rate"]
+    size = Path(args.output).stat().st_size
+    print(f"{args.output}: {h['num_frames']} frames x {h['num_codebooks']} codebooks, {secs:.2f} s, "
+          f"{size} bytes ({size * 8 / max(secs, 1e-9) / 1000:.2f} kbps with header)")
+
+
+def cmd_decode(args) -> None:
+    from talkstream.codecs.audio.files import decode_file
+
+    h = decode_file(_codec(args), args.input, args.output)
+    print(f"{args.output}: {h['duration_s']} s at {h['sample_rate']} Hz from {h['num_codebooks']} codebooks")
+
+
+def cmd_roundtrip(args) -> None:
+    """The main job until the server exists: encode and decode the bundled sample, report quality."""
+    from talkstream.bench.metrics import pesq_wb, stoi
+    from talkstream.codecs.audio.files import decode_file, encode_file
+    from talkstream.audio_io import load_audio
+
+    codec = _codec(args)
+    src = Path(args.input or SAMPLE_WAV)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = load_audio(src, codec.sample_rate)
+    print(f"{src.name}: {ref.size / codec.sample_rate:.2f} s; codec {codec.cfg.codec_id}, "
+          f"{codec.frame_rate:.0f} frames/s, algorithmic latency {codec.algorithmic_latency_ms:.1f} ms")
+    print(f"{'codebooks':>9} {'kbps':>6} {'PESQ-WB':>8} {'STOI':>6}  output")
+    for k in args.codebooks:
+        tsk, wav = out / f"{src.stem}.{k}cb.tsk", out / f"{src.stem}.{k}cb.wav"
+        encode_file(codec, src, tsk, k)
+        decode_file(codec, tsk, wav)
+        deg = load_audio(wav, codec.sample_rate)
+        print(f"{k:>9} {codec.bitrate(k) / 1000:>6.2f} {pesq_wb(ref, deg, codec.sample_rate):>8.2f} "
+              f"{stoi(ref, deg, codec.sample_rate):>6.3f}  {wav}")
+
+
+def cmd_train_codec(args) -> None:
+    from talkstream.codecs.audio.train import TrainConfig, train_codec
+
+    cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, warmup_steps=args.warmup_steps,
+                      batch_size=args.batch_size, lr=args.lr, checkpoint_minutes=args.checkpoint_minutes,
+                      max_minutes=args.max_minutes, threads=args.threads, device=args.device, seed=args.seed)
+    export = train_codec(cfg)
+    print(f"weights exported to {export} (copy to talkstream/weights/audio_codec to ship them)")
+
+
+def cmd_data_speech(args) -> None:
+    from talkstream.data.corpus import make_speech_corpus
+
+    out = make_speech_corpus(Path(args.out), minutes=args.minutes, eval_per_voice=args.eval_per_voice, seed=args.seed)
+    print(f"corpus written to {out}")
+
+
+def cmd_bench_codec(args) -> None:
+    from talkstream.bench.codec import run_codec_bench
+
+    results = run_codec_bench(_codec(args), Path(args.data), max_files=args.files, weights_dir=args.weights)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="talkstream",
+        description="Real-time speech with a causal neural codec. Each subcommand has its own --help.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def weights_arg(sp):
+        sp.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
+
+    sp = sub.add_parser("encode", help="audio file -> .tsk token file",
+                        description="Encode any common audio file (any rate, mono or stereo) into codec tokens.")
+    sp.add_argument("input", help="audio file (wav, flac, ogg, mp3, m4a, ...)")
+    sp.add_argument("output", help="token file to write (.tsk)")
+    sp.add_argument("--codebooks", type=int, default=8, help="codebooks 1..8: 0.75 kbps each at 75 Hz (default 8)")
+    weights_arg(sp)
+    sp.set_defaults(func=cmd_encode)
+
+    sp = sub.add_parser("decode", help=".tsk token file -> WAV", description="Decode a .tsk file to 24 kHz WAV.")
+    sp.add_argument("input", help="token file (.tsk)")
+    sp.add_argument("output", help="WAV file to write")
+    weights_arg(sp)
+    sp.set_defaults(func=cmd_decode)
+
+    sp = sub.add_parser("roundtrip", help="encode+decode a file (default: the bundled sample) and report quality",
+                        description="Codec round trip at several bitrates with PESQ-WB and STOI against the input.")
+    sp.add_argument("input", nargs="?", help="audio file (default: the bundled sample)")
+    sp.add_argument("--codebooks", type=int, nargs="+", default=[1, 2, 4, 8])
+    sp.add_argument("--out-dir", default="talkstream-out", help="where .tsk and .wav files go")
+    weights_arg(sp)
+    sp.set_defaults(func=cmd_roundtrip)
+
+    sp = sub.add_parser("train", help="train a model (codec)", description="Train talkstream's learned parts.")
+    tsub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    tc = tsub.add_parser("codec", help="train the audio codec (resumes from OUT/checkpoint.pt)",
+                         description="Train the audio codec on a folder of audio files. Rerun to resume.")
+    tc.add_argument("--data", default="data/speech", help="folder of audio files, or a corpus with manifest.jsonl")
+    tc.add_argument("--out", default="runs/codec", help="run folder (checkpoint, log, export)")
+    tc.add_argument("--steps", type=int, default=6000, help="total optimiser steps (lr schedule length)")
+    tc.add_argument("--warmup-steps", type=int, default=1000, help="autoencoder-only steps before quantization")
+    tc.add_argument("--batch-size", type=int, default=10)
+    tc.add_argument("--lr", type=float, default=1e-3)
+    tc.add_argument("--checkpoint-minutes", type=float, default=3.0)
+    tc.add_argument("--max-minutes", type=float, default=0.0, help="stop this run after N minutes (0: no limit)")
+    tc.add_argument("--threads", type=int, default=0, help="CPU threads (0: all)")
+    tc.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (torchrun for several GPUs)")
+    tc.add_argument("--seed", type=int, default=0)
+    tc.set_defaults(func=cmd_train_codec)
+
+    sp = sub.add_parser("data", help="make training data", description="Make corpora from registry-shipped voices.")
+    dsub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    ds = dsub.add_parser("speech", help="speech corpus from the TTS voices (resumes)")
+    ds.add_argument("--out", default="data/speech")
+    ds.add_argument("--minutes", type=float, default=40.0, help="minutes of training speech")
+    ds.add_argument("--eval-per-voice", type=int, default=16)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.set_defaults(func=cmd_data_speech)
+
+    sp = sub.add_parser("bench", help="benchmarks (results as JSON and a table)", description="Benchmarks.")
+    bsub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    bc = bsub.add_parser("codec", help="talkstream codec vs Opus on held-out voices",
+                         description="Codec at 1/2/4/8 codebooks vs Opus 6/8/12 kbps: quality, speed, latency.")
+    bc.add_argument("--data", default="data/speech", help="corpus with an eval split (talkstream data speech)")
+    bc.add_argument("--files", type=int, default=24, help="held-out files to use")
+    bc.add_argument("--out", default=None, help="write results JSON here")
+    weights_arg(bc)
+    bc.set_defaults(func=cmd_bench_codec)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"talkstream: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("talkstream: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

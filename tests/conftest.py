@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig
+
+TINY = AudioCodecConfig(channels=(8, 8, 16, 16), encoder_blocks=1, latent_dim=16, num_codebooks=4, codebook_size=32,
+                        decoder_dim=32, decoder_hidden=64, decoder_blocks=2, codec_id="talkstream-audio-tiny")
+
+
+@pytest.fixture
+def tiny_codec() -> AudioCodec:
+    """A randomly initialised small codec: same code paths as the real one, fast enough for many chunkings."""
+    torch.manual_seed(0)
+    return AudioCodec(TINY).eval()
+
+
+def speechlike(seconds: float = 1.0, sr: int = 24_000, seed: int = 0) -> np.ndarray:
+    """A vowel-like harmonic signal with a moving pitch and syllable envelope, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 30 * np.sin(2 * np.pi * 1.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    x = sum(np.sin(k * phase) / k for k in range(1, 12))
+    env = 0.5 * (1 - np.cos(2 * np.pi * 3 * t)).clip(0, None)
+    return (0.2 * x * env + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture
+def speech_wav(tmp_path):
+    path = tmp_path / "speech.wav"
+    sf.write(path, speechlike(1.5), 24_000, subtype="PCM_16")
+    return path

@@ -7,8 +7,17 @@ import torch
 
 from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig
 
-TINY = AudioCodecConfig(channels=(8, 8, 16, 16), encoder_blocks=1, latent_dim=16, num_codebooks=4, codebook_size=32,
-                        decoder_dim=32, decoder_hidden=64, decoder_blocks=2, codec_id="talkstream-audio-tiny")
+TINY = AudioCodecConfig(
+    channels=(8, 8, 16, 16),
+    encoder_blocks=1,
+    latent_dim=16,
+    num_codebooks=4,
+    codebook_size=32,
+    decoder_dim=32,
+    decoder_hidden=64,
+    decoder_blocks=2,
+    codec_id="talkstream-audio-tiny",
+)
 
 
 @pytest.fixture

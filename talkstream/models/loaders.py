@@ -35,12 +35,20 @@ def _sha256(path: Path) -> str:
 def save_checkpoint(model: nn.Module, config: dict, out_dir: str | Path, kind: str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in model.state_dict().items() if not k.endswith(_TRAINING_ONLY)}
+    tensors = {
+        k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+        if not k.endswith(_TRAINING_ONLY)
+    }
     weights = out / "model.safetensors"
     save_file(tensors, str(weights))
-    meta = {"format_version": FORMAT_VERSION, "kind": kind, "config": config, "weights": weights.name,
-            "sha256": _sha256(weights)}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": config,
+        "weights": weights.name,
+        "sha256": _sha256(weights),
+    }
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -77,5 +85,7 @@ def load_audio_codec(path: str | Path | None = None, device: str = "cpu"):
     missing, unexpected = codec.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(_TRAINING_ONLY)]
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return codec.to(device).eval()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from talkstream.audio_io import AudioInputError
 from talkstream.codecs.container import ContainerError
+from talkstream.data import SAMPLE_WAV
 from talkstream.models.loaders import CheckpointError
 
 USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, FileNotFoundError)
-SAMPLE_WAV = Path(__file__).resolve().parent.parent / "data" / "sample.wav"
 
 
 def _codec(args):
@@ -28,8 +28,10 @@ def cmd_encode(args) -> None:
     h = encode_file(_codec(args), args.input, args.output, args.codebooks)
     secs = h["num_samples"] / h["sample_rate"]
     size = Path(args.output).stat().st_size
-    print(f"{args.output}: {h['num_frames']} frames x {h['num_codebooks']} codebooks, {secs:.2f} s, "
-          f"{size} bytes ({size * 8 / max(secs, 1e-9) / 1000:.2f} kbps with header)")
+    print(
+        f"{args.output}: {h['num_frames']} frames x {h['num_codebooks']} codebooks, {secs:.2f} s, "
+        f"{size} bytes ({size * 8 / max(secs, 1e-9) / 1000:.2f} kbps with header)"
+    )
 
 
 def cmd_decode(args) -> None:
@@ -41,33 +43,47 @@ def cmd_decode(args) -> None:
 
 def cmd_roundtrip(args) -> None:
     """The main job until the server exists: encode and decode the bundled sample, report quality."""
+    from talkstream.audio_io import load_audio
     from talkstream.bench.metrics import pesq_wb, stoi
     from talkstream.codecs.audio.files import decode_file, encode_file
-    from talkstream.audio_io import load_audio
 
     codec = _codec(args)
     src = Path(args.input or SAMPLE_WAV)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ref = load_audio(src, codec.sample_rate)
-    print(f"{src.name}: {ref.size / codec.sample_rate:.2f} s; codec {codec.cfg.codec_id}, "
-          f"{codec.frame_rate:.0f} frames/s, algorithmic latency {codec.algorithmic_latency_ms:.1f} ms")
+    print(
+        f"{src.name}: {ref.size / codec.sample_rate:.2f} s; codec {codec.cfg.codec_id}, "
+        f"{codec.frame_rate:.0f} frames/s, algorithmic latency {codec.algorithmic_latency_ms:.1f} ms"
+    )
     print(f"{'codebooks':>9} {'kbps':>6} {'PESQ-WB':>8} {'STOI':>6}  output")
     for k in args.codebooks:
         tsk, wav = out / f"{src.stem}.{k}cb.tsk", out / f"{src.stem}.{k}cb.wav"
         encode_file(codec, src, tsk, k)
         decode_file(codec, tsk, wav)
         deg = load_audio(wav, codec.sample_rate)
-        print(f"{k:>9} {codec.bitrate(k) / 1000:>6.2f} {pesq_wb(ref, deg, codec.sample_rate):>8.2f} "
-              f"{stoi(ref, deg, codec.sample_rate):>6.3f}  {wav}")
+        print(
+            f"{k:>9} {codec.bitrate(k) / 1000:>6.2f} {pesq_wb(ref, deg, codec.sample_rate):>8.2f} "
+            f"{stoi(ref, deg, codec.sample_rate):>6.3f}  {wav}"
+        )
 
 
 def cmd_train_codec(args) -> None:
     from talkstream.codecs.audio.train import TrainConfig, train_codec
 
-    cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, warmup_steps=args.warmup_steps,
-                      batch_size=args.batch_size, lr=args.lr, checkpoint_minutes=args.checkpoint_minutes,
-                      max_minutes=args.max_minutes, threads=args.threads, device=args.device, seed=args.seed)
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        steps=args.steps,
+        warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        checkpoint_minutes=args.checkpoint_minutes,
+        max_minutes=args.max_minutes,
+        threads=args.threads,
+        device=args.device,
+        seed=args.seed,
+    )
     export = train_codec(cfg)
     print(f"weights exported to {export} (copy to talkstream/weights/audio_codec to ship them)")
 
@@ -99,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     def weights_arg(sp):
         sp.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
 
-    sp = sub.add_parser("encode", help="audio file -> .tsk token file",
-                        description="Encode any common audio file (any rate, mono or stereo) into codec tokens.")
+    sp = sub.add_parser(
+        "encode",
+        help="audio file -> .tsk token file",
+        description="Encode any common audio file (any rate, mono or stereo) into codec tokens.",
+    )
     sp.add_argument("input", help="audio file (wav, flac, ogg, mp3, m4a, ...)")
     sp.add_argument("output", help="token file to write (.tsk)")
     sp.add_argument("--codebooks", type=int, default=8, help="codebooks 1..8: 0.75 kbps each at 75 Hz (default 8)")
@@ -113,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     weights_arg(sp)
     sp.set_defaults(func=cmd_decode)
 
-    sp = sub.add_parser("roundtrip", help="encode+decode a file (default: the bundled sample) and report quality",
-                        description="Codec round trip at several bitrates with PESQ-WB and STOI against the input.")
+    sp = sub.add_parser(
+        "roundtrip",
+        help="encode+decode a file (default: the bundled sample) and report quality",
+        description="Codec round trip at several bitrates with PESQ-WB and STOI against the input.",
+    )
     sp.add_argument("input", nargs="?", help="audio file (default: the bundled sample)")
     sp.add_argument("--codebooks", type=int, nargs="+", default=[1, 2, 4, 8])
     sp.add_argument("--out-dir", default="talkstream-out", help="where .tsk and .wav files go")
@@ -123,8 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train", help="train a model (codec)", description="Train talkstream's learned parts.")
     tsub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
-    tc = tsub.add_parser("codec", help="train the audio codec (resumes from OUT/checkpoint.pt)",
-                         description="Train the audio codec on a folder of audio files. Rerun to resume.")
+    tc = tsub.add_parser(
+        "codec",
+        help="train the audio codec (resumes from OUT/checkpoint.pt)",
+        description="Train the audio codec on a folder of audio files. Rerun to resume.",
+    )
     tc.add_argument("--data", default="data/speech", help="folder of audio files, or a corpus with manifest.jsonl")
     tc.add_argument("--out", default="runs/codec", help="run folder (checkpoint, log, export)")
     tc.add_argument("--steps", type=int, default=6000, help="total optimiser steps (lr schedule length)")
@@ -149,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("bench", help="benchmarks (results as JSON and a table)", description="Benchmarks.")
     bsub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
-    bc = bsub.add_parser("codec", help="talkstream codec vs Opus on held-out voices",
-                         description="Codec at 1/2/4/8 codebooks vs Opus 6/8/12 kbps: quality, speed, latency.")
+    bc = bsub.add_parser(
+        "codec",
+        help="talkstream codec vs Opus on held-out voices",
+        description="Codec at 1/2/4/8 codebooks vs Opus 6/8/12 kbps: quality, speed, latency.",
+    )
     bc.add_argument("--data", default="data/speech", help="corpus with an eval split (talkstream data speech)")
     bc.add_argument("--files", type=int, default=24, help="held-out files to use")
     bc.add_argument("--out", default=None, help="write results JSON here")

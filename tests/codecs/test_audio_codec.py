@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import TINY, speechlike
 from talkstream.codecs.audio.codec import AudioCodec
+from tests.conftest import TINY, speechlike
 
 
 def stream_encode(codec, x, sizes, k):

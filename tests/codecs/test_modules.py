@@ -25,8 +25,12 @@ LAYERS = {
     "depthwise": (lambda: StreamingConv1d(4, 4, 7, groups=4), 1),
     "residual_unit": (lambda: ResidualUnit(4, kernel=5, dilation=2), 1),
     "convnext": (lambda: CausalConvNeXtBlock(4, 8), 1),
-    "sequential": (lambda: StreamingSequential(StreamingConv1d(4, 6, 4, stride=2), torch.nn.ELU(),
-                                               StreamingConv1d(6, 6, 6, stride=3)), 6),
+    "sequential": (
+        lambda: StreamingSequential(
+            StreamingConv1d(4, 6, 4, stride=2), torch.nn.ELU(), StreamingConv1d(6, 6, 6, stride=3)
+        ),
+        6,
+    ),
 }
 
 

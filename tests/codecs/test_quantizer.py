@@ -20,7 +20,7 @@ def test_more_codebooks_reconstruct_better_after_kmeans_init():
     vq.init_from_latents(z)
     zz = z[:500].T[None]  # [1, D, F]
     errors = [float((vq.decode(vq.encode(zz, k)) - zz).pow(2).mean()) for k in range(1, 5)]
-    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
     assert errors[-1] < 0.5 * errors[0]
 
 

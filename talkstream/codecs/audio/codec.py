@@ -99,8 +99,10 @@ class Decoder(nn.Module):
         self.n_fft = 2 * cfg.hop
         self.net = StreamingSequential(
             StreamingConv1d(cfg.latent_dim, cfg.decoder_dim, 3),
-            *(CausalConvNeXtBlock(cfg.decoder_dim, cfg.decoder_hidden, layer_scale=1 / cfg.decoder_blocks)
-              for _ in range(cfg.decoder_blocks)),
+            *(
+                CausalConvNeXtBlock(cfg.decoder_dim, cfg.decoder_hidden, layer_scale=1 / cfg.decoder_blocks)
+                for _ in range(cfg.decoder_blocks)
+            ),
             ChannelLayerNorm(cfg.decoder_dim),
         )
         self.head = nn.Linear(cfg.decoder_dim, 2 * (self.n_fft // 2 + 1))
@@ -205,7 +207,11 @@ class AudioCodec(nn.Module):
 
     def decode_step(self, codes: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
         """codes long [B, K, F] (K <= num_codebooks) -> pcm float [B, 1, F*hop]."""
-        if codes.shape[1] > self.num_codebooks or codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+        if (
+            codes.shape[1] > self.num_codebooks
+            or codes.numel()
+            and (codes.min() < 0 or codes.max() >= self.codebook_size)
+        ):
             raise ValueError("codes out of range for this codec")
         return self.decode_latent_step(self.quantizer.decode(codes), state)
 

@@ -13,8 +13,14 @@ from talkstream.codecs.container import ContainerError, read_tokens, write_token
 
 
 def codec_header(codec: AudioCodec) -> dict:
-    return {"kind": "audio", "codec_id": codec.cfg.codec_id, "sample_rate": codec.sample_rate,
-            "frame_rate": codec.frame_rate, "frame_size": codec.frame_size, "codebook_size": codec.codebook_size}
+    return {
+        "kind": "audio",
+        "codec_id": codec.cfg.codec_id,
+        "sample_rate": codec.sample_rate,
+        "frame_rate": codec.frame_rate,
+        "frame_size": codec.frame_size,
+        "codebook_size": codec.codebook_size,
+    }
 
 
 def encode_file(codec: AudioCodec, src: str | Path, dst: str | Path, num_codebooks: int) -> dict:

@@ -19,6 +19,7 @@ RESOLUTIONS = ((512, 128, 64), (1024, 256, 100), (2048, 512, 128))  # n_fft, hop
 @functools.cache
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, device: str = "cpu") -> Tensor:
     """[n_mels, n_fft//2+1] triangular filters on the HTK mel scale from 0 Hz to Nyquist."""
+
     def hz_to_mel(f: float) -> float:
         return 2595.0 * math.log10(1.0 + f / 700.0)
 

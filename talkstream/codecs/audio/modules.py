@@ -52,7 +52,7 @@ class StreamingSequential(nn.Module):
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         new: State = []
         i = 0
-        for layer, n in zip(self.layers, self.state_counts):
+        for layer, n in zip(self.layers, self.state_counts, strict=True):
             if n or hasattr(layer, "step"):
                 x, s = layer.step(x, state[i : i + n])
                 new += s
@@ -68,7 +68,9 @@ class ResidualUnit(nn.Module):
     def __init__(self, channels: int, kernel: int = 7, dilation: int = 1):
         super().__init__()
         self.body = StreamingSequential(
-            nn.ELU(), StreamingConv1d(channels, channels // 2, kernel, dilation=dilation), nn.ELU(),
+            nn.ELU(),
+            StreamingConv1d(channels, channels // 2, kernel, dilation=dilation),
+            nn.ELU(),
             nn.Conv1d(channels // 2, channels, 1),
         )
 

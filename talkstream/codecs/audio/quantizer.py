@@ -37,8 +37,15 @@ def kmeans(x: Tensor, k: int, iters: int = 15, seed: int = 0) -> Tensor:
 class ResidualVQ(nn.Module):
     """K stages of VQ over a D-dim latent. Codes: long [B, K, F]; latents: float [B, D, F]."""
 
-    def __init__(self, dim: int, num_codebooks: int, codebook_size: int, decay: float = 0.99,
-                 dead_threshold: float = 0.5, eps: float = 1e-5):
+    def __init__(
+        self,
+        dim: int,
+        num_codebooks: int,
+        codebook_size: int,
+        decay: float = 0.99,
+        dead_threshold: float = 0.5,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.dim, self.num_codebooks, self.codebook_size = dim, num_codebooks, codebook_size
         self.decay, self.dead_threshold, self.eps = decay, dead_threshold, eps
@@ -91,7 +98,7 @@ class ResidualVQ(nn.Module):
         """
         b, d, f = z.shape
         r = z.transpose(1, 2).reshape(-1, d)
-        active = (torch.arange(self.num_codebooks, device=z.device)[None] < n_q[:, None])  # [B, K]
+        active = torch.arange(self.num_codebooks, device=z.device)[None] < n_q[:, None]  # [B, K]
         active = active[:, None, :].expand(b, f, -1).reshape(-1, self.num_codebooks)
         q = torch.zeros_like(r)
         codes = []

@@ -122,8 +122,12 @@ class CodecLoss(nn.Module):
         parts["complex"] = complex_loss(x_hat, target, 2 * hop, hop)
         parts["commit"] = commit.float()
         c = self.cfg
-        loss = (c.weight_mel * parts["mel"] + c.weight_stft * parts["stft"] + c.weight_complex * parts["complex"]
-                + c.weight_commit * parts["commit"])
+        loss = (
+            c.weight_mel * parts["mel"]
+            + c.weight_stft * parts["stft"]
+            + c.weight_complex * parts["complex"]
+            + c.weight_commit * parts["commit"]
+        )
         return loss, parts, codes
 
 
@@ -134,10 +138,31 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def export_weights(codec: AudioCodec, out_dir: Path) -> None:
+def training_summary(run_dir: Path, step: int) -> dict:
+    """What the weights cost: steps, audio seen, throughput by device (median over the log), for the bench table."""
+    rows = []
+    log_path = run_dir / "train_log.jsonl"
+    if log_path.exists():
+        rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    by_device: dict[str, list[float]] = {}
+    for r in rows:
+        by_device.setdefault(r.get("device", "cpu"), []).append(r["audio_s_per_s"])
+    cfg = json.loads((run_dir / "train_config.json").read_text()) if (run_dir / "train_config.json").exists() else {}
+    return {
+        "steps": step,
+        "audio_s_per_s": {d: float(np.median(v)) for d, v in by_device.items()},
+        "audio_hours_seen": round(step * cfg.get("batch_size", 0) * cfg.get("segment_seconds", 0) / 3600, 2),
+        "final_mel_loss": float(np.mean([r["mel"] for r in rows[-10:]])) if rows else None,
+        "last_run_config": cfg,
+    }
+
+
+def export_weights(codec: AudioCodec, out_dir: Path, summary: dict | None = None) -> None:
     from talkstream.models.loaders import save_checkpoint
 
     save_checkpoint(codec, codec.cfg.to_dict(), out_dir, kind="audio_codec")
+    if summary is not None:
+        (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 @torch.no_grad()
@@ -187,22 +212,32 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     segment = round(cfg.segment_seconds * codec.frame_rate) * codec.frame_size
-    sampler = SegmentSampler(audio_files(Path(cfg.data)), codec.sample_rate, segment, cfg.noise_prob,
-                             cfg.seed + 1000 * rank + step)
+    sampler = SegmentSampler(
+        audio_files(Path(cfg.data)), codec.sample_rate, segment, cfg.noise_prob, cfg.seed + 1000 * rank + step
+    )
     log.info("training on %.1f minutes of audio, %d clips", sampler.seconds / 60, len(sampler.clips))
     loss_fn: nn.Module = CodecLoss(codec, cfg)
     if world > 1:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
     def save() -> None:
         if rank != 0:
             return
         tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": codec.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "model_config": codec.cfg.to_dict()}, tmp)
+        torch.save(
+            {
+                "model": codec.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "model_config": codec.cfg.to_dict(),
+            },
+            tmp,
+        )
         tmp.replace(ckpt_path)
-        export_weights(codec, out / "export")
+        export_weights(codec, out / "export", training_summary(out, step))
 
     started = last_save = time.monotonic()
     log_file = open(out / "train_log.jsonl", "a") if rank == 0 else None
@@ -233,9 +268,15 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
         bar.update(1)
         if step % 50 == 0 and rank == 0:
             dt = time.monotonic() - t_window
-            row = {"step": step, "loss": float(loss), **{k: round(float(v), 5) for k, v in parts.items()},
-                   "lr": opt.param_groups[0]["lr"], "audio_s_per_s": round(audio_seconds / dt, 2),
-                   "device": device.type, "time": time.time()}
+            row = {
+                "step": step,
+                "loss": float(loss),
+                **{k: round(float(v), 5) for k, v in parts.items()},
+                "lr": opt.param_groups[0]["lr"],
+                "audio_s_per_s": round(audio_seconds / dt, 2),
+                "device": device.type,
+                "time": time.time(),
+            }
             if codes.shape[1]:
                 row["usage"] = [round(u["used"], 3) for u in codec.quantizer.usage(codes)]
             bar.set_postfix(mel=f"{row['mel']:.3f}", aps=row["audio_s_per_s"])

@@ -1,0 +1,73 @@
+"""The CLI with the shipped weights: encode/decode files, and one-line errors (exit 2) for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from talkstream.audio_io import load_audio
+from talkstream.bench.metrics import stoi
+from talkstream.services.cli import main
+from tests.conftest import speechlike
+
+
+def test_encode_decode_any_rate_and_channels(tmp_path, capsys):
+    x = speechlike(1.2, sr=44_100)
+    sf.write(tmp_path / "in.wav", np.stack([x, x], 1), 44_100)
+    assert main(["encode", str(tmp_path / "in.wav"), str(tmp_path / "t.tsk"), "--codebooks", "4"]) == 0
+    assert "4 codebooks" in capsys.readouterr().out
+    assert main(["decode", str(tmp_path / "t.tsk"), str(tmp_path / "out.wav")]) == 0
+    info = sf.info(tmp_path / "out.wav")
+    assert info.samplerate == 24_000 and info.channels == 1
+    assert abs(info.frames - 1.2 * 24_000) <= 1
+    ref = load_audio(tmp_path / "in.wav", 24_000)
+    assert stoi(ref, load_audio(tmp_path / "out.wav", 24_000), 24_000) > 0.5
+
+
+@pytest.mark.parametrize(
+    "content, argv, message",
+    [
+        (b"hello", ["encode", "{f}", "{o}"], "not a readable audio file"),
+        (b"", ["encode", "{f}", "{o}"], "empty"),
+        (b"TSK\x00\x01\xff\xff\x00\x00", ["decode", "{f}", "{o}"], "truncated header"),
+        (b"x", ["decode", "{f}", "{o}"], "bad magic"),
+        (None, ["encode", "{f}", "{o}", "--codebooks", "9"], "codebooks"),
+        (None, ["encode", "{f}", "{o}", "--weights", "{f}.nowhere"], "not a talkstream checkpoint"),
+    ],
+    ids=["text-as-audio", "empty-audio", "truncated-tsk", "not-tsk", "too-many-codebooks", "missing-weights"],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, content, argv, message):
+    """content None: a valid WAV, so the error comes from the options."""
+    f = tmp_path / "input.wav"
+    if content is None:
+        sf.write(f, speechlike(0.2), 24_000)
+    else:
+        f.write_bytes(content)
+    assert main([a.format(f=f, o=tmp_path / "out") for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("talkstream: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_codec_id_is_refused(tmp_path, capsys):
+    from talkstream.codecs.container import write_tokens
+
+    write_tokens(
+        tmp_path / "x.tsk",
+        np.zeros((2, 5), np.int64),
+        {"kind": "audio", "codec_id": "someone-elses-codec", "codebook_size": 1024, "sample_rate": 24_000},
+    )
+    assert main(["decode", str(tmp_path / "x.tsk"), str(tmp_path / "o.wav")]) == 2
+    assert "someone-elses-codec" in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_help_explains_every_subcommand():
+    out = subprocess.run([sys.executable, "-m", "talkstream.services.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for cmd in ("encode", "decode", "roundtrip", "train", "bench", "data"):
+        assert cmd in out.stdout

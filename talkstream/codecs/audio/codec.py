@@ -78,6 +78,32 @@ class CodecState:
     encoder: State = field(default_factory=list)
     decoder: State = field(default_factory=list)  # conv contexts, then the overlap-add tail [B, hop]
 
+    @staticmethod
+    def stack(states: list[CodecState]) -> CodecState:
+        """Many sessions' states -> one batched state, so one step serves them all (the server's batching).
+
+        All must use the same number of codebooks and hold the same number of pending samples.
+        """
+        first = states[0]
+        if any(s.num_codebooks != first.num_codebooks or s.pending.shape != first.pending.shape for s in states):
+            raise ValueError("only states with equal codebooks and pending samples can be stacked")
+        return CodecState(
+            num_codebooks=first.num_codebooks,
+            pending=torch.cat([s.pending for s in states]),
+            encoder=[torch.cat(t) for t in zip(*(s.encoder for s in states), strict=True)],
+            decoder=[torch.cat(t) for t in zip(*(s.decoder for s in states), strict=True)],
+        )
+
+    def unbind(self) -> list[CodecState]:
+        """The inverse of `stack`: one state per batch item (views, no copies)."""
+        n = self.pending.shape[0]
+        enc = [t.split(1) for t in self.encoder]
+        dec = [t.split(1) for t in self.decoder]
+        return [
+            CodecState(self.num_codebooks, self.pending[i : i + 1], [t[i] for t in enc], [t[i] for t in dec])
+            for i in range(n)
+        ]
+
 
 class Encoder(nn.Module):
     def __init__(self, cfg: AudioCodecConfig):
@@ -150,6 +176,11 @@ class AudioCodec(nn.Module):
     @property
     def lookahead_frames(self) -> int:
         return 0
+
+    @property
+    def decoder_context_frames(self) -> int:
+        """How many past frames one output frame depends on: every decoder conv's context, plus the overlap-add."""
+        return 1 + sum(m.context for m in self.decoder.net.modules() if isinstance(m, StreamingConv1d))
 
     @property
     def decode_delay(self) -> int:

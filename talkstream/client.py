@@ -1,0 +1,144 @@
+"""An async client for the WebSocket protocol (used by `talkstream client`, the tests and `talkstream bench serve`).
+
+`stream_audio` sends audio in 20 ms frames (in real time by default), receives concurrently, and returns what came
+back: PCM, tokens, events, and per-frame round-trip latency measured with the echoed timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import websockets
+from websockets.asyncio.client import connect
+
+from talkstream.services.protocol import (
+    KIND_PCM16,
+    KIND_TOKENS,
+    PROTOCOL_VERSION,
+    parse_binary,
+    pcm_frame,
+    token_frame,
+)
+
+
+class ServerError(Exception):
+    """The server sent a fatal error event or refused the session."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass
+class StreamResult:
+    ready: dict
+    pcm: np.ndarray  # float32 at the session's sample rate
+    tokens: np.ndarray  # int64 [K, F]
+    events: list[dict] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  # per returned audio frame: now - echoed timestamp
+    first_audio_ms: float | None = None  # from the first frame sent to the first audio back
+    summary: dict | None = None
+
+    def errors(self) -> list[dict]:
+        return [e for e in self.events if e.get("type") == "error"]
+
+
+def _now_ms(t0: float) -> int:
+    return int((time.monotonic() - t0) * 1000) & 0xFFFFFFFF
+
+
+async def stream_audio(url: str, audio: np.ndarray | None = None, sample_rate: int = 24_000, mode: str = "codec",
+                       codebooks: int = 8, output: tuple[str, ...] = ("pcm",), tokens: np.ndarray | None = None,
+                       realtime: bool = True, frame_ms: float = 20.0, token: str | None = None,
+                       tail_s: float = 1.0, extra_hello: dict[str, Any] | None = None,
+                       open_timeout: float = 10.0) -> StreamResult:
+    """Stream `audio` (float32 [T] at `sample_rate`) or `tokens` (int [K, F]) and collect the answer.
+
+    tail_s: after the last frame, how long to keep listening (chat replies come after the turn ends) before
+    sending `end` and waiting for the summary.
+    """
+    t0 = time.monotonic() - 1.0  # timestamps start at 1000 ms: 0 means "no timestamp" (chat replies)
+    hello = {"type": "hello", "version": PROTOCOL_VERSION, "mode": mode, "sample_rate": sample_rate,
+             "codebooks": codebooks, "output": list(output), "input": "tokens" if tokens is not None else "pcm",
+             **({"token": token} if token else {}), **(extra_hello or {})}
+    pcm_out: list[np.ndarray] = []
+    tok_out: list[np.ndarray] = []
+    result = StreamResult(ready={}, pcm=np.zeros(0, np.float32), tokens=np.zeros((codebooks, 0), np.int64))
+    first_sent: list[float] = []
+
+    async with connect(url, max_size=2**22, open_timeout=open_timeout) as ws:
+        await ws.send(json.dumps(hello))
+        while True:
+            msg = json.loads(await ws.recv())
+            result.events.append(msg)
+            if msg["type"] == "ready":
+                result.ready = msg
+                break
+            if msg["type"] == "error" and msg.get("fatal"):
+                raise ServerError(msg["code"], msg["message"])
+
+        async def receive() -> None:
+            async for data in ws:
+                if isinstance(data, str):
+                    msg = json.loads(data)
+                    result.events.append(msg)
+                    if msg["type"] == "summary":
+                        result.summary = msg
+                        return
+                    if msg["type"] == "error" and msg.get("fatal"):
+                        raise ServerError(msg["code"], msg["message"])
+                    continue
+                frame = parse_binary(data)
+                if frame.kind == KIND_PCM16:
+                    pcm_out.append(frame.pcm())
+                    if frame.timestamp:
+                        result.latencies_ms.append((_now_ms(t0) - frame.timestamp) & 0xFFFFFFFF)
+                    if result.first_audio_ms is None and first_sent:
+                        result.first_audio_ms = (time.monotonic() - first_sent[0]) * 1000
+                elif frame.kind == KIND_TOKENS:
+                    tok_out.append(frame.tokens())
+
+        receiver = asyncio.create_task(receive())
+        try:
+            if tokens is not None:
+                per = max(1, round(frame_ms / 1000 * result.ready["codec"]["frame_rate"]))
+                start = time.monotonic()
+                for i, j in enumerate(range(0, tokens.shape[1], per)):
+                    first_sent or first_sent.append(time.monotonic())
+                    await ws.send(token_frame(tokens[:, j : j + per], i, _now_ms(t0)))
+                    if realtime:
+                        await _sleep_until(start + (i + 1) * per / result.ready["codec"]["frame_rate"])
+            elif audio is not None:
+                n = round(sample_rate * frame_ms / 1000)
+                start = time.monotonic()
+                for i, j in enumerate(range(0, audio.size, n)):
+                    first_sent or first_sent.append(time.monotonic())
+                    await ws.send(pcm_frame(audio[j : j + n], i, _now_ms(t0)))
+                    if realtime:
+                        await _sleep_until(start + (i + 1) * frame_ms / 1000)
+                    if receiver.done():
+                        break
+            if not receiver.done():
+                await asyncio.wait([receiver], timeout=tail_s)
+            if not receiver.done():
+                await ws.send(json.dumps({"type": "end"}))
+                await asyncio.wait_for(receiver, timeout=30)
+            receiver.result()  # re-raise a fatal server error
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            receiver.cancel()
+    result.pcm = np.concatenate(pcm_out) if pcm_out else result.pcm
+    result.tokens = np.concatenate(tok_out, axis=1) if tok_out else result.tokens
+    return result
+
+
+async def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)

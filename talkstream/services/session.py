@@ -1,0 +1,392 @@
+"""One client session, transport-agnostic: messages in, messages out through a `send` callback.
+
+The WebSocket server (and later the WebRTC data channel) is a thin shell: it hands every received message to
+`Session.on_message` and closes when that returns False. A session owns all its state (pipelines, codec, VAD,
+reply); the only thing shared between sessions is the batched `CodecEngine`, which keeps no session state.
+
+Modes:
+- codec: PCM in -> tokens and/or reconstructed PCM out, frame by frame; or tokens in -> PCM out.
+- chat: speech in -> VAD end of turn -> a `Responder` answers with codec tokens -> SlidingWindowDecoder -> paced PCM
+  out; the user speaking during the answer interrupts it (barge-in). Until the Thinker-Talker exists the default
+  responder is `EchoResponder`: it answers each turn with the turn itself, through the same token path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from talkstream.services.protocol import (
+    KIND_PCM16,
+    KIND_TOKENS,
+    PROTOCOL_VERSION,
+    BinaryFrame,
+    Config,
+    End,
+    Hello,
+    Ping,
+    ProtocolError,
+    error_event,
+    event,
+    parse_binary,
+    parse_text,
+    pcm_frame,
+    token_frame,
+)
+from talkstream.streaming.codec_engine import CodecEngine
+from talkstream.streaming.metrics import Metrics
+from talkstream.streaming.pacing import Pacer
+from talkstream.streaming.pipeline import Pipeline
+from talkstream.streaming.stages import (
+    AudioChunk,
+    CodecOut,
+    CodecStage,
+    SlidingDecodeStage,
+    TurnCollector,
+    VoiceActivity,
+    resampler,
+)
+from talkstream.streaming.vad import SileroVAD, VADEvent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Limits:
+    max_message_bytes: int = 64 * 1024
+    max_session_s: float = 3600.0
+    idle_timeout_s: float = 30.0
+    token: str | None = None  # shared secret checked in hello, before any audio is accepted
+    stats_interval_s: float = 1.0
+
+
+@dataclass
+class Outgoing:
+    """What the sender transmits: a wire message, and how much audio it carries (for real-time pacing)."""
+
+    message: bytes | str
+    audio_s: float = 0.0
+    arrived: float | None = None  # when the input that produced it arrived (server-side frame latency)
+
+
+class Responder(Protocol):
+    """Answers a user's turn (codec tokens [1, K, F]) with a stream of codec-token blocks; cancellable."""
+
+    def warmup(self) -> None: ...
+
+    def respond(self, turn: torch.Tensor) -> AsyncIterator[torch.Tensor]: ...
+
+
+class EchoResponder:
+    """The stand-in until the Thinker-Talker: says the user's turn back, block by block, through the token path."""
+
+    def __init__(self, block_frames: int = 6):
+        self.block_frames = block_frames
+
+    def warmup(self) -> None:
+        pass
+
+    async def respond(self, turn: torch.Tensor) -> AsyncIterator[torch.Tensor]:
+        for i in range(0, turn.shape[-1], self.block_frames):
+            yield turn[..., i : i + self.block_frames]
+            await asyncio.sleep(0)  # a generator that yields control, as a model's would
+
+
+class ResampleIn:
+    """PCM16 frames at the client's rate -> float chunks at the codec's rate (soxr, streaming)."""
+
+    name = "resample_in"
+
+    def __init__(self, client_rate: int, codec_rate: int):
+        self.client_rate, self.codec_rate = client_rate, codec_rate
+        self.reset()
+
+    def reset(self) -> None:
+        self.stream = resampler(self.client_rate, self.codec_rate)
+
+    async def process(self, item: tuple[BinaryFrame, float]) -> list[AudioChunk]:
+        frame, arrived = item
+        x = frame.pcm()
+        if self.stream is not None:
+            x = self.stream.resample_chunk(x)
+        return [AudioChunk(x, frame.timestamp, arrived)] if x.size else []
+
+
+class OutputStage:
+    """Codec output -> wire frames: tokens as they are, PCM resampled to the client's rate as PCM16."""
+
+    name = "output"
+
+    def __init__(self, codec_rate: int, client_rate: int, send_tokens: bool, send_pcm: bool):
+        self.codec_rate, self.client_rate = codec_rate, client_rate
+        self.send_tokens, self.send_pcm = send_tokens, send_pcm
+        self.reset()
+
+    def reset(self) -> None:
+        self.stream = resampler(self.codec_rate, self.client_rate)
+        self.seq = 0
+
+    async def process(self, out: CodecOut) -> list[Outgoing]:
+        msgs = []
+        if self.send_tokens and out.codes.shape[-1]:
+            msgs.append(Outgoing(token_frame(out.codes[0].numpy(), self.seq, out.timestamp), 0.0, out.arrived))
+        if self.send_pcm and out.pcm is not None and out.pcm.size:
+            x = out.pcm if self.stream is None else self.stream.resample_chunk(out.pcm)
+            if x.size:
+                msgs.append(Outgoing(pcm_frame(x, self.seq, out.timestamp), x.size / self.client_rate, out.arrived))
+        self.seq += 1
+        return msgs
+
+
+class TokenDecodeStage:
+    """Codec mode with tokens in: token frames -> PCM through the engine (per-session decoder state)."""
+
+    name = "decode"
+
+    def __init__(self, engine: CodecEngine, num_codebooks: int):
+        self.engine, self.num_codebooks = engine, num_codebooks
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.engine.codec.init_state(1, self.num_codebooks)
+
+    async def process(self, item: tuple[BinaryFrame, float]) -> list[CodecOut]:
+        frame, arrived = item
+        codes = torch.from_numpy(frame.tokens())[None]
+        if codes.numel() and int(codes.max()) >= self.engine.codec.codebook_size:
+            raise ProtocolError("bad_header", f"token value out of range 0..{self.engine.codec.codebook_size - 1}")
+        pcm, self.state = await self.engine.decode(codes, self.state)
+        return [CodecOut(codes, pcm[0, 0].numpy(), frame.timestamp, arrived)]
+
+
+class Session:
+    def __init__(self, engine: CodecEngine, vad: SileroVAD, responder: Responder, limits: Limits,
+                 send: Callable[[bytes | str], Awaitable[None]], metrics: Metrics | None = None):
+        self.id = uuid.uuid4().hex[:12]
+        self.engine, self.vad, self.responder = engine, vad, responder
+        self.codec = engine.codec
+        self.limits, self.metrics = limits, metrics
+        self._send = send
+        self.hello: Hello | None = None
+        self.started = time.monotonic()
+        self.input: Pipeline | None = None
+        self.reply: Pipeline | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._reply_task: asyncio.Task | None = None
+        self._senders: list[asyncio.Task] = []
+        self.frame_latencies: list[float] = []
+        self.counts = {"frames_in": 0, "frames_out": 0, "errors": 0, "turns": 0, "interruptions": 0}
+        self.closed = False
+
+    # -- sending ----------------------------------------------------------------------------------------------
+    async def send(self, message: bytes | str) -> None:
+        if not self.closed:
+            await self._send(message)
+
+    async def send_error(self, code: str, message: str) -> None:
+        self.counts["errors"] += 1
+        if self.metrics is not None:
+            self.metrics.errors.labels(code).inc()
+        await self.send(error_event(code, message))
+
+    def _spawn(self, coro: Awaitable) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _sender(self, pipeline: Pipeline, pacer: Pacer | None) -> None:
+        while (out := await pipeline.get()) is not None:
+            if pacer is not None and out.audio_s:
+                await pacer.wait(out.audio_s)
+            await self.send(out.message)
+            self.counts["frames_out"] += 1
+            if out.arrived is not None and out.audio_s:
+                dt = time.monotonic() - out.arrived
+                self.frame_latencies.append(dt)
+                if self.metrics is not None:
+                    self.metrics.frame_latency.observe(dt)
+        if pipeline.error is not None:
+            code = pipeline.error.code if isinstance(pipeline.error, ProtocolError) else "internal"
+            await self.send_error(code, f"stream stopped: {pipeline.error}")
+
+    # -- receiving --------------------------------------------------------------------------------------------
+    async def on_message(self, data: bytes | str) -> bool:
+        """Handle one message; False when the session is over (the transport then closes)."""
+        if len(data) > self.limits.max_message_bytes:
+            await self.send_error("too_large", f"message of {len(data)} bytes exceeds the limit of "
+                                               f"{self.limits.max_message_bytes}; it was ignored")
+            return True
+        if time.monotonic() - self.started > self.limits.max_session_s:
+            await self.send_error("session_too_long", f"sessions last at most {self.limits.max_session_s:.0f} s")
+            return False
+        try:
+            if isinstance(data, str):
+                return await self._on_text(data)
+            return await self._on_binary(data)
+        except ProtocolError as e:
+            await self.send_error(e.code, e.message)
+            return not e.fatal
+
+    async def _on_text(self, text: str) -> bool:
+        msg = parse_text(text, self.codec.num_codebooks)
+        if isinstance(msg, Hello):
+            if self.hello is not None:
+                raise ProtocolError("bad_config", "hello was already sent; use a config message to change settings")
+            if self.limits.token is not None and msg.token != self.limits.token:
+                raise ProtocolError("unauthorized", "missing or wrong token")
+            self.hello = msg
+            await self._build()
+            await self.send(self._ready_event())
+        elif self.hello is None:
+            raise ProtocolError("not_ready", "send hello first")
+        elif isinstance(msg, Config):
+            for k, v in msg.changes.items():
+                setattr(self.hello, k, v)
+            await self._teardown()
+            await self._build()
+            await self.send(self._ready_event())
+        elif isinstance(msg, Ping):
+            await self.send(event("pong", t=msg.t))
+        elif isinstance(msg, End):
+            await self.finish()
+            return False
+        return True
+
+    async def _on_binary(self, data: bytes) -> bool:
+        if self.hello is None or self.input is None:
+            raise ProtocolError("not_ready", "binary frame before hello; it was dropped")
+        frame = parse_binary(data, self.codec.num_codebooks)
+        want = KIND_TOKENS if self.hello.input == "tokens" else KIND_PCM16
+        if frame.kind != want:
+            raise ProtocolError("bad_header", f"this session takes {self.hello.input} frames (set input in hello)")
+        self.counts["frames_in"] += 1
+        if self.hello.input == "tokens":
+            await self.input.put((frame, time.monotonic()))  # tokens are never dropped: wait when full
+        else:
+            self.input.feed((frame, time.monotonic()))  # live audio: the oldest is dropped when behind
+        return True
+
+    # -- pipelines --------------------------------------------------------------------------------------------
+    def _ready_event(self) -> str:
+        c, h = self.codec, self.hello
+        return event("ready", version=PROTOCOL_VERSION, session=self.id, mode=h.mode, sample_rate=h.sample_rate,
+                     codebooks=h.codebooks, output=list(h.output), input=h.input,
+                     codec={"codec_id": c.cfg.codec_id, "sample_rate": c.sample_rate, "frame_rate": c.frame_rate,
+                            "frame_size": c.frame_size, "num_codebooks": c.num_codebooks,
+                            "codebook_size": c.codebook_size, "algorithmic_latency_ms": c.algorithmic_latency_ms},
+                     limits={"max_message_bytes": self.limits.max_message_bytes,
+                             "max_session_s": self.limits.max_session_s, "idle_timeout_s": self.limits.idle_timeout_s})
+
+    async def _build(self) -> None:
+        h, sr = self.hello, self.codec.sample_rate
+        if h.mode == "chat" and h.input == "tokens":
+            raise ProtocolError("bad_config", "chat mode takes PCM input")
+        if h.input == "tokens":
+            stages = [TokenDecodeStage(self.engine, h.codebooks), OutputStage(sr, h.sample_rate, False, True)]
+            self.input = Pipeline(stages, self.metrics, live=False)
+        else:
+            stages = [ResampleIn(h.sample_rate, sr), VoiceActivity(self.vad, sr, self._on_vad)]
+            if h.mode == "codec":
+                stages += [CodecStage(self.engine, h.codebooks, decode="pcm" in h.output),
+                           OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output)]
+            else:
+                stages += [CodecStage(self.engine, h.codebooks, decode=False), TurnCollector(self.codec)]
+            self.input = Pipeline(stages, self.metrics)
+        self.input.start()
+        if h.mode == "chat":
+            self.reply = Pipeline([SlidingDecodeStage(self.codec, h.codebooks),
+                                   OutputStage(sr, h.sample_rate, False, True)], self.metrics, live=False)
+            self.reply.start()
+            self._senders = [self._spawn(self._turns()), self._spawn(self._sender(self.reply, Pacer()))]
+        else:
+            self._senders = [self._spawn(self._sender(self.input, Pacer()))]
+        self._spawn(self._stats_loop())
+
+    def _on_vad(self, e: VADEvent) -> None:
+        self._spawn(self.send(event("vad", state=e.kind, t=round(e.time_s, 3))))
+        if e.kind == "start" and self._reply_task is not None and not self._reply_task.done():
+            self._spawn(self._interrupt())
+
+    async def _interrupt(self) -> None:
+        """Barge-in: the user speaks over the answer; stop it now and reset every reply stage."""
+        if self._reply_task is not None:
+            self._reply_task.cancel()
+            await asyncio.gather(self._reply_task, return_exceptions=True)
+        if self.reply is not None:
+            # The reply sender may hold a chunk it is pacing: replace it too, with a fresh clock.
+            self._senders[1].cancel()
+            await asyncio.gather(self._senders[1], return_exceptions=True)
+            await self.reply.interrupt()
+            self._senders[1] = self._spawn(self._sender(self.reply, Pacer()))
+        self.counts["interruptions"] += 1
+        await self.send(event("reply", state="interrupted"))
+
+    async def _turns(self) -> None:
+        while (turn := await self.input.get()) is not None:
+            self.counts["turns"] += 1
+            if self._reply_task is not None and not self._reply_task.done():
+                await self._interrupt()
+            self._reply_task = self._spawn(self._answer(turn))
+        if self.input.error is not None:
+            await self.send_error("internal", f"stream stopped: {self.input.error}")
+
+    async def _answer(self, turn: torch.Tensor) -> None:
+        await self.send(event("reply", state="start", frames=int(turn.shape[-1])))
+        async for block in self.responder.respond(turn):
+            await self.reply.put(block)
+        await self.reply.put(None)  # flush the decoder's last frames
+        await self.send(event("reply", state="end"))
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.stats_interval_s)
+            await self.send(event("stats", **self.stats()))
+
+    def stats(self) -> dict:
+        lat = np.array(self.frame_latencies[-2000:]) * 1000 if self.frame_latencies else np.zeros(1)
+        drops = sum(s.drops for p in (self.input, self.reply) if p for s in p.stats.values())
+        return {**self.counts, "drops": drops, "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
+                "latency_ms_p95": round(float(np.percentile(lat, 95)), 2)}
+
+    # -- ending -----------------------------------------------------------------------------------------------
+    async def finish(self) -> None:
+        """The client has sent everything: drain what is queued, send the summary."""
+        if self.input is not None:
+            await self.input.end()
+            if self.hello.mode == "chat":
+                await asyncio.gather(*self._senders[:1], return_exceptions=True)
+                if self._reply_task is not None:
+                    await asyncio.gather(self._reply_task, return_exceptions=True)
+                await self.reply.end()
+                await asyncio.gather(*self._senders[1:], return_exceptions=True)
+            else:
+                await asyncio.gather(*self._senders, return_exceptions=True)
+        await self.send(event("summary", session=self.id, seconds=round(time.monotonic() - self.started, 3),
+                              **self.stats(), stages={
+                                  **(self.input.summary() if self.input else {}),
+                                  **({"reply_" + k: v for k, v in self.reply.summary().items()} if self.reply else {}),
+                              }))
+
+    async def _teardown(self) -> None:
+        for p in (self.input, self.reply):
+            if p is not None:
+                await p.stop()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.input = self.reply = self._reply_task = None
+
+    async def close(self) -> None:
+        """Free everything (called by the transport however the session ended: clean end, error, vanished)."""
+        self.closed = True
+        await self._teardown()

@@ -1,0 +1,169 @@
+"""The WebSocket server: a thin shell around `Session`, plus /metrics and /healthz over plain HTTP on the same port.
+
+Models load and warm up before the port opens. One shared `CodecEngine` batches the codec work of every session;
+everything else is per session. Limits (message size, session length, idle time, sessions, token, origin) are
+enforced here and in the session, and every refusal is an error event with a code (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+import websockets
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from talkstream.services.protocol import error_event
+from talkstream.services.session import EchoResponder, Limits, Responder, Session
+from talkstream.streaming.codec_engine import CodecEngine
+from talkstream.streaming.metrics import Metrics
+from talkstream.streaming.vad import SileroVAD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: any free port (tests)
+    max_sessions: int = 64
+    limits: Limits = field(default_factory=Limits)
+    # Browsers send Origin; other clients do not. None: only pages served from localhost may connect.
+    allowed_origins: list[str] | None = None
+    weights: str | None = None  # codec checkpoint folder (default: the shipped weights)
+    codec_threads: int = 1
+
+
+def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
+    if origin is None:
+        return True  # not a browser: the token (if set) is the guard
+    if allowed is not None:
+        return "*" in allowed or origin in allowed
+    return urlsplit(origin).hostname in ("localhost", "127.0.0.1", "::1")
+
+
+class TalkstreamServer:
+    def __init__(self, config: ServerConfig | None = None, responder: Responder | None = None, codec=None,
+                 vad: SileroVAD | None = None):
+        from talkstream.models.loaders import load_audio_codec
+
+        self.config = config or ServerConfig()
+        self.metrics = Metrics()
+        self.codec = codec or load_audio_codec(self.config.weights)
+        self.vad = vad or SileroVAD()
+        self.responder = responder or EchoResponder()
+        self.engine = CodecEngine(self.codec, metrics=self.metrics, threads=self.config.codec_threads)
+        self.sessions: set[Session] = set()
+        self._server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        self.engine.warmup()
+        self.vad.warmup()
+        self.responder.warmup()
+        self.engine.start()
+        c = self.config
+        # websockets closes (1009) above max_size; below it, the session answers oversize messages with an error
+        # event and keeps the connection, so the hard cap sits well above the protocol's limit.
+        self._server = await serve(self._handle, c.host, c.port, process_request=self._http,
+                                   max_size=4 * c.limits.max_message_bytes, ping_interval=20, ping_timeout=20,
+                                   write_limit=2**16)
+        log.info("warm in %.2f s; listening on %s", time.perf_counter() - t0, self.url)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for s in list(self.sessions):
+            await s.close()
+        await self.engine.stop()
+
+    async def __aenter__(self) -> TalkstreamServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if request.path == "/metrics":
+            depth: dict[str, int] = {}
+            for s in self.sessions:
+                for p in (s.input, s.reply):
+                    for name, n in (p.queue_depths() if p else {}).items():
+                        depth[name] = depth.get(name, 0) + n
+            for name, n in depth.items():
+                self.metrics.queue_depth.labels(name).set(n)
+            body = self.metrics.render()
+            headers = Headers([("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                               ("Content-Length", str(len(body)))])
+            return Response(200, "OK", headers, body)
+        return None  # a WebSocket upgrade: carry on with the handshake
+
+    async def _refuse(self, ws: ServerConnection, code: str, message: str) -> None:
+        self.metrics.errors.labels(code).inc()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(error_event(code, message))
+            await ws.close(1008, code)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        c = self.config
+        if not _origin_allowed(ws.request.headers.get("Origin"), c.allowed_origins):
+            await self._refuse(ws, "origin_not_allowed", f"origin {ws.request.headers.get('Origin')} is not allowed")
+            return
+        if len(self.sessions) >= c.max_sessions:
+            await self._refuse(ws, "busy", f"server is at its limit of {c.max_sessions} sessions; try later")
+            return
+        session = Session(self.engine, self.vad, self.responder, c.limits, ws.send, self.metrics)
+        self.sessions.add(session)
+        self.metrics.sessions.inc()
+        self.metrics.sessions_total.inc()
+        deadline = session.started + c.limits.max_session_s
+        try:
+            while True:
+                timeout = min(c.limits.idle_timeout_s, deadline - time.monotonic())
+                try:
+                    data = await asyncio.wait_for(ws.recv(), max(timeout, 0.001))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        await session.send_error("session_too_long", f"sessions last at most {c.limits.max_session_s:.0f} s")
+                    else:
+                        await session.send_error("idle_timeout", f"no message for {c.limits.idle_timeout_s:.0f} s")
+                    break
+                if not await session.on_message(data):
+                    break
+        except websockets.ConnectionClosed:
+            log.info("session %s: client went away", session.id)  # vanished mid-stream: free everything below
+        finally:
+            await session.close()
+            self.sessions.discard(session)
+            self.metrics.sessions.dec()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.close()
+
+
+async def run_server(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
+    """Serve until cancelled (Ctrl-C)."""
+    async with TalkstreamServer(config) as server:
+        print(f"talkstream serving {server.url} (metrics: http://{config.host}:{server.port}/metrics); Ctrl-C stops")
+        if ready is not None:
+            ready.set()
+        await asyncio.Future()

@@ -1,0 +1,163 @@
+"""Async pipelines: stages linked by bounded queues, with explicit backpressure, metrics and interruption.
+
+A `Stage` is a small object with one async `process(item) -> list[items]`, a `reset()`, and optionally an async
+`flush() -> list[items]` called at end of stream; it keeps its streaming state on itself (one stage instance per session, so nothing is shared). The `Pipeline` runs one task per stage,
+owns start/stop/cancel, and links stages with queues:
+
+- the live input queue (microphone audio) drops its OLDEST item when full and counts the drop: late audio is worth
+  less than current audio, and a slow consumer must never grow memory without bound;
+- every other queue blocks the producer when full (tokens and text are never dropped silently); the block travels
+  back up to the live input queue, where it turns into counted drops.
+
+`interrupt()` (barge-in) cancels whatever each stage is doing, empties every queue and resets every stage, so the
+next item starts from clean state; it takes effect before the next frame is processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from talkstream.streaming.metrics import Metrics, StageStats
+
+log = logging.getLogger(__name__)
+
+
+class Stage(Protocol):
+    name: str
+
+    async def process(self, item: Any) -> list[Any]: ...
+
+    def reset(self) -> None: ...
+
+
+class DropOldestQueue(asyncio.Queue):
+    """A bounded queue for live media: putting into a full queue evicts the oldest item and counts it."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.dropped = 0
+
+    def put_nowait(self, item: Any) -> None:
+        while self.full():
+            self.get_nowait()
+            self.task_done()
+            self.dropped += 1
+        super().put_nowait(item)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+
+_END = object()  # end-of-stream marker, passed through every stage
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Stage], metrics: Metrics | None = None, live_queue_size: int = 32,
+                 queue_size: int = 64, live: bool = True):
+        """live: the input is live media (drop oldest when full); otherwise `put` blocks (tokens, text)."""
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        self.stages = list(stages)
+        self.metrics = metrics
+        self.stats = {s.name: StageStats() for s in self.stages}
+        self.live = live
+        self.inbox: asyncio.Queue = DropOldestQueue(live_queue_size) if live else asyncio.Queue(queue_size)
+        self.queues: list[asyncio.Queue] = [self.inbox] + [asyncio.Queue(queue_size) for _ in self.stages]
+        self.outbox = self.queues[-1]
+        self._tasks: list[asyncio.Task] = []
+        self._reported_drops = 0
+        self.error: BaseException | None = None  # what stopped a stage, if anything did
+
+    def start(self) -> None:
+        if self._tasks:
+            return
+        self._tasks = [asyncio.create_task(self._run(i), name=f"stage-{s.name}") for i, s in enumerate(self.stages)]
+
+    async def _run(self, i: int) -> None:
+        stage, src, dst = self.stages[i], self.queues[i], self.queues[i + 1]
+        stats, m = self.stats[stage.name], self.metrics
+        while True:
+            item = await src.get()
+            src.task_done()
+            if item is _END:
+                flush = getattr(stage, "flush", None)  # a stage may hold a last output until the stream ends
+                for out in await flush() if flush is not None else []:
+                    await dst.put(out)
+                await dst.put(_END)
+                return
+            stats.frames_in += 1
+            stats.max_queue = max(stats.max_queue, src.qsize() + 1)
+            t0 = time.perf_counter()
+            try:
+                outputs = await stage.process(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a stage failure ends the stream, visibly: get() returns None, .error says why
+                log.exception("stage %s failed", stage.name)
+                self.error = e
+                await dst.put(_END)
+                return
+            dt = time.perf_counter() - t0
+            stats.latencies.append(dt)
+            stats.frames_out += len(outputs)
+            if m is not None:
+                m.frames_in.labels(stage.name).inc()
+                m.frames_out.labels(stage.name).inc(len(outputs))
+                m.latency.labels(stage.name).observe(dt)
+            for out in outputs:
+                await dst.put(out)  # blocks when downstream is full: backpressure
+
+    def feed(self, item: Any) -> None:
+        """Live input (never blocks): when the first stage falls behind, the oldest waiting item is dropped."""
+        if not self.live:
+            raise TypeError("feed() is for live pipelines; use `await put(item)`")
+        self.inbox.put_nowait(item)
+        new = self.inbox.dropped - self._reported_drops
+        if new:
+            self._reported_drops = self.inbox.dropped
+            self.stats[self.stages[0].name].drops += new
+            if self.metrics is not None:
+                self.metrics.drops.labels(self.stages[0].name).inc(new)
+
+    async def put(self, item: Any) -> None:
+        """Input that must not be lost: waits while the pipeline is full (backpressure)."""
+        await self.inbox.put(item)
+
+    async def end(self) -> None:
+        """No more input: everything queued is processed, then `get` returns None."""
+        await self.inbox.put(_END)
+
+    async def get(self) -> Any | None:
+        """The next output item, or None at end of stream."""
+        item = await self.outbox.get()
+        return None if item is _END else item
+
+    def queue_depths(self) -> dict[str, int]:
+        return {s.name: q.qsize() for s, q in zip(self.stages, self.queues, strict=False)}
+
+    async def interrupt(self) -> None:
+        """Barge-in: cancel in-flight work, drop everything queued, reset every stage's state, start again."""
+        await self._cancel()
+        for q in self.queues:
+            while not q.empty():
+                q.get_nowait()
+                q.task_done()
+        for s in self.stages:
+            s.reset()
+        self.start()
+
+    async def _cancel(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def stop(self) -> None:
+        await self._cancel()
+
+    def summary(self) -> dict:
+        return {name: s.summary() for name, s in self.stats.items()}

@@ -1,0 +1,173 @@
+"""The pipeline stages a session is built from. One instance per session: each holds that session's state.
+
+    frames in -> ResampleIn -> VoiceActivity -> CodecStage -> (codec mode) OutputStage -> frames out
+                                                         \\-> (chat mode) TurnCollector -> a Responder's reply:
+                                  reply tokens -> SlidingDecodeStage -> OutputStage -> frames out (paced)
+
+ResampleIn and OutputStage speak the wire format, so they live in talkstream/services/session.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
+import torch
+
+from talkstream.codecs.audio.codec import AudioCodec
+from talkstream.streaming.codec_engine import CodecEngine
+from talkstream.streaming.sliding_window import SlidingWindowDecoder
+from talkstream.streaming.vad import SileroVAD, VADEvent
+
+
+@dataclass
+class AudioChunk:
+    pcm: np.ndarray  # float32 [T] at the codec's rate
+    timestamp: int  # the client's timestamp of the input frame (echoed back for latency)
+    arrived: float  # time.monotonic() when it reached the server
+    vad_events: list[VADEvent] = field(default_factory=list)
+
+
+@dataclass
+class CodecOut:
+    codes: torch.Tensor  # long [1, K, F]
+    pcm: np.ndarray | None  # float32 [F*hop] at the codec's rate, or None when only tokens are wanted
+    timestamp: int
+    arrived: float
+    vad_events: list[VADEvent] = field(default_factory=list)
+
+
+def resampler(rate_in: int, rate_out: int) -> soxr.ResampleStream | None:
+    return None if rate_in == rate_out else soxr.ResampleStream(rate_in, rate_out, 1, "float32", "HQ")
+
+
+class VoiceActivity:
+    """Silero VAD on the way through; events ride along with the audio so later stages see them in order."""
+
+    name = "vad"
+
+    def __init__(self, vad: SileroVAD, rate: int, on_event: Callable[[VADEvent], None] | None = None):
+        self.vad, self.rate, self.on_event = vad, rate, on_event
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.vad.init_state(self.rate)
+
+    async def process(self, chunk: AudioChunk) -> list[AudioChunk]:
+        events, self.state = self.vad.step(chunk.pcm, self.state)
+        for e in events:
+            if self.on_event is not None:
+                self.on_event(e)
+        chunk.vad_events = events
+        return [chunk]
+
+
+class CodecStage:
+    """Whole codec frames through the shared batched engine; decodes too when the client wants PCM back."""
+
+    name = "codec"
+
+    def __init__(self, engine: CodecEngine, num_codebooks: int, decode: bool):
+        self.engine, self.decode = engine, decode
+        self.num_codebooks = num_codebooks
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.engine.codec.init_state(1, self.num_codebooks)
+        self.pending = np.zeros(0, np.float32)
+        self.carried_events: list[VADEvent] = []
+
+    async def process(self, chunk: AudioChunk) -> list[CodecOut]:
+        hop = self.engine.codec.frame_size
+        x = np.concatenate([self.pending, chunk.pcm])
+        n = x.size // hop * hop
+        self.pending = x[n:]
+        events = self.carried_events + chunk.vad_events
+        if n == 0:
+            self.carried_events = events
+            return []
+        self.carried_events = []
+        pcm = torch.from_numpy(np.ascontiguousarray(x[:n]))[None, None]
+        if self.decode:
+            codes, out, self.state = await self.engine.roundtrip(pcm, self.state)
+            out_pcm = out[0, 0].numpy()
+        else:
+            codes, self.state = await self.engine.encode(pcm, self.state)
+            out_pcm = None
+        return [CodecOut(codes, out_pcm, chunk.timestamp, chunk.arrived, events)]
+
+
+class TurnCollector:
+    """Chat mode: gathers the user's codes from VAD start (with a little pre-roll) to end of turn."""
+
+    name = "turn"
+
+    def __init__(self, codec: AudioCodec, preroll_s: float = 0.3, max_turn_s: float = 30.0):
+        self.preroll = round(preroll_s * codec.frame_rate)
+        self.max_frames = round(max_turn_s * codec.frame_rate)
+        self.reset()
+
+    def reset(self) -> None:
+        self.frames: list[torch.Tensor] = []
+        self.speaking = False
+
+    async def flush(self) -> list[torch.Tensor]:
+        """End of input during a turn ends the turn."""
+        turn = [torch.cat(self.frames, dim=-1)] if self.speaking and self.frames else []
+        self.reset()
+        return turn
+
+    async def process(self, out: CodecOut) -> list[torch.Tensor]:
+        turns = []
+        self.frames.append(out.codes)
+        for e in out.vad_events:
+            if e.kind == "start":
+                self.speaking = True
+                keep, kept = [], 0  # keep only the pre-roll before speech began
+                for c in reversed(self.frames):
+                    keep.insert(0, c)
+                    kept += c.shape[-1]
+                    if kept >= self.preroll + out.codes.shape[-1]:
+                        break
+                self.frames = keep
+            elif e.kind == "end" and self.speaking:
+                self.speaking = False
+                turns.append(torch.cat(self.frames, dim=-1))
+                self.frames = []
+        if not self.speaking:  # outside a turn only the pre-roll matters
+            while sum(c.shape[-1] for c in self.frames[1:]) > self.preroll:
+                self.frames.pop(0)
+        elif sum(c.shape[-1] for c in self.frames) > self.max_frames:  # an endless turn is cut, not hoarded
+            self.speaking = False
+            turns.append(torch.cat(self.frames, dim=-1))
+            self.frames = []
+        return turns
+
+
+class SlidingDecodeStage:
+    """Chat replies: token blocks -> PCM through the SlidingWindowDecoder (first audio after one block)."""
+
+    name = "decode"
+
+    def __init__(self, codec: AudioCodec, num_codebooks: int, block_frames: int = 6):
+        self.decoder = SlidingWindowDecoder(codec, block_frames=block_frames)
+        self.num_codebooks = num_codebooks
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.decoder.init_state(self.num_codebooks)
+
+    async def process(self, block: torch.Tensor | None) -> list[CodecOut]:
+        """block: long [1, K, F], or None at the end of a reply (flush)."""
+        if block is None:
+            pcm, self.state = self.decoder.flush(self.state)
+            self.reset()
+        else:
+            pcm, self.state = self.decoder.step(block[:, : self.num_codebooks], self.state)
+        if not pcm.shape[-1]:
+            return []
+        now = time.monotonic()
+        return [CodecOut(torch.zeros(1, self.num_codebooks, 0, dtype=torch.long), pcm[0, 0].numpy(), 0, now)]

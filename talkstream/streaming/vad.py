@@ -1,0 +1,116 @@
+"""Voice-activity detection with Silero VAD (ONNX, run by onnxruntime) and end-of-turn from trailing silence.
+
+The model is shared by every session (onnxruntime sessions are thread-safe and hold no stream state); each stream
+holds a `VADState`: the model's recurrent state, 64 samples of context, a 24 kHz -> 16 kHz resampler and the
+turn-taking counters. `SileroVAD.step(pcm, state) -> (events, state)` consumes any number of samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from talkstream.models.loaders import WEIGHTS_DIR, CheckpointError
+
+VAD_PATH = WEIGHTS_DIR / "vad" / "silero_vad_16k_op15.onnx"
+VAD_SHA256 = "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"
+VAD_RATE = 16_000
+WINDOW = 512  # 32 ms at 16 kHz: the model's fixed input size
+CONTEXT = 64
+
+
+@dataclass
+class VADConfig:
+    start_threshold: float = 0.5  # probability that opens a speech segment
+    end_threshold: float = 0.35  # below this counts as silence (hysteresis)
+    min_speech_ms: float = 96.0  # speech shorter than this is not a turn (clicks, coughs)
+    end_of_turn_ms: float = 480.0  # this much silence after speech ends the user's turn
+
+
+@dataclass
+class VADEvent:
+    kind: str  # "start" (speech began) or "end" (end of turn)
+    time_s: float  # stream time at 16 kHz resolution, from the first sample the state saw
+    probability: float
+
+
+@dataclass
+class VADState:
+    input_rate: int
+    resampler: soxr.ResampleStream | None
+    rnn: np.ndarray = field(default_factory=lambda: np.zeros((2, 1, 128), np.float32))
+    context: np.ndarray = field(default_factory=lambda: np.zeros((1, CONTEXT), np.float32))
+    buffer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    windows: int = 0  # windows processed so far (the stream clock)
+    speaking: bool = False  # inside a turn
+    speech_windows: int = 0  # consecutive speech windows while not yet in a turn
+    silence_windows: int = 0  # consecutive silent windows while in a turn
+    probability: float = 0.0  # the latest window's
+
+
+class SileroVAD:
+    """Silero VAD on 32 ms windows at 16 kHz; emits "start" and "end" (end of turn) events."""
+
+    def __init__(self, config: VADConfig | None = None, path: Path = VAD_PATH):
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise CheckpointError(f"{path}: VAD model missing")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != VAD_SHA256:
+            raise CheckpointError(f"{path}: checksum mismatch (corrupted VAD model)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.config = config or VADConfig()
+        self._sr = np.array(VAD_RATE, np.int64)
+
+    def warmup(self) -> None:
+        self.step(np.zeros(WINDOW * 2, np.float32), self.init_state(VAD_RATE))
+
+    def init_state(self, input_rate: int) -> VADState:
+        resampler = None if input_rate == VAD_RATE else soxr.ResampleStream(input_rate, VAD_RATE, 1, "float32", "HQ")
+        return VADState(input_rate=input_rate, resampler=resampler)
+
+    def reset(self, state: VADState) -> VADState:
+        return self.init_state(state.input_rate)
+
+    def probability(self, window16k: np.ndarray, state: VADState) -> float:
+        x = np.concatenate([state.context, window16k[None]], axis=1)
+        out, state.rnn = self.session.run(None, {"input": x, "state": state.rnn, "sr": self._sr})
+        state.context = x[:, -CONTEXT:]
+        return float(out[0, 0])
+
+    def step(self, pcm: np.ndarray, state: VADState) -> tuple[list[VADEvent], VADState]:
+        """pcm: float32 [T] at `state.input_rate` -> events for every whole 32 ms window now available."""
+        # A shallow copy: arrays are replaced, never mutated, so the old object stays valid (the resampler is shared).
+        state = dataclasses.replace(state)
+        x = np.asarray(pcm, np.float32).reshape(-1)
+        if state.resampler is not None:
+            x = state.resampler.resample_chunk(x)
+        buf = np.concatenate([state.buffer, x])
+        cfg, events = self.config, []
+        win_ms = 1000 * WINDOW / VAD_RATE
+        n = buf.size // WINDOW
+        for i in range(n):
+            p = self.probability(buf[i * WINDOW : (i + 1) * WINDOW], state)
+            state.windows += 1
+            state.probability = p
+            t = state.windows * WINDOW / VAD_RATE
+            if not state.speaking:
+                state.speech_windows = state.speech_windows + 1 if p >= cfg.start_threshold else 0
+                if state.speech_windows * win_ms >= cfg.min_speech_ms:
+                    state.speaking, state.silence_windows = True, 0
+                    events.append(VADEvent("start", t - state.speech_windows * win_ms / 1000, p))
+            else:
+                state.silence_windows = state.silence_windows + 1 if p < cfg.end_threshold else 0
+                if state.silence_windows * win_ms >= cfg.end_of_turn_ms:
+                    state.speaking, state.speech_windows = False, 0
+                    events.append(VADEvent("end", t - state.silence_windows * win_ms / 1000, p))
+        state.buffer = buf[n * WINDOW :]
+        return events, state

@@ -1,0 +1,72 @@
+"""SlidingWindowDecoder: blocks join into exactly the whole-sequence decode when the lookback covers the decoder's
+context; with a shorter lookback the error at joins is measured and bounded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from talkstream.models.loaders import load_audio_codec
+from talkstream.streaming.sliding_window import SlidingWindowDecoder
+from tests.conftest import speechlike
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return load_audio_codec()
+
+
+@pytest.fixture(scope="module")
+def tokens(codec):
+    x = torch.from_numpy(speechlike(1.5))[None, None]
+    return codec.encode(x, 8)[..., :112]
+
+
+def stream(dec, tokens, arrivals):
+    state, out, i = dec.init_state(tokens.shape[1]), [], 0
+    for n in arrivals:
+        pcm, state = dec.step(tokens[..., i : i + n], state)
+        out.append(pcm)
+        i += n
+    pcm, state = dec.flush(state)
+    return torch.cat(out + [pcm], -1)
+
+
+@pytest.mark.parametrize("block, arrivals", [(1, [1] * 112), (6, [5, 7] * 9 + [4]), (10, [112]), (4, [3] * 37 + [1])],
+                         ids=["block1-per-frame", "block6-uneven", "block10-all-at-once", "block4-lookahead"])
+def test_blocks_join_exactly_with_full_lookback(codec, tokens, block, arrivals):
+    dec = SlidingWindowDecoder(codec, block_frames=block, lookahead_frames=2 if block == 4 else 0)
+    assert dec.lookback_frames == codec.decoder_context_frames
+    full = codec.decode(tokens)
+    torch.testing.assert_close(stream(dec, tokens, arrivals), full, atol=1e-4, rtol=0)
+
+
+def test_short_lookback_error_is_bounded_and_only_at_joins(codec, tokens):
+    full = codec.decode(tokens)
+    hop = codec.frame_size
+    errs = {}
+    for lookback in (2, 8, 20):
+        out = stream(SlidingWindowDecoder(codec, block_frames=8, lookback_frames=lookback), tokens, [112])
+        err = (out - full).abs()[0, 0]
+        errs[lookback] = float(err.pow(2).mean() / full.pow(2).mean())
+        # The first block has all the context there is: exact.
+        assert float(err[: 8 * hop].max()) < 1e-4
+    # Error shrinks as lookback grows and stays small against the signal.
+    assert errs[2] > errs[8] > errs[20] and errs[2] < 0.5, errs
+
+
+def test_first_packet_after_one_block(codec, tokens):
+    dec = SlidingWindowDecoder(codec, block_frames=6)
+    state = dec.init_state(8)
+    pcm, state = dec.step(tokens[..., :5], state)
+    assert pcm.shape[-1] == 0
+    pcm, state = dec.step(tokens[..., 5:6], state)
+    assert pcm.shape[-1] == 6 * codec.frame_size
+    # Only the lookback is kept, not the whole history.
+    pcm, state = dec.step(tokens[..., 6:100], state)
+    assert state.tokens.shape[-1] <= dec.lookback_frames + dec.block_frames
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError):
+        SlidingWindowDecoder(load_audio_codec(), block_frames=0)

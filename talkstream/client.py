@@ -52,26 +52,44 @@ def _now_ms(t0: float) -> int:
     return int((time.monotonic() - t0) * 1000) & 0xFFFFFFFF
 
 
-async def stream_audio(url: str, audio: np.ndarray | None = None, sample_rate: int = 24_000, mode: str = "codec",
-                       codebooks: int = 8, output: tuple[str, ...] = ("pcm",), tokens: np.ndarray | None = None,
-                       realtime: bool = True, frame_ms: float = 20.0, token: str | None = None,
-                       tail_s: float = 1.0, extra_hello: dict[str, Any] | None = None,
-                       open_timeout: float = 10.0) -> StreamResult:
+async def stream_audio(
+    url: str,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 24_000,
+    mode: str = "codec",
+    codebooks: int = 8,
+    output: tuple[str, ...] = ("pcm",),
+    tokens: np.ndarray | None = None,
+    realtime: bool = True,
+    frame_ms: float = 20.0,
+    token: str | None = None,
+    tail_s: float = 1.0,
+    extra_hello: dict[str, Any] | None = None,
+    open_timeout: float = 10.0,
+) -> StreamResult:
     """Stream `audio` (float32 [T] at `sample_rate`) or `tokens` (int [K, F]) and collect the answer.
 
     tail_s: after the last frame, how long to keep listening (chat replies come after the turn ends) before
     sending `end` and waiting for the summary.
     """
     t0 = time.monotonic() - 1.0  # timestamps start at 1000 ms: 0 means "no timestamp" (chat replies)
-    hello = {"type": "hello", "version": PROTOCOL_VERSION, "mode": mode, "sample_rate": sample_rate,
-             "codebooks": codebooks, "output": list(output), "input": "tokens" if tokens is not None else "pcm",
-             **({"token": token} if token else {}), **(extra_hello or {})}
+    hello = {
+        "type": "hello",
+        "version": PROTOCOL_VERSION,
+        "mode": mode,
+        "sample_rate": sample_rate,
+        "codebooks": codebooks,
+        "output": list(output),
+        "input": "tokens" if tokens is not None else "pcm",
+        **({"token": token} if token else {}),
+        **(extra_hello or {}),
+    }
     pcm_out: list[np.ndarray] = []
     tok_out: list[np.ndarray] = []
     result = StreamResult(ready={}, pcm=np.zeros(0, np.float32), tokens=np.zeros((codebooks, 0), np.int64))
     first_sent: list[float] = []
 
-    async with connect(url, max_size=2**22, open_timeout=open_timeout) as ws:
+    async with connect(url, max_size=2**22, open_timeout=open_timeout, compression=None) as ws:
         await ws.send(json.dumps(hello))
         while True:
             msg = json.loads(await ws.recv())

@@ -104,6 +104,83 @@ def cmd_bench_codec(args) -> None:
         print(f"results written to {args.out}")
 
 
+def cmd_serve(args) -> None:
+    import asyncio
+    import os
+
+    from talkstream.services.session import Limits
+    from talkstream.services.ws import ServerConfig, run_server
+
+    token = args.token or os.environ.get("TALKSTREAM_TOKEN") or None
+    limits = Limits(
+        max_message_bytes=args.max_message_bytes,
+        max_session_s=args.max_session_s,
+        idle_timeout_s=args.idle_timeout_s,
+        token=token,
+        frames_per_step=args.frames_per_step,
+    )
+    cfg = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_sessions=args.max_sessions,
+        limits=limits,
+        allowed_origins=args.allow_origin,
+        weights=args.weights,
+    )
+    try:
+        asyncio.run(run_server(cfg))
+    except OSError as e:
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+
+
+def cmd_client(args) -> None:
+    import asyncio
+
+    import numpy as np
+
+    from talkstream.audio_io import load_audio, save_audio
+    from talkstream.client import ServerError, stream_audio
+
+    audio = load_audio(args.input, args.sample_rate)
+    try:
+        r = asyncio.run(
+            stream_audio(
+                args.url,
+                audio,
+                args.sample_rate,
+                mode=args.mode,
+                codebooks=args.codebooks,
+                output=("pcm",),
+                realtime=not args.fast,
+                token=args.token,
+                tail_s=args.tail,
+            )
+        )
+    except ServerError as e:
+        raise ValueError(f"server refused: {e}") from None
+    except OSError as e:
+        raise ValueError(f"cannot reach {args.url}: {e.strerror or e}") from None
+    save_audio(args.out, r.pcm, args.sample_rate)
+    lat = np.array(r.latencies_ms) if r.latencies_ms else np.zeros(1)
+    first = f"{r.first_audio_ms:.0f} ms" if r.first_audio_ms is not None else "-"
+    print(
+        f"{args.out}: {r.pcm.size / args.sample_rate:.2f} s back; first audio after {first}; frame latency "
+        f"p50 {np.percentile(lat, 50):.1f} ms p95 {np.percentile(lat, 95):.1f} ms; "
+        f"{sum(e['type'] == 'vad' for e in r.events)} VAD events, {len(r.errors())} errors"
+    )
+    for e in r.errors():
+        print(f"  error {e['code']}: {e['message']}")
+
+
+def cmd_bench_serve(args) -> None:
+    from talkstream.bench.serve import run_serve_bench
+
+    results = run_serve_bench(args.sessions, args.seconds, args.weights, args.frames_per_step)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="talkstream",
@@ -142,6 +219,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", default="talkstream-out", help="where .tsk and .wav files go")
     weights_arg(sp)
     sp.set_defaults(func=cmd_roundtrip)
+
+    sp = sub.add_parser(
+        "serve",
+        help="run the WebSocket server (codec and chat modes) with the shipped weights",
+        description="Serve the streaming protocol of docs/protocol.md over WebSocket, with /metrics and /healthz "
+        "on the same port. Models warm up before the port opens.",
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    sp.add_argument("--max-sessions", type=int, default=64, help="concurrent sessions before 'busy' (default 64)")
+    sp.add_argument("--max-message-bytes", type=int, default=64 * 1024, help="largest message accepted")
+    sp.add_argument("--max-session-s", type=float, default=3600.0, help="longest session, seconds")
+    sp.add_argument("--idle-timeout-s", type=float, default=30.0, help="close a session silent this long")
+    sp.add_argument("--token", default=None, help="shared secret clients must send in hello (or TALKSTREAM_TOKEN)")
+    sp.add_argument(
+        "--frames-per-step",
+        type=int,
+        default=2,
+        choices=[1, 2, 3, 4, 6],
+        help="codec frames (13.3 ms each) per step: 1 = lowest latency, more = more sessions per core",
+    )
+    sp.add_argument(
+        "--allow-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="browser origin allowed to connect (repeatable; default: localhost pages only)",
+    )
+    weights_arg(sp)
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser(
+        "client",
+        help="stream an audio file to a server in real time and save what comes back",
+        description="Stream IN in 20 ms frames (real time unless --fast) and write the returned audio to --out.",
+    )
+    sp.add_argument("input", help="audio file to send")
+    sp.add_argument("--out", required=True, help="WAV file for the audio that comes back")
+    sp.add_argument("--url", default="ws://127.0.0.1:8765", help="server URL (default ws://127.0.0.1:8765)")
+    sp.add_argument("--mode", choices=["codec", "chat"], default="codec")
+    sp.add_argument("--codebooks", type=int, default=8, help="codebooks 1..8 (bitrate)")
+    sp.add_argument("--sample-rate", type=int, default=24_000, help="rate to send and receive at (8000..48000)")
+    sp.add_argument("--token", default=None, help="shared secret, if the server wants one")
+    sp.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    sp.add_argument("--tail", type=float, default=2.0, help="seconds to keep listening after the input ends")
+    sp.set_defaults(func=cmd_client)
 
     sp = sub.add_parser("train", help="train a model (codec)", description="Train talkstream's learned parts.")
     tsub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -184,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--out", default=None, help="write results JSON here")
     weights_arg(bc)
     bc.set_defaults(func=cmd_bench_codec)
+    bs = bsub.add_parser(
+        "serve",
+        help="N concurrent real-time codec sessions against a server on loopback",
+        description="Start `talkstream serve` as its own process, run N real-time clients per level for a fixed "
+        "time, and report frame latency percentiles, late frames, drops, server CPU and memory.",
+    )
+    bs.add_argument("--sessions", type=int, nargs="+", default=[1, 5, 10, 20], help="concurrency levels to run")
+    bs.add_argument("--seconds", type=float, default=10.0, help="seconds each session streams")
+    bs.add_argument("--frames-per-step", type=int, default=2, help="the server's --frames-per-step")
+    bs.add_argument("--out", default=None, help="write results JSON here")
+    bs.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
+    bs.set_defaults(func=cmd_bench_serve)
     return p
 
 

@@ -116,7 +116,9 @@ def _check_fields(msg: dict, num_codebooks: int) -> dict[str, Any]:
         o = msg["output"]
         o = [o] if isinstance(o, str) else o
         if not isinstance(o, list) or not o or any(x not in OUTPUTS for x in o):
-            raise ProtocolError("bad_config", f"output must be a list drawn from {list(OUTPUTS)}, got {msg['output']!r}")
+            raise ProtocolError(
+                "bad_config", f"output must be a list drawn from {list(OUTPUTS)}, got {msg['output']!r}"
+            )
         out["output"] = tuple(dict.fromkeys(o))
     if "input" in msg:
         if msg["input"] not in ("pcm", "tokens"):
@@ -137,8 +139,9 @@ def parse_text(text: str, num_codebooks: int = 8) -> Hello | Config | End | Ping
     if kind == "hello":
         version = msg.get("version")
         if version != PROTOCOL_VERSION:
-            raise ProtocolError("bad_version", f"protocol version {version!r} not supported; this server speaks "
-                                               f"{PROTOCOL_VERSION}")
+            raise ProtocolError(
+                "bad_version", f"protocol version {version!r} not supported; this server speaks {PROTOCOL_VERSION}"
+            )
         token = msg.get("token")
         if token is not None and not isinstance(token, str):
             raise ProtocolError("bad_config", "token must be a string")
@@ -176,14 +179,17 @@ def pcm_frame(pcm: np.ndarray, seq: int, timestamp: int, flags: int = 0) -> byte
     """float [T] -> a PCM16 binary frame."""
     x = np.clip(np.asarray(pcm, np.float32).reshape(-1), -1.0, 32767 / 32768)
     return HEADER.pack(KIND_PCM16, PROTOCOL_VERSION, 0, flags, seq & 0xFFFFFFFF, timestamp & 0xFFFFFFFF) + (
-        np.round(x * 32768).astype("<i2").tobytes())
+        np.round(x * 32768).astype("<i2").tobytes()
+    )
 
 
 def token_frame(codes: np.ndarray, seq: int, timestamp: int, flags: int = 0) -> bytes:
     """int [K, F] -> a token binary frame."""
     codes = np.asarray(codes)
-    return HEADER.pack(KIND_TOKENS, PROTOCOL_VERSION, codes.shape[0], flags, seq & 0xFFFFFFFF,
-                       timestamp & 0xFFFFFFFF) + np.ascontiguousarray(codes.T).astype("<u2").tobytes()
+    return (
+        HEADER.pack(KIND_TOKENS, PROTOCOL_VERSION, codes.shape[0], flags, seq & 0xFFFFFFFF, timestamp & 0xFFFFFFFF)
+        + np.ascontiguousarray(codes.T).astype("<u2").tobytes()
+    )
 
 
 def event(kind: str, **fields: Any) -> str:

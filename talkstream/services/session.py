@@ -66,6 +66,7 @@ class Limits:
     idle_timeout_s: float = 30.0
     token: str | None = None  # shared secret checked in hello, before any audio is accepted
     stats_interval_s: float = 1.0
+    frames_per_step: int = 2  # codec frames per step: 1 = lowest latency, more = more sessions per core
 
 
 @dataclass
@@ -168,8 +169,15 @@ class TokenDecodeStage:
 
 
 class Session:
-    def __init__(self, engine: CodecEngine, vad: SileroVAD, responder: Responder, limits: Limits,
-                 send: Callable[[bytes | str], Awaitable[None]], metrics: Metrics | None = None):
+    def __init__(
+        self,
+        engine: CodecEngine,
+        vad: SileroVAD,
+        responder: Responder,
+        limits: Limits,
+        send: Callable[[bytes | str], Awaitable[None]],
+        metrics: Metrics | None = None,
+    ):
         self.id = uuid.uuid4().hex[:12]
         self.engine, self.vad, self.responder = engine, vad, responder
         self.codec = engine.codec
@@ -181,6 +189,7 @@ class Session:
         self.reply: Pipeline | None = None
         self._tasks: set[asyncio.Task] = set()
         self._reply_task: asyncio.Task | None = None
+        self._reply_pacer = Pacer()
         self._senders: list[asyncio.Task] = []
         self.frame_latencies: list[float] = []
         self.counts = {"frames_in": 0, "frames_out": 0, "errors": 0, "turns": 0, "interruptions": 0}
@@ -222,8 +231,10 @@ class Session:
     async def on_message(self, data: bytes | str) -> bool:
         """Handle one message; False when the session is over (the transport then closes)."""
         if len(data) > self.limits.max_message_bytes:
-            await self.send_error("too_large", f"message of {len(data)} bytes exceeds the limit of "
-                                               f"{self.limits.max_message_bytes}; it was ignored")
+            await self.send_error(
+                "too_large",
+                f"message of {len(data)} bytes exceeds the limit of {self.limits.max_message_bytes}; it was ignored",
+            )
             return True
         if time.monotonic() - self.started > self.limits.max_session_s:
             await self.send_error("session_too_long", f"sessions last at most {self.limits.max_session_s:.0f} s")
@@ -278,13 +289,30 @@ class Session:
     # -- pipelines --------------------------------------------------------------------------------------------
     def _ready_event(self) -> str:
         c, h = self.codec, self.hello
-        return event("ready", version=PROTOCOL_VERSION, session=self.id, mode=h.mode, sample_rate=h.sample_rate,
-                     codebooks=h.codebooks, output=list(h.output), input=h.input,
-                     codec={"codec_id": c.cfg.codec_id, "sample_rate": c.sample_rate, "frame_rate": c.frame_rate,
-                            "frame_size": c.frame_size, "num_codebooks": c.num_codebooks,
-                            "codebook_size": c.codebook_size, "algorithmic_latency_ms": c.algorithmic_latency_ms},
-                     limits={"max_message_bytes": self.limits.max_message_bytes,
-                             "max_session_s": self.limits.max_session_s, "idle_timeout_s": self.limits.idle_timeout_s})
+        return event(
+            "ready",
+            version=PROTOCOL_VERSION,
+            session=self.id,
+            mode=h.mode,
+            sample_rate=h.sample_rate,
+            codebooks=h.codebooks,
+            output=list(h.output),
+            input=h.input,
+            codec={
+                "codec_id": c.cfg.codec_id,
+                "sample_rate": c.sample_rate,
+                "frame_rate": c.frame_rate,
+                "frame_size": c.frame_size,
+                "num_codebooks": c.num_codebooks,
+                "codebook_size": c.codebook_size,
+                "algorithmic_latency_ms": c.algorithmic_latency_ms,
+            },
+            limits={
+                "max_message_bytes": self.limits.max_message_bytes,
+                "max_session_s": self.limits.max_session_s,
+                "idle_timeout_s": self.limits.idle_timeout_s,
+            },
+        )
 
     async def _build(self) -> None:
         h, sr = self.hello, self.codec.sample_rate
@@ -296,24 +324,42 @@ class Session:
         else:
             stages = [ResampleIn(h.sample_rate, sr), VoiceActivity(self.vad, sr, self._on_vad)]
             if h.mode == "codec":
-                stages += [CodecStage(self.engine, h.codebooks, decode="pcm" in h.output),
-                           OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output)]
+                stages += [
+                    CodecStage(self.engine, h.codebooks, "pcm" in h.output, self.limits.frames_per_step),
+                    OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output),
+                ]
             else:
-                stages += [CodecStage(self.engine, h.codebooks, decode=False), TurnCollector(self.codec)]
+                stages += [
+                    CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
+                    TurnCollector(self.codec),
+                ]
             self.input = Pipeline(stages, self.metrics)
         self.input.start()
         if h.mode == "chat":
-            self.reply = Pipeline([SlidingDecodeStage(self.codec, h.codebooks),
-                                   OutputStage(sr, h.sample_rate, False, True)], self.metrics, live=False)
+            self.reply = Pipeline(
+                [SlidingDecodeStage(self.codec, h.codebooks), OutputStage(sr, h.sample_rate, False, True)],
+                self.metrics,
+                live=False,
+            )
             self.reply.start()
-            self._senders = [self._spawn(self._turns()), self._spawn(self._sender(self.reply, Pacer()))]
+            self._reply_pacer = Pacer()
+            self._senders = [self._spawn(self._turns()), self._spawn(self._sender(self.reply, self._reply_pacer))]
         else:
             self._senders = [self._spawn(self._sender(self.input, Pacer()))]
         self._spawn(self._stats_loop())
 
+    def _answer_playing(self) -> bool:
+        """An answer is being generated, is queued, or its audio has not finished playing at the client."""
+        if self._reply_task is not None and not self._reply_task.done():
+            return True
+        if self.reply is None:
+            return False
+        pacer = self._reply_pacer
+        return any(q.qsize() for q in self.reply.queues) or (pacer.playhead or 0) > time.monotonic()
+
     def _on_vad(self, e: VADEvent) -> None:
         self._spawn(self.send(event("vad", state=e.kind, t=round(e.time_s, 3))))
-        if e.kind == "start" and self._reply_task is not None and not self._reply_task.done():
+        if e.kind == "start" and self._answer_playing():
             self._spawn(self._interrupt())
 
     async def _interrupt(self) -> None:
@@ -326,14 +372,15 @@ class Session:
             self._senders[1].cancel()
             await asyncio.gather(self._senders[1], return_exceptions=True)
             await self.reply.interrupt()
-            self._senders[1] = self._spawn(self._sender(self.reply, Pacer()))
+            self._reply_pacer = Pacer()
+            self._senders[1] = self._spawn(self._sender(self.reply, self._reply_pacer))
         self.counts["interruptions"] += 1
         await self.send(event("reply", state="interrupted"))
 
     async def _turns(self) -> None:
         while (turn := await self.input.get()) is not None:
             self.counts["turns"] += 1
-            if self._reply_task is not None and not self._reply_task.done():
+            if self._answer_playing():
                 await self._interrupt()
             self._reply_task = self._spawn(self._answer(turn))
         if self.input.error is not None:
@@ -354,8 +401,12 @@ class Session:
     def stats(self) -> dict:
         lat = np.array(self.frame_latencies[-2000:]) * 1000 if self.frame_latencies else np.zeros(1)
         drops = sum(s.drops for p in (self.input, self.reply) if p for s in p.stats.values())
-        return {**self.counts, "drops": drops, "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
-                "latency_ms_p95": round(float(np.percentile(lat, 95)), 2)}
+        return {
+            **self.counts,
+            "drops": drops,
+            "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
+            "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
+        }
 
     # -- ending -----------------------------------------------------------------------------------------------
     async def finish(self) -> None:
@@ -370,11 +421,18 @@ class Session:
                 await asyncio.gather(*self._senders[1:], return_exceptions=True)
             else:
                 await asyncio.gather(*self._senders, return_exceptions=True)
-        await self.send(event("summary", session=self.id, seconds=round(time.monotonic() - self.started, 3),
-                              **self.stats(), stages={
-                                  **(self.input.summary() if self.input else {}),
-                                  **({"reply_" + k: v for k, v in self.reply.summary().items()} if self.reply else {}),
-                              }))
+        await self.send(
+            event(
+                "summary",
+                session=self.id,
+                seconds=round(time.monotonic() - self.started, 3),
+                **self.stats(),
+                stages={
+                    **(self.input.summary() if self.input else {}),
+                    **({"reply_" + k: v for k, v in self.reply.summary().items()} if self.reply else {}),
+                },
+            )
+        )
 
     async def _teardown(self) -> None:
         for p in (self.input, self.reply):

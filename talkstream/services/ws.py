@@ -50,8 +50,13 @@ def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
 
 
 class TalkstreamServer:
-    def __init__(self, config: ServerConfig | None = None, responder: Responder | None = None, codec=None,
-                 vad: SileroVAD | None = None):
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        responder: Responder | None = None,
+        codec=None,
+        vad: SileroVAD | None = None,
+    ):
         from talkstream.models.loaders import load_audio_codec
 
         self.config = config or ServerConfig()
@@ -81,9 +86,17 @@ class TalkstreamServer:
         c = self.config
         # websockets closes (1009) above max_size; below it, the session answers oversize messages with an error
         # event and keeps the connection, so the hard cap sits well above the protocol's limit.
-        self._server = await serve(self._handle, c.host, c.port, process_request=self._http,
-                                   max_size=4 * c.limits.max_message_bytes, ping_interval=20, ping_timeout=20,
-                                   write_limit=2**16)
+        self._server = await serve(
+            self._handle,
+            c.host,
+            c.port,
+            process_request=self._http,
+            max_size=4 * c.limits.max_message_bytes,
+            ping_interval=20,
+            ping_timeout=20,
+            write_limit=2**16,
+            compression=None,
+        )  # PCM and tokens do not deflate
         log.info("warm in %.2f s; listening on %s", time.perf_counter() - t0, self.url)
 
     async def stop(self) -> None:
@@ -113,8 +126,9 @@ class TalkstreamServer:
             for name, n in depth.items():
                 self.metrics.queue_depth.labels(name).set(n)
             body = self.metrics.render()
-            headers = Headers([("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
-                               ("Content-Length", str(len(body)))])
+            headers = Headers(
+                [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", str(len(body)))]
+            )
             return Response(200, "OK", headers, body)
         return None  # a WebSocket upgrade: carry on with the handshake
 
@@ -144,7 +158,9 @@ class TalkstreamServer:
                     data = await asyncio.wait_for(ws.recv(), max(timeout, 0.001))
                 except TimeoutError:
                     if time.monotonic() >= deadline:
-                        await session.send_error("session_too_long", f"sessions last at most {c.limits.max_session_s:.0f} s")
+                        await session.send_error(
+                            "session_too_long", f"sessions last at most {c.limits.max_session_s:.0f} s"
+                        )
                     else:
                         await session.send_error("idle_timeout", f"no message for {c.limits.idle_timeout_s:.0f} s")
                     break

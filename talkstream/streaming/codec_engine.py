@@ -46,7 +46,9 @@ class CodecEngine:
         self.threads = threads
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codec")
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="codec", initializer=torch.set_num_threads, initargs=(threads,)
+        )
         self.steps = 0
         self.items = 0
 
@@ -64,7 +66,6 @@ class CodecEngine:
 
     def warmup(self) -> None:
         """Run every path once so the first real frame pays no lazy initialisation."""
-        torch.set_num_threads(self.threads)
         with torch.inference_mode():
             state = self.codec.init_state(2, self.codec.num_codebooks)
             codes, state = self.codec.encode_step(torch.zeros(2, 1, 4 * self.codec.frame_size), state)
@@ -91,7 +92,6 @@ class CodecEngine:
         return pcm, state
 
     def _step(self, group: list[_Request]) -> list[tuple[Tensor, Tensor | None, CodecState]]:
-        torch.set_num_threads(self.threads)
         op = group[0].op
         state = CodecState.stack([r.state for r in group]) if len(group) > 1 else group[0].state
         data = torch.cat([r.data for r in group]) if len(group) > 1 else group[0].data
@@ -105,8 +105,10 @@ class CodecEngine:
                 pcm, state = self.codec.decode_step(data, state)
         states = state.unbind() if len(group) > 1 else [state]
         n = len(group)
-        return [(codes[i : i + 1] if codes is not None else None, pcm[i : i + 1] if pcm is not None else None,
-                 states[i]) for i in range(n)]
+        return [
+            (codes[i : i + 1] if codes is not None else None, pcm[i : i + 1] if pcm is not None else None, states[i])
+            for i in range(n)
+        ]
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,8 +1,9 @@
 """Async pipelines: stages linked by bounded queues, with explicit backpressure, metrics and interruption.
 
 A `Stage` is a small object with one async `process(item) -> list[items]`, a `reset()`, and optionally an async
-`flush() -> list[items]` called at end of stream; it keeps its streaming state on itself (one stage instance per session, so nothing is shared). The `Pipeline` runs one task per stage,
-owns start/stop/cancel, and links stages with queues:
+`flush() -> list[items]` called at end of stream; it keeps its streaming state on itself (one stage instance per
+session, so nothing is shared). The `Pipeline` runs one task per stage, owns start/stop/cancel, and links stages
+with queues:
 
 - the live input queue (microphone audio) drops its OLDEST item when full and counts the drop: late audio is worth
   less than current audio, and a slow consumer must never grow memory without bound;
@@ -56,8 +57,14 @@ _END = object()  # end-of-stream marker, passed through every stage
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], metrics: Metrics | None = None, live_queue_size: int = 32,
-                 queue_size: int = 64, live: bool = True):
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        metrics: Metrics | None = None,
+        live_queue_size: int = 32,
+        queue_size: int = 64,
+        live: bool = True,
+    ):
         """live: the input is live media (drop oldest when full); otherwise `put` blocks (tokens, text)."""
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
@@ -129,7 +136,8 @@ class Pipeline:
 
     async def end(self) -> None:
         """No more input: everything queued is processed, then `get` returns None."""
-        await self.inbox.put(_END)
+        # The plain Queue.put waits for room, so the end marker neither is dropped nor evicts live audio.
+        await asyncio.Queue.put(self.inbox, _END)
 
     async def get(self) -> Any | None:
         """The next output item, or None at end of stream."""

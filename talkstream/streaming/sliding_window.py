@@ -33,8 +33,9 @@ class SlidingWindowState:
 
 
 class SlidingWindowDecoder:
-    def __init__(self, codec: AudioCodec, block_frames: int = 6, lookback_frames: int | None = None,
-                 lookahead_frames: int = 0):
+    def __init__(
+        self, codec: AudioCodec, block_frames: int = 6, lookback_frames: int | None = None, lookahead_frames: int = 0
+    ):
         if block_frames < 1 or lookahead_frames < 0 or (lookback_frames is not None and lookback_frames < 0):
             raise ValueError("block_frames must be >= 1, lookback and lookahead >= 0")
         self.codec = codec

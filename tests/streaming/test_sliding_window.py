@@ -32,8 +32,11 @@ def stream(dec, tokens, arrivals):
     return torch.cat(out + [pcm], -1)
 
 
-@pytest.mark.parametrize("block, arrivals", [(1, [1] * 112), (6, [5, 7] * 9 + [4]), (10, [112]), (4, [3] * 37 + [1])],
-                         ids=["block1-per-frame", "block6-uneven", "block10-all-at-once", "block4-lookahead"])
+@pytest.mark.parametrize(
+    "block, arrivals",
+    [(1, [1] * 112), (6, [5, 7] * 9 + [4]), (10, [112]), (4, [3] * 37 + [1])],
+    ids=["block1-per-frame", "block6-uneven", "block10-all-at-once", "block4-lookahead"],
+)
 def test_blocks_join_exactly_with_full_lookback(codec, tokens, block, arrivals):
     dec = SlidingWindowDecoder(codec, block_frames=block, lookahead_frames=2 if block == 4 else 0)
     assert dec.lookback_frames == codec.decoder_context_frames

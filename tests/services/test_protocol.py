@@ -1,0 +1,133 @@
+"""The sans-I/O protocol: typed messages from bytes, error codes for everything else, never a crash."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from talkstream.services.protocol import (
+    HEADER,
+    Config,
+    End,
+    Hello,
+    Ping,
+    ProtocolError,
+    parse_binary,
+    parse_text,
+    pcm_frame,
+    token_frame,
+)
+
+
+def test_hello_and_friends():
+    h = parse_text(
+        json.dumps(
+            {
+                "type": "hello",
+                "version": 1,
+                "mode": "chat",
+                "sample_rate": 16000,
+                "codebooks": 2,
+                "output": ["pcm", "tokens"],
+                "token": "s",
+            }
+        )
+    )
+    assert h == Hello(version=1, mode="chat", sample_rate=16000, codebooks=2, output=("pcm", "tokens"), token="s")
+    assert parse_text('{"type": "config", "codebooks": 4}') == Config({"codebooks": 4})
+    assert isinstance(parse_text('{"type": "end"}'), End)
+    assert parse_text('{"type": "ping", "t": 5}') == Ping(5)
+
+
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        ("not json", "bad_json"),
+        ("[1, 2]", "bad_json"),
+        ('{"no": "type"}', "bad_json"),
+        ('{"type": "dance"}', "unknown_type"),
+        ('{"type": "hello", "version": 7}', "bad_version"),
+        ('{"type": "hello"}', "bad_version"),
+        ('{"type": "hello", "version": 1, "sample_rate": 44}', "bad_config"),
+        ('{"type": "hello", "version": 1, "sample_rate": true}', "bad_config"),
+        ('{"type": "hello", "version": 1, "codebooks": 9}', "bad_config"),
+        ('{"type": "hello", "version": 1, "mode": "karaoke"}', "bad_config"),
+        ('{"type": "hello", "version": 1, "output": ["video"]}', "bad_config"),
+        ('{"type": "hello", "version": 1, "token": 123}', "bad_config"),
+        ("[" * 100_000, "bad_json"),
+    ],
+)
+def test_bad_text(text, code):
+    with pytest.raises(ProtocolError) as e:
+        parse_text(text)
+    assert e.value.code == code and e.value.message
+
+
+def test_binary_roundtrips():
+    x = np.linspace(-1, 1, 480, dtype=np.float32)
+    f = parse_binary(pcm_frame(x, seq=7, timestamp=1234))
+    assert (f.kind, f.seq, f.timestamp) == (1, 7, 1234)
+    np.testing.assert_allclose(f.pcm(), x, atol=1 / 32768 + 1e-7)
+    codes = np.random.default_rng(0).integers(0, 1024, (3, 5))
+    f = parse_binary(token_frame(codes, 1, 2))
+    np.testing.assert_array_equal(f.tokens(), codes)
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"\x01\x01", "bad_header"),
+        (HEADER.pack(1, 2, 0, 0, 0, 0), "bad_header"),
+        (HEADER.pack(1, 1, 0, 0, 0, 0) + b"\x00", "bad_header"),
+        (HEADER.pack(9, 1, 0, 0, 0, 0), "unknown_kind"),
+        (HEADER.pack(2, 1, 0, 0, 0, 0), "bad_header"),
+        (HEADER.pack(2, 1, 3, 0, 0, 0) + b"\x00" * 4, "bad_header"),
+    ],
+    ids=["short", "version", "odd-pcm", "kind", "zero-codebooks", "ragged-tokens"],
+)
+def test_bad_binary(data, code):
+    with pytest.raises(ProtocolError) as e:
+        parse_binary(data)
+    assert e.value.code == code
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=64))
+def test_random_bytes_never_crash_the_binary_parser(data):
+    try:
+        f = parse_binary(data)
+    except ProtocolError as e:
+        assert e.code in {"bad_header", "unknown_kind"}
+    else:
+        (f.pcm() if f.kind == 1 else f.tokens())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=80),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+            lambda c: (
+                st.lists(c, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(
+                        ["type", "version", "mode", "sample_rate", "codebooks", "output", "input", "token"]
+                    ),
+                    c,
+                    max_size=5,
+                )
+            ),
+            max_leaves=10,
+        ).map(json.dumps),
+    )
+)
+def test_random_text_never_crashes_the_parser(text):
+    try:
+        parse_text(text)
+    except ProtocolError as e:
+        assert e.code in {"bad_json", "unknown_type", "bad_version", "bad_config"}

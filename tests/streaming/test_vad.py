@@ -1,0 +1,58 @@
+"""Silero VAD through onnxruntime: speech found where it is, end of turn after silence, chunking does not matter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from talkstream.audio_io import load_audio
+from talkstream.data import SAMPLE_WAV
+from talkstream.streaming.vad import SileroVAD
+
+
+@pytest.fixture(scope="module")
+def vad():
+    return SileroVAD()
+
+
+@pytest.fixture(scope="module")
+def turn():
+    """1 s silence, the sample sentence (3.6 s), 1 s silence, at 24 kHz."""
+    speech = load_audio(SAMPLE_WAV, 24_000)
+    z = np.zeros(24_000, np.float32)
+    return np.concatenate([z, speech, z]), speech.size / 24_000
+
+
+def run(vad, audio, chunk):
+    state, events = vad.init_state(24_000), []
+    for i in range(0, audio.size, chunk):
+        ev, state = vad.step(audio[i : i + chunk], state)
+        events += ev
+    return events
+
+
+def test_start_and_end_of_turn(vad, turn):
+    audio, speech_s = turn
+    events = run(vad, audio, 480)
+    assert [e.kind for e in events] == ["start", "end"]
+    start, end = events
+    assert 0.9 < start.time_s < 1.3  # speech begins at 1.0 s
+    assert 1.0 + speech_s - 0.5 < end.time_s < 1.0 + speech_s + 0.3
+
+
+@pytest.mark.parametrize("chunk", [160, 999, 24_000])
+def test_chunking_does_not_change_events(vad, turn, chunk):
+    ref = [(e.kind, round(e.time_s, 3)) for e in run(vad, turn[0], 480)]
+    assert [(e.kind, round(e.time_s, 3)) for e in run(vad, turn[0], chunk)] == ref
+
+
+def test_silence_and_noise_are_not_speech(vad):
+    rng = np.random.default_rng(0)
+    assert run(vad, np.zeros(48_000, np.float32), 480) == []
+    assert run(vad, (0.01 * rng.standard_normal(48_000)).astype(np.float32), 480) == []
+
+
+def test_sessions_do_not_share_state(vad, turn):
+    a, b = vad.init_state(24_000), vad.init_state(16_000)
+    ev_a, a = vad.step(turn[0][:48_000], a)
+    assert b.windows == 0 and a.windows > 0

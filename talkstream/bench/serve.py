@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,7 +89,9 @@ async def _run_level(url: str, pid: int, audio: np.ndarray, sessions: int, secon
     }
 
 
-def run_serve_bench(levels: list[int], seconds: float, weights: str | None = None, frames_per_step: int = 2) -> dict:
+def run_serve_bench(
+    levels: list[int], seconds: float, weights: str | None = None, frames_per_step: int = 2, gather_ms: float = 0.0
+) -> dict:
     from talkstream.models.loaders import load_audio_codec
 
     codec = load_audio_codec(weights)
@@ -105,13 +108,20 @@ def run_serve_bench(levels: list[int], seconds: float, weights: str | None = Non
         str(max(levels) + 4),
         "--frames-per-step",
         str(frames_per_step),
+        "--gather-ms",
+        str(gather_ms),
     ] + (["--weights", weights] if weights else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server must never block on a full pipe
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors)
     url = f"ws://127.0.0.1:{port}"
     audio = load_audio(SAMPLE_WAV, 24_000)
     rows = []
     try:
-        asyncio.run(_wait_ready(url, proc))
+        try:
+            asyncio.run(_wait_ready(url, proc))
+        except RuntimeError as e:
+            errors.seek(0)
+            raise RuntimeError(f"{e}: {errors.read().decode(errors='replace')[-500:]}") from None
         for n in levels:
             print(f"{n} sessions for {seconds:.0f} s ...", flush=True)
             rows.append(asyncio.run(_run_level(url, proc.pid, audio, n, seconds, budget_ms)))
@@ -124,6 +134,7 @@ def run_serve_bench(levels: list[int], seconds: float, weights: str | None = Non
         "budget_ms": budget_ms,
         "seconds": seconds,
         "frames_per_step": frames_per_step,
+        "gather_ms": gather_ms,
         "cpu_count": os.cpu_count(),
         "rows": rows,
         "max_sessions_passing": best["sessions"] if best else 0,

@@ -39,6 +39,7 @@ class ServerConfig:
     allowed_origins: list[str] | None = None
     weights: str | None = None  # codec checkpoint folder (default: the shipped weights)
     codec_threads: int = 1
+    gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
 
 
 def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
@@ -64,7 +65,9 @@ class TalkstreamServer:
         self.codec = codec or load_audio_codec(self.config.weights)
         self.vad = vad or SileroVAD()
         self.responder = responder or EchoResponder()
-        self.engine = CodecEngine(self.codec, metrics=self.metrics, threads=self.config.codec_threads)
+        self.engine = CodecEngine(
+            self.codec, metrics=self.metrics, threads=self.config.codec_threads, gather_ms=self.config.gather_ms
+        )
         self.sessions: set[Session] = set()
         self._server: Server | None = None
 

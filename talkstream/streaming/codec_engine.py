@@ -7,8 +7,10 @@ the engine's worker takes every request waiting, groups those that can share a s
 length), stacks their states (`CodecState.stack`), runs one step in a worker thread (torch releases the GIL, so the
 event loop keeps serving sockets), and hands each session its slice and new state.
 
-Batching adds no waiting: the worker never sleeps to fill a batch; a lone request runs at once, and the requests
-that piled up while a step ran form the next batch.
+With `gather_ms` = 0 batching adds no waiting: a lone request runs at once, and the requests that piled up while a
+step ran form the next batch. But sessions' frames arrive at unrelated phases, so at light load nothing piles up and
+every session pays a whole step alone; a gather window (the worker waits up to `gather_ms` after the first request
+for others) trades that much latency for batches that grow with the number of sessions.
 """
 
 from __future__ import annotations
@@ -33,14 +35,23 @@ class _Request:
     state: CodecState
     data: Tensor  # pcm [1, 1, n*hop] or codes [1, K, F]
     future: asyncio.Future = field(repr=False, default=None)  # type: ignore[assignment]
+    arrived: float = 0.0  # loop time of submission: the gather window counts from here
 
     def key(self) -> tuple:
         return self.op, self.state.num_codebooks, tuple(self.data.shape), self.state.pending.shape[-1]
 
 
 class CodecEngine:
-    def __init__(self, codec: AudioCodec, max_batch: int = 64, metrics: Metrics | None = None, threads: int = 1):
+    def __init__(
+        self,
+        codec: AudioCodec,
+        max_batch: int = 64,
+        metrics: Metrics | None = None,
+        threads: int = 1,
+        gather_ms: float = 0.0,
+    ):
         self.codec = codec
+        self.gather_s = gather_ms / 1000
         self.max_batch = max_batch
         self.metrics = metrics
         self.threads = threads
@@ -74,7 +85,8 @@ class CodecEngine:
     async def _submit(self, op: str, state: CodecState, data: Tensor) -> tuple[Tensor, Tensor | None, CodecState]:
         if self._worker is None:
             raise RuntimeError("CodecEngine.start() was not called")
-        req = _Request(op, state, data, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        req = _Request(op, state, data, loop.create_future(), loop.time())
         self._queue.put_nowait(req)
         return await req.future
 
@@ -114,8 +126,19 @@ class CodecEngine:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < self.max_batch:
-                batch.append(self._queue.get_nowait())
+            # From the first request's arrival, not from now: a worker that is behind must not wait again.
+            deadline = batch[0].arrived + self.gather_s
+            while len(batch) < self.max_batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
             groups: dict[tuple, list[_Request]] = {}
             for r in batch:
                 if not r.future.cancelled():

@@ -100,6 +100,7 @@ def cmd_bench_codec(args) -> None:
 
     results = run_codec_bench(_codec(args), Path(args.data), max_files=args.files, weights_dir=args.weights)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results written to {args.out}")
 
@@ -178,6 +179,7 @@ def cmd_bench_serve(args) -> None:
 
     results = run_serve_bench(args.sessions, args.seconds, args.weights, args.frames_per_step, args.gather_ms)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results written to {args.out}")
 

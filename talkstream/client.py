@@ -97,7 +97,7 @@ async def stream_audio(
             if msg["type"] == "ready":
                 result.ready = msg
                 break
-            if msg["type"] == "error" and msg.get("fatal"):
+            if msg["type"] == "error":  # before ready, any error means the hello was refused
                 raise ServerError(msg["code"], msg["message"])
 
         async def receive() -> None:

@@ -71,3 +71,40 @@ def test_help_explains_every_subcommand():
     assert out.returncode == 0
     for cmd in ("encode", "decode", "roundtrip", "train", "bench", "data"):
         assert cmd in out.stdout
+
+
+def test_client_command_against_a_running_server(tmp_path, capsys):
+    import asyncio
+    import threading
+
+    from talkstream.data import SAMPLE_WAV
+    from talkstream.services.ws import ServerConfig, TalkstreamServer
+
+    loop = asyncio.new_event_loop()
+    server = TalkstreamServer(ServerConfig(port=0))
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "back.wav"
+        assert main(["client", str(SAMPLE_WAV), "--out", str(out), "--url", server.url, "--tail", "0.5"]) == 0
+        assert "s back; first audio after" in capsys.readouterr().out
+        assert abs(sf.info(out).duration - sf.info(SAMPLE_WAV).duration) < 0.1
+        assert main(["client", str(SAMPLE_WAV), "--out", str(out), "--url", server.url, "--codebooks", "12"]) == 2
+        assert "bad_config" in capsys.readouterr().err
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_client_to_nowhere_is_a_one_line_error(tmp_path, capsys):
+    import socket
+
+    from talkstream.data import SAMPLE_WAV
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    assert main(["client", str(SAMPLE_WAV), "--out", str(tmp_path / "o.wav"), "--url", f"ws://127.0.0.1:{port}"]) == 2
+    assert "cannot reach" in capsys.readouterr().err

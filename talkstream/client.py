@@ -145,7 +145,9 @@ async def stream_audio(
                 await asyncio.wait([receiver], timeout=tail_s)
             if not receiver.done():
                 await ws.send(json.dumps({"type": "end"}))
-                await asyncio.wait_for(receiver, timeout=30)
+                # A chat answer plays in real time before the summary comes: allow for one as long as the input.
+                seconds = (audio.size / sample_rate) if audio is not None else 0.0
+                await asyncio.wait_for(receiver, timeout=30 + seconds)
             receiver.result()  # re-raise a fatal server error
         except websockets.ConnectionClosed:
             pass

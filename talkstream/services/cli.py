@@ -144,6 +144,8 @@ def cmd_client(args) -> None:
     from talkstream.client import ServerError, stream_audio
 
     audio = load_audio(args.input, args.sample_rate)
+    import websockets
+
     try:
         r = asyncio.run(
             stream_audio(
@@ -160,8 +162,8 @@ def cmd_client(args) -> None:
         )
     except ServerError as e:
         raise ValueError(f"server refused: {e}") from None
-    except OSError as e:
-        raise ValueError(f"cannot reach {args.url}: {e.strerror or e}") from None
+    except (OSError, TimeoutError, websockets.WebSocketException) as e:
+        raise ValueError(f"cannot reach {args.url} or it stopped answering: {e or type(e).__name__}") from None
     save_audio(args.out, r.pcm, args.sample_rate)
     lat = np.array(r.latencies_ms) if r.latencies_ms else np.zeros(1)
     first = f"{r.first_audio_ms:.0f} ms" if r.first_audio_ms is not None else "-"

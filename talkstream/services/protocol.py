@@ -36,7 +36,8 @@ OUTPUTS = ("pcm", "tokens")
 MIN_RATE, MAX_RATE = 8_000, 48_000
 
 # Error codes (docs/protocol.md). Fatal ones close the connection after the error event.
-FATAL = {"unauthorized", "bad_version", "busy", "idle_timeout", "session_too_long", "origin_not_allowed"}
+FATAL = {"unauthorized", "bad_version", "busy", "idle_timeout", "session_too_long", "origin_not_allowed", "internal"}
+MAX_TOKEN_FRAMES = 150  # per token message (2 s): one message must not hold the shared codec for long
 
 
 class ProtocolError(Exception):
@@ -131,7 +132,7 @@ def parse_text(text: str, num_codebooks: int = 8) -> Hello | Config | End | Ping
     """A JSON control message -> a typed message; ProtocolError with the code to send back otherwise."""
     try:
         msg = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; so are over-long integers
         raise ProtocolError("bad_json", "text messages must be JSON objects") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("bad_json", "a text message must be a JSON object with a string 'type'")
@@ -170,6 +171,8 @@ def parse_binary(data: bytes, num_codebooks: int = 8) -> BinaryFrame:
             raise ProtocolError("bad_header", f"token frame with {k} codebooks, expected 1..{num_codebooks}")
         if len(payload) % (2 * k):
             raise ProtocolError("bad_header", f"token payload is not a whole number of {k}-codebook frames")
+        if len(payload) // (2 * k) > MAX_TOKEN_FRAMES:
+            raise ProtocolError("bad_header", f"at most {MAX_TOKEN_FRAMES} token frames per message")
     else:
         raise ProtocolError("unknown_kind", f"unknown binary frame kind {kind}")
     return BinaryFrame(kind, k, flags, seq, ts, payload)

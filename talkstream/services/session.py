@@ -14,9 +14,12 @@ Modes:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hmac
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,7 +47,7 @@ from talkstream.services.protocol import (
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics
 from talkstream.streaming.pacing import Pacer
-from talkstream.streaming.pipeline import Pipeline
+from talkstream.streaming.pipeline import Pipeline, PipelineFailed
 from talkstream.streaming.stages import (
     AudioChunk,
     CodecOut,
@@ -191,9 +194,11 @@ class Session:
         self._reply_task: asyncio.Task | None = None
         self._reply_pacer = Pacer()
         self._senders: list[asyncio.Task] = []
-        self.frame_latencies: list[float] = []
+        self.frame_latencies: deque[float] = deque(maxlen=2000)  # bounded however long the call
         self.counts = {"frames_in": 0, "frames_out": 0, "errors": 0, "turns": 0, "interruptions": 0}
         self.closed = False
+        self.failed = False  # a stage failed: the session ends at the next message
+        self._interrupting = asyncio.Lock()
 
     # -- sending ----------------------------------------------------------------------------------------------
     async def send(self, message: bytes | str) -> None:
@@ -224,8 +229,8 @@ class Session:
                 if self.metrics is not None:
                     self.metrics.frame_latency.observe(dt)
         if pipeline.error is not None:
-            code = pipeline.error.code if isinstance(pipeline.error, ProtocolError) else "internal"
-            await self.send_error(code, f"stream stopped: {pipeline.error}")
+            self.failed = True
+            await self.send_error("internal", f"stream stopped: {pipeline.error}")
 
     # -- receiving --------------------------------------------------------------------------------------------
     async def on_message(self, data: bytes | str) -> bool:
@@ -239,6 +244,8 @@ class Session:
         if time.monotonic() - self.started > self.limits.max_session_s:
             await self.send_error("session_too_long", f"sessions last at most {self.limits.max_session_s:.0f} s")
             return False
+        if self.failed:
+            return False
         try:
             if isinstance(data, str):
                 return await self._on_text(data)
@@ -246,23 +253,34 @@ class Session:
         except ProtocolError as e:
             await self.send_error(e.code, e.message)
             return not e.fatal
+        except PipelineFailed as e:
+            await self.send_error("internal", f"stream stopped: {e}")
+            return False
+        except Exception as e:  # never a traceback to the client, never a silently dead session
+            log.exception("session %s failed", self.id)
+            await self.send_error("internal", f"{type(e).__name__}: {e}")
+            return False
 
     async def _on_text(self, text: str) -> bool:
         msg = parse_text(text, self.codec.num_codebooks)
         if isinstance(msg, Hello):
             if self.hello is not None:
                 raise ProtocolError("bad_config", "hello was already sent; use a config message to change settings")
-            if self.limits.token is not None and msg.token != self.limits.token:
+            if self.limits.token is not None and not hmac.compare_digest(
+                (msg.token or "").encode(), self.limits.token.encode()
+            ):
                 raise ProtocolError("unauthorized", "missing or wrong token")
+            self._check_settings(msg)
             self.hello = msg
             await self._build()
             await self.send(self._ready_event())
         elif self.hello is None:
             raise ProtocolError("not_ready", "send hello first")
         elif isinstance(msg, Config):
-            for k, v in msg.changes.items():
-                setattr(self.hello, k, v)
+            new = dataclasses.replace(self.hello, **msg.changes)
+            self._check_settings(new)  # refuse before tearing anything down: a bad config changes nothing
             await self._teardown()
+            self.hello = new
             await self._build()
             await self.send(self._ready_event())
         elif isinstance(msg, Ping):
@@ -279,6 +297,10 @@ class Session:
         want = KIND_TOKENS if self.hello.input == "tokens" else KIND_PCM16
         if frame.kind != want:
             raise ProtocolError("bad_header", f"this session takes {self.hello.input} frames (set input in hello)")
+        if frame.kind == KIND_TOKENS:
+            codes = frame.tokens()
+            if codes.size and int(codes.max()) >= self.codec.codebook_size:  # refused here, before it is queued
+                raise ProtocolError("bad_header", f"token value out of range 0..{self.codec.codebook_size - 1}")
         self.counts["frames_in"] += 1
         if self.hello.input == "tokens":
             await self.input.put((frame, time.monotonic()))  # tokens are never dropped: wait when full
@@ -314,10 +336,13 @@ class Session:
             },
         )
 
-    async def _build(self) -> None:
-        h, sr = self.hello, self.codec.sample_rate
+    @staticmethod
+    def _check_settings(h: Hello) -> None:
         if h.mode == "chat" and h.input == "tokens":
             raise ProtocolError("bad_config", "chat mode takes PCM input")
+
+    async def _build(self) -> None:
+        h, sr = self.hello, self.codec.sample_rate
         if h.input == "tokens":
             stages = [TokenDecodeStage(self.engine, h.codebooks), OutputStage(sr, h.sample_rate, False, True)]
             self.input = Pipeline(stages, self.metrics, live=False)
@@ -337,7 +362,7 @@ class Session:
         self.input.start()
         if h.mode == "chat":
             self.reply = Pipeline(
-                [SlidingDecodeStage(self.codec, h.codebooks), OutputStage(sr, h.sample_rate, False, True)],
+                [SlidingDecodeStage(self.engine, h.codebooks), OutputStage(sr, h.sample_rate, False, True)],
                 self.metrics,
                 live=False,
             )
@@ -364,18 +389,21 @@ class Session:
 
     async def _interrupt(self) -> None:
         """Barge-in: the user speaks over the answer; stop it now and reset every reply stage."""
-        if self._reply_task is not None:
-            self._reply_task.cancel()
-            await asyncio.gather(self._reply_task, return_exceptions=True)
-        if self.reply is not None:
-            # The reply sender may hold a chunk it is pacing: replace it too, with a fresh clock.
-            self._senders[1].cancel()
-            await asyncio.gather(self._senders[1], return_exceptions=True)
-            await self.reply.interrupt()
-            self._reply_pacer = Pacer()
-            self._senders[1] = self._spawn(self._sender(self.reply, self._reply_pacer))
-        self.counts["interruptions"] += 1
-        await self.send(event("reply", state="interrupted"))
+        async with self._interrupting:  # the VAD and a new turn may both ask at once: one interruption at a time
+            if not self._answer_playing():
+                return
+            if self._reply_task is not None:
+                self._reply_task.cancel()
+                await asyncio.gather(self._reply_task, return_exceptions=True)
+            if self.reply is not None:
+                # The reply sender may hold a chunk it is pacing: replace it too, with a fresh clock.
+                self._senders[1].cancel()
+                await asyncio.gather(self._senders[1], return_exceptions=True)
+                await self.reply.interrupt()
+                self._reply_pacer = Pacer()
+                self._senders[1] = self._spawn(self._sender(self.reply, self._reply_pacer))
+            self.counts["interruptions"] += 1
+            await self.send(event("reply", state="interrupted"))
 
     async def _turns(self) -> None:
         while (turn := await self.input.get()) is not None:
@@ -384,6 +412,7 @@ class Session:
                 await self._interrupt()
             self._reply_task = self._spawn(self._answer(turn))
         if self.input.error is not None:
+            self.failed = True
             await self.send_error("internal", f"stream stopped: {self.input.error}")
 
     async def _answer(self, turn: torch.Tensor) -> None:
@@ -399,7 +428,7 @@ class Session:
             await self.send(event("stats", **self.stats()))
 
     def stats(self) -> dict:
-        lat = np.array(self.frame_latencies[-2000:]) * 1000 if self.frame_latencies else np.zeros(1)
+        lat = np.array(self.frame_latencies) * 1000 if self.frame_latencies else np.zeros(1)
         drops = sum(s.drops for p in (self.input, self.reply) if p for s in p.stats.values())
         return {
             **self.counts,

@@ -90,6 +90,10 @@ class CodecEngine:
         self._queue.put_nowait(req)
         return await req.future
 
+    async def run(self, fn, *args):
+        """Other model work (the chat reply's window decode) on the codec thread, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     async def encode(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
         """pcm [1, 1, n*hop] (whole frames; the session buffers the rest) -> codes [1, K, n]."""
         codes, _, state = await self._submit("encode", state, pcm)

@@ -7,6 +7,7 @@ per-session figures live in plain `StageStats` objects that go into the end-of-c
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,10 +63,10 @@ class StageStats:
     frames_out: int = 0
     drops: int = 0
     max_queue: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))  # bounded for long calls
 
     def summary(self) -> dict:
-        lat = np.array(self.latencies[-10_000:]) * 1000 if self.latencies else np.zeros(1)
+        lat = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,

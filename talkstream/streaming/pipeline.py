@@ -56,6 +56,10 @@ class DropOldestQueue(asyncio.Queue):
 _END = object()  # end-of-stream marker, passed through every stage
 
 
+class PipelineFailed(RuntimeError):
+    """Input offered to a pipeline whose stage has failed (its `error` says why)."""
+
+
 class Pipeline:
     def __init__(
         self,
@@ -122,6 +126,7 @@ class Pipeline:
         """Live input (never blocks): when the first stage falls behind, the oldest waiting item is dropped."""
         if not self.live:
             raise TypeError("feed() is for live pipelines; use `await put(item)`")
+        self._check_alive()
         self.inbox.put_nowait(item)
         new = self.inbox.dropped - self._reported_drops
         if new:
@@ -130,12 +135,18 @@ class Pipeline:
             if self.metrics is not None:
                 self.metrics.drops.labels(self.stages[0].name).inc(new)
 
+    def _check_alive(self) -> None:
+        if self.error is not None:
+            raise PipelineFailed(f"a stage failed: {self.error}")
+
     async def put(self, item: Any) -> None:
         """Input that must not be lost: waits while the pipeline is full (backpressure)."""
+        self._check_alive()  # a dead pipeline would never make room: fail now instead of waiting forever
         await self.inbox.put(item)
 
     async def end(self) -> None:
         """No more input: everything queued is processed, then `get` returns None."""
+        self._check_alive()
         # The plain Queue.put waits for room, so the end marker neither is dropped nor evicts live audio.
         await asyncio.Queue.put(self.inbox, _END)
 

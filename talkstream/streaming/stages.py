@@ -179,8 +179,9 @@ class SlidingDecodeStage:
 
     name = "decode"
 
-    def __init__(self, codec: AudioCodec, num_codebooks: int, block_frames: int = 6):
-        self.decoder = SlidingWindowDecoder(codec, block_frames=block_frames)
+    def __init__(self, engine: CodecEngine, num_codebooks: int, block_frames: int = 6):
+        self.engine = engine
+        self.decoder = SlidingWindowDecoder(engine.codec, block_frames=block_frames)
         self.num_codebooks = num_codebooks
         self.reset()
 
@@ -189,11 +190,12 @@ class SlidingDecodeStage:
 
     async def process(self, block: torch.Tensor | None) -> list[CodecOut]:
         """block: long [1, K, F], or None at the end of a reply (flush)."""
+        # Decoding runs on the codec thread: ~10 ms a block must not stall every session's I/O on the event loop.
         if block is None:
-            pcm, self.state = self.decoder.flush(self.state)
+            pcm, self.state = await self.engine.run(self.decoder.flush, self.state)
             self.reset()
         else:
-            pcm, self.state = self.decoder.step(block[:, : self.num_codebooks], self.state)
+            pcm, self.state = await self.engine.run(self.decoder.step, block[:, : self.num_codebooks], self.state)
         if not pcm.shape[-1]:
             return []
         now = time.monotonic()

@@ -108,3 +108,5 @@ def test_client_to_nowhere_is_a_one_line_error(tmp_path, capsys):
         port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
     assert main(["client", str(SAMPLE_WAV), "--out", str(tmp_path / "o.wav"), "--url", f"ws://127.0.0.1:{port}"]) == 2
     assert "cannot reach" in capsys.readouterr().err
+    assert main(["client", str(SAMPLE_WAV), "--out", str(tmp_path / "o.wav"), "--url", "http://nonsense"]) == 2
+    assert "cannot reach" in capsys.readouterr().err

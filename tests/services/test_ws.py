@@ -243,3 +243,26 @@ def test_barge_in_interrupts_the_answer(models, speech):
     assert r.summary["interruptions"] == 1 and r.summary["turns"] == 2
     # The first answer was cut short: less audio came back than two full echoes would be.
     assert r.pcm.size < speech.size + 48_000
+
+
+def test_bad_tokens_and_refused_config_leave_the_session_working(models, speech):
+    from talkstream.services.protocol import token_frame
+
+    async def main():
+        async with serve(models) as srv, connect(srv.url) as ws:
+            await hello(ws, input="tokens", codebooks=2)
+            await ws.send(token_frame(np.full((2, 3), 5000), 0, 1))  # codes beyond the codebook
+            bad = await next_event(ws)
+            await ws.send(token_frame(np.full((2, 151), 1), 1, 1))  # more frames than one message may hold
+            big = await next_event(ws)
+            await ws.send('{"type": "config", "mode": "chat"}')  # chat cannot take tokens: refused, nothing changes
+            refused = await next_event(ws)
+            for i in range(80):  # more than the input queue holds: nothing was left jammed
+                await ws.send(token_frame(np.full((2, 3), 7), i, 1000 + i))
+            await ws.send('{"type": "end"}')
+            summary = await next_event(ws, "summary")
+            return bad, big, refused, summary
+
+    bad, big, refused, summary = run(main())
+    assert bad["code"] == big["code"] == "bad_header" and refused["code"] == "bad_config"
+    assert summary["frames_out"] == 80 and summary["errors"] == 3

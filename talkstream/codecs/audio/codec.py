@@ -95,12 +95,17 @@ class CodecState:
         )
 
     def unbind(self) -> list[CodecState]:
-        """The inverse of `stack`: one state per batch item (views, no copies)."""
+        """The inverse of `stack`: one state per batch item (copies, so no session keeps the batch alive)."""
         n = self.pending.shape[0]
         enc = [t.split(1) for t in self.encoder]
         dec = [t.split(1) for t in self.decoder]
         return [
-            CodecState(self.num_codebooks, self.pending[i : i + 1], [t[i] for t in enc], [t[i] for t in dec])
+            CodecState(
+                self.num_codebooks,
+                self.pending[i : i + 1].clone(),
+                [t[i].clone() for t in enc],
+                [t[i].clone() for t in dec],
+            )
             for i in range(n)
         ]
 

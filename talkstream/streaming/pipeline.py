@@ -91,6 +91,8 @@ class Pipeline:
     async def _run(self, i: int) -> None:
         stage, src, dst = self.stages[i], self.queues[i], self.queues[i + 1]
         stats, m = self.stats[stage.name], self.metrics
+        if m is not None:  # resolve the labelled series once, not on every item of the hot path
+            m_in, m_out, m_lat = (c.labels(stage.name) for c in (m.frames_in, m.frames_out, m.latency))
         while True:
             item = await src.get()
             src.task_done()
@@ -116,9 +118,9 @@ class Pipeline:
             stats.latencies.append(dt)
             stats.frames_out += len(outputs)
             if m is not None:
-                m.frames_in.labels(stage.name).inc()
-                m.frames_out.labels(stage.name).inc(len(outputs))
-                m.latency.labels(stage.name).observe(dt)
+                m_in.inc()
+                m_out.inc(len(outputs))
+                m_lat.observe(dt)
             for out in outputs:
                 await dst.put(out)  # blocks when downstream is full: backpressure
 

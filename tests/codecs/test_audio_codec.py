@@ -99,3 +99,13 @@ def test_codebook_count_is_checked(tiny_codec):
         tiny_codec.encode(torch.zeros(1, 1, 320), 9)
     with pytest.raises(ValueError, match="out of range"):
         tiny_codec.decode(torch.full((1, 2, 3), 32))
+
+
+def test_real_idft_equals_irfft():
+    """The decoder's inverse DFT (two real matmuls, ONNX-exportable) is torch.fft.irfft."""
+    codec = AudioCodec(TINY)
+    dec = codec.decoder
+    torch.manual_seed(0)
+    re, im = torch.randn(2, 5, dec.n_fft // 2 + 1).unbind(0)
+    ref = torch.fft.irfft(torch.complex(re, im), n=dec.n_fft)
+    torch.testing.assert_close(re @ dec.idft_cos + im @ dec.idft_sin, ref, atol=1e-5, rtol=1e-4)

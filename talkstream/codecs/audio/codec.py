@@ -139,14 +139,22 @@ class Decoder(nn.Module):
         self.head = nn.Linear(cfg.decoder_dim, 2 * (self.n_fft // 2 + 1))
         # sqrt-Hann: analysis x synthesis = Hann, which sums to 1 at 50% overlap (perfect reconstruction).
         self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True).sqrt(), persistent=False)
+        # The inverse real DFT as two real matrices (what torch.fft.irfft computes): no complex tensors, so the
+        # decoder exports to ONNX, and one small matmul per frame is as fast as an FFT call at this size.
+        n, k = self.n_fft, torch.arange(self.n_fft // 2 + 1, dtype=torch.float64)[:, None]
+        t = torch.arange(n, dtype=torch.float64)[None]
+        scale = torch.full_like(k, 2.0 / n)
+        scale[0] = scale[-1] = 1.0 / n  # DC and Nyquist appear once in the spectrum
+        self.register_buffer("idft_cos", (scale * torch.cos(2 * torch.pi * k * t / n)).float(), persistent=False)
+        self.register_buffer("idft_sin", (-scale * torch.sin(2 * torch.pi * k * t / n)).float(), persistent=False)
 
     def frames(self, z: Tensor, state: State) -> tuple[Tensor, State]:
         """z [B, D, F] -> windowed time frames [B, F, n_fft]."""
         h, state = self.net.step(z, state)
         logmag, phase = self.head(h.transpose(1, 2)).chunk(2, dim=-1)
         mag = torch.exp(logmag.clamp(max=7.0))
-        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
-        return torch.fft.irfft(spec, n=self.n_fft) * self.window, state
+        frames = (mag * torch.cos(phase)) @ self.idft_cos + (mag * torch.sin(phase)) @ self.idft_sin
+        return frames * self.window, state
 
 
 class AudioCodec(nn.Module):

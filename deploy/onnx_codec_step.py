@@ -1,11 +1,11 @@
 """A first ONNX export of the codec's streaming step, its parity with torch, and its speed (issue 7 starts here).
 
-    pip install -e '.[export]' && python deploy/onnx_codec_step.py [--out step.onnx] [--frames 200]
+    python deploy/onnx_codec_step.py [--out step.onnx] [--frames 200]
 
 Exports encode_step + decode_step for one stream at 8 codebooks with every state tensor as an explicit input and
 output (TorchScript exporter, opset 17), then runs the same audio frame by frame through onnxruntime (CPU, one
 thread) and through torch eager, and reports the largest difference and the time per 13.3 ms frame.
-Not yet wired into the server; `talkstream export` and `--backend onnx` are issue 7.
+The server's `--backend onnx` (its default) runs these steps batched: talkstream/codecs/audio/onnx_step.py.
 """
 
 from __future__ import annotations

@@ -91,7 +91,12 @@ async def _run_level(url: str, pid: int, audio: np.ndarray, sessions: int, secon
 
 
 def run_serve_bench(
-    levels: list[int], seconds: float, weights: str | None = None, frames_per_step: int = 2, gather_ms: float = 0.0
+    levels: list[int],
+    seconds: float,
+    weights: str | None = None,
+    frames_per_step: int = 2,
+    gather_ms: float = 0.0,
+    backend: str = "onnx",
 ) -> dict:
     from talkstream.models.loaders import load_audio_codec
 
@@ -111,6 +116,8 @@ def run_serve_bench(
         str(frames_per_step),
         "--gather-ms",
         str(gather_ms),
+        "--backend",
+        backend,
     ] + (["--weights", weights] if weights else [])
     errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server must never block on a full pipe
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors)
@@ -136,6 +143,7 @@ def run_serve_bench(
         "seconds": seconds,
         "frames_per_step": frames_per_step,
         "gather_ms": gather_ms,
+        "backend": backend,
         "cpu_count": os.cpu_count(),
         "rows": rows,
         "max_sessions_passing": best["sessions"] if best else 0,

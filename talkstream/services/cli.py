@@ -125,6 +125,7 @@ def cmd_serve(args) -> None:
         port=args.port,
         max_sessions=args.max_sessions,
         gather_ms=args.gather_ms,
+        backend=args.backend,
         limits=limits,
         allowed_origins=args.allow_origin,
         weights=args.weights,
@@ -179,7 +180,9 @@ def cmd_client(args) -> None:
 def cmd_bench_serve(args) -> None:
     from talkstream.bench.serve import run_serve_bench
 
-    results = run_serve_bench(args.sessions, args.seconds, args.weights, args.frames_per_step, args.gather_ms)
+    results = run_serve_bench(
+        args.sessions, args.seconds, args.weights, args.frames_per_step, args.gather_ms, args.backend
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
@@ -244,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         choices=[1, 2, 3, 4, 6],
         help="codec frames (13.3 ms each) per step: 1 = lowest latency, more = more sessions per core",
+    )
+    sp.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="onnx",
+        help="codec steps in onnxruntime (default; graphs exported at start-up) or torch eager",
     )
     sp.add_argument(
         "--gather-ms",
@@ -328,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--seconds", type=float, default=10.0, help="seconds each session streams")
     bs.add_argument("--frames-per-step", type=int, default=2, help="the server's --frames-per-step")
     bs.add_argument("--gather-ms", type=float, default=0.0, help="the server's --gather-ms")
+    bs.add_argument("--backend", choices=["torch", "onnx"], default="onnx", help="the server's --backend")
     bs.add_argument("--out", default=None, help="write results JSON here")
     bs.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
     bs.set_defaults(func=cmd_bench_serve)

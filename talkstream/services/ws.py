@@ -40,6 +40,7 @@ class ServerConfig:
     weights: str | None = None  # codec checkpoint folder (default: the shipped weights)
     codec_threads: int = 1
     gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
+    backend: str = "onnx"  # codec steps in onnxruntime (2.8-4x faster per step) or torch eager
 
 
 def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
@@ -66,7 +67,11 @@ class TalkstreamServer:
         self.vad = vad or SileroVAD()
         self.responder = responder or EchoResponder()
         self.engine = CodecEngine(
-            self.codec, metrics=self.metrics, threads=self.config.codec_threads, gather_ms=self.config.gather_ms
+            self.codec,
+            metrics=self.metrics,
+            threads=self.config.codec_threads,
+            gather_ms=self.config.gather_ms,
+            backend=self.config.backend,
         )
         self.sessions: set[Session] = set()
         self._server: Server | None = None
@@ -82,7 +87,7 @@ class TalkstreamServer:
 
     async def start(self) -> None:
         t0 = time.perf_counter()
-        self.engine.warmup()
+        self.engine.warmup(self.config.limits.frames_per_step)
         self.vad.warmup()
         self.responder.warmup()
         self.engine.start()

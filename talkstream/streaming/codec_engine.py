@@ -49,8 +49,17 @@ class CodecEngine:
         metrics: Metrics | None = None,
         threads: int = 1,
         gather_ms: float = 0.0,
+        backend: str = "torch",
     ):
         self.codec = codec
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        self.backend = backend
+        self.onnx = None
+        if backend == "onnx":
+            from talkstream.codecs.audio.onnx_step import OnnxCodecSteps
+
+            self.onnx = OnnxCodecSteps(codec, threads)
         self.gather_s = gather_ms / 1000
         self.max_batch = max_batch
         self.metrics = metrics
@@ -75,8 +84,12 @@ class CodecEngine:
             self._worker = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def warmup(self) -> None:
-        """Run every path once so the first real frame pays no lazy initialisation."""
+    def warmup(self, frames_per_step: int = 2) -> None:
+        """Run every path once so the first real frame pays no lazy initialisation (ONNX: export the usual graphs;
+        others, such as other codebook counts, are exported on first use, about a second each)."""
+        if self.onnx is not None:
+            k = self.codec.num_codebooks
+            self.onnx.warmup([("roundtrip", k, frames_per_step), ("encode", k, frames_per_step)])
         with torch.inference_mode():
             state = self.codec.init_state(2, self.codec.num_codebooks)
             codes, state = self.codec.encode_step(torch.zeros(2, 1, 4 * self.codec.frame_size), state)
@@ -111,6 +124,18 @@ class CodecEngine:
         op = group[0].op
         state = CodecState.stack([r.state for r in group]) if len(group) > 1 else group[0].state
         data = torch.cat([r.data for r in group]) if len(group) > 1 else group[0].data
+        if self.onnx is not None:
+            codes, pcm, state = self.onnx.step(op, data, state)
+        else:
+            codes, pcm, state = self._torch_step(op, data, state)
+        states = state.unbind() if len(group) > 1 else [state]
+        n = len(group)
+        return [
+            (codes[i : i + 1] if codes is not None else None, pcm[i : i + 1] if pcm is not None else None, states[i])
+            for i in range(n)
+        ]
+
+    def _torch_step(self, op: str, data: Tensor, state: CodecState) -> tuple[Tensor | None, Tensor | None, CodecState]:
         with torch.inference_mode():
             codes, pcm = None, None
             if op in ("encode", "roundtrip"):
@@ -119,12 +144,7 @@ class CodecEngine:
                 pcm, state = self.codec.decode_step(codes, state)
             if op == "decode":
                 pcm, state = self.codec.decode_step(data, state)
-        states = state.unbind() if len(group) > 1 else [state]
-        n = len(group)
-        return [
-            (codes[i : i + 1] if codes is not None else None, pcm[i : i + 1] if pcm is not None else None, states[i])
-            for i in range(n)
-        ]
+        return codes, pcm, state
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -23,7 +23,6 @@ from torch import Tensor
 from talkstream.codecs.audio.codec import AudioCodec, CodecState
 
 log = logging.getLogger(__name__)
-OPS = ("encode", "roundtrip", "decode")
 # Exported graphs per codec object: servers (and tests) that share a loaded codec export each graph once.
 _GRAPHS: weakref.WeakKeyDictionary[AudioCodec, dict[tuple, object]] = weakref.WeakKeyDictionary()
 _GRAPHS_LOCK = threading.Lock()

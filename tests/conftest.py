@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hypothesis  # noqa: F401  imported at collection, not lazily by its plugin at the end of a run
 import numpy as np
 import pytest
 import soundfile as sf

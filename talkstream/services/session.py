@@ -200,8 +200,13 @@ class Session:
 
     # -- sending ----------------------------------------------------------------------------------------------
     async def send(self, message: bytes | str) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             await self._send(message)
+        except Exception as e:  # the transport is gone (client vanished): stop sending; the transport cleans up
+            log.info("session %s: send failed (%s); no more output", self.id, type(e).__name__)
+            self.closed = True
 
     async def send_error(self, code: str, message: str) -> None:
         self.counts["errors"] += 1

@@ -156,7 +156,8 @@ def parse_text(text: str, num_codebooks: int = 8) -> Hello | Config | End | Ping
     raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
 
 
-def parse_binary(data: bytes, num_codebooks: int = 8) -> BinaryFrame:
+def parse_binary(data: bytes, num_codebooks: int = 8, codebook_size: int = 1 << 16) -> BinaryFrame:
+    """Header and payload checked against the codec (codebooks, code range), so a frame that parses is usable."""
     if len(data) < HEADER.size:
         raise ProtocolError("bad_header", f"binary frame of {len(data)} bytes is shorter than the 12-byte header")
     kind, version, k, flags, seq, ts = HEADER.unpack_from(data)
@@ -173,6 +174,8 @@ def parse_binary(data: bytes, num_codebooks: int = 8) -> BinaryFrame:
             raise ProtocolError("bad_header", f"token payload is not a whole number of {k}-codebook frames")
         if len(payload) // (2 * k) > MAX_TOKEN_FRAMES:
             raise ProtocolError("bad_header", f"at most {MAX_TOKEN_FRAMES} token frames per message")
+        if payload and int(np.frombuffer(payload, "<u2").max()) >= codebook_size:
+            raise ProtocolError("bad_header", f"token value out of range 0..{codebook_size - 1}")
     else:
         raise ProtocolError("unknown_kind", f"unknown binary frame kind {kind}")
     return BinaryFrame(kind, k, flags, seq, ts, payload)

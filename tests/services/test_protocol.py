@@ -131,3 +131,9 @@ def test_random_text_never_crashes_the_parser(text):
         parse_text(text)
     except ProtocolError as e:
         assert e.code in {"bad_json", "unknown_type", "bad_version", "bad_config"}
+
+
+def test_token_values_are_checked_against_the_codebook():
+    with pytest.raises(ProtocolError, match="out of range"):
+        parse_binary(token_frame(np.full((2, 3), 1024), 0, 0), num_codebooks=8, codebook_size=1024)
+    assert parse_binary(token_frame(np.full((2, 3), 1023), 0, 0), 8, 1024).tokens().max() == 1023

@@ -95,16 +95,17 @@ class CodecState:
         )
 
     def unbind(self) -> list[CodecState]:
-        """The inverse of `stack`: one state per batch item (copies, so no session keeps the batch alive)."""
+        """The inverse of `stack`: one state per batch item, as views (no copies on the hot path; a batch's tensors
+        are freed once every session in it has stepped again)."""
         n = self.pending.shape[0]
         enc = [t.split(1) for t in self.encoder]
         dec = [t.split(1) for t in self.decoder]
         return [
             CodecState(
                 self.num_codebooks,
-                self.pending[i : i + 1].clone(),
-                [t[i].clone() for t in enc],
-                [t[i].clone() for t in dec],
+                self.pending[i : i + 1],
+                [t[i] for t in enc],
+                [t[i] for t in dec],
             )
             for i in range(n)
         ]

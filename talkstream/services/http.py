@@ -1,0 +1,121 @@
+"""The HTTP side of `talkstream serve` (aiohttp, as aiortc's examples): the page, WebRTC signaling, metrics, health.
+
+    GET  /            the web page (talkstream/web/index.html; its files under /static/)
+    GET  /config      what the page needs: the WebSocket port, the ICE servers, the codec's codebooks
+    POST /offer       {sdp, type: "offer", mode, codebooks, token?} -> {sdp, type: "answer", session}
+    GET  /metrics     Prometheus text, the same registry as the WebSocket server's
+    GET  /healthz     200 ok
+
+Refusals are JSON shaped like the protocol's error events, {type: "error", code, message, fatal}, with a 4xx/5xx
+status. It runs on the WebSocket server's event loop; closing it closes every peer connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from talkstream.services.protocol import error_event
+from talkstream.services.webrtc import OfferError, WebRTCService
+
+if TYPE_CHECKING:
+    from talkstream.services.ws import TalkstreamServer
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+MAX_BODY_BYTES = 256 * 1024
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.Response(status=status, text=error_event(code, message), content_type="application/json")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler):
+    """aiohttp's own refusals (404, 405, 413) as JSON error bodies too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(e.status, "bad_request")
+        return _error(e.status, code, e.reason)
+
+
+class HttpService:
+    def __init__(self, server: TalkstreamServer):
+        self.server = server
+        cfg = server.config
+        self.rtc = WebRTCService(server, cfg.ice_servers)
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+        self.app.add_routes(
+            [
+                web.get("/", self._index),
+                web.get("/config", self._config),
+                web.post("/offer", self._offer),
+                web.get("/metrics", self._metrics),
+                web.get("/healthz", self._healthz),
+                web.static("/static", WEB_DIR),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._runner is not None, "HTTP server not started"
+        return self._runner.addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.server.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.server.config.host, self.server.config.http_port)
+        await self._site.start()
+
+    async def stop(self) -> None:
+        await self.rtc.close_all()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / "index.html")
+
+    async def _config(self, request: web.Request) -> web.Response:
+        codec = self.server.codec
+        ice = [{k: v for k, v in vars(s).items() if v is not None} for s in self.rtc.ice_servers]
+        return web.json_response(
+            {
+                "ws_port": self.server.port,
+                "ice_servers": ice,
+                "num_codebooks": codec.num_codebooks,
+                "kbps_per_codebook": codec.bitrate(1) / 1000,
+                "token_required": self.server.config.limits.token is not None,
+            }
+        )
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "bad_json", "the body must be JSON: {sdp, type, mode, codebooks}")
+        try:
+            return web.json_response(await self.rtc.offer(body))
+        except OfferError as e:
+            log.info("offer refused: %s %s", e.code, e.message)
+            return _error(e.status, e.code, e.message)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = self.server.render_metrics()
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")

@@ -1,0 +1,450 @@
+"""WebRTC transport: one aiortc peer connection per session, a thin shell around the same `Session` as WebSocket.
+
+The browser's microphone track (Opus, 48 kHz) is decoded by aiortc, downmixed to mono PCM16 by av's resampler and
+handed to `Session.on_message` as the protocol's PCM frames at 48 kHz (the session resamples to the codec's rate,
+exactly as for a WebSocket client at 48 kHz). What the session sends comes back through one callable: PCM frames
+go into `PacedAudioTrack` (the outbound track, 20 ms frames against the clock, as aiortc's own tracks pace
+themselves), JSON events go out on the data channel the client opened. Client JSON on the data channel (ping,
+config, end) goes to the session too, so the data channel speaks docs/protocol.md's text messages.
+
+Signaling is one `POST /offer` (talkstream/services/http.py). No STUN or TURN server is ever contacted unless one is
+configured (`--ice-server`): aiortc would otherwise use Google's public STUN server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import hmac
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import SessionDescription
+
+from talkstream.services.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, error_event, event, pcm_frame
+from talkstream.services.session import Session
+
+if TYPE_CHECKING:
+    from talkstream.services.ws import TalkstreamServer
+
+log = logging.getLogger(__name__)
+
+RATE = 48_000  # WebRTC audio (Opus) runs at 48 kHz
+PTIME = 0.020  # outbound frame duration
+FRAME = int(RATE * PTIME)
+MAX_SDP_BYTES = 64 * 1024
+MAX_PENDING_EVENTS = 256  # events held until the data channel opens
+
+
+class OfferError(Exception):
+    """A refused offer: an HTTP status and a protocol-style error code and message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def parse_ice_server(spec: str) -> RTCIceServer:
+    """`URL[,USERNAME,CREDENTIAL]`, e.g. `stun:stun.example.org:3478` or `turn:turn.example.org:3478,user,secret`."""
+    parts = spec.split(",")
+    if len(parts) not in (1, 3) or not parts[0].startswith(("stun:", "turn:", "turns:")):
+        raise ValueError(f"--ice-server wants URL or URL,USERNAME,CREDENTIAL with a stun:/turn:/turns: URL: {spec!r}")
+    if len(parts) == 3:
+        return RTCIceServer(urls=parts[0], username=parts[1], credential=parts[2])
+    return RTCIceServer(urls=parts[0])
+
+
+def allow_loopback_candidates() -> None:
+    """aioice gathers host candidates on every interface but loopback; add 127.0.0.1 so a machine with no other
+    interface (a sandbox, a CI container) can still connect to itself. Harmless elsewhere: one more candidate pair."""
+    import aioice.ice
+
+    original = aioice.ice.get_host_addresses
+    if getattr(original, "talkstream_loopback", False):
+        return
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = original(use_ipv4, use_ipv6)
+        return addresses + ["127.0.0.1"] if use_ipv4 and "127.0.0.1" not in addresses else addresses
+
+    get_host_addresses.talkstream_loopback = True  # type: ignore[attr-defined]
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+def set_jitter_frames(receiver, frames: int) -> bool:
+    """aiortc holds 4 audio packets (80 ms) in each receiver's jitter buffer before decoding, for smooth playout. The
+    server plays nothing out: its pipeline takes frames as they come and its outbound track paces itself, so holding
+    one packet (only to put reordered packets back in order) takes 60 ms off mouth-to-ear for nothing. aiortc has
+    no setting for it; this swaps the private buffer and says False if aiortc's internals have moved."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    name = "_RTCRtpReceiver__jitter_buffer"
+    if not isinstance(getattr(receiver, name, None), JitterBuffer):
+        return False
+    setattr(receiver, name, JitterBuffer(capacity=16, prefetch=frames))
+    return True
+
+
+class PacedAudioTrack(MediaStreamTrack):
+    """Outbound audio: 20 ms mono PCM16 frames at 48 kHz against the clock (pts/time_base kept), silence on underrun.
+
+    `push` adds audio with the monotonic time its input arrived at the server; when the first sample of a pushed
+    chunk leaves, the delay since that arrival is recorded (the server's share of mouth-to-ear latency). Audio comes
+    in at the rate it goes out, so a backlog left by one late burst would stay for good: when the buffer never ran
+    below `slack_s` during the last half second, the excess is dropped from its head (counted), and beyond
+    `max_buffer_s` the oldest audio goes at once.
+    """
+
+    kind = "audio"
+
+    def __init__(self, max_buffer_s: float = 0.3, slack_s: float = 0.01):
+        super().__init__()
+        self.max_samples = int(max_buffer_s * RATE)
+        self.slack = int(slack_s * RATE)
+        self._floor: int | None = None  # the least audio left after a frame, this half second
+        self._chunks: deque[tuple[np.ndarray, float | None]] = deque()
+        self._buffered = 0
+        self._start: float | None = None
+        self._pts = 0
+        self.latencies: deque[float] = deque(maxlen=500)
+        self.dropped_samples = 0
+        self.sent_samples = 0  # non-silent samples sent
+
+    def push(self, pcm: np.ndarray, arrived: float | None = None) -> None:
+        self._chunks.append((pcm, arrived))
+        self._buffered += pcm.size
+        if self._buffered > self.max_samples:
+            self._drop(self._buffered - self.max_samples)
+
+    def _drop(self, n: int) -> None:
+        while n > 0 and self._chunks:
+            old, _ = self._chunks[0]
+            k = min(n, old.size)
+            if k == old.size:
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = (old[k:], None)
+            self._buffered -= k
+            self.dropped_samples += k
+            n -= k
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            wait = self._start + self._pts / RATE - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -0.2:  # the loop stalled: restart the clock rather than send a burst to catch up
+                self._start = now - self._pts / RATE
+        out = np.zeros(FRAME, np.int16)
+        filled = 0
+        while filled < FRAME and self._chunks:
+            pcm, arrived = self._chunks[0]
+            if arrived is not None:  # this chunk's first sample leaves now
+                self.latencies.append(time.monotonic() - arrived)
+            n = min(FRAME - filled, pcm.size)
+            out[filled : filled + n] = pcm[:n]
+            filled += n
+            self._buffered -= n
+            if n == pcm.size:
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = (pcm[n:], None)
+        self.sent_samples += filled
+        self._floor = self._buffered if self._floor is None else min(self._floor, self._buffered)
+        if self._pts // FRAME % 25 == 24:  # every half second: trim a standing backlog
+            if self._floor > self.slack:
+                self._drop(self._floor - self.slack // 2)
+            self._floor = None
+        frame = av.AudioFrame.from_ndarray(out[None], format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._pts += FRAME
+        return frame
+
+
+@dataclass
+class OfferParams:
+    sdp: str
+    mode: str = "codec"
+    codebooks: int = 8
+    session: str | None = None
+    token: str | None = None
+
+
+def parse_offer(body: object, num_codebooks: int) -> OfferParams:
+    """The JSON body of POST /offer -> checked parameters; OfferError (400) otherwise."""
+    if not isinstance(body, dict):
+        raise OfferError(400, "bad_offer", "the body must be a JSON object {sdp, type, mode, codebooks}")
+    sdp, kind = body.get("sdp"), body.get("type")
+    if kind != "offer":
+        raise OfferError(400, "bad_offer", f"type must be 'offer', got {kind!r}")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise OfferError(400, "bad_sdp", "sdp must be a non-empty string")
+    if len(sdp) > MAX_SDP_BYTES:
+        raise OfferError(413, "bad_sdp", f"sdp of {len(sdp)} bytes exceeds {MAX_SDP_BYTES}")
+    mode = body.get("mode", "codec")
+    if mode not in MODES:
+        raise OfferError(400, "bad_config", f"mode must be one of {list(MODES)}, got {mode!r}")
+    k = body.get("codebooks", num_codebooks)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_codebooks:
+        raise OfferError(400, "bad_config", f"codebooks must be an integer 1..{num_codebooks}, got {k!r}")
+    session = body.get("session")
+    if session is not None and not isinstance(session, str):
+        raise OfferError(400, "bad_offer", "session must be a string")
+    token = body.get("token")
+    if token is not None and not isinstance(token, str):
+        raise OfferError(400, "bad_offer", "token must be a string")
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as e:  # aiortc's parser raises whatever the bad line provokes
+        raise OfferError(400, "bad_sdp", f"malformed SDP: {type(e).__name__}: {e}") from None
+    if not parsed.media:
+        raise OfferError(400, "bad_sdp", "malformed SDP: no media sections")
+    if not any(m.kind == "audio" and m.direction in (None, "sendrecv", "sendonly") for m in parsed.media):
+        raise OfferError(400, "no_audio", "the offer sends no audio: add a microphone track (sendrecv audio)")
+    return OfferParams(sdp, mode, k, session, token)
+
+
+class PeerSession:
+    """One browser (or aiortc) peer: its connection, its `Session`, the outbound track and the data channel."""
+
+    def __init__(self, service: WebRTCService, params: OfferParams):
+        self.service = service
+        srv = service.server
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(service.ice_servers)))
+        self.track = PacedAudioTrack()
+        self.session = Session(srv.engine, srv.vad, srv.responder, srv.config.limits, self._send, srv.metrics)
+        self.id = self.session.id
+        self.params = params
+        self.channel = None
+        self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
+        self._tasks: set[asyncio.Task] = set()
+        self._t0 = time.monotonic()
+        self.closed = False
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    # -- signaling ----------------------------------------------------------------------------------------------
+    async def answer(self) -> RTCSessionDescription:
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(self.params.sdp, "offer"))
+        except Exception as e:  # a parseable SDP aiortc still cannot use (no fingerprint, no ICE ufrag, codecs)
+            raise OfferError(400, "bad_sdp", f"unusable offer: {type(e).__name__}: {e}") from None
+        self.pc.addTrack(self.track)  # takes the offer's audio transceiver: sendrecv
+        for t in self.pc.getTransceivers():
+            if t.kind == "audio":
+                set_jitter_frames(t.receiver, self.service.jitter_frames)
+        hello = {"type": "hello", "version": PROTOCOL_VERSION, "mode": self.params.mode, "sample_rate": RATE}
+        hello |= {"codebooks": self.params.codebooks, "output": ["pcm"]}
+        if self.params.token is not None:
+            hello["token"] = self.params.token  # checked by the session, as a WebSocket hello's
+        if not await self.session.on_message(json.dumps(hello)):
+            raise OfferError(500, "internal", "the session did not start")
+        await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers every candidate (no trickle)
+        self._spawn(self._latency_loop())
+        return self.pc.localDescription
+
+    # -- media and events ---------------------------------------------------------------------------------------
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._pump(track))
+        else:
+            track.stop()
+
+    async def _pump(self, track: MediaStreamTrack) -> None:
+        """Microphone frames -> mono PCM16 at 48 kHz -> the session, as protocol frames."""
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        idle = self.service.server.config.limits.idle_timeout_s
+        seq = 0
+        try:
+            while not self.closed:
+                try:
+                    frame = await asyncio.wait_for(track.recv(), idle)
+                except TimeoutError:
+                    await self.session.send_error("idle_timeout", f"no audio for {idle:.0f} s")
+                    break
+                for f in resampler.resample(frame):
+                    pcm = f.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                    ts = int((time.monotonic() - self._t0) * 1000)
+                    seq += 1
+                    if not await self.session.on_message(pcm_frame(pcm, seq, ts)):
+                        return self._spawn(self.close())  # type: ignore[return-value]
+        except MediaStreamError:
+            pass  # the peer stopped sending: the connection state change closes the session
+        if not self.closed:
+            self._spawn(self.close())
+
+    async def _send(self, message: bytes | str) -> None:
+        """Everything the session sends: PCM frames to the outbound track, JSON events to the data channel."""
+        if isinstance(message, bytes):
+            kind, _, _, _, _, ts = HEADER.unpack_from(message)
+            if kind == KIND_PCM16:
+                arrived = self._t0 + ts / 1000
+                self.track.push(np.frombuffer(message, "<i2", offset=HEADER.size), arrived)
+            return
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(message)
+        else:
+            self._pending.append(message)
+
+    def _on_datachannel(self, channel) -> None:
+        self.channel = channel
+
+        def flush() -> None:
+            while self._pending and channel.readyState == "open":
+                channel.send(self._pending.popleft())
+
+        channel.on("open", flush)
+        channel.on("message", lambda m: self._spawn(self._on_channel_message(m)))
+        flush()
+
+    async def _on_channel_message(self, message: bytes | str) -> None:
+        if isinstance(message, bytes):
+            if len(message) <= self.session.limits.max_message_bytes:
+                await self.session.send_error("bad_header", "WebRTC sessions take audio on the media track only")
+                return
+        if not await self.session.on_message(message):
+            await self.close()
+
+    async def _latency_loop(self) -> None:
+        """Every second: the server's share of mouth-to-ear latency (input arrival -> echo leaving the track)."""
+        while True:
+            await asyncio.sleep(self.service.server.config.limits.stats_interval_s)
+            lat = np.array(self.track.latencies) * 1000
+            if lat.size:
+                await self.session.send(
+                    event(
+                        "latency",
+                        server_ms_p50=round(float(np.percentile(lat, 50)), 1),
+                        server_ms_p95=round(float(np.percentile(lat, 95)), 1),
+                        frames=int(lat.size),
+                        sent_s=round(self.track.sent_samples / RATE, 2),
+                        dropped_s=round(self.track.dropped_samples / RATE, 3),
+                    )
+                )
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("peer %s: %s", self.id, state)
+        if state in ("failed", "closed") and not self.closed:
+            self.service.spawn(self.close())
+
+    # -- ending -------------------------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Free everything, however the session ended (failed ICE, closed tab, `end`, shutdown, an error)."""
+        if self.closed:
+            return
+        self.closed = True
+        me = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.channel is not None and self.channel.readyState == "open" and self.session.failed:
+            with contextlib.suppress(Exception):
+                self.channel.send(error_event("internal", "session ended"))
+        await self.session.close()
+        self.track.stop()
+        await self.pc.close()
+        self.service.forget(self)
+
+
+class WebRTCService:
+    """The registry of peer sessions of one server; sessions count against the server's `max_sessions`."""
+
+    def __init__(
+        self,
+        server: TalkstreamServer,
+        ice_servers: list[RTCIceServer] | None = None,
+        loopback: bool = True,
+        jitter_frames: int = 1,
+    ):
+        self.server = server
+        self.jitter_frames = jitter_frames
+        self.ice_servers = list(ice_servers or [])  # empty: host candidates only, nothing outside is contacted
+        self.peers: dict[str, PeerSession] = {}
+        self.closed_ids: deque[str] = deque(maxlen=4096)  # to tell "closed" from "unknown" on a second offer
+        self._tasks: set[asyncio.Task] = set()
+        if loopback:
+            allow_loopback_candidates()
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def offer(self, body: object) -> dict:
+        srv = self.server
+        params = parse_offer(body, srv.codec.num_codebooks)
+        if params.session is not None:
+            if params.session in self.peers:
+                raise OfferError(
+                    409,
+                    "renegotiation",
+                    f"session {params.session} is live; renegotiation is not "
+                    "supported: close it and post a new offer without 'session'",
+                )
+            state = "closed" if params.session in self.closed_ids else "unknown"
+            raise OfferError(
+                404,
+                "session_closed",
+                f"session {params.session} is {state}; post a new offer without 'session' to start another",
+            )
+        want = srv.config.limits.token
+        if want is not None and not hmac.compare_digest((params.token or "").encode(), want.encode()):
+            srv.metrics.errors.labels("unauthorized").inc()
+            raise OfferError(401, "unauthorized", "missing or wrong token")
+        if len(srv.sessions) >= srv.config.max_sessions:
+            srv.metrics.errors.labels("busy").inc()
+            raise OfferError(503, "busy", f"server is at its limit of {srv.config.max_sessions} sessions; try later")
+        peer = PeerSession(self, params)
+        self.peers[peer.id] = peer
+        srv.sessions.add(peer.session)
+        srv.metrics.sessions.inc()
+        srv.metrics.sessions_total.inc()
+        try:
+            answer = await peer.answer()
+        except BaseException as e:
+            await peer.close()
+            if isinstance(e, OfferError):
+                srv.metrics.errors.labels(e.code).inc()
+                raise
+            if isinstance(e, Exception):
+                log.exception("offer failed")
+                raise OfferError(500, "internal", f"{type(e).__name__}: {e}") from None
+            raise
+        return {"sdp": answer.sdp, "type": answer.type, "session": peer.id}
+
+    def forget(self, peer: PeerSession) -> None:
+        if self.peers.pop(peer.id, None) is not None:
+            self.closed_ids.append(peer.id)
+            self.server.sessions.discard(peer.session)
+            self.server.metrics.sessions.dec()
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(p.close() for p in list(self.peers.values())), return_exceptions=True)
+        tasks = list(self._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -17,9 +17,51 @@ USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, Fil
 
 
 def _codec(args):
+    """The codec, on the backend the command asked for (`--backend onnx`: the same interface, steps in onnxruntime)."""
     from talkstream.models.loaders import load_audio_codec
 
-    return load_audio_codec(args.weights)
+    codec = load_audio_codec(args.weights)
+    if getattr(args, "backend", "torch") == "onnx":
+        from talkstream.codecs.audio.onnx_step import OnnxAudioCodec, OnnxCodecSteps
+
+        return OnnxAudioCodec(codec, OnnxCodecSteps(codec, **_onnx_options(args)))
+    return codec
+
+
+def _onnx_options(args) -> dict:
+    return {"export_dir": args.onnx_dir, "precision": "int8" if args.int8 else "fp32", "providers": args.providers}
+
+
+def cmd_export_codec(args) -> None:
+    from talkstream.codecs.audio.onnx_step import export_codec
+    from talkstream.models.loaders import WEIGHTS_DIR, load_audio_codec
+
+    weights = Path(args.weights or WEIGHTS_DIR / "audio_codec")
+    codec = load_audio_codec(weights)  # verifies the checksum recorded below
+    sha = json.loads((weights / "config.json").read_text())["sha256"]
+    m = export_codec(codec, args.out, args.codebooks, args.frames_per_step, tuple(args.ops), args.int8, sha)
+    for g in m["graphs"]:
+        print(f"{g['file']:<32} {g['bytes'] / 1e6:6.1f} MB  sha256 {g['sha256'][:12]}")
+    print(f"{len(m['graphs'])} graphs (opset {m['opset']}, checked) and manifest.json in {args.out}")
+
+
+def cmd_bench_backends(args) -> None:
+    from talkstream.bench.backends import run_backends_bench
+    from talkstream.bench.codec import eval_files
+
+    data = Path(args.data)
+    files = eval_files(data, args.files) if (data / "manifest.jsonl").exists() else [Path(SAMPLE_WAV)]
+    results = run_backends_bench(
+        _codec(argparse.Namespace(weights=args.weights)),
+        files,
+        steps=args.steps,
+        frames_per_step=args.frames_per_step,
+        providers=args.providers,
+    )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}")
 
 
 def cmd_encode(args) -> None:
@@ -126,6 +168,7 @@ def cmd_serve(args) -> None:
         max_sessions=args.max_sessions,
         gather_ms=args.gather_ms,
         backend=args.backend,
+        onnx_options=_onnx_options(args),
         limits=limits,
         allowed_origins=args.allow_origin,
         weights=args.weights,
@@ -200,6 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     def weights_arg(sp):
         sp.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
 
+    def onnx_args(sp):
+        sp.add_argument("--onnx-dir", default=None, help="graphs from `talkstream export codec` (default: in memory)")
+        sp.add_argument("--int8", action="store_true", help="int8 (dynamically quantized) graphs")
+        sp.add_argument(
+            "--providers",
+            default=None,
+            help="onnxruntime providers in order, e.g. tensorrt,cuda,cpu (default; unavailable ones are skipped)",
+        )
+
+    def backend_args(sp, default="torch"):
+        sp.add_argument(
+            "--backend", choices=["torch", "onnx"], default=default, help=f"codec steps (default {default})"
+        )
+        onnx_args(sp)
+
     sp = sub.add_parser(
         "encode",
         help="audio file -> .tsk token file",
@@ -209,12 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("output", help="token file to write (.tsk)")
     sp.add_argument("--codebooks", type=int, default=8, help="codebooks 1..8: 0.75 kbps each at 75 Hz (default 8)")
     weights_arg(sp)
+    backend_args(sp)
     sp.set_defaults(func=cmd_encode)
 
     sp = sub.add_parser("decode", help=".tsk token file -> WAV", description="Decode a .tsk file to 24 kHz WAV.")
     sp.add_argument("input", help="token file (.tsk)")
     sp.add_argument("output", help="WAV file to write")
     weights_arg(sp)
+    backend_args(sp)
     sp.set_defaults(func=cmd_decode)
 
     sp = sub.add_parser(
@@ -226,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--codebooks", type=int, nargs="+", default=[1, 2, 4, 8])
     sp.add_argument("--out-dir", default="talkstream-out", help="where .tsk and .wav files go")
     weights_arg(sp)
+    backend_args(sp)
     sp.set_defaults(func=cmd_roundtrip)
 
     sp = sub.add_parser(
@@ -254,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help="codec steps in onnxruntime (default; graphs exported at start-up) or torch eager",
     )
+    onnx_args(sp)
     sp.add_argument(
         "--gather-ms",
         type=float,
@@ -306,6 +368,25 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--seed", type=int, default=0)
     tc.set_defaults(func=cmd_train_codec)
 
+    sp = sub.add_parser("export", help="export ONNX graphs", description="Export streaming steps as ONNX graphs.")
+    esub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    ec = esub.add_parser(
+        "codec",
+        help="the codec's encode/decode steps with explicit state, checked, with manifest.json",
+        description="Write the codec's streaming steps as ONNX graphs (opset 17, state as inputs and outputs, "
+        "dynamic batch axis), one per operation, codebook count and frames per step, checked with onnx.checker, "
+        "with manifest.json (names, shapes, sha256, versions). Use them with --onnx-dir.",
+    )
+    ec.add_argument("--out", required=True, help="folder to write")
+    ec.add_argument("--codebooks", type=int, nargs="+", default=[8], help="codebook counts (default 8)")
+    ec.add_argument("--frames-per-step", type=int, nargs="+", default=[1, 2], help="frames per step (default 1 2)")
+    ec.add_argument(
+        "--ops", nargs="+", choices=["encode", "decode", "roundtrip"], default=["encode", "decode", "roundtrip"]
+    )
+    ec.add_argument("--int8", action="store_true", help="also write int8 (dynamic quantization) copies")
+    weights_arg(ec)
+    ec.set_defaults(func=cmd_export_codec)
+
     sp = sub.add_parser("data", help="make training data", description="Make corpora from registry-shipped voices.")
     dsub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
     ds = dsub.add_parser("speech", help="speech corpus from the TTS voices (resumes)")
@@ -341,6 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--out", default=None, help="write results JSON here")
     bs.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
     bs.set_defaults(func=cmd_bench_serve)
+    bb = bsub.add_parser(
+        "backends",
+        help="torch vs onnxruntime fp32 vs int8: codec step latency, streams per core, quality",
+        description="Time the codec's encode and decode steps (one thread) on each backend, the real-time streams "
+        "one core holds with batched steps, and each backend's PESQ/STOI on a few held-out files.",
+    )
+    bb.add_argument("--data", default="data/speech", help="corpus with an eval split (else: the bundled sample)")
+    bb.add_argument("--files", type=int, default=4, help="held-out files for the quality columns")
+    bb.add_argument("--steps", type=int, default=300, help="timed steps per backend and step")
+    bb.add_argument("--frames-per-step", type=int, default=2, help="frames per batched step (streams per core)")
+    bb.add_argument("--providers", default=None, help="onnxruntime providers in order (default tensorrt,cuda,cpu)")
+    bb.add_argument("--out", default=None, help="write results JSON here")
+    weights_arg(bb)
+    bb.set_defaults(func=cmd_bench_backends)
     return p
 
 

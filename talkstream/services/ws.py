@@ -41,6 +41,7 @@ class ServerConfig:
     codec_threads: int = 1
     gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
     backend: str = "onnx"  # codec steps in onnxruntime (2.8-4x faster per step) or torch eager
+    onnx_options: dict = field(default_factory=dict)  # export_dir, precision, providers (OnnxCodecSteps)
     http_port: int | None = None  # the page, WebRTC signaling, /metrics (talkstream/services/http.py); 0: any free
     ice_servers: list = field(default_factory=list)  # aiortc RTCIceServer; empty: host candidates only
 
@@ -74,6 +75,7 @@ class TalkstreamServer:
             threads=self.config.codec_threads,
             gather_ms=self.config.gather_ms,
             backend=self.config.backend,
+            onnx_options=self.config.onnx_options,
         )
         self.sessions: set[Session] = set()  # WebSocket and WebRTC sessions alike (one max_sessions)
         self._server: Server | None = None

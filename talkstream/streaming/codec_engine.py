@@ -50,6 +50,7 @@ class CodecEngine:
         threads: int = 1,
         gather_ms: float = 0.0,
         backend: str = "torch",
+        onnx_options: dict | None = None,
     ):
         self.codec = codec
         if backend not in ("torch", "onnx"):
@@ -59,7 +60,8 @@ class CodecEngine:
         if backend == "onnx":
             from talkstream.codecs.audio.onnx_step import OnnxCodecSteps
 
-            self.onnx = OnnxCodecSteps(codec, threads)
+            # onnx_options: export_dir, precision ("fp32" | "int8"), providers (see OnnxCodecSteps)
+            self.onnx = OnnxCodecSteps(codec, threads, **(onnx_options or {}))
         self.gather_s = gather_ms / 1000
         self.max_batch = max_batch
         self.metrics = metrics

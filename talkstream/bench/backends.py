@@ -1,0 +1,245 @@
+"""`talkstream bench backends`: torch eager vs onnxruntime float32 vs onnxruntime int8, side by side in one run.
+
+For the codec's streaming steps, on one thread:
+- encode and decode step latency with one stream and one 13.3 ms frame per step (mean, p95) and its real-time
+  factor (step time / audio time);
+- real-time codec streams one core holds: many streams' states stacked into one batched encode+decode step of
+  `frames_per_step` frames (what the server's CodecEngine does); the largest batch whose mean step time stays
+  within the audio it covers (an upper bound for the server, whose sessions arrive at unrelated phases and also
+  pay for VAD, resampling and sockets: `bench serve` measures that);
+- quality: PESQ-WB and STOI of each backend's round trip (8 codebooks) on a few held-out files, and the delta
+  from torch; the share of codes equal to torch's.
+
+Slot for the model: `STEP_TARGETS` lists what gets timed beside the codec. The Talker's single-step decode (KV cache
+in, one frame of codec tokens out) joins it once `talkstream.models` has one: add a `StepTarget` whose `make(backend)`
+returns a zero-argument function running one step for one stream (torch, or the exported graph in onnxruntime), and
+it appears in the table and JSON with the same columns. Until then the JSON says `"talker_step": null`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from talkstream.audio_io import load_audio
+from talkstream.bench.metrics import pesq_wb, stoi
+from talkstream.codecs.audio.codec import AudioCodec, CodecState
+from talkstream.codecs.audio.onnx_step import OnnxAudioCodec, OnnxCodecSteps
+
+BACKENDS = ("torch", "onnx fp32", "onnx int8")
+
+
+class TorchSteps:
+    """The `OnnxCodecSteps.step` interface in torch eager (what `CodecEngine(backend="torch")` runs)."""
+
+    def __init__(self, codec: AudioCodec):
+        self.codec = codec
+
+    def step(self, op: str, x: torch.Tensor, state: CodecState):
+        with torch.inference_mode():
+            codes = pcm = None
+            if op in ("encode", "roundtrip"):
+                codes, state = self.codec.encode_step(x, state)
+            if op == "roundtrip":
+                pcm, state = self.codec.decode_step(codes, state)
+            if op == "decode":
+                pcm, state = self.codec.decode_step(x, state)
+        return codes, pcm, state
+
+
+def make_steps(codec: AudioCodec, backend: str, providers: list[str] | None = None):
+    if backend == "torch":
+        return TorchSteps(codec)
+    return OnnxCodecSteps(codec, threads=1, precision=backend.split()[-1], providers=providers)
+
+
+def time_calls(fn: Callable[[], object], n: int, warmup: int = 3) -> np.ndarray:
+    """Milliseconds per call of `fn` over `n` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out * 1000
+
+
+@dataclass
+class StepTarget:
+    """Something with a streaming step to time per backend. `make(backend)` -> a function running one step."""
+
+    name: str
+    audio_ms: float  # audio one step covers, for the real-time factor
+    make: Callable[[str], Callable[[], object]]
+
+
+def codec_targets(codec: AudioCodec, k: int, providers: list[str] | None) -> list[StepTarget]:
+    hop = codec.frame_size
+    rng = np.random.default_rng(0)
+    pcm = torch.from_numpy((0.1 * rng.standard_normal((1, 1, hop))).astype(np.float32))
+    codes = torch.from_numpy(rng.integers(0, codec.codebook_size, (1, k, 1)))
+
+    def make(op: str):
+        def build(backend: str):
+            steps = make_steps(codec, backend, providers)
+            box = [codec.init_state(1, k)]
+            x = codes if op == "decode" else pcm
+
+            def run():
+                box[0] = steps.step(op, x, box[0])[2]
+
+            return run
+
+        return build
+
+    frame_ms = 1000 * hop / codec.sample_rate
+    return [StepTarget("codec encode", frame_ms, make("encode")), StepTarget("codec decode", frame_ms, make("decode"))]
+
+
+# What gets timed beside the codec; the Talker's step is added here once the model exists (see the module doc).
+STEP_TARGETS: list[Callable[[AudioCodec, int, list[str] | None], list[StepTarget]]] = [codec_targets]
+
+
+LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def streams_per_core(codec: AudioCodec, steps, k: int, frames: int, n_steps: int = 30) -> dict:
+    """Largest batch of streams (from `LADDER`) whose batched encode+decode step keeps up with the audio it covers
+    on one thread: mean step time <= audio time (p95 reported beside it)."""
+    hop, chunk_ms = codec.frame_size, 1000 * frames * codec.frame_size / codec.sample_rate
+    x1 = 0.1 * torch.randn(1, 1, frames * hop)
+    best, best_ms, single = 0, np.zeros(1), None
+    for n in LADDER:
+        x, box = x1.expand(n, 1, -1).contiguous(), [codec.init_state(n, k)]
+
+        def run(x=x, box=box):
+            box[0] = steps.step("roundtrip", x, box[0])[2]
+
+        ms = time_calls(run, n_steps, warmup=2)
+        single = float(ms.mean()) if single is None else single
+        if ms.mean() > chunk_ms:
+            break
+        best, best_ms = n, ms
+    return {
+        "frames_per_step": frames,
+        "chunk_ms": chunk_ms,
+        "streams": best,
+        "step_ms_mean_at_max": float(best_ms.mean()),
+        "step_ms_p95_at_max": float(np.percentile(best_ms, 95)),
+        "single_stream_step_ms": single,
+    }
+
+
+def quality(codec: AudioCodec, backend_codecs: dict, refs: list[np.ndarray], k: int) -> dict:
+    out, torch_codes = {}, None
+    for name, c in backend_codecs.items():
+        scores, codes = [], []
+        for ref in tqdm(refs, desc=f"quality {name}", leave=False):
+            x = torch.from_numpy(ref)[None, None]
+            with torch.inference_mode():
+                y = c.reconstruct(x, k)[0, 0].numpy()
+                codes.append(c.encode(x, k))
+            scores.append((pesq_wb(ref, y, codec.sample_rate), stoi(ref, y, codec.sample_rate)))
+        codes_t = torch.cat(codes, dim=-1)
+        torch_codes = codes_t if torch_codes is None else torch_codes
+        s = np.array(scores)
+        out[name] = {
+            "pesq_wb": float(np.nanmean(s[:, 0])),
+            "stoi": float(np.nanmean(s[:, 1])),
+            "codes_equal_to_torch": float((codes_t == torch_codes).float().mean()),
+        }
+    for r in out.values():
+        r["pesq_delta"] = r["pesq_wb"] - out["torch"]["pesq_wb"]
+        r["stoi_delta"] = r["stoi"] - out["torch"]["stoi"]
+    return out
+
+
+def _table(result: dict) -> str:
+    rows = result["rows"]
+    head = f"{'backend':<11}{'step':<14}{'ms mean':>8}{'p95':>7}{'RTF':>7}{'x torch':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['backend']:<11}{r['step']:<14}{r['step_ms_mean']:>8.2f}{r['step_ms_p95']:>7.2f}{r['rtf']:>7.3f}"
+            f"{r['speedup_vs_torch']:>8.2f}"
+        )
+    head2 = (
+        f"{'backend':<11}{'streams/core':>13}{'ms mean':>8}{'p95 ms':>8}"
+        f"{'PESQ-WB':>8}{'dPESQ':>7}{'STOI':>7}{'dSTOI':>8}{'codes=':>7}"
+    )
+    lines += ["", head2, "-" * len(head2)]
+    for b in result["backends"]:
+        s, q = result["streams_per_core"][b], result["quality"].get(b)
+        qual = (
+            f"{q['pesq_wb']:>8.2f}{q['pesq_delta']:>+7.3f}{q['stoi']:>7.3f}{q['stoi_delta']:>+8.4f}"
+            f"{q['codes_equal_to_torch']:>7.3f}"
+            if q
+            else ""
+        )
+        lines.append(f"{b:<11}{s['streams']:>13}{s['step_ms_mean_at_max']:>8.1f}{s['step_ms_p95_at_max']:>8.1f}{qual}")
+    lines.append(
+        f"one thread; step: one stream, one {rows[0]['audio_ms']:.1f} ms frame per step. streams/core: batched "
+        f"encode+decode steps of {result['frames_per_step']} frames, largest batch keeping up (mean step <= audio). "
+        f"Quality: {result['codebooks']} codebooks on {result['quality_files']} file(s); "
+        "codes=: share of codes equal to torch's."
+    )
+    return "\n".join(lines)
+
+
+def run_backends_bench(
+    codec: AudioCodec,
+    files: list[Path],
+    steps: int = 300,
+    codebooks: int = 8,
+    frames_per_step: int = 2,
+    providers: list[str] | None = None,
+    backends: tuple[str, ...] = BACKENDS,
+) -> dict:
+    torch.set_num_threads(1)
+    rows = []
+    for make_targets in STEP_TARGETS:
+        for target in make_targets(codec, codebooks, providers):
+            for b in backends:
+                ms = time_calls(target.make(b), steps, warmup=5)
+                rows.append(
+                    {
+                        "backend": b,
+                        "step": target.name,
+                        "audio_ms": target.audio_ms,
+                        "step_ms_mean": float(ms.mean()),
+                        "step_ms_p95": float(np.percentile(ms, 95)),
+                        "rtf": float(ms.mean() / target.audio_ms),
+                    }
+                )
+    for r in rows:
+        ref = next(x for x in rows if x["step"] == r["step"] and x["backend"] == "torch") if "torch" in backends else r
+        r["speedup_vs_torch"] = ref["step_ms_mean"] / r["step_ms_mean"]
+    capacity = {
+        b: streams_per_core(codec, make_steps(codec, b, providers), codebooks, frames_per_step)
+        for b in tqdm(backends, desc="streams per core", leave=False)
+    }
+    refs = [load_audio(f, codec.sample_rate) for f in files]
+    backend_codecs = {
+        b: codec if b == "torch" else OnnxAudioCodec(codec, make_steps(codec, b, providers)) for b in backends
+    }
+    result = {
+        "threads": 1,
+        "codebooks": codebooks,
+        "frames_per_step": frames_per_step,
+        "providers": make_steps(codec, "onnx fp32", providers).providers if "onnx fp32" in backends else None,
+        "backends": list(backends),
+        "rows": rows,
+        "streams_per_core": capacity,
+        "quality_files": len(files),
+        "quality": quality(codec, backend_codecs, refs, codebooks) if refs and "torch" in backends else {},
+        "talker_step": None,  # the slot: see STEP_TARGETS
+    }
+    print(_table(result))
+    return result

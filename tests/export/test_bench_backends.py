@@ -1,0 +1,31 @@
+"""`talkstream bench backends` end to end on a tiny codec: every backend and step measured, JSON-ready results."""
+
+from __future__ import annotations
+
+import json
+
+from talkstream.bench import backends
+
+
+def test_bench_backends_reports_every_backend(tiny_codec, speech_wav, monkeypatch, capsys):
+    monkeypatch.setattr(backends, "LADDER", (1, 2, 4))
+    r = backends.run_backends_bench(tiny_codec, [speech_wav], steps=10, codebooks=4, frames_per_step=2)
+    json.dumps(r)  # the CLI writes it as JSON
+    assert {(x["backend"], x["step"]) for x in r["rows"]} == {
+        (b, s) for b in backends.BACKENDS for s in ("codec encode", "codec decode")
+    }
+    for row in r["rows"]:
+        assert row["step_ms_mean"] > 0 and row["step_ms_p95"] > 0
+        assert abs(row["rtf"] - row["step_ms_mean"] / row["audio_ms"]) < 1e-9
+        if row["backend"] == "torch":
+            assert row["speedup_vs_torch"] == 1.0
+    for b in backends.BACKENDS:
+        cap = r["streams_per_core"][b]
+        assert cap["streams"] in (0, 1, 2, 4) and cap["chunk_ms"] == 2 * 1000 * 320 / 24_000
+        if cap["streams"]:
+            assert cap["step_ms_mean_at_max"] <= cap["chunk_ms"]
+    q = r["quality"]
+    assert q["torch"]["codes_equal_to_torch"] == 1.0 and q["torch"]["pesq_delta"] == 0.0
+    assert 0.0 <= q["onnx int8"]["codes_equal_to_torch"] <= 1.0 and q["onnx fp32"]["codes_equal_to_torch"] > 0.9
+    assert r["talker_step"] is None and r["providers"][-1] == "CPUExecutionProvider"
+    assert "streams/core" in capsys.readouterr().out

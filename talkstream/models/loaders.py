@@ -89,3 +89,26 @@ def load_audio_codec(path: str | Path | None = None, device: str = "cpu"):
             f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return codec.to(device).eval()
+
+
+def _load_model(kind: str, path: str | Path | None, build):
+    config, state = read_checkpoint(path or WEIGHTS_DIR / kind, kind)
+    model = build(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+def load_thinker(path: str | Path | None = None):
+    """The shipped Thinker (or the checkpoint at `path`), in eval mode."""
+    from talkstream.models.thinker import Thinker, ThinkerConfig
+
+    return _load_model("thinker", path, lambda c: Thinker(ThinkerConfig.from_dict(c)))
+
+
+def load_talker(path: str | Path | None = None):
+    """The shipped Talker (or the checkpoint at `path`), in eval mode."""
+    from talkstream.models.talker import Talker, TalkerConfig
+
+    return _load_model("talker", path, lambda c: Talker(TalkerConfig.from_dict(c)))

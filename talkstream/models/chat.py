@@ -1,0 +1,199 @@
+"""Speech in, text and speech out: the Thinker seam, the streaming Speaker, and the chat responder the services use.
+
+The Thinker seam (what a replacement implements; `BuiltinThinker` and `OpenAIThinker` do):
+
+    heard = thinker.hear(codes)              # codes long [1, K, F] of the user's turn -> whatever it needs
+    text = thinker.transcript(heard)         # what the user said
+    async for piece, hidden in thinker.reply(heard):   # the reply as it is written: text and a hidden state
+        ...                                  # (hidden [dim] or None for a Thinker without one)
+
+The Speaker turns those pieces into codec-token blocks as soon as each word is complete: the first block leaves
+after the first word, not after the whole reply. Heavy steps run in a worker thread so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from talkstream.models import phonemes as ph
+from talkstream.models import text as tx
+from talkstream.models.talker import SamplingConfig, Talker, TalkerState
+from talkstream.models.thinker import Thinker, ThinkerState
+
+
+def codes_to_latent(codebook: torch.Tensor, codes: torch.Tensor, stack: int) -> torch.Tensor:
+    """codes long [1, K, F] -> the codec's quantized latent [1, D, F'] padded to whole Thinker positions."""
+    z = sum(F.embedding(codes[0, k], codebook[k]) for k in range(codes.shape[1]))  # [F, D]
+    return F.pad(z, (0, 0, 0, -z.shape[0] % stack)).T[None]
+
+
+@dataclass
+class Heard:
+    state: ThinkerState | None
+    transcript: str | None = None
+
+
+class BuiltinThinker:
+    """The shipped Thinker behind the seam."""
+
+    def __init__(self, model: Thinker, codebook: torch.Tensor):
+        self.model, self.codebook = model.eval(), codebook
+
+    def hear(self, codes: torch.Tensor) -> Heard:
+        latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack)
+        return Heard(self.model.listen(latent, self.model.init_state()))
+
+    def transcript(self, heard: Heard) -> str:
+        if heard.transcript is None:
+            heard.transcript = tx.decode([t for t, _ in self.model.reply(heard.state, tx.ASR)])
+        return heard.transcript
+
+    async def reply(self, heard: Heard) -> AsyncIterator[tuple[str, torch.Tensor | None]]:
+        it = self.model.reply(heard.state, tx.CHAT)
+        done = object()
+        while (item := await asyncio.to_thread(next, it, done)) is not done:
+            token, hidden = item
+            yield tx.VOCAB[token], hidden
+
+
+_WORD = re.compile(r"[a-z']+")
+
+
+def word_phonemes(word: str, punct: str, voice: str) -> list[str]:
+    """One word's phonemes as espeak-ng says it alone, its trailing pauses replaced by the pause its punctuation
+    asks for (a comma or full stop gives the '_:' '_' pair espeak puts there mid-sentence)."""
+    names = [p for p in ph.phonemize(word, voice).phonemes if not p.startswith("_")]
+    return names + (["_:", "_"] if punct else [])
+
+
+class Speaker:
+    """The Talker, streaming: text pieces in, codec-token blocks [1, K, n] out."""
+
+    def __init__(self, talker: Talker, block_frames: int = 6, sampling: SamplingConfig | None = None):
+        self.talker = talker.eval()
+        self.block_frames = block_frames
+        self.sampling = sampling or SamplingConfig()
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.talker.cfg.num_codebooks
+
+    def _frames(self, names: list[str], hidden: torch.Tensor | None, state: TalkerState, final: bool
+                ) -> list[torch.Tensor]:
+        ids = self.talker.phoneme_ids(names)
+        return list(self.talker.frames(ids, hidden, self.sampling, state, final=final))
+
+    async def speak(self, pieces: AsyncIterator[tuple[str, torch.Tensor | None]]) -> AsyncIterator[torch.Tensor]:
+        names, state, buffer, pending = ["_"], TalkerState(), "", []
+        voice = self.talker.cfg.voice
+
+        async def emit(final: bool) -> AsyncIterator[torch.Tensor]:
+            frames = await asyncio.to_thread(self._frames, names, None, state, final)
+            pending.extend(frames)
+            while len(pending) >= self.block_frames or (final and pending):
+                block = pending[: self.block_frames]
+                del pending[: self.block_frames]
+                yield torch.stack(block, -1)[None]
+
+        async for piece, _hidden in pieces:
+            buffer += piece
+            # A word is complete once something that is not a letter follows it.
+            while (m := re.match(r"\s*([a-z']+)([ ,.?!]+)", buffer)) is not None:
+                buffer = buffer[m.end():]
+                names += word_phonemes(m.group(1), m.group(2).strip(), voice)
+                async for block in emit(False):
+                    yield block
+        for word in _WORD.findall(buffer):
+            names += word_phonemes(word, "", voice)
+        names += ["_:", "_"]
+        async for block in emit(True):
+            yield block
+
+    async def say(self, text: str) -> AsyncIterator[torch.Tensor]:
+        async def pieces():
+            yield tx.normalize(text), None
+
+        async for block in self.speak(pieces()):
+            yield block
+
+
+class ChatResponder:
+    """A user's turn -> events (transcript, reply text, first-packet latency) and codec-token blocks.
+
+    Implements the services' Responder: `respond` yields token blocks [1, K, n] and event dicts.
+    """
+
+    def __init__(self, thinker, speaker: Speaker, transcribe: bool = True):
+        self.thinker, self.speaker, self.transcribe = thinker, speaker, transcribe
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.speaker.num_codebooks
+
+    def warmup(self) -> None:
+        codes = torch.zeros(1, 1, 8, dtype=torch.long)
+        heard = self.thinker.hear(codes)
+        asyncio.run(_drain(self.speaker.say("ok.")))
+        del heard
+
+    async def respond(self, turn: torch.Tensor) -> AsyncIterator[torch.Tensor | dict]:
+        t0 = time.perf_counter()
+        heard = await asyncio.to_thread(self.thinker.hear, turn)
+        reply: list[str] = []
+
+        async def pieces():
+            async for piece, hidden in self.thinker.reply(heard):
+                reply.append(piece)
+                yield piece, hidden
+
+        first = True
+        async for block in self.speaker.speak(pieces()):
+            if first:
+                first = False
+                yield {"type": "latency", "first_packet_ms": round((time.perf_counter() - t0) * 1000, 1)}
+                yield {"type": "reply_text", "text": "".join(reply), "final": False}
+            yield block
+        yield {"type": "reply_text", "text": "".join(reply), "final": True}
+        if self.transcribe:
+            text = await asyncio.to_thread(self.thinker.transcript, heard)
+            yield {"type": "transcript", "text": text, "final": True}
+
+
+async def _drain(it: AsyncIterator) -> list:
+    return [x async for x in it]
+
+
+def collect(it: AsyncIterator) -> list:
+    """Run an async iterator to the end from synchronous code (the CLI)."""
+    return asyncio.run(_drain(it))
+
+
+def blocks_to_codes(items: Iterable) -> torch.Tensor:
+    blocks = [b for b in items if isinstance(b, torch.Tensor)]
+    return torch.cat(blocks, -1) if blocks else torch.zeros(1, 1, 0, dtype=torch.long)
+
+
+def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, thinker_model: str = "default",
+              api_key: str | None = None, thinker_path=None, talker_path=None,
+              sampling: SamplingConfig | None = None) -> ChatResponder:
+    """The chat responder over the shipped (or given) weights; `thinker` is "builtin" or "openai"."""
+    from talkstream.models.loaders import load_talker, load_thinker
+
+    listener = BuiltinThinker(load_thinker(thinker_path), codec.quantizer.embed.detach().clone())
+    speaker = Speaker(load_talker(talker_path), sampling=sampling)
+    if thinker == "builtin":
+        return ChatResponder(listener, speaker)
+    if thinker == "openai":
+        from talkstream.models.openai_thinker import OpenAIThinker
+
+        if not thinker_url:
+            raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
+        return ChatResponder(OpenAIThinker(thinker_url, listener, thinker_model, api_key), speaker)
+    raise ValueError(f"unknown thinker {thinker!r}: builtin or openai")

@@ -1,0 +1,143 @@
+"""The Thinker-Talker's training data, made here from registry-shipped voices and encoded to codec tokens.
+
+    talkstream data model --out data/model
+
+Thinker (`thinker_{train,eval}.pt`): spoken questions (the dialogue templates) and sentences, each stored as
+8-codebook codec tokens with its text and, for questions, the answer. Train voices and eval voices are disjoint
+(talkstream.data.voices), and eval questions are sentence-disjoint (talkstream.models.dialogue). The speech corpus
+of the codec (`data/speech`, made by `talkstream data speech`) is added when present.
+
+Talker (`talker_{train,eval}.pt`): the Talker's one voice (espeak-ng en-us) speaking answers and sentences, with the
+frame-exact duration of every phoneme from espeak-ng's phoneme events. Eval sentences never occur in training.
+
+Files are written once per part and skipped when present, so an interrupted build resumes part by part.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from talkstream.data.sentences import sentences
+from talkstream.data.voices import EVAL_VOICES, TRAIN_VOICES, Voice, synthesize
+from talkstream.models import phonemes as ph
+from talkstream.models.dialogue import dialogues
+
+log = logging.getLogger(__name__)
+TALKER_VOICE = "en-us"
+
+
+def _encode(codec, audio: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():
+        codes = codec.encode(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None])
+    return codes[0].to(torch.int16)
+
+
+def _say(voice: Voice, text: str, rng: random.Random) -> np.ndarray:
+    """One utterance in `voice`, with random speaking rate/pitch (espeak) and level, so the Thinker hears variety."""
+    if voice.engine == "espeak":
+        try:
+            audio = ph.speak(text, voice.name, rate=rng.randint(140, 210), pitch=rng.randint(30, 70)).audio
+        except ValueError:  # a voice the C API does not find by name (en-gb+m3): the command line does
+            audio = synthesize(voice, text)
+    else:
+        audio = synthesize(voice, text)
+    peak = float(np.abs(audio).max()) or 1.0
+    return (audio / peak * rng.uniform(0.25, 0.95)).astype(np.float32)
+
+
+def _weighted_voices(voices: list[Voice]) -> list[Voice]:
+    # Kokoro runs near real time on these cores: it gets a small share; espeak is ~100x real time.
+    weight = {"espeak": 6, "piper": 8, "festival": 4, "kokoro": 1}
+    return [v for v in voices for _ in range(weight[v.engine])]
+
+
+def _thinker_part(codec, items: list[tuple[str, str | None]], voices: list[Voice], seed: int, desc: str) -> list[dict]:
+    rng = random.Random(seed)
+    pool = _weighted_voices(voices)
+    out = []
+    for text, answer in tqdm(items, desc=desc, unit="utt"):
+        voice = rng.choice(pool)
+        out.append({"codes": _encode(codec, _say(voice, text, rng)), "text": text, "answer": answer,
+                    "voice": voice.id})
+    return out
+
+
+def _corpus_part(codec, corpus: Path, split: str) -> list[dict]:
+    manifest = corpus / "manifest.jsonl"
+    if not manifest.is_file():
+        log.warning("%s not found: the Thinker trains without the codec's speech corpus", manifest)
+        return []
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    out = []
+    for r in tqdm([r for r in rows if r["split"] == split and r["text"]], desc=f"corpus {split}", unit="utt"):
+        audio, _ = sf.read(corpus / r["file"], dtype="float32")
+        out.append({"codes": _encode(codec, audio), "text": r["text"], "answer": None, "voice": r["voice"]})
+    return out
+
+
+def talker_example(codec, text: str, hop: int) -> dict:
+    u = ph.speak(text, TALKER_VOICE)
+    codes = _encode(codec, u.audio)
+    frames = codes.shape[-1]
+    # Phoneme boundaries in frames; the silence before the first phoneme becomes a leading pause.
+    bounds = np.clip(np.round(u.starts / hop).astype(np.int64), 0, frames)
+    names, words = ["_"] + u.phonemes, [-1] + u.words
+    bounds = np.concatenate([[0], bounds, [frames]])
+    durations = np.diff(bounds)
+    return {"codes": codes, "phonemes": names, "words": words, "durations": torch.from_numpy(durations),
+            "text": text}
+
+
+def _talker_part(codec, texts: list[str], desc: str) -> list[dict]:
+    return [talker_example(codec, t, codec.frame_size) for t in tqdm(texts, desc=desc, unit="utt")]
+
+
+def _save_once(path: Path, make: Callable[[], list[dict]]) -> None:
+    if path.is_file():
+        log.info("%s exists, kept", path)
+        return
+    items = make()
+    torch.save(items, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+    seconds = sum(i["codes"].shape[-1] for i in items) / 75
+    print(f"{path}: {len(items)} utterances, {seconds / 60:.1f} min")
+
+
+def build_model_data(out: Path, codec, corpus: Path | None = Path("data/speech"), questions: int = 3000,
+                     sentences_asr: int = 1500, talker_sentences: int = 2000, eval_questions: int = 200,
+                     eval_sentences: int = 100, seed: int = 0) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_q = dialogues(questions, "train", seed)
+    eval_q = dialogues(eval_questions, "eval", seed)
+    asr_text = sentences(sentences_asr, seed=seed + 101)
+    talk_train_text = sentences(talker_sentences, seed=seed + 202)
+    seen = set(talk_train_text) | set(asr_text)
+    talk_eval_text = [s for s in sentences(eval_sentences * 3, seed=seed + 303) if s not in seen][:eval_sentences]
+
+    def thinker_train() -> list[dict]:
+        items = _thinker_part(codec, [(q, a) for q, a in train_q], TRAIN_VOICES, seed, "thinker questions")
+        items += _thinker_part(codec, [(s, None) for s in asr_text], [v for v in TRAIN_VOICES if v.engine != "kokoro"],
+                               seed + 1, "thinker sentences")
+        return items + (_corpus_part(codec, corpus, "train") if corpus else [])
+
+    def thinker_eval() -> list[dict]:
+        items = _thinker_part(codec, [(q, a) for q, a in eval_q], EVAL_VOICES, seed + 2, "thinker eval questions")
+        return items + (_corpus_part(codec, corpus, "eval") if corpus else [])
+
+    answers = sorted({a for _, a in train_q})
+    _save_once(out / "talker_train.pt",
+               lambda: _talker_part(codec, answers + [q for q, _ in train_q[:800]] + talk_train_text, "talker train"))
+    _save_once(out / "talker_eval.pt", lambda: _talker_part(codec, talk_eval_text, "talker eval"))
+    _save_once(out / "thinker_eval.pt", thinker_eval)
+    _save_once(out / "thinker_train.pt", thinker_train)
+    return out

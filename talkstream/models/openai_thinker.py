@@ -1,0 +1,88 @@
+"""A Thinker that writes its reply with any OpenAI-compatible chat-completions endpoint (llama.cpp, vLLM, Ollama).
+
+It hears with the built-in Thinker (speech to text), sends the transcript as the user's message, and streams the
+reply's text deltas (server-sent events) to the Talker, which speaks each word as it arrives. It has no hidden
+states, so the Talker's hidden track gets none. The conversation so far is kept (bounded) for context.
+
+    talkstream serve --thinker openai --thinker-url http://127.0.0.1:8080/v1 --thinker-model llama3
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+
+from talkstream.models import text as tx
+from talkstream.models.chat import BuiltinThinker, Heard
+
+log = logging.getLogger(__name__)
+SYSTEM_PROMPT = ("You are a voice assistant. Your words are spoken aloud: answer in one or two short plain "
+                 "sentences, no lists, no markdown.")
+
+
+class ThinkerEndpointError(RuntimeError):
+    """The chat-completions endpoint failed or answered something that is not a chat-completions stream."""
+
+
+class OpenAIThinker:
+    def __init__(self, url: str, listener: BuiltinThinker, model: str = "default", api_key: str | None = None,
+                 system_prompt: str = SYSTEM_PROMPT, timeout_s: float = 30.0, max_history: int = 8):
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/chat/completions"):
+            self.url += "/chat/completions"
+        self.listener, self.model, self.api_key = listener, model, api_key
+        self.system_prompt, self.timeout_s = system_prompt, timeout_s
+        self.history: deque[dict] = deque(maxlen=max_history)
+
+    def hear(self, codes) -> Heard:
+        heard = self.listener.hear(codes)
+        self.listener.transcript(heard)
+        return heard
+
+    def transcript(self, heard: Heard) -> str:
+        return self.listener.transcript(heard)
+
+    async def reply(self, heard: Heard) -> AsyncIterator[tuple[str, None]]:
+        import aiohttp
+
+        question = self.transcript(heard)
+        messages = [{"role": "system", "content": self.system_prompt}, *self.history,
+                    {"role": "user", "content": question}]
+        body = {"model": self.model, "messages": messages, "stream": True}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        answer, pending = [], ""
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as http:
+                async with http.post(self.url, json=body, headers=headers) as resp:
+                    if resp.status != 200:
+                        detail = (await resp.text())[:200]
+                        raise ThinkerEndpointError(f"{self.url} answered HTTP {resp.status}: {detail}")
+                    async for raw in resp.content:
+                        line = raw.decode("utf-8", "replace").strip()
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            delta = json.loads(data)["choices"][0].get("delta", {}).get("content") or ""
+                        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+                            raise ThinkerEndpointError(f"{self.url} sent a malformed stream event: {data[:120]}")
+                        if delta:
+                            answer.append(delta)
+                            pending += delta
+                            # Whole words only: "1" "7" split across events must still read "seventeen".
+                            cut = max(pending.rfind(" "), pending.rfind("\n"))
+                            if cut >= 0 and (words := tx.normalize(pending[:cut])):
+                                yield words + " ", None
+                            if cut >= 0:
+                                pending = pending[cut + 1 :]
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise ThinkerEndpointError(f"{self.url} unreachable: {type(e).__name__} {e}") from None
+        if words := tx.normalize(pending):
+            yield words, None
+        self.history.extend([{"role": "user", "content": question},
+                             {"role": "assistant", "content": "".join(answer)}])

@@ -1,0 +1,243 @@
+"""Train the Thinker or the Talker on `talkstream data model` output: resumable, with a progress bar and checkpoints.
+
+    talkstream train thinker --data data/model --run runs/thinker --steps 8000
+    talkstream train talker  --data data/model --run runs/talker  --steps 8000
+
+Every `--save-every` steps (and at the end) the run folder gets `last.pt` (model, optimiser, step: what resuming
+reads) and a shippable checkpoint in `export/` (config + safetensors). `training.json` there records the command,
+steps, throughput and losses, and is what `weights/*/training.json` ships.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from talkstream.models import text as tx
+from talkstream.models.loaders import save_checkpoint
+from talkstream.models.talker import PAD_PHONEME, UNK_PHONEME, Talker, TalkerConfig
+from talkstream.models.thinker import Thinker, ThinkerConfig
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 8000
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 300
+    save_every: int = 250
+    eval_every: int = 500
+    threads: int = 1
+    seed: int = 0
+    dim: int = 192  # model width and depth: small enough to train on two CPU cores in about an hour
+    layers: int = 4
+    crop: int = 160  # Talker: frames per training window (2.1 s)
+    hidden_dim: int = 192  # Talker: the Thinker's width, for the hidden-state track
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# --- Thinker batches ---
+class ThinkerBatches:
+    MAX_FRAMES = 900  # 12 s
+
+    def __init__(self, items: list[dict], codebook: torch.Tensor, stack: int, seed: int):
+        self.items, self.codebook, self.stack = items, codebook, stack
+        self.rng = random.Random(seed)
+
+    def latent(self, codes: torch.Tensor, n_q: int) -> torch.Tensor:
+        codes = codes[:n_q, : self.MAX_FRAMES].long()
+        z = sum(F.embedding(codes[k], self.codebook[k]) for k in range(codes.shape[0]))  # [F, D]
+        pad = -z.shape[0] % self.stack
+        return F.pad(z, (0, 0, 0, pad)).T  # [D, F']
+
+    def example(self, item: dict, task: int | None = None, n_q: int | None = None) -> tuple:
+        if task is None:
+            task = tx.CHAT if item["answer"] and self.rng.random() < 0.5 else tx.ASR
+        target = item["answer"] if task == tx.CHAT else item["text"]
+        n_q = n_q or self.rng.randint(2, self.codebook.shape[0])  # any bitrate a client may pick
+        return self.latent(item["codes"], n_q), task, tx.encode(target)[:160]
+
+    def collate(self, examples: list[tuple]) -> tuple:
+        lat = [e[0] for e in examples]
+        fmax = max(x.shape[1] for x in lat)
+        latent = torch.stack([F.pad(x, (0, fmax - x.shape[1])) for x in lat])
+        audio_len = torch.tensor([x.shape[1] // self.stack for x in lat])
+        task = torch.tensor([e[1] for e in examples])
+        lmax = max(len(e[2]) for e in examples)
+        text = torch.tensor([e[2] + [tx.PAD] * (lmax - len(e[2])) for e in examples])
+        return latent, audio_len, task, text, torch.tensor([len(e[2]) for e in examples])
+
+    def sample(self, n: int) -> tuple:
+        return self.collate([self.example(self.rng.choice(self.items)) for _ in range(n)])
+
+
+# --- Talker batches ---
+def phoneme_inventory(items: list[dict]) -> list[str]:
+    names = sorted({p for it in items for p in it["phonemes"]})
+    return [PAD_PHONEME, UNK_PHONEME] + names
+
+
+class TalkerBatches:
+    def __init__(self, items: list[dict], model: Talker, crop: int, seed: int):
+        self.model, self.crop, self.rng = model, crop, random.Random(seed)
+        self.items = []
+        for it in items:
+            dur = it["durations"].long()
+            frame_ph = torch.repeat_interleave(torch.arange(len(dur)), dur)
+            starts = torch.cumsum(dur, 0) - dur
+            offset = torch.arange(len(frame_ph)) - starts[frame_ph]
+            self.items.append({"ids": model.phoneme_ids(it["phonemes"]), "dur": dur, "frame_ph": frame_ph,
+                               "offset": offset, "codes": it["codes"][: model.cfg.num_codebooks].long(),
+                               "hidden": it.get("hidden"), "words": it["words"]})
+
+    def collate(self, chosen: list[dict], random_crop: bool = True) -> dict:
+        k_count, none = self.model.cfg.num_codebooks, self.model.cfg.codebook_size
+        pmax = max(len(c["ids"]) for c in chosen)
+        ids = torch.zeros(len(chosen), pmax, dtype=torch.long)
+        dur = torch.zeros(len(chosen), pmax)
+        dur_mask = torch.zeros(len(chosen), pmax)
+        crops = []
+        for i, c in enumerate(chosen):
+            ids[i, : len(c["ids"])] = c["ids"]
+            dur[i, : len(c["dur"])] = c["dur"].float()
+            dur_mask[i, : len(c["dur"])] = 1
+            n = c["codes"].shape[-1]
+            s = self.rng.randint(0, max(0, n - self.crop)) if random_crop else 0
+            crops.append((s, min(n, s + self.crop)))
+        t = max(e - s for s, e in crops)
+        prev = torch.full((len(chosen), k_count, t), none, dtype=torch.long)
+        codes = torch.full((len(chosen), k_count, t), -100, dtype=torch.long)
+        frame_ph = torch.zeros(len(chosen), t, dtype=torch.long)
+        prog = torch.zeros(len(chosen), t, 3)
+        for i, (c, (s, e)) in enumerate(zip(chosen, crops)):
+            n = e - s
+            codes[i, :, :n] = c["codes"][:, s:e]
+            prev[i, :, 1:n] = c["codes"][:, s : e - 1]
+            if s > 0:
+                prev[i, :, 0] = c["codes"][:, s - 1]
+            frame_ph[i, :n] = c["frame_ph"][s:e]
+            prog[i, :n] = Talker.progress(c["offset"][s:e], c["dur"][c["frame_ph"][s:e]])
+        return {"ids": ids, "dur": dur, "dur_mask": dur_mask, "prev": prev, "codes": codes, "frame_ph": frame_ph,
+                "progress": prog}
+
+    def sample(self, n: int) -> dict:
+        return self.collate([self.rng.choice(self.items) for _ in range(n)])
+
+
+def talker_loss(model: Talker, b: dict) -> tuple[torch.Tensor, dict]:
+    ctx, logdur = model.text_context(b["ids"], None)
+    dur_loss = ((logdur - torch.log1p(b["dur"])) ** 2 * b["dur_mask"]).sum() / b["dur_mask"].sum()
+    frame_ctx = torch.gather(ctx, 1, b["frame_ph"][..., None].expand(-1, -1, ctx.shape[-1]))
+    x = model.frame_input(b["prev"], frame_ctx, b["progress"])
+    pos = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
+    h, _ = model.transformer(x, pos)
+    logits = model.depth_logits(h, b["codes"].clamp(min=0))
+    ces = [F.cross_entropy(lg.transpose(1, 2), b["codes"][:, k], ignore_index=-100) for k, lg in enumerate(logits)]
+    ce = sum(ces) / len(ces)
+    parts = {"ce": ce.item(), "dur": dur_loss.item(), **{f"ce{k}": c.item() for k, c in enumerate(ces)}}
+    return ce + dur_loss, parts
+
+
+def _thinker_loss(model: Thinker, batch: tuple) -> tuple[torch.Tensor, dict]:
+    loss = model.forward_train(*batch)
+    return loss, {"ce": float(loss)}
+
+
+def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, command: list[str] | None = None) -> Path:
+    """Train (or resume) `kind` ("thinker" | "talker"); returns the export folder."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run.mkdir(parents=True, exist_ok=True)
+    train_items = torch.load(data / f"{kind}_train.pt", weights_only=False)
+    eval_items = torch.load(data / f"{kind}_eval.pt", weights_only=False)
+    if kind == "thinker":
+        from talkstream.models.loaders import load_audio_codec
+
+        codec = codec or load_audio_codec()
+        model: nn.Module = Thinker(ThinkerConfig(latent_dim=codec.cfg.latent_dim, dim=cfg.dim, layers=cfg.layers))
+        codebook = codec.quantizer.embed.detach().clone()
+        batches = ThinkerBatches(train_items, codebook, model.cfg.stack, cfg.seed)
+        eval_batches = ThinkerBatches(eval_items, codebook, model.cfg.stack, cfg.seed + 1)
+        eval_set = [eval_batches.collate([eval_batches.example(it, n_q=8) for it in eval_items[i : i + 16]])
+                    for i in range(0, min(len(eval_items), 128), 16)]
+        loss_fn = _thinker_loss
+    elif kind == "talker":
+        model = Talker(TalkerConfig(phonemes=phoneme_inventory(train_items), dim=cfg.dim, layers=cfg.layers,
+                                     hidden_dim=cfg.hidden_dim))
+        batches = TalkerBatches(train_items, model, crop=cfg.crop, seed=cfg.seed)
+        eval_batches = TalkerBatches(eval_items, model, crop=cfg.crop, seed=cfg.seed + 1)
+        eval_set = [eval_batches.collate(eval_batches.items[i : i + 16], random_crop=False)
+                    for i in range(0, min(len(eval_batches.items), 64), 16)]
+        loss_fn = talker_loss
+    else:
+        raise ValueError(f"unknown model {kind!r}: thinker or talker")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    step, history, seconds = 0, [], 0.0
+    ckpt = run / "last.pt"
+    if ckpt.is_file():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        step, history, seconds = saved["step"], saved["history"], saved.get("seconds", 0.0)
+        print(f"resumed {kind} from {ckpt} at step {step}", file=sys.stderr)
+
+    def evaluate() -> float:
+        model.eval()
+        with torch.no_grad():
+            v = sum(float(loss_fn(model, b)[0]) for b in eval_set) / len(eval_set)
+        model.train()
+        return v
+
+    def save(final: bool = False) -> Path:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
+                    "seconds": seconds}, run / "last.tmp")
+        (run / "last.tmp").rename(ckpt)
+        out = save_checkpoint(model, model.cfg.to_dict(), run / "export", kind)
+        summary = {"kind": kind, "steps": step, "train_seconds": round(seconds), "batch_size": cfg.batch_size,
+                   "train_utterances": len(train_items), "eval_utterances": len(eval_items),
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   "history": history[-40:], "command": command or []}
+        (out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+        return out
+
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {kind}", unit="step")
+    running = None
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg)
+        loss, parts = loss_fn(model, batches.sample(cfg.batch_size))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        seconds += time.perf_counter() - t0
+        running = parts["ce"] if running is None else 0.98 * running + 0.02 * parts["ce"]
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.3f}", **{k: f"{v:.2f}" for k, v in parts.items() if k != "ce"})
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            history.append({"step": step, "train": round(running, 4), "eval": round(evaluate(), 4),
+                            "seconds": round(seconds)})
+            bar.write(f"step {step}: train {running:.3f} eval {history[-1]['eval']:.3f}")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save()
+    bar.close()
+    return save(final=True)

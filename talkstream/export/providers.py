@@ -63,7 +63,18 @@ def select_providers(order: list[str] | tuple[str, ...] | str | None = None, str
         )
     if not chosen:
         chosen = [CPU]
+    if chosen[0] != CPU and hasattr(ort, "preload_dlls"):
+        _preload_gpu_libraries(ort)
     return chosen
+
+
+def _preload_gpu_libraries(ort) -> None:
+    """onnxruntime-gpu finds CUDA and cuDNN from the nvidia-* wheels only once they are loaded (deploy/Dockerfile.gpu
+    installs them that way); a machine with a system CUDA needs nothing, so a failure here is only logged."""
+    try:
+        ort.preload_dlls()
+    except Exception as e:  # missing libraries show up again, clearly, when the session starts
+        log.info("onnxruntime.preload_dlls: %s", e)
 
 
 def session_options(threads: int = 1):

@@ -210,3 +210,35 @@ def test_cli_export_then_encode_decode_on_onnx(tiny_codec, tmp_path, capsys):
     assert main(["encode", str(tmp_path / "in.wav"), str(tmp_path / "u.tsk"), "--codebooks", "2", *onnx_args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("talkstream: error:") and "checksum mismatch" in err and "\n" not in err
+
+
+def test_server_engine_runs_graphs_from_the_folder(tiny_codec, exported, caplog):
+    """What `talkstream serve --onnx-dir` does: the batched engine on exported graphs, equal to torch."""
+    import asyncio
+
+    from talkstream.streaming.codec_engine import CodecEngine
+
+    out, _ = exported
+    codes = torch.randint(0, TINY.codebook_size, (3, 2, 6))
+
+    async def run(backend, **opts):
+        engine = CodecEngine(tiny_codec, backend=backend, onnx_options=opts or None)
+        engine.start()
+
+        async def one(c):
+            state, pcm = tiny_codec.init_state(1, 2), []
+            for i in range(6):
+                p, state = await engine.decode(c[None, :, i : i + 1], state)
+                pcm.append(p)
+            return torch.cat(pcm, -1)
+
+        res = await asyncio.gather(*(one(c) for c in codes))
+        await engine.stop()
+        return engine, res
+
+    with caplog.at_level(logging.INFO):
+        engine, got = asyncio.run(run("onnx", export_dir=str(out), precision="fp32"))
+    assert engine.onnx.export_dir == str(out) and "in memory" not in caplog.text  # every graph came from the folder
+    _, ref = asyncio.run(run("torch"))
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

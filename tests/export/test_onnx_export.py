@@ -242,3 +242,20 @@ def test_server_engine_runs_graphs_from_the_folder(tiny_codec, exported, caplog)
     _, ref = asyncio.run(run("torch"))
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_sliding_window_decoder_runs_on_the_onnx_codec(tiny_codec):
+    """The sliding-window decode block needs no graph of its own: it is `decode` from a zero state, any length."""
+    from talkstream.streaming.sliding_window import SlidingWindowDecoder
+
+    codes = torch.randint(0, TINY.codebook_size, (1, 2, 23))
+    outs = []
+    for codec in (tiny_codec, OnnxAudioCodec(tiny_codec)):
+        dec = SlidingWindowDecoder(codec, block_frames=4, lookback_frames=5)
+        state, pcm = dec.init_state(2), []
+        for i in range(0, 23, 3):
+            p, state = dec.step(codes[..., i : i + 3], state)
+            pcm.append(p)
+        outs.append(torch.cat(pcm, -1))
+    assert outs[0].shape[-1] == 20 * TINY.hop
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)

@@ -45,6 +45,16 @@ def cmd_export_codec(args) -> None:
     print(f"{len(m['graphs'])} graphs (opset {m['opset']}, checked) and manifest.json in {args.out}")
 
 
+def cmd_demo(args) -> None:
+    try:
+        from talkstream.services.demo import build_demo
+
+        demo = build_demo(_codec(args))
+    except ImportError as e:
+        raise ValueError(f"the demo needs gradio: pip install 'talkstream[demo]' ({e})") from None
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
 def cmd_bench_backends(args) -> None:
     from talkstream.bench.backends import run_backends_bench
     from talkstream.bench.codec import eval_files
@@ -367,6 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (torchrun for several GPUs)")
     tc.add_argument("--seed", type=int, default=0)
     tc.set_defaults(func=cmd_train_codec)
+
+    sp = sub.add_parser(
+        "demo",
+        help="Gradio app: hear the codec round trip at any bitrate, chat with the models",
+        description="A web app (Gradio): record or upload speech, hear it through the codec with PESQ/STOI and "
+        "spectrograms; a chat tab once the Thinker-Talker exists. Needs pip install 'talkstream[demo]'.",
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    sp.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    weights_arg(sp)
+    backend_args(sp)
+    sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("export", help="export ONNX graphs", description="Export streaming steps as ONNX graphs.")
     esub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")

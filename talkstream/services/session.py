@@ -82,7 +82,11 @@ class Outgoing:
 
 
 class Responder(Protocol):
-    """Answers a user's turn (codec tokens [1, K, F]) with a stream of codec-token blocks; cancellable."""
+    """Answers a user's turn (codec tokens [1, K, F]) with a stream of codec-token blocks; cancellable.
+
+    It may also yield event dicts ({"type": "transcript", ...}), sent to the client as JSON events, and may have a
+    `num_codebooks` attribute when its blocks use a codebook count of their own (the Talker's).
+    """
 
     def warmup(self) -> None: ...
 
@@ -360,8 +364,10 @@ class Session:
             self.input = Pipeline(stages, self.metrics)
         self.input.start()
         if h.mode == "chat":
+            # The reply's codebooks are the responder's (the Talker speaks with its own), not the client's input.
+            reply_k = getattr(self.responder, "num_codebooks", None) or h.codebooks
             self.reply = Pipeline(
-                [SlidingDecodeStage(self.engine, h.codebooks), OutputStage(sr, h.sample_rate, False, True)],
+                [SlidingDecodeStage(self.engine, reply_k), OutputStage(sr, h.sample_rate, False, True)],
                 self.metrics,
                 live=False,
             )
@@ -369,7 +375,11 @@ class Session:
             self._reply_pacer = Pacer()
             self._senders = [self._spawn(self._turns()), self._spawn(self._sender(self.reply, self._reply_pacer))]
         else:
-            self._senders = [self._spawn(self._sender(self.input, Pacer()))]
+            # Live PCM in: output follows the input's own clock, so it goes out as it is made. A pacer here would
+            # ratchet: every late input frame moves its playhead forward for good, and on a loaded server the
+            # echo drifted 200-400 ms behind. Token input can run ahead of real time: that is paced.
+            pacer = Pacer() if h.input == "tokens" else None
+            self._senders = [self._spawn(self._sender(self.input, pacer))]
         self._spawn(self._stats_loop())
 
     def _answer_playing(self) -> bool:
@@ -416,8 +426,12 @@ class Session:
 
     async def _answer(self, turn: torch.Tensor) -> None:
         await self.send(event("reply", state="start", frames=int(turn.shape[-1])))
-        async for block in self.responder.respond(turn):
-            await self.reply.put(block)
+        async for item in self.responder.respond(turn):
+            if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
+                fields = dict(item)
+                await self.send(event(fields.pop("type"), **fields))
+            else:
+                await self.reply.put(item)
         await self.reply.put(None)  # flush the decoder's last frames
         await self.send(event("reply", state="end"))
 

@@ -1,0 +1,388 @@
+// talkstream's browser page: microphone -> server (WebRTC or WebSocket) -> speaker, with levels, events, latency.
+// Plain JavaScript, no build step. Test hooks live on window.talkstreamStats (tests/web drive this page).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SILENCE = 0.001; // RMS below this (-60 dBFS) does not count as audio coming back
+const HEADER_BYTES = 12; // docs/protocol.md: kind, version, codebooks, flags, seq, timestamp
+
+const stats = {
+  state: "idle", // idle | connecting | connected | closed | failed
+  transport: null,
+  receivedSeconds: 0, // seconds of audible audio that came back
+  receivedLevel: 0, // loudest RMS of the audio that came back
+  latencyEvents: 0, // latency measurements shown (WebRTC: server `latency` events; WS: per-second echo figures)
+  lastLatencyMs: null, // the round trip shown
+  events: [], // every JSON event received, in order
+  errors: [], // error events and failures
+};
+window.talkstreamStats = stats;
+
+let config = { ws_port: 8765, ice_servers: [], num_codebooks: 8, kbps_per_codebook: 0.75 };
+let session = null;
+
+function setState(state) {
+  stats.state = state;
+  $("state").textContent = state;
+  const live = state === "connecting" || state === "connected";
+  $("connect").textContent = live ? "Disconnect" : "Connect";
+  $("connect").classList.toggle("connected", live);
+  for (const id of ["transport", "mode", "codebooks"]) $(id).disabled = live;
+}
+
+function log(text, cls) {
+  const line = document.createElement("div");
+  line.textContent = `${new Date().toISOString().slice(11, 23)} ${text}`;
+  if (cls) line.className = cls;
+  const el = $("log");
+  el.appendChild(line);
+  while (el.childNodes.length > 300) el.removeChild(el.firstChild);
+  el.scrollTop = el.scrollHeight;
+}
+
+function transcript(text) {
+  const el = $("transcript");
+  el.textContent += text + "\n";
+  el.scrollTop = el.scrollHeight;
+}
+
+function rms(samples) {
+  let s = 0;
+  for (let i = 0; i < samples.length; i++) s += samples[i] * samples[i];
+  return Math.sqrt(s / Math.max(samples.length, 1));
+}
+
+function noteReceived(seconds, level) {
+  if (level > SILENCE) stats.receivedSeconds += seconds;
+  stats.receivedLevel = Math.max(stats.receivedLevel, level);
+  $("received").textContent = `${stats.receivedSeconds.toFixed(1)} s (peak level ${stats.receivedLevel.toFixed(3)})`;
+}
+
+function showLatency(ms, detail) {
+  stats.latencyEvents += 1;
+  stats.lastLatencyMs = ms;
+  $("latency").textContent = `${Math.round(ms)} ms`;
+  $("latency-detail").textContent = detail || "";
+}
+
+// Events of docs/protocol.md, from the data channel or the WebSocket.
+function onEvent(ev) {
+  stats.events.push(ev);
+  if (stats.events.length > 2000) stats.events.shift();
+  switch (ev.type) {
+    case "error":
+      stats.errors.push(ev);
+      log(`error ${ev.code}: ${ev.message}`, "error");
+      break;
+    case "vad":
+      log(`vad ${ev.state} at ${ev.t} s`);
+      if (ev.state === "end") transcript("· end of turn");
+      break;
+    case "transcript":
+      transcript(`${ev.role || "you"}: ${ev.text}`);
+      break;
+    case "reply":
+      log(`reply ${ev.state}${ev.frames ? ` (${ev.frames} frames)` : ""}`);
+      transcript(`· reply ${ev.state}`);
+      break;
+    case "latency": // WebRTC: the server's share; the page adds the network and its playout buffer
+      if (session && session.onLatency) session.onLatency(ev);
+      break;
+    case "pong":
+      if (session && session.onPong) session.onPong(ev);
+      break;
+    case "stats":
+      log(`stats in ${ev.frames_in} out ${ev.frames_out} drops ${ev.drops} server p95 ${ev.latency_ms_p95} ms`);
+      break;
+    default:
+      log(`${ev.type} ${JSON.stringify(ev).slice(0, 160)}`);
+  }
+}
+
+async function openMic() {
+  return navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+  });
+}
+
+// A level meter for any MediaStream, polled on a timer (works in background tabs and headless browsers).
+class Meter {
+  constructor(ctx, stream, el) {
+    this.analyser = ctx.createAnalyser();
+    this.analyser.fftSize = 1024;
+    this.buf = new Float32Array(this.analyser.fftSize);
+    this.source = ctx.createMediaStreamSource(stream);
+    this.source.connect(this.analyser);
+    this.el = el;
+  }
+  read() {
+    this.analyser.getFloatTimeDomainData(this.buf);
+    const level = rms(this.buf);
+    this.el.value = Math.min(1, level * 4);
+    return level;
+  }
+  close() {
+    this.source.disconnect();
+  }
+}
+
+class RtcSession {
+  async start(mode, codebooks) {
+    this.pc = new RTCPeerConnection({ iceServers: config.ice_servers });
+    this.mic = await openMic();
+    for (const track of this.mic.getTracks()) this.pc.addTrack(track, this.mic);
+    this.ctx = new AudioContext();
+    this.micMeter = new Meter(this.ctx, this.mic, $("mic-level"));
+    this.channel = this.pc.createDataChannel("events");
+    this.channel.onmessage = (e) => typeof e.data === "string" && onEvent(JSON.parse(e.data));
+    this.pc.ontrack = (e) => {
+      const stream = e.streams[0] || new MediaStream([e.track]);
+      $("remote").srcObject = stream; // Chromium plays remote audio into WebAudio only while an element plays it
+      $("remote").play().catch((err) => log(`autoplay refused: ${err}`, "error"));
+      this.outMeter = new Meter(this.ctx, stream, $("out-level"));
+    };
+    this.pc.onconnectionstatechange = () => {
+      const s = this.pc.connectionState;
+      log(`peer connection ${s}`);
+      if (s === "connected") setState("connected");
+      if (s === "failed" || s === "closed") stop(s);
+    };
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    await this.gathered(2000);
+    const resp = await fetch("offer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: this.pc.localDescription.sdp, type: "offer", mode, codebooks }),
+    });
+    const answer = await resp.json();
+    if (!resp.ok) throw new Error(`${answer.code}: ${answer.message}`);
+    this.session = answer.session;
+    log(`session ${answer.session}`);
+    await this.pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+    this.server = null;
+    this.rttMs = null;
+    this.last = null;
+    this.timers = [
+      setInterval(() => this.poll(), 200),
+      setInterval(() => {
+        if (this.channel.readyState === "open") this.channel.send(JSON.stringify({ type: "ping", t: performance.now() }));
+      }, 1000),
+    ];
+  }
+
+  gathered(timeoutMs) {
+    if (this.pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => this.pc.iceGatheringState === "complete" && resolve();
+      this.pc.addEventListener("icegatheringstatechange", done);
+      setTimeout(resolve, timeoutMs); // host candidates come at once; do not wait on a slow STUN server
+    });
+  }
+
+  onPong(ev) {
+    if (typeof ev.t === "number") this.rttMs = performance.now() - ev.t;
+  }
+
+  onLatency(ev) {
+    this.server = ev;
+    // Round trip = the network both ways (data-channel ping) + the server (input arrival -> echo leaving its
+    // track) + this browser's playout buffer (getStats). The server's receive side holds one 20 ms packet.
+    const net = this.rttMs ?? 0;
+    const playout = this.playoutMs ?? 0;
+    const total = net + ev.server_ms_p50 + playout + 20;
+    showLatency(
+      total,
+      `(network ${net.toFixed(0)} + server ${ev.server_ms_p50.toFixed(0)} + playout ${playout.toFixed(0)} + 20 ms)`,
+    );
+  }
+
+  async poll() {
+    if (this.micMeter) this.micMeter.read();
+    if (this.outMeter) this.outMeter.read();
+    const report = await this.pc.getStats();
+    report.forEach((s) => {
+      if (s.type !== "inbound-rtp" || s.kind !== "audio") return;
+      if (s.jitterBufferEmittedCount) this.playoutMs = (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount;
+      if (s.totalSamplesDuration === undefined || s.totalAudioEnergy === undefined) return;
+      const now = { dur: s.totalSamplesDuration, energy: s.totalAudioEnergy };
+      if (this.last) {
+        const dd = now.dur - this.last.dur;
+        if (dd > 0) noteReceived(dd, Math.sqrt(Math.max(0, now.energy - this.last.energy) / dd));
+      }
+      this.last = now;
+    });
+  }
+
+  stop() {
+    for (const t of this.timers || []) clearInterval(t);
+    if (this.pc) this.pc.close();
+    if (this.mic) this.mic.getTracks().forEach((t) => t.stop());
+    if (this.ctx) this.ctx.close();
+    $("remote").srcObject = null;
+  }
+}
+
+class WsSession {
+  async start(mode, codebooks) {
+    this.ctx = new AudioContext();
+    if (this.ctx.sampleRate > 48000) {
+      await this.ctx.close();
+      this.ctx = new AudioContext({ sampleRate: 48000 }); // the protocol takes 8..48 kHz
+    }
+    const rate = this.ctx.sampleRate;
+    this.frameSamples = Math.round(rate * 0.02);
+    this.pending = new Float32Array(this.frameSamples);
+    this.filled = 0;
+    this.seq = 0;
+    this.playAt = 0;
+    this.rtts = [];
+    this.ready = false;
+    this.mic = await openMic();
+    this.micMeter = new Meter(this.ctx, this.mic, $("mic-level"));
+    this.outAnalyser = this.ctx.createAnalyser();
+    this.outAnalyser.connect(this.ctx.destination);
+    await this.ctx.audioWorklet.addModule("static/mic-worklet.js");
+    this.capture = new AudioWorkletNode(this.ctx, "pcm-capture");
+    this.capture.port.onmessage = (e) => this.onMic(e.data);
+    this.micMeter.source.connect(this.capture);
+    const mute = this.ctx.createGain(); // the worklet must be pulled by the graph, but not heard
+    mute.gain.value = 0;
+    this.capture.connect(mute).connect(this.ctx.destination);
+
+    this.ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname}:${config.ws_port}`);
+    this.ws.binaryType = "arraybuffer";
+    this.ws.onopen = () => {
+      this.ws.send(JSON.stringify({ type: "hello", version: 1, mode, codebooks, sample_rate: rate, output: ["pcm"] }));
+    };
+    this.ws.onmessage = (e) => (typeof e.data === "string" ? this.onText(e.data) : this.onAudio(e.data));
+    this.ws.onclose = (e) => stop(e.wasClean ? "closed" : "failed");
+    this.ws.onerror = () => log("WebSocket error", "error");
+    this.timers = [
+      setInterval(() => {
+        this.micMeter.read();
+        if (this.rtts.length) {
+          const sorted = this.rtts.slice().sort((a, b) => a - b);
+          showLatency(sorted[Math.floor(sorted.length / 2)], `(median of ${sorted.length} echoed frames)`);
+          this.rtts = [];
+        }
+      }, 1000),
+      setInterval(() => this.micMeter.read(), 100),
+    ];
+  }
+
+  onText(text) {
+    const ev = JSON.parse(text);
+    if (ev.type === "ready") {
+      this.ready = true;
+      setState("connected");
+      log(`session ${ev.session} ready: ${ev.mode}, ${ev.codebooks} codebooks, ${ev.sample_rate} Hz`);
+      return;
+    }
+    onEvent(ev);
+  }
+
+  onMic(block) {
+    if (!this.ready || this.ws.readyState !== WebSocket.OPEN) return;
+    let i = 0;
+    while (i < block.length) {
+      const n = Math.min(block.length - i, this.frameSamples - this.filled);
+      this.pending.set(block.subarray(i, i + n), this.filled);
+      this.filled += n;
+      i += n;
+      if (this.filled === this.frameSamples) {
+        this.sendFrame(this.pending);
+        this.filled = 0;
+      }
+    }
+  }
+
+  sendFrame(samples) {
+    const buf = new ArrayBuffer(HEADER_BYTES + 2 * samples.length);
+    const view = new DataView(buf);
+    view.setUint8(0, 1); // PCM16
+    view.setUint8(1, 1); // version
+    view.setUint32(4, this.seq++ >>> 0, true);
+    view.setUint32(8, Math.round(performance.now()) >>> 0, true);
+    const pcm = new Int16Array(buf, HEADER_BYTES);
+    for (let i = 0; i < samples.length; i++) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(samples[i] * 32768)));
+    this.ws.send(buf);
+  }
+
+  onAudio(buf) {
+    const view = new DataView(buf);
+    if (buf.byteLength < HEADER_BYTES || view.getUint8(0) !== 1) return;
+    const sent = view.getUint32(8, true);
+    this.rtts.push(((Math.round(performance.now()) >>> 0) - sent) >>> 0);
+    const pcm = new Int16Array(buf.slice(HEADER_BYTES));
+    if (!pcm.length) return;
+    const x = new Float32Array(pcm.length);
+    for (let i = 0; i < pcm.length; i++) x[i] = pcm[i] / 32768;
+    const rate = this.ctx.sampleRate;
+    noteReceived(x.length / rate, rms(x));
+    $("out-level").value = Math.min(1, rms(x) * 4);
+    const audio = this.ctx.createBuffer(1, x.length, rate);
+    audio.copyToChannel(x, 0);
+    const src = this.ctx.createBufferSource();
+    src.buffer = audio;
+    src.connect(this.outAnalyser);
+    const now = this.ctx.currentTime;
+    if (this.playAt < now + 0.01) this.playAt = now + 0.04; // (re)start with a 40 ms cushion after an underrun
+    src.start(this.playAt);
+    this.playAt += audio.duration;
+  }
+
+  stop() {
+    for (const t of this.timers || []) clearInterval(t);
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) {
+      this.ws.onclose = null;
+      if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "end" }));
+      this.ws.close();
+    }
+    if (this.mic) this.mic.getTracks().forEach((t) => t.stop());
+    if (this.ctx) this.ctx.close();
+  }
+}
+
+async function start() {
+  const transport = $("transport").value;
+  stats.transport = transport;
+  stats.receivedSeconds = 0;
+  stats.receivedLevel = 0;
+  setState("connecting");
+  session = transport === "ws" ? new WsSession() : new RtcSession();
+  try {
+    await session.start($("mode").value, Number($("codebooks").value));
+    log(`${transport} session started`);
+  } catch (err) {
+    stats.errors.push({ type: "error", code: "client", message: String(err) });
+    log(`could not connect: ${err.message || err}`, "error");
+    stop("failed");
+  }
+}
+
+function stop(state = "closed") {
+  if (session) {
+    const s = session;
+    session = null;
+    s.stop();
+  }
+  setState(state);
+}
+
+async function init() {
+  try {
+    config = await (await fetch("config")).json();
+  } catch (err) {
+    log(`no /config (${err}); using defaults`, "error");
+  }
+  const select = $("codebooks");
+  for (let k = config.num_codebooks; k >= 1; k--) {
+    const opt = new Option(`${(k * config.kbps_per_codebook).toFixed(2)} kbps (${k} codebooks)`, String(k));
+    select.appendChild(opt);
+  }
+  $("connect").addEventListener("click", () => (session ? stop() : start()));
+  window.addEventListener("beforeunload", () => stop());
+  setState("idle");
+}
+
+init();

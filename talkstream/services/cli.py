@@ -177,6 +177,8 @@ def cmd_serve(args) -> None:
         port=args.port,
         max_sessions=args.max_sessions,
         gather_ms=args.gather_ms,
+        http_port=None if args.no_http else args.http_port,
+        ice_servers=_ice_servers(args.ice_server),
         backend=args.backend,
         onnx_options=_onnx_options(args),
         limits=limits,
@@ -228,6 +230,24 @@ def cmd_client(args) -> None:
     )
     for e in r.errors():
         print(f"  error {e['code']}: {e['message']}")
+
+
+def _ice_servers(specs: list[str] | None) -> list:
+    if not specs:
+        return []
+    from talkstream.services.webrtc import parse_ice_server
+
+    return [parse_ice_server(s) for s in specs]
+
+
+def cmd_bench_webrtc(args) -> None:
+    from talkstream.bench.webrtc import run_webrtc_bench
+
+    results = run_webrtc_bench(args.sessions, args.seconds, args.weights, args.frames_per_step, args.backend)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}")
 
 
 def cmd_bench_serve(args) -> None:
@@ -339,6 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="browser origin allowed to connect (repeatable; default: localhost pages only)",
     )
+    sp.add_argument(
+        "--http-port",
+        type=int,
+        default=8080,
+        help="HTTP port for the web page, WebRTC signaling (POST /offer) and /metrics (default 8080; 0: any free port)",
+    )
+    sp.add_argument("--no-http", action="store_true", help="serve WebSocket only: no page, no WebRTC")
+    sp.add_argument(
+        "--ice-server",
+        action="append",
+        default=None,
+        metavar="URL[,USER,CREDENTIAL]",
+        help="STUN/TURN server for WebRTC (repeatable), e.g. turn:turn.example.org:3478,user,secret; "
+        "default none: host candidates only, nothing outside is contacted",
+    )
     weights_arg(sp)
     sp.set_defaults(func=cmd_serve)
 
@@ -445,6 +480,20 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--out", default=None, help="write results JSON here")
     bs.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
     bs.set_defaults(func=cmd_bench_serve)
+    bw = bsub.add_parser(
+        "webrtc",
+        help="N aiortc clients against an in-process server: mouth-to-ear latency over WebRTC",
+        description="Start the server in this process, connect N aiortc clients per level (codec echo, 8 "
+        "codebooks), send speech bursts and time each burst's echo: mouth-to-ear p50/p95, jitter, and the "
+        "largest N with p95 under 150 ms.",
+    )
+    bw.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8], help="concurrency levels to run")
+    bw.add_argument("--seconds", type=float, default=10.0, help="seconds each session streams")
+    bw.add_argument("--frames-per-step", type=int, default=2, help="the server's --frames-per-step")
+    bw.add_argument("--backend", choices=["torch", "onnx"], default="onnx", help="the server's --backend")
+    bw.add_argument("--out", default=None, help="write results JSON here")
+    weights_arg(bw)
+    bw.set_defaults(func=cmd_bench_webrtc)
     bb = bsub.add_parser(
         "backends",
         help="torch vs onnxruntime fp32 vs int8: codec step latency, streams per core, quality",

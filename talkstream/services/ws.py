@@ -111,7 +111,13 @@ class TalkstreamServer:
             compression=None,
         )  # PCM and tokens do not deflate
         if c.http_port is not None:
-            from talkstream.services.http import HttpService  # aiohttp and aiortc: the webrtc extra
+            try:
+                from talkstream.services.http import HttpService
+            except ImportError as e:
+                raise ValueError(
+                    f"the web page and WebRTC need aiohttp and aiortc (pip install 'talkstream[webrtc]'), or pass "
+                    f"--no-http: {e}"
+                ) from None
 
             self.http = HttpService(self)
             await self.http.start()

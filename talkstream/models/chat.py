@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -138,10 +139,13 @@ class ChatResponder:
         return self.speaker.num_codebooks
 
     def warmup(self) -> None:
-        codes = torch.zeros(1, 1, 8, dtype=torch.long)
-        heard = self.thinker.hear(codes)
-        asyncio.run(_drain(self.speaker.say("ok.")))
-        del heard
+        """One pass through each model, so the first user does not pay for lazy initialisation."""
+        listener = getattr(self.thinker, "listener", self.thinker)
+        listener.transcript(listener.hear(torch.zeros(1, 1, 8, dtype=torch.long)))
+        talker = self.speaker.talker
+        ids = talker.phoneme_ids(word_phonemes("ok", ".", talker.cfg.voice))
+        for _ in talker.frames(ids, None, self.speaker.sampling):
+            pass
 
     async def respond(self, turn: torch.Tensor) -> AsyncIterator[torch.Tensor | dict]:
         t0 = time.perf_counter()
@@ -197,3 +201,66 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
             raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
         return ChatResponder(OpenAIThinker(thinker_url, listener, thinker_model, api_key), speaker)
     raise ValueError(f"unknown thinker {thinker!r}: builtin or openai")
+
+
+@dataclass
+class TurnResult:
+    transcript: str
+    reply: str
+    pcm: np.ndarray  # float32 mono at the codec's rate
+    first_packet_ms: float  # end of the user's speech -> first decoded audio block
+    talker_frames: int
+    seconds: float  # wall time of the whole answer
+
+
+async def answer_codes(responder: ChatResponder, codec, codes: torch.Tensor, block_frames: int = 6) -> TurnResult:
+    """One turn, as the server runs it: respond, and decode the reply's blocks with the SlidingWindowDecoder."""
+    from talkstream.streaming.sliding_window import SlidingWindowDecoder
+
+    decoder = SlidingWindowDecoder(codec, block_frames=block_frames)
+    state = decoder.init_state(responder.num_codebooks)
+    t0 = time.perf_counter()
+    first_ms, pcm, frames, transcript, reply = None, [], 0, "", ""
+    async for item in responder.respond(codes):
+        if isinstance(item, dict):
+            transcript = item["text"] if item["type"] == "transcript" else transcript
+            reply = item["text"] if item["type"] == "reply_text" else reply
+            continue
+        frames += item.shape[-1]
+        out, state = decoder.step(item, state)
+        if out.shape[-1]:
+            first_ms = first_ms if first_ms is not None else (time.perf_counter() - t0) * 1000
+            pcm.append(out[0, 0])
+    out, state = decoder.flush(state)
+    pcm.append(out[0, 0])
+    if first_ms is None:
+        first_ms = (time.perf_counter() - t0) * 1000
+    audio = torch.cat(pcm).numpy() if pcm else np.zeros(0, np.float32)
+    return TurnResult(transcript, reply, audio, first_ms, frames, time.perf_counter() - t0)
+
+
+def answer_pcm(responder: ChatResponder, codec, pcm: np.ndarray) -> TurnResult:
+    """A spoken turn (float32 mono at the codec's rate) -> the answer, decoded."""
+    codes = codec.encode(torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))[None, None])
+    return asyncio.run(answer_codes(responder, codec, codes))
+
+
+_DEFAULT: tuple | None = None
+
+
+def answer_wav(pcm: np.ndarray, sample_rate: int) -> tuple[str, str, np.ndarray, int]:
+    """For the demo: any-rate mono float PCM -> (transcript, reply text, reply PCM, its rate), shipped weights."""
+    global _DEFAULT
+    import soxr
+
+    from talkstream.models.loaders import load_audio_codec
+
+    if _DEFAULT is None:
+        codec = load_audio_codec()
+        _DEFAULT = (codec, load_chat(codec))
+    codec, responder = _DEFAULT
+    x = np.asarray(pcm, dtype=np.float32).reshape(-1)
+    if sample_rate != codec.sample_rate:
+        x = soxr.resample(x, sample_rate, codec.sample_rate).astype(np.float32)
+    r = answer_pcm(responder, codec, x)
+    return r.transcript, r.reply, r.pcm, codec.sample_rate

@@ -56,7 +56,7 @@ def _say(voice: Voice, text: str, rng: random.Random) -> np.ndarray:
 
 def _weighted_voices(voices: list[Voice]) -> list[Voice]:
     # Kokoro runs near real time on these cores: it gets a small share; espeak is ~100x real time.
-    weight = {"espeak": 6, "piper": 8, "festival": 4, "kokoro": 1}
+    weight = {"espeak": 6, "piper": 6, "festival": 2, "kokoro": 1}
     return [v for v in voices for _ in range(weight[v.engine])]
 
 
@@ -112,8 +112,8 @@ def _save_once(path: Path, make: Callable[[], list[dict]]) -> None:
     print(f"{path}: {len(items)} utterances, {seconds / 60:.1f} min")
 
 
-def build_model_data(out: Path, codec, corpus: Path | None = Path("data/speech"), questions: int = 3000,
-                     sentences_asr: int = 1500, talker_sentences: int = 2000, eval_questions: int = 200,
+def build_model_data(out: Path, codec, corpus: Path | None = Path("data/speech"), questions: int = 1600,
+                     sentences_asr: int = 800, talker_sentences: int = 2000, eval_questions: int = 200,
                      eval_sentences: int = 100, seed: int = 0) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

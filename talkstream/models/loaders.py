@@ -96,7 +96,9 @@ def _load_model(kind: str, path: str | Path | None, build):
     model = build(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model.eval()
 
 

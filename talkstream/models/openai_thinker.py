@@ -9,7 +9,6 @@ states, so the Talker's hidden track gets none. The conversation so far is kept 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections import deque
@@ -17,14 +16,11 @@ from collections.abc import AsyncIterator
 
 from talkstream.models import text as tx
 from talkstream.models.chat import BuiltinThinker, Heard
+from talkstream.models.errors import ThinkerEndpointError
 
 log = logging.getLogger(__name__)
 SYSTEM_PROMPT = ("You are a voice assistant. Your words are spoken aloud: answer in one or two short plain "
                  "sentences, no lists, no markdown.")
-
-
-class ThinkerEndpointError(RuntimeError):
-    """The chat-completions endpoint failed or answered something that is not a chat-completions stream."""
 
 
 class OpenAIThinker:
@@ -70,7 +66,8 @@ class OpenAIThinker:
                         try:
                             delta = json.loads(data)["choices"][0].get("delta", {}).get("content") or ""
                         except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                            raise ThinkerEndpointError(f"{self.url} sent a malformed stream event: {data[:120]}")
+                            bad = f"{self.url} sent a malformed stream event: {data[:120]}"
+                            raise ThinkerEndpointError(bad) from None
                         if delta:
                             answer.append(delta)
                             pending += delta
@@ -80,7 +77,7 @@ class OpenAIThinker:
                                 yield words + " ", None
                             if cut >= 0:
                                 pending = pending[cut + 1 :]
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise ThinkerEndpointError(f"{self.url} unreachable: {type(e).__name__} {e}") from None
         if words := tx.normalize(pending):
             yield words, None

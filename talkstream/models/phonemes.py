@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from talkstream.models.errors import EspeakUnavailable
+
 _EVENT_END_OF_LIST, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7
 _SYNCHRONOUS, _PHONEME_EVENTS_AND_DONT_EXIT = 2, 0x8001
 _UTF8, _CHARS_UTF8 = 1, 1
@@ -29,10 +31,6 @@ class _Event(ctypes.Structure):
 
 
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-
-
-class EspeakUnavailable(RuntimeError):
-    """libespeak-ng is not installed (Debian: apt-get install espeak-ng)."""
 
 
 @dataclass

@@ -52,7 +52,8 @@ class Thinker(nn.Module):
     def __init__(self, cfg: ThinkerConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or ThinkerConfig()
-        self.audio_in = nn.Sequential(nn.LayerNorm(cfg.latent_dim * cfg.stack), nn.Linear(cfg.latent_dim * cfg.stack, cfg.dim))
+        width = cfg.latent_dim * cfg.stack
+        self.audio_in = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.dim))
         self.embed = nn.Embedding(cfg.vocab, cfg.dim)
         self.transformer = Transformer(cfg.dim, cfg.layers, cfg.heads)
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)

@@ -125,7 +125,7 @@ class TalkerBatches:
         codes = torch.full((len(chosen), k_count, t), -100, dtype=torch.long)
         frame_ph = torch.zeros(len(chosen), t, dtype=torch.long)
         prog = torch.zeros(len(chosen), t, 3)
-        for i, (c, (s, e)) in enumerate(zip(chosen, crops)):
+        for i, (c, (s, e)) in enumerate(zip(chosen, crops, strict=True)):
             n = e - s
             codes[i, :, :n] = c["codes"][:, s:e]
             prev[i, :, 1:n] = c["codes"][:, s : e - 1]

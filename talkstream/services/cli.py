@@ -11,9 +11,12 @@ from pathlib import Path
 from talkstream.audio_io import AudioInputError
 from talkstream.codecs.container import ContainerError
 from talkstream.data import SAMPLE_WAV
+from talkstream.models.errors import EspeakUnavailable, ThinkerEndpointError
 from talkstream.models.loaders import CheckpointError
+from talkstream.services.cli_model import add_model_commands, serve_thinker_args, serve_thinker_config
 
-USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, FileNotFoundError)
+USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, FileNotFoundError, ThinkerEndpointError,
+               EspeakUnavailable)
 
 
 def _codec(args):
@@ -184,6 +187,7 @@ def cmd_serve(args) -> None:
         limits=limits,
         allowed_origins=args.allow_origin,
         weights=args.weights,
+        **serve_thinker_config(args),
     )
     try:
         asyncio.run(run_server(cfg))
@@ -375,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default none: host candidates only, nothing outside is contacted",
     )
     weights_arg(sp)
+    serve_thinker_args(sp)
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser(
@@ -393,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tail", type=float, default=2.0, help="seconds to keep listening after the input ends")
     sp.set_defaults(func=cmd_client)
 
-    sp = sub.add_parser("train", help="train a model (codec)", description="Train talkstream's learned parts.")
+    sp = sub.add_parser("train", help="train a model (codec, thinker, talker)",
+                        description="Train talkstream's learned parts.")
     tsub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
     tc = tsub.add_parser(
         "codec",
@@ -508,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--out", default=None, help="write results JSON here")
     weights_arg(bb)
     bb.set_defaults(func=cmd_bench_backends)
+    add_model_commands(sub, tsub, dsub, bsub)
     return p
 
 

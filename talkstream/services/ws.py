@@ -44,6 +44,10 @@ class ServerConfig:
     onnx_options: dict = field(default_factory=dict)  # export_dir, precision, providers (OnnxCodecSteps)
     http_port: int | None = None  # the page, WebRTC signaling, /metrics (talkstream/services/http.py); 0: any free
     ice_servers: list = field(default_factory=list)  # aiortc RTCIceServer; empty: host candidates only
+    thinker: str = "echo"  # chat mode's answerer: builtin (shipped Thinker-Talker), openai, or echo (stand-in)
+    thinker_url: str | None = None  # OpenAI-compatible /v1 endpoint for thinker="openai"
+    thinker_model: str = "default"
+    thinker_api_key: str | None = None
 
 
 def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
@@ -52,6 +56,14 @@ def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
     if allowed is not None:
         return "*" in allowed or origin in allowed
     return urlsplit(origin).hostname in ("localhost", "127.0.0.1", "::1")
+
+
+def _make_responder(c: ServerConfig, codec) -> Responder:
+    if c.thinker == "echo":
+        return EchoResponder()
+    from talkstream.models.chat import load_chat
+
+    return load_chat(codec, c.thinker, c.thinker_url, c.thinker_model, c.thinker_api_key)
 
 
 class TalkstreamServer:
@@ -68,7 +80,7 @@ class TalkstreamServer:
         self.metrics = Metrics()
         self.codec = codec or load_audio_codec(self.config.weights)
         self.vad = vad or SileroVAD()
-        self.responder = responder or EchoResponder()
+        self.responder = responder or _make_responder(self.config, self.codec)
         self.engine = CodecEngine(
             self.codec,
             metrics=self.metrics,

@@ -9,9 +9,10 @@ from talkstream.models import text as tx
 from talkstream.models.chat import BuiltinThinker, ChatResponder, Speaker, collect, word_phonemes
 from talkstream.models.dialogue import dialogues
 from talkstream.models.phonemes import phonemize, speak
-from talkstream.models.talker import SamplingConfig, Talker, TalkerConfig, TalkerState
-from talkstream.models.thinker import Thinker, ThinkerConfig
+from talkstream.models.talker import SamplingConfig, TalkerState
 from talkstream.models.transformer import Transformer, sample
+from tests.models.tiny import tiny_talker as _talker
+from tests.models.tiny import tiny_thinker as _thinker
 
 
 def test_normalize_spells_numbers_and_keeps_hyphenated_words():
@@ -62,11 +63,6 @@ def test_sampling_is_deterministic_for_a_seed_and_greedy_at_zero_temperature():
     assert torch.equal(top1, logits.argmax(-1))
 
 
-def _thinker():
-    torch.manual_seed(0)
-    return Thinker(ThinkerConfig(latent_dim=16, dim=32, layers=2, heads=2)).eval()
-
-
 def test_thinker_listening_in_pieces_equals_listening_at_once():
     m = _thinker()
     latent = torch.randn(1, 16, 23)
@@ -78,7 +74,7 @@ def test_thinker_listening_in_pieces_equals_listening_at_once():
     ra = [(t, h) for t, h in m.reply(whole, tx.ASR, max_chars=10)]
     rb = [(t, h) for t, h in m.reply(st, tx.ASR, max_chars=10)]
     assert [t for t, _ in ra] == [t for t, _ in rb]
-    assert all(torch.allclose(x, y, atol=1e-5) for (_, x), (_, y) in zip(ra, rb))
+    assert all(torch.allclose(x, y, atol=1e-5) for (_, x), (_, y) in zip(ra, rb, strict=True))
 
 
 def test_thinker_learns_to_transcribe_one_utterance():
@@ -95,14 +91,6 @@ def test_thinker_learns_to_transcribe_one_utterance():
         opt.step()
     assert loss.item() < first / 5
     assert m.eval().transcribe(latent)[0] == "hi there"
-
-
-def _talker():
-    torch.manual_seed(0)
-    names = ["<pad>", "<unk>", "_", "_:", *sorted({p for w in ["hello", "there", "seven"]
-                                                    for p in phonemize(w).phonemes})]
-    return Talker(TalkerConfig(phonemes=names, num_codebooks=3, codebook_size=64, dim=32, layers=2, heads=2,
-                               hidden_dim=16)).eval()
 
 
 def test_talker_streams_the_same_frames_as_one_call():

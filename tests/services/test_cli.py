@@ -81,7 +81,7 @@ def test_client_command_against_a_running_server(tmp_path, capsys):
     from talkstream.services.ws import ServerConfig, TalkstreamServer
 
     loop = asyncio.new_event_loop()
-    server = TalkstreamServer(ServerConfig(port=0))
+    server = TalkstreamServer(ServerConfig(port=0, thinker="echo"))
     loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

@@ -34,6 +34,7 @@ def speech():
 
 def serve(models, **kw):
     limits = kw.pop("limits", Limits())
+    kw.setdefault("thinker", "echo")  # chat tests here are about the session, not the model: echo answers
     codec, vad = models
     return TalkstreamServer(ServerConfig(port=0, limits=limits, **kw), codec=codec, vad=vad)
 

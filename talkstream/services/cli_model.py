@@ -1,0 +1,173 @@
+"""CLI commands of the Thinker-Talker: chat, say, data model, train thinker|talker, bench model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def thinker_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the Thinker (what writes the reply)")
+    g.add_argument("--thinker", choices=["builtin", "openai"], default="builtin",
+                   help="builtin: the shipped model; openai: any OpenAI-compatible chat-completions endpoint")
+    g.add_argument("--thinker-url", default=None, help="e.g. http://127.0.0.1:8080/v1 (llama.cpp, vLLM, Ollama)")
+    g.add_argument("--thinker-model", default="default", help="model name sent to the endpoint")
+    g.add_argument("--thinker-key-env", default="OPENAI_API_KEY", help="environment variable holding an API key")
+    g.add_argument("--seed", type=int, default=0, help="speech sampling seed (same seed, same voice output)")
+    g.add_argument("--temperature", type=float, default=0.7, help="speech token sampling temperature (0: greedy)")
+
+
+def serve_thinker_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("chat mode's answerer")
+    g.add_argument("--thinker", choices=["builtin", "openai", "echo"], default="echo",
+                   help="builtin: the shipped Thinker-Talker; openai: an OpenAI-compatible endpoint writes the reply "
+                   "and the Talker speaks it; echo: say the user's turn back (no model)")
+    g.add_argument("--thinker-url", default=None, help="e.g. http://127.0.0.1:8080/v1 (llama.cpp, vLLM, Ollama)")
+    g.add_argument("--thinker-model", default="default", help="model name sent to the endpoint")
+    g.add_argument("--thinker-key-env", default="OPENAI_API_KEY", help="environment variable holding an API key")
+
+
+def serve_thinker_config(args) -> dict:
+    import os
+
+    if args.thinker == "openai" and not args.thinker_url:
+        raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
+    return {"thinker": args.thinker, "thinker_url": args.thinker_url, "thinker_model": args.thinker_model,
+            "thinker_api_key": os.environ.get(args.thinker_key_env)}
+
+
+def _responder(args, codec):
+    import os
+
+    from talkstream.models.chat import load_chat
+    from talkstream.models.talker import SamplingConfig
+
+    return load_chat(codec, args.thinker, args.thinker_url, args.thinker_model,
+                     os.environ.get(args.thinker_key_env), sampling=SamplingConfig(temperature=args.temperature,
+                                                                                    seed=args.seed))
+
+
+def cmd_chat(args) -> None:
+    import soundfile as sf
+
+    from talkstream.audio_io import load_audio
+    from talkstream.models.chat import answer_pcm
+    from talkstream.models.loaders import load_audio_codec
+
+    codec = load_audio_codec()
+    pcm = load_audio(args.input, codec.sample_rate)
+    r = answer_pcm(_responder(args, codec), codec, pcm)
+    sf.write(args.out, r.pcm, codec.sample_rate, subtype="PCM_16")
+    print(f"heard:  {r.transcript}")
+    print(f"reply:  {r.reply}")
+    print(f"audio:  {args.out} ({len(r.pcm) / codec.sample_rate:.2f} s)")
+    print(f"first packet after {r.first_packet_ms:.0f} ms; whole answer in {r.seconds:.2f} s")
+
+
+def cmd_say(args) -> None:
+    import asyncio
+
+    import soundfile as sf
+
+    from talkstream.models import text as tx
+    from talkstream.models.chat import answer_codes
+    from talkstream.models.loaders import load_audio_codec
+
+    if not tx.normalize(args.text):
+        raise ValueError("nothing to say: the text has no letters or digits")
+    codec = load_audio_codec()
+    responder = _responder(args, codec)
+
+    class _Say:  # the responder's speaker alone, as a responder
+        num_codebooks = responder.num_codebooks
+
+        @staticmethod
+        def respond(_codes):
+            return responder.speaker.say(args.text)
+
+    r = asyncio.run(answer_codes(_Say(), codec, None))
+    sf.write(args.out, r.pcm, codec.sample_rate, subtype="PCM_16")
+    print(f"said:   {tx.normalize(args.text)}")
+    print(f"audio:  {args.out} ({len(r.pcm) / codec.sample_rate:.2f} s, {r.talker_frames} frames)")
+    print(f"first packet after {r.first_packet_ms:.0f} ms; whole in {r.seconds:.2f} s "
+          f"(real-time factor {r.seconds / max(len(r.pcm) / codec.sample_rate, 1e-9):.2f})")
+
+
+def cmd_data_model(args) -> None:
+    from talkstream.models.data import build_model_data
+    from talkstream.models.loaders import load_audio_codec
+
+    out = build_model_data(Path(args.out), load_audio_codec(), Path(args.corpus) if args.corpus else None,
+                           questions=args.questions, seed=args.seed)
+    print(f"model data written to {out}")
+
+
+def cmd_train_model(args) -> None:
+    from talkstream.models.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                      dim=args.dim, layers=args.layers, seed=args.seed)
+    run = Path(args.run or f"runs/{args.what}")
+    out = train(args.what, Path(args.data), run, cfg, command=["talkstream", *sys.argv[1:]])
+    print(f"weights exported to {out} (copy to talkstream/weights/{args.what} to ship them)")
+
+
+def cmd_bench_model(args) -> None:
+    from talkstream.bench.model import run_model_bench
+
+    results = run_model_bench(Path(args.data), questions=args.questions, sentences=args.sentences,
+                              threads=args.threads)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}")
+
+
+def add_model_commands(sub, train_sub, data_sub, bench_sub) -> None:
+    sp = sub.add_parser("chat", help="answer one spoken turn from a file (speech in, text and speech out)",
+                        description="Hear IN (any audio file), print the transcript and the reply, write the spoken "
+                        "reply to --out, and report the first-packet latency.")
+    sp.add_argument("input", metavar="IN", help="the user's speech: WAV, FLAC, OGG, MP3, ...")
+    sp.add_argument("--out", default="reply.wav", help="where the spoken reply goes (24 kHz WAV)")
+    thinker_args(sp)
+    sp.set_defaults(func=cmd_chat)
+
+    sp = sub.add_parser("say", help="speak text with the Talker", description="Speak TEXT in the Talker's voice.")
+    sp.add_argument("text", metavar="TEXT")
+    sp.add_argument("--out", default="say.wav", help="24 kHz WAV")
+    thinker_args(sp)
+    sp.set_defaults(func=cmd_say)
+
+    for what in ("thinker", "talker"):
+        tp = train_sub.add_parser(what, help=f"train the {what} (resumes from RUN/last.pt)",
+                                  description=f"Train the {what} on `talkstream data model` output. Rerun to resume.")
+        tp.add_argument("--data", default="data/model")
+        tp.add_argument("--run", default=None, help=f"run folder (default runs/{what})")
+        tp.add_argument("--steps", type=int, default=6000, help="total optimiser steps (lr schedule length)")
+        tp.add_argument("--batch-size", type=int, default=16 if what == "thinker" else 12)
+        tp.add_argument("--lr", type=float, default=1e-3)
+        tp.add_argument("--dim", type=int, default=192)
+        tp.add_argument("--layers", type=int, default=4 if what == "thinker" else 3)
+        tp.add_argument("--threads", type=int, default=1)
+        tp.add_argument("--seed", type=int, default=0)
+        tp.set_defaults(func=cmd_train_model, what=what)
+
+    dp = data_sub.add_parser("model", help="the Thinker-Talker's data: spoken questions, sentences, the Talker voice")
+    dp.add_argument("--out", default="data/model")
+    dp.add_argument("--corpus", default="data/speech", help="the codec's speech corpus to add ('' for none)")
+    dp.add_argument("--questions", type=int, default=1600, help="spoken training questions")
+    dp.add_argument("--seed", type=int, default=0)
+    dp.set_defaults(func=cmd_data_model)
+
+    bp = bench_sub.add_parser("model", help="Thinker WER and answer accuracy, Talker WER (faster-whisper), latency",
+                              description="On held-out voices and sentences: Thinker speech-to-text WER, dialogue "
+                              "answer accuracy, Talker intelligibility by an independent recogniser beside the same "
+                              "recogniser on the original TTS audio, first-packet latency, Talker speed, memory.")
+    bp.add_argument("--data", default="data/model", help="`talkstream data model` output (its eval files)")
+    bp.add_argument("--questions", type=int, default=100, help="held-out spoken questions")
+    bp.add_argument("--sentences", type=int, default=30, help="held-out sentences for the Talker")
+    bp.add_argument("--threads", type=int, default=1)
+    bp.add_argument("--out", default=None, help="write results JSON here")
+    bp.set_defaults(func=cmd_bench_model)

@@ -1,0 +1,110 @@
+"""The OpenAI-compatible Thinker against a small chat-completions server on loopback (aiohttp), and the Talker
+speaking its words as they arrive."""
+
+import asyncio
+import json
+
+import pytest
+import torch
+
+aiohttp = pytest.importorskip("aiohttp")
+from aiohttp import web  # noqa: E402
+
+from talkstream.models.chat import BuiltinThinker, ChatResponder, Speaker  # noqa: E402
+from talkstream.models.errors import ThinkerEndpointError  # noqa: E402
+from talkstream.models.openai_thinker import OpenAIThinker  # noqa: E402
+from tests.models.tiny import tiny_talker as _talker  # noqa: E402
+from tests.models.tiny import tiny_thinker as _thinker  # noqa: E402
+
+
+class FakeEndpoint:
+    """Streams `deltas` as server-sent events, as llama.cpp / vLLM / Ollama do; records what it was asked."""
+
+    def __init__(self, deltas, status=200, raw=None):
+        self.deltas, self.status, self.raw, self.requests = deltas, status, raw, []
+
+    async def handle(self, request):
+        self.requests.append(await request.json())
+        if self.status != 200:
+            return web.Response(status=self.status, text="model not loaded")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for d in self.deltas:
+            chunk = {"choices": [{"index": 0, "delta": {"content": d}}]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(0.01)
+        if self.raw:
+            await resp.write(self.raw)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+
+async def _with_server(endpoint, body):
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", endpoint.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        return await body(f"http://127.0.0.1:{port}/v1")
+    finally:
+        await runner.cleanup()
+
+
+def _listener():
+    return BuiltinThinker(_thinker(), torch.randn(8, 1024, 16))
+
+
+def test_reply_streams_whole_words_with_numbers_spelled():
+    endpoint = FakeEndpoint(["It is ", "1", "7 o'clock", ", see", " you."])
+
+    async def body(url):
+        thinker = OpenAIThinker(url, _listener(), model="tiny")
+        heard = thinker.hear(torch.randint(0, 1024, (1, 8, 20)))
+        pieces = [p async for p, h in thinker.reply(heard)]
+        return thinker, heard, pieces
+
+    thinker, heard, pieces = asyncio.run(_with_server(endpoint, body))
+    assert "".join(pieces).strip() == "it is seventeen o'clock, see you."
+    assert len(pieces) >= 3  # words left as they arrived, not at the end
+    req = endpoint.requests[0]
+    assert req["stream"] is True and req["model"] == "tiny"
+    assert req["messages"][0]["role"] == "system" and req["messages"][-1]["content"] == thinker.transcript(heard)
+    assert [m["role"] for m in thinker.history] == ["user", "assistant"]
+
+
+def test_the_talker_speaks_the_endpoint_reply():
+    endpoint = FakeEndpoint(["Hello ", "there, ", "seven."])
+
+    async def body(url):
+        responder = ChatResponder(OpenAIThinker(url, _listener()), Speaker(_talker(), block_frames=4))
+        return [x async for x in responder.respond(torch.randint(0, 1024, (1, 8, 20)))]
+
+    out = asyncio.run(_with_server(endpoint, body))
+    texts = [o["text"] for o in out if isinstance(o, dict) and o["type"] == "reply_text" and o["final"]]
+    assert texts == ["hello there, seven."]
+    assert sum(o.shape[-1] for o in out if isinstance(o, torch.Tensor)) > 0
+
+
+@pytest.mark.parametrize("endpoint, match", [
+    (FakeEndpoint([], status=503), "HTTP 503"),
+    (FakeEndpoint(["ok "], raw=b"data: {not json}\n\n"), "malformed"),
+])
+def test_endpoint_failures_are_clear_errors(endpoint, match):
+    async def body(url):
+        thinker = OpenAIThinker(url, _listener())
+        return [p async for p in thinker.reply(thinker.hear(torch.randint(0, 1024, (1, 8, 8))))]
+
+    with pytest.raises(ThinkerEndpointError, match=match):
+        asyncio.run(_with_server(endpoint, body))
+
+
+def test_unreachable_endpoint_is_a_clear_error():
+    async def body():
+        thinker = OpenAIThinker("http://127.0.0.1:9/v1", _listener(), timeout_s=5)
+        return [p async for p in thinker.reply(thinker.hear(torch.randint(0, 1024, (1, 8, 8))))]
+
+    with pytest.raises(ThinkerEndpointError, match="unreachable"):
+        asyncio.run(body())

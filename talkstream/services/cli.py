@@ -68,7 +68,7 @@ def cmd_bench_backends(args) -> None:
         _codec(argparse.Namespace(weights=args.weights)),
         files,
         steps=args.steps,
-        frames_per_step=args.frames_per_step,
+        frames_per_step=tuple(args.frames_per_step),
         providers=args.providers,
     )
     if args.out:
@@ -509,7 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--data", default="data/speech", help="corpus with an eval split (else: the bundled sample)")
     bb.add_argument("--files", type=int, default=4, help="held-out files for the quality columns")
     bb.add_argument("--steps", type=int, default=300, help="timed steps per backend and step")
-    bb.add_argument("--frames-per-step", type=int, default=2, help="frames per batched step (streams per core)")
+    bb.add_argument(
+        "--frames-per-step", type=int, nargs="+", default=[2, 6], help="frames per batched step (streams per core)"
+    )
     bb.add_argument("--providers", default=None, help="onnxruntime providers in order (default tensorrt,cuda,cpu)")
     bb.add_argument("--out", default=None, help="write results JSON here")
     weights_arg(bb)

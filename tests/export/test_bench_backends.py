@@ -9,7 +9,7 @@ from talkstream.bench import backends
 
 def test_bench_backends_reports_every_backend(tiny_codec, speech_wav, monkeypatch, capsys):
     monkeypatch.setattr(backends, "LADDER", (1, 2, 4))
-    r = backends.run_backends_bench(tiny_codec, [speech_wav], steps=10, codebooks=4, frames_per_step=2)
+    r = backends.run_backends_bench(tiny_codec, [speech_wav], steps=10, codebooks=4, frames_per_step=(2,))
     json.dumps(r)  # the CLI writes it as JSON
     assert {(x["backend"], x["step"]) for x in r["rows"]} == {
         (b, s) for b in backends.BACKENDS for s in ("codec encode", "codec decode")
@@ -20,12 +20,28 @@ def test_bench_backends_reports_every_backend(tiny_codec, speech_wav, monkeypatc
         if row["backend"] == "torch":
             assert row["speedup_vs_torch"] == 1.0
     for b in backends.BACKENDS:
-        cap = r["streams_per_core"][b]
-        assert cap["streams"] in (0, 1, 2, 4) and cap["chunk_ms"] == 2 * 1000 * 320 / 24_000
+        cap = r["streams_per_core"][b]["2"]
+        assert cap["streams"] in (0, 1, 2, 3, 4) and cap["chunk_ms"] == 2 * 1000 * 320 / 24_000
         if cap["streams"]:
             assert cap["step_cpu_ms_mean_at_max"] <= cap["chunk_ms"]
     q = r["quality"]
     assert q["torch"]["codes_equal_to_torch"] == 1.0 and q["torch"]["pesq_delta"] == 0.0
     assert 0.0 <= q["onnx int8"]["codes_equal_to_torch"] <= 1.0 and q["onnx fp32"]["codes_equal_to_torch"] > 0.9
     assert r["talker_step"] is None and r["providers"][-1] == "CPUExecutionProvider"
-    assert "streams/core" in capsys.readouterr().out
+    assert "streams@2" in capsys.readouterr().out
+
+
+def test_streams_per_core_finds_the_batch_that_just_keeps_up(tiny_codec):
+    """A fake step costing 1 ms of CPU per stream: 2 frames (26.7 ms of audio) hold 26 streams, found to ~6%."""
+    import time
+
+    class OneMsPerStream:
+        def step(self, op, x, state):
+            t0 = time.thread_time()
+            while time.thread_time() - t0 < 1e-3 * x.shape[0]:
+                pass
+            return None, None, state
+
+    cap = backends.streams_per_core(tiny_codec, OneMsPerStream(), 4, frames=2, n_steps=3)
+    assert 24 <= cap["streams"] <= 26
+    assert cap["step_cpu_ms_mean_at_max"] <= cap["chunk_ms"] and cap["single_stream_step_cpu_ms"] >= 1.0

@@ -14,7 +14,6 @@ configured (`--ice-server`): aiortc would otherwise use Google's public STUN ser
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import hmac
 import json
@@ -30,7 +29,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from talkstream.services.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, error_event, event, pcm_frame
+from talkstream.services.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, event, pcm_frame
 from talkstream.services.session import Session
 
 if TYPE_CHECKING:
@@ -217,6 +216,8 @@ def parse_offer(body: object, num_codebooks: int) -> OfferParams:
         raise OfferError(400, "bad_sdp", "malformed SDP: no media sections")
     if not any(m.kind == "audio" and m.direction in (None, "sendrecv", "sendonly") for m in parsed.media):
         raise OfferError(400, "no_audio", "the offer sends no audio: add a microphone track (sendrecv audio)")
+    if not all(m.dtls is not None and m.dtls.fingerprints for m in parsed.media):
+        raise OfferError(400, "bad_sdp", "the offer has no DTLS fingerprint, so it cannot be secured")
     return OfferParams(sdp, mode, k, session, token)
 
 
@@ -258,6 +259,7 @@ class PeerSession:
             raise OfferError(500, "internal", "the session did not start")
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers every candidate (no trickle)
         self._spawn(self._latency_loop())
+        self._spawn(self._connect_deadline())
         return self.pc.localDescription
 
     # -- media and events ---------------------------------------------------------------------------------------
@@ -290,11 +292,11 @@ class PeerSession:
                     ts = int((time.monotonic() - self._t0) * 1000)
                     seq += 1
                     if not await self.session.on_message(pcm_frame(pcm, seq, ts)):
-                        return self._spawn(self.close())  # type: ignore[return-value]
+                        self.service.spawn(self.close())  # the session is over (a fatal error, its time is up)
+                        return
         except MediaStreamError:
-            pass  # the peer stopped sending: the connection state change closes the session
-        if not self.closed:
-            self._spawn(self.close())
+            pass  # the peer stopped sending
+        self.service.spawn(self.close())
 
     async def _send(self, message: bytes | str) -> None:
         """Everything the session sends: PCM frames to the outbound track, JSON events to the data channel."""
@@ -327,6 +329,13 @@ class PeerSession:
                 return
         if not await self.session.on_message(message):
             await self.close()
+
+    async def _connect_deadline(self) -> None:
+        """An answer nobody connects to (the page went away during ICE) must not hold a session slot."""
+        await asyncio.sleep(self.service.connect_timeout_s)
+        if self.pc.connectionState != "connected":
+            log.info("peer %s: not connected after %.0f s", self.id, self.service.connect_timeout_s)
+            self.service.spawn(self.close())
 
     async def _latency_loop(self) -> None:
         """Every second: the server's share of mouth-to-ear latency (input arrival -> echo leaving the track)."""
@@ -362,10 +371,11 @@ class PeerSession:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.channel is not None and self.channel.readyState == "open" and self.session.failed:
-            with contextlib.suppress(Exception):
-                self.channel.send(error_event("internal", "session ended"))
         await self.session.close()
+        for _ in range(25):  # let the last events (summary, a fatal error) leave before the connection goes
+            if self.channel is None or self.channel.readyState != "open" or not self.channel.bufferedAmount:
+                break
+            await asyncio.sleep(0.02)
         self.track.stop()
         await self.pc.close()
         self.service.forget(self)
@@ -380,9 +390,11 @@ class WebRTCService:
         ice_servers: list[RTCIceServer] | None = None,
         loopback: bool = True,
         jitter_frames: int = 1,
+        connect_timeout_s: float = 20.0,
     ):
         self.server = server
         self.jitter_frames = jitter_frames
+        self.connect_timeout_s = connect_timeout_s
         self.ice_servers = list(ice_servers or [])  # empty: host candidates only, nothing outside is contacted
         self.peers: dict[str, PeerSession] = {}
         self.closed_ids: deque[str] = deque(maxlen=4096)  # to tell "closed" from "unknown" on a second offer
@@ -398,21 +410,20 @@ class WebRTCService:
 
     async def offer(self, body: object) -> dict:
         srv = self.server
-        params = parse_offer(body, srv.codec.num_codebooks)
-        if params.session is not None:
-            if params.session in self.peers:
+        sid = body.get("session") if isinstance(body, dict) else None
+        if isinstance(sid, str):  # an offer for an existing session: refused whatever its SDP
+            if sid in self.peers:
                 raise OfferError(
                     409,
                     "renegotiation",
-                    f"session {params.session} is live; renegotiation is not "
-                    "supported: close it and post a new offer without 'session'",
+                    f"session {sid} is live; renegotiation is not supported: close it and post a new offer "
+                    "without 'session'",
                 )
-            state = "closed" if params.session in self.closed_ids else "unknown"
+            state = "closed" if sid in self.closed_ids else "unknown"
             raise OfferError(
-                404,
-                "session_closed",
-                f"session {params.session} is {state}; post a new offer without 'session' to start another",
+                404, "session_closed", f"session {sid} is {state}; post a new offer without 'session' to start another"
             )
+        params = parse_offer(body, srv.codec.num_codebooks)
         want = srv.config.limits.token
         if want is not None and not hmac.compare_digest((params.token or "").encode(), want.encode()):
             srv.metrics.errors.labels("unauthorized").inc()

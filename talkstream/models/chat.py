@@ -14,6 +14,7 @@ after the first word, not after the whole reply. Heavy steps run in a worker thr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -86,22 +87,26 @@ class Speaker:
     def num_codebooks(self) -> int:
         return self.talker.cfg.num_codebooks
 
-    def _frames(self, names: list[str], hidden: torch.Tensor | None, state: TalkerState, final: bool
-                ) -> list[torch.Tensor]:
+    def _frames(self, names: list[str], hidden: torch.Tensor | None, state: TalkerState, final: bool,
+                limit: int) -> list[torch.Tensor]:
         ids = self.talker.phoneme_ids(names)
-        return list(self.talker.frames(ids, hidden, self.sampling, state, final=final))
+        return list(itertools.islice(self.talker.frames(ids, hidden, self.sampling, state, final=final), limit))
 
     async def speak(self, pieces: AsyncIterator[tuple[str, torch.Tensor | None]]) -> AsyncIterator[torch.Tensor]:
         names, state, buffer, pending = ["_"], TalkerState(), "", []
         voice = self.talker.cfg.voice
 
         async def emit(final: bool) -> AsyncIterator[torch.Tensor]:
-            frames = await asyncio.to_thread(self._frames, names, None, state, final)
-            pending.extend(frames)
-            while len(pending) >= self.block_frames or (final and pending):
-                block = pending[: self.block_frames]
-                del pending[: self.block_frames]
-                yield torch.stack(block, -1)[None]
+            # One block's frames per worker call: the first block leaves as soon as it exists.
+            while frames := await asyncio.to_thread(self._frames, names, None, state, final,
+                                                    self.block_frames - len(pending)):
+                pending.extend(frames)
+                if len(pending) == self.block_frames:
+                    yield torch.stack(pending, -1)[None]
+                    pending.clear()
+            if final and pending:
+                yield torch.stack(pending, -1)[None]
+                pending.clear()
 
         async for piece, _hidden in pieces:
             buffer += piece

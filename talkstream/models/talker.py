@@ -128,7 +128,7 @@ class Talker(nn.Module):
 
         With `final=False` the last two phonemes wait (their context needs the phonemes after them); call again with
         the longer phoneme sequence as words arrive, and `final=True` at the end of the reply. `state` is updated in
-        place so a caller can stream across calls.
+        place before each frame is yielded, so a caller can stop after any frame and resume with a new call.
         """
         sampling = sampling or SamplingConfig()
         st = state or TalkerState()
@@ -141,15 +141,17 @@ class Talker(nn.Module):
         k_count, none = self.cfg.num_codebooks, self.cfg.codebook_size
         while st.phoneme < ready:
             length = int(durations[st.phoneme])
-            for offset in range(length):
-                prev = st.prev if st.prev is not None else torch.full((k_count,), none, dtype=torch.long)
-                prog = self.progress(torch.tensor([offset]), torch.tensor([length]))
-                x = self.frame_input(prev[None, :, None], ctx[:, st.phoneme : st.phoneme + 1], prog[None])
-                h, cache = self.transformer(x, torch.tensor([[st.position]]), st.cache)
-                st.cache, st.position = cache.keep_last(self.cfg.window), st.position + 1
-                st.prev = self._sample_frame(h[0, 0], sampling, st)
-                yield st.prev
-            st.phoneme += 1
+            if st.offset >= length:  # a phoneme of no frames (a pause espeak-ng left empty), or finished
+                st.phoneme, st.offset = st.phoneme + 1, 0
+                continue
+            prev = st.prev if st.prev is not None else torch.full((k_count,), none, dtype=torch.long)
+            prog = self.progress(torch.tensor([st.offset]), torch.tensor([length]))
+            x = self.frame_input(prev[None, :, None], ctx[:, st.phoneme : st.phoneme + 1], prog[None])
+            h, cache = self.transformer(x, torch.tensor([[st.position]]), st.cache)
+            st.cache, st.position = cache.keep_last(self.cfg.window), st.position + 1
+            st.prev = self._sample_frame(h[0, 0], sampling, st)
+            st.offset += 1  # the state is whole before the frame leaves: a caller may stop after any frame
+            yield st.prev
 
     def _sample_frame(self, h: Tensor, sampling: SamplingConfig, st: TalkerState) -> Tensor:
         codes, acc = [], h
@@ -170,6 +172,7 @@ class TalkerState:
     cache: KVCache | None = None
     position: int = 0
     phoneme: int = 0  # phonemes fully spoken
+    offset: int = 0  # frames spoken of the current phoneme
     prev: Tensor | None = None  # last frame's codes [K]
     recent: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None

@@ -56,9 +56,11 @@ def _lr(step: int, cfg: TrainConfig) -> float:
 class ThinkerBatches:
     MAX_FRAMES = 900  # 12 s
 
-    def __init__(self, items: list[dict], codebook: torch.Tensor, stack: int, seed: int):
+    def __init__(self, items: list[dict], codebook: torch.Tensor, stack: int, seed: int,
+                 silence: torch.Tensor | None = None):
         self.items, self.codebook, self.stack = items, codebook, stack
         self.rng = random.Random(seed)
+        self.silence = silence  # codes [K, F] of near-silence: served turns carry VAD pre-roll and trailing quiet
 
     def latent(self, codes: torch.Tensor, n_q: int) -> torch.Tensor:
         codes = codes[:n_q, : self.MAX_FRAMES].long()
@@ -70,8 +72,12 @@ class ThinkerBatches:
         if task is None:
             task = tx.CHAT if item["answer"] and self.rng.random() < 0.5 else tx.ASR
         target = item["answer"] if task == tx.CHAT else item["text"]
+        codes = item["codes"]
+        if self.silence is not None and self.rng.random() < 0.7:
+            lead, trail = self.rng.randint(0, 30), self.rng.randint(0, 45)  # up to 0.4 s before, 0.6 s after
+            codes = torch.cat([self.silence[:, :lead], codes, self.silence[:, :trail]], -1)
         n_q = n_q or self.rng.randint(2, self.codebook.shape[0])  # any bitrate a client may pick
-        return self.latent(item["codes"], n_q), task, tx.encode(target)[:160]
+        return self.latent(codes, n_q), task, tx.encode(target)[:160]
 
     def collate(self, examples: list[tuple]) -> tuple:
         lat = [e[0] for e in examples]
@@ -172,7 +178,9 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         codec = codec or load_audio_codec()
         model: nn.Module = Thinker(ThinkerConfig(latent_dim=codec.cfg.latent_dim, dim=cfg.dim, layers=cfg.layers))
         codebook = codec.quantizer.embed.detach().clone()
-        batches = ThinkerBatches(train_items, codebook, model.cfg.stack, cfg.seed)
+        quiet = torch.randn(1, 1, codec.sample_rate) * 1e-3
+        silence = codec.encode(quiet)[0].to(torch.int16)
+        batches = ThinkerBatches(train_items, codebook, model.cfg.stack, cfg.seed, silence)
         eval_batches = ThinkerBatches(eval_items, codebook, model.cfg.stack, cfg.seed + 1)
         eval_set = [eval_batches.collate([eval_batches.example(it, n_q=8) for it in eval_items[i : i + 16]])
                     for i in range(0, min(len(eval_items), 128), 16)]

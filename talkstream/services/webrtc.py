@@ -278,7 +278,9 @@ class PeerSession:
     async def _pump(self, track: MediaStreamTrack) -> None:
         """Microphone frames -> mono PCM16 at 48 kHz -> the session, as protocol frames."""
         resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        idle = self.service.server.config.limits.idle_timeout_s
+        # A browser sends audio packets all the time, silence included: none for a few seconds means the tab is
+        # gone (closed, crashed, offline) well before ICE consent (30 s) would tell.
+        idle = min(self.service.server.config.limits.idle_timeout_s, self.service.media_timeout_s)
         seq = 0
         try:
             while not self.closed:
@@ -391,10 +393,12 @@ class WebRTCService:
         loopback: bool = True,
         jitter_frames: int = 1,
         connect_timeout_s: float = 20.0,
+        media_timeout_s: float = 5.0,
     ):
         self.server = server
         self.jitter_frames = jitter_frames
         self.connect_timeout_s = connect_timeout_s
+        self.media_timeout_s = media_timeout_s
         self.ice_servers = list(ice_servers or [])  # empty: host candidates only, nothing outside is contacted
         self.peers: dict[str, PeerSession] = {}
         self.closed_ids: deque[str] = deque(maxlen=4096)  # to tell "closed" from "unknown" on a second offer

@@ -381,7 +381,7 @@ async function init() {
     select.appendChild(opt);
   }
   $("connect").addEventListener("click", () => (session ? stop() : start()));
-  window.addEventListener("beforeunload", () => stop());
+  window.addEventListener("pagehide", () => stop()); // the tab closes or navigates: tell the server now
   setState("idle");
 }
 

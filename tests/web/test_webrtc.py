@@ -240,3 +240,41 @@ def test_ice_server_specs():
     for bad in ["http://x", "turn:x,user", ""]:
         with pytest.raises(ValueError):
             parse_ice_server(bad)
+
+
+class StallingTrack(SignalTrack):
+    """Sends `signal`, then nothing at all: a tab that crashed or lost its network without closing."""
+
+    async def recv(self):
+        if len(self.sent_at) * 960 >= self.signal.size:
+            await asyncio.Event().wait()
+        return await super().recv()
+
+
+def test_a_peer_that_stops_sending_is_freed(server, speech48):
+    rtc = server.srv.http.rtc
+    base_tasks = wait_idle(server, live(server)[2])[2]
+
+    async def main():
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTrack(StallingTrack(speech48[:RATE]))
+        ch = pc.createDataChannel("events")
+        events = []
+        ch.on("message", lambda m: events.append(json.loads(m)))
+        await pc.setLocalDescription(await pc.createOffer())
+        _, answer = await post_offer(server.http_url, {"sdp": pc.localDescription.sdp, "type": "offer"})
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10 and answer["session"] in rtc.peers:
+            await asyncio.sleep(0.1)
+        await pc.close()
+        return events, time.monotonic() - t0
+
+    rtc.media_timeout_s = 1.5
+    try:
+        events, took = run(main())
+    finally:
+        rtc.media_timeout_s = 5.0
+    assert took < 5, took  # 1 s of audio, then freed 1.5 s after the last packet
+    assert any(e["type"] == "error" and e["code"] == "idle_timeout" for e in events), events
+    assert wait_idle(server, base_tasks) == (0, 0, base_tasks)

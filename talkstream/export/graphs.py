@@ -255,7 +255,11 @@ def read_manifest(export_dir: str | Path, component: str, state_sha256: str | No
         raise ExportError(f"{d}: holds {m.get('component')!r} graphs, expected {component!r}")
     if state_sha256 is not None and m.get("source", {}).get("state_sha256") != state_sha256:
         raise ExportError(f"{d}: graphs were exported from other weights than the ones loaded; export them again")
-    for g in m.get("graphs", []):
+    graphs = m.get("graphs")
+    keys = ("name", "precision", "file", "sha256", "meta")
+    if not isinstance(graphs, list) or not all(isinstance(g, dict) and all(k in g for k in keys) for g in graphs):
+        raise ExportError(f"{path}: malformed graph list (each entry needs {', '.join(keys)})")
+    for g in graphs:
         f = d / g["file"]
         if not f.is_file():
             raise ExportError(f"{f}: graph file missing")

@@ -104,6 +104,7 @@ def _edit_manifest(out, fn):
         (lambda out: _edit_manifest(out, lambda m: m.update(format_version=99)), "manifest format 99"),
         (lambda out: _edit_manifest(out, lambda m: m.update(component="model")), "holds 'model' graphs"),
         (lambda out: (out / "manifest.json").write_text("{not json"), "unreadable"),
+        (lambda out: _edit_manifest(out, lambda m: m["graphs"][1].pop("sha256")), "malformed graph list"),
         (lambda out: (out / "manifest.json").unlink(), "not a talkstream ONNX export"),
     ],
     ids=[
@@ -114,6 +115,7 @@ def _edit_manifest(out, fn):
         "other-format",
         "other-component",
         "bad-manifest",
+        "malformed-entry",
         "no-manifest",
     ],
 )

@@ -247,7 +247,9 @@ def _ice_servers(specs: list[str] | None) -> list:
 def cmd_bench_webrtc(args) -> None:
     from talkstream.bench.webrtc import run_webrtc_bench
 
-    results = run_webrtc_bench(args.sessions, args.seconds, args.weights, args.frames_per_step, args.backend)
+    results = run_webrtc_bench(
+        args.sessions, args.seconds, args.weights, args.frames_per_step, args.backend, args.client_jitter_frames
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
@@ -497,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--seconds", type=float, default=10.0, help="seconds each session streams")
     bw.add_argument("--frames-per-step", type=int, default=2, help="the server's --frames-per-step")
     bw.add_argument("--backend", choices=["torch", "onnx"], default="onnx", help="the server's --backend")
+    bw.add_argument(
+        "--client-jitter-frames",
+        type=int,
+        default=4,
+        help="20 ms packets each client holds before playout (default 4: aiortc's; a browser adapts its own)",
+    )
     bw.add_argument("--out", default=None, help="write results JSON here")
     weights_arg(bw)
     bw.set_defaults(func=cmd_bench_webrtc)

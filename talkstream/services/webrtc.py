@@ -29,7 +29,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from talkstream.services.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, event, pcm_frame
+from talkstream.services.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, event
 from talkstream.services.session import Session
 
 if TYPE_CHECKING:
@@ -221,6 +221,14 @@ def parse_offer(body: object, num_codebooks: int) -> OfferParams:
     return OfferParams(sdp, mode, k, session, token)
 
 
+def _mono_s16(frame: av.AudioFrame, resampler: av.AudioResampler) -> list[np.ndarray]:
+    """A decoded frame -> mono PCM16 at 48 kHz. Opus gives packed s16 at 48 kHz: a numpy downmix, no resampler."""
+    if frame.format.name == "s16" and frame.sample_rate == RATE:
+        x = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+        return [x[:, 0].copy() if x.shape[1] == 1 else x.mean(1).astype("<i2")]
+    return [f.to_ndarray().reshape(-1).astype("<i2") for f in resampler.resample(frame)]
+
+
 class PeerSession:
     """One browser (or aiortc) peer: its connection, its `Session`, the outbound track and the data channel."""
 
@@ -289,11 +297,11 @@ class PeerSession:
                 except TimeoutError:
                     await self.session.send_error("idle_timeout", f"no audio for {idle:.0f} s")
                     break
-                for f in resampler.resample(frame):
-                    pcm = f.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
-                    ts = int((time.monotonic() - self._t0) * 1000)
-                    seq += 1
-                    if not await self.session.on_message(pcm_frame(pcm, seq, ts)):
+                for pcm in _mono_s16(frame, resampler):
+                    seq = (seq + 1) & 0xFFFFFFFF
+                    ts = int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF
+                    message = HEADER.pack(KIND_PCM16, PROTOCOL_VERSION, 0, 0, seq, ts) + pcm.tobytes()
+                    if not await self.session.on_message(message):
                         self.service.spawn(self.close())  # the session is over (a fatal error, its time is up)
                         return
         except MediaStreamError:

@@ -221,7 +221,7 @@ def parse_offer(body: object, num_codebooks: int) -> OfferParams:
     return OfferParams(sdp, mode, k, session, token)
 
 
-def _mono_s16(frame: av.AudioFrame, resampler: av.AudioResampler) -> list[np.ndarray]:
+def mono_s16(frame: av.AudioFrame, resampler: av.AudioResampler) -> list[np.ndarray]:
     """A decoded frame -> mono PCM16 at 48 kHz. Opus gives packed s16 at 48 kHz: a numpy downmix, no resampler."""
     if frame.format.name == "s16" and frame.sample_rate == RATE:
         x = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
@@ -297,7 +297,7 @@ class PeerSession:
                 except TimeoutError:
                     await self.session.send_error("idle_timeout", f"no audio for {idle:.0f} s")
                     break
-                for pcm in _mono_s16(frame, resampler):
+                for pcm in mono_s16(frame, resampler):
                     seq = (seq + 1) & 0xFFFFFFFF
                     ts = int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF
                     message = HEADER.pack(KIND_PCM16, PROTOCOL_VERSION, 0, 0, seq, ts) + pcm.tobytes()

@@ -245,6 +245,7 @@ class PeerSession:
         self._tasks: set[asyncio.Task] = set()
         self._t0 = time.monotonic()
         self.closed = False
+        self._pumping = False
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_state)
@@ -253,7 +254,7 @@ class PeerSession:
     async def answer(self) -> RTCSessionDescription:
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(self.params.sdp, "offer"))
-        except Exception as e:  # a parseable SDP aiortc still cannot use (no fingerprint, no ICE ufrag, codecs)
+        except Exception as e:  # a parseable SDP aiortc still cannot use (no ICE credentials, no common codec)
             raise OfferError(400, "bad_sdp", f"unusable offer: {type(e).__name__}: {e}") from None
         self.pc.addTrack(self.track)  # takes the offer's audio transceiver: sendrecv
         for t in self.pc.getTransceivers():
@@ -278,8 +279,9 @@ class PeerSession:
         return task
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            self._spawn(self._pump(track))
+        if track.kind == "audio" and not self._pumping:
+            self._pumping = True
+            self._spawn(self._pump(track))  # one microphone per session: a second audio track is ignored
         else:
             track.stop()
 

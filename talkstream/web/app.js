@@ -99,6 +99,13 @@ function onEvent(ev) {
   }
 }
 
+let savedToken = null;
+function token() {
+  if (!config.token_required) return undefined;
+  if (savedToken === null) savedToken = window.prompt("This server wants a token (talkstream serve --token)") || "";
+  return savedToken;
+}
+
 async function openMic() {
   return navigator.mediaDevices.getUserMedia({
     audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
@@ -152,7 +159,7 @@ class RtcSession {
     const resp = await fetch("offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: this.pc.localDescription.sdp, type: "offer", mode, codebooks }),
+      body: JSON.stringify({ sdp: this.pc.localDescription.sdp, type: "offer", mode, codebooks, token: token() }),
     });
     const answer = await resp.json();
     if (!resp.ok) throw new Error(`${answer.code}: ${answer.message}`);
@@ -252,7 +259,8 @@ class WsSession {
     this.ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname}:${config.ws_port}`);
     this.ws.binaryType = "arraybuffer";
     this.ws.onopen = () => {
-      this.ws.send(JSON.stringify({ type: "hello", version: 1, mode, codebooks, sample_rate: rate, output: ["pcm"] }));
+      const hello = { type: "hello", version: 1, mode, codebooks, sample_rate: rate, output: ["pcm"], token: token() };
+      this.ws.send(JSON.stringify(hello));
     };
     this.ws.onmessage = (e) => (typeof e.data === "string" ? this.onText(e.data) : this.onAudio(e.data));
     this.ws.onclose = (e) => stop(e.wasClean ? "closed" : "failed");

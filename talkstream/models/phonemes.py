@@ -104,14 +104,17 @@ def speak(text: str, voice: str = "en-us", sample_rate: int = 24_000, rate: int 
     eng = _engine()
     pcm, events = eng.run(text, voice, rate, pitch)
     phonemes, words, starts = [], [], []
-    word_starts: list[int] = []
+    # espeak-ng reports a word by its 1-based character position; map that to the index of the space-separated
+    # word holding it (it sometimes reports one word twice, e.g. after a clause break).
+    word_ends = np.cumsum([len(w) + 1 for w in text.split(" ")])
+    word = 0
     for kind, text_pos, sample, name in events:
         if kind == _EVENT_WORD:
-            word_starts.append(text_pos)
+            word = int(np.searchsorted(word_ends, text_pos - 1, side="right"))
         elif kind == _EVENT_PHONEME and name:
             ph = name.decode("utf-8", "replace")
             phonemes.append(ph)
-            words.append(-1 if ph.startswith("_") else max(len(word_starts) - 1, 0))
+            words.append(-1 if ph.startswith("_") else word)
             starts.append(sample)
     scale = sample_rate / eng.rate
     audio = pcm.astype(np.float32) / 32768.0

@@ -90,7 +90,12 @@ class ThinkerBatches:
         return latent, audio_len, task, text, torch.tensor([len(e[2]) for e in examples])
 
     def sample(self, n: int) -> tuple:
-        return self.collate([self.example(self.rng.choice(self.items)) for _ in range(n)])
+        # Neighbours in length share a batch: padding a 2 s question to a 10 s sentence would triple the work.
+        if not hasattr(self, "_by_length"):
+            self._by_length = sorted(self.items, key=lambda it: it["codes"].shape[-1] + 4 * len(it["text"]))
+        start = self.rng.randrange(max(1, len(self._by_length) - 4 * n))
+        window = self._by_length[start : start + 4 * n]
+        return self.collate([self.example(self.rng.choice(window)) for _ in range(n)])
 
 
 # --- Talker batches ---
@@ -171,6 +176,8 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
     torch.manual_seed(cfg.seed)
     run.mkdir(parents=True, exist_ok=True)
     train_items = torch.load(data / f"{kind}_train.pt", weights_only=False)
+    if kind == "thinker":  # turns over 10 s are rare in a dialogue and cost the most: left out
+        train_items = [it for it in train_items if it["codes"].shape[-1] <= 750]
     eval_items = torch.load(data / f"{kind}_eval.pt", weights_only=False)
     if kind == "thinker":
         from talkstream.models.loaders import load_audio_codec

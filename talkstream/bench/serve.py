@@ -118,6 +118,7 @@ def run_serve_bench(
         str(gather_ms),
         "--backend",
         backend,
+        "--no-http",  # WebSocket only: no page, and no claim on port 8080
     ] + (["--weights", weights] if weights else [])
     errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server must never block on a full pipe
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errors)

@@ -78,8 +78,15 @@ class HttpService:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.server.config.host, self.server.config.http_port)
-        await self._site.start()
+        host, port = self.server.config.host, self.server.config.http_port
+        self._site = web.TCPSite(self._runner, host, port)
+        try:
+            await self._site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise ValueError(
+                f"cannot listen on {host}:{port} for HTTP: {e.strerror or e} (--http-port, --no-http)"
+            ) from None
 
     async def stop(self) -> None:
         await self.rtc.close_all()

@@ -98,7 +98,10 @@ class HttpService:
 
     async def _config(self, request: web.Request) -> web.Response:
         codec = self.server.codec
-        ice = [{k: v for k, v in vars(s).items() if v is not None} for s in self.rtc.ice_servers]
+        ice = [
+            {k: getattr(s, k) for k in ("urls", "username", "credential") if getattr(s, k) is not None}
+            for s in self.rtc.ice_servers
+        ]
         return web.json_response(
             {
                 "ws_port": self.server.port,

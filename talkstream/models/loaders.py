@@ -114,3 +114,10 @@ def load_talker(path: str | Path | None = None):
     from talkstream.models.talker import Talker, TalkerConfig
 
     return _load_model("talker", path, lambda c: Talker(TalkerConfig.from_dict(c)))
+
+
+def load_video_codec(path: str | Path | None = None, device: str = "cpu"):
+    """The shipped video codec (or the checkpoint at `path`), in eval mode."""
+    from talkstream.codecs.video.codec import VideoCodec, VideoCodecConfig
+
+    return _load_model("video_codec", path, lambda c: VideoCodec(VideoCodecConfig.from_dict(c))).to(device)

@@ -14,6 +14,7 @@ from talkstream.data import SAMPLE_WAV
 from talkstream.models.errors import EspeakUnavailable, ThinkerEndpointError
 from talkstream.models.loaders import CheckpointError
 from talkstream.services.cli_model import add_model_commands, serve_thinker_args, serve_thinker_config
+from talkstream.services.cli_video import add_video_commands
 
 USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, FileNotFoundError, ThinkerEndpointError,
                EspeakUnavailable)
@@ -525,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights_arg(bb)
     bb.set_defaults(func=cmd_bench_backends)
     add_model_commands(sub, tsub, dsub, bsub)
+    add_video_commands(sub, tsub, bsub)
     return p
 
 

@@ -225,7 +225,9 @@ def mono_s16(frame: av.AudioFrame, resampler: av.AudioResampler) -> list[np.ndar
     """A decoded frame -> mono PCM16 at 48 kHz. Opus gives packed s16 at 48 kHz: a numpy downmix, no resampler."""
     if frame.format.name == "s16" and frame.sample_rate == RATE:
         x = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
-        return [x[:, 0].copy() if x.shape[1] == 1 else x.mean(1).astype("<i2")]
+        if x.shape[1] == 1:
+            return [x[:, 0].copy()]
+        return [((x[:, 0].astype(np.int32) + x[:, 1]) >> 1).astype("<i2")]  # Opus decodes to stereo: average L, R
     return [f.to_ndarray().reshape(-1).astype("<i2") for f in resampler.resample(frame)]
 
 

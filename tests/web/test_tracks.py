@@ -1,0 +1,56 @@
+"""The WebRTC transport's media pieces without a network: the paced outbound track and the microphone downmix."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import av
+import numpy as np
+
+from talkstream.services.webrtc import FRAME, RATE, PacedAudioTrack, mono_s16
+
+
+def test_outbound_track_paces_keeps_pts_and_fills_gaps_with_silence():
+    ramp = np.arange(3 * FRAME // 2, dtype=np.int16)  # 30 ms, then nothing
+
+    async def main():
+        track = PacedAudioTrack()
+        track.push(ramp, arrived=time.monotonic())
+        t0 = time.monotonic()
+        frames = [await track.recv() for _ in range(5)]
+        return track, frames, time.monotonic() - t0
+
+    track, frames, took = asyncio.run(main())
+    assert [f.pts for f in frames] == [i * FRAME for i in range(5)]
+    assert all(f.sample_rate == RATE and f.samples == FRAME for f in frames)
+    out = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+    assert np.array_equal(out[: ramp.size], ramp) and not out[ramp.size :].any()
+    assert 0.07 < took < 0.2  # four 20 ms waits after the first frame, not a burst
+    assert len(track.latencies) == 1 and track.sent_samples == ramp.size
+
+
+def test_outbound_track_trims_a_standing_backlog():
+    async def main():
+        track = PacedAudioTrack(slack_s=0.01)
+        track.push(np.ones(int(0.2 * RATE), np.int16))  # a burst left 200 ms waiting
+        for _ in range(26):
+            await track.recv()
+            track.push(np.ones(FRAME, np.int16))  # then audio at the rate it leaves
+        return track
+
+    track = asyncio.run(main())
+    assert track.dropped_samples > 0.1 * RATE  # the backlog went at the half-second check
+    assert track._buffered <= 0.03 * RATE
+
+
+def test_microphone_frames_are_downmixed_without_a_resampler():
+    stereo = np.array([[100, 300, -5, 7, 32767, 32767]], np.int16)  # packed L, R as Opus decodes
+    frame = av.AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+    frame.sample_rate = RATE
+    assert mono_s16(frame, None)[0].tolist() == [200, 1, 32767]
+    # Anything else (another rate, planar float) goes through the resampler to 48 kHz mono s16.
+    other = av.AudioFrame.from_ndarray(np.zeros((1, 441), np.float32), format="flt", layout="mono")
+    other.sample_rate, other.pts = 44_100, 0
+    out = mono_s16(other, av.AudioResampler(format="s16", layout="mono", rate=RATE))
+    assert all(x.dtype == np.int16 for x in out)

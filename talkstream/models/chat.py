@@ -136,8 +136,9 @@ class ChatResponder:
     Implements the services' Responder: `respond` yields token blocks [1, K, n] and event dicts.
     """
 
-    def __init__(self, thinker, speaker: Speaker, transcribe: bool = True):
+    def __init__(self, thinker, speaker: Speaker, transcribe: bool = True, voice_codec=None):
         self.thinker, self.speaker, self.transcribe = thinker, speaker, transcribe
+        self.voice_codec = voice_codec  # decodes the Talker's tokens (its voice's fine-tuned decoder), or None
 
     @property
     def num_codebooks(self) -> int:
@@ -193,18 +194,19 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
               api_key: str | None = None, thinker_path=None, talker_path=None,
               sampling: SamplingConfig | None = None) -> ChatResponder:
     """The chat responder over the shipped (or given) weights; `thinker` is "builtin" or "openai"."""
-    from talkstream.models.loaders import load_talker, load_thinker
+    from talkstream.models.loaders import load_talker, load_thinker, load_voice_codec
 
     listener = BuiltinThinker(load_thinker(thinker_path), codec.quantizer.embed.detach().clone())
     speaker = Speaker(load_talker(talker_path), sampling=sampling)
+    voice = load_voice_codec()
     if thinker == "builtin":
-        return ChatResponder(listener, speaker)
+        return ChatResponder(listener, speaker, voice_codec=voice)
     if thinker == "openai":
         from talkstream.models.openai_thinker import OpenAIThinker
 
         if not thinker_url:
             raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
-        return ChatResponder(OpenAIThinker(thinker_url, listener, thinker_model, api_key), speaker)
+        return ChatResponder(OpenAIThinker(thinker_url, listener, thinker_model, api_key), speaker, voice_codec=voice)
     raise ValueError(f"unknown thinker {thinker!r}: builtin or openai")
 
 
@@ -222,7 +224,7 @@ async def answer_codes(responder: ChatResponder, codec, codes: torch.Tensor, blo
     """One turn, as the server runs it: respond, and decode the reply's blocks with the SlidingWindowDecoder."""
     from talkstream.streaming.sliding_window import SlidingWindowDecoder
 
-    decoder = SlidingWindowDecoder(codec, block_frames=block_frames)
+    decoder = SlidingWindowDecoder(getattr(responder, "voice_codec", None) or codec, block_frames=block_frames)
     state = decoder.init_state(responder.num_codebooks)
     t0 = time.perf_counter()
     first_ms, pcm, frames, transcript, reply = None, [], 0, "", ""

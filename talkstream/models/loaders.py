@@ -121,3 +121,8 @@ def load_video_codec(path: str | Path | None = None, device: str = "cpu"):
     from talkstream.codecs.video.codec import VideoCodec, VideoCodecConfig
 
     return _load_model("video_codec", path, lambda c: VideoCodec(VideoCodecConfig.from_dict(c))).to(device)
+
+
+def load_voice_codec(path: str | Path | None = None):
+    """The codec whose decoder is fine-tuned on the Talker's voice (talkstream/codecs/audio/voice.py)."""
+    return load_audio_codec(path or WEIGHTS_DIR / "voice_codec")

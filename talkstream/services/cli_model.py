@@ -114,6 +114,15 @@ def cmd_train_model(args) -> None:
     print(f"weights exported to {out} (copy to talkstream/weights/{args.what} to ship them)")
 
 
+def cmd_train_voice(args) -> None:
+    from talkstream.codecs.audio.voice import finetune_decoder
+    from talkstream.models.loaders import load_audio_codec
+
+    out = finetune_decoder(load_audio_codec(), Path(args.run), steps=args.steps, batch_size=args.batch_size,
+                           threads=args.threads)
+    print(f"weights exported to {out} (copy to talkstream/weights/voice_codec to ship them)")
+
+
 def cmd_bench_model(args) -> None:
     from talkstream.bench.model import run_model_bench
 
@@ -153,6 +162,15 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub) -> None:
         tp.add_argument("--threads", type=int, default=1)
         tp.add_argument("--seed", type=int, default=0)
         tp.set_defaults(func=cmd_train_model, what=what)
+
+    vp = train_sub.add_parser("voice", help="fine-tune the codec's decoder on the Talker's voice (resumes)",
+                              description="Fine-tune a copy of the shipped codec's decoder on espeak-ng en-us at the "
+                              "Talker's codebooks (encoder and quantizer frozen, so tokens keep their meaning).")
+    vp.add_argument("--run", default="runs/voice")
+    vp.add_argument("--steps", type=int, default=1500)
+    vp.add_argument("--batch-size", type=int, default=8)
+    vp.add_argument("--threads", type=int, default=1)
+    vp.set_defaults(func=cmd_train_voice)
 
     dp = data_sub.add_parser("model", help="the Thinker-Talker's data: spoken questions, sentences, the Talker voice")
     dp.add_argument("--out", default="data/model")

@@ -367,7 +367,8 @@ class Session:
             # The reply's codebooks are the responder's (the Talker speaks with its own), not the client's input.
             reply_k = getattr(self.responder, "num_codebooks", None) or h.codebooks
             self.reply = Pipeline(
-                [SlidingDecodeStage(self.engine, reply_k), OutputStage(sr, h.sample_rate, False, True)],
+                [SlidingDecodeStage(self.engine, reply_k, codec=getattr(self.responder, "voice_codec", None)),
+                 OutputStage(sr, h.sample_rate, False, True)],
                 self.metrics,
                 live=False,
             )

@@ -198,9 +198,10 @@ class SlidingDecodeStage:
 
     name = "decode"
 
-    def __init__(self, engine: CodecEngine, num_codebooks: int, block_frames: int = 6):
+    def __init__(self, engine: CodecEngine, num_codebooks: int, block_frames: int = 6, codec: AudioCodec | None = None):
         self.engine = engine
-        self.decoder = SlidingWindowDecoder(engine.codec, block_frames=block_frames)
+        # `codec`: a decoder of the reply's own (the Talker's voice decoder); the engine's codec otherwise.
+        self.decoder = SlidingWindowDecoder(codec or engine.codec, block_frames=block_frames)
         self.num_codebooks = num_codebooks
         self.reset()
 

@@ -248,6 +248,7 @@ class PeerSession:
         self._t0 = time.monotonic()
         self.closed = False
         self._pumping = False
+        self.dropped_in = 0  # microphone samples dropped because the server was behind
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_state)
@@ -302,6 +303,9 @@ class PeerSession:
                     await self.session.send_error("idle_timeout", f"no audio for {idle:.0f} s")
                     break
                 for pcm in mono_s16(frame, resampler):
+                    if self._behind():
+                        self.dropped_in += pcm.size  # an overloaded server drops speech rather than fall behind
+                        continue
                     seq = (seq + 1) & 0xFFFFFFFF
                     ts = int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF
                     message = HEADER.pack(KIND_PCM16, PROTOCOL_VERSION, 0, 0, seq, ts) + pcm.tobytes()
@@ -311,6 +315,12 @@ class PeerSession:
         except MediaStreamError:
             pass  # the peer stopped sending
         self.service.spawn(self.close())
+
+    def _behind(self) -> bool:
+        """More than `max_backlog_frames` items wait in the session's pipeline: the server is not keeping up. The
+        pipeline's own queues would hold over a second of audio before dropping any, which a call cannot afford."""
+        p = self.session.input
+        return p is not None and sum(p.queue_depths().values()) > self.service.max_backlog_frames
 
     async def _send(self, message: bytes | str) -> None:
         """Everything the session sends: PCM frames to the outbound track, JSON events to the data channel."""
@@ -365,6 +375,7 @@ class PeerSession:
                         frames=int(lat.size),
                         sent_s=round(self.track.sent_samples / RATE, 2),
                         dropped_s=round(self.track.dropped_samples / RATE, 3),
+                        dropped_in_s=round(self.dropped_in / RATE, 3),
                     )
                 )
 
@@ -406,11 +417,13 @@ class WebRTCService:
         jitter_frames: int = 1,
         connect_timeout_s: float = 20.0,
         media_timeout_s: float = 5.0,
+        max_backlog_frames: int = 8,
     ):
         self.server = server
         self.jitter_frames = jitter_frames
         self.connect_timeout_s = connect_timeout_s
         self.media_timeout_s = media_timeout_s
+        self.max_backlog_frames = max_backlog_frames
         self.ice_servers = list(ice_servers or [])  # empty: host candidates only, nothing outside is contacted
         self.peers: dict[str, PeerSession] = {}
         self.closed_ids: deque[str] = deque(maxlen=4096)  # to tell "closed" from "unknown" on a second offer

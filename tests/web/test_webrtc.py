@@ -37,6 +37,12 @@ def run(coro, timeout=120):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+def loudest(pcm: np.ndarray, block: int = RATE // 10) -> float:
+    """RMS of the loudest 100 ms block (0 for less than a block)."""
+    n = pcm.size // block
+    return float(np.sqrt((pcm[: n * block].reshape(n, block) ** 2).mean(1)).max()) if n else 0.0
+
+
 def live(server) -> tuple[int, int, int]:
     """Sessions, peers and tasks on the server's loop right now."""
 
@@ -54,16 +60,18 @@ def wait_idle(server, tasks: int, timeout: float = 15.0) -> tuple[int, int, int]
 
 
 def test_codec_echo_over_webrtc(server, speech48):
-    signal, onsets = marked_signal(speech48, 4.0)
+    signal, onsets = marked_signal(speech48, 4.0, period_s=1.0)
     r = run(rtc_session(server.http_url, signal, 4.5))
     ready = r.of_type("ready")
     assert ready and ready[0]["mode"] == "codec" and ready[0]["sample_rate"] == RATE
     assert not r.of_type("error")
-    # Audio came back: the codec's reconstruction of every burst, each within a bounded mouth-to-ear time.
-    assert r.pcm.size > 3 * RATE and np.sqrt((r.pcm**2).mean()) > 0.005
-    lat = onset_latencies_ms(r, onsets, 0.5)
-    assert lat.size >= len(onsets) - 1, lat
-    assert 20 < np.median(lat) < 400, lat
+    # Audio came back: the codec's reconstruction of every burst, each within a bounded mouth-to-ear time (loose:
+    # the suite shares a small machine; `talkstream bench webrtc` measures it properly).
+    assert r.pcm.size > 3 * RATE
+    assert loudest(r.pcm) > 0.005
+    lat = onset_latencies_ms(r, onsets, 1.0)
+    assert lat.size == len(onsets), lat
+    assert 20 < np.median(lat) < 600, lat
     # The data channel carried the protocol's events: the server's latency share, stats, VAD.
     latency = r.of_type("latency")
     assert len(latency) >= 2 and 0 < latency[-1]["server_ms_p50"] < 300 and latency[-1]["frames"] > 0
@@ -84,7 +92,7 @@ def test_chat_mode_answers_a_turn(server, speech48):
     assert states[:2] == ["start", "end"], r.events
     # The answer (the echo responder says the turn back) is heard after the user stopped speaking.
     tail = r.pcm[int(2.0 * RATE) :]
-    assert np.sqrt((tail**2).mean()) > 0.005
+    assert loudest(tail) > 0.005
 
 
 def test_data_channel_messages_and_refusals(server, speech48):
@@ -94,7 +102,7 @@ def test_data_channel_messages_and_refusals(server, speech48):
     codes = [e["code"] for e in r.of_type("error")]
     assert "too_large" in codes and "bad_json" in codes and "bad_header" in codes
     assert {"type": "pong", "t": 7} in r.events  # still serving after each refusal
-    assert r.pcm.size and np.sqrt((r.pcm**2).mean()) > 0.002
+    assert loudest(r.pcm) > 0.005
 
 
 def test_end_on_the_data_channel_sends_the_summary_and_closes(server, speech48):

@@ -17,6 +17,7 @@ import fractions
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -86,10 +87,12 @@ async def rtc_session(
     codebooks: int = 8,
     messages: list[bytes | str] = (),
     jitter_frames: int | None = None,
+    until: Callable[[list[dict]], bool] | None = None,
 ) -> RTCResult:
     """One aiortc client: offer with a microphone track and a data channel, play `signal`, record for `seconds`,
     send `messages` on the data channel once it opens, then close. `jitter_frames`: packets the receiving jitter
-    buffer holds before playout (None: aiortc's default, 4 = 80 ms)."""
+    buffer holds before playout (None: aiortc's default, 4 = 80 ms). `until`: stop early once it is true of the
+    events received."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: nothing outside is contacted
     source = SignalTrack(signal)
     pc.addTrack(source)
@@ -129,7 +132,9 @@ async def rtc_session(
         if jitter_frames is not None:
             for t in pc.getTransceivers():
                 set_jitter_frames(t.receiver, jitter_frames)
-        await asyncio.sleep(seconds)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (until is not None and until(events)):
+            await asyncio.sleep(0.05)
     finally:
         await pc.close()
         for t in tasks:

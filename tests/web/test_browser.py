@@ -107,6 +107,8 @@ def test_page_round_trip_in_chromium(server, browser, transport):
 
 def test_page_chat_over_webrtc_answers_turns(server, browser):
     page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
     try:
         page.goto(f"{server.http_url}/")
         page.select_option("#transport", "webrtc")
@@ -118,9 +120,18 @@ def test_page_chat_over_webrtc_answers_turns(server, browser):
                      && window.talkstreamStats.receivedSeconds > 1""",
             timeout=40_000,
         )
+        # The chat model's events (served with --thinker builtin) as the page would get them.
+        page.evaluate(
+            """() => [{type: "transcript", text: "what time is it", final: true},
+                      {type: "reply_text", text: "it is noon", final: true},
+                      {type: "latency", first_packet_ms: 212}].forEach(onEvent)"""
+        )
         stats = page.evaluate("() => window.talkstreamStats")
-        assert not stats["errors"], stats["errors"]
-        assert "end of turn" in page.inner_text("#transcript") and "reply" in page.inner_text("#transcript")
+        assert not stats["errors"] and not errors, (stats["errors"], errors)
+        text = page.inner_text("#transcript")
+        assert "end of turn" in text and "reply" in text
+        assert "you: what time is it" in text and "talkstream: it is noon" in text
+        assert "first audio 212 ms" in page.inner_text("#log")
     finally:
         page.close()
     assert wait_sessions(server, 0, 15) == 0

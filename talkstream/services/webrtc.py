@@ -317,10 +317,13 @@ class PeerSession:
         self.service.spawn(self.close())
 
     def _behind(self) -> bool:
-        """More than `max_backlog_frames` items wait in the session's pipeline: the server is not keeping up. The
-        pipeline's own queues would hold over a second of audio before dropping any, which a call cannot afford."""
+        """Codec echo, and more than `max_backlog_frames` items wait in the session's pipeline: the server is not
+        keeping up. The pipeline's own queues would hold over a second of audio before dropping any, which an echo
+        cannot afford. Chat keeps every word instead: a late answer is better than an answer to half a question."""
         p = self.session.input
-        return p is not None and sum(p.queue_depths().values()) > self.service.max_backlog_frames
+        if p is None or self.params.mode != "codec":
+            return False
+        return sum(p.queue_depths().values()) > self.service.max_backlog_frames
 
     async def _send(self, message: bytes | str) -> None:
         """Everything the session sends: PCM frames to the outbound track, JSON events to the data channel."""

@@ -134,8 +134,8 @@ def train_video_codec(cfg: VideoTrainConfig, model_cfg: VideoCodecConfig | None 
         opt.step()
         step += 1
         bar.update(1)
-        acc["loss"] += float(loss)
-        acc["mse"] += float(mse)
+        acc["loss"] += loss.item()
+        acc["mse"] += mse.item()
         acc["n"] += 1
         if step % 25 == 0:
             n = acc["n"]

@@ -55,8 +55,14 @@ def run_talkstream(codec: VideoCodec, clip: np.ndarray, threads: int) -> dict:
     recon = clips_to_uint8(torch.stack(out))
     codes = np.stack(tokens, 1)
     packed = pack_codes(codes, codec.codebook_size)
-    return {"recon": recon, "bits": len(packed) * 8, "bits_lzma": len(lzma.compress(packed, preset=9)) * 8,
-            "seconds": seconds, "cpu_seconds": cpu, "first_frame_ms": first_ms}
+    return {
+        "recon": recon,
+        "bits": len(packed) * 8,
+        "bits_lzma": len(lzma.compress(packed, preset=9)) * 8,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "first_frame_ms": first_ms,
+    }
 
 
 def run_h264(clip: np.ndarray, fps: int, bitrate: float, threads: int) -> dict:
@@ -86,8 +92,13 @@ def run_h264(clip: np.ndarray, fps: int, bitrate: float, threads: int) -> dict:
         out.extend(g.to_ndarray(format="rgb24") for g in dec.decode(p))
     out.extend(g.to_ndarray(format="rgb24") for g in dec.decode(None))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"recon": np.stack(out[:t_]), "bits": bits, "seconds": seconds, "cpu_seconds": cpu,
-            "first_frame_ms": first_ms}
+    return {
+        "recon": np.stack(out[:t_]),
+        "bits": bits,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "first_frame_ms": first_ms,
+    }
 
 
 def matched_rate(clip: np.ndarray, fps: int, goal: float, tries: int = 4) -> float:
@@ -147,10 +158,15 @@ def run_video_bench(codec: VideoCodec, clips: int = 8, frames: int = 50, threads
         "torch_threads_note": "torch.set_num_threads(n); libx264 threads=n, decoder slice threads=n",
         "rows": rows,
     }
-    print(f"{'system':<40} {'kbps':>7} {'bpp':>7} {'PSNR':>6} {'SSIM':>6} "
-          + " ".join(f"{f'fps {n}t':>7}" for n in threads) + f" {'fps CPU':>7} {'1st ms':>7}")
+    print(
+        f"{'system':<40} {'kbps':>7} {'bpp':>7} {'PSNR':>6} {'SSIM':>6} "
+        + " ".join(f"{f'fps {n}t':>7}" for n in threads)
+        + f" {'fps CPU':>7} {'1st ms':>7}"
+    )
     for r in rows:
-        print(f"{r['system']:<40} {r['kbps']:>7.1f} {r['bpp']:>7.4f} {r['psnr_db']:>6.2f} {r['ssim']:>6.3f} "
-              + " ".join(f"{r[f'fps_{n}_thread']:>7.1f}" for n in threads)
-              + f" {r.get('cpu_fps_1_thread', float('nan')):>7.1f} {r['first_frame_ms']:>7.1f}")
+        print(
+            f"{r['system']:<40} {r['kbps']:>7.1f} {r['bpp']:>7.4f} {r['psnr_db']:>6.2f} {r['ssim']:>6.3f} "
+            + " ".join(f"{r[f'fps_{n}_thread']:>7.1f}" for n in threads)
+            + f" {r.get('cpu_fps_1_thread', float('nan')):>7.1f} {r['first_frame_ms']:>7.1f}"
+        )
     return result

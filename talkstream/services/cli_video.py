@@ -11,9 +11,19 @@ from pathlib import Path
 def cmd_train_video(args) -> None:
     from talkstream.codecs.video.train import VideoTrainConfig, train_video_codec
 
-    cfg = VideoTrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, clip_frames=args.clip_frames,
-                           crop=args.crop, lr=args.lr, checkpoint_minutes=args.checkpoint_minutes,
-                           max_minutes=args.max_minutes, threads=args.threads, seed=args.seed, device=args.device)
+    cfg = VideoTrainConfig(
+        out=args.out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        clip_frames=args.clip_frames,
+        crop=args.crop,
+        lr=args.lr,
+        checkpoint_minutes=args.checkpoint_minutes,
+        max_minutes=args.max_minutes,
+        threads=args.threads,
+        seed=args.seed,
+        device=args.device,
+    )
     command = "talkstream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     export = train_video_codec(cfg, command=command)
     print(f"weights exported to {export} (copy to talkstream/weights/video_codec to ship them)")
@@ -30,26 +40,38 @@ def cmd_bench_video(args) -> None:
 
 
 def add_video_commands(sub, train_sub, bench_sub) -> None:
-    vp = sub.add_parser("video", help="video codec: encode a video to .tsv tokens, decode them back",
-                        description="The causal video codec on files (PyAV reads and writes the containers).")
+    vp = sub.add_parser(
+        "video",
+        help="video codec: encode a video to .tsv tokens, decode them back",
+        description="The causal video codec on files (PyAV reads and writes the containers).",
+    )
     vsub = vp.add_subparsers(dest="what", required=True, metavar="WHAT")
-    sp = vsub.add_parser("encode", help="video file -> .tsv token file",
-                         description="Encode a constant-frame-rate video (any size: scaled to fit the codec's "
-                         "128x128 keeping the aspect ratio, edge-padded) into video tokens.")
+    sp = vsub.add_parser(
+        "encode",
+        help="video file -> .tsv token file",
+        description="Encode a constant-frame-rate video (any size: scaled to fit the codec's "
+        "128x128 keeping the aspect ratio, edge-padded) into video tokens.",
+    )
     sp.add_argument("input", help="video file (mp4, mkv, webm, gif, ...)")
     sp.add_argument("output", help="token file to write (.tsv)")
     sp.add_argument("--weights", default=None, help="video codec checkpoint (default: the shipped weights)")
     sp.set_defaults(func=cmd_video_encode)
-    sp = vsub.add_parser("decode", help=".tsv token file -> video file",
-                         description="Decode video tokens to a video at the source's size and frame rate (H.264).")
+    sp = vsub.add_parser(
+        "decode",
+        help=".tsv token file -> video file",
+        description="Decode video tokens to a video at the source's size and frame rate (H.264).",
+    )
     sp.add_argument("input", help="token file (.tsv)")
     sp.add_argument("output", help="video file to write (.mp4, .mkv)")
     sp.add_argument("--weights", default=None, help="video codec checkpoint (default: the shipped weights)")
     sp.set_defaults(func=cmd_video_decode)
 
-    tp = train_sub.add_parser("video", help="train the video codec on clips made on the fly (resumes)",
-                              description="Train the causal video codec on procedural clips and animated "
-                              "scikit-image photos (pip install 'talkstream[video]'). Rerun to resume.")
+    tp = train_sub.add_parser(
+        "video",
+        help="train the video codec on clips made on the fly (resumes)",
+        description="Train the causal video codec on procedural clips and animated "
+        "scikit-image photos (pip install 'talkstream[video]'). Rerun to resume.",
+    )
     tp.add_argument("--out", default="runs/video", help="run folder (checkpoint, log, export)")
     tp.add_argument("--steps", type=int, default=3000, help="total optimiser steps (lr schedule length)")
     tp.add_argument("--batch-size", type=int, default=8, help="clips per step")
@@ -63,9 +85,12 @@ def add_video_commands(sub, train_sub, bench_sub) -> None:
     tp.add_argument("--seed", type=int, default=0)
     tp.set_defaults(func=cmd_train_video)
 
-    bp = bench_sub.add_parser("video", help="video codec vs H.264 (libx264 zerolatency) on held-out clips",
-                              description="PSNR, SSIM, bits per pixel, encode+decode fps on 1 and 2 threads and "
-                              "first-frame latency, talkstream vs H.264 at matched and lower bitrates.")
+    bp = bench_sub.add_parser(
+        "video",
+        help="video codec vs H.264 (libx264 zerolatency) on held-out clips",
+        description="PSNR, SSIM, bits per pixel, encode+decode fps on 1 and 2 threads and "
+        "first-frame latency, talkstream vs H.264 at matched and lower bitrates.",
+    )
     bp.add_argument("--clips", type=int, default=8, help="held-out clips (4 camera moves, then procedural)")
     bp.add_argument("--frames", type=int, default=50, help="frames per clip (25 fps)")
     bp.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to time")
@@ -86,8 +111,10 @@ def cmd_video_encode(args) -> None:
     h = encode_file(_video_codec(args), args.input, args.output)
     secs = h["num_frames"] / h["frame_rate"]
     size = Path(args.output).stat().st_size
-    print(f"{args.output}: {h['num_frames']} frames of {h['num_codebooks']} tokens at {h['frame_rate']:.3g} fps, "
-          f"{secs:.2f} s, {size} bytes ({size * 8 / max(secs, 1e-9) / 1000:.1f} kbps with header)")
+    print(
+        f"{args.output}: {h['num_frames']} frames of {h['num_codebooks']} tokens at {h['frame_rate']:.3g} fps, "
+        f"{secs:.2f} s, {size} bytes ({size * 8 / max(secs, 1e-9) / 1000:.1f} kbps with header)"
+    )
 
 
 def cmd_video_decode(args) -> None:

@@ -15,8 +15,9 @@ from talkstream.codecs.video.files import decode_file, encode_file, read_frames,
 from talkstream.services.cli import main
 
 # A small random codec: the contract tests need its structure, not its quality.
-SMALL = VideoCodecConfig(frame_size=(32, 48), encoder_channels=(8, 12, 16), decoder_channels=(16, 12, 8),
-                         memory_channels=8)
+SMALL = VideoCodecConfig(
+    frame_size=(32, 48), encoder_channels=(8, 12, 16), decoder_channels=(16, 12, 8), memory_channels=8
+)
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +151,13 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, case, monkeypatch, cod
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("talkstream: error:") and "\n" not in err
-    expected = {"missing": "no such file", "garbage": "not a readable video", "vfr": "variable frame rate",
-                "audio-only": "no video stream", "bad-tokens": "corrupted header"}[case]
+    expected = {
+        "missing": "no such file",
+        "garbage": "not a readable video",
+        "vfr": "variable frame rate",
+        "audio-only": "no video stream",
+        "bad-tokens": "corrupted header",
+    }[case]
     assert expected in err
 
 

@@ -253,8 +253,9 @@ class VideoCodec(nn.Module):
 
     def _check_frame(self, frame: Tensor) -> None:
         if frame.dim() != 4 or frame.shape[1] != 3 or tuple(frame.shape[-2:]) != tuple(self.cfg.frame_size):
-            raise ValueError(f"frame must be [B, 3, {self.cfg.frame_size[0]}, {self.cfg.frame_size[1]}], "
-                             f"got {list(frame.shape)}")
+            raise ValueError(
+                f"frame must be [B, 3, {self.cfg.frame_size[0]}, {self.cfg.frame_size[1]}], got {list(frame.shape)}"
+            )
 
     def encode_step(self, frame: Tensor, state: VideoCodecState) -> tuple[Tensor, VideoCodecState]:
         """frame: float [B, 3, H, W] in [0, 1] -> tokens long [B, h*w] (row-major over the grid)."""

@@ -92,8 +92,9 @@ def _camera(img: Tensor, t: int, size: tuple[int, int], g: torch.Generator) -> T
         thetas.append(torch.tensor([[sx * cos, -sy * sin, float(c[0])], [sx * sin, sy * cos, float(c[1])]]))
     theta = torch.stack(thetas)
     grid = F.affine_grid(theta, [t, 3, h, w], align_corners=False)
-    out = F.grid_sample(img[None].expand(t, -1, -1, -1), grid, mode="bilinear", padding_mode="reflection",
-                        align_corners=False)
+    out = F.grid_sample(
+        img[None].expand(t, -1, -1, -1), grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
     gain = torch.linspace(float(u(0.6, 1.3)), float(u(0.6, 1.3)), t).view(t, 1, 1, 1)
     bias = torch.linspace(float(u(-0.1, 0.1)), float(u(-0.1, 0.1)), t).view(t, 1, 1, 1)
     return (0.5 + (out - 0.5) * gain + bias).clamp(0, 1)

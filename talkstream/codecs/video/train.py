@@ -85,8 +85,9 @@ def training_summary(run_dir: Path, step: int, command: str | None) -> dict:
     }
 
 
-def train_video_codec(cfg: VideoTrainConfig, model_cfg: VideoCodecConfig | None = None,
-                      command: str | None = None) -> Path:
+def train_video_codec(
+    cfg: VideoTrainConfig, model_cfg: VideoCodecConfig | None = None, command: str | None = None
+) -> Path:
     """Train (or resume) and return the export directory."""
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     if cfg.threads:
@@ -111,8 +112,12 @@ def train_video_codec(cfg: VideoTrainConfig, model_cfg: VideoCodecConfig | None 
 
     def save() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
-        state = {"model": codec.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                 "model_config": codec.cfg.to_dict()}
+        state = {
+            "model": codec.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "model_config": codec.cfg.to_dict(),
+        }
         torch.save(state, tmp)
         tmp.replace(ckpt_path)
         export_weights(codec, out / "export", training_summary(out, step, command))

@@ -165,15 +165,17 @@ class ChatResponder:
 
         first = True
         async for block in self.speaker.speak(pieces()):
+            yield block
             if first:
                 first = False
                 yield {"type": "latency", "first_packet_ms": round((time.perf_counter() - t0) * 1000, 1)}
                 yield {"type": "reply_text", "text": "".join(reply), "final": False}
-            yield block
+                # What the user said, once the first audio has left (it must not delay it) and while the reply
+                # still plays, so a barge-in cannot leave the user without it.
+                if self.transcribe:
+                    text = await asyncio.to_thread(self.thinker.transcript, heard)
+                    yield {"type": "transcript", "text": text, "final": True}
         yield {"type": "reply_text", "text": "".join(reply), "final": True}
-        if self.transcribe:
-            text = await asyncio.to_thread(self.thinker.transcript, heard)
-            yield {"type": "transcript", "text": text, "final": True}
 
 
 async def _drain(it: AsyncIterator) -> list:

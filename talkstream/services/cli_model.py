@@ -21,7 +21,7 @@ def thinker_args(p: argparse.ArgumentParser) -> None:
 
 def serve_thinker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("chat mode's answerer")
-    g.add_argument("--thinker", choices=["builtin", "openai", "echo"], default="echo",
+    g.add_argument("--thinker", choices=["builtin", "openai", "echo"], default="builtin",
                    help="builtin: the shipped Thinker-Talker; openai: an OpenAI-compatible endpoint writes the reply "
                    "and the Talker speaks it; echo: say the user's turn back (no model)")
     g.add_argument("--thinker-url", default=None, help="e.g. http://127.0.0.1:8080/v1 (llama.cpp, vLLM, Ollama)")
@@ -75,7 +75,7 @@ def cmd_say(args) -> None:
     from talkstream.models.chat import answer_codes
     from talkstream.models.loaders import load_audio_codec
 
-    if not tx.normalize(args.text):
+    if not any(c.isalpha() for c in tx.normalize(args.text)):
         raise ValueError("nothing to say: the text has no letters or digits")
     codec = load_audio_codec()
     responder = _responder(args, codec)

@@ -44,7 +44,7 @@ class ServerConfig:
     onnx_options: dict = field(default_factory=dict)  # export_dir, precision, providers (OnnxCodecSteps)
     http_port: int | None = None  # the page, WebRTC signaling, /metrics (talkstream/services/http.py); 0: any free
     ice_servers: list = field(default_factory=list)  # aiortc RTCIceServer; empty: host candidates only
-    thinker: str = "echo"  # chat mode's answerer: builtin (shipped Thinker-Talker), openai, or echo (stand-in)
+    thinker: str = "builtin"  # chat mode's answerer: builtin (shipped Thinker-Talker), openai, or echo (stand-in)
     thinker_url: str | None = None  # OpenAI-compatible /v1 endpoint for thinker="openai"
     thinker_model: str = "default"
     thinker_api_key: str | None = None

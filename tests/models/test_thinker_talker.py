@@ -139,7 +139,8 @@ def test_chat_responder_streams_events_and_blocks():
     out = asyncio.run(_collect(responder.respond(turn)))
     events = [o for o in out if isinstance(o, dict)]
     kinds = [e["type"] for e in events]
-    assert kinds[-2:] == ["reply_text", "transcript"] and events[-2]["final"]
+    assert kinds == ["latency", "reply_text", "transcript", "reply_text"] and events[-1]["final"]
+    assert not events[1]["final"] and out.index(events[0]) > 0  # the events follow the first audio block
     blocks = [o for o in out if isinstance(o, torch.Tensor)]
     assert blocks, "an untrained Talker still speaks the closing pause"
     assert kinds[0] == "latency" and events[0]["first_packet_ms"] >= 0

@@ -1,0 +1,87 @@
+"""The shipped Thinker-Talker end to end: CLI chat and say, the WebSocket chat mode, and clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from talkstream.client import stream_audio
+from talkstream.models.phonemes import speak
+from talkstream.services.cli import main
+from talkstream.services.ws import ServerConfig, TalkstreamServer
+
+
+@pytest.fixture(scope="module")
+def question(tmp_path_factory):
+    """A question from the dialogue domain, in a voice the Thinker never heard (held out for evaluation)."""
+    path = tmp_path_factory.mktemp("q") / "question.wav"
+    sf.write(path, speak("what day comes after monday", "en-us+m8").audio, 24_000)
+    return path
+
+
+def test_say_speaks_text_of_a_plausible_length(tmp_path, capsys):
+    out = tmp_path / "say.wav"
+    assert main(["say", "The blue bicycle is near the station.", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "first packet after" in printed and "real-time factor" in printed
+    audio, sr = sf.read(out)
+    espeak_seconds = len(speak("the blue bicycle is near the station.").audio) / 24_000
+    assert sr == 24_000 and 0.6 * espeak_seconds < len(audio) / sr < 1.6 * espeak_seconds
+    assert np.sqrt(np.mean(audio**2)) > 0.01  # it speaks, not silence
+
+
+def test_say_is_deterministic_for_a_seed(tmp_path):
+    for name in ("a", "b"):
+        assert main(["say", "seven", "--out", str(tmp_path / f"{name}.wav"), "--seed", "3"]) == 0
+    assert np.array_equal(sf.read(tmp_path / "a.wav")[0], sf.read(tmp_path / "b.wav")[0])
+
+
+def test_chat_answers_a_spoken_question(question, tmp_path, capsys):
+    out = tmp_path / "reply.wav"
+    assert main(["chat", str(question), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    heard = printed.split("heard:")[1].split("\n")[0].strip()
+    reply = printed.split("reply:")[1].split("\n")[0].strip()
+    assert heard and reply, printed
+    assert "first packet after" in printed
+    assert sf.info(out).duration > 0.3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["say", "!!!"], "nothing to say"),
+    (["chat", "{bad}"], "not a readable audio file"),
+    (["chat", "{q}", "--thinker", "openai"], "--thinker-url"),
+    (["serve", "--thinker", "openai", "--port", "0"], "--thinker-url"),
+])
+def test_clear_errors(argv, message, question, tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    argv = [a.format(bad=bad, q=question) for a in argv] + ["--out", str(tmp_path / "o.wav")] * (argv[0] != "serve")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_websocket_chat_mode_answers_with_the_model():
+    speech = speak("what is two plus three", "en-gb-x-rp+f5").audio
+    silence = np.zeros(15_000, np.float32)
+
+    async def run():
+        server = TalkstreamServer(ServerConfig(port=0, thinker="builtin"))
+        await server.start()
+        try:
+            return await stream_audio(server.url, np.concatenate([silence, speech, silence]), 24_000, mode="chat",
+                                      realtime=False, tail_s=8)
+        finally:
+            await server.stop()
+
+    r = asyncio.run(asyncio.wait_for(run(), 180))
+    types = [e["type"] for e in r.events]
+    for kind in ("latency", "reply_text", "transcript"):
+        assert kind in types, types
+    final = [e for e in r.events if e["type"] == "reply_text" and e["final"]]
+    assert final and final[0]["text"]
+    assert r.pcm.size > 0.3 * 24_000  # the spoken answer came back

@@ -95,7 +95,8 @@ def sentences(n: int, seed: int = 0) -> list[str]:
             out.append(_fill(rng.choice(QUESTIONS), rng))
         elif r < 0.9:
             a, b = rng.randrange(10000), rng.randrange(100)
-            out.append(f"The total came to {number_words(a)}, and {number_words(b)} of them were {rng.choice(ADVERBS)} counted.")
+            how = rng.choice(ADVERBS)
+            out.append(f"The total came to {number_words(a)}, and {number_words(b)} of them were {how} counted.")
         else:
             out.append(_fill(rng.choice(EXCLAIM), rng))
     return out

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from talkstream.models.loaders import sha256_file  # noqa: F401  (re-exported: one checksum function)
+
 log = logging.getLogger(__name__)
 
 FORMAT = "talkstream-onnx"
@@ -55,14 +57,6 @@ def talkstream_version() -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def state_dict_sha256(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:

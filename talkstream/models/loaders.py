@@ -24,7 +24,7 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupted, or of another kind or version. The message is for the user."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -47,7 +47,7 @@ def save_checkpoint(model: nn.Module, config: dict, out_dir: str | Path, kind: s
         "kind": kind,
         "config": config,
         "weights": weights.name,
-        "sha256": _sha256(weights),
+        "sha256": sha256_file(weights),
     }
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
@@ -70,7 +70,7 @@ def read_checkpoint(path: str | Path, kind: str) -> tuple[dict, dict[str, torch.
     weights = path / meta.get("weights", "model.safetensors")
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file missing")
-    if _sha256(weights) != meta.get("sha256"):
+    if sha256_file(weights) != meta.get("sha256"):
         raise CheckpointError(f"{weights}: checksum mismatch (corrupted or replaced weights)")
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
     return meta["config"], state

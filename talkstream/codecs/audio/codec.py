@@ -250,14 +250,18 @@ class AudioCodec(nn.Module):
         new_tail = frames[:, -1, hop:]
         return out.reshape(out.shape[0], 1, -1), dataclasses.replace(state, decoder=dec + [new_tail])
 
-    def decode_step(self, codes: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
-        """codes long [B, K, F] (K <= num_codebooks) -> pcm float [B, 1, F*hop]."""
+    def check_codes(self, codes: Tensor) -> None:
+        """Refuse codes this codec cannot decode (more codebooks than it has, values beyond a codebook)."""
         if (
             codes.shape[1] > self.num_codebooks
             or codes.numel()
             and (codes.min() < 0 or codes.max() >= self.codebook_size)
         ):
             raise ValueError("codes out of range for this codec")
+
+    def decode_step(self, codes: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
+        """codes long [B, K, F] (K <= num_codebooks) -> pcm float [B, 1, F*hop]."""
+        self.check_codes(codes)
         return self.decode_latent_step(self.quantizer.decode(codes), state)
 
     # --- offline: the same steps over the whole signal ---

@@ -268,12 +268,7 @@ class OnnxAudioCodec:
 
     def decode_step(self, codes: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
         """codes long [B, K, F] (K <= num_codebooks) -> pcm float [B, 1, F*hop]."""
-        if (
-            codes.shape[1] > self.num_codebooks
-            or codes.numel()
-            and (codes.min() < 0 or codes.max() >= self.codebook_size)
-        ):
-            raise ValueError("codes out of range for this codec")
+        self.torch_codec.check_codes(codes)
         out, i = [torch.zeros(codes.shape[0], 1, 0)], 0
         for f in self._split("decode", codes.shape[1], codes.shape[-1]):
             _, pcm, state = self.steps.step("decode", codes[..., i : i + f].contiguous(), state)

@@ -13,10 +13,8 @@ For the codec's streaming steps, on one thread:
   from torch; the share of codes equal to torch's; with the `asr` extra and a corpus manifest holding the texts,
   the word error rate of faster-whisper tiny.en on each round trip and on the original audio.
 
-Slot for the model: `STEP_TARGETS` lists what gets timed beside the codec. The Talker's single-step decode (KV cache
-in, one frame of codec tokens out) joins it once `talkstream.models` has one: add a `StepTarget` whose `make(backend)`
-returns a zero-argument function running one step for one stream (torch, or the exported graph in onnxruntime), and
-it appears in the table and JSON with the same columns. Until then the JSON says `"talker_step": null`.
+`STEP_TARGETS` lists what gets timed: the codec's steps and the Talker's per-frame transformer step over a
+100-frame KV cache (torch, or its exported graph, talkstream.models.onnx_steps, in onnxruntime fp32 and int8).
 """
 
 from __future__ import annotations
@@ -110,8 +108,39 @@ def codec_targets(codec: AudioCodec, k: int, providers: list[str] | None) -> lis
     return [StepTarget("codec encode", frame_ms, make("encode")), StepTarget("codec decode", frame_ms, make("decode"))]
 
 
-# What gets timed beside the codec; the Talker's step is added here once the model exists (see the module doc).
-STEP_TARGETS: list[Callable[[AudioCodec, int, list[str] | None], list[StepTarget]]] = [codec_targets]
+def talker_targets(codec: AudioCodec, k: int, providers: list[str] | None) -> list[StepTarget]:
+    """The shipped Talker's transformer on one new frame over a 100-frame KV cache (the per-frame cost of speaking;
+    embeddings, the depth head and sampling are the same Python in every backend and are left out)."""
+    from talkstream.export.graphs import export_bytes, quantize_int8
+    from talkstream.export.providers import open_session, select_providers
+    from talkstream.models.loaders import load_talker
+    from talkstream.models.onnx_steps import OnnxTransformerStep, step_spec
+
+    talker = load_talker()
+    tf = talker.transformer
+    dim = tf.blocks[0].norm1.weight.shape[0]
+    with torch.no_grad():
+        _, cache = tf(torch.randn(1, 100, dim), torch.arange(100)[None])
+    x, pos = torch.randn(1, 1, dim), torch.tensor([[100]])
+
+    def build(backend: str):
+        if backend == "torch":
+            def run():
+                with torch.no_grad():
+                    tf(x, pos, cache)
+            return run
+        spec = step_spec("talker_step", tf)
+        graph = export_bytes(spec)
+        if backend == "onnx int8":
+            graph = quantize_int8(graph, spec)
+        step = OnnxTransformerStep(open_session(graph, select_providers(providers)), len(tf.blocks))
+        return lambda: step(x, pos, cache)
+
+    return [StepTarget("talker step", 1000 * codec.frame_size / codec.sample_rate, build)]
+
+
+# What gets timed: the codec's steps and the Talker's per-frame step.
+STEP_TARGETS: list[Callable[[AudioCodec, int, list[str] | None], list[StepTarget]]] = [codec_targets, talker_targets]
 
 
 LADDER = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -302,7 +331,7 @@ def run_backends_bench(
         "quality": quality(codec, backend_codecs, refs, codebooks, manifest_texts(files))
         if refs and "torch" in backends
         else {},
-        "talker_step": None,  # the slot: see STEP_TARGETS
+        "talker_step": [r for r in rows if r["step"] == "talker step"],
     }
     print(_table(result))
     return result

@@ -81,6 +81,8 @@ class Talker(nn.Module):
         self.depth_head = nn.ModuleList(
             nn.Sequential(RMSNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, v)) for _ in range(k)
         )
+        # The per-frame transformer step in onnxruntime (talkstream.models.onnx_steps), when set; torch otherwise.
+        self.onnx_step = None
 
     # --- the text track ---
     def phoneme_ids(self, names: list[str]) -> Tensor:
@@ -147,7 +149,7 @@ class Talker(nn.Module):
             prev = st.prev if st.prev is not None else torch.full((k_count,), none, dtype=torch.long)
             prog = self.progress(torch.tensor([st.offset]), torch.tensor([length]))
             x = self.frame_input(prev[None, :, None], ctx[:, st.phoneme : st.phoneme + 1], prog[None])
-            h, cache = self.transformer(x, torch.tensor([[st.position]]), st.cache)
+            h, cache = (self.onnx_step or self.transformer)(x, torch.tensor([[st.position]]), st.cache)
             st.cache, st.position = cache.keep_last(self.cfg.window), st.position + 1
             st.prev = self._sample_frame(h[0, 0], sampling, st)
             st.offset += 1  # the state is whole before the frame leaves: a caller may stop after any frame

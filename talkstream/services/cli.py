@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--out", default=None, help="write results JSON here")
     weights_arg(bb)
     bb.set_defaults(func=cmd_bench_backends)
-    add_model_commands(sub, tsub, dsub, bsub)
+    add_model_commands(sub, tsub, dsub, bsub, esub)
     add_video_commands(sub, tsub, bsub)
     return p
 

@@ -17,6 +17,8 @@ def thinker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--thinker-key-env", default="OPENAI_API_KEY", help="environment variable holding an API key")
     g.add_argument("--seed", type=int, default=0, help="speech sampling seed (same seed, same voice output)")
     g.add_argument("--temperature", type=float, default=0.7, help="speech token sampling temperature (0: greedy)")
+    g.add_argument("--backend", choices=["torch", "onnx"], default="onnx",
+                   help="the Talker's frame step in onnxruntime (default) or torch eager")
 
 
 def serve_thinker_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +48,8 @@ def _responder(args, codec):
 
     return load_chat(codec, args.thinker, args.thinker_url, args.thinker_model,
                      os.environ.get(args.thinker_key_env), sampling=SamplingConfig(temperature=args.temperature,
-                                                                                    seed=args.seed))
+                                                                                    seed=args.seed),
+                     backend=args.backend)
 
 
 def cmd_chat(args) -> None:
@@ -134,7 +137,25 @@ def cmd_bench_model(args) -> None:
         print(f"results written to {args.out}")
 
 
-def add_model_commands(sub, train_sub, data_sub, bench_sub) -> None:
+def cmd_export_model(args) -> None:
+    from talkstream.models.loaders import load_talker, load_thinker
+    from talkstream.models.onnx_steps import export_model_steps
+
+    manifest = export_model_steps(load_thinker(), load_talker(), Path(args.out), int8=args.int8)
+    for g in manifest["graphs"]:
+        print(f"{g['file']:28} {g['bytes'] / 1e6:6.2f} MB  sha256 {g['sha256'][:16]}")
+    print(f"manifest: {Path(args.out) / 'manifest.json'}")
+
+
+def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
+    ep = export_sub.add_parser("model", help="the Thinker's and Talker's single-position steps, KV cache explicit",
+                               description="Write thinker_step.onnx and talker_step.onnx (one position per call, "
+                               "every layer's past keys and values as inputs with a dynamic length, the new ones as "
+                               "outputs), checked with onnx.checker, with manifest.json.")
+    ep.add_argument("--out", required=True, help="folder for the graphs and manifest.json")
+    ep.add_argument("--int8", action="store_true", help="also write dynamically quantized int8 copies")
+    ep.set_defaults(func=cmd_export_model)
+
     sp = sub.add_parser("chat", help="answer one spoken turn from a file (speech in, text and speech out)",
                         description="Hear IN (any audio file), print the transcript and the reply, write the spoken "
                         "reply to --out, and report the first-packet latency.")

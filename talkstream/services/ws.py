@@ -63,7 +63,7 @@ def _make_responder(c: ServerConfig, codec) -> Responder:
         return EchoResponder()
     from talkstream.models.chat import load_chat
 
-    return load_chat(codec, c.thinker, c.thinker_url, c.thinker_model, c.thinker_api_key)
+    return load_chat(codec, c.thinker, c.thinker_url, c.thinker_model, c.thinker_api_key, backend=c.backend)
 
 
 class TalkstreamServer:

@@ -12,7 +12,7 @@ def test_bench_backends_reports_every_backend(tiny_codec, speech_wav, monkeypatc
     r = backends.run_backends_bench(tiny_codec, [speech_wav], steps=10, codebooks=4, frames_per_step=(2,))
     json.dumps(r)  # the CLI writes it as JSON
     assert {(x["backend"], x["step"]) for x in r["rows"]} == {
-        (b, s) for b in backends.BACKENDS for s in ("codec encode", "codec decode")
+        (b, s) for b in backends.BACKENDS for s in ("codec encode", "codec decode", "talker step")
     }
     for row in r["rows"]:
         assert row["step_ms_mean"] > 0 and row["step_ms_p95"] > 0 and 0 < row["cpu_ms_mean"]
@@ -28,7 +28,8 @@ def test_bench_backends_reports_every_backend(tiny_codec, speech_wav, monkeypatc
     assert q["torch"]["codes_equal_to_torch"] == 1.0 and q["torch"]["pesq_delta"] == 0.0
     assert q["torch"]["wer"] is None and "original audio" not in q  # no texts for a fixture file
     assert 0.0 <= q["onnx int8"]["codes_equal_to_torch"] <= 1.0 and q["onnx fp32"]["codes_equal_to_torch"] > 0.9
-    assert r["talker_step"] is None and r["providers"][-1] == "CPUExecutionProvider"
+    assert {t["backend"] for t in r["talker_step"]} == set(backends.BACKENDS)
+    assert r["providers"][-1] == "CPUExecutionProvider"
     assert "streams@2" in capsys.readouterr().out
 
 

@@ -1,0 +1,78 @@
+"""The models' exported single-position steps equal torch's, for any past length, and a Talker decoding with the
+ONNX step speaks the same frames as with torch."""
+
+import json
+
+import pytest
+import torch
+
+from talkstream.export.graphs import ExportError, read_manifest
+from talkstream.export.providers import open_session, select_providers
+from talkstream.models.onnx_steps import OnnxTransformerStep, export_model_steps
+from talkstream.models.talker import SamplingConfig
+from tests.models.tiny import tiny_talker, tiny_thinker
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    thinker, talker = tiny_thinker(), tiny_talker()
+    manifest = export_model_steps(thinker, talker, out)
+    return out, manifest, thinker, talker
+
+
+def _step(out, name, layers):
+    path = next(g["path"] for g in read_manifest(out, "model")["graphs"] if g["name"] == name)
+    return OnnxTransformerStep(open_session(path, select_providers("cpu")), layers)
+
+
+@pytest.mark.parametrize("past", [0, 1, 7, 40])
+def test_steps_equal_torch_for_any_past_length(exported, past):
+    out, manifest, thinker, talker = exported
+    for name, model in (("thinker_step", thinker), ("talker_step", talker)):
+        tf = model.transformer
+        dim = tf.blocks[0].norm1.weight.shape[0]
+        torch.manual_seed(past)
+        _, cache = tf(torch.randn(1, past, dim), torch.arange(past)[None]) if past else (None, None)
+        x, pos = torch.randn(1, 1, dim), torch.tensor([[past]])
+        with torch.no_grad():
+            h_ref, c_ref = tf(x, pos, cache)
+        h, c = _step(out, name, len(tf.blocks))(x, pos, cache)
+        assert (h - h_ref).abs().max() < 1e-4
+        pairs = zip(c.keys + c.values, c_ref.keys + c_ref.values, strict=True)
+        assert all((a - b).abs().max() < 1e-4 for a, b in pairs)
+        assert c.length == past + 1
+
+
+def test_talker_speaks_the_same_frames_with_the_onnx_step(exported):
+    out, _, _, talker = exported
+    ids = talker.phoneme_ids(["_", "h", "@", "l", "oU", "_:", "_"])
+    dur = torch.tensor([1, 2, 3, 2, 4, 2, 1])
+    greedy = SamplingConfig(temperature=0.0)
+    ref = torch.stack(list(talker.frames(ids, None, greedy, durations=dur)))
+    try:
+        talker.onnx_step = _step(out, "talker_step", len(talker.transformer.blocks))
+        got = torch.stack(list(talker.frames(ids, None, greedy, durations=dur)))
+    finally:
+        talker.onnx_step = None
+    assert torch.equal(got, ref)
+
+
+def test_manifest_lists_both_steps_and_refuses_damage(exported, tmp_path):
+    out, manifest, _, _ = exported
+    assert {g["name"] for g in manifest["graphs"]} == {"thinker_step", "talker_step"}
+    step = next(g for g in manifest["graphs"] if g["name"] == "talker_step")
+    assert step["inputs"][0]["name"] == "x" and step["outputs"][0]["name"] == "hidden"
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for f in out.iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    data = bytearray((damaged / "talker_step.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (damaged / "talker_step.onnx").write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="checksum"):
+        read_manifest(damaged, "model")
+    m = json.loads((damaged / "manifest.json").read_text())
+    with pytest.raises(ExportError):
+        read_manifest(damaged, "codec")
+    assert m["component"] == "model"

@@ -196,15 +196,16 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
               api_key: str | None = None, thinker_path=None, talker_path=None,
               sampling: SamplingConfig | None = None, backend: str = "torch") -> ChatResponder:
     """The chat responder over the shipped (or given) weights; `thinker` is "builtin" or "openai"; with
-    `backend="onnx"` the Talker's per-frame transformer step runs in onnxruntime (5x faster per step)."""
+    `backend="onnx"` the Talker's frame step and the Thinker's reply step run in onnxruntime (5x faster per step)."""
     from talkstream.models.loaders import load_talker, load_thinker, load_voice_codec
 
     listener = BuiltinThinker(load_thinker(thinker_path), codec.quantizer.embed.detach().clone())
     speaker = Speaker(load_talker(talker_path), sampling=sampling)
     if backend == "onnx":
-        from talkstream.models.onnx_steps import talker_onnx_step
+        from talkstream.models.onnx_steps import onnx_step
 
-        speaker.talker.onnx_step = talker_onnx_step(speaker.talker)
+        speaker.talker.onnx_step = onnx_step(speaker.talker)
+        listener.model.onnx_step = onnx_step(listener.model)
     elif backend != "torch":
         raise ValueError(f"unknown backend {backend!r}: torch or onnx")
     voice = load_voice_codec()

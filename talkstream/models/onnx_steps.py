@@ -7,8 +7,9 @@ dynamic (0 and up). Embeddings, the heads and sampling stay in Python: they are 
 
     talkstream export model --out onnx-model/
 
-`OnnxTransformerStep` runs a graph behind the transformer's own call signature; set as `Talker.onnx_step`, the Talker
-decodes its frames in onnxruntime (tests/models/test_onnx_steps.py checks parity, frames included).
+`OnnxTransformerStep` runs a graph behind the transformer's own call signature; set as a model's `onnx_step`, the
+Talker decodes its frames and the Thinker its reply in onnxruntime (tests/models/test_onnx_steps.py checks parity,
+frames and replies included). The Thinker's listening (a block of positions per call) stays in torch.
 """
 
 from __future__ import annotations
@@ -87,14 +88,15 @@ class OnnxTransformerStep:
         return int(shape[1])
 
 
-def talker_onnx_step(talker, providers: list[str] | None = None, int8: bool = False) -> OnnxTransformerStep:
-    """The Talker's frame step exported in memory and opened in onnxruntime (set it as `talker.onnx_step`)."""
+def onnx_step(model, providers: list[str] | None = None, int8: bool = False) -> OnnxTransformerStep:
+    """A model's (Thinker's or Talker's) single-position step exported in memory and opened in onnxruntime: set it
+    as `model.onnx_step`."""
     from talkstream.export.graphs import export_bytes, quantize_int8
     from talkstream.export.providers import open_session, select_providers
 
-    spec = step_spec("talker_step", talker.transformer)
+    spec = step_spec(f"{type(model).__name__.lower()}_step", model.transformer)
     graph = export_bytes(spec)
     if int8:
         graph = quantize_int8(graph, spec)
-    return OnnxTransformerStep(open_session(graph, select_providers(providers), name="talker_step"),
-                               len(talker.transformer.blocks))
+    return OnnxTransformerStep(open_session(graph, select_providers(providers), name=spec.name),
+                               len(model.transformer.blocks))

@@ -57,6 +57,9 @@ class Thinker(nn.Module):
         self.embed = nn.Embedding(cfg.vocab, cfg.dim)
         self.transformer = Transformer(cfg.dim, cfg.layers, cfg.heads)
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+        # The single-position decoding step in onnxruntime (talkstream.models.onnx_steps), when set; torch otherwise.
+        # Listening (a block of audio positions at once) always runs in torch.
+        self.onnx_step = None
         self.head.weight = self.embed.weight  # tied: fewer parameters to learn from little data
         nn.init.normal_(self.embed.weight, std=0.02)  # small, since the tied head reads normalised states
 
@@ -111,10 +114,12 @@ class Thinker(nn.Module):
     def reply(self, state: ThinkerState, task: int = tx.CHAT, max_chars: int | None = None
               ) -> Iterator[tuple[int, Tensor]]:
         """Greedy reply after the audio heard so far: yields (character id, final hidden state [dim]) until <eos>."""
-        pos = state.audio_positions
-        h, cache = self.transformer(self.embed(torch.tensor([[task, tx.BOS]])), torch.tensor([[pos, pos + 1]]),
-                                    state.cache)
-        pos += 2
+        # One position per call (the task token, <bos>, then each character): the step an exported graph runs.
+        step = self.onnx_step or self.transformer
+        pos, cache = state.audio_positions, state.cache
+        for token in (task, tx.BOS):
+            h, cache = step(self.embed(torch.tensor([[token]])), torch.tensor([[pos]]), cache)
+            pos += 1
         for _ in range(max_chars or self.cfg.max_reply):
             token = int(self.head(h[0, -1]).argmax())
             if token == tx.EOS:
@@ -122,7 +127,7 @@ class Thinker(nn.Module):
             if token < len(tx.SPECIALS):  # a special token mid-reply means the model lost its way
                 return
             yield token, h[0, -1]
-            h, cache = self.transformer(self.embed(torch.tensor([[token]])), torch.tensor([[pos]]), cache)
+            h, cache = step(self.embed(torch.tensor([[token]])), torch.tensor([[pos]]), cache)
             pos += 1
 
     def transcribe(self, latent: Tensor, task: int = tx.ASR) -> tuple[str, list[Tensor]]:

@@ -76,3 +76,16 @@ def test_manifest_lists_both_steps_and_refuses_damage(exported, tmp_path):
     with pytest.raises(ExportError):
         read_manifest(damaged, "codec")
     assert m["component"] == "model"
+
+
+def test_thinker_replies_the_same_with_the_onnx_step(exported):
+    out, _, thinker, _ = exported
+    torch.manual_seed(5)
+    state = thinker.listen(torch.randn(1, 16, 24), thinker.init_state())
+    ref = [t for t, _ in thinker.reply(state, max_chars=12)]
+    try:
+        thinker.onnx_step = _step(out, "thinker_step", len(thinker.transformer.blocks))
+        got = [t for t, _ in thinker.reply(state, max_chars=12)]
+    finally:
+        thinker.onnx_step = None
+    assert len(ref) == 12 and got == ref

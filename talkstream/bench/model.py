@@ -51,7 +51,8 @@ def _transcribe(model, pcm: np.ndarray, sample_rate: int) -> str:
     return " ".join(s.text for s in segments).strip()
 
 
-def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threads: int = 1) -> dict:
+def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threads: int = 1,
+                    backend: str = "onnx") -> dict:
     from talkstream.models.chat import Speaker, answer_codes, load_chat
     from talkstream.models.loaders import load_audio_codec
     from talkstream.models.phonemes import speak
@@ -61,7 +62,7 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
     if not eval_path.is_file():
         raise ValueError(f"{eval_path} not found: run `talkstream data model --out {data}` first")
     codec = load_audio_codec()
-    responder = load_chat(codec)
+    responder = load_chat(codec, backend=backend)
     thinker = responder.thinker
     items = torch.load(eval_path, weights_only=False)
     asked = [it for it in items if it["answer"]][:questions]
@@ -110,6 +111,7 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
 
     results = {
         "threads": threads,
+        "backend": backend,
         "thinker": {
             "utterances": len(refs),
             "wer": round(thinker_wer, 4),
@@ -154,4 +156,5 @@ def _print_table(r: dict) -> None:
           f", through the shared codec {k['wer_tts_through_shared_codec']:.1%}"
           f"  [{k['sentences']} held-out sentences, faster-whisper tiny.en]")
     print(f"Speed    Talker {k['frames_per_second']} frames/s (RTF {k['real_time_factor']}), first packet "
-          f"p50 {f['p50']} ms / p95 {f['p95']} ms, {r['threads']} thread(s), peak RSS {r['peak_rss_mb']} MB")
+          f"p50 {f['p50']} ms / p95 {f['p95']} ms, {r['threads']} thread(s), {r['backend']}, "
+          f"peak RSS {r['peak_rss_mb']} MB")

@@ -130,7 +130,7 @@ def cmd_bench_model(args) -> None:
     from talkstream.bench.model import run_model_bench
 
     results = run_model_bench(Path(args.data), questions=args.questions, sentences=args.sentences,
-                              threads=args.threads)
+                              threads=args.threads, backend=args.backend)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
@@ -208,5 +208,6 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     bp.add_argument("--questions", type=int, default=100, help="held-out spoken questions")
     bp.add_argument("--sentences", type=int, default=30, help="held-out sentences for the Talker")
     bp.add_argument("--threads", type=int, default=1)
+    bp.add_argument("--backend", choices=["torch", "onnx"], default="onnx", help="the models' decoding steps")
     bp.add_argument("--out", default=None, help="write results JSON here")
     bp.set_defaults(func=cmd_bench_model)

@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="Gradio app: hear the codec round trip at any bitrate, chat with the models",
         description="A web app (Gradio): record or upload speech, hear it through the codec with PESQ/STOI and "
-        "spectrograms; a chat tab once the Thinker-Talker exists. Needs pip install 'talkstream[demo]'.",
+        "spectrograms; a chat tab with the Thinker-Talker. Needs pip install 'talkstream[demo]'.",
     )
     sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sp.add_argument("--port", type=int, default=7860, help="port (default 7860)")

@@ -94,7 +94,7 @@ class Responder(Protocol):
 
 
 class EchoResponder:
-    """The stand-in until the Thinker-Talker: says the user's turn back, block by block, through the token path."""
+    """The echo stand-in (`--thinker echo`): says the user's turn back, block by block, through the token path."""
 
     def __init__(self, block_frames: int = 6):
         self.block_frames = block_frames

@@ -33,6 +33,7 @@ from talkstream.audio_io import load_audio
 from talkstream.bench.metrics import pesq_wb, stoi
 from talkstream.codecs.audio.codec import AudioCodec, CodecState
 from talkstream.codecs.audio.onnx_step import OnnxAudioCodec, OnnxCodecSteps
+from talkstream.streaming.codec_engine import torch_codec_step
 
 BACKENDS = ("torch", "onnx fp32", "onnx int8")
 
@@ -44,15 +45,7 @@ class TorchSteps:
         self.codec = codec
 
     def step(self, op: str, x: torch.Tensor, state: CodecState):
-        with torch.inference_mode():
-            codes = pcm = None
-            if op in ("encode", "roundtrip"):
-                codes, state = self.codec.encode_step(x, state)
-            if op == "roundtrip":
-                pcm, state = self.codec.decode_step(codes, state)
-            if op == "decode":
-                pcm, state = self.codec.decode_step(x, state)
-        return codes, pcm, state
+        return torch_codec_step(self.codec, op, x, state)
 
 
 def make_steps(codec: AudioCodec, backend: str, providers: list[str] | None = None):

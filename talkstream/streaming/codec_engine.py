@@ -138,15 +138,7 @@ class CodecEngine:
         ]
 
     def _torch_step(self, op: str, data: Tensor, state: CodecState) -> tuple[Tensor | None, Tensor | None, CodecState]:
-        with torch.inference_mode():
-            codes, pcm = None, None
-            if op in ("encode", "roundtrip"):
-                codes, state = self.codec.encode_step(data, state)
-            if op == "roundtrip":
-                pcm, state = self.codec.decode_step(codes, state)
-            if op == "decode":
-                pcm, state = self.codec.decode_step(data, state)
-        return codes, pcm, state
+        return torch_codec_step(self.codec, op, data, state)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,3 +177,17 @@ class CodecEngine:
                 for r, res in zip(group, results, strict=True):
                     if not r.future.done():
                         r.future.set_result(res)
+
+
+def torch_codec_step(codec, op: str, data: Tensor, state: CodecState
+                     ) -> tuple[Tensor | None, Tensor | None, CodecState]:
+    """One engine operation (encode, decode, roundtrip) in torch eager: (codes or None, pcm or None, new state)."""
+    with torch.inference_mode():
+        codes, pcm = None, None
+        if op in ("encode", "roundtrip"):
+            codes, state = codec.encode_step(data, state)
+        if op == "roundtrip":
+            pcm, state = codec.decode_step(codes, state)
+        if op == "decode":
+            pcm, state = codec.decode_step(data, state)
+    return codes, pcm, state

@@ -95,10 +95,18 @@ class Speaker:
     async def speak(self, pieces: AsyncIterator[tuple[str, torch.Tensor | None]]) -> AsyncIterator[torch.Tensor]:
         names, state, buffer, pending = ["_"], TalkerState(), "", []
         voice = self.talker.cfg.voice
+        none = torch.zeros(self.talker.cfg.hidden_dim)
+        hidden: list[torch.Tensor] = [none]  # the dual track: per phoneme, its word's hidden state (zeros: none)
+        buffer_hidden: list[torch.Tensor] = []  # per character of `buffer`
+
+        def add_word(word: str, punct: str, last: torch.Tensor) -> None:
+            new = word_phonemes(word, punct, voice)
+            names.extend(new)
+            hidden.extend([last] * (len(new) - (2 if punct else 0)) + [none] * (2 if punct else 0))
 
         async def emit(final: bool) -> AsyncIterator[torch.Tensor]:
             # One block's frames per worker call: the first block leaves as soon as it exists.
-            while frames := await asyncio.to_thread(self._frames, names, None, state, final,
+            while frames := await asyncio.to_thread(self._frames, names, torch.stack(hidden), state, final,
                                                     self.block_frames - len(pending)):
                 pending.extend(frames)
                 if len(pending) == self.block_frames:
@@ -108,17 +116,22 @@ class Speaker:
                 yield torch.stack(pending, -1)[None]
                 pending.clear()
 
-        async for piece, _hidden in pieces:
+        async for piece, h in pieces:
             buffer += piece
+            if h is not None and h.shape[-1] != none.shape[-1]:
+                raise ValueError(f"the Thinker's hidden states have {h.shape[-1]} values; this Talker reads "
+                                 f"{none.shape[-1]} (train the Talker against this Thinker, or pass None)")
+            buffer_hidden += [none if h is None else h.float()] * len(piece)
             # A word is complete once something that is not a letter follows it.
             while (m := re.match(r"\s*([a-z']+)([ ,.?!]+)", buffer)) is not None:
-                buffer = buffer[m.end():]
-                names += word_phonemes(m.group(1), m.group(2).strip(), voice)
+                add_word(m.group(1), m.group(2).strip(), buffer_hidden[m.end(1) - 1])
+                buffer, buffer_hidden = buffer[m.end():], buffer_hidden[m.end():]
                 async for block in emit(False):
                     yield block
-        for word in _WORD.findall(buffer):
-            names += word_phonemes(word, "", voice)
+        for m in _WORD.finditer(buffer):
+            add_word(m.group(0), "", buffer_hidden[m.end() - 1])
         names += ["_:", "_"]
+        hidden += [none, none]
         async for block in emit(True):
             yield block
 

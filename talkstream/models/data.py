@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from tqdm import tqdm
 from talkstream.data.sentences import sentences
 from talkstream.data.voices import EVAL_VOICES, TRAIN_VOICES, Voice, synthesize
 from talkstream.models import phonemes as ph
+from talkstream.models import text as tx
 from talkstream.models.dialogue import dialogues
 
 log = logging.getLogger(__name__)
+_WORD = re.compile(r"[a-z']+")
 TALKER_VOICE = "en-us"
 
 
@@ -95,6 +98,25 @@ def talker_example(codec, text: str, hop: int) -> dict:
     durations = np.diff(bounds)
     return {"codes": codes, "phonemes": names, "words": words, "durations": torch.from_numpy(durations),
             "text": text}
+
+
+def talker_hidden(thinker, codebook: torch.Tensor, item: dict) -> torch.Tensor | None:
+    """The Talker's dual track for one example: per phoneme, the Thinker's hidden state at the last character of the
+    phoneme's word (zeros for pauses), from the Thinker teacher-forced on the example's text over its audio.
+    None when espeak-ng's words do not line up with the text's (then the example trains text-only)."""
+    from talkstream.models.chat import codes_to_latent
+
+    text = tx.normalize(item["text"])  # as the Thinker writes it
+    ids = [tx.encode_char(c) for c in text]
+    ends = [m.end() - 1 for m in _WORD.finditer(text)]
+    words = torch.as_tensor(item["words"])
+    if None in ids or len(ends) != int(words.max()) + 1:
+        return None
+    latent = codes_to_latent(codebook, item["codes"][None].long(), thinker.cfg.stack)
+    h = thinker.teacher_forced_hidden(latent, ids)[ends]  # [W, dim]
+    out = torch.zeros(len(words), h.shape[-1])
+    out[words >= 0] = h[words[words >= 0]]
+    return out
 
 
 def _talker_part(codec, texts: list[str], desc: str) -> list[dict]:

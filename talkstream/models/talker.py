@@ -3,9 +3,10 @@
 Design, chosen for what two CPU cores can train:
 - **Text track.** The reply's words are phonemized by espeak-ng (talkstream.models.phonemes). A small convolutional
   encoder gives each phoneme a context vector (it looks two phonemes ahead) and predicts its duration in frames.
-- **Dual track.** The Thinker's hidden state at each word's last character is projected and added to that word's
-  phonemes; a replacement Thinker with no hidden states (an OpenAI-compatible endpoint) passes zeros, and the
-  Talker was trained with the hidden track dropped half of the time so it speaks either way.
+- **Dual track.** The Thinker's hidden state at each word's last character (the state that wrote that character)
+  is projected and added to that word's phonemes. In training the hidden states come from the shipped Thinker
+  teacher-forced on each sentence (`Thinker.teacher_forced_hidden`); the track is dropped for half of the examples,
+  so a replacement Thinker with no hidden states (an OpenAI-compatible endpoint) is heard just as well.
 - **Frames.** A causal transformer runs once per 13.3 ms codec frame (75 Hz) with a KV cache. Its input is the sum
   of the previous frame's code embeddings, the current phoneme's context vector and where the frame sits inside the
   phoneme. Knowing which phoneme each frame belongs to (from durations) replaces a learned attention alignment,
@@ -92,7 +93,9 @@ class Talker(nn.Module):
         """ids [B, P], hidden [B, P, hidden_dim] or None -> (context [B, P, dim], log-duration [B, P])."""
         x = self.phoneme_embed(ids)
         if hidden is not None:
-            x = x + self.hidden_in(hidden)
+            # A phoneme with no hidden state (a pause, a word the Thinker did not write, a Thinker without hidden
+            # states) gets nothing from this track, exactly as if no hidden states were given at all.
+            x = x + self.hidden_in(hidden) * (hidden != 0).any(-1, keepdim=True)
         y = x.transpose(1, 2)
         for conv in self.text_conv:
             y = y + F.gelu(conv(y))

@@ -43,5 +43,10 @@ def encode(text: str) -> list[int]:
     return [_INDEX[c] for c in normalize(text)]
 
 
+def encode_char(c: str) -> int | None:
+    """One character's id, None outside the character set (for aligning already-normalised text)."""
+    return _INDEX.get(c) if c not in SPECIALS else None
+
+
 def decode(ids: list[int]) -> str:
     return "".join(VOCAB[i] for i in ids if i >= len(SPECIALS))

@@ -94,6 +94,17 @@ class Thinker(nn.Module):
         h, _ = self.transformer(x, pos)
         return F.cross_entropy(self.head(h).transpose(1, 2), tgt, ignore_index=-100)
 
+    @torch.no_grad()
+    def teacher_forced_hidden(self, latent: Tensor, text: list[int], task: int = tx.ASR) -> Tensor:
+        """latent [1, D, F] and the reply's ids -> [len(text), dim]: row j is the hidden state that writes text[j],
+        the state `reply` yields beside character j (the Talker's training data for the dual track)."""
+        audio = self.audio_embed(latent)
+        a = audio.shape[1]
+        words = self.embed(torch.tensor([[task, tx.BOS, *text]]))
+        x = torch.cat([audio, words], 1)
+        h, _ = self.transformer(x, torch.arange(x.shape[1])[None])
+        return h[0, a + 1 : a + 1 + len(text)]
+
     # --- streaming ---
     def init_state(self) -> ThinkerState:
         return ThinkerState()

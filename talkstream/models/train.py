@@ -43,6 +43,7 @@ class TrainConfig:
     layers: int = 4
     crop: int = 160  # Talker: frames per training window (2.1 s)
     hidden_dim: int = 192  # Talker: the Thinker's width, for the hidden-state track
+    hidden_drop: float = 0.5  # Talker: share of examples trained without the Thinker's hidden states
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
@@ -105,8 +106,9 @@ def phoneme_inventory(items: list[dict]) -> list[str]:
 
 
 class TalkerBatches:
-    def __init__(self, items: list[dict], model: Talker, crop: int, seed: int):
+    def __init__(self, items: list[dict], model: Talker, crop: int, seed: int, hidden_drop: float = 0.5):
         self.model, self.crop, self.rng = model, crop, random.Random(seed)
+        self.hidden_drop = hidden_drop
         self.items = []
         for it in items:
             dur = it["durations"].long()
@@ -121,11 +123,14 @@ class TalkerBatches:
         k_count, none = self.model.cfg.num_codebooks, self.model.cfg.codebook_size
         pmax = max(len(c["ids"]) for c in chosen)
         ids = torch.zeros(len(chosen), pmax, dtype=torch.long)
+        hidden = torch.zeros(len(chosen), pmax, self.model.cfg.hidden_dim)
         dur = torch.zeros(len(chosen), pmax)
         dur_mask = torch.zeros(len(chosen), pmax)
         crops = []
         for i, c in enumerate(chosen):
             ids[i, : len(c["ids"])] = c["ids"]
+            if c["hidden"] is not None and (self.hidden_drop <= 0 or self.rng.random() >= self.hidden_drop):
+                hidden[i, : len(c["ids"])] = c["hidden"]
             dur[i, : len(c["dur"])] = c["dur"].float()
             dur_mask[i, : len(c["dur"])] = 1
             n = c["codes"].shape[-1]
@@ -144,7 +149,7 @@ class TalkerBatches:
                 prev[i, :, 0] = c["codes"][:, s - 1]
             frame_ph[i, :n] = c["frame_ph"][s:e]
             prog[i, :n] = Talker.progress(c["offset"][s:e], c["dur"][c["frame_ph"][s:e]])
-        return {"ids": ids, "dur": dur, "dur_mask": dur_mask, "prev": prev, "codes": codes, "frame_ph": frame_ph,
+        return {"ids": ids, "hidden": hidden, "dur": dur, "dur_mask": dur_mask, "prev": prev, "codes": codes, "frame_ph": frame_ph,
                 "progress": prog}
 
     def sample(self, n: int) -> dict:
@@ -152,7 +157,7 @@ class TalkerBatches:
 
 
 def talker_loss(model: Talker, b: dict) -> tuple[torch.Tensor, dict]:
-    ctx, logdur = model.text_context(b["ids"], None)
+    ctx, logdur = model.text_context(b["ids"], b.get("hidden"))
     dur_loss = ((logdur - torch.log1p(b["dur"])) ** 2 * b["dur_mask"]).sum() / b["dur_mask"].sum()
     frame_ctx = torch.gather(ctx, 1, b["frame_ph"][..., None].expand(-1, -1, ctx.shape[-1]))
     x = model.frame_input(b["prev"], frame_ctx, b["progress"])
@@ -163,6 +168,28 @@ def talker_loss(model: Talker, b: dict) -> tuple[torch.Tensor, dict]:
     ce = sum(ces) / len(ces)
     parts = {"ce": ce.item(), "dur": dur_loss.item(), **{f"ce{k}": c.item() for k, c in enumerate(ces)}}
     return ce + dur_loss, parts
+
+
+def attach_thinker_hidden(items: list[dict], cache: Path, codec=None, thinker_path=None) -> None:
+    """Give each Talker example its dual track (`item["hidden"]`, see talkstream.models.data.talker_hidden) from the
+    shipped Thinker, cached in `cache` (keyed by the Thinker's weights) because it takes minutes."""
+    from talkstream.models.data import talker_hidden
+    from talkstream.models.loaders import WEIGHTS_DIR, load_audio_codec, load_thinker
+
+    key = json.loads(((thinker_path or WEIGHTS_DIR / "thinker") / "config.json").read_text())["sha256"]
+    saved = torch.load(cache, weights_only=False) if cache.is_file() else None
+    if saved is None or saved["thinker"] != key or len(saved["hidden"]) != len(items):
+        thinker = load_thinker(thinker_path).eval()
+        codebook = (codec or load_audio_codec()).quantizer.embed.detach().clone()
+        hidden = [talker_hidden(thinker, codebook, it) for it in tqdm(items, desc="thinker hidden states", unit="utt")]
+        torch.save({"thinker": key, "hidden": hidden}, cache)
+        saved = {"hidden": hidden}
+    for it, h in zip(items, saved["hidden"], strict=True):
+        it["hidden"] = h
+    missing = sum(h is None for h in saved["hidden"])
+    if missing:
+        print(f"{missing} of {len(items)} examples train text-only (espeak-ng's words and the text's differ)",
+              file=sys.stderr)
 
 
 def _thinker_loss(model: Thinker, batch: tuple) -> tuple[torch.Tensor, dict]:
@@ -193,12 +220,17 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
                     for i in range(0, min(len(eval_items), 128), 16)]
         loss_fn = _thinker_loss
     elif kind == "talker":
+        if cfg.hidden_drop < 1:
+            attach_thinker_hidden(train_items, run / "thinker_hidden_train.pt", codec)
+            attach_thinker_hidden(eval_items, run / "thinker_hidden_eval.pt", codec)
         model = Talker(TalkerConfig(phonemes=phoneme_inventory(train_items), dim=cfg.dim, layers=cfg.layers,
                                      hidden_dim=cfg.hidden_dim))
-        batches = TalkerBatches(train_items, model, crop=cfg.crop, seed=cfg.seed)
-        eval_batches = TalkerBatches(eval_items, model, crop=cfg.crop, seed=cfg.seed + 1)
+        batches = TalkerBatches(train_items, model, crop=cfg.crop, seed=cfg.seed, hidden_drop=cfg.hidden_drop)
+        # Evaluated with the Thinker's hidden states (as the built-in Thinker speaks) and without (as a replacement).
+        eval_batches = TalkerBatches(eval_items, model, crop=cfg.crop, seed=cfg.seed + 1, hidden_drop=0.0)
         eval_set = [eval_batches.collate(eval_batches.items[i : i + 16], random_crop=False)
                     for i in range(0, min(len(eval_batches.items), 64), 16)]
+        text_only_set = [{**b, "hidden": torch.zeros_like(b["hidden"])} for b in eval_set]
         loss_fn = talker_loss
     else:
         raise ValueError(f"unknown model {kind!r}: thinker or talker")
@@ -212,10 +244,10 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         step, history, seconds = saved["step"], saved["history"], saved.get("seconds", 0.0)
         print(f"resumed {kind} from {ckpt} at step {step}", file=sys.stderr)
 
-    def evaluate() -> float:
+    def evaluate(batches: list) -> float:
         model.eval()
         with torch.no_grad():
-            v = sum(float(loss_fn(model, b)[0]) for b in eval_set) / len(eval_set)
+            v = sum(float(loss_fn(model, b)[0]) for b in batches) / len(batches)
         model.train()
         return v
 
@@ -249,9 +281,11 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}", **{k: f"{v:.2f}" for k, v in parts.items() if k != "ce"})
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            history.append({"step": step, "train": round(running, 4), "eval": round(evaluate(), 4),
+            history.append({"step": step, "train": round(running, 4), "eval": round(evaluate(eval_set), 4),
                             "seconds": round(seconds)})
-            bar.write(f"step {step}: train {running:.3f} eval {history[-1]['eval']:.3f}")
+            if kind == "talker":
+                history[-1]["eval_text_only"] = round(evaluate(text_only_set), 4)
+            bar.write(f"step {step}: " + " ".join(f"{k} {v}" for k, v in history[-1].items() if k != "step"))
         if step % cfg.save_every == 0 or step == cfg.steps:
             save()
     bar.close()

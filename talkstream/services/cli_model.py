@@ -111,7 +111,7 @@ def cmd_train_model(args) -> None:
     from talkstream.models.train import TrainConfig, train
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                      dim=args.dim, layers=args.layers, seed=args.seed)
+                      dim=args.dim, layers=args.layers, seed=args.seed, hidden_drop=getattr(args, "hidden_drop", 0.5))
     run = Path(args.run or f"runs/{args.what}")
     out = train(args.what, Path(args.data), run, cfg, command=["talkstream", *sys.argv[1:]])
     print(f"weights exported to {out} (copy to talkstream/weights/{args.what} to ship them)")
@@ -182,6 +182,10 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
         tp.add_argument("--layers", type=int, default=4 if what == "thinker" else 3)
         tp.add_argument("--threads", type=int, default=1)
         tp.add_argument("--seed", type=int, default=0)
+        if what == "talker":
+            tp.add_argument("--hidden-drop", type=float, default=0.5,
+                            help="share of examples trained without the Thinker's hidden states (1: text only; "
+                            "the states come from the shipped Thinker, computed once per run)")
         tp.set_defaults(func=cmd_train_model, what=what)
 
     vp = train_sub.add_parser("voice", help="fine-tune the codec's decoder on the Talker's voice (resumes)",

@@ -209,7 +209,8 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
               api_key: str | None = None, thinker_path=None, talker_path=None,
               sampling: SamplingConfig | None = None, backend: str = "torch") -> ChatResponder:
     """The chat responder over the shipped (or given) weights; `thinker` is "builtin" or "openai"; with
-    `backend="onnx"` the Talker's frame step and the Thinker's reply step run in onnxruntime (5x faster per step)."""
+    `backend="onnx"` the Talker's frame step and the Thinker's listening and reply steps run in onnxruntime (5x faster
+    per step)."""
     from talkstream.models.loaders import load_talker, load_thinker, load_voice_codec
 
     listener = BuiltinThinker(load_thinker(thinker_path), codec.quantizer.embed.detach().clone())
@@ -219,6 +220,7 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
 
         speaker.talker.onnx_step = onnx_step(speaker.talker)
         listener.model.onnx_step = onnx_step(listener.model)
+        listener.model.onnx_listen = onnx_step(listener.model, block=True)
     elif backend != "torch":
         raise ValueError(f"unknown backend {backend!r}: torch or onnx")
     voice = load_voice_codec()

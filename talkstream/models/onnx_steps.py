@@ -1,15 +1,19 @@
 """The Thinker's and the Talker's single-token decoding steps as ONNX graphs, with the KV cache explicit.
 
-Each graph is the shared transformer run on one new position: inputs `x` [B, 1, dim] (the token's or frame's input
-embedding), `position` [B, 1] (int64, the RoPE position) and `past_key_i` / `past_value_i` [B, heads, past, dim/heads]
-for every layer; outputs `hidden` [B, 1, dim] and `key_i` / `value_i` with one more position. The past axis is
-dynamic (0 and up). Embeddings, the heads and sampling stay in Python: they are cheap and differ per model.
+Each step graph is the shared transformer run on one new position: inputs `x` [B, 1, dim] (the token's or frame's
+input embedding), `position` [B, 1] (int64, the RoPE position) and `past_key_i` / `past_value_i`
+[B, heads, past, dim/heads] for every layer; outputs `hidden` [B, 1, dim] and `key_i` / `value_i` with one more
+position. The past axis is dynamic (0 and up). Embeddings, the heads and sampling stay in Python: they are cheap and
+differ per model.
+
+`thinker_block` is the Thinker's transformer on a block of new positions at once (the `new` axis dynamic too, with
+the causal mask inside the block): what listening runs as the user's audio arrives.
 
     talkstream export model --out onnx-model/
 
 `OnnxTransformerStep` runs a graph behind the transformer's own call signature; set as a model's `onnx_step`, the
-Talker decodes its frames and the Thinker its reply in onnxruntime (tests/models/test_onnx_steps.py checks parity,
-frames and replies included). The Thinker's listening (a block of positions per call) stays in torch.
+Talker decodes its frames and the Thinker its reply in onnxruntime; `block=True` gives the Thinker's listening
+(tests/models/test_onnx_steps.py checks parity, frames, replies and listening included).
 """
 
 from __future__ import annotations
@@ -37,38 +41,44 @@ class _Step(nn.Module):
         return (h, *cache.keys, *cache.values)
 
 
-def step_spec(name: str, transformer: Transformer, meta: dict | None = None) -> GraphSpec:
+def step_spec(name: str, transformer: Transformer, meta: dict | None = None, block: bool = False) -> GraphSpec:
+    """One position per call, or with `block` any number (traced through the masked attention path, which is
+    exact for one position too)."""
     blocks = transformer.blocks
     layers, heads = len(blocks), blocks[0].attn.heads
     dim = blocks[0].norm1.weight.shape[0]
-    past = 3  # any length: the past axis is dynamic
-    args = (torch.randn(1, 1, dim), torch.tensor([[past]]),
+    past, new = 3, 2 if block else 1  # any lengths: the past axis (and a block's new axis) is dynamic
+    args = (torch.randn(1, new, dim), torch.arange(past, past + new)[None],
             *[torch.randn(1, heads, past, dim // heads) for _ in range(2 * layers)])
     keys_in = [f"past_key_{i}" for i in range(layers)] + [f"past_value_{i}" for i in range(layers)]
     keys_out = [f"key_{i}" for i in range(layers)] + [f"value_{i}" for i in range(layers)]
-    dynamic = {"x": {0: "batch"}, "position": {0: "batch"}, "hidden": {0: "batch"}}
+    seq = {0: "batch", 1: "new"} if block else {0: "batch"}
+    dynamic = {"x": seq, "position": seq, "hidden": seq}
     dynamic.update({k: {0: "batch", 2: "past"} for k in keys_in})
-    dynamic.update({k: {0: "batch", 2: "past_plus_one"} for k in keys_out})
+    dynamic.update({k: {0: "batch", 2: "past_plus_new" if block else "past_plus_one"} for k in keys_out})
     return GraphSpec(name, _Step(transformer), args, ["x", "position", *keys_in], ["hidden", *keys_out], dynamic,
                      meta={"layers": layers, "heads": heads, "dim": dim, **(meta or {})})
 
 
 def export_model_steps(thinker, talker, out_dir: str | Path, int8: bool = False) -> dict:
-    """Write thinker_step.onnx and talker_step.onnx (and int8 copies) with a checksummed manifest."""
+    """Write thinker_step.onnx, thinker_block.onnx and talker_step.onnx (and int8 copies) with a checksummed
+    manifest."""
     both = nn.ModuleDict({"thinker": thinker, "talker": talker})
     specs = [step_spec("thinker_step", thinker.transformer, {"model": "thinker"}),
+             step_spec("thinker_block", thinker.transformer, {"model": "thinker"}, block=True),
              step_spec("talker_step", talker.transformer, {"model": "talker"})]
     return export_graphs(COMPONENT, specs, out_dir, {"state_sha256": state_dict_sha256(both)}, int8=int8)
 
 
 class OnnxTransformerStep:
-    """A transformer of one position per call, in onnxruntime, with the torch transformer's call signature."""
+    """A transformer of one position per call (or, over a block graph, any number), in onnxruntime, with the torch
+    transformer's call signature."""
 
-    def __init__(self, session, layers: int):
-        self.session, self.layers = session, layers
+    def __init__(self, session, layers: int, block: bool = False):
+        self.session, self.layers, self.block = session, layers, block
 
     def __call__(self, x: Tensor, positions: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
-        if x.shape[1] != 1:
+        if x.shape[1] != 1 and not self.block:
             raise ValueError("the exported step decodes one position per call")
         if cache is None or not cache.keys:
             b, heads, dh = x.shape[0], self.heads, x.shape[-1] // self.heads
@@ -88,15 +98,17 @@ class OnnxTransformerStep:
         return int(shape[1])
 
 
-def onnx_step(model, providers: list[str] | None = None, int8: bool = False) -> OnnxTransformerStep:
+def onnx_step(model, providers: list[str] | None = None, int8: bool = False, block: bool = False
+              ) -> OnnxTransformerStep:
     """A model's (Thinker's or Talker's) single-position step exported in memory and opened in onnxruntime: set it
-    as `model.onnx_step`."""
+    as `model.onnx_step`; with `block`, the block graph (set as the Thinker's `onnx_listen`)."""
     from talkstream.export.graphs import export_bytes, quantize_int8
     from talkstream.export.providers import open_session, select_providers
 
-    spec = step_spec(f"{type(model).__name__.lower()}_step", model.transformer)
+    kind = "block" if block else "step"
+    spec = step_spec(f"{type(model).__name__.lower()}_{kind}", model.transformer, block=block)
     graph = export_bytes(spec)
     if int8:
         graph = quantize_int8(graph, spec)
     return OnnxTransformerStep(open_session(graph, select_providers(providers), name=spec.name),
-                               len(model.transformer.blocks))
+                               len(model.transformer.blocks), block=block)

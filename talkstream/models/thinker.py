@@ -57,9 +57,10 @@ class Thinker(nn.Module):
         self.embed = nn.Embedding(cfg.vocab, cfg.dim)
         self.transformer = Transformer(cfg.dim, cfg.layers, cfg.heads)
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
-        # The single-position decoding step in onnxruntime (talkstream.models.onnx_steps), when set; torch otherwise.
-        # Listening (a block of audio positions at once) always runs in torch.
+        # In onnxruntime (talkstream.models.onnx_steps) when set, torch otherwise: the single-position decoding step
+        # of the reply, and the block step of listening (a block of audio positions at once).
         self.onnx_step = None
+        self.onnx_listen = None
         self.head.weight = self.embed.weight  # tied: fewer parameters to learn from little data
         nn.init.normal_(self.embed.weight, std=0.02)  # small, since the tied head reads normalised states
 
@@ -118,7 +119,7 @@ class Thinker(nn.Module):
             return dataclasses.replace(state, pending=x)
         emb = self.audio_embed(x[..., :n])
         pos = torch.arange(state.audio_positions, state.audio_positions + emb.shape[1])[None]
-        _, cache = self.transformer(emb, pos, state.cache)
+        _, cache = (self.onnx_listen or self.transformer)(emb, pos, state.cache)
         return ThinkerState(cache, x[..., n:], state.audio_positions + emb.shape[1])
 
     @torch.no_grad()

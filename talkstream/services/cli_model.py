@@ -148,10 +148,11 @@ def cmd_export_model(args) -> None:
 
 
 def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
-    ep = export_sub.add_parser("model", help="the Thinker's and Talker's single-position steps, KV cache explicit",
+    ep = export_sub.add_parser("model", help="the Thinker's and Talker's transformer steps, KV cache explicit",
                                description="Write thinker_step.onnx and talker_step.onnx (one position per call, "
                                "every layer's past keys and values as inputs with a dynamic length, the new ones as "
-                               "outputs), checked with onnx.checker, with manifest.json.")
+                               "outputs) and thinker_block.onnx (listening: a block of new positions per call), "
+                               "checked with onnx.checker, with manifest.json.")
     ep.add_argument("--out", required=True, help="folder for the graphs and manifest.json")
     ep.add_argument("--int8", action="store_true", help="also write dynamically quantized int8 copies")
     ep.set_defaults(func=cmd_export_model)

@@ -1,5 +1,5 @@
 """The models' exported single-position steps equal torch's, for any past length, and a Talker decoding with the
-ONNX step speaks the same frames as with torch."""
+ONNX step speaks the same frames as with torch; the Thinker's block graph listens as torch does, in any chunks."""
 
 import json
 
@@ -23,7 +23,7 @@ def exported(tmp_path_factory):
 
 def _step(out, name, layers):
     path = next(g["path"] for g in read_manifest(out, "model")["graphs"] if g["name"] == name)
-    return OnnxTransformerStep(open_session(path, select_providers("cpu")), layers)
+    return OnnxTransformerStep(open_session(path, select_providers("cpu")), layers, block=name.endswith("_block"))
 
 
 @pytest.mark.parametrize("past", [0, 1, 7, 40])
@@ -60,7 +60,7 @@ def test_talker_speaks_the_same_frames_with_the_onnx_step(exported):
 
 def test_manifest_lists_both_steps_and_refuses_damage(exported, tmp_path):
     out, manifest, _, _ = exported
-    assert {g["name"] for g in manifest["graphs"]} == {"thinker_step", "talker_step"}
+    assert {g["name"] for g in manifest["graphs"]} == {"thinker_step", "thinker_block", "talker_step"}
     step = next(g for g in manifest["graphs"] if g["name"] == "talker_step")
     assert step["inputs"][0]["name"] == "x" and step["outputs"][0]["name"] == "hidden"
     damaged = tmp_path / "damaged"
@@ -89,3 +89,46 @@ def test_thinker_replies_the_same_with_the_onnx_step(exported):
     finally:
         thinker.onnx_step = None
     assert len(ref) == 12 and got == ref
+
+
+@pytest.mark.parametrize("past,new", [(0, 1), (0, 9), (5, 1), (5, 4), (31, 17)])
+def test_block_graph_equals_torch_for_any_past_and_block_length(exported, past, new):
+    out, _, thinker, _ = exported
+    tf = thinker.transformer
+    torch.manual_seed(past * 100 + new)
+    _, cache = tf(torch.randn(1, past, 32), torch.arange(past)[None]) if past else (None, None)
+    x, pos = torch.randn(1, new, 32), torch.arange(past, past + new)[None]
+    with torch.no_grad():
+        h_ref, c_ref = tf(x, pos, cache)
+    h, c = _step(out, "thinker_block", len(tf.blocks))(x, pos, cache)
+    assert h.shape == h_ref.shape and (h - h_ref).abs().max() < 1e-4
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(c.keys + c.values, c_ref.keys + c_ref.values, strict=True))
+
+
+def test_thinker_listens_in_random_chunks_with_the_block_graph_as_torch_does(exported):
+    out, _, thinker, _ = exported
+    torch.manual_seed(9)
+    latent = torch.randn(1, 16, 61)
+    ref = thinker.listen(latent, thinker.init_state())
+    ref_reply = [t for t, _ in thinker.reply(ref, max_chars=10)]
+    try:
+        thinker.onnx_listen = _step(out, "thinker_block", len(thinker.transformer.blocks))
+        state, start = thinker.init_state(), 0
+        for size in [3, 1, 9, 4, 17, 27]:  # frames: partial positions carry over between calls
+            state = thinker.listen(latent[..., start : start + size], state)
+            start += size
+        got_reply = [t for t, _ in thinker.reply(state, max_chars=10)]
+    finally:
+        thinker.onnx_listen = None
+    assert start == 61 and state.audio_positions == ref.audio_positions == 15
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(state.cache.keys, ref.cache.keys, strict=True))
+    assert got_reply == ref_reply
+
+
+def test_the_step_graph_refuses_a_block():
+    thinker = tiny_thinker()
+    from talkstream.models.onnx_steps import onnx_step
+
+    step = onnx_step(thinker)
+    with pytest.raises(ValueError, match="one position per call"):
+        step(torch.randn(1, 3, 32), torch.arange(3)[None])

@@ -5,9 +5,9 @@ tests feed them bytes directly. docs/protocol.md is the user-facing table; keep 
 
 Binary frames carry a 12-byte little-endian header, then the payload:
 
-    byte 0   kind       1 = PCM16 audio, 2 = codec tokens, 3 = video codec tokens
+    byte 0   kind       1 = PCM16 audio, 2 = codec tokens, 3 = video codec tokens, 4 = RGB24 video frame
     byte 1   version    1
-    byte 2   codebooks  tokens: codebooks per frame (1..8); PCM16: 0; video tokens: video frames in the message
+    byte 2   codebooks  tokens: codebooks per frame (1..8); PCM16: 0; video: video frames in the message (RGB24: 1)
     byte 3   flags      bit 0: last frame of a segment
     4..7     seq        uint32, sender's frame counter
     8..11    timestamp  uint32 ms on the sender's clock; the server echoes the timestamp of the input frame that
@@ -15,7 +15,9 @@ Binary frames carry a 12-byte little-endian header, then the payload:
 
 PCM16 payloads are mono, little-endian, at the session's sample rate; token payloads are uint16, frame-major
 (frame 0 codebooks 0..K-1, frame 1, ...). Video token payloads are uint16, frame by frame, each frame its grid's
-tokens row-major (256 for the shipped 16x16 grid). No session takes video frames yet (answered with bad_header).
+tokens row-major (256 for the shipped 16x16 grid). An RGB24 payload is one frame at the video codec's size, uint8,
+row-major, RGB interleaved (128 x 128 x 3 = 49,152 bytes for the shipped codec). Video kinds were added within
+version 1: they are new kinds and new optional hello fields, so version-1 clients that do not use them see no change.
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ HEADER = struct.Struct("<BBBBII")
 KIND_PCM16 = 1
 KIND_TOKENS = 2
 KIND_VIDEO_TOKENS = 3
-VIDEO_TOKENS_PER_FRAME, VIDEO_CODEBOOK_SIZE = 256, 1000  # the shipped video codec: 16x16 grid, FSQ 8x5x5x5
+KIND_RGB24 = 4
+VIDEO_KINDS = (KIND_VIDEO_TOKENS, KIND_RGB24)
+# The shipped video codec (talkstream/codecs/video): 128x128 frames, a 16x16 token grid, FSQ 8x5x5x5. A server
+# passes its codec's own figures to parse_binary; these are the defaults.
+VIDEO_FRAME_SIZE, VIDEO_TOKENS_PER_FRAME, VIDEO_CODEBOOK_SIZE = (128, 128), 256, 1000
 MAX_VIDEO_FRAMES = 25  # per video token message (1 s at 25 fps)
 FLAG_END = 1
 MODES = ("codec", "chat")
 OUTPUTS = ("pcm", "tokens")
+VIDEO_INPUTS, VIDEO_OUTPUTS = ("rgb", "tokens"), ("rgb", "tokens")
 MIN_RATE, MAX_RATE = 8_000, 48_000
 
 # Error codes (docs/protocol.md). Fatal ones close the connection after the error event.
@@ -63,6 +70,8 @@ class Hello:
     codebooks: int = 8
     output: tuple[str, ...] = ("pcm",)
     input: str = "pcm"
+    video_input: str = "rgb"  # codec mode: RGB24 frames in (-> video_output), or video tokens in (-> RGB24 out)
+    video_output: tuple[str, ...] = ("rgb",)
     token: str | None = None
 
 
@@ -104,6 +113,10 @@ class BinaryFrame:
         """Video token payload -> int64 [F, N] (F = frames, N = tokens per frame, row-major over the grid)."""
         return np.frombuffer(self.payload, "<u2").astype(np.int64).reshape(self.codebooks, -1).copy()
 
+    def rgb(self, size: tuple[int, int] = VIDEO_FRAME_SIZE) -> np.ndarray:
+        """RGB24 payload -> uint8 [H, W, 3] (the size parse_binary checked it against)."""
+        return np.frombuffer(self.payload, np.uint8).reshape(size[0], size[1], 3).copy()
+
 
 def _check_fields(msg: dict, num_codebooks: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -133,6 +146,17 @@ def _check_fields(msg: dict, num_codebooks: int) -> dict[str, Any]:
         if msg["input"] not in ("pcm", "tokens"):
             raise ProtocolError("bad_config", f"input must be 'pcm' or 'tokens', got {msg['input']!r}")
         out["input"] = msg["input"]
+    if "video_input" in msg:
+        if msg["video_input"] not in VIDEO_INPUTS:
+            raise ProtocolError("bad_config", f"video_input must be 'rgb' or 'tokens', got {msg['video_input']!r}")
+        out["video_input"] = msg["video_input"]
+    if "video_output" in msg:
+        o = msg["video_output"]
+        o = [o] if isinstance(o, str) else o
+        if not isinstance(o, list) or not o or any(x not in VIDEO_OUTPUTS for x in o):
+            want = list(VIDEO_OUTPUTS)
+            raise ProtocolError("bad_config", f"video_output must be a list drawn from {want}, got {o!r}")
+        out["video_output"] = tuple(dict.fromkeys(o))
     return out
 
 
@@ -164,8 +188,16 @@ def parse_text(text: str, num_codebooks: int = 8) -> Hello | Config | End | Ping
     raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
 
 
-def parse_binary(data: bytes, num_codebooks: int = 8, codebook_size: int = 1 << 16) -> BinaryFrame:
-    """Header and payload checked against the codec (codebooks, code range), so a frame that parses is usable."""
+def parse_binary(
+    data: bytes,
+    num_codebooks: int = 8,
+    codebook_size: int = 1 << 16,
+    video_frame_size: tuple[int, int] = VIDEO_FRAME_SIZE,
+    video_tokens_per_frame: int = VIDEO_TOKENS_PER_FRAME,
+    video_codebook_size: int = VIDEO_CODEBOOK_SIZE,
+) -> BinaryFrame:
+    """Header and payload checked against the codecs (codebooks, code range, frame size), so a frame that parses is
+    usable."""
     if len(data) < HEADER.size:
         raise ProtocolError("bad_header", f"binary frame of {len(data)} bytes is shorter than the 12-byte header")
     kind, version, k, flags, seq, ts = HEADER.unpack_from(data)
@@ -185,12 +217,23 @@ def parse_binary(data: bytes, num_codebooks: int = 8, codebook_size: int = 1 << 
         if payload and int(np.frombuffer(payload, "<u2").max()) >= codebook_size:
             raise ProtocolError("bad_header", f"token value out of range 0..{codebook_size - 1}")
     elif kind == KIND_VIDEO_TOKENS:
-        n = VIDEO_TOKENS_PER_FRAME
+        n = video_tokens_per_frame
         if not 1 <= k <= MAX_VIDEO_FRAMES or len(payload) != 2 * n * k:
-            raise ProtocolError("bad_header", f"video token frame must hold 1..{MAX_VIDEO_FRAMES} frames of {n} "
-                                f"tokens, byte 2 says {k} and the payload is {len(payload)} bytes")
-        if int(np.frombuffer(payload, "<u2").max()) >= VIDEO_CODEBOOK_SIZE:
-            raise ProtocolError("bad_header", f"video token value out of range 0..{VIDEO_CODEBOOK_SIZE - 1}")
+            raise ProtocolError(
+                "bad_header",
+                f"video token frame must hold 1..{MAX_VIDEO_FRAMES} frames of {n} "
+                f"tokens, byte 2 says {k} and the payload is {len(payload)} bytes",
+            )
+        if int(np.frombuffer(payload, "<u2").max()) >= video_codebook_size:
+            raise ProtocolError("bad_header", f"video token value out of range 0..{video_codebook_size - 1}")
+    elif kind == KIND_RGB24:
+        h, w = video_frame_size
+        if k != 1 or len(payload) != h * w * 3:
+            raise ProtocolError(
+                "bad_header",
+                f"an RGB24 frame holds one {w}x{h} frame ({h * w * 3} bytes, byte 2 = 1)"
+                f"; byte 2 says {k} and the payload is {len(payload)} bytes",
+            )
     else:
         raise ProtocolError("unknown_kind", f"unknown binary frame kind {kind}")
     return BinaryFrame(kind, k, flags, seq, ts, payload)
@@ -217,9 +260,17 @@ def video_token_frame(tokens: np.ndarray, seq: int, timestamp: int, flags: int =
     """int [F, N] (F video frames of N tokens) -> a video token binary frame."""
     tokens = np.asarray(tokens)
     return (
-        HEADER.pack(KIND_VIDEO_TOKENS, PROTOCOL_VERSION, tokens.shape[0], flags, seq & 0xFFFFFFFF,
-                    timestamp & 0xFFFFFFFF)
+        HEADER.pack(
+            KIND_VIDEO_TOKENS, PROTOCOL_VERSION, tokens.shape[0], flags, seq & 0xFFFFFFFF, timestamp & 0xFFFFFFFF
+        )
         + np.ascontiguousarray(tokens).astype("<u2").tobytes()
+    )
+
+
+def rgb_frame(rgb: np.ndarray, seq: int, timestamp: int, flags: int = 0) -> bytes:
+    """uint8 [H, W, 3] -> an RGB24 video binary frame."""
+    return HEADER.pack(KIND_RGB24, PROTOCOL_VERSION, 1, flags, seq & 0xFFFFFFFF, timestamp & 0xFFFFFFFF) + (
+        np.ascontiguousarray(rgb, np.uint8).tobytes()
     )
 
 

@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from talkstream.services.protocol import error_event
 from talkstream.services.session import EchoResponder, Limits, Responder, Session
+from talkstream.streaming import video
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics
 from talkstream.streaming.vad import SileroVAD
@@ -38,6 +39,7 @@ class ServerConfig:
     # Browsers send Origin; other clients do not. None: only pages served from localhost may connect.
     allowed_origins: list[str] | None = None
     weights: str | None = None  # codec checkpoint folder (default: the shipped weights)
+    video_weights: str | None = None  # video codec checkpoint folder (default: the shipped weights)
     codec_threads: int = 1
     gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
     backend: str = "onnx"  # codec steps in onnxruntime (2.8-4x faster per step) or torch eager
@@ -73,12 +75,14 @@ class TalkstreamServer:
         responder: Responder | None = None,
         codec=None,
         vad: SileroVAD | None = None,
+        video_codec=None,
     ):
-        from talkstream.models.loaders import load_audio_codec
+        from talkstream.models.loaders import load_audio_codec, load_video_codec
 
         self.config = config or ServerConfig()
         self.metrics = Metrics()
         self.codec = codec or load_audio_codec(self.config.weights)
+        self.video_codec = video_codec or load_video_codec(self.config.video_weights)
         self.vad = vad or SileroVAD()
         self.responder = responder or _make_responder(self.config, self.codec)
         self.engine = CodecEngine(
@@ -107,6 +111,7 @@ class TalkstreamServer:
         self.engine.warmup(self.config.limits.frames_per_step)
         self.vad.warmup()
         self.responder.warmup()
+        video.warmup(self.video_codec)
         self.engine.start()
         c = self.config
         # websockets closes (1009) above max_size; below it, the session answers oversize messages with an error
@@ -155,7 +160,7 @@ class TalkstreamServer:
     def render_metrics(self) -> bytes:
         depth: dict[str, int] = {}
         for s in self.sessions:
-            for p in (s.input, s.reply):
+            for p in (s.input, s.reply, s.video):
                 for name, n in (p.queue_depths() if p else {}).items():
                     depth[name] = depth.get(name, 0) + n
         for name, n in depth.items():
@@ -187,7 +192,9 @@ class TalkstreamServer:
         if len(self.sessions) >= c.max_sessions:
             await self._refuse(ws, "busy", f"server is at its limit of {c.max_sessions} sessions; try later")
             return
-        session = Session(self.engine, self.vad, self.responder, c.limits, ws.send, self.metrics)
+        session = Session(
+            self.engine, self.vad, self.responder, c.limits, ws.send, self.metrics, video_codec=self.video_codec
+        )
         self.sessions.add(session)
         self.metrics.sessions.inc()
         self.metrics.sessions_total.inc()

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from talkstream.services.protocol import (
     HEADER,
+    KIND_RGB24,
+    KIND_VIDEO_TOKENS,
     Config,
     End,
     Hello,
@@ -19,7 +21,9 @@ from talkstream.services.protocol import (
     parse_binary,
     parse_text,
     pcm_frame,
+    rgb_frame,
     token_frame,
+    video_token_frame,
 )
 
 
@@ -58,6 +62,9 @@ def test_hello_and_friends():
         ('{"type": "hello", "version": 1, "mode": "karaoke"}', "bad_config"),
         ('{"type": "hello", "version": 1, "output": ["video"]}', "bad_config"),
         ('{"type": "hello", "version": 1, "token": 123}', "bad_config"),
+        ('{"type": "hello", "version": 1, "video_input": "jpeg"}', "bad_config"),
+        ('{"type": "hello", "version": 1, "video_output": []}', "bad_config"),
+        ('{"type": "config", "video_output": ["rgb", "pcm"]}', "bad_config"),
         ("[" * 100_000, "bad_json"),
     ],
 )
@@ -117,6 +124,7 @@ def test_random_bytes_never_crash_the_binary_parser(data):
                 | st.dictionaries(
                     st.sampled_from(
                         ["type", "version", "mode", "sample_rate", "codebooks", "output", "input", "token"]
+                        + ["video_input", "video_output"]
                     ),
                     c,
                     max_size=5,
@@ -137,3 +145,36 @@ def test_token_values_are_checked_against_the_codebook():
     with pytest.raises(ProtocolError, match="out of range"):
         parse_binary(token_frame(np.full((2, 3), 1024), 0, 0), num_codebooks=8, codebook_size=1024)
     assert parse_binary(token_frame(np.full((2, 3), 1023), 0, 0), 8, 1024).tokens().max() == 1023
+
+
+def test_video_fields_and_frames():
+    h = parse_text('{"type": "hello", "version": 1, "video_input": "tokens", "video_output": "tokens"}')
+    assert (h.video_input, h.video_output) == ("tokens", ("tokens",))
+    assert parse_text('{"type": "hello", "version": 1}').video_output == ("rgb",)  # the default: the reconstruction
+    rgb = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    f = parse_binary(rgb_frame(rgb, seq=3, timestamp=99))
+    assert (f.kind, f.codebooks, f.seq, f.timestamp) == (KIND_RGB24, 1, 3, 99)
+    np.testing.assert_array_equal(f.rgb(), rgb)
+    small = rgb[:64, :32]  # a server's own codec size is what frames are checked against
+    np.testing.assert_array_equal(parse_binary(rgb_frame(small, 0, 0), video_frame_size=(64, 32)).rgb((64, 32)), small)
+    tokens = np.random.default_rng(1).integers(0, 1000, (3, 256))
+    f = parse_binary(video_token_frame(tokens, 0, 0))
+    assert (f.kind, f.codebooks) == (KIND_VIDEO_TOKENS, 3)
+    np.testing.assert_array_equal(f.video_tokens(), tokens)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (rgb_frame(np.zeros((64, 64, 3), np.uint8), 0, 0), "one 128x128 frame"),
+        (HEADER.pack(KIND_RGB24, 1, 2, 0, 0, 0) + bytes(128 * 128 * 3), "byte 2 says 2"),
+        (HEADER.pack(KIND_VIDEO_TOKENS, 1, 1, 0, 0, 0) + bytes(2 * 255), "frames of 256 tokens"),
+        (HEADER.pack(KIND_VIDEO_TOKENS, 1, 26, 0, 0, 0) + bytes(2 * 256 * 26), "1..25 frames"),
+        (video_token_frame(np.full((1, 256), 1000), 0, 0), "out of range 0..999"),
+    ],
+    ids=["rgb-size", "rgb-count", "ragged-video-tokens", "too-many-video-frames", "video-token-range"],
+)
+def test_bad_video_frames(data, message):
+    with pytest.raises(ProtocolError, match=message) as e:
+        parse_binary(data)
+    assert e.value.code == "bad_header"

@@ -30,7 +30,7 @@ class VideoInputError(ValueError):
     """A video file cannot be read, has no video, or is not constant frame rate. The message is for the user."""
 
 
-def _fit(rgb: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+def fit_frame(rgb: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """uint8 [H, W, 3] -> (float [3, h, w] in [0, 1] scaled to fit and edge-padded, content size (ch, cw))."""
     h, w = size
     sh, sw = rgb.shape[:2]
@@ -43,7 +43,7 @@ def _fit(rgb: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[in
     return x[0].clamp(0, 1), (ch, cw)
 
 
-def _unfit(frame: torch.Tensor, content: tuple[int, int], source: tuple[int, int]) -> np.ndarray:
+def unfit_frame(frame: torch.Tensor, content: tuple[int, int], source: tuple[int, int]) -> np.ndarray:
     """float [3, h, w] -> uint8 [H, W, 3] at the source size (padding cropped)."""
     x = frame[None, :, : content[0], : content[1]]
     if tuple(content) != tuple(source):
@@ -133,7 +133,7 @@ def encode_file(codec: VideoCodec, src: str | Path, dst: str | Path) -> dict:
     state = codec.init_state()
     tokens, content = [], (0, 0)
     for rgb in frames:
-        x, content = _fit(rgb, codec.frame_size)
+        x, content = fit_frame(rgb, codec.frame_size)
         t, state = codec.encode_step(x[None], state)
         tokens.append(t[0].numpy())
     if not tokens:
@@ -167,6 +167,6 @@ def decode_file(codec: VideoCodec, src: str | Path, dst: str | Path) -> dict:
     out = []
     for t in torch.from_numpy(codes).T:
         frame, state = codec.decode_step(t[None], state)
-        out.append(_unfit(frame[0], content, source))
+        out.append(unfit_frame(frame[0], content, source))
     write_video(dst, out, fps)
     return {**header, "duration_s": round(len(out) / float(fps), 3)}

@@ -44,6 +44,8 @@ class TrainConfig:
     crop: int = 160  # Talker: frames per training window (2.1 s)
     hidden_dim: int = 192  # Talker: the Thinker's width, for the hidden-state track
     hidden_drop: float = 0.5  # Talker: share of examples trained without the Thinker's hidden states
+    video_share: float = 0.3  # Thinker: share of examples that are video questions (when video data exists)
+    init: str | None = None  # start a new run from these weights (new parts, such as a video track, start fresh)
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
@@ -58,10 +60,13 @@ class ThinkerBatches:
     MAX_FRAMES = 900  # 12 s
 
     def __init__(self, items: list[dict], codebook: torch.Tensor, stack: int, seed: int,
-                 silence: torch.Tensor | None = None):
+                 silence: torch.Tensor | None = None, video_items: list[dict] | None = None,
+                 video_stack: int = 4, video_share: float = 0.0):
         self.items, self.codebook, self.stack = items, codebook, stack
         self.rng = random.Random(seed)
         self.silence = silence  # codes [K, F] of near-silence: served turns carry VAD pre-roll and trailing quiet
+        self.video_items, self.video_stack = video_items or [], video_stack
+        self.video_share = video_share if self.video_items else 0.0
 
     def latent(self, codes: torch.Tensor, n_q: int) -> torch.Tensor:
         codes = codes[:n_q, : self.MAX_FRAMES].long()
@@ -70,6 +75,11 @@ class ThinkerBatches:
         return F.pad(z, (0, 0, 0, pad)).T  # [D, F']
 
     def example(self, item: dict, task: int | None = None, n_q: int | None = None) -> tuple:
+        if "video" in item:  # a question about the clip: answered (its transcript is learned from the rest)
+            video = item["video"].float()
+            video = torch.cat([video, video[-1:].expand(-video.shape[0] % self.video_stack, -1)])
+            n_q = n_q or self.rng.randint(2, self.codebook.shape[0])
+            return self.latent(item["codes"], n_q), tx.CHAT, tx.encode(item["answer"]), video
         if task is None:
             task = tx.CHAT if item["answer"] and self.rng.random() < 0.5 else tx.ASR
         target = item["answer"] if task == tx.CHAT else item["text"]
@@ -88,9 +98,22 @@ class ThinkerBatches:
         task = torch.tensor([e[1] for e in examples])
         lmax = max(len(e[2]) for e in examples)
         text = torch.tensor([e[2] + [tx.PAD] * (lmax - len(e[2])) for e in examples])
-        return latent, audio_len, task, text, torch.tensor([len(e[2]) for e in examples])
+        text_len = torch.tensor([len(e[2]) for e in examples])
+        videos = [e[3] if len(e) > 3 else None for e in examples]
+        if all(v is None for v in videos):
+            return latent, audio_len, task, text, text_len
+        vmax = max(v.shape[0] for v in videos if v is not None)
+        width = next(v for v in videos if v is not None).shape[1]
+        video = torch.zeros(len(examples), vmax, width)
+        for i, v in enumerate(videos):
+            if v is not None:
+                video[i, : v.shape[0]] = v
+        video_len = torch.tensor([0 if v is None else v.shape[0] // self.video_stack for v in videos])
+        return latent, audio_len, task, text, text_len, video, video_len
 
     def sample(self, n: int) -> tuple:
+        if self.video_share and self.rng.random() < self.video_share:  # a batch of video questions
+            return self.collate([self.example(self.rng.choice(self.video_items)) for _ in range(n)])
         # Neighbours in length share a batch: padding a 2 s question to a 10 s sentence would triple the work.
         if not hasattr(self, "_by_length"):
             self._by_length = sorted(self.items, key=lambda it: it["codes"].shape[-1] + 4 * len(it["text"]))
@@ -192,6 +215,25 @@ def attach_thinker_hidden(items: list[dict], cache: Path, codec=None, thinker_pa
               file=sys.stderr)
 
 
+def _video_items(data: Path, cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """The video questions (`talkstream data video-questions`), when made and asked for."""
+    path = data / "video_train.pt"
+    if cfg.video_share <= 0 or not path.is_file():
+        return [], []
+    return torch.load(path, weights_only=False), torch.load(data / "video_eval.pt", weights_only=False)
+
+
+def _init_from(model: nn.Module, path: Path, kind: str) -> None:
+    """Start from trained weights (a shipped checkpoint folder); parts they lack keep their fresh initialisation."""
+    from talkstream.models.loaders import read_checkpoint
+
+    _, state = read_checkpoint(path, kind)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{path}: weights this model does not have: {sorted(unexpected)[:5]}")
+    print(f"started from {path}; new: {sorted({k.split('.')[0] for k in missing}) or 'nothing'}", file=sys.stderr)
+
+
 def _thinker_loss(model: Thinker, batch: tuple) -> tuple[torch.Tensor, dict]:
     loss = model.forward_train(*batch)
     return loss, {"ce": float(loss)}
@@ -210,14 +252,20 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         from talkstream.models.loaders import load_audio_codec
 
         codec = codec or load_audio_codec()
-        model: nn.Module = Thinker(ThinkerConfig(latent_dim=codec.cfg.latent_dim, dim=cfg.dim, layers=cfg.layers))
+        video_train, video_eval = _video_items(data, cfg)
+        video_features = video_train[0]["video"].shape[1] if video_train else 0
+        model: nn.Module = Thinker(ThinkerConfig(latent_dim=codec.cfg.latent_dim, dim=cfg.dim, layers=cfg.layers,
+                                                 video_features=video_features))
         codebook = codec.quantizer.embed.detach().clone()
         quiet = torch.randn(1, 1, codec.sample_rate) * 1e-3
         silence = codec.encode(quiet)[0].to(torch.int16)
-        batches = ThinkerBatches(train_items, codebook, model.cfg.stack, cfg.seed, silence)
+        batches = ThinkerBatches(train_items, codebook, model.cfg.stack, cfg.seed, silence, video_train,
+                                 model.cfg.video_stack, cfg.video_share)
         eval_batches = ThinkerBatches(eval_items, codebook, model.cfg.stack, cfg.seed + 1)
         eval_set = [eval_batches.collate([eval_batches.example(it, n_q=8) for it in eval_items[i : i + 16]])
                     for i in range(0, min(len(eval_items), 128), 16)]
+        video_eval_set = [eval_batches.collate([eval_batches.example(it, n_q=8) for it in video_eval[i : i + 16]])
+                          for i in range(0, min(len(video_eval), 64), 16)]
         loss_fn = _thinker_loss
     elif kind == "talker":
         if cfg.hidden_drop < 1:
@@ -237,6 +285,9 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, history, seconds = 0, [], 0.0
     ckpt = run / "last.pt"
+    video_eval_set = locals().get("video_eval_set") or []
+    if not ckpt.is_file() and cfg.init:
+        _init_from(model, Path(cfg.init), kind)
     if ckpt.is_file():
         saved = torch.load(ckpt, weights_only=False)
         model.load_state_dict(saved["model"])
@@ -285,6 +336,8 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
                             "seconds": round(seconds)})
             if kind == "talker":
                 history[-1]["eval_text_only"] = round(evaluate(text_only_set), 4)
+            elif video_eval_set:
+                history[-1]["eval_video"] = round(evaluate(video_eval_set), 4)
             bar.write(f"step {step}: " + " ".join(f"{k} {v}" for k, v in history[-1].items() if k != "step"))
         if step % cfg.save_every == 0 or step == cfg.steps:
             save()

@@ -107,11 +107,24 @@ def cmd_data_model(args) -> None:
     print(f"model data written to {out}")
 
 
+def cmd_data_video_questions(args) -> None:
+    from talkstream.models.loaders import load_audio_codec, load_video_codec
+    from talkstream.models.video_questions import build_video_questions
+
+    import torch
+
+    torch.set_num_threads(1)
+    out = build_video_questions(Path(args.out), load_audio_codec(), load_video_codec(), train=args.train,
+                                evaluate=args.eval, seed=args.seed)
+    print(f"video questions written to {out}")
+
+
 def cmd_train_model(args) -> None:
     from talkstream.models.train import TrainConfig, train
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                      dim=args.dim, layers=args.layers, seed=args.seed, hidden_drop=getattr(args, "hidden_drop", 0.5))
+                      dim=args.dim, layers=args.layers, seed=args.seed, hidden_drop=getattr(args, "hidden_drop", 0.5),
+                      video_share=getattr(args, "video_share", 0.0), init=args.init, warmup=args.warmup)
     run = Path(args.run or f"runs/{args.what}")
     out = train(args.what, Path(args.data), run, cfg, command=["talkstream", *sys.argv[1:]])
     print(f"weights exported to {out} (copy to talkstream/weights/{args.what} to ship them)")
@@ -183,6 +196,13 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
         tp.add_argument("--layers", type=int, default=4 if what == "thinker" else 3)
         tp.add_argument("--threads", type=int, default=1)
         tp.add_argument("--seed", type=int, default=0)
+        tp.add_argument("--warmup", type=int, default=300, help="steps of learning-rate warm-up")
+        tp.add_argument("--init", default=None, help="start a new run from these weights (e.g. talkstream/weights/"
+                        f"{what}); parts they lack start fresh. Ignored when the run folder has last.pt")
+        if what == "thinker":
+            tp.add_argument("--video-share", type=float, default=0.3,
+                            help="share of batches that are video questions, when DATA/video_train.pt exists "
+                            "(`talkstream data video-questions`); 0: audio only")
         if what == "talker":
             tp.add_argument("--hidden-drop", type=float, default=0.5,
                             help="share of examples trained without the Thinker's hidden states (1: text only; "
@@ -204,6 +224,15 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--questions", type=int, default=1600, help="spoken training questions")
     dp.add_argument("--seed", type=int, default=0)
     dp.set_defaults(func=cmd_data_model)
+    dp = data_sub.add_parser("video-questions", help="the Thinker's video skill: spoken questions about short clips",
+                             description="Clips of a moving ball (8 colours, 4 directions) coded by the video "
+                             "codec, with spoken questions about its colour or direction coded by the audio codec. "
+                             "Writes video_train.pt and video_eval.pt (held-out voices, phrasings and clips).")
+    dp.add_argument("--out", default="data/model")
+    dp.add_argument("--train", type=int, default=1200, help="training clips")
+    dp.add_argument("--eval", type=int, default=160, help="evaluation clips")
+    dp.add_argument("--seed", type=int, default=0)
+    dp.set_defaults(func=cmd_data_video_questions)
 
     bp = bench_sub.add_parser("model", help="Thinker WER and answer accuracy, Talker WER (faster-whisper), latency",
                               description="On held-out voices and sentences: Thinker speech-to-text WER, dialogue "

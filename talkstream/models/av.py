@@ -60,3 +60,24 @@ def interleave(audio: int, video: int, cfg) -> tuple[Tensor, Tensor, Tensor]:
         index += [*v.tolist(), *a.tolist()]
         pos += [*vpos[v].tolist(), *a.tolist()]
     return torch.tensor(kinds, dtype=torch.bool), torch.tensor(index, dtype=torch.long), torch.tensor(pos)
+
+
+def video_tokens_for_turn(path, video_codec, seconds: float) -> Tensor:
+    """A video file -> the video codec's tokens [T, h*w] at its frame rate for a turn of `seconds`: frames picked by
+    time (any source rate), cut at the turn's end, the last frame held if the video is shorter."""
+    from talkstream.codecs.video.files import fit_frame, read_frames
+
+    frames, fps, _ = read_frames(path)
+    want = max(1, round(seconds * video_codec.fps))
+    picked: list[Tensor] = []
+    for i, rgb in enumerate(frames):
+        # Source frame i shows times [i / fps, (i + 1) / fps): it fills every codec frame starting in that span.
+        while len(picked) < want and len(picked) / video_codec.fps < (i + 1) / float(fps):
+            picked.append(fit_frame(rgb, video_codec.frame_size)[0])
+        if len(picked) == want:
+            break
+    if not picked:
+        raise ValueError(f"{path}: no frames")
+    picked += [picked[-1]] * (want - len(picked))
+    with torch.no_grad():
+        return video_codec.encode(torch.stack(picked)[None])[0]

@@ -2,7 +2,8 @@
 
 The Thinker seam (what a replacement implements; `BuiltinThinker` and `OpenAIThinker` do):
 
-    heard = thinker.hear(codes)              # codes long [1, K, F] of the user's turn -> whatever it needs
+    heard = thinker.hear(codes, video)       # codes long [1, K, F] of the user's turn, and video tokens
+                                             # [T, h*w] seen meanwhile (or None) -> whatever it needs
     text = thinker.transcript(heard)         # what the user said
     async for piece, hidden in thinker.reply(heard):   # the reply as it is written: text and a hidden state
         ...                                  # (hidden [dim] or None for a Thinker without one)
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkstream.models import av
 from talkstream.models import phonemes as ph
 from talkstream.models import text as tx
 from talkstream.models.talker import SamplingConfig, Talker, TalkerState
@@ -45,12 +47,23 @@ class Heard:
 class BuiltinThinker:
     """The shipped Thinker behind the seam."""
 
-    def __init__(self, model: Thinker, codebook: torch.Tensor):
+    def __init__(self, model: Thinker, codebook: torch.Tensor, video_codec=None):
         self.model, self.codebook = model.eval(), codebook
+        self.video_codec = video_codec  # turns video tokens into the Thinker's frame features; loaded when needed
 
-    def hear(self, codes: torch.Tensor) -> Heard:
+    def hear(self, codes: torch.Tensor, video: torch.Tensor | None = None) -> Heard:
         latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack)
-        return Heard(self.model.listen(latent, self.model.init_state()))
+        if video is None or not len(video):
+            return Heard(self.model.listen(latent, self.model.init_state()))
+        if not self.model.cfg.video_features:
+            raise ValueError("this Thinker has no video track: its answers cannot use the video")
+        if self.video_codec is None:
+            from talkstream.models.loaders import load_video_codec
+
+            self.video_codec = load_video_codec()
+        features = av.tokens_to_features(self.video_codec, video)
+        features = torch.cat([features, features[-1:].expand(-len(features) % self.model.cfg.video_stack, -1)])
+        return Heard(self.model.listen(latent, self.model.init_state(), features[None]))
 
     def transcript(self, heard: Heard) -> str:
         if heard.transcript is None:
@@ -166,9 +179,11 @@ class ChatResponder:
         for _ in talker.frames(ids, None, self.speaker.sampling):
             pass
 
-    async def respond(self, turn: torch.Tensor) -> AsyncIterator[torch.Tensor | dict]:
+    async def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None
+                      ) -> AsyncIterator[torch.Tensor | dict]:
+        """`turn` codes [1, K, F]; `video` the video tokens [T, h*w] seen during the turn, if any."""
         t0 = time.perf_counter()
-        heard = await asyncio.to_thread(self.thinker.hear, turn)
+        heard = await asyncio.to_thread(self.thinker.hear, turn, video)
         reply: list[str] = []
 
         async def pieces():
@@ -245,7 +260,8 @@ class TurnResult:
     seconds: float  # wall time of the whole answer
 
 
-async def answer_codes(responder: ChatResponder, codec, codes: torch.Tensor, block_frames: int = 6) -> TurnResult:
+async def answer_codes(responder: ChatResponder, codec, codes: torch.Tensor, block_frames: int = 6,
+                       video: torch.Tensor | None = None) -> TurnResult:
     """One turn, as the server runs it: respond, and decode the reply's blocks with the SlidingWindowDecoder."""
     from talkstream.streaming.sliding_window import SlidingWindowDecoder
 
@@ -253,7 +269,7 @@ async def answer_codes(responder: ChatResponder, codec, codes: torch.Tensor, blo
     state = decoder.init_state(responder.num_codebooks)
     t0 = time.perf_counter()
     first_ms, pcm, frames, transcript, reply = None, [], 0, "", ""
-    async for item in responder.respond(codes):
+    async for item in (responder.respond(codes, video) if video is not None else responder.respond(codes)):
         if isinstance(item, dict):
             transcript = item["text"] if item["type"] == "transcript" else transcript
             reply = item["text"] if item["type"] == "reply_text" else reply
@@ -271,10 +287,10 @@ async def answer_codes(responder: ChatResponder, codec, codes: torch.Tensor, blo
     return TurnResult(transcript, reply, audio, first_ms, frames, time.perf_counter() - t0)
 
 
-def answer_pcm(responder: ChatResponder, codec, pcm: np.ndarray) -> TurnResult:
-    """A spoken turn (float32 mono at the codec's rate) -> the answer, decoded."""
+def answer_pcm(responder: ChatResponder, codec, pcm: np.ndarray, video: torch.Tensor | None = None) -> TurnResult:
+    """A spoken turn (float32 mono at the codec's rate), and video tokens seen meanwhile -> the answer, decoded."""
     codes = codec.encode(torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))[None, None])
-    return asyncio.run(answer_codes(responder, codec, codes))
+    return asyncio.run(answer_codes(responder, codec, codes, video=video))
 
 
 _DEFAULT: tuple | None = None

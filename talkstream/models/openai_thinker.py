@@ -33,8 +33,10 @@ class OpenAIThinker:
         self.system_prompt, self.timeout_s = system_prompt, timeout_s
         self.history: deque[dict] = deque(maxlen=max_history)
 
-    def hear(self, codes) -> Heard:
-        heard = self.listener.hear(codes)
+    def hear(self, codes, video=None) -> Heard:
+        # The endpoint gets the transcript only: the video is seen by the built-in listener (when it has a video
+        # track), which shapes nothing but the transcript here.
+        heard = self.listener.hear(codes, video if self.listener.model.cfg.video_features else None)
         self.listener.transcript(heard)
         return heard
 

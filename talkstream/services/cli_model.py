@@ -61,7 +61,13 @@ def cmd_chat(args) -> None:
 
     codec = load_audio_codec()
     pcm = load_audio(args.input, codec.sample_rate)
-    r = answer_pcm(_responder(args, codec), codec, pcm)
+    video = None
+    if args.video:
+        from talkstream.models.av import video_tokens_for_turn
+        from talkstream.models.loaders import load_video_codec
+
+        video = video_tokens_for_turn(args.video, load_video_codec(), len(pcm) / codec.sample_rate)
+    r = answer_pcm(_responder(args, codec), codec, pcm, video)
     sf.write(args.out, r.pcm, codec.sample_rate, subtype="PCM_16")
     print(f"heard:  {r.transcript}")
     print(f"reply:  {r.reply}")
@@ -175,6 +181,9 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
                         "reply to --out, and report the first-packet latency.")
     sp.add_argument("input", metavar="IN", help="the user's speech: WAV, FLAC, OGG, MP3, ...")
     sp.add_argument("--out", default="reply.wav", help="where the spoken reply goes (24 kHz WAV)")
+    sp.add_argument("--video", default=None, metavar="CLIP",
+                    help="a video seen while the question is asked (mp4, webm, ...): the Thinker watches it too, "
+                    "e.g. 'what colour is the ball?' over a clip of a ball")
     thinker_args(sp)
     sp.set_defaults(func=cmd_chat)
 

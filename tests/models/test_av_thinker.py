@@ -83,3 +83,49 @@ def test_audio_alone_goes_into_the_cache_at_once():
     state = thinker.listen(torch.randn(1, 16, 10), thinker.init_state())
     assert state.cache.length == 2 and state.next_position == 2 and not state.queue
     assert thinker.end_turn(state) is state
+
+
+def test_builtin_thinker_hears_a_turn_with_video_tokens():
+    from talkstream.models.chat import BuiltinThinker
+    from talkstream.models.loaders import load_video_codec
+
+    video_codec = load_video_codec()
+    torch.manual_seed(0)
+    thinker = Thinker(ThinkerConfig(latent_dim=16, dim=32, layers=2, heads=2, video_features=64)).eval()
+    builtin = BuiltinThinker(thinker, torch.randn(8, 1024, 16), video_codec)
+    codes = torch.randint(0, 1024, (1, 8, 75))  # 1 s of audio
+    tokens = torch.randint(0, video_codec.codebook_size, (25, 256))  # 1 s of video
+    heard = builtin.hear(codes, tokens)
+    assert heard.state.video_positions == 7 and heard.state.audio_positions == 19  # 25 frames padded to 28
+    with_video = builtin.transcript(heard)
+    other = builtin.hear(codes, torch.randint(0, video_codec.codebook_size, (25, 256)))
+    assert thinker.end_turn(other.state).cache.length == thinker.end_turn(heard.state).cache.length == 26
+    assert builtin.hear(codes).state.video_positions == 0
+    assert isinstance(with_video, str)
+    with pytest.raises(ValueError, match="no video track"):
+        BuiltinThinker(tiny_thinker(), torch.randn(8, 1024, 16)).hear(codes, tokens)
+
+
+def test_video_file_tokens_follow_time_at_any_frame_rate(tmp_path):
+    import av as pyav
+    import numpy as np
+
+    from talkstream.models.av import video_tokens_for_turn
+    from talkstream.models.loaders import load_video_codec
+
+    path = tmp_path / "clip.mp4"
+    with pyav.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(5):  # 0.5 s at 10 fps
+            img = np.full((48, 64, 3), 20 + 40 * i, np.uint8)
+            for p in s.encode(pyav.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    codec = load_video_codec()
+    assert video_tokens_for_turn(path, codec, 0.4).shape == (10, 256)  # 25 fps: 10 frames, cut at the turn's end
+    assert video_tokens_for_turn(path, codec, 1.0).shape == (25, 256)  # the last frame held past the clip's end
+    with pytest.raises(Exception, match="not a readable video|no video stream"):
+        (tmp_path / "x.mp4").write_bytes(b"not a video at all")
+        video_tokens_for_turn(tmp_path / "x.mp4", codec, 1.0)

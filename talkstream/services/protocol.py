@@ -8,7 +8,7 @@ Binary frames carry a 12-byte little-endian header, then the payload:
     byte 0   kind       1 = PCM16 audio, 2 = codec tokens, 3 = video codec tokens, 4 = RGB24 video frame
     byte 1   version    1
     byte 2   codebooks  tokens: codebooks per frame (1..8); PCM16: 0; video: video frames in the message (RGB24: 1)
-    byte 3   flags      bit 0: last frame of a segment
+    byte 3   flags      bit 0: last frame of a segment; bit 1 (video): key frame, the codec state restarts here
     4..7     seq        uint32, sender's frame counter
     8..11    timestamp  uint32 ms on the sender's clock; the server echoes the timestamp of the input frame that
                         completed each output frame, so a client measures round-trip latency with its own clock
@@ -41,6 +41,7 @@ VIDEO_KINDS = (KIND_VIDEO_TOKENS, KIND_RGB24)
 VIDEO_FRAME_SIZE, VIDEO_TOKENS_PER_FRAME, VIDEO_CODEBOOK_SIZE = (128, 128), 256, 1000
 MAX_VIDEO_FRAMES = 25  # per video token message (1 s at 25 fps)
 FLAG_END = 1
+FLAG_KEY = 2  # video: the video codec's state was reset before this frame; a decoder resets too
 MODES = ("codec", "chat")
 OUTPUTS = ("pcm", "tokens")
 VIDEO_INPUTS, VIDEO_OUTPUTS = ("rgb", "tokens"), ("rgb", "tokens")

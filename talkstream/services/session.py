@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from talkstream.services.protocol import (
+    FLAG_KEY,
     KIND_PCM16,
     KIND_RGB24,
     KIND_TOKENS,
-    KIND_VIDEO_TOKENS,
     PROTOCOL_VERSION,
     VIDEO_KINDS,
     BinaryFrame,
@@ -68,7 +68,7 @@ from talkstream.streaming.stages import (
     resampler,
 )
 from talkstream.streaming.vad import SileroVAD, VADEvent
-from talkstream.streaming.video import VideoCodecStage, VideoIn, VideoOut, VideoStats
+from talkstream.streaming.video import KEY_INTERVAL, VideoCodecStage, VideoIn, VideoOut, VideoStats
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,7 @@ class Session:
         self.video_stats = VideoStats()  # the whole session's, across config changes
         self._video_seq = 0
         self._video_sender_task: asyncio.Task | None = None
+        self._ending = False  # `end` received: live video that still arrives is ignored while the rest drains
 
     # -- sending ----------------------------------------------------------------------------------------------
     async def send(self, message: bytes | str) -> None:
@@ -350,23 +351,25 @@ class Session:
 
     async def _on_video_frame(self, frame: BinaryFrame) -> None:
         self._check_video()
-        want = KIND_RGB24 if self.hello.video_input == "rgb" else KIND_VIDEO_TOKENS
-        if frame.kind != want:
-            raise ProtocolError(
-                "bad_header",
-                f"this session takes video_input {self.hello.video_input!r} (kind {want}); set it in hello or config",
-            )
         now = time.monotonic()
         if frame.kind == KIND_RGB24:
             await self.feed_video(VideoIn(frame.rgb(self.video_codec.frame_size), None, frame.timestamp, now))
         else:
-            for tokens in frame.video_tokens():
-                await self.feed_video(VideoIn(None, tokens, frame.timestamp, now))
+            key = bool(frame.flags & FLAG_KEY)  # the state restarts before the message's first frame
+            for i, tokens in enumerate(frame.video_tokens()):
+                await self.feed_video(VideoIn(None, tokens, frame.timestamp, now, key=key and i == 0))
 
     async def feed_video(self, item: VideoIn) -> None:
         """One video frame from the transport. RGB is live: when the codec is behind, the oldest frame waiting is
         dropped (counted) rather than let a backlog grow; tokens are never dropped (this waits instead)."""
         self._check_video()
+        if (item.rgb is not None) != (self.hello.video_input == "rgb"):
+            raise ProtocolError(
+                "bad_header",
+                f"this session takes video_input {self.hello.video_input!r}; set video_input in hello or config",
+            )
+        if self._ending:
+            return  # (fed, it could evict the end-of-stream marker from the full one-slot inbox)
         if self.video is None:
             h = self.hello
             stage = VideoCodecStage(
@@ -377,7 +380,7 @@ class Session:
             self.video.start()
             self._video_sender_task = self._spawn(self._video_sender(self.video))
         self.video_stats.frames_in += 1
-        if item.rgb is not None and self.video.live:
+        if self.video.live:
             before = self.video.inbox.dropped
             self.video.feed(item)
             self.video_stats.drops += self.video.inbox.dropped - before
@@ -389,10 +392,11 @@ class Session:
             if self.video_sink is not None:
                 await self.video_sink(out)
             else:
+                flags = FLAG_KEY if out.key else 0
                 if out.tokens is not None:
-                    await self.send(video_token_frame(out.tokens[None], self._video_seq, out.timestamp))
+                    await self.send(video_token_frame(out.tokens[None], self._video_seq, out.timestamp, flags))
                 if out.rgb is not None:
-                    await self.send(rgb_frame(out.rgb, self._video_seq, out.timestamp))
+                    await self.send(rgb_frame(out.rgb, self._video_seq, out.timestamp, flags))
                 self._video_seq += 1
             self.video_stats.frames_out += 1
         if pipeline.error is not None:
@@ -441,6 +445,7 @@ class Session:
                 "fps": v.fps,
                 "tokens_per_frame": v.num_codebooks,
                 "codebook_size": v.codebook_size,
+                "key_interval": KEY_INTERVAL,
             },
         }
 
@@ -561,6 +566,7 @@ class Session:
     # -- ending -----------------------------------------------------------------------------------------------
     async def finish(self) -> None:
         """The client has sent everything: drain what is queued, send the summary."""
+        self._ending = True
         if self.input is not None:
             await self.input.end()
             if self.hello.mode == "chat":

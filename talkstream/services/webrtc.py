@@ -7,6 +7,9 @@ go into `PacedAudioTrack` (the outbound track, 20 ms frames against the clock, a
 themselves), JSON events go out on the data channel the client opened. Client JSON on the data channel (ping,
 config, end) goes to the session too, so the data channel speaks docs/protocol.md's text messages.
 
+When the offer also sends video (a camera) in codec mode, the camera goes through the video codec and comes back on
+an outbound video track (talkstream/services/video_track.py, "see what the codec sees").
+
 Signaling is one `POST /offer` (talkstream/services/http.py). No STUN or TURN server is ever contacted unless one is
 configured (`--ice-server`): aiortc would otherwise use Google's public STUN server.
 """
@@ -31,6 +34,7 @@ from aiortc.sdp import SessionDescription
 
 from talkstream.services.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, event
 from talkstream.services.session import Session
+from talkstream.services.video_track import CameraEcho
 
 if TYPE_CHECKING:
     from talkstream.services.ws import TalkstreamServer
@@ -239,7 +243,12 @@ class PeerSession:
         srv = service.server
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(service.ice_servers)))
         self.track = PacedAudioTrack()
-        self.session = Session(srv.engine, srv.vad, srv.responder, srv.config.limits, self._send, srv.metrics)
+        self.session = Session(
+            srv.engine, srv.vad, srv.responder, srv.config.limits, self._send, srv.metrics, video_codec=srv.video_codec
+        )
+        self.camera = CameraEcho(self.session.video_stats)
+        self.session.video_sink = self.camera.show  # reconstructions go to the outbound video track, not the wire
+        self._camera_used = False
         self.id = self.session.id
         self.params = params
         self.channel = None
@@ -263,6 +272,12 @@ class PeerSession:
         for t in self.pc.getTransceivers():
             if t.kind == "audio":
                 set_jitter_frames(t.receiver, self.service.jitter_frames)
+        video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
+        if video and self.params.mode == "codec":
+            self.pc.addTrack(self.camera.track)  # takes the first video transceiver: the camera comes back on it
+        for t in video:
+            if t.sender.track is None:  # chat, or a second camera: ask the browser not to send what nobody reads
+                t.direction = "inactive"
         hello = {"type": "hello", "version": PROTOCOL_VERSION, "mode": self.params.mode, "sample_rate": RATE}
         hello |= {"codebooks": self.params.codebooks, "output": ["pcm"]}
         if self.params.token is not None:
@@ -285,6 +300,9 @@ class PeerSession:
         if track.kind == "audio" and not self._pumping:
             self._pumping = True
             self._spawn(self._pump(track))  # one microphone per session: a second audio track is ignored
+        elif track.kind == "video" and self.params.mode == "codec" and not self._camera_used:
+            self._camera_used = True  # one camera per session: its transceiver is the one the reconstruction takes
+            self._spawn(self.camera.pump(track, self.session))
         else:
             track.stop()
 
@@ -405,6 +423,7 @@ class PeerSession:
                 break
             await asyncio.sleep(0.02)
         self.track.stop()
+        self.camera.track.stop()
         await self.pc.close()
         self.service.forget(self)
 

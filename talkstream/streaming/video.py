@@ -3,10 +3,15 @@
     VideoIn (RGB frame of any size, or tokens) -> VideoCodecStage -> VideoOut (tokens and/or the reconstruction)
 
 The stage runs `encode_step` then `decode_step` of talkstream/codecs/video in a worker thread (asyncio.to_thread),
-so the event loop keeps serving audio while a frame is coded. Frames of another size than the codec's are scaled to
-fit and edge-padded (files.py's `fit_frame`); the reconstruction comes back at the codec's scale with the padding
-cropped off. The WebSocket session and the WebRTC camera track both feed this stage through a live `Pipeline`,
-whose one-slot inbox drops the oldest waiting frame when the codec falls behind.
+so the event loop keeps serving audio while a frame is coded. Every `key_interval` frames both states restart (a
+key frame): the shipped codec was trained on 4-frame clips and its memory drifts on long streams, 4-6 dB PSNR lost
+after 3-5 s of continuous video, while a restart every second keeps it level (a restart costs no bits: every frame
+takes the same 256 tokens). Key frames are flagged, so a client decoding the tokens restarts at the same frame.
+
+Frames of another size than the codec's are scaled to fit and edge-padded (files.py's `fit_frame`); the
+reconstruction comes back at the codec's scale with the padding cropped off. The WebSocket session and the WebRTC
+camera track both feed this stage through a live `Pipeline`, whose one-slot inbox drops the oldest waiting frame
+when the codec falls behind.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import torch
 from talkstream.codecs.video.codec import VideoCodec
 from talkstream.codecs.video.files import fit_frame
 
+KEY_INTERVAL = 25  # frames between restarts of the codec state: 1 s at 25 fps
+
 
 @dataclass
 class VideoIn:
@@ -33,6 +40,7 @@ class VideoIn:
     timestamp: int  # the client's timestamp (echoed back)
     arrived: float  # time.monotonic() when it reached the server
     meta: Any = None  # the transport's own (WebRTC: the input frame's pts and time_base), passed through
+    key: bool = False  # tokens in: the sender's encoder restarted at this frame, so the decoder restarts too
 
 
 @dataclass
@@ -42,15 +50,17 @@ class VideoOut:
     timestamp: int
     arrived: float
     meta: Any = None
+    key: bool = False  # the codec state restarted at this frame
 
 
 @dataclass
 class VideoStats:
     """One session's video figures for stats events and the summary; kept for the session's whole life."""
 
-    frames_in: int = 0  # frames received (those dropped included)
-    frames_out: int = 0  # outputs sent
-    drops: int = 0  # frames dropped because the codec (or the outbound track) fell behind
+    frames_in: int = 0  # frames received, those dropped included
+    frames_out: int = 0  # outputs handed to the transport
+    drops: int = 0  # frames dropped before the codec because it was behind (frames_in = frames_out + drops)
+    dropped_out: int = 0  # WebRTC: reconstructions the outbound track dropped because its sender was behind
     codec_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # scale + encode + decode a frame
 
     def summary(self) -> dict:
@@ -59,6 +69,7 @@ class VideoStats:
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "drops": self.drops,
+            "dropped_out": self.dropped_out,
             "codec_ms_p50": round(float(np.percentile(ms, 50)), 2),
             "codec_ms_p95": round(float(np.percentile(ms, 95)), 2),
         }
@@ -72,14 +83,23 @@ class VideoCodecStage:
 
     name = "video_codec"
 
-    def __init__(self, codec: VideoCodec, stats: VideoStats, want_tokens: bool = True, want_rgb: bool = True):
+    def __init__(
+        self,
+        codec: VideoCodec,
+        stats: VideoStats,
+        want_tokens: bool = True,
+        want_rgb: bool = True,
+        key_interval: int = KEY_INTERVAL,
+    ):
         self.codec, self.stats = codec, stats
         self.want_tokens, self.want_rgb = want_tokens, want_rgb
+        self.key_interval = key_interval
         self.reset()
 
     def reset(self) -> None:
         self.enc_state = self.codec.init_state()
         self.dec_state = self.codec.init_state()
+        self.frames = 0  # frames encoded since the last key frame
 
     async def process(self, item: VideoIn) -> list[VideoOut]:
         out, ms = await asyncio.to_thread(self.step, item)
@@ -92,10 +112,17 @@ class VideoCodecStage:
         codec = self.codec
         t0 = time.perf_counter()
         if item.rgb is not None:
+            key = self.frames % self.key_interval == 0
+            if key:
+                self.reset()
+            self.frames += 1
             x, (ch, cw) = fit_frame(item.rgb, codec.frame_size)
             tokens, self.enc_state = codec.encode_step(x[None], self.enc_state)
             want_rgb = self.want_rgb
         else:
+            key = item.key
+            if key:
+                self.dec_state = codec.init_state()
             tokens = torch.from_numpy(item.tokens)[None]
             (ch, cw), want_rgb = codec.frame_size, True  # tokens in: the reconstruction is the only output
         rgb = None
@@ -104,7 +131,7 @@ class VideoCodecStage:
             rgb = (frame[0, :, :ch, :cw] * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
         ms = (time.perf_counter() - t0) * 1000
         out_tokens = tokens[0].numpy() if self.want_tokens and item.rgb is not None else None
-        return VideoOut(out_tokens, rgb, item.timestamp, item.arrived, item.meta), ms
+        return VideoOut(out_tokens, rgb, item.timestamp, item.arrived, item.meta, key), ms
 
 
 def warmup(codec: VideoCodec) -> None:

@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect
 
 from talkstream.models.loaders import load_audio_codec, load_video_codec
 from talkstream.services.protocol import (
+    FLAG_KEY,
     HEADER,
     KIND_RGB24,
     KIND_VIDEO_TOKENS,
@@ -85,7 +86,7 @@ def test_rgb_frames_round_trip_and_tokens_decode_back(models):
             async with connect(srv.url) as ws:  # tokens in: the same reconstruction, from the tokens alone
                 await hello(ws, mode="codec", video_input="tokens")
                 tokens = np.stack([f.video_tokens()[0] for f in back if f.kind == KIND_VIDEO_TOKENS])
-                await ws.send(video_token_frame(tokens, seq=0, timestamp=7))
+                await ws.send(video_token_frame(tokens, seq=0, timestamp=7, flags=FLAG_KEY))
                 decoded = (await receive(ws, FRAMES))[0]
                 await ws.send(json.dumps({"type": "end"}))
                 async for _ in ws:  # until the server closes, having freed the session
@@ -97,6 +98,8 @@ def test_rgb_frames_round_trip_and_tokens_decode_back(models):
     assert ready["video_codec"]["frame_size"] == [128, 128] and ready["video_output"] == ["tokens", "rgb"]
     assert [f.kind for f in back] == [KIND_VIDEO_TOKENS, KIND_RGB24] * FRAMES
     assert [f.timestamp for f in back[::2]] == [1000 + 40 * i for i in range(FRAMES)]  # the input's, echoed
+    assert [f.flags for f in back[::2]] == [FLAG_KEY] + [0] * (FRAMES - 1)  # the stream starts with a key frame
+    assert ready["video_codec"]["key_interval"] == 25
     tokens = np.stack([f.video_tokens()[0] for f in back[::2]])
     assert tokens.shape == (FRAMES, 256) and tokens.max() < 1000
     # The tokens are the offline encoder's on the same frames (streaming == offline, through the server).

@@ -1,4 +1,5 @@
-// talkstream's browser page: microphone -> server (WebRTC or WebSocket) -> speaker, with levels, events, latency.
+// talkstream's browser page: microphone -> server (WebRTC or WebSocket) -> speaker, with levels, events, latency;
+// over WebRTC in codec echo, optionally the camera -> the video codec -> back ("what the codec sees").
 // Plain JavaScript, no build step. Test hooks live on window.talkstreamStats (tests/web drive this page).
 "use strict";
 
@@ -15,6 +16,10 @@ const stats = {
   lastLatencyMs: null, // the round trip shown
   events: [], // every JSON event received, in order
   errors: [], // error events and failures
+  camera: false, // the camera is being sent (WebRTC, codec echo)
+  videoFramesSent: 0, // camera frames the browser sent (getStats)
+  videoFramesReceived: 0, // frames of the codec's reconstruction decoded here (getStats)
+  videoSize: null, // "WxH" of the returned video
 };
 window.talkstreamStats = stats;
 
@@ -27,7 +32,7 @@ function setState(state) {
   const live = state === "connecting" || state === "connected";
   $("connect").textContent = live ? "Disconnect" : "Connect";
   $("connect").classList.toggle("connected", live);
-  for (const id of ["transport", "mode", "codebooks"]) $(id).disabled = live;
+  for (const id of ["transport", "mode", "codebooks", "camera"]) $(id).disabled = live;
 }
 
 function log(text, cls) {
@@ -98,6 +103,12 @@ function onEvent(ev) {
       break;
     case "stats":
       log(`stats in ${ev.frames_in} out ${ev.frames_out} drops ${ev.drops} server p95 ${ev.latency_ms_p95} ms`);
+      if (ev.video) {
+        const v = ev.video;
+        $("video-detail").textContent =
+          `(${stats.videoSize || "…"}; codec ${v.codec_ms_p50} ms a frame, ${v.frames_out}/${v.frames_in} frames, ` +
+          `${v.drops + v.dropped_out} dropped)`;
+      }
       break;
     default:
       log(`${ev.type} ${JSON.stringify(ev).slice(0, 160)}`);
@@ -111,10 +122,18 @@ function token() {
   return savedToken;
 }
 
-async function openMic() {
+async function openMic(camera = false) {
   return navigator.mediaDevices.getUserMedia({
     audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+    // The codec codes 128x128 at 25 fps: ask for about that (the browser crops and scales), not a camera's 720p.
+    video: camera ? { width: { ideal: 128 }, height: { ideal: 128 }, frameRate: { ideal: 25, max: 25 } } : false,
   });
+}
+
+function showVideos(local) {
+  $("videos").hidden = !local;
+  $("local-video").srcObject = local;
+  if (!local) $("codec-video").srcObject = null;
 }
 
 // A level meter for any MediaStream, polled on a timer (works in background tabs and headless browsers).
@@ -139,15 +158,22 @@ class Meter {
 }
 
 class RtcSession {
-  async start(mode, codebooks) {
+  async start(mode, codebooks, camera) {
+    if (camera && mode !== "codec") log("camera: only codec echo sends it through the video codec; not sent");
+    stats.camera = camera && mode === "codec";
     this.pc = new RTCPeerConnection({ iceServers: config.ice_servers });
-    this.mic = await openMic();
+    this.mic = await openMic(stats.camera);
     for (const track of this.mic.getTracks()) this.pc.addTrack(track, this.mic);
+    if (stats.camera) showVideos(new MediaStream(this.mic.getVideoTracks()));
     this.ctx = new AudioContext();
     this.micMeter = new Meter(this.ctx, this.mic, $("mic-level"));
     this.channel = this.pc.createDataChannel("events");
     this.channel.onmessage = (e) => typeof e.data === "string" && onEvent(JSON.parse(e.data));
     this.pc.ontrack = (e) => {
+      if (e.track.kind === "video") {
+        $("codec-video").srcObject = new MediaStream([e.track]);
+        return;
+      }
       const stream = e.streams[0] || new MediaStream([e.track]);
       $("remote").srcObject = stream; // Chromium plays remote audio into WebAudio only while an element plays it
       $("remote").play().catch((err) => log(`autoplay refused: ${err}`, "error"));
@@ -213,6 +239,14 @@ class RtcSession {
     if (this.outMeter) this.outMeter.read();
     const report = await this.pc.getStats();
     report.forEach((s) => {
+      if (s.kind === "video") {
+        if (s.type === "outbound-rtp") stats.videoFramesSent = s.framesSent || 0;
+        if (s.type === "inbound-rtp") {
+          stats.videoFramesReceived = s.framesDecoded || 0;
+          if (s.frameWidth) stats.videoSize = `${s.frameWidth}x${s.frameHeight}`;
+        }
+        return;
+      }
       if (s.type !== "inbound-rtp" || s.kind !== "audio") return;
       if (s.jitterBufferEmittedCount) this.playoutMs = (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount;
       if (s.totalSamplesDuration === undefined || s.totalAudioEnergy === undefined) return;
@@ -231,11 +265,13 @@ class RtcSession {
     if (this.mic) this.mic.getTracks().forEach((t) => t.stop());
     if (this.ctx) this.ctx.close();
     $("remote").srcObject = null;
+    showVideos(null);
   }
 }
 
 class WsSession {
-  async start(mode, codebooks) {
+  async start(mode, codebooks, camera) {
+    if (camera) log("camera: the page sends it over WebRTC only; not sent");
     this.ctx = new AudioContext();
     if (this.ctx.sampleRate > 48000) {
       await this.ctx.close();
@@ -361,10 +397,13 @@ async function start() {
   stats.transport = transport;
   stats.receivedSeconds = 0;
   stats.receivedLevel = 0;
+  stats.camera = false;
+  stats.videoFramesSent = stats.videoFramesReceived = 0;
+  stats.videoSize = null;
   setState("connecting");
   session = transport === "ws" ? new WsSession() : new RtcSession();
   try {
-    await session.start($("mode").value, Number($("codebooks").value));
+    await session.start($("mode").value, Number($("codebooks").value), $("camera").checked);
     log(`${transport} session started`);
   } catch (err) {
     stats.errors.push({ type: "error", code: "client", message: String(err) });

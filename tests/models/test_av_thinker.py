@@ -129,3 +129,20 @@ def test_video_file_tokens_follow_time_at_any_frame_rate(tmp_path):
     with pytest.raises(Exception, match="not a readable video|no video stream"):
         (tmp_path / "x.mp4").write_bytes(b"not a video at all")
         video_tokens_for_turn(tmp_path / "x.mp4", codec, 1.0)
+
+
+def test_listening_with_video_through_the_onnx_block_graph_equals_torch():
+    from talkstream.models.onnx_steps import onnx_step
+
+    thinker = _av_thinker()
+    latent, video, _ = _example(3)
+    ref = thinker.end_turn(thinker.listen(latent, thinker.init_state(), video))
+    thinker.onnx_listen = onnx_step(thinker, block=True)
+    try:
+        state = thinker.listen(latent[..., :40], thinker.init_state(), video[:, :9])
+        state = thinker.end_turn(thinker.listen(latent[..., 40:], state, video[:, 9:]))
+    finally:
+        thinker.onnx_listen = None
+    assert state.cache.length == ref.cache.length == 31
+    for a, b in zip(state.cache.keys + state.cache.values, ref.cache.keys + ref.cache.values, strict=True):
+        assert (a - b).abs().max() < 1e-4

@@ -10,10 +10,8 @@ Modes:
   out; the user speaking during the answer interrupts it (barge-in). Until the Thinker-Talker exists the default
   responder is `EchoResponder`: it answers each turn with the turn itself, through the same token path.
 
-Video (codec mode, when the server has a video codec): RGB frames in -> video tokens and/or the reconstruction out,
-or video tokens in -> RGB out, through a pipeline of its own built at the first video frame, so sessions without
-video run exactly as before. WebRTC hands its camera frames to `feed_video` and takes the output through
-`video_sink` (its outbound track) instead of wire frames.
+Video (codec mode, when the server has a video codec) runs beside the audio in `self.video` (session_video.py):
+RGB frames in -> video tokens and/or the reconstruction out, or video tokens in -> RGB out.
 """
 
 from __future__ import annotations
@@ -33,9 +31,7 @@ import numpy as np
 import torch
 
 from talkstream.services.protocol import (
-    FLAG_KEY,
     KIND_PCM16,
-    KIND_RGB24,
     KIND_TOKENS,
     PROTOCOL_VERSION,
     VIDEO_KINDS,
@@ -50,10 +46,9 @@ from talkstream.services.protocol import (
     parse_binary,
     parse_text,
     pcm_frame,
-    rgb_frame,
     token_frame,
-    video_token_frame,
 )
+from talkstream.services.session_video import SessionVideo
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics
 from talkstream.streaming.pacing import Pacer
@@ -68,7 +63,6 @@ from talkstream.streaming.stages import (
     resampler,
 )
 from talkstream.streaming.vad import SileroVAD, VADEvent
-from talkstream.streaming.video import KEY_INTERVAL, VideoCodecStage, VideoIn, VideoOut, VideoStats
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +188,8 @@ class Session:
         send: Callable[[bytes | str], Awaitable[None]],
         metrics: Metrics | None = None,
         video_codec=None,
-        video_sink: Callable[[VideoOut], Awaitable[None]] | None = None,
     ):
-        """video_codec: a VideoCodec (None: the session refuses video). video_sink: where video output goes instead
-        of wire frames (WebRTC's outbound track)."""
+        """video_codec: a VideoCodec (None: the session refuses video frames)."""
         self.id = uuid.uuid4().hex[:12]
         self.engine, self.vad, self.responder = engine, vad, responder
         self.codec = engine.codec
@@ -216,12 +208,7 @@ class Session:
         self.closed = False
         self.failed = False  # a stage failed: the session ends at the next message
         self._interrupting = asyncio.Lock()
-        self.video_codec, self.video_sink = video_codec, video_sink
-        self.video: Pipeline | None = None  # built at the first video frame, rebuilt after a config change
-        self.video_stats = VideoStats()  # the whole session's, across config changes
-        self._video_seq = 0
-        self._video_sender_task: asyncio.Task | None = None
-        self._ending = False  # `end` received: live video that still arrives is ignored while the rest drains
+        self.video = SessionVideo(video_codec, metrics, self.send, self._video_failed)
 
     # -- sending ----------------------------------------------------------------------------------------------
     async def send(self, message: bytes | str) -> None:
@@ -321,9 +308,9 @@ class Session:
     async def _on_binary(self, data: bytes) -> bool:
         if self.hello is None or self.input is None:
             raise ProtocolError("not_ready", "binary frame before hello; it was dropped")
-        frame = parse_binary(data, self.codec.num_codebooks, self.codec.codebook_size, *self._video_format())
+        frame = parse_binary(data, self.codec.num_codebooks, self.codec.codebook_size, *self.video.check_format())
         if frame.kind in VIDEO_KINDS:
-            await self._on_video_frame(frame)
+            await self.video.on_frame(frame, self.hello)
             return True
         want = KIND_TOKENS if self.hello.input == "tokens" else KIND_PCM16
         if frame.kind != want:
@@ -334,74 +321,6 @@ class Session:
         else:
             self.input.feed((frame, time.monotonic()))  # live audio: the oldest is dropped when behind
         return True
-
-    # -- video ------------------------------------------------------------------------------------------------
-    def _video_format(self) -> tuple:
-        """(frame size, tokens per frame, codebook size) that video frames are checked against."""
-        v = self.video_codec
-        return () if v is None else (v.frame_size, v.num_codebooks, v.codebook_size)
-
-    def _check_video(self) -> None:
-        if self.hello is None:
-            raise ProtocolError("not_ready", "video frame before hello; it was dropped")
-        if self.video_codec is None:
-            raise ProtocolError("bad_header", "this server has no video codec; video frames are refused")
-        if self.hello.mode != "codec":
-            raise ProtocolError("bad_header", "video frames are taken in codec mode only")
-
-    async def _on_video_frame(self, frame: BinaryFrame) -> None:
-        self._check_video()
-        now = time.monotonic()
-        if frame.kind == KIND_RGB24:
-            await self.feed_video(VideoIn(frame.rgb(self.video_codec.frame_size), None, frame.timestamp, now))
-        else:
-            key = bool(frame.flags & FLAG_KEY)  # the state restarts before the message's first frame
-            for i, tokens in enumerate(frame.video_tokens()):
-                await self.feed_video(VideoIn(None, tokens, frame.timestamp, now, key=key and i == 0))
-
-    async def feed_video(self, item: VideoIn) -> None:
-        """One video frame from the transport. RGB is live: when the codec is behind, the oldest frame waiting is
-        dropped (counted) rather than let a backlog grow; tokens are never dropped (this waits instead)."""
-        self._check_video()
-        if (item.rgb is not None) != (self.hello.video_input == "rgb"):
-            raise ProtocolError(
-                "bad_header",
-                f"this session takes video_input {self.hello.video_input!r}; set video_input in hello or config",
-            )
-        if self._ending:
-            return  # (fed, it could evict the end-of-stream marker from the full one-slot inbox)
-        if self.video is None:
-            h = self.hello
-            stage = VideoCodecStage(
-                self.video_codec, self.video_stats, "tokens" in h.video_output, "rgb" in h.video_output
-            )
-            # One frame may wait while another is coded: any more and what comes back lags the camera for good.
-            self.video = Pipeline([stage], self.metrics, live_queue_size=1, live=h.video_input == "rgb")
-            self.video.start()
-            self._video_sender_task = self._spawn(self._video_sender(self.video))
-        self.video_stats.frames_in += 1
-        if self.video.live:
-            before = self.video.inbox.dropped
-            self.video.feed(item)
-            self.video_stats.drops += self.video.inbox.dropped - before
-        else:
-            await self.video.put(item)
-
-    async def _video_sender(self, pipeline: Pipeline) -> None:
-        while (out := await pipeline.get()) is not None:
-            if self.video_sink is not None:
-                await self.video_sink(out)
-            else:
-                flags = FLAG_KEY if out.key else 0
-                if out.tokens is not None:
-                    await self.send(video_token_frame(out.tokens[None], self._video_seq, out.timestamp, flags))
-                if out.rgb is not None:
-                    await self.send(rgb_frame(out.rgb, self._video_seq, out.timestamp, flags))
-                self._video_seq += 1
-            self.video_stats.frames_out += 1
-        if pipeline.error is not None:
-            self.failed = True
-            await self.send_error("internal", f"video stream stopped: {pipeline.error}")
 
     # -- pipelines --------------------------------------------------------------------------------------------
     def _ready_event(self) -> str:
@@ -429,25 +348,8 @@ class Session:
                 "max_session_s": self.limits.max_session_s,
                 "idle_timeout_s": self.limits.idle_timeout_s,
             },
-            **self._video_ready(),
+            **self.video.ready_fields(self.hello),
         )
-
-    def _video_ready(self) -> dict:
-        v, h = self.video_codec, self.hello
-        if v is None:
-            return {}
-        return {
-            "video_input": h.video_input,
-            "video_output": list(h.video_output),
-            "video_codec": {
-                "codec_id": v.cfg.codec_id,
-                "frame_size": list(v.frame_size),
-                "fps": v.fps,
-                "tokens_per_frame": v.num_codebooks,
-                "codebook_size": v.codebook_size,
-                "key_interval": KEY_INTERVAL,
-            },
-        }
 
     @staticmethod
     def _check_settings(h: Hello) -> None:
@@ -554,19 +456,21 @@ class Session:
     def stats(self) -> dict:
         lat = np.array(self.frame_latencies) * 1000 if self.frame_latencies else np.zeros(1)
         drops = sum(s.drops for p in (self.input, self.reply) if p for s in p.stats.values())
-        video = {"video": self.video_stats.summary()} if self.video_stats.frames_in else {}
         return {
             **self.counts,
             "drops": drops,
             "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
-            **video,
+            **self.video.stats_fields(),
         }
+
+    async def _video_failed(self, message: str) -> None:
+        self.failed = True
+        await self.send_error("internal", message)
 
     # -- ending -----------------------------------------------------------------------------------------------
     async def finish(self) -> None:
         """The client has sent everything: drain what is queued, send the summary."""
-        self._ending = True
         if self.input is not None:
             await self.input.end()
             if self.hello.mode == "chat":
@@ -577,9 +481,7 @@ class Session:
                 await asyncio.gather(*self._senders[1:], return_exceptions=True)
             else:
                 await asyncio.gather(*self._senders, return_exceptions=True)
-        if self.video is not None:
-            await self.video.end()
-            await asyncio.gather(self._video_sender_task, return_exceptions=True)
+        await self.video.finish()
         await self.send(
             event(
                 "summary",
@@ -589,22 +491,24 @@ class Session:
                 stages={
                     **(self.input.summary() if self.input else {}),
                     **({"reply_" + k: v for k, v in self.reply.summary().items()} if self.reply else {}),
-                    **(self.video.summary() if self.video else {}),
+                    **(self.video.pipeline.summary() if self.video.pipeline else {}),
                 },
             )
         )
 
     async def _teardown(self) -> None:
-        for p in (self.input, self.reply, self.video):
+        for p in (self.input, self.reply):
             if p is not None:
                 await p.stop()
+        await self.video.stop()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.input = self.reply = self._reply_task = self.video = None
+        self.input = self.reply = self._reply_task = None
 
     async def close(self) -> None:
         """Free everything (called by the transport however the session ended: clean end, error, vanished)."""
         self.closed = True
         await self._teardown()
+        await self.video.close()

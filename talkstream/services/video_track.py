@@ -1,8 +1,8 @@
 """WebRTC's "see what the codec sees": the browser's camera through the video codec and back on a video track.
 
-    camera track (VP8/H.264, decoded by aiortc) -> av.VideoFrame -> RGB -> Session.feed_video: a live pipeline
-    that fits the frame to the codec's 128x128, runs encode_step then decode_step in a worker thread
-    -> the reconstruction -> CodecVideoTrack (outbound, paced) -> the browser
+    camera track (VP8/H.264, decoded by aiortc) -> av.VideoFrame -> RGB -> the session's video (SessionVideo):
+    a live pipeline that fits the frame to the codec's 128x128, runs encode_step then decode_step in a worker
+    thread -> the reconstruction -> CodecVideoTrack (outbound, paced) -> the browser
 
 Size: the reconstruction goes back at the codec's scale with the padding cropped off, not at the camera's size: a
 square camera frame comes back 128x128, a 640x480 one 128x96 (rounded down to even sizes, which 4:2:0 video needs).
@@ -90,7 +90,7 @@ class CodecVideoTrack(MediaStreamTrack):
 class CameraEcho:
     """One peer's camera: frames in from its track to the session's video pipeline, reconstructions out to `track`.
 
-    `show` is the session's `video_sink`."""
+    `show` is the sink of the session's video."""
 
     def __init__(self, stats: VideoStats):
         self.track = CodecVideoTrack(stats)
@@ -110,7 +110,7 @@ class CameraEcho:
             timing = (frame.pts, frame.time_base) if frame.pts is not None and frame.time_base else (ms, MS)
             item = VideoIn(frame.to_ndarray(format="rgb24"), None, ms & 0xFFFFFFFF, now, timing)
             try:
-                await session.feed_video(item)
+                await session.video.feed(item, session.hello)
                 refused = False
             except ProtocolError as e:  # a config message switched the session to chat: say so once, keep reading
                 if not refused:

@@ -246,8 +246,8 @@ class PeerSession:
         self.session = Session(
             srv.engine, srv.vad, srv.responder, srv.config.limits, self._send, srv.metrics, video_codec=srv.video_codec
         )
-        self.camera = CameraEcho(self.session.video_stats)
-        self.session.video_sink = self.camera.show  # reconstructions go to the outbound video track, not the wire
+        self.camera = CameraEcho(self.session.video.stats)
+        self.session.video.sink = self.camera.show  # reconstructions go to the outbound video track, not the wire
         self._camera_used = False
         self.id = self.session.id
         self.params = params

@@ -160,7 +160,7 @@ class TalkstreamServer:
     def render_metrics(self) -> bytes:
         depth: dict[str, int] = {}
         for s in self.sessions:
-            for p in (s.input, s.reply, s.video):
+            for p in (s.input, s.reply, s.video.pipeline):
                 for name, n in (p.queue_depths() if p else {}).items():
                     depth[name] = depth.get(name, 0) + n
         for name, n in depth.items():

@@ -1,0 +1,151 @@
+"""One session's video, beside its audio: RGB24 frames or video tokens in, tokens and/or reconstructions out.
+
+Codec mode only. The pipeline (one `VideoCodecStage`, talkstream/streaming/video.py) is built at the first video
+frame, so a session without video runs exactly as it did before video existed; a config change stops it and the
+next frame builds it with the new settings. Output goes out as wire frames (WebSocket) or, when a `sink` is set,
+to the transport's own consumer (WebRTC's outbound video track). `stats` lives as long as the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from talkstream.services.protocol import (
+    FLAG_KEY,
+    KIND_RGB24,
+    BinaryFrame,
+    Hello,
+    ProtocolError,
+    rgb_frame,
+    video_token_frame,
+)
+from talkstream.streaming.metrics import Metrics
+from talkstream.streaming.pipeline import Pipeline
+from talkstream.streaming.video import KEY_INTERVAL, VideoCodecStage, VideoIn, VideoOut, VideoStats
+
+
+class SessionVideo:
+    def __init__(
+        self,
+        codec,
+        metrics: Metrics | None,
+        send: Callable[[bytes | str], Awaitable[None]],
+        on_failure: Callable[[str], Awaitable[None]],
+    ):
+        """codec: a VideoCodec, or None (video frames are refused). send: the session's wire output. on_failure:
+        called with a message when the pipeline fails (the session reports it and ends)."""
+        self.codec, self.metrics = codec, metrics
+        self._send, self._on_failure = send, on_failure
+        self.sink: Callable[[VideoOut], Awaitable[None]] | None = None  # set by a transport with its own output
+        self.stats = VideoStats()
+        self.pipeline: Pipeline | None = None
+        self._sender: asyncio.Task | None = None
+        self._seq = 0
+        self._refusing = False  # `end` or close: frames that still arrive are ignored (the rest drains)
+
+    def check_format(self) -> tuple:
+        """(frame size, tokens per frame, codebook size) that video binary frames are checked against."""
+        v = self.codec
+        return () if v is None else (v.frame_size, v.num_codebooks, v.codebook_size)
+
+    def ready_fields(self, h: Hello) -> dict:
+        v = self.codec
+        if v is None:
+            return {}
+        return {
+            "video_input": h.video_input,
+            "video_output": list(h.video_output),
+            "video_codec": {
+                "codec_id": v.cfg.codec_id,
+                "frame_size": list(v.frame_size),
+                "fps": v.fps,
+                "tokens_per_frame": v.num_codebooks,
+                "codebook_size": v.codebook_size,
+                "key_interval": KEY_INTERVAL,
+            },
+        }
+
+    def stats_fields(self) -> dict:
+        return {"video": self.stats.summary()} if self.stats.frames_in else {}
+
+    def _check(self, h: Hello | None) -> Hello:
+        if h is None:
+            raise ProtocolError("not_ready", "video frame before hello; it was dropped")
+        if self.codec is None:
+            raise ProtocolError("bad_header", "this server has no video codec; video frames are refused")
+        if h.mode != "codec":
+            raise ProtocolError("bad_header", "video frames are taken in codec mode only")
+        return h
+
+    async def on_frame(self, frame: BinaryFrame, h: Hello | None) -> None:
+        """A video binary frame (kind 3 or 4) from the wire."""
+        self._check(h)
+        now = time.monotonic()
+        if frame.kind == KIND_RGB24:
+            await self.feed(VideoIn(frame.rgb(self.codec.frame_size), None, frame.timestamp, now), h)
+        else:
+            key = bool(frame.flags & FLAG_KEY)  # the state restarts before the message's first frame
+            for i, tokens in enumerate(frame.video_tokens()):
+                await self.feed(VideoIn(None, tokens, frame.timestamp, now, key=key and i == 0), h)
+
+    async def feed(self, item: VideoIn, h: Hello | None) -> None:
+        """One frame. RGB is live: when the codec is behind, the oldest frame waiting is dropped (counted) rather
+        than let a backlog grow; tokens are never dropped (this waits instead)."""
+        h = self._check(h)
+        if (item.rgb is not None) != (h.video_input == "rgb"):
+            raise ProtocolError(
+                "bad_header", f"this session takes video_input {h.video_input!r}; set video_input in hello or config"
+            )
+        if self._refusing:
+            return  # (fed after `end`, a frame could evict the end-of-stream marker from the full one-slot inbox)
+        if self.pipeline is None:
+            stage = VideoCodecStage(self.codec, self.stats, "tokens" in h.video_output, "rgb" in h.video_output)
+            # One frame may wait while another is coded: any more and what comes back lags the camera for good.
+            self.pipeline = Pipeline([stage], self.metrics, live_queue_size=1, live=h.video_input == "rgb")
+            self.pipeline.start()
+            self._sender = asyncio.ensure_future(self._send_outputs(self.pipeline))
+        self.stats.frames_in += 1
+        if self.pipeline.live:
+            before = self.pipeline.inbox.dropped
+            self.pipeline.feed(item)
+            self.stats.drops += self.pipeline.inbox.dropped - before
+        else:
+            await self.pipeline.put(item)
+
+    async def _send_outputs(self, pipeline: Pipeline) -> None:
+        while (out := await pipeline.get()) is not None:
+            if self.sink is not None:
+                await self.sink(out)
+            else:
+                flags = FLAG_KEY if out.key else 0
+                if out.tokens is not None:
+                    await self._send(video_token_frame(out.tokens[None], self._seq, out.timestamp, flags))
+                if out.rgb is not None:
+                    await self._send(rgb_frame(out.rgb, self._seq, out.timestamp, flags))
+                self._seq += 1
+            self.stats.frames_out += 1
+        if pipeline.error is not None:
+            await self._on_failure(f"video stream stopped: {pipeline.error}")
+
+    async def finish(self) -> None:
+        """The client sent `end`: code and send what is queued."""
+        self._refusing = True
+        if self.pipeline is not None:
+            await self.pipeline.end()
+            await asyncio.gather(self._sender, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Drop what is queued and stop (a config change, the session's end)."""
+        if self.pipeline is not None:
+            await self.pipeline.stop()
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+        self.pipeline = self._sender = None
+
+    async def close(self) -> None:
+        """The session is over: stop, and build nothing for frames that still arrive."""
+        self._refusing = True
+        await self.stop()

@@ -20,7 +20,6 @@ drops the oldest beyond that (video `dropped_out`).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from fractions import Fraction
@@ -33,8 +32,6 @@ from talkstream.services.protocol import ProtocolError
 from talkstream.services.session import Session
 from talkstream.streaming.pipeline import PipelineFailed
 from talkstream.streaming.video import VideoIn, VideoOut, VideoStats
-
-log = logging.getLogger(__name__)
 
 MS = Fraction(1, 1000)  # the time base of frames that came without a pts of their own (arrival time, ms)
 
@@ -121,6 +118,8 @@ class CameraEcho:
 
     async def show(self, out: VideoOut) -> None:
         rgb = out.rgb
+        if rgb is None:  # a config message took rgb out of video_output: nothing to show
+            return
         h, w = rgb.shape[0] - rgb.shape[0] % 2, rgb.shape[1] - rgb.shape[1] % 2
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:h, :w]), format="rgb24")
         frame.pts, frame.time_base = out.meta

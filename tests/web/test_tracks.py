@@ -1,14 +1,19 @@
-"""The WebRTC transport's media pieces without a network: the paced outbound track and the microphone downmix."""
+"""The WebRTC transport's media pieces without a network: the paced outbound tracks and the microphone downmix."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from fractions import Fraction
 
 import av
 import numpy as np
+import pytest
+from aiortc.mediastreams import MediaStreamError
 
+from talkstream.services.video_track import CodecVideoTrack
 from talkstream.services.webrtc import FRAME, RATE, PacedAudioTrack, mono_s16
+from talkstream.streaming.video import VideoStats
 
 
 def test_outbound_track_paces_keeps_pts_and_fills_gaps_with_silence():
@@ -54,3 +59,29 @@ def test_microphone_frames_are_downmixed_without_a_resampler():
     other.sample_rate, other.pts = 44_100, 0
     out = mono_s16(other, av.AudioResampler(format="s16", layout="mono", rate=RATE))
     assert all(x.dtype == np.int16 for x in out)
+
+
+def test_video_track_keeps_pts_spaces_bursts_and_bounds_its_backlog():
+    def frame(i: int) -> av.VideoFrame:
+        f = av.VideoFrame(16, 16, "rgb24")
+        f.pts, f.time_base = i * 3600, Fraction(1, 90_000)  # 25 fps
+        return f
+
+    async def main():
+        stats = VideoStats()
+        track = CodecVideoTrack(stats, max_backlog=2)
+        for i in range(4):  # four frames at once: the two oldest go
+            track.push(frame(i))
+        t0 = time.monotonic()
+        first, second = await track.recv(), await track.recv()
+        spacing = time.monotonic() - t0
+        waiting = asyncio.ensure_future(track.recv())  # nothing left: it waits, until the track stops
+        await asyncio.sleep(0.01)
+        track.stop()
+        with pytest.raises(MediaStreamError):
+            await waiting
+        return stats, (first.pts, second.pts), spacing
+
+    stats, pts, spacing = asyncio.run(main())
+    assert stats.dropped_out == 2 and pts == (7200, 10800)
+    assert spacing >= 0.75 * 0.040 - 0.002  # a burst leaves no faster than 4/3 of the frames' own rate

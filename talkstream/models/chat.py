@@ -32,10 +32,12 @@ from talkstream.models.talker import SamplingConfig, Talker, TalkerState
 from talkstream.models.thinker import Thinker, ThinkerState
 
 
-def codes_to_latent(codebook: torch.Tensor, codes: torch.Tensor, stack: int) -> torch.Tensor:
-    """codes long [1, K, F] -> the codec's quantized latent [1, D, F'] padded to whole Thinker positions."""
+def codes_to_latent(codebook: torch.Tensor, codes: torch.Tensor, stack: int, before: int | None = 0) -> torch.Tensor:
+    """codes long [1, K, F] -> the codec's quantized latent [1, D, F'], zero-padded so that with `before` frames
+    already heard the turn ends on a whole Thinker position (`before=None`: no padding, more is coming)."""
     z = sum(F.embedding(codes[0, k], codebook[k]) for k in range(codes.shape[1]))  # [F, D]
-    return F.pad(z, (0, 0, 0, -z.shape[0] % stack)).T[None]
+    pad = 0 if before is None else -(before + z.shape[0]) % stack
+    return F.pad(z, (0, 0, 0, pad)).T[None]
 
 
 @dataclass
@@ -51,10 +53,23 @@ class BuiltinThinker:
         self.model, self.codebook = model.eval(), codebook
         self.video_codec = video_codec  # turns video tokens into the Thinker's frame features; loaded when needed
 
+    # Hearing a turn while it is spoken: start, more as it arrives, finish with the last frames (the same state as
+    # `hear` over the whole turn: listening in pieces equals listening at once).
+    def start_hearing(self) -> Heard:
+        return Heard(self.model.init_state())
+
+    def hear_more(self, heard: Heard, codes: torch.Tensor) -> Heard:
+        return Heard(self.model.listen(codes_to_latent(self.codebook, codes, self.model.cfg.stack, None), heard.state))
+
+    def finish_hearing(self, heard: Heard, codes: torch.Tensor) -> Heard:
+        pending = 0 if heard.state.pending is None else heard.state.pending.shape[-1]
+        latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack, pending)
+        return Heard(self.model.listen(latent, heard.state))
+
     def hear(self, codes: torch.Tensor, video: torch.Tensor | None = None) -> Heard:
-        latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack)
         if video is None or not len(video):
-            return Heard(self.model.listen(latent, self.model.init_state()))
+            return self.finish_hearing(self.start_hearing(), codes)
+        latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack)
         if not self.model.cfg.video_features:
             raise ValueError("this Thinker has no video track: its answers cannot use the video")
         if self.video_codec is None:
@@ -165,6 +180,8 @@ class ChatResponder:
     def __init__(self, thinker, speaker: Speaker, transcribe: bool = True, voice_codec=None):
         self.thinker, self.speaker, self.transcribe = thinker, speaker, transcribe
         self.voice_codec = voice_codec  # decodes the Talker's tokens (its voice's fine-tuned decoder), or None
+        self._ahead: _Ahead | None = None  # the turn heard so far while it is spoken (`listen_ahead`)
+        self.heard_ahead = 0  # turns answered from what was heard during them (for tests and stats)
 
     @property
     def num_codebooks(self) -> int:
@@ -179,11 +196,42 @@ class ChatResponder:
         for _ in talker.frames(ids, None, self.speaker.sampling):
             pass
 
+    async def listen_ahead(self, chunks: list[torch.Tensor]) -> None:
+        """The turn so far, while the user speaks (the collector's chunk list: it only grows during a turn, and each
+        turn has a new one): the Thinker reads the new chunks now, so at the end of the turn only the last few
+        frames are left to read. A Thinker without incremental hearing is left alone."""
+        if not hasattr(self.thinker, "hear_more"):
+            return
+        ahead = self._ahead
+        if ahead is None or ahead.chunks is not chunks:
+            ahead = self._ahead = _Ahead(chunks, self.thinker.start_hearing())
+        if len(chunks) > ahead.used:
+            codes = torch.cat(chunks[ahead.used :], -1)
+            ahead.heard = await asyncio.to_thread(self.thinker.hear_more, ahead.heard, codes)
+            ahead.used, ahead.codes = len(chunks), ahead.codes + [codes]
+
+    def _take_ahead(self, turn: torch.Tensor) -> tuple[Heard, torch.Tensor] | None:
+        """What was heard during this turn and the frames still to hear, if the turn begins with what was heard."""
+        ahead = self._ahead
+        if ahead is None or not ahead.codes:
+            return None
+        done = torch.cat(ahead.codes, -1)
+        n = done.shape[-1]
+        if n > turn.shape[-1] or done.shape[1] != turn.shape[1] or not torch.equal(turn[..., :n], done):
+            return None  # another turn (the next one has begun), or other frames: heard from the start
+        self._ahead = None
+        return ahead.heard, turn[..., n:]
+
     async def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None
                       ) -> AsyncIterator[torch.Tensor | dict]:
         """`turn` codes [1, K, F]; `video` the video tokens [T, h*w] seen during the turn, if any."""
         t0 = time.perf_counter()
-        heard = await asyncio.to_thread(self.thinker.hear, turn, video)
+        ahead = self._take_ahead(turn) if video is None else None
+        if ahead is not None:
+            self.heard_ahead += 1
+            heard = await asyncio.to_thread(self.thinker.finish_hearing, *ahead)
+        else:
+            heard = await asyncio.to_thread(self.thinker.hear, turn, video)
         reply: list[str] = []
 
         async def pieces():
@@ -204,6 +252,17 @@ class ChatResponder:
                     text = await asyncio.to_thread(self.thinker.transcript, heard)
                     yield {"type": "transcript", "text": text, "final": True}
         yield {"type": "reply_text", "text": "".join(reply), "final": True}
+
+
+@dataclass
+class _Ahead:
+    chunks: list  # the collector's list for this turn (identity marks the turn)
+    heard: Heard
+    used: int = 0  # chunks heard
+    codes: list = None  # the chunks heard, concatenated per call
+
+    def __post_init__(self):
+        self.codes = self.codes or []
 
 
 async def _drain(it: AsyncIterator) -> list:

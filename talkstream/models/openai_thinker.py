@@ -40,6 +40,17 @@ class OpenAIThinker:
         self.listener.transcript(heard)
         return heard
 
+    def start_hearing(self) -> Heard:
+        return self.listener.start_hearing()
+
+    def hear_more(self, heard: Heard, codes) -> Heard:
+        return self.listener.hear_more(heard, codes)
+
+    def finish_hearing(self, heard: Heard, codes) -> Heard:
+        heard = self.listener.finish_hearing(heard, codes)
+        self.listener.transcript(heard)  # what the endpoint is asked about
+        return heard
+
     def transcript(self, heard: Heard) -> str:
         return self.listener.transcript(heard)
 

@@ -28,9 +28,13 @@ COLOURS = {
 }  # fmt: skip
 DIRECTIONS = {"left": (0.0, -1.0), "right": (0.0, 1.0), "up": (-1.0, 0.0), "down": (1.0, 0.0)}
 QUESTIONS = {
-    "colour": {"train": ["what colour is the ball?", "which colour is the ball?", "what colour is it?"],
+    "colour": {"train": ["what colour is the ball?", "which colour is the ball?", "what colour is it?",
+                         "what color is the ball?", "can you tell me what colour the ball is?",
+                         "what is the colour of the ball?", "say the colour of the ball.", "what colour do you see?"],
                "eval": ["tell me the colour of the ball."]},
-    "direction": {"train": ["which way is the ball moving?", "where is the ball going?", "which way does it go?"],
+    "direction": {"train": ["which way is the ball moving?", "where is the ball going?", "which way does it go?",
+                            "in which direction is the ball moving?", "where does the ball move?",
+                            "which way is it going?", "say which way the ball goes.", "what direction is it going?"],
                   "eval": ["tell me where the ball is moving."]},
 }  # fmt: skip
 

@@ -371,7 +371,7 @@ class Session:
             else:
                 stages += [
                     CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
-                    TurnCollector(self.codec),
+                    TurnCollector(self.codec, on_speech=getattr(self.responder, "listen_ahead", None)),
                 ]
             self.input = Pipeline(stages, self.metrics)
         self.input.start()

@@ -10,7 +10,7 @@ ResampleIn and OutputStage speak the wire format, so they live in talkstream/ser
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import av
@@ -151,9 +151,13 @@ class TurnCollector:
 
     name = "turn"
 
-    def __init__(self, codec: AudioCodec, preroll_s: float = 0.3, max_turn_s: float = 30.0):
+    def __init__(self, codec: AudioCodec, preroll_s: float = 0.3, max_turn_s: float = 30.0,
+                 on_speech: Callable[[list[torch.Tensor]], Awaitable[None]] | None = None):
         self.preroll = round(preroll_s * codec.frame_rate)
         self.max_frames = round(max_turn_s * codec.frame_rate)
+        # Called with the turn so far (a list of code chunks that only grows until the turn ends; each turn gets a
+        # new list) while the user speaks: the Thinker listens during the turn, not after it.
+        self.on_speech = on_speech
         self.reset()
 
     def reset(self) -> None:
@@ -190,6 +194,8 @@ class TurnCollector:
             self.speaking = False
             turns.append(torch.cat(self.frames, dim=-1))
             self.frames = []
+        if self.speaking and self.on_speech is not None:
+            await self.on_speech(self.frames)
         return turns
 
 

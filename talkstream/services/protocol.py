@@ -136,13 +136,7 @@ def _check_fields(msg: dict, num_codebooks: int) -> dict[str, Any]:
             raise ProtocolError("bad_config", f"codebooks must be an integer 1..{num_codebooks}, got {k!r}")
         out["codebooks"] = k
     if "output" in msg:
-        o = msg["output"]
-        o = [o] if isinstance(o, str) else o
-        if not isinstance(o, list) or not o or any(x not in OUTPUTS for x in o):
-            raise ProtocolError(
-                "bad_config", f"output must be a list drawn from {list(OUTPUTS)}, got {msg['output']!r}"
-            )
-        out["output"] = tuple(dict.fromkeys(o))
+        out["output"] = _outputs(msg, "output", OUTPUTS)
     if "input" in msg:
         if msg["input"] not in ("pcm", "tokens"):
             raise ProtocolError("bad_config", f"input must be 'pcm' or 'tokens', got {msg['input']!r}")
@@ -152,13 +146,17 @@ def _check_fields(msg: dict, num_codebooks: int) -> dict[str, Any]:
             raise ProtocolError("bad_config", f"video_input must be 'rgb' or 'tokens', got {msg['video_input']!r}")
         out["video_input"] = msg["video_input"]
     if "video_output" in msg:
-        o = msg["video_output"]
-        o = [o] if isinstance(o, str) else o
-        if not isinstance(o, list) or not o or any(x not in VIDEO_OUTPUTS for x in o):
-            want = list(VIDEO_OUTPUTS)
-            raise ProtocolError("bad_config", f"video_output must be a list drawn from {want}, got {o!r}")
-        out["video_output"] = tuple(dict.fromkeys(o))
+        out["video_output"] = _outputs(msg, "video_output", VIDEO_OUTPUTS)
     return out
+
+
+def _outputs(msg: dict, key: str, allowed) -> tuple[str, ...]:
+    """An output choice: one name or a non-empty list of names from `allowed` -> the names, once each, in order."""
+    o = msg[key]
+    o = [o] if isinstance(o, str) else o
+    if not isinstance(o, list) or not o or any(not isinstance(x, str) or x not in allowed for x in o):
+        raise ProtocolError("bad_config", f"{key} must be a list drawn from {list(allowed)}, got {msg[key]!r}")
+    return tuple(dict.fromkeys(o))
 
 
 def parse_text(text: str, num_codebooks: int = 8) -> Hello | Config | End | Ping:

@@ -187,6 +187,12 @@ class ChatResponder:
     def num_codebooks(self) -> int:
         return self.speaker.num_codebooks
 
+    @property
+    def sees_video(self) -> bool:
+        """The Thinker has a video track: the services hand it what the camera showed during the turn."""
+        model = getattr(self.thinker, "model", None)
+        return bool(model is not None and model.cfg.video_features)
+
     def warmup(self) -> None:
         """One pass through each model, so the first user does not pay for lazy initialisation."""
         listener = getattr(self.thinker, "listener", self.thinker)

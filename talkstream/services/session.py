@@ -432,14 +432,19 @@ class Session:
             self.counts["turns"] += 1
             if self._answer_playing():
                 await self._interrupt()
-            self._reply_task = self._spawn(self._answer(turn))
+            video = None
+            if getattr(self.responder, "sees_video", False):  # what the camera showed while the turn was spoken
+                end = time.monotonic()
+                video = self.video.seen_during(end - turn.shape[-1] / self.codec.frame_rate, end)
+            self._reply_task = self._spawn(self._answer(turn, video))
         if self.input.error is not None:
             self.failed = True
             await self.send_error("internal", f"stream stopped: {self.input.error}")
 
-    async def _answer(self, turn: torch.Tensor) -> None:
-        await self.send(event("reply", state="start", frames=int(turn.shape[-1])))
-        async for item in self.responder.respond(turn):
+    async def _answer(self, turn: torch.Tensor, video: torch.Tensor | None = None) -> None:
+        fields = {"video_frames": int(video.shape[0])} if video is not None else {}
+        await self.send(event("reply", state="start", frames=int(turn.shape[-1]), **fields))
+        async for item in (self.responder.respond(turn, video) if video is not None else self.responder.respond(turn)):
             if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
                 fields = dict(item)
                 await self.send(event(fields.pop("type"), **fields))

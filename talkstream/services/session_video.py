@@ -1,16 +1,22 @@
 """One session's video, beside its audio: RGB24 frames or video tokens in, tokens and/or reconstructions out.
 
-Codec mode only. The pipeline (one `VideoCodecStage`, talkstream/streaming/video.py) is built at the first video
-frame, so a session without video runs exactly as it did before video existed; a config change stops it and the
-next frame builds it with the new settings. Output goes out as wire frames (WebSocket) or, when a `sink` is set,
-to the transport's own consumer (WebRTC's outbound video track). `stats` lives as long as the session.
+The pipeline (one `VideoCodecStage`, talkstream/streaming/video.py) is built at the first video frame, so a session
+without video runs exactly as it did before video existed; a config change stops it and the next frame builds it
+with the new settings. In codec mode, output goes out as wire frames (WebSocket) or, when a `sink` is set, to the
+transport's own consumer (WebRTC's outbound video track). In chat mode the camera is what the Thinker sees: the
+tokens of the last `SEEN_SECONDS` are kept with their arrival times, and `seen_during` hands a turn the frames of
+its time span (at the codec's frame rate). `stats` lives as long as the session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+
+import torch
 
 from talkstream.services.protocol import (
     FLAG_KEY,
@@ -24,6 +30,8 @@ from talkstream.services.protocol import (
 from talkstream.streaming.metrics import Metrics
 from talkstream.streaming.pipeline import Pipeline
 from talkstream.streaming.video import KEY_INTERVAL, VideoCodecStage, VideoIn, VideoOut, VideoStats
+
+SEEN_SECONDS = 30.0  # chat mode: how much of the camera a turn can look back on (the longest turn)
 
 
 class SessionVideo:
@@ -44,6 +52,7 @@ class SessionVideo:
         self._sender: asyncio.Task | None = None
         self._seq = 0
         self._refusing = False  # `end` or close: frames that still arrive are ignored (the rest drains)
+        self.seen: deque[tuple[float, torch.Tensor]] | None = None  # chat mode: (arrival time, tokens) per frame
 
     def check_format(self) -> tuple:
         """(frame size, tokens per frame, codebook size) that video binary frames are checked against."""
@@ -75,8 +84,6 @@ class SessionVideo:
             raise ProtocolError("not_ready", "video frame before hello; it was dropped")
         if self.codec is None:
             raise ProtocolError("bad_header", "this server has no video codec; video frames are refused")
-        if h.mode != "codec":
-            raise ProtocolError("bad_header", "video frames are taken in codec mode only")
         return h
 
     async def on_frame(self, frame: BinaryFrame, h: Hello | None) -> None:
@@ -100,8 +107,16 @@ class SessionVideo:
             )
         if self._refusing:
             return  # (fed after `end`, a frame could evict the end-of-stream marker from the full one-slot inbox)
+        if h.mode == "chat" and item.tokens is not None:  # tokens are what the Thinker reads: nothing to code
+            self.seen = self.seen if self.seen is not None else deque(maxlen=round(SEEN_SECONDS * self.codec.fps * 2))
+            self.stats.frames_in += 1
+            self.seen.append((item.arrived, torch.from_numpy(item.tokens)))
+            return
         if self.pipeline is None:
-            stage = VideoCodecStage(self.codec, self.stats, "tokens" in h.video_output, "rgb" in h.video_output)
+            chat = h.mode == "chat"  # the Thinker reads tokens; nothing is decoded or sent back
+            self.seen = deque(maxlen=round(SEEN_SECONDS * self.codec.fps * 2)) if chat else None
+            stage = VideoCodecStage(self.codec, self.stats, chat or "tokens" in h.video_output,
+                                    not chat and "rgb" in h.video_output)
             # One frame may wait while another is coded: any more and what comes back lags the camera for good.
             self.pipeline = Pipeline([stage], self.metrics, live_queue_size=1, live=h.video_input == "rgb")
             self.pipeline.start()
@@ -116,7 +131,10 @@ class SessionVideo:
 
     async def _send_outputs(self, pipeline: Pipeline) -> None:
         while (out := await pipeline.get()) is not None:
-            if self.sink is not None:
+            if self.seen is not None:
+                if out.tokens is not None:
+                    self.seen.append((out.arrived, torch.from_numpy(out.tokens)))
+            elif self.sink is not None:
                 await self.sink(out)
             else:
                 flags = FLAG_KEY if out.key else 0
@@ -128,6 +146,22 @@ class SessionVideo:
             self.stats.frames_out += 1
         if pipeline.error is not None:
             await self._on_failure(f"video stream stopped: {pipeline.error}")
+
+    def seen_during(self, start: float, end: float) -> torch.Tensor | None:
+        """Chat mode: the camera between two monotonic times, as video tokens [T, N] at the codec's frame rate (each
+        slot takes the newest frame that had arrived by then), or None when nothing was seen in that span."""
+        if not self.seen or end <= start:
+            return None
+        times = [t for t, _ in self.seen]
+        first = bisect.bisect_left(times, start)
+        if first == len(times) or times[first] > end:
+            return None
+        slots = max(1, round((end - start) * self.codec.fps))
+        picked = []
+        for k in range(slots):
+            i = bisect.bisect_right(times, start + k / self.codec.fps) - 1
+            picked.append(self.seen[max(i, first)][1])  # before the first frame of the span: that first frame
+        return torch.stack(picked)
 
     async def finish(self) -> None:
         """The client sent `end`: code and send what is queued."""

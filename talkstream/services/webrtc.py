@@ -8,7 +8,8 @@ themselves), JSON events go out on the data channel the client opened. Client JS
 config, end) goes to the session too, so the data channel speaks docs/protocol.md's text messages.
 
 When the offer also sends video (a camera) in codec mode, the camera goes through the video codec and comes back on
-an outbound video track (talkstream/services/video_track.py, "see what the codec sees").
+an outbound video track (talkstream/services/video_track.py, "see what the codec sees"); in chat mode it is coded
+to tokens and kept for the Thinker, which sees the frames of each turn's time span.
 
 Signaling is one `POST /offer` (talkstream/services/http.py). No STUN or TURN server is ever contacted unless one is
 configured (`--ice-server`): aiortc would otherwise use Google's public STUN server.
@@ -275,8 +276,10 @@ class PeerSession:
         video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
         if video and self.params.mode == "codec":
             self.pc.addTrack(self.camera.track)  # takes the first video transceiver: the camera comes back on it
+        elif video and self.params.mode == "chat":
+            video[0].direction = "recvonly"  # the Thinker watches; nothing is sent back
         for t in video:
-            if t.sender.track is None:  # chat, or a second camera: ask the browser not to send what nobody reads
+            if t.sender.track is None and t.direction != "recvonly":  # a second camera: nobody reads it
                 t.direction = "inactive"
         hello = {"type": "hello", "version": PROTOCOL_VERSION, "mode": self.params.mode, "sample_rate": RATE}
         hello |= {"codebooks": self.params.codebooks, "output": ["pcm"]}
@@ -300,7 +303,7 @@ class PeerSession:
         if track.kind == "audio" and not self._pumping:
             self._pumping = True
             self._spawn(self._pump(track))  # one microphone per session: a second audio track is ignored
-        elif track.kind == "video" and self.params.mode == "codec" and not self._camera_used:
+        elif track.kind == "video" and not self._camera_used:
             self._camera_used = True  # one camera per session: its transceiver is the one the reconstruction takes
             self._spawn(self.camera.pump(track, self.session))
         else:

@@ -1,5 +1,6 @@
 // talkstream's browser page: microphone -> server (WebRTC or WebSocket) -> speaker, with levels, events, latency;
-// over WebRTC in codec echo, optionally the camera -> the video codec -> back ("what the codec sees").
+// over WebRTC, optionally the camera: in codec echo -> the video codec -> back ("what the codec sees"), in chat
+// -> the Thinker, which sees the frames of each turn.
 // Plain JavaScript, no build step. Test hooks live on window.talkstreamStats (tests/web drive this page).
 "use strict";
 
@@ -16,7 +17,7 @@ const stats = {
   lastLatencyMs: null, // the round trip shown
   events: [], // every JSON event received, in order
   errors: [], // error events and failures
-  camera: false, // the camera is being sent (WebRTC, codec echo)
+  camera: false, // the camera is being sent (WebRTC: codec echo shows it back, chat gives it to the Thinker)
   videoFramesSent: 0, // camera frames the browser sent (getStats)
   videoFramesReceived: 0, // frames of the codec's reconstruction decoded here (getStats)
   videoSize: null, // "WxH" of the returned video
@@ -159,8 +160,8 @@ class Meter {
 
 class RtcSession {
   async start(mode, codebooks, camera) {
-    if (camera && mode !== "codec") log("camera: only codec echo sends it through the video codec; not sent");
-    stats.camera = camera && mode === "codec";
+    if (camera && mode === "chat") log("camera: the Thinker sees it while you speak (nothing comes back)");
+    stats.camera = camera;
     this.pc = new RTCPeerConnection({ iceServers: config.ice_servers });
     this.mic = await openMic(stats.camera);
     for (const track of this.mic.getTracks()) this.pc.addTrack(track, this.mic);

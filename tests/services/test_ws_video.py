@@ -161,15 +161,74 @@ def test_bad_video_frames_get_an_error_and_the_session_goes_on(models):
                     error = await expect_error(ws)
                     await ws.send(rgb_frame(moving_pattern(i), seq=i, timestamp=i))  # still served
                     answers[name] = error, (await receive(ws, 1))[0][0]
-            async with connect(srv.url) as ws:  # chat mode takes no video
-                await hello(ws, mode="chat")
-                await ws.send(rgb_frame(moving_pattern(0), 0, 0))
-                chat = await expect_error(ws)
-        return answers, chat
+        return answers
 
-    answers, chat = run(main())
+    answers = run(main())
     for i, (name, (error, after)) in enumerate(answers.items()):
         assert error["code"] == BAD[name][1] and not error["fatal"] and error["message"], (name, error)
         assert after.kind == KIND_RGB24 and after.timestamp == i, name
     assert "128x128" in answers["wrong-size"][0]["message"]
-    assert chat["code"] == "bad_header" and "codec mode" in chat["message"]
+
+
+class SeeingResponder:
+    """A chat responder whose Thinker sees video: records what each turn was given, answers with a short beep."""
+
+    sees_video = True
+    num_codebooks = 4
+
+    def __init__(self):
+        self.turns: list[tuple[int, torch.Tensor | None]] = []
+
+    def warmup(self) -> None:
+        pass
+
+    async def respond(self, turn, video=None):
+        self.turns.append((turn.shape[-1], video))
+        yield torch.zeros(1, 4, 6, dtype=torch.long)
+
+
+def test_chat_mode_gives_the_thinker_what_the_camera_showed_during_the_turn(models):
+    """Chat over the WebSocket with RGB frames beside the speech: nothing comes back for the frames; the turn's
+    answer gets the video tokens of the turn's time span, at the codec's frame rate."""
+    from talkstream.audio_io import load_audio
+    from talkstream.data import SAMPLE_WAV
+    from talkstream.services.protocol import pcm_frame
+
+    codec, vad, video = models
+    responder = SeeingResponder()
+    speech = load_audio(SAMPLE_WAV, 24_000)
+    audio = np.concatenate([np.zeros(12_000, np.float32), speech, np.zeros(36_000, np.float32)])
+    pcm = np.round(np.clip(audio, -1, 32767 / 32768) * 32768).astype(np.int16)
+
+    async def main():
+        async with TalkstreamServer(ServerConfig(port=0), codec=codec, vad=vad, video_codec=video,
+                                    responder=responder) as srv:
+            async with connect(srv.url) as ws:
+                await hello(ws, mode="chat", sample_rate=24_000)
+                events = []
+
+                async def listen():
+                    async for msg in ws:
+                        if isinstance(msg, str):
+                            events.append(json.loads(msg))
+
+                reader = asyncio.ensure_future(listen())
+                t0 = asyncio.get_running_loop().time()
+                for i in range(0, len(pcm), 480):  # 20 ms of audio, and a camera frame every 40 ms, in real time
+                    await ws.send(pcm_frame(pcm[i : i + 480], i // 480, i // 24))
+                    if (i // 480) % 2 == 0:
+                        await ws.send(rgb_frame(moving_pattern(i // 960), i // 960, i // 24))
+                    await asyncio.sleep(max(0.0, t0 + (i + 480) / 24_000 - asyncio.get_running_loop().time()))
+                await asyncio.sleep(1.0)
+                reader.cancel()
+                return events
+
+    events = run(main())
+    assert not [e for e in events if e["type"] == "error"], events
+    assert responder.turns, "the speech made a turn"
+    frames, seen = responder.turns[0]
+    assert seen is not None and seen.shape[1] == 256 and seen.dtype == torch.int64
+    assert abs(seen.shape[0] - frames / 75 * 25) <= 1  # the turn's span at 25 fps
+    reply = next(e for e in events if e["type"] == "reply" and e["state"] == "start")
+    assert reply["video_frames"] == seen.shape[0]
+

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from talkstream.codecs.video.codec import VideoCodec
-from talkstream.codecs.video.files import fit_frame
+from talkstream.codecs.video.files import KEY_INTERVAL, fit_frame
 
-KEY_INTERVAL = 25  # frames between restarts of the codec state: 1 s at 25 fps
 
 
 @dataclass

@@ -96,6 +96,31 @@ def test_file_round_trip_keeps_odd_size_rate_and_frames(codec, tmp_path):
     assert size == (51, 75) and fps == Fraction(30000, 1001) and len(list(frames)) == 6
 
 
+def test_files_restart_the_codec_state_at_key_frames(codec, tmp_path):
+    """Every KEY_INTERVAL frames encoding and decoding start afresh (as live streams do), recorded in the header."""
+    from talkstream.codecs.video.files import KEY_INTERVAL, fit_frame
+
+    src, tsv = tmp_path / "in.mp4", tmp_path / "x.tsv"
+    _clip(src, size=(64, 64), frames=KEY_INTERVAL + 3)
+    encode_file(codec, src, tsv)
+    meta, codes = read_tokens(tsv, "video")
+    assert meta["key_interval"] == KEY_INTERVAL and codes.shape[1] == KEY_INTERVAL + 3
+    frames = [fit_frame(rgb, codec.frame_size)[0] for rgb, _ in zip(read_frames(src)[0], range(KEY_INTERVAL + 3))]
+    with torch.no_grad():
+        alone = codec.encode_step(frames[KEY_INTERVAL][None], codec.init_state())[0][0].numpy()
+        carried = codec.encode(torch.stack(frames)[None])[0, KEY_INTERVAL].numpy()
+    assert np.array_equal(codes[:, KEY_INTERVAL], alone)  # the key frame is coded alone...
+    assert not np.array_equal(alone, carried)  # ...which is not what a state carried from frame 0 gives
+    # A file without key frames (written before them) still decodes, with one state throughout.
+    meta.pop("key_interval")
+    write_tokens(tmp_path / "old.tsv", codes, meta)
+    decode_file(codec, tmp_path / "old.tsv", tmp_path / "old.mp4")
+    meta["key_interval"] = -3
+    write_tokens(tmp_path / "bad.tsv", codes, meta)
+    with pytest.raises(ContainerError, match="key_interval"):
+        decode_file(codec, tmp_path / "bad.tsv", tmp_path / "bad.mp4")
+
+
 def test_damaged_token_files_are_refused(codec, tmp_path):
     src, tsv = tmp_path / "in.mp4", tmp_path / "x.tsv"
     _clip(src)

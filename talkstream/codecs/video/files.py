@@ -10,6 +10,10 @@ Variable-rate input is refused (convert first, e.g. `ffmpeg -i IN -vf fps=25 OUT
 
 Output: H.264 (libx264, CRF 10, so the file adds little loss of its own) in the container the extension names;
 yuv420p when both sides are even, else yuv444p (4:2:0 needs even sizes).
+
+Key frames: the codec state restarts every `KEY_INTERVAL` frames, as in live streams (the shipped codec was trained
+on 4-frame clips and its memory drifts after a few seconds of continuous video); the header records the interval
+and decoding restarts at the same frames. A restart costs no bits (every frame takes the same 256 tokens).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch.nn.functional as F
 
 from talkstream.codecs.container import ContainerError, read_tokens, write_tokens
 from talkstream.codecs.video.codec import VideoCodec
+
+KEY_INTERVAL = 25  # frames between restarts of the codec state: 1 s at 25 fps
 
 
 class VideoInputError(ValueError):
@@ -130,9 +136,10 @@ def codec_header(codec: VideoCodec) -> dict:
 def encode_file(codec: VideoCodec, src: str | Path, dst: str | Path) -> dict:
     """Video file -> .tsv token file, streaming frame by frame. Returns the header written."""
     frames, fps, source = read_frames(src)
-    state = codec.init_state()
     tokens, content = [], (0, 0)
-    for rgb in frames:
+    for i, rgb in enumerate(frames):
+        if i % KEY_INTERVAL == 0:  # a key frame: the state restarts (as live streams do: the memory drifts)
+            state = codec.init_state()
         x, content = fit_frame(rgb, codec.frame_size)
         t, state = codec.encode_step(x[None], state)
         tokens.append(t[0].numpy())
@@ -145,6 +152,7 @@ def encode_file(codec: VideoCodec, src: str | Path, dst: str | Path) -> dict:
         "fps": [fps.numerator, fps.denominator],
         "source_size": list(source),
         "content_size": list(content),
+        "key_interval": KEY_INTERVAL,
     }
     write_tokens(dst, codes, header)
     return {**header, "num_codebooks": int(codes.shape[0]), "num_frames": int(codes.shape[1])}
@@ -163,9 +171,13 @@ def decode_file(codec: VideoCodec, src: str | Path, dst: str | Path) -> dict:
         source, content = tuple(header["source_size"]), tuple(header["content_size"])
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         raise ContainerError(f"{src}: header lacks a valid fps, source_size or content_size") from None
-    state = codec.init_state()
+    key_interval = header.get("key_interval") or 0  # 0 or absent (files written before key frames): none
+    if not isinstance(key_interval, int) or key_interval < 0:
+        raise ContainerError(f"{src}: key_interval must be a non-negative integer, got {key_interval!r}")
     out = []
-    for t in torch.from_numpy(codes).T:
+    for i, t in enumerate(torch.from_numpy(codes).T):
+        if i == 0 or (key_interval and i % key_interval == 0):
+            state = codec.init_state()
         frame, state = codec.decode_step(t[None], state)
         out.append(unfit_frame(frame[0], content, source))
     write_video(dst, out, fps)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from talkstream.models import text as tx
 
@@ -74,12 +75,12 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
 
     # Thinker: transcripts and answers (greedy, as served).
     refs, hyps, correct, firsts = [], [], 0, []
-    for it in asked + heard:
+    for it in tqdm(asked + heard, desc="thinker transcripts", unit="turn", leave=False):
         codes = it["codes"].long()[None]
         h = thinker.hear(codes)
         refs.append(it["text"])
         hyps.append(thinker.transcript(h))
-    for it in asked:
+    for it in tqdm(asked, desc="thinker answers", unit="turn", leave=False):
         codes = it["codes"].long()[None]
         r = asyncio.run(answer_codes(responder, codec, codes))
         correct += r.reply.strip() == it["answer"].strip()
@@ -95,7 +96,7 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
     texts, talker_hyp, dual_hyp, tts_hyp, codec_hyp, shared_hyp = [], [], [], [], [], []
     gen_seconds = gen_frames = 0
     speaker: Speaker = responder.speaker
-    for it in talk_items:
+    for it in tqdm(talk_items, desc="talker sentences", unit="sentence", leave=False):
         text = it["text"]
         texts.append(text)
         t0 = time.perf_counter()
@@ -165,7 +166,7 @@ def _video_questions(thinker, data: Path, count: int) -> dict | None:
 
     items = torch.load(path, weights_only=False)[:count]
     right = {"with_video": {}, "without_video": {}}
-    for it in items:
+    for it in tqdm(items, desc="video questions", unit="question", leave=False):
         skill = "colour" if "colour" in it["text"] else "direction"
         latent = codes_to_latent(thinker.codebook, it["codes"][None].long(), model.cfg.stack)
         video = it["video"].float()

@@ -36,6 +36,20 @@ TRAIN_VOICES = [
                                      "en-us+klatt2", "en-gb-x-gbclan+f1", "en-us+m4")),
     Voice("festival", "kal_diphone"),
 ]
+# More espeak-ng voices for the Thinker only (`thinker_train_more.pt`): the Thinker overfits the few voices above, and
+# espeak-ng's variants cost nothing to synthesise. Never the eval voices' accent+variant pairs.
+THINKER_EXTRA_VOICES = [
+    Voice("espeak", f"{accent}+{variant}")
+    for accent, variants in {
+        "en-us": ("adam", "Andy", "Annie", "aunty", "david", "john", "linda", "max", "Michael", "quincy", "f3", "m2"),
+        "en": ("belinda", "benjamin", "ed", "edward", "paul", "robert", "steph", "m6"),  # en: British (C API name)
+        "en-gb-scotland": ("rob", "zac", "m5"),
+        "en-029": ("anika", "Alex"),
+        "en-us-nyc": ("grandpa", "m3"),
+        "en-gb-x-gbcwmd": ("Mike", "f4"),
+    }.items()
+    for variant in variants
+]
 EVAL_VOICES = [
     Voice("kokoro", "jf_tebukuro"),
     Voice("festival", "ked_diphone"),

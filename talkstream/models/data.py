@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from talkstream.data.sentences import sentences
-from talkstream.data.voices import EVAL_VOICES, TRAIN_VOICES, Voice, synthesize
+from talkstream.data.voices import EVAL_VOICES, THINKER_EXTRA_VOICES, TRAIN_VOICES, Voice, synthesize
 from talkstream.models import phonemes as ph
 from talkstream.models import text as tx
 from talkstream.models.dialogue import dialogues
@@ -156,10 +156,18 @@ def build_model_data(out: Path, codec, corpus: Path | None = Path("data/speech")
         items = _thinker_part(codec, [(q, a) for q, a in eval_q], EVAL_VOICES, seed + 2, "thinker eval questions")
         return items + (_corpus_part(codec, corpus, "eval") if corpus else [])
 
+    def thinker_train_more() -> list[dict]:
+        # The same questions and sentences again, each in one of many more espeak-ng voices (held-out voices hear
+        # the Thinker's weakness: it overfits the few training voices).
+        texts = [(q, a) for q, a in train_q] + [(s, None) for s in asr_text]
+        return [it for copy in range(2)  # each twice, in two voices drawn at random
+                for it in _thinker_part(codec, texts, THINKER_EXTRA_VOICES, seed + 5 + copy, "thinker more voices")]
+
     answers = sorted({a for _, a in train_q})
     _save_once(out / "talker_train.pt",
                lambda: _talker_part(codec, answers + [q for q, _ in train_q[:800]] + talk_train_text, "talker train"))
     _save_once(out / "talker_eval.pt", lambda: _talker_part(codec, talk_eval_text, "talker eval"))
     _save_once(out / "thinker_eval.pt", thinker_eval)
     _save_once(out / "thinker_train.pt", thinker_train)
+    _save_once(out / "thinker_train_more.pt", thinker_train_more)
     return out

@@ -245,6 +245,8 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
     torch.manual_seed(cfg.seed)
     run.mkdir(parents=True, exist_ok=True)
     train_items = torch.load(data / f"{kind}_train.pt", weights_only=False)
+    if kind == "thinker" and (data / "thinker_train_more.pt").is_file():  # the same turns in more voices
+        train_items += torch.load(data / "thinker_train_more.pt", weights_only=False)
     if kind == "thinker":  # turns over 10 s are rare in a dialogue and cost the most: left out
         train_items = [it for it in train_items if it["codes"].shape[-1] <= 750]
     eval_items = torch.load(data / f"{kind}_eval.pt", weights_only=False)

@@ -188,6 +188,7 @@ def cmd_serve(args) -> None:
         limits=limits,
         allowed_origins=args.allow_origin,
         weights=args.weights,
+        video_weights=args.video_weights,
         **serve_thinker_config(args),
     )
     try:
@@ -353,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="codec steps in onnxruntime (default; graphs exported at start-up) or torch eager",
     )
     onnx_args(sp)
+    sp.add_argument("--video-weights", default=None,
+                    help="video codec checkpoint folder for camera/video frames (default: the shipped weights)")
     sp.add_argument(
         "--gather-ms",
         type=float,

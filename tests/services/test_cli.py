@@ -37,8 +37,11 @@ def test_encode_decode_any_rate_and_channels(tmp_path, capsys):
         (b"x", ["decode", "{f}", "{o}"], "bad magic"),
         (None, ["encode", "{f}", "{o}", "--codebooks", "9"], "codebooks"),
         (None, ["encode", "{f}", "{o}", "--weights", "{f}.nowhere"], "not a talkstream checkpoint"),
+        (None, ["serve", "--port", "0", "--no-http", "--thinker", "echo", "--video-weights", "{f}.nowhere"],
+         "not a talkstream checkpoint"),
     ],
-    ids=["text-as-audio", "empty-audio", "truncated-tsk", "not-tsk", "too-many-codebooks", "missing-weights"],
+    ids=["text-as-audio", "empty-audio", "truncated-tsk", "not-tsk", "too-many-codebooks", "missing-weights",
+         "missing-video-weights"],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, content, argv, message):
     """content None: a valid WAV, so the error comes from the options."""

@@ -50,6 +50,24 @@ def test_chat_answers_a_spoken_question(question, tmp_path, capsys):
     assert sf.info(out).duration > 0.3
 
 
+def test_chat_with_a_video_answers_about_the_clip(tmp_path, capsys):
+    """A spoken question about a clip (held-out voice, clip seed never trained on): the Thinker answers with a
+    direction, which only the video can give."""
+    from talkstream.codecs.video.files import write_video
+    from talkstream.models.video_questions import DIRECTIONS, ball_clip, clip_to_uint8
+
+    wav, clip = tmp_path / "q.wav", tmp_path / "ball.mp4"
+    audio = speak("which way is the ball moving?", "en-us+m8").audio
+    sf.write(wav, audio, 24_000)
+    write_video(clip, list(clip_to_uint8(ball_clip("red", "left", round(len(audio) / 24_000 * 25), 7_000_123))), 25)
+    assert main(["chat", str(wav), "--video", str(clip), "--out", str(tmp_path / "r.wav")]) == 0
+    reply = capsys.readouterr().out.split("reply:")[1].split("\n")[0].strip()
+    assert reply.rstrip(".") in DIRECTIONS, reply
+    assert main(["chat", str(wav), "--video", str(wav), "--out", str(tmp_path / "r.wav")]) == 2  # not a video
+    err = capsys.readouterr().err
+    assert "no video stream" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["say", "!!!"], "nothing to say"),
     (["chat", "{bad}"], "not a readable audio file"),

@@ -108,7 +108,11 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
             pcm = voice.decode(codes)[0, 0].numpy()
         talker_hyp.append(_transcribe(ear, pcm, codec.sample_rate))
         if hasattr(thinker, "model"):  # the built-in Thinker: the same sentence with its hidden states beside it
-            dual = torch.cat(asyncio.run(_collect(speaker.speak(_with_hidden(thinker, it)))), -1)
+            speaker.use_hidden = True
+            try:
+                dual = torch.cat(asyncio.run(_collect(speaker.speak(_with_hidden(thinker, it)))), -1)
+            finally:
+                speaker.use_hidden = False
             with torch.inference_mode():
                 dual_hyp.append(_transcribe(ear, voice.decode(dual)[0, 0].numpy(), codec.sample_rate))
         original = speak(text).audio

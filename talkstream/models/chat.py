@@ -106,10 +106,14 @@ def word_phonemes(word: str, punct: str, voice: str) -> list[str]:
 class Speaker:
     """The Talker, streaming: text pieces in, codec-token blocks [1, K, n] out."""
 
-    def __init__(self, talker: Talker, block_frames: int = 6, sampling: SamplingConfig | None = None):
+    def __init__(self, talker: Talker, block_frames: int = 6, sampling: SamplingConfig | None = None,
+                 use_hidden: bool = False):
         self.talker = talker.eval()
         self.block_frames = block_frames
         self.sampling = sampling or SamplingConfig()
+        # The dual track (the Thinker's hidden states beside the text) is off by default: with the shipped weights
+        # the recogniser understands the Talker less with it (README, `bench model`).
+        self.use_hidden = use_hidden
 
     @property
     def num_codebooks(self) -> int:
@@ -149,7 +153,7 @@ class Speaker:
             if h is not None and h.shape[-1] != none.shape[-1]:
                 raise ValueError(f"the Thinker's hidden states have {h.shape[-1]} values; this Talker reads "
                                  f"{none.shape[-1]} (train the Talker against this Thinker, or pass None)")
-            buffer_hidden += [none if h is None else h.float()] * len(piece)
+            buffer_hidden += [none if h is None or not self.use_hidden else h.float()] * len(piece)
             # A word is complete once something that is not a letter follows it.
             while (m := re.match(r"\s*([a-z']+)([ ,.?!]+)", buffer)) is not None:
                 add_word(m.group(1), m.group(2).strip(), buffer_hidden[m.end(1) - 1])
@@ -287,14 +291,15 @@ def blocks_to_codes(items: Iterable) -> torch.Tensor:
 
 def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, thinker_model: str = "default",
               api_key: str | None = None, thinker_path=None, talker_path=None,
-              sampling: SamplingConfig | None = None, backend: str = "torch") -> ChatResponder:
+              sampling: SamplingConfig | None = None, backend: str = "torch", talker_hidden: bool = False
+              ) -> ChatResponder:
     """The chat responder over the shipped (or given) weights; `thinker` is "builtin" or "openai"; with
     `backend="onnx"` the Talker's frame step and the Thinker's listening and reply steps run in onnxruntime (5x faster
     per step)."""
     from talkstream.models.loaders import load_talker, load_thinker, load_voice_codec
 
     listener = BuiltinThinker(load_thinker(thinker_path), codec.quantizer.embed.detach().clone())
-    speaker = Speaker(load_talker(talker_path), sampling=sampling)
+    speaker = Speaker(load_talker(talker_path), sampling=sampling, use_hidden=talker_hidden)
     if backend == "onnx":
         from talkstream.models.onnx_steps import onnx_step
 

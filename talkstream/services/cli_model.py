@@ -19,6 +19,13 @@ def thinker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=0.7, help="speech token sampling temperature (0: greedy)")
     g.add_argument("--backend", choices=["torch", "onnx"], default="onnx",
                    help="the Talker's frame step in onnxruntime (default) or torch eager")
+    talker_hidden_arg(g)
+
+
+def talker_hidden_arg(g) -> None:
+    g.add_argument("--talker-hidden", action="store_true",
+                   help="the Talker also reads the Thinker's hidden states (the dual track); off by default because "
+                   "the shipped Talker is understood less with them (see README)")
 
 
 def serve_thinker_args(p: argparse.ArgumentParser) -> None:
@@ -29,6 +36,7 @@ def serve_thinker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--thinker-url", default=None, help="e.g. http://127.0.0.1:8080/v1 (llama.cpp, vLLM, Ollama)")
     g.add_argument("--thinker-model", default="default", help="model name sent to the endpoint")
     g.add_argument("--thinker-key-env", default="OPENAI_API_KEY", help="environment variable holding an API key")
+    talker_hidden_arg(g)
 
 
 def serve_thinker_config(args) -> dict:
@@ -37,7 +45,7 @@ def serve_thinker_config(args) -> dict:
     if args.thinker == "openai" and not args.thinker_url:
         raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
     return {"thinker": args.thinker, "thinker_url": args.thinker_url, "thinker_model": args.thinker_model,
-            "thinker_api_key": os.environ.get(args.thinker_key_env)}
+            "thinker_api_key": os.environ.get(args.thinker_key_env), "talker_hidden": args.talker_hidden}
 
 
 def _responder(args, codec):
@@ -49,7 +57,7 @@ def _responder(args, codec):
     return load_chat(codec, args.thinker, args.thinker_url, args.thinker_model,
                      os.environ.get(args.thinker_key_env), sampling=SamplingConfig(temperature=args.temperature,
                                                                                     seed=args.seed),
-                     backend=args.backend)
+                     backend=args.backend, talker_hidden=args.talker_hidden)
 
 
 def cmd_chat(args) -> None:

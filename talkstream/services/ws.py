@@ -50,6 +50,7 @@ class ServerConfig:
     thinker_url: str | None = None  # OpenAI-compatible /v1 endpoint for thinker="openai"
     thinker_model: str = "default"
     thinker_api_key: str | None = None
+    talker_hidden: bool = False  # the Talker reads the Thinker's hidden states (the dual track; off: it measured worse)
 
 
 def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
@@ -65,7 +66,8 @@ def _make_responder(c: ServerConfig, codec) -> Responder:
         return EchoResponder()
     from talkstream.models.chat import load_chat
 
-    return load_chat(codec, c.thinker, c.thinker_url, c.thinker_model, c.thinker_api_key, backend=c.backend)
+    return load_chat(codec, c.thinker, c.thinker_url, c.thinker_model, c.thinker_api_key, backend=c.backend,
+                     talker_hidden=c.talker_hidden)
 
 
 class TalkstreamServer:

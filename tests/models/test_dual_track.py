@@ -58,7 +58,7 @@ def _pieces(text: str, hidden):
 
 def test_speaker_hears_the_thinkers_hidden_states():
     text = "hello there, seven"
-    speaker = Speaker(tiny_talker(), block_frames=4)
+    speaker = Speaker(tiny_talker(), block_frames=4, use_hidden=True)
     with torch.no_grad():
         speaker.talker.hidden_in.weight.mul_(50)  # so the track cannot be lost in a random model's noise
     plain = torch.cat(collect(speaker.speak(_pieces(text, None))), -1)
@@ -72,10 +72,13 @@ def test_speaker_hears_the_thinkers_hidden_states():
     other = hidden.clone()
     other[[0, 1, 6, 13]] = torch.randn(4, 32)  # inside "hello", "there", "seven"
     assert torch.equal(torch.cat(collect(speaker.speak(_pieces(text, other))), -1), heard)
+    # Off (the default): the states are not read, and it speaks as from the text alone.
+    speaker.use_hidden = False
+    assert torch.equal(torch.cat(collect(speaker.speak(_pieces(text, hidden))), -1), plain)
 
 
 def test_hidden_states_of_another_size_are_refused_clearly():
-    speaker = Speaker(tiny_talker(), block_frames=4)
+    speaker = Speaker(tiny_talker(), block_frames=4, use_hidden=True)
     with pytest.raises(ValueError, match="hidden states have 8 values; this Talker reads 32"):
         collect(speaker.speak(_pieces("hi there", torch.randn(8, 8))))
 
@@ -90,7 +93,8 @@ def test_builtin_chat_passes_hidden_states_to_the_talker():
         return original(ids, hidden)
 
     talker.text_context = spy
-    responder = ChatResponder(BuiltinThinker(thinker, torch.randn(8, 1024, 16)), Speaker(talker, block_frames=4))
+    responder = ChatResponder(BuiltinThinker(thinker, torch.randn(8, 1024, 16)),
+                              Speaker(talker, block_frames=4, use_hidden=True))
     asyncio.run(_drain(responder.respond(torch.randint(0, 1024, (1, 8, 40)))))
     assert seen and all(h is not None and h.shape[-1] == 32 for h in seen)
     assert any(bool(h.abs().sum() > 0) for h in seen), "no word of the reply carried its hidden state"

@@ -103,3 +103,16 @@ def test_websocket_chat_mode_answers_with_the_model():
     final = [e for e in r.events if e["type"] == "reply_text" and e["final"]]
     assert final and final[0]["text"]
     assert r.pcm.size > 0.3 * 24_000  # the spoken answer came back
+
+
+def test_the_dual_track_is_off_unless_asked_for():
+    from talkstream.models.chat import load_chat
+    from talkstream.models.loaders import load_audio_codec
+    from talkstream.services.cli import build_parser
+    from talkstream.services.cli_model import serve_thinker_config
+
+    codec = load_audio_codec()
+    assert not load_chat(codec).speaker.use_hidden
+    assert load_chat(codec, talker_hidden=True).speaker.use_hidden
+    assert serve_thinker_config(build_parser().parse_args(["serve", "--talker-hidden"]))["talker_hidden"] is True
+    assert build_parser().parse_args(["chat", "q.wav"]).talker_hidden is False

@@ -172,7 +172,8 @@ class TalkerBatches:
                 prev[i, :, 0] = c["codes"][:, s - 1]
             frame_ph[i, :n] = c["frame_ph"][s:e]
             prog[i, :n] = Talker.progress(c["offset"][s:e], c["dur"][c["frame_ph"][s:e]])
-        return {"ids": ids, "hidden": hidden, "dur": dur, "dur_mask": dur_mask, "prev": prev, "codes": codes, "frame_ph": frame_ph,
+        return {"ids": ids, "hidden": hidden, "dur": dur, "dur_mask": dur_mask, "prev": prev, "codes": codes,
+                "frame_ph": frame_ph,
                 "progress": prog}
 
     def sample(self, n: int) -> dict:

@@ -122,10 +122,10 @@ def cmd_data_model(args) -> None:
 
 
 def cmd_data_video_questions(args) -> None:
+    import torch
+
     from talkstream.models.loaders import load_audio_codec, load_video_codec
     from talkstream.models.video_questions import build_video_questions
-
-    import torch
 
     torch.set_num_threads(1)
     out = build_video_questions(Path(args.out), load_audio_codec(), load_video_codec(), train=args.train,

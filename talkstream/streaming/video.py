@@ -29,7 +29,6 @@ from talkstream.codecs.video.codec import VideoCodec
 from talkstream.codecs.video.files import KEY_INTERVAL, fit_frame
 
 
-
 @dataclass
 class VideoIn:
     """One frame into the codec: `rgb` uint8 [H, W, 3] (any size) to encode, or `tokens` int64 [N] to decode."""

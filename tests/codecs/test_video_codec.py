@@ -105,7 +105,7 @@ def test_files_restart_the_codec_state_at_key_frames(codec, tmp_path):
     encode_file(codec, src, tsv)
     meta, codes = read_tokens(tsv, "video")
     assert meta["key_interval"] == KEY_INTERVAL and codes.shape[1] == KEY_INTERVAL + 3
-    frames = [fit_frame(rgb, codec.frame_size)[0] for rgb, _ in zip(read_frames(src)[0], range(KEY_INTERVAL + 3))]
+    frames = [fit_frame(rgb, codec.frame_size)[0] for rgb in read_frames(src)[0]]
     with torch.no_grad():
         alone = codec.encode_step(frames[KEY_INTERVAL][None], codec.init_state())[0][0].numpy()
         carried = codec.encode(torch.stack(frames)[None])[0, KEY_INTERVAL].numpy()

@@ -90,11 +90,11 @@ def test_a_turn_that_does_not_begin_with_what_was_heard_is_heard_from_the_start(
 def test_the_server_hears_a_spoken_turn_while_it_is_spoken():
     """A real session on loopback: the collector feeds the responder during the turn and the answer uses it."""
     from talkstream.audio_io import load_audio
+    from talkstream.client import stream_audio
     from talkstream.data import SAMPLE_WAV
     from talkstream.models.loaders import load_audio_codec
     from talkstream.services.ws import ServerConfig, TalkstreamServer
     from talkstream.streaming.vad import SileroVAD
-    from talkstream.client import stream_audio
 
     codec = load_audio_codec()
     responder = ChatResponder(BuiltinThinker(tiny_thinker(), torch.randn(8, 1024, 16)),

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from talkstream.audio_io import AudioInputError, load_audio
 from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig
 from talkstream.codecs.audio.losses import complex_loss, spectral_losses
+from talkstream.codecs.training_run import read_checkpoint, resume, write_checkpoint
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a"}
@@ -197,18 +198,13 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    ckpt = read_checkpoint(out)
     if ckpt is not None:
         model_cfg = AudioCodecConfig.from_dict(ckpt["model_config"])
-        log.info("resuming from %s at step %d", ckpt_path, ckpt["step"])
+        log.info("resuming from %s at step %d", out / "checkpoint.pt", ckpt["step"])
     codec = AudioCodec(model_cfg or AudioCodecConfig()).to(device)
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=1e-4)
-    step = 0
-    if ckpt is not None:
-        codec.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
+    step = resume(ckpt, codec, opt)
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     segment = round(cfg.segment_seconds * codec.frame_rate) * codec.frame_size
@@ -226,17 +222,7 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     def save() -> None:
         if rank != 0:
             return
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": codec.state_dict(),
-                "optimizer": opt.state_dict(),
-                "step": step,
-                "model_config": codec.cfg.to_dict(),
-            },
-            tmp,
-        )
-        tmp.replace(ckpt_path)
+        write_checkpoint(out, codec, opt, step)
         export_weights(codec, out / "export", training_summary(out, step))
 
     started = last_save = time.monotonic()

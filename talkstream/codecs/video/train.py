@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from talkstream.codecs.training_run import read_checkpoint, resume, write_checkpoint
 from talkstream.codecs.video.codec import VideoCodec, VideoCodecConfig
 from talkstream.codecs.video.data import ImageBank, make_clip
 
@@ -95,31 +96,18 @@ def train_video_codec(
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    ckpt = read_checkpoint(out)
     if ckpt is not None:
         model_cfg = VideoCodecConfig.from_dict(ckpt["model_config"])
-        log.info("resuming from %s at step %d", ckpt_path, ckpt["step"])
+        log.info("resuming from %s at step %d", out / "checkpoint.pt", ckpt["step"])
     codec = VideoCodec(model_cfg or VideoCodecConfig()).to(device)
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=1e-4)
-    step = 0
-    if ckpt is not None:
-        codec.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
+    step = resume(ckpt, codec, opt)
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     bank = ImageBank("train")
 
     def save() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        state = {
-            "model": codec.state_dict(),
-            "optimizer": opt.state_dict(),
-            "step": step,
-            "model_config": codec.cfg.to_dict(),
-        }
-        torch.save(state, tmp)
-        tmp.replace(ckpt_path)
+        write_checkpoint(out, codec, opt, step)
         export_weights(codec, out / "export", training_summary(out, step, command))
 
     started = last_save = t_window = time.monotonic()

@@ -1,0 +1,34 @@
+"""A codec training run's resumable state, `OUT/checkpoint.pt` (model, optimiser, step, model config): what the
+audio and the video codec trainers both read to resume and write every few minutes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def read_checkpoint(out: Path) -> dict | None:
+    """The run's saved state, or None for a new run."""
+    path = Path(out) / "checkpoint.pt"
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+def resume(ckpt: dict | None, model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Load a saved state into the model and optimiser -> the step to go on from (0 for a new run)."""
+    if ckpt is None:
+        return 0
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    return ckpt["step"]
+
+
+def write_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    """Save atomically (a stop mid-write leaves the previous checkpoint whole)."""
+    path = Path(out) / "checkpoint.pt"
+    tmp = path.with_suffix(".tmp")
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+             "model_config": model.cfg.to_dict()}
+    torch.save(state, tmp)
+    tmp.replace(path)

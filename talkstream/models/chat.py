@@ -19,7 +19,7 @@ import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -138,7 +138,8 @@ class Speaker:
 
         async def emit(final: bool) -> AsyncIterator[torch.Tensor]:
             # One block's frames per worker call: the first block leaves as soon as it exists.
-            while frames := await asyncio.to_thread(self._frames, names, torch.stack(hidden), state, final,
+            track = torch.stack(hidden) if self.use_hidden else None  # off: no per-call work for the track
+            while frames := await asyncio.to_thread(self._frames, names, track, state, final,
                                                     self.block_frames - len(pending)):
                 pending.extend(frames)
                 if len(pending) == self.block_frames:
@@ -269,10 +270,7 @@ class _Ahead:
     chunks: list  # the collector's list for this turn (identity marks the turn)
     heard: Heard
     used: int = 0  # chunks heard
-    codes: list = None  # the chunks heard, concatenated per call
-
-    def __post_init__(self):
-        self.codes = self.codes or []
+    codes: list = field(default_factory=list)  # the chunks heard, concatenated per call
 
 
 async def _drain(it: AsyncIterator) -> list:

@@ -164,8 +164,7 @@ class Thinker(nn.Module):
         queue = list(state.queue)
         if emb is not None:
             queue += [(False, a0 + i, emb[0, i]) for i in range(emb.shape[1])]
-        v = video if state.pending_video is None else torch.cat([state.pending_video, video], 1) if video is not None \
-            else state.pending_video
+        v = torch.cat([p for p in (state.pending_video, video) if p is not None], 1)
         m = v.shape[1] // self.cfg.video_stack * self.cfg.video_stack
         v0 = state.video_positions
         if m:

@@ -237,7 +237,7 @@ def _init_from(model: nn.Module, path: Path, kind: str) -> None:
 
 def _thinker_loss(model: Thinker, batch: tuple) -> tuple[torch.Tensor, dict]:
     loss = model.forward_train(*batch)
-    return loss, {"ce": float(loss)}
+    return loss, {"ce": float(loss.detach())}
 
 
 def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, command: list[str] | None = None) -> Path:

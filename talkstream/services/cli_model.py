@@ -144,6 +144,16 @@ def cmd_train_model(args) -> None:
     print(f"weights exported to {out} (copy to talkstream/weights/{args.what} to ship them)")
 
 
+def cmd_train_both(args) -> None:
+    """`train model`: the Thinker, then the Talker against it (the Talker's dual track reads the new Thinker)."""
+    from talkstream.models.train import TrainConfig, train
+
+    for what, steps, layers, batch in (("thinker", args.thinker_steps, 4, 16), ("talker", args.talker_steps, 3, 12)):
+        cfg = TrainConfig(steps=steps, batch_size=batch, layers=layers, threads=args.threads, seed=args.seed)
+        out = train(what, Path(args.data), Path(args.runs) / what, cfg, command=["talkstream", *sys.argv[1:]])
+        print(f"{what} weights exported to {out} (copy to talkstream/weights/{what} to ship them)")
+
+
 def cmd_train_voice(args) -> None:
     from talkstream.codecs.audio.voice import finetune_decoder
     from talkstream.models.loaders import load_audio_codec
@@ -225,6 +235,19 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
                             help="share of examples trained without the Thinker's hidden states (1: text only; "
                             "the states come from the shipped Thinker, computed once per run)")
         tp.set_defaults(func=cmd_train_model, what=what)
+
+    mp = train_sub.add_parser("model", help="train the Thinker, then the Talker (each resumes from its run folder)",
+                              description="Both models with their default settings: the Thinker on `talkstream data "
+                              "model` (and `data video-questions`) output, then the Talker. Rerun to resume. The "
+                              "Talker's hidden-state track reads the shipped Thinker: copy the new Thinker's weights "
+                              "to talkstream/weights/thinker first for it to read that one (docs/models.md).")
+    mp.add_argument("--data", default="data/model")
+    mp.add_argument("--runs", default="runs", help="run folders go in RUNS/thinker and RUNS/talker")
+    mp.add_argument("--thinker-steps", type=int, default=2500)
+    mp.add_argument("--talker-steps", type=int, default=2700)
+    mp.add_argument("--threads", type=int, default=1)
+    mp.add_argument("--seed", type=int, default=0)
+    mp.set_defaults(func=cmd_train_both)
 
     vp = train_sub.add_parser("voice", help="fine-tune the codec's decoder on the Talker's voice (resumes)",
                               description="Fine-tune a copy of the shipped codec's decoder on espeak-ng en-us at the "

@@ -58,6 +58,12 @@ class BuiltinThinker:
     def start_hearing(self) -> Heard:
         return Heard(self.model.init_state())
 
+    def frames_short_of_a_position(self, heard: Heard, new: int) -> bool:
+        """Would `new` more frames still leave the Thinker without a whole position to read? (Then hearing them
+        can wait: nothing would reach the cache.)"""
+        pending = 0 if heard.state.pending is None else heard.state.pending.shape[-1]
+        return pending + new < self.model.cfg.stack
+
     def hear_more(self, heard: Heard, codes: torch.Tensor) -> Heard:
         return Heard(self.model.listen(codes_to_latent(self.codebook, codes, self.model.cfg.stack, None), heard.state))
 
@@ -216,7 +222,9 @@ class ChatResponder:
         ahead = self._ahead
         if ahead is None or ahead.chunks is not chunks:
             ahead = self._ahead = _Ahead(chunks, self.thinker.start_hearing())
-        if len(chunks) > ahead.used:
+        new = sum(c.shape[-1] for c in chunks[ahead.used :])
+        short = getattr(self.thinker, "frames_short_of_a_position", None)
+        if new and (short is None or not short(ahead.heard, new)):  # a worker-thread hop only when it pays
             codes = torch.cat(chunks[ahead.used :], -1)
             ahead.heard = await asyncio.to_thread(self.thinker.hear_more, ahead.heard, codes)
             ahead.used, ahead.codes = len(chunks), ahead.codes + [codes]

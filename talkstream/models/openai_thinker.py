@@ -43,6 +43,9 @@ class OpenAIThinker:
     def start_hearing(self) -> Heard:
         return self.listener.start_hearing()
 
+    def frames_short_of_a_position(self, heard: Heard, new: int) -> bool:
+        return self.listener.frames_short_of_a_position(heard, new)
+
     def hear_more(self, heard: Heard, codes) -> Heard:
         return self.listener.hear_more(heard, codes)
 

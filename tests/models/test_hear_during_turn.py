@@ -59,6 +59,9 @@ def test_hearing_during_the_turn_gives_the_same_answer_with_less_left_to_read():
     heard_at_end = []
     original = responder.thinker.finish_hearing
     responder.thinker.finish_hearing = lambda heard, rest: heard_at_end.append(rest.shape[-1]) or original(heard, rest)
+    calls = []
+    more = responder.thinker.hear_more
+    responder.thinker.hear_more = lambda heard, codes: calls.append(codes.shape[-1]) or more(heard, codes)
     chunks = []
 
     async def speak_then_answer():
@@ -69,6 +72,8 @@ def test_hearing_during_the_turn_gives_the_same_answer_with_less_left_to_read():
 
     ahead = asyncio.run(speak_then_answer())
     assert heard_at_end == [4] and responder.heard_ahead == 1
+    # Read only when a whole Thinker position (4 frames) is there: 8 worker calls for 11 chunks, no frame skipped.
+    assert calls == [6, 3, 3, 6, 3, 3, 6, 3] and sum(calls) == 33
     assert len(ahead) == len(plain)
     for a, b in zip(ahead, plain, strict=True):
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b

@@ -8,6 +8,10 @@ and on 1 thread in CPU time (`cpu_fps_1_thread`: what a core does when nothing e
 latency: a fresh stream's first frame in to its reconstruction out. H.264 runs with tune zerolatency (no B-frames,
 no lookahead, sliced threads) at the codec's bitrate, and at 1/2 and 1/4 of it for scale; each clip's x264
 bit_rate setting is rescaled until what it actually spends is within 3% of the goal (`matched_rate`).
+
+Long streams (`long_streams`): the held-out clips at 5 s, PSNR per second of video with one codec state throughout
+and with a restart every `KEY_INTERVAL` frames (what live streams and `video encode` files do): how far the
+codec's memory drifts, and what the key frames win back.
 """
 
 from __future__ import annotations
@@ -135,6 +139,31 @@ def _row(system: str, clips: list[np.ndarray], runs: dict[int, list[dict]], fps:
     return row
 
 
+@torch.no_grad()
+def long_streams(codec: VideoCodec, clips: int = 4, seconds: int = 5) -> dict:
+    """PSNR (dB) per second of video over `seconds`-second held-out clips, mean over clips: one state for the
+    whole clip ("continuous") and a restart every KEY_INTERVAL frames ("key_frames")."""
+    from talkstream.codecs.video.files import KEY_INTERVAL
+
+    fps = round(codec.fps)
+    out: dict[str, list[list[float]]] = {"continuous": [], "key_frames": []}
+    for _, clip in eval_clips(clips, seconds * fps, codec.frame_size):
+        ref = clips_to_uint8(clip)
+        for name, interval in (("continuous", 0), ("key_frames", KEY_INTERVAL)):
+            frames = []
+            for i in range(clip.shape[0]):
+                if i == 0 or (interval and i % interval == 0):
+                    enc, dec = codec.init_state(), codec.init_state()
+                t, enc = codec.encode_step(clip[i : i + 1], enc)
+                y, dec = codec.decode_step(t, dec)
+                frames.append(y[0])
+            recon = clips_to_uint8(torch.stack(frames))
+            out[name].append([psnr(ref[s * fps : (s + 1) * fps], recon[s * fps : (s + 1) * fps])
+                              for s in range(seconds)])
+    return {"clips": clips, "seconds": seconds, "key_interval": KEY_INTERVAL,
+            **{name: [round(float(np.mean(col)), 2) for col in zip(*runs, strict=True)] for name, runs in out.items()}}
+
+
 def run_video_bench(codec: VideoCodec, clips: int = 8, frames: int = 50, threads: tuple[int, ...] = (1, 2)) -> dict:
     fps = round(codec.fps)
     named = [(n, clips_to_uint8(c)) for n, c in eval_clips(clips, frames, codec.frame_size)]
@@ -157,6 +186,7 @@ def run_video_bench(codec: VideoCodec, clips: int = 8, frames: int = 50, threads
         "codec_bitrate_kbps": codec.bitrate(fps) / 1000,
         "torch_threads_note": "torch.set_num_threads(n); libx264 threads=n, decoder slice threads=n",
         "rows": rows,
+        "long_streams": long_streams(codec),
     }
     print(
         f"{'system':<40} {'kbps':>7} {'bpp':>7} {'PSNR':>6} {'SSIM':>6} "
@@ -169,4 +199,8 @@ def run_video_bench(codec: VideoCodec, clips: int = 8, frames: int = 50, threads
             + " ".join(f"{r[f'fps_{n}_thread']:>7.1f}" for n in threads)
             + f" {r.get('cpu_fps_1_thread', float('nan')):>7.1f} {r['first_frame_ms']:>7.1f}"
         )
+    d = result["long_streams"]
+    print(f"PSNR per second of {d['seconds']} s streams ({d['clips']} held-out clips): one state "
+          + " ".join(f"{v:.1f}" for v in d["continuous"]) + f"; key frame every {d['key_interval']} "
+          + " ".join(f"{v:.1f}" for v in d["key_frames"]))
     return result

@@ -224,3 +224,12 @@ def test_video_token_messages_round_trip_and_refuse_damage():
         with pytest.raises(ProtocolError) as e:
             parse_binary(data)
         assert e.value.code == "bad_header"
+
+
+def test_bench_long_streams_compares_one_state_with_key_frames(codec):
+    from talkstream.bench.video import long_streams
+
+    r = long_streams(codec, clips=1, seconds=2)
+    assert r["key_interval"] == 25 and len(r["continuous"]) == len(r["key_frames"]) == 2
+    assert r["continuous"][0] == r["key_frames"][0]  # the first second is the same stream either way
+    assert r["continuous"][1] != r["key_frames"][1]  # the second starts afresh at its key frame

@@ -6,4 +6,4 @@ class ThinkerEndpointError(RuntimeError):
 
 
 class EspeakUnavailable(RuntimeError):
-    """libespeak-ng is not installed (Debian: apt-get install espeak-ng)."""
+    """libespeak-ng is missing or fails to start (neither the espeakng-loader wheel nor the system library)."""

@@ -2,14 +2,16 @@
 
 espeak-ng's C API reports a PHONEME event with the sample position of every phoneme it speaks, which gives the
 frame-exact durations the Talker learns from; no command-line tool or Python package exposes them, hence this
-small ctypes binding (libespeak-ng.so.1 from Debian's espeak-ng). espeak-ng keeps global state, so every call holds
-one lock.
+small ctypes binding. The library and its data come from the `espeakng-loader` wheel (a base dependency, so
+`pip install` alone is enough); the system's libespeak-ng.so.1 (Debian: espeak-ng) is the fallback when the wheel is
+missing. espeak-ng keeps global state, so every call holds one lock.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -22,6 +24,9 @@ _EVENT_END_OF_LIST, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7
 _SYNCHRONOUS, _PHONEME_EVENTS_AND_DONT_EXIT = 2, 0x8001
 _UTF8, _CHARS_UTF8 = 1, 1
 _RATE, _PITCH = 1, 3  # espeak_PARAMETER ids (words per minute; 0-100)
+_STRESS = "',"  # espeak-ng >= 1.52 prefixes stressed phonemes' names with these; 1.51 (the Talker's training) did not
+
+log = logging.getLogger(__name__)
 
 
 class _Event(ctypes.Structure):
@@ -42,16 +47,37 @@ class Utterance:
     sample_rate: int
 
 
+def _candidates() -> list[tuple[str, str | None]]:
+    """(library, data folder) pairs to try in order: the espeakng-loader wheel's, then the system's."""
+    found = []
+    try:
+        import espeakng_loader
+    except ImportError:
+        pass
+    else:
+        found.append((espeakng_loader.get_library_path(), espeakng_loader.get_data_path()))
+    found.append((ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1", None))  # data: its compiled-in path
+    return found
+
+
 class _Espeak:
     def __init__(self):
-        name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
-        try:
-            self.lib = ctypes.CDLL(name)
-        except OSError as e:
-            raise EspeakUnavailable(f"espeak-ng library not found ({e}); install Debian's espeak-ng") from None
-        self.rate = self.lib.espeak_Initialize(_SYNCHRONOUS, 0, None, _PHONEME_EVENTS_AND_DONT_EXIT)
-        if self.rate <= 0:
-            raise EspeakUnavailable("espeak-ng failed to initialise")
+        errors = []
+        for path, data in _candidates():
+            try:
+                self.lib = ctypes.CDLL(path)
+            except OSError as e:
+                errors.append(str(e))
+                continue
+            self.rate = self.lib.espeak_Initialize(_SYNCHRONOUS, 0, data and data.encode(), _PHONEME_EVENTS_AND_DONT_EXIT)
+            if self.rate > 0:
+                self.path = path
+                break
+            errors.append(f"{path} failed to initialise with data {data}")
+        else:
+            raise EspeakUnavailable(f"espeak-ng not usable ({'; '.join(errors)}); "
+                                    "pip install espeakng-loader (or apt-get install espeak-ng)")
+        log.info("espeak-ng: %s", self.path)
         self.lock = threading.Lock()
         self._audio: list[np.ndarray] = []
         self._events: list[tuple[int, int, int, bytes]] = []
@@ -112,7 +138,7 @@ def speak(text: str, voice: str = "en-us", sample_rate: int = 24_000, rate: int 
         if kind == _EVENT_WORD:
             word = int(np.searchsorted(word_ends, text_pos - 1, side="right"))
         elif kind == _EVENT_PHONEME and name:
-            ph = name.decode("utf-8", "replace")
+            ph = name.decode("utf-8", "replace").lstrip(_STRESS)
             phonemes.append(ph)
             words.append(-1 if ph.startswith("_") else word)
             starts.append(sample)
@@ -122,6 +148,11 @@ def speak(text: str, voice: str = "en-us", sample_rate: int = 24_000, rate: int 
         audio = soxr.resample(audio, eng.rate, sample_rate).astype(np.float32)
     return Utterance(phonemes, words, np.round(np.array(starts, dtype=np.float64) * scale).astype(np.int64),
                      audio, sample_rate)
+
+
+def library_path() -> str:
+    """The libespeak-ng this process uses (loading it on first call)."""
+    return _engine().path
 
 
 def phonemize(text: str, voice: str = "en-us") -> Utterance:

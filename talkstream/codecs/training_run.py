@@ -24,11 +24,12 @@ def resume(ckpt: dict | None, model: nn.Module, opt: torch.optim.Optimizer) -> i
     return ckpt["step"]
 
 
-def write_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
-    """Save atomically (a stop mid-write leaves the previous checkpoint whole)."""
+def write_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
+                     extra: dict | None = None) -> None:
+    """Save atomically (a stop mid-write leaves the previous checkpoint whole); `extra`: training-only modules."""
     path = Path(out) / "checkpoint.pt"
     tmp = path.with_suffix(".tmp")
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-             "model_config": model.cfg.to_dict()}
+             "model_config": model.cfg.to_dict(), **(extra or {})}
     torch.save(state, tmp)
     tmp.replace(path)

@@ -139,6 +139,13 @@ def cmd_train_codec(args) -> None:
         threads=args.threads,
         device=args.device,
         seed=args.seed,
+        init=args.init,
+        codec_id=args.codec_id,
+        segment_seconds=args.segment_seconds,
+        weight_whisper=args.weight_whisper,
+        weight_whisper_mel=args.weight_whisper_mel,
+        weight_semantic=args.weight_semantic,
+        bandlimit_prob=args.bandlimit_prob,
     )
     export = train_codec(cfg)
     print(f"weights exported to {export} (copy to talkstream/weights/audio_codec to ship them)")
@@ -423,6 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--threads", type=int, default=0, help="CPU threads (0: all)")
     tc.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (torchrun for several GPUs)")
     tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--init", default="", help="warm start from a codec checkpoint folder (no warm-up, no k-means)")
+    tc.add_argument("--codec-id", default="", help="id of the trained codec (new tokens need a new id)")
+    tc.add_argument("--segment-seconds", type=float, default=0.8, help="length of each training crop")
+    tc.add_argument("--weight-whisper", type=float, default=0.0,
+                    help="Whisper-encoder states of the decoded audio vs the input's (steers by what a recogniser hears)")
+    tc.add_argument("--weight-whisper-mel", type=float, default=0.0, help="Whisper's log-mel of decoded vs input")
+    tc.add_argument("--weight-semantic", type=float, default=0.0,
+                    help="first codebook regressed onto the input's Whisper states (content in codebook 1)")
+    tc.add_argument("--bandlimit-prob", type=float, default=0.0, help="share of crops low-passed at 4 or 8 kHz")
     tc.set_defaults(func=cmd_train_codec)
 
     sp = sub.add_parser(

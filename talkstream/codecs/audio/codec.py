@@ -285,8 +285,9 @@ class AudioCodec(nn.Module):
         codes = self.encode(F.pad(pcm, (0, self.decode_delay)), num_codebooks)
         return align_output(self.decode(codes), self.decode_delay, pcm.shape[-1])
 
-    def forward_train(self, pcm: Tensor, n_q: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Training pass on [B, 1, T] (T a multiple of hop): returns (pcm_hat aligned [B, 1, T-hop], commit, codes).
+    def forward_train(self, pcm: Tensor, n_q: Tensor | None, return_latent: bool = False) -> tuple[Tensor, ...]:
+        """Training pass on [B, 1, T] (T a multiple of hop): returns (pcm_hat aligned [B, 1, T-hop], commit, codes),
+        and the encoder's latent [B, D, F] with `return_latent`.
 
         n_q=None skips quantization (the autoencoder warm start).
         """
@@ -297,6 +298,8 @@ class AudioCodec(nn.Module):
             q, commit, codes = self.quantizer(z, n_q)
         st = self.init_state(pcm.shape[0])
         out, _ = self.decode_latent_step(q, st)
+        if return_latent:
+            return out[..., self.decode_delay :], commit, codes, z
         return out[..., self.decode_delay :], commit, codes
 
 

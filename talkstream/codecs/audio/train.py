@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from talkstream.audio_io import AudioInputError, load_audio
 from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig
+from talkstream.codecs.audio.hearing_losses import HearingLosses
 from talkstream.codecs.audio.losses import complex_loss, spectral_losses
 from talkstream.codecs.training_run import read_checkpoint, resume, write_checkpoint
 
@@ -50,7 +51,15 @@ class TrainConfig:
     weight_stft: float = 1.0
     weight_complex: float = 1.0
     weight_commit: float = 0.5
+    # Steering by a listener (hearing_losses.py): Whisper states / Whisper log-mel of the decoded audio against the
+    # input's, and the first codebook regressed onto the input's Whisper states. 0 switches each off.
+    weight_whisper: float = 0.0
+    weight_whisper_mel: float = 0.0
+    weight_semantic: float = 0.0
     noise_prob: float = 0.25  # share of segments with added noise (the codec must carry noise, not invent it)
+    bandlimit_prob: float = 0.0  # share low-passed at 4 or 8 kHz (phone lines, 16 kHz microphones): invent no highs
+    init: str = ""  # warm start from a codec checkpoint folder (quantizer included: no warm-up, no k-means)
+    codec_id: str = ""  # a new id for the trained codec (new tokens need a new id); "" keeps the model config's
     checkpoint_minutes: float = 4.0
     max_minutes: float = 0.0  # stop after this many minutes of this run (0 = until `steps`)
     threads: int = 0  # CPU threads (0 = torch default)
@@ -70,7 +79,8 @@ def audio_files(root: Path, split: str = "train") -> list[Path]:
 class SegmentSampler:
     """Random fixed-length crops from audio held in memory, with level and noise augmentation."""
 
-    def __init__(self, files: list[Path], sample_rate: int, segment: int, noise_prob: float, seed: int):
+    def __init__(self, files: list[Path], sample_rate: int, segment: int, noise_prob: float, seed: int,
+                 bandlimit_prob: float = 0.0):
         self.clips = []
         for f in tqdm(files, desc="loading audio", unit="file", leave=False):
             try:
@@ -83,7 +93,8 @@ class SegmentSampler:
         if not self.clips:
             raise AudioInputError("no usable audio files found for training")
         self.weights = torch.tensor([float(c.numel()) for c in self.clips])
-        self.segment, self.noise_prob = segment, noise_prob
+        self.segment, self.noise_prob, self.bandlimit_prob = segment, noise_prob, bandlimit_prob
+        self.sample_rate = sample_rate
         self.g = torch.Generator().manual_seed(seed)
         self.seconds = float(self.weights.sum()) / sample_rate
 
@@ -100,6 +111,8 @@ class SegmentSampler:
         peak = out.abs().amax(dim=1, keepdim=True).clamp(min=1e-4)
         gain_db = torch.empty(n, 1).uniform_(-24, -1, generator=self.g)
         out = out / peak * 10 ** (gain_db / 20)
+        if self.bandlimit_prob:
+            out = self._bandlimit(out)
         noisy = torch.rand(n, 1, generator=self.g) < self.noise_prob
         snr_db = torch.empty(n, 1).uniform_(10, 40, generator=self.g)
         rms = out.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=1e-5)
@@ -107,16 +120,31 @@ class SegmentSampler:
         return (out + noise * noisy).clamp(-1, 1).unsqueeze(1)
 
 
+    def _bandlimit(self, out: Tensor) -> Tensor:
+        """Low-pass a share of the batch at 4 or 8 kHz (a brick wall in the spectrum with a 500 Hz cosine edge)."""
+        pick = torch.rand(out.shape[0], generator=self.g) < self.bandlimit_prob
+        if not pick.any():
+            return out
+        spec = torch.fft.rfft(out[pick], dim=-1)
+        freqs = torch.fft.rfftfreq(out.shape[-1], 1 / self.sample_rate)
+        cutoff = torch.where(torch.rand(int(pick.sum()), 1, generator=self.g) < 0.5, 4000.0, 8000.0)
+        edge = ((cutoff - freqs[None]) / 500.0).clamp(0, 1)
+        gain = 0.5 - 0.5 * torch.cos(torch.pi * edge)
+        out = out.clone()
+        out[pick] = torch.fft.irfft(spec * gain, n=out.shape[-1], dim=-1)
+        return out
+
+
 class CodecLoss(nn.Module):
     """Wraps the codec so one `forward` (what DDP hooks) returns the weighted loss and its parts."""
 
-    def __init__(self, codec: AudioCodec, cfg: TrainConfig):
+    def __init__(self, codec: AudioCodec, cfg: TrainConfig, hearing: HearingLosses | None = None):
         super().__init__()
-        self.codec, self.cfg = codec, cfg
+        self.codec, self.cfg, self.hearing = codec, cfg, hearing
 
     def forward(self, x: Tensor, n_q: Tensor | None) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         hop = self.codec.cfg.hop
-        x_hat, commit, codes = self.codec.forward_train(x, n_q)
+        x_hat, commit, codes, z = self.codec.forward_train(x, n_q, return_latent=True)
         target = x[..., : x.shape[-1] - self.codec.decode_delay].squeeze(1)
         x_hat = x_hat.squeeze(1).float()
         parts = spectral_losses(x_hat, target, self.codec.sample_rate)
@@ -129,6 +157,17 @@ class CodecLoss(nn.Module):
             + c.weight_complex * parts["complex"]
             + c.weight_commit * parts["commit"]
         )
+        if self.hearing is not None:
+            mel_t, states_t = self.hearing.teacher(target)
+            if c.weight_whisper or c.weight_whisper_mel:
+                parts["whisper"], parts["whisper_mel"] = self.hearing.perceptual(x_hat, mel_t, states_t)
+                loss = loss + c.weight_whisper * parts["whisper"] + c.weight_whisper_mel * parts["whisper_mel"]
+            if c.weight_semantic and codes.shape[1]:
+                _, states_x = self.hearing.teacher(x.squeeze(1))
+                q0 = self.codec.quantizer.embed[0][codes[:, 0]].transpose(1, 2)  # [B, D, F]
+                q0 = z + (q0 - z).detach()  # straight through to the encoder
+                parts["semantic"] = self.hearing.semantic(q0, states_x)
+                loss = loss + c.weight_semantic * parts["semantic"]
         return loss, parts, codes
 
 
@@ -178,6 +217,18 @@ def collect_latents(codec: AudioCodec, sampler: SegmentSampler, n_frames: int, d
     return torch.cat(out)[:n_frames]
 
 
+def warm_start(path: str) -> AudioCodec:
+    """A codec from a checkpoint folder, with the EMA statistics the shipped weights leave out rebuilt from its
+    codebooks (otherwise the first EMA update would replace every codebook with noise)."""
+    from talkstream.models.loaders import load_audio_codec
+
+    codec = load_audio_codec(path).train()
+    q = codec.quantizer
+    q.cluster_size.fill_(1.0)
+    q.embed_sum.copy_(q.embed)
+    return codec
+
+
 def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> Path:
     """Train (or resume) and return the export directory."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -202,17 +253,32 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     if ckpt is not None:
         model_cfg = AudioCodecConfig.from_dict(ckpt["model_config"])
         log.info("resuming from %s at step %d", out / "checkpoint.pt", ckpt["step"])
-    codec = AudioCodec(model_cfg or AudioCodecConfig()).to(device)
-    opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, betas=(0.8, 0.99), weight_decay=1e-4)
+    if ckpt is None and cfg.init:
+        codec = warm_start(cfg.init)
+    else:
+        codec = AudioCodec(model_cfg or AudioCodecConfig())
+    if cfg.codec_id:
+        codec.cfg = dataclasses.replace(codec.cfg, codec_id=cfg.codec_id)
+    codec = codec.to(device)
+    hearing = None
+    if cfg.weight_whisper or cfg.weight_whisper_mel or cfg.weight_semantic:
+        from talkstream.models.whisper_encoder import load_whisper_encoder
+
+        hearing = HearingLosses(load_whisper_encoder(), codec.cfg.latent_dim).to(device)
+    trainable = list(codec.parameters()) + (list(hearing.projection.parameters()) if hearing else [])
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=1e-4)
     step = resume(ckpt, codec, opt)
+    if hearing is not None and ckpt is not None and "projection" in ckpt:
+        hearing.projection.load_state_dict(ckpt["projection"])
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     segment = round(cfg.segment_seconds * codec.frame_rate) * codec.frame_size
     sampler = SegmentSampler(
-        audio_files(Path(cfg.data)), codec.sample_rate, segment, cfg.noise_prob, cfg.seed + 1000 * rank + step
+        audio_files(Path(cfg.data)), codec.sample_rate, segment, cfg.noise_prob, cfg.seed + 1000 * rank + step,
+        cfg.bandlimit_prob,
     )
     log.info("training on %.1f minutes of audio, %d clips", sampler.seconds / 60, len(sampler.clips))
-    loss_fn: nn.Module = CodecLoss(codec, cfg)
+    loss_fn: nn.Module = CodecLoss(codec, cfg, hearing)
     if world > 1:
         loss_fn = nn.parallel.DistributedDataParallel(loss_fn, broadcast_buffers=False)
     amp = (
@@ -222,7 +288,8 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     def save() -> None:
         if rank != 0:
             return
-        write_checkpoint(out, codec, opt, step)
+        extra = {"projection": hearing.projection.state_dict()} if hearing is not None else None
+        write_checkpoint(out, codec, opt, step, extra)
         export_weights(codec, out / "export", training_summary(out, step))
 
     started = last_save = time.monotonic()
@@ -230,7 +297,7 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     bar = tqdm(total=cfg.steps, initial=step, desc="train codec", unit="step", disable=rank != 0)
     audio_seconds, t_window = 0.0, time.monotonic()
     while step < cfg.steps:
-        if step == cfg.warmup_steps:
+        if step == cfg.warmup_steps and not (cfg.init or ckpt):
             log.info("initialising codebooks with k-means on encoder latents")
             z = collect_latents(codec, sampler, 40 * codec.codebook_size, device)
             codec.quantizer.init_from_latents(z.to(device))
@@ -241,13 +308,13 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
             g["lr"] = _lr_at(step, cfg)
         x = sampler.batch(cfg.batch_size).to(device)
         n_q = None
-        if step >= cfg.warmup_steps:
+        if step >= cfg.warmup_steps or cfg.init:
             n_q = torch.randint(1, codec.num_codebooks + 1, (x.shape[0],), device=device)
         with amp:
             loss, parts, codes = loss_fn(x, n_q)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(codec.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 5.0)
         opt.step()
         step += 1
         audio_seconds += x.shape[0] * x.shape[-1] / codec.sample_rate * world

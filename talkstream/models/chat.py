@@ -5,8 +5,12 @@ The Thinker seam (what a replacement implements; `BuiltinThinker` and `OpenAIThi
     heard = thinker.hear(codes, video)       # codes long [1, K, F] of the user's turn, and video tokens
                                              # [T, h*w] seen meanwhile (or None) -> whatever it needs
     text = thinker.transcript(heard)         # what the user said
-    async for piece, hidden in thinker.reply(heard):   # the reply as it is written: text and a hidden state
-        ...                                  # (hidden [dim] or None for a Thinker without one)
+    async for piece, hidden in thinker.reply(heard, history):  # the reply as it is written: text and a hidden
+        ...                                  # state (hidden [dim] or None for a Thinker without one); `history` is
+                                             # the conversation's (a deque the Thinker reads and extends, or None)
+
+A Thinker holds no user's state: `ChatResponder` (the chat model, shared by a server) opens one `Conversation` per
+user, which owns that user's history and the turn heard so far; two users never share either.
 
 The Speaker turns those pieces into codec-token blocks as soon as each word is complete: the first block leaves
 after the first word, not after the whole reply. Heavy steps run in a worker thread so the event loop keeps serving.
@@ -18,6 +22,7 @@ import asyncio
 import itertools
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
@@ -91,7 +96,9 @@ class BuiltinThinker:
             heard.transcript = tx.decode([t for t, _ in self.model.reply(heard.state, tx.ASR)])
         return heard.transcript
 
-    async def reply(self, heard: Heard) -> AsyncIterator[tuple[str, torch.Tensor | None]]:
+    async def reply(self, heard: Heard, history: deque[dict] | None = None
+                    ) -> AsyncIterator[tuple[str, torch.Tensor | None]]:
+        """The built-in model answers each turn alone: `history` is not read."""
         it = self.model.reply(heard.state, tx.CHAT)
         done = object()
         while (item := await asyncio.to_thread(next, it, done)) is not done:
@@ -183,16 +190,17 @@ class Speaker:
 
 
 class ChatResponder:
-    """A user's turn -> events (transcript, reply text, first-packet latency) and codec-token blocks.
+    """The chat model: a Thinker and a Speaker, shared by every session of a server and holding no user's state.
 
-    Implements the services' Responder: `respond` yields token blocks [1, K, n] and event dicts.
+    `open_session()` gives each user a `Conversation` (their history, the turn heard so far); `respond` answers one
+    turn alone (the CLI, benchmarks).
     """
 
-    def __init__(self, thinker, speaker: Speaker, transcribe: bool = True, voice_codec=None):
+    def __init__(self, thinker, speaker: Speaker, transcribe: bool = True, voice_codec=None, max_history: int = 8):
         self.thinker, self.speaker, self.transcribe = thinker, speaker, transcribe
         self.voice_codec = voice_codec  # decodes the Talker's tokens (its voice's fine-tuned decoder), or None
-        self._ahead: _Ahead | None = None  # the turn heard so far while it is spoken (`listen_ahead`)
-        self.heard_ahead = 0  # turns answered from what was heard during them (for tests and stats)
+        self.max_history = max_history  # messages of a conversation kept as context (user and assistant turns)
+        self.heard_ahead = 0  # turns answered from what was heard during them, all conversations (stats, tests)
 
     @property
     def num_codebooks(self) -> int:
@@ -212,6 +220,49 @@ class ChatResponder:
         ids = talker.phoneme_ids(word_phonemes("ok", ".", talker.cfg.voice))
         for _ in talker.frames(ids, None, self.speaker.sampling):
             pass
+
+    def open_session(self) -> Conversation:
+        return Conversation(self)
+
+    async def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None
+                      ) -> AsyncIterator[torch.Tensor | dict]:
+        """One turn answered alone, in a conversation of its own."""
+        conversation = self.open_session()
+        try:
+            async for item in conversation.respond(turn, video):
+                yield item
+        finally:
+            conversation.close()
+
+
+class Conversation:
+    """One user's chat over a shared `ChatResponder`: their history and the turn heard while it is spoken.
+
+    A user's turn -> events (transcript, reply text, first-packet latency) and codec-token blocks [1, K, n].
+    """
+
+    def __init__(self, model: ChatResponder):
+        self.model = model
+        self.thinker, self.speaker = model.thinker, model.speaker
+        self.history: deque[dict] = deque(maxlen=model.max_history)
+        self._ahead: _Ahead | None = None  # the turn heard so far while it is spoken (`listen_ahead`)
+        self.heard_ahead = 0  # this conversation's turns answered from what was heard during them
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.model.num_codebooks
+
+    @property
+    def voice_codec(self):
+        return self.model.voice_codec
+
+    @property
+    def sees_video(self) -> bool:
+        return self.model.sees_video
+
+    def close(self) -> None:
+        self._ahead = None
+        self.history.clear()
 
     async def listen_ahead(self, chunks: list[torch.Tensor]) -> None:
         """The turn so far, while the user speaks (the collector's chunk list: it only grows during a turn, and each
@@ -248,13 +299,14 @@ class ChatResponder:
         ahead = self._take_ahead(turn) if video is None else None
         if ahead is not None:
             self.heard_ahead += 1
+            self.model.heard_ahead += 1
             heard = await asyncio.to_thread(self.thinker.finish_hearing, *ahead)
         else:
             heard = await asyncio.to_thread(self.thinker.hear, turn, video)
         reply: list[str] = []
 
         async def pieces():
-            async for piece, hidden in self.thinker.reply(heard):
+            async for piece, hidden in self.thinker.reply(heard, self.history):
                 reply.append(piece)
                 yield piece, hidden
 
@@ -267,7 +319,7 @@ class ChatResponder:
                 yield {"type": "reply_text", "text": "".join(reply), "final": False}
                 # What the user said, once the first audio has left (it must not delay it) and while the reply
                 # still plays, so a barge-in cannot leave the user without it.
-                if self.transcribe:
+                if self.model.transcribe:
                     text = await asyncio.to_thread(self.thinker.transcript, heard)
                     yield {"type": "transcript", "text": text, "final": True}
         yield {"type": "reply_text", "text": "".join(reply), "final": True}

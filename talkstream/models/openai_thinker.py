@@ -2,7 +2,8 @@
 
 It hears with the built-in Thinker (speech to text), sends the transcript as the user's message, and streams the
 reply's text deltas (server-sent events) to the Talker, which speaks each word as it arrives. It has no hidden
-states, so the Talker's hidden track gets none. The conversation so far is kept (bounded) for context.
+states, so the Talker's hidden track gets none. It keeps no conversation: each `reply` is given its user's history
+(a bounded deque the caller owns, one per conversation), sends it as context and adds the new exchange to it.
 
     talkstream serve --thinker openai --thinker-url http://127.0.0.1:8080/v1 --thinker-model llama3
 """
@@ -13,6 +14,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from talkstream.models import text as tx
 from talkstream.models.chat import BuiltinThinker, Heard
@@ -25,13 +27,20 @@ SYSTEM_PROMPT = ("You are a voice assistant. Your words are spoken aloud: answer
 
 class OpenAIThinker:
     def __init__(self, url: str, listener: BuiltinThinker, model: str = "default", api_key: str | None = None,
-                 system_prompt: str = SYSTEM_PROMPT, timeout_s: float = 30.0, max_history: int = 8):
+                 system_prompt: str = SYSTEM_PROMPT, timeout_s: float = 30.0):
+        # Checked here, when the server starts, not at the first turn.
+        try:
+            import aiohttp
+        except ImportError as e:
+            raise ValueError(f"--thinker openai needs aiohttp (pip install aiohttp): {e}") from None
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"--thinker-url must be an http(s) URL of an OpenAI-compatible /v1 endpoint, got {url!r}")
+        self._aiohttp = aiohttp
         self.url = url.rstrip("/")
         if not self.url.endswith("/chat/completions"):
             self.url += "/chat/completions"
         self.listener, self.model, self.api_key = listener, model, api_key
         self.system_prompt, self.timeout_s = system_prompt, timeout_s
-        self.history: deque[dict] = deque(maxlen=max_history)
 
     def hear(self, codes, video=None) -> Heard:
         # The endpoint gets the transcript only: the video is seen by the built-in listener (when it has a video
@@ -57,11 +66,12 @@ class OpenAIThinker:
     def transcript(self, heard: Heard) -> str:
         return self.listener.transcript(heard)
 
-    async def reply(self, heard: Heard) -> AsyncIterator[tuple[str, None]]:
-        import aiohttp
-
+    async def reply(self, heard: Heard, history: deque[dict] | None = None) -> AsyncIterator[tuple[str, None]]:
+        """The endpoint's answer to the heard turn, word by word; `history`: this conversation's earlier messages
+        (read as context, extended with this exchange once it is whole), or None for a turn alone."""
+        aiohttp = self._aiohttp
         question = self.transcript(heard)
-        messages = [{"role": "system", "content": self.system_prompt}, *self.history,
+        messages = [{"role": "system", "content": self.system_prompt}, *(history or ()),
                     {"role": "user", "content": question}]
         body = {"model": self.model, "messages": messages, "stream": True}
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -97,5 +107,5 @@ class OpenAIThinker:
             raise ThinkerEndpointError(f"{self.url} unreachable: {type(e).__name__} {e}") from None
         if words := tx.normalize(pending):
             yield words, None
-        self.history.extend([{"role": "user", "content": question},
-                             {"role": "assistant", "content": "".join(answer)}])
+        if history is not None:
+            history.extend([{"role": "user", "content": question}, {"role": "assistant", "content": "".join(answer)}])

@@ -6,9 +6,9 @@ reply); the only thing shared between sessions is the batched `CodecEngine`, whi
 
 Modes:
 - codec: PCM in -> tokens and/or reconstructed PCM out, frame by frame; or tokens in -> PCM out.
-- chat: speech in -> VAD end of turn -> a `Responder` answers with codec tokens -> SlidingWindowDecoder -> paced PCM
-  out; the user speaking during the answer interrupts it (barge-in). Until the Thinker-Talker exists the default
-  responder is `EchoResponder`: it answers each turn with the turn itself, through the same token path.
+- chat: speech in -> VAD end of turn -> the session's own `ChatSession` (opened from the server's `ChatModel`: the
+  Thinker-Talker, or `EchoResponder`, which says each turn back through the same token path) answers with codec
+  tokens -> SlidingWindowDecoder -> paced PCM out; the user speaking during the answer interrupts it (barge-in).
 
 Video (codec mode, when the server has a video codec) runs beside the audio in `self.video` (session_video.py):
 RGB frames in -> video tokens and/or the reconstruction out, or video tokens in -> RGB out.
@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from talkstream.models.errors import ThinkerEndpointError
 from talkstream.services.protocol import (
     KIND_PCM16,
     KIND_TOKENS,
@@ -86,20 +87,33 @@ class Outgoing:
     arrived: float | None = None  # when the input that produced it arrived (server-side frame latency)
 
 
-class Responder(Protocol):
-    """Answers a user's turn (codec tokens [1, K, F]) with a stream of codec-token blocks; cancellable.
+class ChatSession(Protocol):
+    """One user's chat (their history, the turn heard so far): opened per session, closed with it.
 
-    It may also yield event dicts ({"type": "transcript", ...}), sent to the client as JSON events, and may have a
-    `num_codebooks` attribute when its blocks use a codebook count of their own (the Talker's).
+    `respond` answers a turn (codec tokens [1, K, F], and the video tokens seen meanwhile when `sees_video`) with
+    codec-token blocks and event dicts ({"type": "transcript", ...}, sent as JSON events); cancellable. Optional
+    attributes: `num_codebooks` (the blocks' codebook count when it is not the client's), `voice_codec` (a decoder
+    of its own), `sees_video`, and `listen_ahead(chunks)` (the turn so far, while it is spoken).
     """
+
+    def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None
+                ) -> AsyncIterator[torch.Tensor | dict]: ...
+
+    def close(self) -> None: ...
+
+
+class ChatModel(Protocol):
+    """What chat mode answers with (`models.chat.ChatResponder`, `EchoResponder`): shared by every session of a
+    server, warmed up before the port opens, holding no user's state."""
 
     def warmup(self) -> None: ...
 
-    def respond(self, turn: torch.Tensor) -> AsyncIterator[torch.Tensor]: ...
+    def open_session(self) -> ChatSession: ...
 
 
 class EchoResponder:
-    """The echo stand-in (`--thinker echo`): says the user's turn back, block by block, through the token path."""
+    """The echo stand-in (`--thinker echo`): says the user's turn back, block by block, through the token path.
+    It keeps nothing between turns, so it is its own chat session."""
 
     def __init__(self, block_frames: int = 6):
         self.block_frames = block_frames
@@ -107,7 +121,13 @@ class EchoResponder:
     def warmup(self) -> None:
         pass
 
-    async def respond(self, turn: torch.Tensor) -> AsyncIterator[torch.Tensor]:
+    def open_session(self) -> EchoResponder:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    async def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None) -> AsyncIterator[torch.Tensor]:
         for i in range(0, turn.shape[-1], self.block_frames):
             yield turn[..., i : i + self.block_frames]
             await asyncio.sleep(0)  # a generator that yields control, as a model's would
@@ -183,7 +203,7 @@ class Session:
         self,
         engine: CodecEngine,
         vad: SileroVAD,
-        responder: Responder,
+        responder: ChatModel,
         limits: Limits,
         send: Callable[[bytes | str], Awaitable[None]],
         metrics: Metrics | None = None,
@@ -192,6 +212,7 @@ class Session:
         """video_codec: a VideoCodec (None: the session refuses video frames)."""
         self.id = uuid.uuid4().hex[:12]
         self.engine, self.vad, self.responder = engine, vad, responder
+        self.chat: ChatSession | None = None  # this user's chat, opened with chat mode, closed with the session
         self.codec = engine.codec
         self.limits, self.metrics = limits, metrics
         self._send = send
@@ -229,8 +250,15 @@ class Session:
     def _spawn(self, coro: Awaitable) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        """Every task's failure is seen: the tasks report what they expect, so anything left is a bug to log."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.error("session %s: task %s failed", self.id, task.get_coro(), exc_info=e)
+            self.counts["errors"] += 1
 
     async def _sender(self, pipeline: Pipeline, pacer: Pacer | None) -> None:
         while (out := await pipeline.get()) is not None:
@@ -369,17 +397,19 @@ class Session:
                     OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output),
                 ]
             else:
+                if self.chat is None:  # kept across config changes: the conversation goes on
+                    self.chat = self.responder.open_session()
                 stages += [
                     CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
-                    TurnCollector(self.codec, on_speech=getattr(self.responder, "listen_ahead", None)),
+                    TurnCollector(self.codec, on_speech=getattr(self.chat, "listen_ahead", None)),
                 ]
             self.input = Pipeline(stages, self.metrics)
         self.input.start()
         if h.mode == "chat":
-            # The reply's codebooks are the responder's (the Talker speaks with its own), not the client's input.
-            reply_k = getattr(self.responder, "num_codebooks", None) or h.codebooks
+            # The reply's codebooks are the chat's (the Talker speaks with its own), not the client's input.
+            reply_k = getattr(self.chat, "num_codebooks", None) or h.codebooks
             self.reply = Pipeline(
-                [SlidingDecodeStage(self.engine, reply_k, codec=getattr(self.responder, "voice_codec", None)),
+                [SlidingDecodeStage(self.engine, reply_k, codec=getattr(self.chat, "voice_codec", None)),
                  OutputStage(sr, h.sample_rate, False, True)],
                 self.metrics,
                 live=False,
@@ -433,7 +463,7 @@ class Session:
             if self._answer_playing():
                 await self._interrupt()
             video = None
-            if getattr(self.responder, "sees_video", False):  # what the camera showed while the turn was spoken
+            if getattr(self.chat, "sees_video", False):  # what the camera showed while the turn was spoken
                 end = time.monotonic()
                 video = self.video.seen_during(end - turn.shape[-1] / self.codec.frame_rate, end)
             self._reply_task = self._spawn(self._answer(turn, video))
@@ -442,15 +472,29 @@ class Session:
             await self.send_error("internal", f"stream stopped: {self.input.error}")
 
     async def _answer(self, turn: torch.Tensor, video: torch.Tensor | None = None) -> None:
+        """One turn's answer. A failing answer (the endpoint down, a model error) is an error event and a log line;
+        what was said of it still plays, the reply ends, and the next turn is answered as usual."""
         fields = {"video_frames": int(video.shape[0])} if video is not None else {}
         await self.send(event("reply", state="start", frames=int(turn.shape[-1]), **fields))
-        async for item in (self.responder.respond(turn, video) if video is not None else self.responder.respond(turn)):
-            if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
-                fields = dict(item)
-                await self.send(event(fields.pop("type"), **fields))
-            else:
-                await self.reply.put(item)
-        await self.reply.put(None)  # flush the decoder's last frames
+        try:
+            async for item in self.chat.respond(turn, video):
+                if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
+                    fields = dict(item)
+                    await self.send(event(fields.pop("type"), **fields))
+                else:
+                    await self.reply.put(item)
+        except PipelineFailed:
+            return  # the reply's decoder failed: its sender reports it and the session ends
+        except ThinkerEndpointError as e:
+            log.warning("session %s: the Thinker's endpoint failed: %s", self.id, e)
+            await self.send_error("thinker_unavailable", str(e))
+        except Exception as e:
+            log.exception("session %s: the answer failed", self.id)
+            await self.send_error("reply_failed", f"the answer failed: {type(e).__name__}: {e}")
+        try:
+            await self.reply.put(None)  # flush the decoder's last frames
+        except PipelineFailed:
+            return
         await self.send(event("reply", state="end"))
 
     async def _stats_loop(self) -> None:
@@ -517,3 +561,6 @@ class Session:
         self.closed = True
         await self._teardown()
         await self.video.close()
+        if self.chat is not None:
+            self.chat.close()
+            self.chat = None

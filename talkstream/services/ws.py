@@ -21,7 +21,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from talkstream.services.protocol import error_event
-from talkstream.services.session import EchoResponder, Limits, Responder, Session
+from talkstream.services.session import ChatModel, EchoResponder, Limits, Session
 from talkstream.streaming import video
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics
@@ -61,7 +61,7 @@ def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
     return urlsplit(origin).hostname in ("localhost", "127.0.0.1", "::1")
 
 
-def _make_responder(c: ServerConfig, codec) -> Responder:
+def _make_responder(c: ServerConfig, codec) -> ChatModel:
     if c.thinker == "echo":
         return EchoResponder()
     from talkstream.models.chat import load_chat
@@ -74,7 +74,7 @@ class TalkstreamServer:
     def __init__(
         self,
         config: ServerConfig | None = None,
-        responder: Responder | None = None,
+        responder: ChatModel | None = None,
         codec=None,
         vad: SileroVAD | None = None,
         video_codec=None,

@@ -63,15 +63,16 @@ def test_hearing_during_the_turn_gives_the_same_answer_with_less_left_to_read():
     more = responder.thinker.hear_more
     responder.thinker.hear_more = lambda heard, codes: calls.append(codes.shape[-1]) or more(heard, codes)
     chunks = []
+    conversation = responder.open_session()
 
     async def speak_then_answer():
         for start in range(0, 33, 3):  # the collector's list grows 3 frames at a time; the last 4 come at the end
             chunks.append(turn[..., start : min(start + 3, 33)])
-            await responder.listen_ahead(chunks)
-        return await _answer(responder, turn)
+            await conversation.listen_ahead(chunks)
+        return await _answer(conversation, turn)
 
     ahead = asyncio.run(speak_then_answer())
-    assert heard_at_end == [4] and responder.heard_ahead == 1
+    assert heard_at_end == [4] and conversation.heard_ahead == responder.heard_ahead == 1
     # Read only when a whole Thinker position (4 frames) is there: 8 worker calls for 11 chunks, no frame skipped.
     assert calls == [6, 3, 3, 6, 3, 3, 6, 3] and sum(calls) == 33
     assert len(ahead) == len(plain)
@@ -81,15 +82,39 @@ def test_hearing_during_the_turn_gives_the_same_answer_with_less_left_to_read():
 
 def test_a_turn_that_does_not_begin_with_what_was_heard_is_heard_from_the_start():
     torch.manual_seed(4)
-    responder = _responder()
+    conversation = _responder().open_session()
     other = [torch.randint(0, 1024, (1, 8, 12))]
     turn = torch.randint(0, 1024, (1, 8, 20))
-    asyncio.run(responder.listen_ahead(other))  # the next turn already began while this one is answered
+    asyncio.run(conversation.listen_ahead(other))  # the next turn already began while this one is answered
     plain = asyncio.run(_answer(_responder(), turn))
-    got = asyncio.run(_answer(responder, turn))
-    assert responder.heard_ahead == 0 and len(got) == len(plain)
+    got = asyncio.run(_answer(conversation, turn))
+    assert conversation.heard_ahead == 0 and len(got) == len(plain)
     assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(got, plain, strict=True))
-    assert responder._ahead is not None  # the next turn's early hearing is kept for it
+    assert conversation._ahead is not None  # the next turn's early hearing is kept for it
+
+
+def test_each_conversation_hears_its_own_turn():
+    """Two users speaking at once over one chat model: each conversation's early hearing is its own."""
+    torch.manual_seed(5)
+    responder = _responder()
+    a, b = responder.open_session(), responder.open_session()
+    turn_a, turn_b = torch.randint(0, 1024, (1, 8, 24)), torch.randint(0, 1024, (1, 8, 24))
+
+    async def both_speak():
+        chunks_a, chunks_b = [], []
+        for start in range(0, 24, 4):  # interleaved, as two live sessions would be
+            chunks_a.append(turn_a[..., start : start + 4])
+            await a.listen_ahead(chunks_a)
+            chunks_b.append(turn_b[..., start : start + 4])
+            await b.listen_ahead(chunks_b)
+        return await _answer(a, turn_a), await _answer(b, turn_b)
+
+    got_a, got_b = asyncio.run(both_speak())
+    assert a.heard_ahead == b.heard_ahead == 1 and responder.heard_ahead == 2
+    for got, turn in ((got_a, turn_a), (got_b, turn_b)):
+        plain = asyncio.run(_answer(_responder(), turn))
+        assert all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+                   for x, y in zip(got, plain, strict=True))
 
 
 def test_the_server_hears_a_spoken_turn_while_it_is_spoken():

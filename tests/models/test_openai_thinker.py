@@ -3,6 +3,7 @@ speaking its words as they arrive."""
 
 import asyncio
 import json
+from collections import deque
 
 import pytest
 import torch
@@ -63,16 +64,17 @@ def test_reply_streams_whole_words_with_numbers_spelled():
     async def body(url):
         thinker = OpenAIThinker(url, _listener(), model="tiny")
         heard = thinker.hear(torch.randint(0, 1024, (1, 8, 20)))
-        pieces = [p async for p, h in thinker.reply(heard)]
+        pieces = [p async for p, h in thinker.reply(heard, history)]
         return thinker, heard, pieces
 
+    history = deque()
     thinker, heard, pieces = asyncio.run(_with_server(endpoint, body))
     assert "".join(pieces).strip() == "it is seventeen o'clock, see you."
     assert len(pieces) >= 3  # words left as they arrived, not at the end
     req = endpoint.requests[0]
     assert req["stream"] is True and req["model"] == "tiny"
     assert req["messages"][0]["role"] == "system" and req["messages"][-1]["content"] == thinker.transcript(heard)
-    assert [m["role"] for m in thinker.history] == ["user", "assistant"]
+    assert [m["role"] for m in history] == ["user", "assistant"]
 
 
 def test_the_talker_speaks_the_endpoint_reply():
@@ -108,3 +110,8 @@ def test_unreachable_endpoint_is_a_clear_error():
 
     with pytest.raises(ThinkerEndpointError, match="unreachable"):
         asyncio.run(body())
+
+
+def test_a_bad_url_is_refused_when_the_thinker_is_made():
+    with pytest.raises(ValueError, match="http"):
+        OpenAIThinker("127.0.0.1:8080/v1", _listener())

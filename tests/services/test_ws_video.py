@@ -182,6 +182,12 @@ class SeeingResponder:
     def warmup(self) -> None:
         pass
 
+    def open_session(self):
+        return self
+
+    def close(self) -> None:
+        pass
+
     async def respond(self, turn, video=None):
         self.turns.append((turn.shape[-1], video))
         yield torch.zeros(1, 4, 6, dtype=torch.long)

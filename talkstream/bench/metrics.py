@@ -3,31 +3,71 @@
 from __future__ import annotations
 
 import fractions
+import importlib
 import time
 
 import numpy as np
 
 from talkstream.audio_io import resample
 
+# PESQ is defined on 8-20 s files (ITU-T P.862), and the pesq package's C code crashes the process (a segfault, no
+# message) once it finds more than about 50 utterances in one call, which a minute of speech can hold. Longer audio
+# is scored in equal pieces of at most PESQ_PIECE_S and averaged by length; STOI likewise, to bound its memory.
+PESQ_PIECE_S = 16.0
+STOI_PIECE_S = 60.0
+
+
+class MetricsUnavailable(RuntimeError):
+    """pesq or pystoi is not installed (they are the `metrics` extra: pesq builds from source)."""
+
+
+def require_metrics() -> None:
+    """Raise MetricsUnavailable (one line, with the install command) unless PESQ and STOI can run."""
+    for module in ("pesq", "pystoi"):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise MetricsUnavailable(f"PESQ/STOI need {module} ({e}): pip install -e '.[metrics]'") from None
+
+
+def pieces(n: int, sample_rate: int, max_s: float) -> list[slice]:
+    """`n` samples cut into the fewest equal pieces of at most `max_s` seconds."""
+    count = max(1, -(-n // int(max_s * sample_rate)))
+    edges = np.linspace(0, n, count + 1).round().astype(int)
+    return [slice(a, b) for a, b in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True)]
+
+
+def _mean_by_length(scores: list[tuple[float, int]]) -> float:
+    scores = [(s, w) for s, w in scores if np.isfinite(s)]
+    if not scores:
+        return float("nan")
+    return float(np.average([s for s, _ in scores], weights=[w for _, w in scores]))
+
 
 def pesq_wb(ref: np.ndarray, deg: np.ndarray, sample_rate: int) -> float:
-    """Wide-band PESQ (ITU-T P.862.2) at 16 kHz; NaN where PESQ finds no speech."""
+    """Wide-band PESQ (ITU-T P.862.2) at 16 kHz, averaged over pieces of at most PESQ_PIECE_S; NaN where PESQ
+    finds no speech."""
+    require_metrics()
     from pesq import pesq
     from pesq.cypesq import PesqError
 
     r, d = resample(ref, sample_rate, 16_000), resample(deg, sample_rate, 16_000)
-    n = min(r.size, d.size)
-    try:
-        return float(pesq(16_000, r[:n], d[:n], "wb"))
-    except PesqError:
-        return float("nan")
+    scores = []
+    for sl in pieces(min(r.size, d.size), 16_000, PESQ_PIECE_S):
+        try:
+            scores.append((float(pesq(16_000, r[sl], d[sl], "wb")), sl.stop - sl.start))
+        except PesqError:
+            pass  # no utterance in this piece
+    return _mean_by_length(scores)
 
 
 def stoi(ref: np.ndarray, deg: np.ndarray, sample_rate: int) -> float:
+    """STOI, averaged over pieces of at most STOI_PIECE_S (it is itself a mean over 384 ms segments)."""
+    require_metrics()
     from pystoi import stoi as _stoi
 
-    n = min(ref.size, deg.size)
-    return float(_stoi(ref[:n], deg[:n], sample_rate, extended=False))
+    return _mean_by_length([(float(_stoi(ref[sl], deg[sl], sample_rate, extended=False)), sl.stop - sl.start)
+                            for sl in pieces(min(ref.size, deg.size), sample_rate, STOI_PIECE_S)])
 
 
 def align(ref: np.ndarray, deg: np.ndarray, max_lag: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from talkstream.audio_io import AudioInputError
+from talkstream.bench.metrics import MetricsUnavailable
 from talkstream.codecs.container import ContainerError
 from talkstream.data import SAMPLE_WAV
 from talkstream.models.errors import EspeakUnavailable, ThinkerEndpointError
@@ -17,7 +18,7 @@ from talkstream.services.cli_model import add_model_commands, serve_thinker_args
 from talkstream.services.cli_video import add_video_commands
 
 USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, FileNotFoundError, ThinkerEndpointError,
-               EspeakUnavailable)
+               EspeakUnavailable, MetricsUnavailable)
 
 
 def _codec(args):
@@ -98,30 +99,28 @@ def cmd_decode(args) -> None:
 
 
 def cmd_roundtrip(args) -> None:
-    """The main job until the server exists: encode and decode the bundled sample, report quality."""
-    from talkstream.audio_io import load_audio
-    from talkstream.bench.metrics import pesq_wb, stoi
-    from talkstream.codecs.audio.files import decode_file, encode_file
+    """Encode and decode a file (the bundled sample by default) at each codebook count; report quality."""
+    import tempfile
 
+    from talkstream.audio_io import load_audio
+    from talkstream.bench.metrics import require_metrics
+    from talkstream.bench.roundtrip import roundtrip
+
+    require_metrics()  # before the work, not after it
     codec = _codec(args)
     src = Path(args.input or SAMPLE_WAV)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ref = load_audio(src, codec.sample_rate)
     print(
         f"{src.name}: {ref.size / codec.sample_rate:.2f} s; codec {codec.cfg.codec_id}, "
         f"{codec.frame_rate:.0f} frames/s, algorithmic latency {codec.algorithmic_latency_ms:.1f} ms"
     )
-    print(f"{'codebooks':>9} {'kbps':>6} {'PESQ-WB':>8} {'STOI':>6}  output")
-    for k in args.codebooks:
-        tsk, wav = out / f"{src.stem}.{k}cb.tsk", out / f"{src.stem}.{k}cb.wav"
-        encode_file(codec, src, tsk, k)
-        decode_file(codec, tsk, wav)
-        deg = load_audio(wav, codec.sample_rate)
-        print(
-            f"{k:>9} {codec.bitrate(k) / 1000:>6.2f} {pesq_wb(ref, deg, codec.sample_rate):>8.2f} "
-            f"{stoi(ref, deg, codec.sample_rate):>6.3f}  {wav}"
-        )
+    with tempfile.TemporaryDirectory(prefix="talkstream-roundtrip-") as tmp:
+        out = Path(args.out_dir or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{'codebooks':>9} {'kbps':>6} {'PESQ-WB':>8} {'STOI':>6}  output")
+        for r in roundtrip(codec, ref, out / src.stem, args.codebooks, progress=True):
+            where = r.wav if args.out_dir else "(not kept: --out DIR keeps the files)"
+            print(f"{r.codebooks:>9} {r.kbps:>6.2f} {r.pesq_wb:>8.2f} {r.stoi:>6.3f}  {where}")
 
 
 def cmd_train_codec(args) -> None:
@@ -325,11 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "roundtrip",
         help="encode+decode a file (default: the bundled sample) and report quality",
-        description="Codec round trip at several bitrates with PESQ-WB and STOI against the input.",
+        description="Codec round trip at several bitrates with PESQ-WB and STOI against the input (pip install "
+        "-e '.[metrics]'). Any length: the codec streams 20 s at a time; audio over 16 s is scored in equal pieces "
+        "of at most 16 s (PESQ is defined on 8-20 s) and averaged.",
     )
     sp.add_argument("input", nargs="?", help="audio file (default: the bundled sample)")
     sp.add_argument("--codebooks", type=int, nargs="+", default=[1, 2, 4, 8])
-    sp.add_argument("--out-dir", default="talkstream-out", help="where .tsk and .wav files go")
+    sp.add_argument("--out", "--out-dir", dest="out_dir", default=None,
+                    help="folder to keep the .tsk and .wav files in (default: a temporary folder, removed)")
     weights_arg(sp)
     backend_args(sp)
     sp.set_defaults(func=cmd_roundtrip)

@@ -1,8 +1,11 @@
 """`talkstream bench codec`: the codec against Opus, side by side in one run, on held-out voices.
 
-Reports per configuration: bitrate, PESQ-WB, STOI (means over files), encode+decode real-time factor on one thread,
-and for the codec the streaming step latency (one 13.3 ms frame in, one frame out) and algorithmic latency.
-Also codebook usage on the eval set and the training throughput recorded with the weights.
+Intelligibility first, as a listener judges it (bench/listener.py): per configuration the recogniser's word error
+rate against the text ("WER") and against its own transcript of the original audio ("drift": what the codec loses,
+whatever the recogniser gets wrong anyway), and DNSMOS OVRL; per eval voice too, so one voice cannot hide another.
+Then PESQ-WB, STOI (means over files), bitrate, encode+decode real-time factor on one thread, and for the codec the
+streaming step latency (one 13.3 ms frame in, one frame out), algorithmic latency and the decoder's compute in
+MFLOPs per second of audio. Also codebook usage on the eval set and the training throughput recorded with the weights.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from talkstream.audio_io import AudioInputError, load_audio
+from talkstream.bench import listener
 from talkstream.bench.metrics import opus_roundtrip, pesq_wb, stoi
 from talkstream.codecs.audio.codec import AudioCodec
 from talkstream.models.loaders import WEIGHTS_DIR
@@ -27,17 +31,24 @@ OPUS_LATENCY_MS = 26.5  # 20 ms frame + 6.5 ms lookahead
 
 def eval_files(data: Path, max_files: int) -> list[Path]:
     """Held-out files, taken round-robin across voices so every eval voice is represented."""
+    return [row["path"] for row in eval_rows(data, max_files)]
+
+
+def eval_rows(data: Path, max_files: int) -> list[dict]:
+    """Held-out rows {'path', 'voice', 'text'}, round-robin across voices."""
     manifest = data / "manifest.jsonl"
     if not manifest.exists():
         raise AudioInputError(f"{data}: no manifest.jsonl (make one with `talkstream data speech --out {data}`)")
-    by_voice: dict[str, list[Path]] = {}
+    by_voice: dict[str, list[dict]] = {}
     for line in manifest.read_text().splitlines():
         row = json.loads(line)
         if row["split"] == "eval":
-            by_voice.setdefault(row["voice"], []).append(data / row["file"])
+            by_voice.setdefault(row["voice"], []).append(
+                {"path": data / row["file"], "voice": row["voice"], "text": row.get("text", "")}
+            )
     if not by_voice:
         raise AudioInputError(f"{data}: manifest has no eval split")
-    out: list[Path] = []
+    out: list[dict] = []
     i = 0
     while len(out) < max_files and any(i < len(v) for v in by_voice.values()):
         out += [v[i] for v in by_voice.values() if i < len(v)]
@@ -70,10 +81,59 @@ def streaming_step_latency(codec: AudioCodec, audio: np.ndarray, num_codebooks: 
     }
 
 
+def decoder_mflops_per_second(codec: AudioCodec, num_codebooks: int = 8) -> float:
+    """The decoder's compute for one second of audio, in MFLOPs (2 x multiply-adds), as LRAC counts it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frames = round(codec.frame_rate)
+    codes = torch.zeros(1, min(num_codebooks, codec.num_codebooks), frames, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        codec.decode(codes)
+    return counter.get_total_flops() / 1e6
+
+
+class _Listener:
+    """The recogniser and DNSMOS when installed; otherwise the rows carry no listener columns (said once)."""
+
+    def __init__(self) -> None:
+        try:
+            listener.recogniser()
+            listener.dnsmos(np.zeros(1600, np.float32) + 1e-3, 16_000)
+            self.ok = True
+        except listener.ListenerMissing as e:
+            print(f"note: {e}; WER and DNSMOS are left out")
+            self.ok = False
+
+    def hear(self, pcm: np.ndarray, sample_rate: int) -> tuple[str, float]:
+        return listener.transcribe(pcm, sample_rate), listener.dnsmos(pcm, sample_rate)["ovrl"]
+
+
+def _summarise(name: str, items: list[dict], texts: list[str], originals: list[str], voices: list[str]) -> dict:
+    out = {
+        "pesq_wb": float(np.nanmean([i["pesq"] for i in items])),
+        "stoi": float(np.nanmean([i["stoi"] for i in items])),
+    }
+    if "hyp" in items[0]:
+        hyps = [i["hyp"] for i in items]
+        out["wer"] = listener.wer(texts, hyps)
+        out["wer_drift"] = listener.wer(originals, hyps)
+        out["dnsmos_ovrl"] = float(np.mean([i["ovrl"] for i in items]))
+        out["per_voice"] = {
+            v: {
+                "wer": listener.wer([t for t, w in zip(texts, voices, strict=True) if w == v],
+                                    [h for h, w in zip(hyps, voices, strict=True) if w == v]),
+                "dnsmos_ovrl": float(np.mean([i["ovrl"] for i, w in zip(items, voices, strict=True) if w == v])),
+            }
+            for v in sorted(set(voices))
+        }
+    return out
+
+
 def _table(rows: list[dict]) -> str:
     head = (
-        f"{'system':<18}{'kbps':>6}{'PESQ-WB':>8}{'STOI':>7}{'RTF':>8}{'step ms':>8}{'p95':>7}"
-        f"{'strm RTF':>9}{'RTF@80ms':>9}{'latency':>8}"
+        f"{'system':<18}{'kbps':>6}{'WER':>7}{'drift':>7}{'OVRL':>6}{'PESQ-WB':>8}{'STOI':>7}{'RTF':>8}{'step ms':>8}"
+        f"{'p95':>7}{'strm RTF':>9}{'RTF@80ms':>9}{'latency':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -84,82 +144,109 @@ def _table(rows: list[dict]) -> str:
             )
         else:
             stream = f"{'-':>8}{'-':>7}{'-':>9}{'-':>9}"
+        heard = (
+            f"{r['wer']:>7.1%}{r['wer_drift']:>7.1%}{r['dnsmos_ovrl']:>6.2f}" if "wer" in r else f"{'-':>7}{'-':>7}{'-':>6}"
+        )
         lines.append(
-            f"{r['system']:<18}{r['kbps']:>6.2f}{r['pesq_wb']:>8.2f}{r['stoi']:>7.3f}{r['rtf']:>8.4f}"
+            f"{r['system']:<18}{r['kbps']:>6.2f}{heard}{r['pesq_wb']:>8.2f}{r['stoi']:>7.3f}{r['rtf']:>8.4f}"
             f"{stream}{r['algorithmic_latency_ms']:>8.1f}"
         )
     lines.append(
+        "WER: recogniser (Whisper tiny.en) vs the text; drift: vs its transcript of the original. OVRL: DNSMOS P.835. "
         "RTF: offline encode+decode, 1 thread. step ms / strm RTF: streaming one 13.3 ms frame per step; "
         "RTF@80ms: streaming 6 frames per step. latency: algorithmic, ms."
     )
     return "\n".join(lines)
 
 
-def run_codec_bench(codec: AudioCodec, data: Path, max_files: int = 24, weights_dir: str | None = None) -> dict:
+def run_codec_bench(codec: AudioCodec, data: Path, max_files: int = 24, weights_dir: str | None = None,
+                    codebooks: tuple[int, ...] = CODEBOOKS, opus: tuple[int, ...] = OPUS_BITRATES) -> dict:
     torch.set_num_threads(1)
-    files = eval_files(data, max_files)
-    refs = [load_audio(f, codec.sample_rate) for f in files]
+    rows_in = eval_rows(data, max_files)
+    refs = [load_audio(r["path"], codec.sample_rate) for r in rows_in]
+    texts, voices = [r["text"] for r in rows_in], [r["voice"] for r in rows_in]
     seconds = sum(r.size for r in refs) / codec.sample_rate
-    rows = []
+    ear = _Listener()
+
+    def score(ref: np.ndarray, y: np.ndarray) -> dict:
+        item = {"pesq": pesq_wb(ref, y, codec.sample_rate), "stoi": stoi(ref, y, codec.sample_rate)}
+        if ear.ok:
+            item["hyp"], item["ovrl"] = ear.hear(y, codec.sample_rate)
+        return item
+
+    originals, rows = [], []
+    if ear.ok:
+        heard = [ear.hear(r, codec.sample_rate) for r in tqdm(refs, desc="original audio", leave=False)]
+        originals = [h for h, _ in heard]
+        rows.append({
+            "system": "original", "kbps": 384.0, "pesq_wb": 4.64, "stoi": 1.0, "rtf": 0.0,
+            "algorithmic_latency_ms": 0.0, "wer": listener.wer(texts, originals), "wer_drift": 0.0,
+            "dnsmos_ovrl": float(np.mean([o for _, o in heard])),
+        })
     usage = None
-    for k in CODEBOOKS:
-        scores, elapsed = [], 0.0
+    for k in codebooks:
+        items, elapsed = [], 0.0
         for ref in tqdm(refs, desc=f"codec {k} codebooks", leave=False):
             x = torch.from_numpy(ref)[None, None]
             t0 = time.perf_counter()
             with torch.inference_mode():
                 y = codec.reconstruct(x, k)[0, 0].numpy()
             elapsed += time.perf_counter() - t0
-            scores.append((pesq_wb(ref, y, codec.sample_rate), stoi(ref, y, codec.sample_rate)))
-        if k == max(CODEBOOKS):
+            items.append(score(ref, y))
+        if k == max(codebooks):
             with torch.inference_mode():
                 codes = torch.cat([codec.encode(torch.from_numpy(r)[None, None], k) for r in refs], dim=-1)
             usage = codec.quantizer.usage(codes)
-        s = np.array(scores)
         rows.append(
             {
                 "system": f"talkstream {k} cb",
                 "codebooks": k,
                 "kbps": codec.bitrate(k) / 1000,
-                "pesq_wb": float(np.nanmean(s[:, 0])),
-                "stoi": float(np.nanmean(s[:, 1])),
+                **_summarise(f"{k} cb", items, texts, originals, voices),
                 "rtf": elapsed / seconds,
                 "algorithmic_latency_ms": codec.algorithmic_latency_ms,
+                "decoder_mflops_per_s": decoder_mflops_per_second(codec, k),
                 "frame": streaming_step_latency(codec, refs[0], k, 1),
                 "chunk80": streaming_step_latency(codec, refs[0], k, 6),
             }
         )
-    for br in OPUS_BITRATES:
-        scores, elapsed, nbytes = [], 0.0, 0
+    for br in opus:
+        items, elapsed, nbytes = [], 0.0, 0
         for ref in tqdm(refs, desc=f"opus {br // 1000} kbps", leave=False):
             y, t, n = opus_roundtrip(ref, codec.sample_rate, br)
             elapsed += t
             nbytes += n
-            scores.append((pesq_wb(ref, y, codec.sample_rate), stoi(ref, y, codec.sample_rate)))
-        s = np.array(scores)
+            items.append(score(ref, y))
         rows.append(
             {
                 "system": f"opus {br // 1000} kbps",
                 "kbps": nbytes * 8 / seconds / 1000,
-                "pesq_wb": float(np.nanmean(s[:, 0])),
-                "stoi": float(np.nanmean(s[:, 1])),
+                **_summarise(f"opus {br}", items, texts, originals, voices),
                 "rtf": elapsed / seconds,
                 "algorithmic_latency_ms": OPUS_LATENCY_MS,
             }
         )
     training = Path(weights_dir or WEIGHTS_DIR / "audio_codec") / "training.json"
     result = {
-        "files": len(files),
+        "codec_id": codec.cfg.codec_id,
+        "files": len(refs),
         "seconds": seconds,
-        "voices": sorted({f.name.rsplit("_", 1)[0] for f in files}),
+        "voices": sorted(set(voices)),
         "rows": rows,
         "codebook_usage": usage,
         "training": json.loads(training.read_text()) if training.exists() else None,
     }
     print(_table(rows))
+    for r in rows:
+        if "per_voice" in r:
+            print(f"{r['system']:<18} per voice WER: "
+                  + ", ".join(f"{v} {pv['wer']:.0%}" for v, pv in r["per_voice"].items()))
+    mflops = [r["decoder_mflops_per_s"] for r in rows if "decoder_mflops_per_s" in r]
+    if mflops:
+        print(f"decoder compute: {max(mflops):.0f} MFLOPs per second of audio (LRAC 2025 allows 700)")
     if usage:
         print(
-            "codebook usage at 8 cb (share of codes used / perplexity): "
+            "codebook usage (share of codes used / perplexity): "
             + ", ".join(f"{u['used']:.2f}/{u['perplexity']:.0f}" for u in usage)
         )
     if result["training"]:

@@ -9,6 +9,7 @@ ResampleIn and OutputStage speak the wire format, so they live in talkstream/ser
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,7 +65,11 @@ def resampler(rate_in: int, rate_out: int) -> StreamResampler | None:
 
 
 class VoiceActivity:
-    """Silero VAD on the way through; events ride along with the audio so later stages see them in order."""
+    """Silero VAD on the way through; events ride along with the audio so later stages see them in order.
+
+    The model runs in the worker pool (the loop's executor, as the Thinker's and Talker's steps do), never on the
+    event loop: a session's VAD must not delay every other session's I/O. Its events are handled back on the loop.
+    """
 
     name = "vad"
 
@@ -76,7 +81,7 @@ class VoiceActivity:
         self.state = self.vad.init_state(self.rate)
 
     async def process(self, chunk: AudioChunk) -> list[AudioChunk]:
-        events, self.state = self.vad.step(chunk.pcm, self.state)
+        events, self.state = await asyncio.to_thread(self.vad.step, chunk.pcm, self.state)
         for e in events:
             if self.on_event is not None:
                 self.on_event(e)

@@ -56,3 +56,34 @@ def test_sessions_do_not_share_state(vad, turn):
     a, b = vad.init_state(24_000), vad.init_state(16_000)
     ev_a, a = vad.step(turn[0][:48_000], a)
     assert b.windows == 0 and a.windows > 0
+
+
+def test_the_pipeline_stage_runs_the_vad_off_the_event_loop(vad, turn):
+    """VoiceActivity hands each chunk to the worker pool: the event loop's thread never runs the model, and the
+    events come out as the model's own."""
+    import asyncio
+    import threading
+
+    from talkstream.streaming.stages import AudioChunk, VoiceActivity
+
+    audio, _ = turn
+    threads, seen = set(), []
+
+    class Spy:
+        def init_state(self, rate):
+            return vad.init_state(rate)
+
+        def step(self, pcm, state):
+            threads.add(threading.get_ident())
+            return vad.step(pcm, state)
+
+    async def main():
+        stage = VoiceActivity(Spy(), 24_000, on_event=lambda e: seen.append((e.kind, threading.get_ident())))
+        for i in range(0, audio.size, 480):
+            await stage.process(AudioChunk(audio[i : i + 480], i, 0.0))
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert threads and loop_thread not in threads
+    assert [k for k, _ in seen] == [e.kind for e in run(vad, audio, 480)] == ["start", "end"]
+    assert all(t == loop_thread for _, t in seen)  # events are handled on the loop

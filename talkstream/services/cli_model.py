@@ -12,7 +12,8 @@ def thinker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the Thinker (what writes the reply)")
     g.add_argument("--thinker", choices=["builtin", "openai"], default="builtin",
                    help="builtin: the shipped model; openai: any OpenAI-compatible chat-completions endpoint")
-    g.add_argument("--thinker-url", default=None, help="e.g. http://127.0.0.1:8080/v1 (llama.cpp, vLLM, Ollama)")
+    g.add_argument("--thinker-url", default=None,
+                   help="an OpenAI-compatible /v1 endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama's port)")
     g.add_argument("--thinker-model", default="default", help="model name sent to the endpoint")
     g.add_argument("--thinker-key-env", default="OPENAI_API_KEY", help="environment variable holding an API key")
     g.add_argument("--seed", type=int, default=0, help="speech sampling seed (same seed, same voice output)")
@@ -33,7 +34,8 @@ def serve_thinker_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--thinker", choices=["builtin", "openai", "echo"], default="builtin",
                    help="builtin: the shipped Thinker-Talker; openai: an OpenAI-compatible endpoint writes the reply "
                    "and the Talker speaks it; echo: say the user's turn back (no model)")
-    g.add_argument("--thinker-url", default=None, help="e.g. http://127.0.0.1:8080/v1 (llama.cpp, vLLM, Ollama)")
+    g.add_argument("--thinker-url", default=None,
+                   help="an OpenAI-compatible /v1 endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama's port)")
     g.add_argument("--thinker-model", default="default", help="model name sent to the endpoint")
     g.add_argument("--thinker-key-env", default="OPENAI_API_KEY", help="environment variable holding an API key")
     talker_hidden_arg(g)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+MAX_TURN_S = 30.0  # the longest turn `chat` answers: the Thinker learned turns of a few seconds; memory stays bounded
 
 def thinker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the Thinker (what writes the reply)")
@@ -71,6 +72,10 @@ def cmd_chat(args) -> None:
 
     codec = load_audio_codec()
     pcm = load_audio(args.input, codec.sample_rate)
+    if len(pcm) > MAX_TURN_S * codec.sample_rate:
+        print(f"talkstream: {args.input} is {len(pcm) / codec.sample_rate:.1f} s; a turn is at most {MAX_TURN_S:.0f} s, "
+              f"so chat answers its first {MAX_TURN_S:.0f} s", file=sys.stderr)
+        pcm = pcm[: int(MAX_TURN_S * codec.sample_rate)]
     video = None
     if args.video:
         from talkstream.models.av import video_tokens_for_turn
@@ -198,7 +203,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
 
     sp = sub.add_parser("chat", help="answer one spoken turn from a file (speech in, text and speech out)",
                         description="Hear IN (any audio file), print the transcript and the reply, write the spoken "
-                        "reply to --out, and report the first-packet latency.")
+                        "reply to --out, and report the first-packet latency. A turn is at most "
+                        f"{MAX_TURN_S:.0f} s: a longer file is cut there, with a note.")
     sp.add_argument("input", metavar="IN", help="the user's speech: WAV, FLAC, OGG, MP3, ...")
     sp.add_argument("--out", default="reply.wav", help="where the spoken reply goes (24 kHz WAV)")
     sp.add_argument("--video", default=None, metavar="CLIP",

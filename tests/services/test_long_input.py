@@ -15,8 +15,6 @@ from tests.conftest import TINY
 from talkstream.codecs.audio.codec import AudioCodec
 from talkstream.models.loaders import save_checkpoint
 
-pytest.importorskip("pesq")
-pytest.importorskip("pystoi")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +47,8 @@ def _run(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, float
 
 
 def test_roundtrip_scores_ten_minutes_in_pieces_with_bounded_memory(ten_minutes, tmp_path):
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
     torch.manual_seed(0)
     weights = save_checkpoint(AudioCodec(TINY).eval(), TINY.to_dict(), tmp_path / "w", "audio_codec")
     p, peak_mb = _run(["roundtrip", str(ten_minutes), "--codebooks", "2", "--weights", str(weights)], tmp_path)
@@ -58,3 +58,13 @@ def test_roundtrip_scores_ten_minutes_in_pieces_with_bounded_memory(ten_minutes,
     print(f"roundtrip of 600 s: peak {peak_mb:.0f} MB")
     assert peak_mb < 900  # the whole file through the codec at once: 1.2 GB with this codec, 2.4 GB shipped
     assert sorted(x.name for x in tmp_path.iterdir()) == ["w"]  # no talkstream-out/ in the working folder
+
+
+def test_chat_answers_the_first_30_s_of_ten_minutes_with_bounded_memory(ten_minutes, tmp_path):
+    p, peak_mb = _run(["chat", str(ten_minutes), "--out", str(tmp_path / "reply.wav")], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "is 600.0 s; a turn is at most 30 s, so chat answers its first 30 s" in p.stderr
+    assert p.stdout.startswith("heard:") and "reply:" in p.stdout and "first packet after" in p.stdout
+    assert sf.info(tmp_path / "reply.wav").duration > 0.1
+    print(f"chat on 600 s: peak {peak_mb:.0f} MB")
+    assert peak_mb < 1200  # the whole file as one turn peaked at 11.2 GB

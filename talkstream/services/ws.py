@@ -94,6 +94,7 @@ class TalkstreamServer:
             gather_ms=self.config.gather_ms,
             backend=self.config.backend,
             onnx_options=self.config.onnx_options,
+            frames_per_step=self.config.limits.frames_per_step,
         )
         self.sessions: set[Session] = set()  # WebSocket and WebRTC sessions alike (one max_sessions)
         self._server: Server | None = None
@@ -110,7 +111,7 @@ class TalkstreamServer:
 
     async def start(self) -> None:
         t0 = time.perf_counter()
-        self.engine.warmup(self.config.limits.frames_per_step)
+        self.engine.warmup()  # every codec graph a client can reach: none is exported once the port is open
         self.vad.warmup()
         self.responder.warmup()
         video.warmup(self.video_codec)

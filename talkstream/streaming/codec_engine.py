@@ -11,12 +11,20 @@ With `gather_ms` = 0 batching adds no waiting: a lone request runs at once, and 
 step ran form the next batch. But sessions' frames arrive at unrelated phases, so at light load nothing piles up and
 every session pays a whole step alone; a gather window (the worker waits up to `gather_ms` after the first request
 for others) trades that much latency for batches that grow with the number of sessions.
+
+With the ONNX backend every graph a client can reach is opened by `warmup()`, before the server takes traffic, and
+the set is fixed (`graph_plan`): a request is split into steps of the planned frame counts (1 and `frames_per_step`),
+encoding always uses the full codebook count and keeps the first K codes (residual quantization: they are the K-code
+encoding), and a roundtrip at K below the full count is that encoding then a K-code decode. So clients choose any
+codebook count and token-message length without a graph being exported at request time, and the cache does not grow
+with their choices; after warmup a shape outside the plan is refused (`UnplannedShape`), never exported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -41,6 +49,10 @@ class _Request:
         return self.op, self.state.num_codebooks, tuple(self.data.shape), self.state.pending.shape[-1]
 
 
+class UnplannedShape(RuntimeError):
+    """A codec step no warmed graph serves (a bug: every shape a session can ask for is planned)."""
+
+
 class CodecEngine:
     def __init__(
         self,
@@ -51,8 +63,12 @@ class CodecEngine:
         gather_ms: float = 0.0,
         backend: str = "torch",
         onnx_options: dict | None = None,
+        frames_per_step: int = 2,
     ):
         self.codec = codec
+        self.frames_per_step = frames_per_step
+        self.step_frames = sorted({frames_per_step, 1}, reverse=True)  # ONNX steps are split into these sizes
+        self.warmed: set[tuple[str, int, int]] | None = None  # after warmup: the only graphs the engine may run
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.backend = backend
@@ -86,12 +102,26 @@ class CodecEngine:
             self._worker = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def warmup(self, frames_per_step: int = 2) -> None:
-        """Run every path once so the first real frame pays no lazy initialisation (ONNX: export the usual graphs;
-        others, such as other codebook counts, are exported on first use, about a second each)."""
+    def graph_plan(self) -> list[tuple[str, int, int]]:
+        """Every ONNX graph (op, codebooks, frames) a session can reach: the full-codebook encoder and roundtrip,
+        and a decoder per codebook count, at each planned step size."""
+        full = self.codec.num_codebooks
+        plan = [("roundtrip", full, self.frames_per_step)]
+        plan += [("encode", full, f) for f in self.step_frames]
+        plan += [("decode", k, f) for k in range(1, full + 1) for f in self.step_frames]
+        return plan
+
+    def warmup(self) -> None:
+        """Run every path once so the first real frame pays no lazy initialisation. ONNX: open (or export) every
+        planned graph and run it once; from here on nothing else is ever exported."""
         if self.onnx is not None:
-            k = self.codec.num_codebooks
-            self.onnx.warmup([("roundtrip", k, frames_per_step), ("encode", k, frames_per_step)])
+            plan = self.graph_plan()
+            self.onnx.warmup(plan)
+            for op, k, f in plan:
+                state = self.codec.init_state(1, k)
+                x = torch.zeros(1, k, f, dtype=torch.long) if op == "decode" else torch.zeros(1, 1, f * self.codec.frame_size)
+                self.onnx.step(op, x, state)
+            self.warmed = set(plan)
         with torch.inference_mode():
             state = self.codec.init_state(2, self.codec.num_codebooks)
             codes, state = self.codec.encode_step(torch.zeros(2, 1, 4 * self.codec.frame_size), state)
@@ -127,7 +157,7 @@ class CodecEngine:
         state = CodecState.stack([r.state for r in group]) if len(group) > 1 else group[0].state
         data = torch.cat([r.data for r in group]) if len(group) > 1 else group[0].data
         if self.onnx is not None:
-            codes, pcm, state = self.onnx.step(op, data, state)
+            codes, pcm, state = self._onnx_step(op, data, state)
         else:
             codes, pcm, state = self._torch_step(op, data, state)
         states = state.unbind() if len(group) > 1 else [state]
@@ -139,6 +169,49 @@ class CodecEngine:
 
     def _torch_step(self, op: str, data: Tensor, state: CodecState) -> tuple[Tensor | None, Tensor | None, CodecState]:
         return torch_codec_step(self.codec, op, data, state)
+
+    def _graph(self, op: str, x: Tensor, state: CodecState, frames: int) -> tuple:
+        k = x.shape[1] if op == "decode" else state.num_codebooks
+        if self.warmed is not None and (op, k, frames) not in self.warmed:
+            raise UnplannedShape(f"no warmed graph for {op} at {k} codebooks, {frames} frames")
+        return self.onnx.step(op, x, state)
+
+    def _split(self, n: int) -> list[int]:
+        sizes = []
+        for f in self.step_frames:
+            sizes += [f] * (n // f)
+            n %= f
+        return sizes
+
+    def _onnx_decode(self, codes: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
+        """codes [B, K, F] -> pcm [B, 1, F*hop], in steps of the planned sizes."""
+        out, i = [], 0
+        for f in self._split(codes.shape[-1]):
+            _, pcm, state = self._graph("decode", codes[..., i : i + f].contiguous(), state, f)
+            out.append(pcm)
+            i += f
+        return torch.cat(out, -1) if out else codes.new_zeros(codes.shape[0], 1, 0, dtype=torch.float32), state
+
+    def _onnx_step(self, op: str, x: Tensor, state: CodecState) -> tuple[Tensor | None, Tensor | None, CodecState]:
+        if op == "decode":
+            pcm, state = self._onnx_decode(x, state)
+            return None, pcm, state
+        hop, k, full = self.codec.frame_size, state.num_codebooks, self.codec.num_codebooks
+        n = x.shape[-1] // hop
+        if op == "roundtrip" and k == full and n == self.frames_per_step:
+            return self._graph("roundtrip", x, state, n)
+        # The full-codebook encoder: its first k codes are the k-code encoding (residual quantization).
+        st, codes, i = dataclasses.replace(state, num_codebooks=full), [], 0
+        for f in self._split(n):
+            c, _, st = self._graph("encode", x[..., i * hop : (i + f) * hop].contiguous(), st, f)
+            codes.append(c[:, :k])
+            i += f
+        out = torch.cat(codes, -1) if codes else torch.zeros(x.shape[0], k, 0, dtype=torch.long)
+        st = dataclasses.replace(st, num_codebooks=k)
+        if op == "encode":
+            return out, None, st
+        pcm, st = self._onnx_decode(out, st)
+        return out, pcm, st
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -267,3 +267,46 @@ def test_bad_tokens_and_refused_config_leave_the_session_working(models, speech)
     bad, big, refused, summary = run(main())
     assert bad["code"] == big["code"] == "bad_header" and refused["code"] == "bad_config"
     assert summary["frames_out"] == 80 and summary["errors"] == 3
+
+
+def test_every_codebook_count_and_token_length_is_answered_without_an_export(models, monkeypatch):
+    """Codec graphs for every shape a client may ask for are warmed before the port opens: each codebook count, PCM
+    in (tokens out, or tokens and PCM) and token messages of several lengths, answered from the first message with
+    no export at request time."""
+    import time
+
+    from talkstream.codecs.audio import onnx_step
+    from talkstream.services.protocol import parse_binary, token_frame
+
+    exports = []
+    real = onnx_step.export_bytes
+    monkeypatch.setattr(onnx_step, "export_bytes", lambda spec: exports.append(spec.name) or real(spec))
+    codec = models[0]
+    pcm = (np.sin(np.arange(960) / 7) * 8000).astype(np.int16)  # 40 ms: two codec frames, one step
+
+    async def first_answer(ws, message) -> float:
+        t0 = time.perf_counter()
+        await ws.send(message)
+        while isinstance(await ws.recv(), str):  # events (vad, stats) may come first
+            pass
+        return time.perf_counter() - t0
+
+    async def main():
+        waits = {}
+        async with serve(models) as srv:
+            warm = len(exports)
+            for k in range(1, codec.num_codebooks + 1):
+                for output in (["tokens"], ["tokens", "pcm"]):
+                    async with connect(srv.url) as ws:
+                        assert (await hello(ws, codebooks=k, output=output))["type"] == "ready"
+                        waits[k, "pcm", len(output)] = await first_answer(ws, pcm_frame(pcm, 0, 1))
+                for n in (1, 2, 3, 7, 150):
+                    async with connect(srv.url) as ws:
+                        await hello(ws, codebooks=k, input="tokens")
+                        codes = np.random.default_rng(n).integers(0, codec.codebook_size, (k, n))
+                        waits[k, "tokens", n] = await first_answer(ws, token_frame(codes, 0, 1))
+            return waits, exports[warm:]
+
+    waits, late = run(main())
+    assert late == [], f"exported at request time: {late}"
+    assert len(waits) == 8 * 7 and max(waits.values()) < 1.0, max(waits.items(), key=lambda kv: kv[1])

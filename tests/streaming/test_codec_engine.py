@@ -65,8 +65,8 @@ def test_onnx_backend_equals_torch(tiny_codec):
         return torch.cat(codes, -1), torch.cat(pcm, -1), back
 
     async def main(backend):
-        engine = CodecEngine(tiny_codec, backend=backend)
-        engine.warmup(2)
+        engine = CodecEngine(tiny_codec, backend=backend, frames_per_step=2)
+        engine.warmup()
         engine.start()
         out = await asyncio.gather(*(session(engine, x) for x in signals))
         await engine.stop()
@@ -74,6 +74,65 @@ def test_onnx_backend_equals_torch(tiny_codec):
 
     for (c1, p1, b1), (c2, p2, b2) in zip(asyncio.run(main("torch")), asyncio.run(main("onnx")), strict=True):
         assert (c1 == c2).float().mean() > 0.98  # a code may flip where a latent sits on a cell border
+        if torch.equal(c1, c2):
+            torch.testing.assert_close(p2, p1, atol=1e-4, rtol=0)
+        torch.testing.assert_close(b2, b1, atol=1e-4, rtol=0)
+
+
+def test_onnx_serves_every_codebook_count_and_length_from_the_warmed_graphs(tiny_codec, monkeypatch):
+    """After warmup no graph is exported: every codebook count, any token length, partial steps at the end of a
+    stream, all from the planned graphs, equal to torch; a shape outside the plan is refused, never exported."""
+    from talkstream.codecs.audio import onnx_step
+    from talkstream.streaming.codec_engine import UnplannedShape
+
+    exports = []
+    real = onnx_step.export_bytes
+    monkeypatch.setattr(onnx_step, "export_bytes", lambda spec: exports.append(spec.name) or real(spec))
+    hop, full = tiny_codec.frame_size, tiny_codec.num_codebooks
+    x = torch.from_numpy(speechlike(0.3, seed=7))[None, None][..., : 9 * hop]
+    tokens = torch.randint(0, 32, (1, full, 40))
+
+    async def serve(engine):
+        out = {}
+        for k in range(1, full + 1):
+            state, codes, pcm = tiny_codec.init_state(1, k), [], []
+            for i, j in [(0, 2), (2, 4), (4, 7), (7, 9)]:  # steps of 2, then 3 frames, then 2 (a flush-sized step)
+                c, p, state = await engine.roundtrip(x[..., i * hop : j * hop], state)
+                codes.append(c)
+                pcm.append(p)
+            enc, _ = await engine.encode(x, tiny_codec.init_state(1, k))
+            state, back = tiny_codec.init_state(1, k), []
+            for n in (1, 2, 3, 7, 27):  # token messages of any length
+                done = sum(t.shape[-1] for t in back) // hop
+                b, state = await engine.decode(tokens[:, :k, done : done + n], state)
+                back.append(b)
+            out[k] = torch.cat(codes, -1), torch.cat(pcm, -1), enc, torch.cat(back, -1)
+        return out
+
+    async def main(backend):
+        engine = CodecEngine(tiny_codec, backend=backend, frames_per_step=2)
+        engine.warmup()
+        warm = len(exports)
+        engine.start()
+        out = await serve(engine)
+        refused = None
+        if backend == "onnx":
+            engine.step_frames = [3]  # a step size nobody planned: refused, not exported
+            try:
+                await engine.decode(tokens[:, :1, :3], tiny_codec.init_state(1, 1))
+            except UnplannedShape as e:
+                refused = e
+        await engine.stop()
+        return out, warm, refused
+
+    ref, _, _ = asyncio.run(main("torch"))
+    exports.clear()
+    got, warm, refused = asyncio.run(main("onnx"))
+    assert warm == len(exports), exports[warm:]  # nothing exported after warmup
+    assert refused is not None and "3 frames" in str(refused)
+    for k in range(1, full + 1):
+        (c1, p1, e1, b1), (c2, p2, e2, b2) = ref[k], got[k]
+        assert c1.shape[1] == c2.shape[1] == k and (c1 == c2).float().mean() > 0.98 and torch.equal(e2, c2)
         if torch.equal(c1, c2):
             torch.testing.assert_close(p2, p1, atol=1e-4, rtol=0)
         torch.testing.assert_close(b2, b1, atol=1e-4, rtol=0)

@@ -43,9 +43,50 @@ class StreamResult:
     latencies_ms: list[float] = field(default_factory=list)  # per returned audio frame: now - echoed timestamp
     first_audio_ms: float | None = None  # from the first frame sent to the first audio back
     summary: dict | None = None
+    sent_s: float = 0.0  # seconds of input sent before the stream ended
+    closed: str | None = None  # the close code and reason when the server closed before its summary
 
     def errors(self) -> list[dict]:
         return [e for e in self.events if e.get("type") == "error"]
+
+    def final(self, kind: str) -> list[str]:
+        """The final text of each turn for `transcript` or `reply_text` events (chat mode)."""
+        return [e["text"] for e in self.events if e.get("type") == kind and e.get("final")]
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    p50, p95 = np.percentile(values, [50, 95])
+    return f"p50 {p50:.1f} ms, p95 {p95:.1f} ms ({len(values)} frames)"
+
+
+def report(r: StreamResult, sample_rate: int, input_s: float) -> list[str]:
+    """What `talkstream client` prints: what came back, what was lost or cut, and in chat what was said."""
+    lines = [f"sent {r.sent_s:.2f} of {input_s:.2f} s; {r.pcm.size / sample_rate:.2f} s of audio back"]
+    first = f"{r.first_audio_ms:.0f} ms after the first frame sent" if r.first_audio_ms is not None else "n/a"
+    lines.append(f"first audio back: {first}")
+    if r.ready.get("mode") == "chat":
+        latency = [e["first_packet_ms"] for e in r.events if e.get("type") == "latency"]
+        heard, said = r.final("transcript"), r.final("reply_text")
+        answered = sum(e.get("type") == "reply" and e.get("state") == "start" for e in r.events)
+        for i in range(max(len(heard), len(said), len(latency), answered)):
+            lines.append(f"turn {i + 1} heard: {heard[i] if i < len(heard) else 'n/a'}")
+            lines.append(f"turn {i + 1} reply: {said[i] if i < len(said) else 'n/a'}")
+            ms = f"{latency[i]:.0f} ms" if i < len(latency) else "n/a"
+            lines.append(f"turn {i + 1} reply latency (end of turn to first audio): {ms}")
+        if not answered:
+            lines.append("no reply came (a turn ends after 480 ms of silence or with the input; --tail waits longer)")
+    else:
+        lines.append(f"frame round trip: {_percentiles(r.latencies_ms)}")
+    s = r.summary or {}
+    if r.summary is not None:
+        lost = [f"{s.get('drops', 0)} items dropped by the server (it fell behind)" if s.get("drops") else "",
+                f"{s.get('interruptions', 0)} replies interrupted" if s.get("interruptions") else ""]
+        lines.append("lost: " + ("; ".join(x for x in lost if x) or "nothing"))
+    for e in r.errors():
+        lines.append(f"error {e['code']}: {e['message']}")
+    return lines
 
 
 def _now_ms(t0: float) -> int:
@@ -137,6 +178,7 @@ async def stream_audio(
                 for i, j in enumerate(range(0, audio.size, n)):
                     first_sent or first_sent.append(time.monotonic())
                     await ws.send(pcm_frame(audio[j : j + n], i, _now_ms(t0)))
+                    result.sent_s = min(j + n, audio.size) / sample_rate
                     if realtime:
                         await _sleep_until(start + (i + 1) * frame_ms / 1000)
                     if receiver.done():
@@ -153,6 +195,8 @@ async def stream_audio(
             pass
         finally:
             receiver.cancel()
+        if result.summary is None and ws.close_code is not None:
+            result.closed = f"{ws.close_code} {ws.close_reason}".strip()
     result.pcm = np.concatenate(pcm_out) if pcm_out else result.pcm
     result.tokens = np.concatenate(tok_out, axis=1) if tok_out else result.tokens
     return result

@@ -69,7 +69,8 @@ class _Espeak:
             except OSError as e:
                 errors.append(str(e))
                 continue
-            self.rate = self.lib.espeak_Initialize(_SYNCHRONOUS, 0, data and data.encode(), _PHONEME_EVENTS_AND_DONT_EXIT)
+            folder = data.encode() if data else None
+            self.rate = self.lib.espeak_Initialize(_SYNCHRONOUS, 0, folder, _PHONEME_EVENTS_AND_DONT_EXIT)
             if self.rate > 0:
                 self.path = path
                 break

@@ -206,15 +206,14 @@ def cmd_serve(args) -> None:
 
 def cmd_client(args) -> None:
     import asyncio
+    import os
 
-    import numpy as np
-
-    from talkstream.audio_io import load_audio, save_audio
-    from talkstream.client import ServerError, stream_audio
-
-    audio = load_audio(args.input, args.sample_rate)
     import websockets
 
+    from talkstream.audio_io import load_audio, save_audio
+    from talkstream.client import ServerError, report, stream_audio
+
+    audio = load_audio(args.input, args.sample_rate)
     try:
         r = asyncio.run(
             stream_audio(
@@ -225,7 +224,7 @@ def cmd_client(args) -> None:
                 codebooks=args.codebooks,
                 output=("pcm",),
                 realtime=not args.fast,
-                token=args.token,
+                token=args.token or os.environ.get("TALKSTREAM_TOKEN") or None,
                 tail_s=args.tail,
             )
         )
@@ -234,15 +233,10 @@ def cmd_client(args) -> None:
     except (OSError, TimeoutError, websockets.WebSocketException) as e:
         raise ValueError(f"cannot reach {args.url} or it stopped answering: {e or type(e).__name__}") from None
     save_audio(args.out, r.pcm, args.sample_rate)
-    lat = np.array(r.latencies_ms) if r.latencies_ms else np.zeros(1)
-    first = f"{r.first_audio_ms:.0f} ms" if r.first_audio_ms is not None else "-"
-    print(
-        f"{args.out}: {r.pcm.size / args.sample_rate:.2f} s back; first audio after {first}; frame latency "
-        f"p50 {np.percentile(lat, 50):.1f} ms p95 {np.percentile(lat, 95):.1f} ms; "
-        f"{sum(e['type'] == 'vad' for e in r.events)} VAD events, {len(r.errors())} errors"
-    )
-    for e in r.errors():
-        print(f"  error {e['code']}: {e['message']}")
+    print(f"{args.out}: " + "\n".join(report(r, args.sample_rate, audio.size / args.sample_rate)))
+    if r.summary is None:
+        raise ValueError(f"the stream ended early: the server closed the connection ({r.closed or 'no reason given'}) "
+                         f"after {r.sent_s:.2f} of {audio.size / args.sample_rate:.2f} s were sent, before its summary")
 
 
 def _ice_servers(specs: list[str] | None) -> list:
@@ -409,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mode", choices=["codec", "chat"], default="codec")
     sp.add_argument("--codebooks", type=int, default=8, help="codebooks 1..8 (bitrate)")
     sp.add_argument("--sample-rate", type=int, default=24_000, help="rate to send and receive at (8000..48000)")
-    sp.add_argument("--token", default=None, help="shared secret, if the server wants one")
+    sp.add_argument("--token", default=None, help="shared secret, if the server wants one (or TALKSTREAM_TOKEN)")
     sp.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
     sp.add_argument("--tail", type=float, default=2.0, help="seconds to keep listening after the input ends")
     sp.set_defaults(func=cmd_client)

@@ -73,8 +73,8 @@ def cmd_chat(args) -> None:
     codec = load_audio_codec()
     pcm = load_audio(args.input, codec.sample_rate)
     if len(pcm) > MAX_TURN_S * codec.sample_rate:
-        print(f"talkstream: {args.input} is {len(pcm) / codec.sample_rate:.1f} s; a turn is at most {MAX_TURN_S:.0f} s, "
-              f"so chat answers its first {MAX_TURN_S:.0f} s", file=sys.stderr)
+        print(f"talkstream: {args.input} is {len(pcm) / codec.sample_rate:.1f} s; a turn is at most "
+              f"{MAX_TURN_S:.0f} s, so chat answers its first {MAX_TURN_S:.0f} s", file=sys.stderr)
         pcm = pcm[: int(MAX_TURN_S * codec.sample_rate)]
     video = None
     if args.video:

@@ -91,7 +91,7 @@ def test_client_command_against_a_running_server(tmp_path, capsys):
     try:
         out = tmp_path / "back.wav"
         assert main(["client", str(SAMPLE_WAV), "--out", str(out), "--url", server.url, "--tail", "0.5"]) == 0
-        assert "s back; first audio after" in capsys.readouterr().out
+        assert "s of audio back\nfirst audio back: " in capsys.readouterr().out
         assert abs(sf.info(out).duration - sf.info(SAMPLE_WAV).duration) < 0.1
         assert main(["client", str(SAMPLE_WAV), "--out", str(out), "--url", server.url, "--codebooks", "12"]) == 2
         assert "bad_config" in capsys.readouterr().err

@@ -11,10 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.conftest import TINY
 from talkstream.codecs.audio.codec import AudioCodec
 from talkstream.models.loaders import save_checkpoint
-
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")

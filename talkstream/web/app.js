@@ -10,11 +10,14 @@ const HEADER_BYTES = 12; // docs/protocol.md: kind, version, codebooks, flags, s
 
 const stats = {
   state: "idle", // idle | connecting | connected | closed | failed
+  stateReason: "", // why it closed or failed, as the page shows it
   transport: null,
+  mode: null, // codec | chat
+  latencyKind: null, // what the headline figure is: "round_trip" (codec echo) or "reply" (chat)
   receivedSeconds: 0, // seconds of audible audio that came back
   receivedLevel: 0, // loudest RMS of the audio that came back
   latencyEvents: 0, // latency measurements shown (WebRTC: server `latency` events; WS: per-second echo figures)
-  lastLatencyMs: null, // the round trip shown
+  lastLatencyMs: null, // the headline figure shown (see latencyKind)
   events: [], // every JSON event received, in order
   errors: [], // error events and failures
   camera: false, // the camera is being sent (WebRTC: codec echo shows it back, chat gives it to the Thinker)
@@ -27,13 +30,24 @@ window.talkstreamStats = stats;
 let config = { ws_port: 8765, ice_servers: [], num_codebooks: 8, kbps_per_codebook: 0.75 };
 let session = null;
 
-function setState(state) {
+const HINTS = {
+  connecting: "Connecting…",
+  codec: "Speak: you hear yourself through the codec.",
+  chat: "Speak, then pause: the model answers after about half a second of silence.",
+};
+
+function setState(state, reason = "") {
   stats.state = state;
-  $("state").textContent = state;
+  stats.stateReason = reason;
+  $("state").textContent = reason ? `${state}: ${reason}` : state;
+  $("state").classList.toggle("failed", state === "failed");
   const live = state === "connecting" || state === "connected";
   $("connect").textContent = live ? "Disconnect" : "Connect";
   $("connect").classList.toggle("connected", live);
-  for (const id of ["transport", "mode", "codebooks", "camera"]) $(id).disabled = live;
+  for (const id of ["transport", "mode", "codebooks", "camera", "token"]) $(id).disabled = live;
+  const hint = state === "connected" ? HINTS[stats.mode] : HINTS[state];
+  const idle = stats.tokenRefused ? "Enter the server's token, then press Connect." : "Press Connect and speak.";
+  $("hint").textContent = hint || idle;
 }
 
 function log(text, cls) {
@@ -64,7 +78,8 @@ function noteReceived(seconds, level) {
   $("received").textContent = `${stats.receivedSeconds.toFixed(1)} s (peak level ${stats.receivedLevel.toFixed(3)})`;
 }
 
-function showLatency(ms, detail) {
+function showLatency(kind, ms, detail) {
+  if (kind !== stats.latencyKind) return; // only the figure this mode's headline is about
   stats.latencyEvents += 1;
   stats.lastLatencyMs = ms;
   $("latency").textContent = `${Math.round(ms)} ms`;
@@ -79,6 +94,8 @@ function onEvent(ev) {
     case "error":
       stats.errors.push(ev);
       log(`error ${ev.code}: ${ev.message}`, "error");
+      if (ev.code === "unauthorized") askToken();
+      if (ev.fatal) stop("failed", `${ev.code}: ${ev.message}`);
       break;
     case "vad":
       log(`vad ${ev.state} at ${ev.t} s`);
@@ -95,7 +112,10 @@ function onEvent(ev) {
       transcript(`· reply ${ev.state}`);
       break;
     case "latency":
-      if (typeof ev.first_packet_ms === "number") log(`reply's first audio ${Math.round(ev.first_packet_ms)} ms after the turn`);
+      if (typeof ev.first_packet_ms === "number") {
+        log(`reply's first audio ${Math.round(ev.first_packet_ms)} ms after the turn`);
+        showLatency("reply", ev.first_packet_ms, "(as the server measured it)");
+      }
       // WebRTC, every second: the server's share; the page adds the network and its playout buffer.
       if (typeof ev.server_ms_p50 === "number" && session && session.onLatency) session.onLatency(ev);
       break;
@@ -116,11 +136,16 @@ function onEvent(ev) {
   }
 }
 
-let savedToken = null;
 function token() {
-  if (!config.token_required) return undefined;
-  if (savedToken === null) savedToken = window.prompt("This server wants a token (talkstream serve --token)") || "";
-  return savedToken;
+  return config.token_required ? $("token").value : undefined;
+}
+
+// The server refused the token: show the field again, emptied, to type it anew (nothing is kept until reload).
+function askToken() {
+  stats.tokenRefused = true;
+  config.token_required = true;
+  $("token-box").hidden = false;
+  $("token").value = "";
 }
 
 async function openMic(camera = false) {
@@ -170,6 +195,7 @@ class RtcSession {
     this.micMeter = new Meter(this.ctx, this.mic, $("mic-level"));
     this.channel = this.pc.createDataChannel("events");
     this.channel.onmessage = (e) => typeof e.data === "string" && onEvent(JSON.parse(e.data));
+    this.channel.onclose = () => session === this && stop("closed", "the server ended the session");
     this.pc.ontrack = (e) => {
       if (e.track.kind === "video") {
         $("codec-video").srcObject = new MediaStream([e.track]);
@@ -184,7 +210,8 @@ class RtcSession {
       const s = this.pc.connectionState;
       log(`peer connection ${s}`);
       if (s === "connected") setState("connected");
-      if (s === "failed" || s === "closed") stop(s);
+      if (s === "failed") stop("failed", "the connection was lost");
+      if (s === "closed") stop("closed");
     };
     await this.pc.setLocalDescription(await this.pc.createOffer());
     await this.gathered(2000);
@@ -194,7 +221,10 @@ class RtcSession {
       body: JSON.stringify({ sdp: this.pc.localDescription.sdp, type: "offer", mode, codebooks, token: token() }),
     });
     const answer = await resp.json();
-    if (!resp.ok) throw new Error(`${answer.code}: ${answer.message}`);
+    if (!resp.ok) {
+      if (answer.code === "unauthorized") askToken();
+      throw new Error(`${answer.code}: ${answer.message}`);
+    }
     this.session = answer.session;
     log(`session ${answer.session}`);
     await this.pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
@@ -230,6 +260,7 @@ class RtcSession {
     const playout = this.playoutMs ?? 0;
     const total = net + ev.server_ms_p50 + playout + 20;
     showLatency(
+      "round_trip",
       total,
       `(network ${net.toFixed(0)} + server ${ev.server_ms_p50.toFixed(0)} + playout ${playout.toFixed(0)} + 20 ms)`,
     );
@@ -305,14 +336,16 @@ class WsSession {
       this.ws.send(JSON.stringify(hello));
     };
     this.ws.onmessage = (e) => (typeof e.data === "string" ? this.onText(e.data) : this.onAudio(e.data));
-    this.ws.onclose = (e) => stop(e.wasClean ? "closed" : "failed");
+    this.ws.onclose = (e) =>
+      stop(e.wasClean ? "closed" : "failed", e.reason || (e.wasClean ? "the server ended the session" : `connection lost (${e.code})`));
     this.ws.onerror = () => log("WebSocket error", "error");
     this.timers = [
       setInterval(() => {
         this.micMeter.read();
         if (this.rtts.length) {
           const sorted = this.rtts.slice().sort((a, b) => a - b);
-          showLatency(sorted[Math.floor(sorted.length / 2)], `(median of ${sorted.length} echoed frames)`);
+          const detail = `(median of ${sorted.length} echoed frames, playout queue included)`;
+          showLatency("round_trip", sorted[Math.floor(sorted.length / 2)], detail);
           this.rtts = [];
         }
       }, 1000),
@@ -361,8 +394,7 @@ class WsSession {
   onAudio(buf) {
     const view = new DataView(buf);
     if (buf.byteLength < HEADER_BYTES || view.getUint8(0) !== 1) return;
-    const sent = view.getUint32(8, true);
-    this.rtts.push(((Math.round(performance.now()) >>> 0) - sent) >>> 0);
+    const sent = view.getUint32(8, true); // 0: no input timestamp (chat replies)
     const pcm = new Int16Array(buf.slice(HEADER_BYTES));
     if (!pcm.length) return;
     const x = new Float32Array(pcm.length);
@@ -377,6 +409,8 @@ class WsSession {
     src.connect(this.outAnalyser);
     const now = this.ctx.currentTime;
     if (this.playAt < now + 0.01) this.playAt = now + 0.04; // (re)start with a 40 ms cushion after an underrun
+    // Round trip: sent -> back here, plus the wait in the playout queue before it is heard.
+    if (sent) this.rtts.push((((Math.round(performance.now()) >>> 0) - sent) >>> 0) + 1000 * (this.playAt - now));
     src.start(this.playAt);
     this.playAt += audio.duration;
   }
@@ -401,6 +435,14 @@ async function start() {
   stats.camera = false;
   stats.videoFramesSent = stats.videoFramesReceived = 0;
   stats.videoSize = null;
+  stats.mode = $("mode").value;
+  stats.latencyKind = stats.mode === "chat" ? "reply" : "round_trip";
+  stats.lastLatencyMs = null;
+  stats.tokenRefused = false;
+  $("latency-label").textContent =
+    stats.mode === "chat" ? "Reply latency (end of your turn to its first audio)" : "Round trip (live)";
+  $("latency").textContent = "–";
+  $("latency-detail").textContent = "";
   setState("connecting");
   session = transport === "ws" ? new WsSession() : new RtcSession();
   try {
@@ -409,17 +451,18 @@ async function start() {
   } catch (err) {
     stats.errors.push({ type: "error", code: "client", message: String(err) });
     log(`could not connect: ${err.message || err}`, "error");
-    stop("failed");
+    stop("failed", err.message || String(err));
   }
 }
 
-function stop(state = "closed") {
+function stop(state = "closed", reason = "") {
+  if (!session && (stats.state === "closed" || stats.state === "failed")) return; // already ended: keep its reason
   if (session) {
     const s = session;
     session = null;
     s.stop();
   }
-  setState(state);
+  setState(state, reason);
 }
 
 async function init() {
@@ -433,6 +476,7 @@ async function init() {
     const opt = new Option(`${(k * config.kbps_per_codebook).toFixed(2)} kbps (${k} codebooks)`, String(k));
     select.appendChild(opt);
   }
+  $("token-box").hidden = !config.token_required;
   $("connect").addEventListener("click", () => (session ? stop() : start()));
   window.addEventListener("pagehide", () => stop()); // the tab closes or navigates: tell the server now
   setState("idle");

@@ -18,6 +18,7 @@ import soundfile as sf
 
 from talkstream.audio_io import load_audio
 from talkstream.data import SAMPLE_WAV
+from talkstream.services.session import Limits
 from talkstream.services.ws import ServerConfig
 
 CHROMIUM = "/usr/bin/chromium"
@@ -183,6 +184,49 @@ def test_page_chat_over_webrtc_answers_turns(server, chat_browser):
         assert said and all(f"talkstream: {t}" in text for t in said)
         # The page rounds with Math.round (half up); Python's round() rounds half to even.
         assert f"first audio {math.floor(first + 0.5)} ms" in page.inner_text("#log")
+        # The headline is the reply's latency (end of turn to first audio), labelled, not the turn's round trip.
+        shown = page.evaluate("() => window.talkstreamStats")
+        latencies = [e["first_packet_ms"] for e in shown["events"] if e["type"] == "latency" and "first_packet_ms" in e]
+        assert shown["latencyKind"] == "reply" and shown["lastLatencyMs"] == latencies[-1]
+        assert page.inner_text("#latency") == f"{math.floor(latencies[-1] + 0.5)} ms"
+        assert page.inner_text("#latency-label").startswith("Reply latency (end of your turn to its first audio)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-chat.png"), full_page=True)
     finally:
         page.close()
     assert wait_sessions(server, 0, 15) == 0
+
+
+def test_page_state_follows_the_server_and_a_wrong_token_can_be_retyped(start_server, browser):
+    """A server with a token: a wrong one is refused and the field asks again; the right one connects; a long
+    event wraps in the log instead of widening the page; when the server stops, the page says so."""
+    st = start_server(ServerConfig(port=0, http_port=0, thinker="echo", backend="torch", limits=Limits(token="s3cret")))
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    running = True
+    try:
+        page.goto(f"{st.http_url}/")
+        assert page.inner_text("#hint") == "Press Connect and speak." and page.is_visible("#token")
+        page.select_option("#transport", "webrtc")
+        page.fill("#token", "wrong")
+        page.click("#connect")
+        page.wait_for_function("() => window.talkstreamStats.state === 'failed'", timeout=15_000)
+        assert "unauthorized" in page.inner_text("#state") and page.input_value("#token") == ""
+        assert page.inner_text("#hint").startswith("Enter the server's token")
+        page.fill("#token", "s3cret")
+        page.click("#connect")
+        page.wait_for_function("() => window.talkstreamStats.receivedSeconds > 0.5", timeout=30_000)
+        assert page.evaluate("() => window.talkstreamStats.state") == "connected"
+        assert page.inner_text("#hint").startswith("Speak")
+        page.evaluate("() => log('ready ' + 'x'.repeat(4000))")  # one very long event line
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 1000
+        assert page.evaluate("() => document.getElementById('transcript').clientWidth") > 300
+        st.stop()
+        running = False
+        page.wait_for_function("() => ['closed', 'failed'].includes(window.talkstreamStats.state)", timeout=20_000)
+        shown = page.evaluate("() => window.talkstreamStats")
+        assert shown["stateReason"] and page.inner_text("#connect") == "Connect", shown["stateReason"]
+        print(f"after the server stopped: {shown['state']}: {shown['stateReason']}")
+    finally:
+        page.close()
+        if running:
+            st.stop()

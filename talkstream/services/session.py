@@ -66,6 +66,7 @@ from talkstream.streaming.stages import (
 from talkstream.streaming.vad import SileroVAD, VADEvent
 
 log = logging.getLogger(__name__)
+_ABORTS: set[asyncio.Task] = set()  # transports closing a session (held so that they are not collected mid-way)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Limits:
     token: str | None = None  # shared secret checked in hello, before any audio is accepted
     stats_interval_s: float = 1.0
     frames_per_step: int = 2  # codec frames per step: 1 = lowest latency, more = more sessions per core
+    send_timeout_s: float = 10.0  # a client that takes no message for this long is closed (slow_consumer)
 
 
 @dataclass
@@ -208,14 +210,16 @@ class Session:
         send: Callable[[bytes | str], Awaitable[None]],
         metrics: Metrics | None = None,
         video_codec=None,
+        abort: Callable[[str, str], Awaitable[None]] | None = None,
     ):
-        """video_codec: a VideoCodec (None: the session refuses video frames)."""
+        """video_codec: a VideoCodec (None: the session refuses video frames). abort(code, message): the transport
+        closes the connection with that reason (a client that stopped reading cannot be sent an error event)."""
         self.id = uuid.uuid4().hex[:12]
         self.engine, self.vad, self.responder = engine, vad, responder
         self.chat: ChatSession | None = None  # this user's chat, opened with chat mode, closed with the session
         self.codec = engine.codec
         self.limits, self.metrics = limits, metrics
-        self._send = send
+        self._send, self._abort = send, abort
         self.hello: Hello | None = None
         self.started = time.monotonic()
         self.input: Pipeline | None = None
@@ -236,10 +240,30 @@ class Session:
         if self.closed:
             return
         try:
-            await self._send(message)
+            # The transport waits while its buffer is full: a client that stops reading holds every send here, so
+            # what the server keeps for it stays bounded (the queues behind fill, live input drops), and past the
+            # timeout the session is closed.
+            async with asyncio.timeout(self.limits.send_timeout_s):
+                await self._send(message)
+        except TimeoutError:
+            if self.closed:  # another send timed out first and has closed the session
+                return
+            log.warning("session %s: the client took nothing for %.0f s; closing it", self.id,
+                        self.limits.send_timeout_s)
+            self.closed = True
+            if self.metrics is not None:
+                self.metrics.errors.labels("slow_consumer").inc()
+            if self._abort is not None:
+                self._spawn_abort(f"the client read nothing for {self.limits.send_timeout_s:.0f} s")
         except Exception as e:  # the transport is gone (client vanished): stop sending; the transport cleans up
             log.info("session %s: send failed (%s); no more output", self.id, type(e).__name__)
             self.closed = True
+
+    def _spawn_abort(self, message: str) -> None:
+        # Not one of the session's tasks: closing the session (which cancels those) must not cancel its own abort.
+        task = asyncio.ensure_future(self._abort("slow_consumer", message))
+        _ABORTS.add(task)
+        task.add_done_callback(_ABORTS.discard)
 
     async def send_error(self, code: str, message: str) -> None:
         self.counts["errors"] += 1

@@ -195,8 +195,12 @@ class TalkstreamServer:
         if len(self.sessions) >= c.max_sessions:
             await self._refuse(ws, "busy", f"server is at its limit of {c.max_sessions} sessions; try later")
             return
+        async def abort(code: str, message: str) -> None:
+            await ws.close(1008, code)  # the reason is the code: a client that stopped reading gets no event
+
         session = Session(
-            self.engine, self.vad, self.responder, c.limits, ws.send, self.metrics, video_codec=self.video_codec
+            self.engine, self.vad, self.responder, c.limits, ws.send, self.metrics, video_codec=self.video_codec,
+            abort=abort,
         )
         self.sessions.add(session)
         self.metrics.sessions.inc()

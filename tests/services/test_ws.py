@@ -8,6 +8,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import websockets
 import torch
 from websockets.asyncio.client import connect
 
@@ -310,3 +311,40 @@ def test_every_codebook_count_and_token_length_is_answered_without_an_export(mod
     waits, late = run(main())
     assert late == [], f"exported at request time: {late}"
     assert len(waits) == 8 * 7 and max(waits.values()) < 1.0, max(waits.items(), key=lambda kv: kv[1])
+
+
+def test_a_client_that_stops_reading_is_closed_and_holds_little(models, speech):
+    """A client sends audio and never reads the echo: the server's buffers fill to their bounds (live input is
+    dropped), and once nothing could be sent for send_timeout_s the session is closed with slow_consumer, freed."""
+    import socket
+
+    async def main():
+        async with serve(models, limits=Limits(send_timeout_s=1.0)) as srv:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server fills it soon
+            sock.connect(("127.0.0.1", srv.port))
+            async with connect(srv.url, sock=sock, max_queue=1) as ws:
+                await hello(ws, sample_rate=48_000)
+                session = next(iter(srv.sessions))
+                t0, depth = asyncio.get_running_loop().time(), 0
+                audio = load_audio(SAMPLE_WAV, 48_000)
+                try:
+                    for i in range(20_000):  # 20 ms frames, 4x faster than real time, until the server hangs up
+                        j = i * 960 % (audio.size - 960)
+                        await ws.send(pcm_frame(audio[j : j + 960], i, 1))
+                        if session.input is not None:
+                            depth = max(depth, sum(session.input.queue_depths().values()))
+                        if not srv.sessions or asyncio.get_running_loop().time() - t0 > 40:
+                            break
+                        await asyncio.sleep(0.005)
+                except websockets.ConnectionClosed:
+                    pass
+                seconds = asyncio.get_running_loop().time() - t0
+                metrics = srv.render_metrics().decode()
+                return seconds, depth, len(srv.sessions), metrics, session
+
+    seconds, depth, live, metrics, session = run(main())
+    assert live == 0 and session.closed, "the session was closed and freed"
+    assert 'talkstream_errors_total{code="slow_consumer"} 1.0' in metrics
+    assert depth <= 32 + 4 * 64  # bounded queues: the live inbox and each stage's, whatever the client does
+    assert seconds < 30

@@ -128,12 +128,16 @@ class _Block(nn.Module):
         self.out = nn.Linear(d, d)
         self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B, T, d] attends to itself and to `past` keys/values (earlier blocks) -> (x, this block's k/v)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.attn_ln(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        kv = (k, v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         a = F.scaled_dot_product_attention(q, k, v)
         x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
-        return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
+        return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x)))), kv
 
 
 class WhisperEncoder(nn.Module):
@@ -146,15 +150,27 @@ class WhisperEncoder(nn.Module):
         self.blocks = nn.ModuleList(_Block(cfg.d_model, cfg.n_heads) for _ in range(cfg.n_layers))
         self.ln_post = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, mel: Tensor) -> Tensor:
-        """mel [B, n_mels, frames] (frames <= 2 * n_positions) -> states [B, ceil(frames / 2), d_model]."""
+    def forward(self, mel: Tensor, offset: int = 0) -> Tensor:
+        """mel [B, n_mels, frames] -> states [B, ceil(frames / 2), d_model] at positions offset.. (a block of a
+        longer stream takes the positions of its time, so the decoder reads one time axis across blocks)."""
+        return self.forward_block(mel, offset)[0]
+
+    def forward_block(self, mel: Tensor, offset: int = 0, past: list | None = None) -> tuple[Tensor, list]:
+        """As `forward`, with attention also over `past` (per layer, the keys/values of earlier blocks): block-causal
+        hearing. Returns the states and the past grown by this block."""
         x = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
-        if x.shape[1] > self.cfg.n_positions:
-            raise ValueError(f"at most {2 * self.cfg.n_positions} mel frames per call, got {mel.shape[-1]}")
-        x = x + self.positions[: x.shape[1]]
-        for block in self.blocks:
-            x = block(x)
-        return self.ln_post(x)
+        if offset + x.shape[1] > self.cfg.n_positions:
+            raise ValueError(f"at most {2 * self.cfg.n_positions} mel frames ({self.cfg.n_positions * 0.02:.0f} s) "
+                             f"per stream, got {2 * (offset + x.shape[1])}")
+        x = x + self.positions[offset : offset + x.shape[1]]
+        grown = []
+        for i, block in enumerate(self.blocks):
+            layer_past = past[i] if past else None
+            x, kv = block(x, layer_past)
+            if layer_past is not None:
+                kv = (torch.cat([layer_past[0], kv[0]], 2), torch.cat([layer_past[1], kv[1]], 2))
+            grown.append(kv)
+        return self.ln_post(x), grown
 
 
 def load_whisper_encoder(path: str | Path | None = None) -> WhisperEncoder:
@@ -215,9 +231,10 @@ def load_whisper_encoder(path: str | Path | None = None) -> WhisperEncoder:
 
 @dataclass
 class WhisperBlockState:
-    """Audio (16 kHz) not yet a whole block [T < block]."""
+    """Audio (16 kHz) not yet a whole block [T < block], and the encoder positions already made."""
 
     pending: Tensor = field(default_factory=lambda: torch.zeros(0))
+    positions: int = 0
 
 
 def block_samples(block_s: float) -> int:
@@ -229,10 +246,10 @@ def block_samples(block_s: float) -> int:
 
 
 @torch.no_grad()
-def encode_block(enc: WhisperEncoder, audio: Tensor) -> Tensor:
-    """One block of 16 kHz audio [T] -> states [T // 320 (rounded up), d_model]."""
+def encode_block(enc: WhisperEncoder, audio: Tensor, offset: int = 0) -> Tensor:
+    """One block of 16 kHz audio [T] at encoder positions offset.. -> states [T // 320 (rounded up), d_model]."""
     pad = -audio.shape[-1] % (2 * HOP)
-    return enc(log_mel(F.pad(audio, (0, pad))))[0]
+    return enc(log_mel(F.pad(audio, (0, pad))), offset)[0]
 
 
 def hear_step(
@@ -241,14 +258,18 @@ def hear_step(
     """16 kHz audio [T] -> states of every block now whole [N, d_model]; `final` also encodes the partial tail."""
     x = torch.cat([state.pending, audio.float()])
     n = block_samples(block_s)
-    out = [encode_block(enc, x[i : i + n]) for i in range(0, x.shape[0] - n + 1, n)]
-    done = x.shape[0] // n * n
-    rest = x[done:]
+    per_block = n // (2 * HOP)
+    out, pos = [], state.positions
+    for i in range(0, x.shape[0] - n + 1, n):
+        out.append(encode_block(enc, x[i : i + n], pos))
+        pos += per_block
+    rest = x[x.shape[0] // n * n :]
     if final and rest.numel():
-        out.append(encode_block(enc, rest))
+        out.append(encode_block(enc, rest, pos))
+        pos += out[-1].shape[0]
         rest = rest[:0]
     states = torch.cat(out) if out else torch.zeros(0, enc.cfg.d_model)
-    return states, dataclasses.replace(state, pending=rest)
+    return states, dataclasses.replace(state, pending=rest, positions=pos)
 
 
 def hear(enc: WhisperEncoder, audio: Tensor, block_s: float = 2.0) -> Tensor:

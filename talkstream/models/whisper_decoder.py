@@ -50,6 +50,16 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
+def _repeating_tail(tokens: list[int], rounds: int = 3, longest: int = 6) -> int:
+    """How many tokens to drop when the sequence ends with a pattern of 1..`longest` tokens repeated `rounds`
+    times (all rounds but one), else 0."""
+    for n in range(1, longest + 1):
+        if len(tokens) >= n * rounds and all(tokens[-n:] == tokens[-(k + 1) * n : len(tokens) - k * n]
+                                             for k in range(1, rounds)):
+            return n * (rounds - 1)
+    return 0
+
+
 def _heads(x: Tensor, h: int) -> Tensor:
     b, t, d = x.shape
     return x.view(b, t, h, d // h).transpose(1, 2)
@@ -155,6 +165,9 @@ class WhisperDecoder(nn.Module):
             if token == self.eot:
                 break
             out.append(token)
+            loop = _repeating_tail(out)
+            if loop:  # greedy decoding fell into a loop ("no, no, no, ..."): keep one round of it and stop
+                return out[: len(out) - loop]
             logits, caches = self.step(torch.tensor([[token]]), prompt.shape[1] + i, caches, cross)
         return out
 

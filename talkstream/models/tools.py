@@ -100,6 +100,9 @@ _PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], ToolCall]]] = [
     (re.compile(r"\bwhat(?:'s| is)? the date\b|\bwhat date\b|\btoday'?s date\b"),
      lambda m: ToolCall("clock", ("date",))),
     (re.compile(r"\b(?:what|which) day is (?:it|today)\b|\bwhat day it is\b"), lambda m: ToolCall("clock", ("day",))),
+    # The last resort of a misheard clock question ("what lays it today"): the one word that names what is asked.
+    (re.compile(r"\bdate\b"), lambda m: ToolCall("clock", ("date",))),
+    (re.compile(r"\btoday\b"), lambda m: ToolCall("clock", ("day",))),
 ]
 
 

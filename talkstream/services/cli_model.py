@@ -177,7 +177,7 @@ def cmd_bench_model(args) -> None:
     from talkstream.bench.model import run_model_bench
 
     results = run_model_bench(Path(args.data), questions=args.questions, sentences=args.sentences,
-                              threads=args.threads, backend=args.backend)
+                              threads=args.threads, backend=args.backend, talker_sentences=args.talker_sentences)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
@@ -286,12 +286,16 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.set_defaults(func=cmd_data_video_questions)
 
     bp = bench_sub.add_parser("model", help="Thinker WER and answer accuracy, Talker WER (faster-whisper), latency",
-                              description="On held-out voices and sentences: Thinker speech-to-text WER, dialogue "
-                              "answer accuracy, Talker intelligibility by an independent recogniser beside the same "
-                              "recogniser on the original TTS audio, first-packet latency, Talker speed, memory.")
-    bp.add_argument("--data", default="data/model", help="`talkstream data model` output (its eval files)")
-    bp.add_argument("--questions", type=int, default=100, help="held-out spoken questions")
-    bp.add_argument("--sentences", type=int, default=30, help="held-out sentences for the Talker")
+                              description="On held-out voices and sentences: the Thinker's speech-to-text WER beside "
+                              "faster-whisper's on the same audio, dialogue answers per skill, the Talker's "
+                              "intelligibility and DNSMOS beside the original TTS audio, first-packet latency, "
+                              "speed, memory. Needs the asr extra.")
+    bp.add_argument("--data", default="data/model",
+                    help="`talkstream data model` output, for the video questions (skipped when absent); the speech "
+                    "is synthesised here in the held-out voices")
+    bp.add_argument("--questions", type=int, default=100, help="held-out spoken dialogue questions")
+    bp.add_argument("--sentences", type=int, default=30, help="held-out spoken sentences for the Thinker's WER")
+    bp.add_argument("--talker-sentences", type=int, default=20, help="held-out sentences the Talker speaks")
     bp.add_argument("--threads", type=int, default=1)
     bp.add_argument("--backend", choices=["torch", "onnx"], default="onnx", help="the models' decoding steps")
     bp.add_argument("--out", default=None, help="write results JSON here")

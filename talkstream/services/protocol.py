@@ -48,7 +48,7 @@ VIDEO_INPUTS, VIDEO_OUTPUTS = ("rgb", "tokens"), ("rgb", "tokens")
 MIN_RATE, MAX_RATE = 8_000, 48_000
 
 # Error codes (docs/protocol.md). Fatal ones close the connection after the error event.
-FATAL = {"unauthorized", "bad_version", "busy", "idle_timeout", "session_too_long", "origin_not_allowed", "internal"}
+FATAL = {"unauthorized", "bad_version", "codec_mismatch", "busy", "idle_timeout", "session_too_long", "origin_not_allowed", "internal"}
 MAX_TOKEN_FRAMES = 150  # per token message (2 s): one message must not hold the shared codec for long
 
 
@@ -74,6 +74,7 @@ class Hello:
     video_input: str = "rgb"  # codec mode: RGB24 frames in (-> video_output), or video tokens in (-> RGB24 out)
     video_output: tuple[str, ...] = ("rgb",)
     token: str | None = None
+    codec_id: str | None = None  # the audio codec whose tokens the client speaks; refused when it is not the server's
 
 
 @dataclass
@@ -177,7 +178,10 @@ def parse_text(text: str, num_codebooks: int = 8) -> Hello | Config | End | Ping
         token = msg.get("token")
         if token is not None and not isinstance(token, str):
             raise ProtocolError("bad_config", "token must be a string")
-        return Hello(version=version, token=token, **_check_fields(msg, num_codebooks))
+        codec_id = msg.get("codec_id")
+        if codec_id is not None and not isinstance(codec_id, str):
+            raise ProtocolError("bad_config", "codec_id must be a string")
+        return Hello(version=version, token=token, codec_id=codec_id, **_check_fields(msg, num_codebooks))
     if kind == "config":
         return Config(_check_fields(msg, num_codebooks))
     if kind == "end":

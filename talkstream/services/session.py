@@ -341,6 +341,9 @@ class Session:
                 (msg.token or "").encode(), self.limits.token.encode()
             ):
                 raise ProtocolError("unauthorized", "missing or wrong token")
+            if msg.codec_id is not None and msg.codec_id != self.codec.cfg.codec_id:
+                raise ProtocolError("codec_mismatch", f"this server's audio codec is {self.codec.cfg.codec_id!r}, "
+                                    f"not {msg.codec_id!r}: its tokens would decode to wrong audio")
             self._check_settings(msg)
             self.hello = msg
             await self._build()

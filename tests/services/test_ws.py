@@ -348,3 +348,24 @@ def test_a_client_that_stops_reading_is_closed_and_holds_little(models, speech):
     assert 'talkstream_errors_total{code="slow_consumer"} 1.0' in metrics
     assert depth <= 32 + 4 * 64  # bounded queues: the live inbox and each stage's, whatever the client does
     assert seconds < 30
+
+
+def test_a_client_of_another_codec_is_refused_with_a_code(models):
+    """Tokens of another codec would decode to wrong audio: a hello naming another codec_id is refused, the server's
+    own id is accepted."""
+    import websockets
+
+    codec_id = models[0].cfg.codec_id
+
+    async def main():
+        async with serve(models) as srv:
+            async with websockets.connect(srv.url) as ws:
+                refused = await hello(ws, codec_id="talkstream-audio-v0", input="tokens")
+            async with websockets.connect(srv.url) as ws:
+                accepted = await hello(ws, codec_id=codec_id)
+            return refused, accepted
+
+    refused, accepted = run(main())
+    assert refused["type"] == "error" and refused["code"] == "codec_mismatch" and refused["fatal"]
+    assert codec_id in refused["message"]
+    assert accepted["type"] == "ready" and accepted["codec"]["codec_id"] == codec_id

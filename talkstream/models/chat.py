@@ -377,7 +377,8 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
     - "transcribe": the same ears, a transcript event per turn and no reply;
     - "openai": the same ears, and an OpenAI-compatible endpoint writes the reply;
     - "legacy": the v1 learned Thinker alone (it hears the codec's tokens).
-    With `backend="onnx"` the Talker's frame step and the v1 Thinker's steps run in onnxruntime."""
+    With `backend="onnx"` the Talker's frame step, the ears' encoder block and the v1 Thinker's steps run in
+    onnxruntime."""
     from talkstream.models.loaders import load_talker, load_thinker, load_voice_codec
 
     if thinker not in THINKERS:
@@ -403,7 +404,8 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
         return ChatResponder(legacy if same_tokens else V1Thinker(legacy, voice), speaker, voice_codec=voice)
     from talkstream.models.ears import load_ears
 
-    ears = EarsThinker(load_ears(), codec, legacy=V1Thinker(legacy, voice), transcribe_only=thinker == "transcribe")
+    ears = EarsThinker(load_ears(onnx=backend == "onnx"), codec, legacy=V1Thinker(legacy, voice),
+                       transcribe_only=thinker == "transcribe")
     if thinker == "openai":
         from talkstream.models.openai_thinker import OpenAIThinker
 

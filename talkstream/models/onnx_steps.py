@@ -60,13 +60,19 @@ def step_spec(name: str, transformer: Transformer, meta: dict | None = None, blo
                      meta={"layers": layers, "heads": heads, "dim": dim, **(meta or {})})
 
 
-def export_model_steps(thinker, talker, out_dir: str | Path, int8: bool = False) -> dict:
-    """Write thinker_step.onnx, thinker_block.onnx and talker_step.onnx (and int8 copies) with a checksummed
-    manifest."""
-    both = nn.ModuleDict({"thinker": thinker, "talker": talker})
+def export_model_steps(thinker, talker, out_dir: str | Path, int8: bool = False, whisper_encoder=None) -> dict:
+    """Write thinker_step.onnx, thinker_block.onnx and talker_step.onnx (and int8 copies), and with
+    `whisper_encoder` the ears' whisper_encoder_block.onnx, with a checksummed manifest."""
+    parts = {"thinker": thinker, "talker": talker}
     specs = [step_spec("thinker_step", thinker.transformer, {"model": "thinker"}),
              step_spec("thinker_block", thinker.transformer, {"model": "thinker"}, block=True),
              step_spec("talker_step", talker.transformer, {"model": "talker"})]
+    if whisper_encoder is not None:
+        from talkstream.models.ears_onnx import encoder_block_spec
+
+        parts["whisper_encoder"] = whisper_encoder
+        specs.append(encoder_block_spec(whisper_encoder))
+    both = nn.ModuleDict(parts)
     return export_graphs(COMPONENT, specs, out_dir, {"state_sha256": state_dict_sha256(both)}, int8=int8)
 
 

@@ -187,8 +187,10 @@ def cmd_bench_model(args) -> None:
 def cmd_export_model(args) -> None:
     from talkstream.models.loaders import load_talker, load_thinker
     from talkstream.models.onnx_steps import export_model_steps
+    from talkstream.models.whisper_encoder import load_whisper_encoder
 
-    manifest = export_model_steps(load_thinker(), load_talker(), Path(args.out), int8=args.int8)
+    manifest = export_model_steps(load_thinker(), load_talker(), Path(args.out), int8=args.int8,
+                                  whisper_encoder=load_whisper_encoder())
     for g in manifest["graphs"]:
         print(f"{g['file']:28} {g['bytes'] / 1e6:6.2f} MB  sha256 {g['sha256'][:16]}")
     print(f"manifest: {Path(args.out) / 'manifest.json'}")

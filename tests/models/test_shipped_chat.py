@@ -100,7 +100,8 @@ def test_websocket_chat_mode_answers_right_and_a_failing_tool_is_said_and_report
     """Two held-out spoken questions in one session: the calculator answers the first exactly; the second divides
     by zero, so the reply is a spoken apology beside an error event, and nothing ends in silence."""
     silence = np.zeros(15_000, np.float32)
-    audio = np.concatenate([silence, speak("what is two plus three", "en-gb-x-rp+f5").audio, silence, silence,
+    gap = np.zeros(5 * 24_000, np.float32)  # the first answer plays out before the second question (no barge-in)
+    audio = np.concatenate([silence, speak("what is two plus three", "en-gb-x-rp+f5").audio, gap,
                             speak("what is five divided by zero", "en-us+m8").audio, silence])
     r = _chat_over_websocket(audio)
     types = [e["type"] for e in r.events]

@@ -405,7 +405,7 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
     from talkstream.models.ears import load_ears
 
     ears = EarsThinker(load_ears(onnx=backend == "onnx"), codec, legacy=V1Thinker(legacy, voice),
-                       transcribe_only=thinker == "transcribe")
+                       transcribe_only=thinker == "transcribe", domain_context=thinker == "builtin")
     if thinker == "openai":
         from talkstream.models.openai_thinker import OpenAIThinker
 

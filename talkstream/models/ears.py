@@ -114,7 +114,7 @@ class WhisperEars:
         return states[0], grown if self.causal_context else None
 
     @torch.no_grad()
-    def finish(self, state: EarsState, max_tokens: int = 120) -> Transcript:
+    def finish(self, state: EarsState, max_tokens: int = 120, context: list[int] | None = None) -> Transcript:
         """End of turn: the last partial block (padded with silence), the silent rest of the window, decoding."""
         t0 = time.perf_counter()
         cross, past = list(state.cross), state.past
@@ -131,7 +131,7 @@ class WhisperEars:
         ]
         # Whisper writes about 3 tokens per second of speech; a bound well above that stops a runaway loop.
         limit = min(max_tokens, 8 + int(8 * state.seconds))
-        text = self.decoder.detokenize(self.decoder.greedy_tokens(layers, limit)) if state.samples else ""
+        text = self.decoder.detokenize(self.decoder.greedy_tokens(layers, limit, context)) if state.samples else ""
         return Transcript(text, state.seconds, 1000 * (time.perf_counter() - t0))
 
     def transcribe(self, pcm: Tensor) -> Transcript:

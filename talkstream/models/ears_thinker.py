@@ -10,6 +10,10 @@ video track (colour and direction questions); it reads the tokens of codec v1 (`
 audio with that codec, kept shipped inside the Talker's voice codec), so only video turns use it.
 
 `transcribe_only=True` is the speech-to-text mode (`--thinker transcribe`): a transcript event per turn, no reply.
+
+`domain_context=True` (the built-in answerer) gives Whisper the questions its tools answer as previous text
+(Whisper's prompt), which biases it toward their words ("how do you spell cup" rather than "sell cup"); the
+transcript-only and OpenAI modes hear without it.
 """
 
 from __future__ import annotations
@@ -64,12 +68,25 @@ class V1Thinker:
         return self.thinker.reply(heard, history)
 
 
+# The questions the tools answer, as previous text for Whisper, and its GPT-2 token ids (checked against the text
+# when the ears load: another vocabulary hears without the context).
+DOMAIN_CONTEXT = (" How do you spell it? What day comes after Monday? What month comes after May? What is seven"
+                  " times eight? Count from three to seven. Repeat after me. What time is it?")
+DOMAIN_CONTEXT_IDS = [1374, 466, 345, 4822, 340, 30, 1867, 1110, 2058, 706, 3321, 30, 1867, 1227, 2058, 706, 1737, 30,
+                      1867, 318, 3598, 1661, 3624, 30, 2764, 422, 1115, 284, 3598, 13, 30021, 706, 502, 13, 1867, 640,
+                      318, 340, 30]
+
+
 class EarsThinker:
-    def __init__(self, ears: WhisperEars, codec, legacy=None, transcribe_only: bool = False):
+    def __init__(self, ears: WhisperEars, codec, legacy=None, transcribe_only: bool = False,
+                 domain_context: bool = False):
         """`codec`: decodes tokens for callers that hand over no audio; `legacy`: the v1 BuiltinThinker (video)."""
         self.ears, self.codec, self.legacy = ears, codec, legacy
         self.transcribe_only = transcribe_only
         self.rate = codec.sample_rate
+        self.context = None
+        if domain_context and ears.decoder.detokenize(DOMAIN_CONTEXT_IDS) == DOMAIN_CONTEXT.strip():
+            self.context = DOMAIN_CONTEXT_IDS
 
     @property
     def model(self):
@@ -109,7 +126,7 @@ class EarsThinker:
 
     def finish_hearing(self, heard: EarsHeard, codes: torch.Tensor, pcm: np.ndarray | None = None) -> EarsHeard:
         heard = self._feed(heard, self._audio(codes, pcm) if codes.shape[-1] else np.zeros(0, np.float32), True)
-        t = self.ears.finish(heard.state)
+        t = self.ears.finish(heard.state, context=self.context)
         heard.transcript, heard.finish_ms = t.text, t.finish_ms
         return heard
 

@@ -152,9 +152,12 @@ class WhisperDecoder(nn.Module):
         return [b.cross_cache(states) for b in self.blocks]
 
     @torch.no_grad()
-    def greedy_tokens(self, cross: list[tuple[Tensor, Tensor]], max_tokens: int = 120) -> list[int]:
-        """Cross caches (`cross_caches`) -> the transcript's token ids (without specials)."""
-        prompt = torch.tensor([[self.sot, self.no_timestamps]])
+    def greedy_tokens(self, cross: list[tuple[Tensor, Tensor]], max_tokens: int = 120,
+                      context: list[int] | None = None) -> list[int]:
+        """Cross caches (`cross_caches`) -> the transcript's token ids (without specials). `context`: token ids of
+        text said before (Whisper's previous-text prompt, <|startofprev|> ...), which biases the words it picks."""
+        prev = [self.vocabulary.index("<|startofprev|>"), *context] if context else []
+        prompt = torch.tensor([[*prev, self.sot, self.no_timestamps]])
         logits, caches = self.step(prompt, 0, None, cross)
         out: list[int] = []
         for i in range(min(max_tokens, self.cfg.n_positions - prompt.shape[1])):

@@ -91,3 +91,10 @@ def test_the_onnx_block_step_equals_torch(sample16k):
     for x, y in zip(s_onnx.blocks, s_torch.blocks, strict=True):
         torch.testing.assert_close(x, y, atol=2e-4, rtol=1e-4)
     assert onnx_ears.finish(s_onnx).text == torch_ears.finish(s_torch).text
+
+
+def test_the_domain_context_ids_are_the_domain_context(ears):
+    """The built-in answerer's Whisper prompt ships as token ids: they must spell the text they stand for."""
+    from talkstream.models.ears_thinker import DOMAIN_CONTEXT, DOMAIN_CONTEXT_IDS
+
+    assert ears.decoder.detokenize(DOMAIN_CONTEXT_IDS) == DOMAIN_CONTEXT.strip()

@@ -144,9 +144,9 @@ def _table(rows: list[dict]) -> str:
             )
         else:
             stream = f"{'-':>8}{'-':>7}{'-':>9}{'-':>9}"
-        heard = (
-            f"{r['wer']:>7.1%}{r['wer_drift']:>7.1%}{r['dnsmos_ovrl']:>6.2f}" if "wer" in r else f"{'-':>7}{'-':>7}{'-':>6}"
-        )
+        heard = f"{'-':>7}{'-':>7}{'-':>6}"
+        if "wer" in r:
+            heard = f"{r['wer']:>7.1%}{r['wer_drift']:>7.1%}{r['dnsmos_ovrl']:>6.2f}"
         lines.append(
             f"{r['system']:<18}{r['kbps']:>6.2f}{heard}{r['pesq_wb']:>8.2f}{r['stoi']:>7.3f}{r['rtf']:>8.4f}"
             f"{stream}{r['algorithmic_latency_ms']:>8.1f}"

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
 from tqdm import tqdm
 

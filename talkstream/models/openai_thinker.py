@@ -1,6 +1,7 @@
 """A Thinker that writes its reply with any OpenAI-compatible chat-completions endpoint (llama.cpp, vLLM, Ollama).
 
-It hears with the built-in Thinker's ears (Whisper tiny.en on the user's own audio: speech to text), sends the transcript as the user's message, and streams the
+It hears with the built-in Thinker's ears (Whisper tiny.en on the user's own audio: speech to text), sends the
+transcript as the user's message, and streams the
 reply's text deltas (server-sent events) to the Talker, which speaks each word as it arrives. It has no hidden
 states, so the Talker's hidden track gets none. It keeps no conversation: each `reply` is given its user's history
 (a bounded deque the caller owns, one per conversation), sends it as context and adds the new exchange to it.
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from talkstream.models import text as tx
-from talkstream.models.chat import BuiltinThinker, Heard
+from talkstream.models.chat import Heard
 from talkstream.models.errors import ThinkerEndpointError
 
 log = logging.getLogger(__name__)

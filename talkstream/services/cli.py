@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--codec-id", default="", help="id of the trained codec (new tokens need a new id)")
     tc.add_argument("--segment-seconds", type=float, default=0.8, help="length of each training crop")
     tc.add_argument("--weight-whisper", type=float, default=0.0,
-                    help="Whisper-encoder states of the decoded audio vs the input's (steers by what a recogniser hears)")
+                    help="Whisper-encoder states of the decoded vs the input audio (steers by what a recogniser hears)")
     tc.add_argument("--weight-whisper-mel", type=float, default=0.0, help="Whisper's log-mel of decoded vs input")
     tc.add_argument("--weight-semantic", type=float, default=0.0,
                     help="first codebook regressed onto the input's Whisper states (content in codebook 1)")

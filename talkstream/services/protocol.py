@@ -48,7 +48,8 @@ VIDEO_INPUTS, VIDEO_OUTPUTS = ("rgb", "tokens"), ("rgb", "tokens")
 MIN_RATE, MAX_RATE = 8_000, 48_000
 
 # Error codes (docs/protocol.md). Fatal ones close the connection after the error event.
-FATAL = {"unauthorized", "bad_version", "codec_mismatch", "busy", "idle_timeout", "session_too_long", "origin_not_allowed", "internal"}
+FATAL = {"unauthorized", "bad_version", "codec_mismatch", "busy", "idle_timeout", "session_too_long",
+         "origin_not_allowed", "internal"}
 MAX_TOKEN_FRAMES = 150  # per token message (2 s): one message must not hold the shared codec for long
 
 

@@ -8,8 +8,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-import websockets
 import torch
+import websockets
 from websockets.asyncio.client import connect
 
 from talkstream.audio_io import load_audio
@@ -277,7 +277,7 @@ def test_every_codebook_count_and_token_length_is_answered_without_an_export(mod
     import time
 
     from talkstream.codecs.audio import onnx_step
-    from talkstream.services.protocol import parse_binary, token_frame
+    from talkstream.services.protocol import token_frame
 
     exports = []
     real = onnx_step.export_bytes

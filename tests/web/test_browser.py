@@ -171,7 +171,7 @@ def test_page_chat_over_webrtc_answers_turns(server, chat_browser):
             """() => window.talkstreamStats.events.some(e => e.type === "reply" && e.state === "end")
                      && window.talkstreamStats.events.some(e => e.type === "transcript")
                      && window.talkstreamStats.receivedSeconds > 0.3""",
-            timeout=90_000,
+            timeout=150_000,
         )
         stats = page.evaluate("() => window.talkstreamStats")
         assert not stats["errors"] and not errors, (stats["errors"], errors)

@@ -7,6 +7,7 @@ if weights regress or a code change breaks decoding; the targets and real figure
 from __future__ import annotations
 
 import pytest
+import soundfile as sf
 import torch
 
 from talkstream.audio_io import load_audio
@@ -49,3 +50,18 @@ def test_streaming_frame_by_frame_matches_offline(codec, sample):
         offline = codec.decode(codec.encode(x, 8))
     torch.testing.assert_close(torch.cat(out, -1), offline, atol=2e-5, rtol=0)
     assert align_output(offline, codec.decode_delay, x.shape[-1]).shape[-1] == x.shape[-1]
+
+
+def test_tokens_of_the_old_codec_are_refused_not_decoded(codec, sample, tmp_path):
+    """Files made by codec v1 (whose encoder the Talker's voice codec still carries) get a one-line error from the
+    shipped v2, never wrong audio."""
+    from talkstream.codecs.audio.files import decode_file, encode_file
+    from talkstream.codecs.container import ContainerError
+    from talkstream.models.loaders import load_voice_codec
+
+    old = load_voice_codec()
+    assert old.cfg.codec_id == "talkstream-audio-v1" and codec.cfg.codec_id == "talkstream-audio-v2"
+    sf.write(tmp_path / "in.wav", sample, codec.sample_rate)
+    encode_file(old, tmp_path / "in.wav", tmp_path / "old.tsk", 4)
+    with pytest.raises(ContainerError, match="made by codec 'talkstream-audio-v1', this is 'talkstream-audio-v2'"):
+        decode_file(codec, tmp_path / "old.tsk", tmp_path / "out.wav")

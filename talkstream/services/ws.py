@@ -109,8 +109,24 @@ class TalkstreamServer:
     def url(self) -> str:
         return f"ws://{self.config.host}:{self.port}"
 
+    def _check_ports_free(self) -> None:
+        """A port another process holds is a one-line error now, not after the warm-up (tens of seconds)."""
+        import socket
+
+        c = self.config
+        for port in (c.port, c.http_port):
+            if not port:  # None: no HTTP; 0: any free port
+                continue
+            with socket.socket(socket.AF_INET6 if ":" in c.host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((c.host, port))
+                except OSError as e:
+                    raise ValueError(f"cannot listen on {c.host}:{port}: {e.strerror or e} (another server?)") from None
+
     async def start(self) -> None:
         t0 = time.perf_counter()
+        self._check_ports_free()
         self.engine.warmup()  # every codec graph a client can reach: none is exported once the port is open
         self.vad.warmup()
         self.responder.warmup()

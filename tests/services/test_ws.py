@@ -369,3 +369,22 @@ def test_a_client_of_another_codec_is_refused_with_a_code(models):
     assert refused["type"] == "error" and refused["code"] == "codec_mismatch" and refused["fatal"]
     assert codec_id in refused["message"]
     assert accepted["type"] == "ready" and accepted["codec"]["codec_id"] == codec_id
+
+
+def test_a_taken_port_is_refused_before_the_warm_up(models):
+    """A second server on a port in use says so at once, in one line, without warming its models first."""
+    import socket
+    import time
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        codec, vad = models
+        server = TalkstreamServer(ServerConfig(port=port, thinker="echo"), codec=codec, vad=vad)
+        warmed = []
+        server.engine.warmup = lambda *a, **k: warmed.append(1)
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
+            run(server.start())
+        assert not warmed and time.perf_counter() - t0 < 5

@@ -64,6 +64,7 @@ from talkstream.streaming.stages import (
     VoiceActivity,
     resampler,
 )
+from talkstream.streaming.tracing import TurnSpan
 from talkstream.streaming.vad import SileroVAD, VADEvent
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,7 @@ class Session:
         self.reply: Pipeline | None = None
         self._tasks: set[asyncio.Task] = set()
         self._reply_task: asyncio.Task | None = None
+        self._turn_span: TurnSpan | None = None  # the span of the turn being answered (OpenTelemetry, when installed)
         self._reply_pacer = Pacer()
         self._senders: list[asyncio.Task] = []
         self.frame_latencies: deque[float] = deque(maxlen=2000)  # bounded however long the call
@@ -475,6 +477,8 @@ class Session:
         async with self._interrupting:  # the VAD and a new turn may both ask at once: one interruption at a time
             if not self._answer_playing():
                 return
+            if self._turn_span is not None:
+                self._turn_span.event("barge_in")
             if self._reply_task is not None:
                 self._reply_task.cancel()
                 await asyncio.gather(self._reply_task, return_exceptions=True)
@@ -486,6 +490,8 @@ class Session:
                 self._reply_pacer = Pacer()
                 self._senders[1] = self._spawn(self._sender(self.reply, self._reply_pacer))
             self.counts["interruptions"] += 1
+            if self._turn_span is not None:
+                self._turn_span.end()
             await self.send(event("reply", state="interrupted"))
 
     async def _turns(self) -> None:
@@ -506,26 +512,38 @@ class Session:
         """One turn's answer. A failing answer (the endpoint down, a model error) is an error event and a log line;
         what was said of it still plays, the reply ends, and the next turn is answered as usual."""
         fields = {"video_frames": int(video.shape[0])} if video is not None else {}
+        if self._turn_span is not None:  # the previous turn's span lasts until this one begins (its audio played)
+            self._turn_span.end()
+        span = self._turn_span = TurnSpan(self.id, int(turn.shape[-1]))
         await self.send(event("reply", state="start", frames=int(turn.shape[-1]), **fields))
         try:
             async for item in self.chat.respond(turn, video):
                 if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
                     fields = dict(item)
-                    await self.send(event(fields.pop("type"), **fields))
+                    kind = fields.pop("type")
+                    if kind == "reply_text" and fields.get("text"):
+                        span.event("first_reply_text")
+                    elif kind == "error":
+                        span.event("error", code=fields.get("code", ""))
+                    await self.send(event(kind, **fields))
                 else:
+                    span.event("first_audio")
                     await self.reply.put(item)
         except PipelineFailed:
             return  # the reply's decoder failed: its sender reports it and the session ends
         except ThinkerEndpointError as e:
             log.warning("session %s: the Thinker's endpoint failed: %s", self.id, e)
+            span.event("error", code="thinker_unavailable")
             await self.send_error("thinker_unavailable", str(e))
         except Exception as e:
             log.exception("session %s: the answer failed", self.id)
+            span.event("error", code="reply_failed")
             await self.send_error("reply_failed", f"the answer failed: {type(e).__name__}: {e}")
         try:
             await self.reply.put(None)  # flush the decoder's last frames
         except PipelineFailed:
             return
+        span.event("reply_end")
         await self.send(event("reply", state="end"))
 
     async def _stats_loop(self) -> None:
@@ -591,6 +609,8 @@ class Session:
         """Free everything (called by the transport however the session ended: clean end, error, vanished)."""
         self.closed = True
         await self._teardown()
+        if self._turn_span is not None:
+            self._turn_span.end()
         await self.video.close()
         if self.chat is not None:
             self.chat.close()

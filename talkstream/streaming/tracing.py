@@ -3,8 +3,8 @@
 One span per chat turn, `talkstream.turn`, from the end of the user's turn until the reply is over for the user (the
 next turn begins, a barge-in stops it, or the session closes), with events at what voice-agent users measure:
 `end_of_turn`, `first_reply_text`, `first_audio`, `reply_end` (the answer is all written), `barge_in`, and `error`
-(with the error code). Attributes: the session id, the turn's frames, and the first-audio latency in ms. Exporters are the
-application's to configure (the SDK's TracerProvider); talkstream only creates spans.
+(with the error code). Attributes: the session id, the turn's frames, and the first-audio latency in ms. Exporters
+are the application's to configure (the SDK's TracerProvider); talkstream only creates spans.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import os
 from collections.abc import Callable
 
@@ -29,9 +31,14 @@ ChatFn = Callable[[np.ndarray, int], tuple[str, str, np.ndarray, int]]
 
 
 def from_gradio(audio) -> tuple[np.ndarray, int]:
-    """Gradio's (sample_rate, samples) with int or float samples, mono or [T, channels] -> (float32 mono, rate)."""
+    """A path Gradio saved the upload or recording to (read by PyAV: MP3, FLAC, Ogg, WAV... without a system ffmpeg),
+    or Gradio's (sample_rate, samples) with int or float samples, mono or [T, channels] -> (float32 mono, rate)."""
     if audio is None:
         raise AudioInputError("record or upload some speech first")
+    if isinstance(audio, (str, Path)):
+        from talkstream.audio_io import load_audio
+
+        return load_audio(audio, 24_000), 24_000
     sr, data = audio
     data = np.asarray(data)
     if np.issubdtype(data.dtype, np.integer):
@@ -147,7 +154,7 @@ def build_demo(codec=None, chat_fn: ChatFn | None = None, chat_unavailable: str 
         )
         with gr.Tab("Codec"):
             with gr.Row():
-                audio_in = gr.Audio(sources=["microphone", "upload"], type="numpy", label="Speech in")
+                audio_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Speech in")
                 audio_out = gr.Audio(type="numpy", label="Decoded", interactive=False)
             codebooks = gr.Slider(1, codec.num_codebooks, value=codec.num_codebooks, step=1, label="Codebooks")
             run = gr.Button("Encode and decode", variant="primary")
@@ -162,7 +169,7 @@ def build_demo(codec=None, chat_fn: ChatFn | None = None, chat_unavailable: str 
                 if chat_fn is not None
                 else f"**Chat is not available yet**: `talkstream.models.chat.answer_wav` could not be loaded ({why})."
             )
-            chat_in = gr.Audio(sources=["microphone", "upload"], type="numpy", label="You")
+            chat_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="You")
             talk = gr.Button("Send", variant="primary")
             transcript = gr.Textbox(label="Transcript", interactive=False)
             reply = gr.Textbox(label="Reply", interactive=False)

@@ -93,3 +93,32 @@ def test_chat_tab_calls_the_models_answer(launch, tmp_path):
     assert (transcript, reply, status) == ("hello there", "hi, how can I help?", "ok")
     y, sr = sf.read(audio)
     assert sr == 16_000 and y.size == 8000 and Path(audio).is_file()
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac"])
+def test_codec_tab_reads_compressed_uploads_without_system_ffmpeg(launch, tmp_path, fmt):
+    """MP3 and FLAC uploads are read by PyAV (the app asks Gradio for the file, not for decoded samples), and a
+    damaged upload is a one-line message in the page, not a traceback."""
+    import av
+
+    from talkstream.models.loaders import load_audio_codec
+
+    x = speechlike(1.5, sr=24_000)
+    path = tmp_path / f"in.{fmt}"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mp3" if fmt == "mp3" else "flac", rate=24_000, layout="mono")
+        frame = av.AudioFrame.from_ndarray((x * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.sample_rate = 24_000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    client = launch(codec=load_audio_codec(), chat_fn=None, chat_unavailable="not needed here")
+    audio, summary, _, _ = client.predict(gradio_client.handle_file(str(path)), 2, api_name="/roundtrip")
+    y, sr = sf.read(audio)
+    assert sr == 24_000 and abs(y.size - x.size) < 0.1 * x.size
+    assert "2 codebooks" in summary
+    bad = tmp_path / f"bad.{fmt}"
+    bad.write_bytes(b"not audio at all" * 10)
+    with pytest.raises(Exception, match="not a readable audio file|contains no audio samples"):
+        client.predict(gradio_client.handle_file(str(bad)), 2, api_name="/roundtrip")

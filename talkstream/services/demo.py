@@ -12,10 +12,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch

@@ -70,3 +70,43 @@ def test_chat_answers_the_first_30_s_of_ten_minutes_with_bounded_memory(ten_minu
     assert sf.info(tmp_path / "reply.wav").duration > 0.1
     print(f"chat on 600 s: peak {peak_mb:.0f} MB")
     assert peak_mb < 1200  # the whole file as one turn peaked at 11.2 GB
+
+
+def _rss_mb() -> float:
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.parametrize("mode", ["codec", "chat"])
+def test_a_ten_minute_streaming_session_stays_bounded(mode):
+    """Ten minutes of speech into one WebSocket session, sent as fast as the socket takes it: codec echo comes back
+    and chat answers (what a live stream cannot keep up with is dropped and counted, turns are cut at 30 s); the
+    server's memory does not grow with the stream."""
+    import asyncio
+
+    from talkstream.audio_io import load_audio
+    from talkstream.client import stream_audio
+    from talkstream.data import SAMPLE_WAV
+    from talkstream.models.loaders import load_audio_codec
+    from talkstream.services.ws import ServerConfig, TalkstreamServer
+    from talkstream.streaming.vad import SileroVAD
+
+    speech = load_audio(SAMPLE_WAV, 24_000)
+    audio = np.tile(speech, int(np.ceil(600 * 24_000 / speech.size)))[: 600 * 24_000]
+
+    async def run():
+        server = TalkstreamServer(ServerConfig(port=0, thinker="echo"), codec=load_audio_codec(), vad=SileroVAD())
+        await server.start()
+        try:
+            before = _rss_mb()
+            r = await stream_audio(server.url, audio, 24_000, mode=mode, realtime=False, tail_s=2)
+            return r, before, _rss_mb()
+        finally:
+            await server.stop()
+
+    r, before, after = asyncio.run(asyncio.wait_for(run(), 600))
+    print(f"{mode}: 600 s streamed; process RSS {before:.0f} -> {after:.0f} MB")
+    assert r.pcm.size > 0
+    if mode == "chat":
+        assert any(e["type"] == "reply" and e["state"] == "start" for e in r.events)
+    assert after - before < 400  # ten minutes of 24 kHz float audio alone would be 58 MB per copy; no copy is kept

@@ -119,7 +119,8 @@ class CodecEngine:
             self.onnx.warmup(plan)
             for op, k, f in plan:
                 state = self.codec.init_state(1, k)
-                x = torch.zeros(1, k, f, dtype=torch.long) if op == "decode" else torch.zeros(1, 1, f * self.codec.frame_size)
+                x = (torch.zeros(1, k, f, dtype=torch.long) if op == "decode"
+                     else torch.zeros(1, 1, f * self.codec.frame_size))
                 self.onnx.step(op, x, state)
             self.warmed = set(plan)
         with torch.inference_mode():

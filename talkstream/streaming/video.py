@@ -6,7 +6,8 @@ The stage runs `encode_step` then `decode_step` of talkstream/codecs/video in a 
 so the event loop keeps serving audio while a frame is coded. Every `key_interval` frames both states restart (a
 key frame): the shipped codec was trained on 4-frame clips and its memory drifts on long streams, 4.6 dB PSNR
 lost by the fifth second of continuous video (`bench video`), while a restart every second keeps it level (a
-restart costs no bits: every frame takes the same 256 tokens). Key frames are flagged, so a client decoding the tokens restarts at the same frame.
+restart costs no bits: every frame takes the same 256 tokens). Key frames are flagged, so a client decoding the
+tokens restarts at the same frame.
 
 Frames of another size than the codec's are scaled to fit and edge-padded (files.py's `fit_frame`); the
 reconstruction comes back at the codec's scale with the padding cropped off. The WebSocket session and the WebRTC

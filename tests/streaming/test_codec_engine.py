@@ -131,7 +131,7 @@ def test_onnx_serves_every_codebook_count_and_length_from_the_warmed_graphs(tiny
     assert warm == len(exports), exports[warm:]  # nothing exported after warmup
     assert refused is not None and "3 frames" in str(refused)
     for k in range(1, full + 1):
-        (c1, p1, e1, b1), (c2, p2, e2, b2) = ref[k], got[k]
+        (c1, p1, _, b1), (c2, p2, e2, b2) = ref[k], got[k]
         assert c1.shape[1] == c2.shape[1] == k and (c1 == c2).float().mean() > 0.98 and torch.equal(e2, c2)
         if torch.equal(c1, c2):
             torch.testing.assert_close(p2, p1, atol=1e-4, rtol=0)

@@ -29,8 +29,11 @@ def test_pesq_survives_a_minute_of_many_utterances():
     t = np.arange(100 * sr) / sr
     x = (np.sin(2 * np.pi * 0.7 * t) > 0) * (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
                                              + 0.1 * np.random.default_rng(0).standard_normal(t.size))
-    y = x + 0.02 * np.random.default_rng(1).standard_normal(t.size)
-    assert 1.0 <= pesq_wb(x.astype(np.float32), y.astype(np.float32), sr) <= 4.7
+    mild = x + 0.02 * np.random.default_rng(1).standard_normal(t.size)
+    heavy = x + 0.3 * np.random.default_rng(2).standard_normal(t.size)
+    clean, noisy = (pesq_wb(x.astype(np.float32), y.astype(np.float32), sr) for y in (mild, heavy))
+    # The pieces' average still ranks the degradations: a score, not a constant or a crash.
+    assert np.isfinite(clean) and np.isfinite(noisy) and clean > noisy + 0.5
 
 
 def test_roundtrip_without_the_metrics_extra_says_how_to_install_it():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import soxr
@@ -41,7 +41,6 @@ class EarsHeard:
     cut: bool = False  # the turn was longer than one window: the rest was not heard
     error: dict | None = None  # an error event for the conversation to send ({"code", "message"})
     legacy: object | None = None  # the v1 Thinker's hearing, for a turn with video
-    extra: dict = field(default_factory=dict)
 
 
 class V1Thinker:

@@ -7,10 +7,8 @@ point at any other CTranslate2 Whisper checkpoint of the same architecture. The 
     mel = log_mel(audio_16k)                        # [B, 80, frames] at 100 frames/s
     states = enc(mel)                               # [B, frames // 2, d_model] at 50 positions/s
 
-Streaming hearing (`WhisperBlockState`, `hear_step`): Whisper attends over its whole window; talkstream encodes
-turns as they are spoken in independent blocks (2 s by default, as Qwen2.5-Omni's audio encoder attends within 2 s
-blocks), so a block's states are final once its audio is in, and the end of a turn costs only its last block.
-Offline hearing is the same steps over the whole signal.
+Streaming hearing is talkstream.models.ears: 2 s blocks at the positions of their time (`forward_block`, each block
+attending to itself and to the turn's earlier blocks), so a block's states are final once its audio is in.
 
 For training losses on 24 kHz audio, `log_mel_24k` computes the same features without resampling: a 600-point STFT
 with a 240-sample hop at 24 kHz has the same 25 ms window, 10 ms hop and 40 Hz bins as Whisper's 400/160 at 16 kHz.
@@ -18,10 +16,9 @@ with a 240-sample hop at 24 kHz has the same 25 ms window, 10 ms hop and 40 Hz b
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -226,15 +223,7 @@ def load_whisper_encoder(path: str | Path | None = None) -> WhisperEncoder:
     return enc.eval()
 
 
-# --- streaming hearing: independent blocks ---
-
-
-@dataclass
-class WhisperBlockState:
-    """Audio (16 kHz) not yet a whole block [T < block], and the encoder positions already made."""
-
-    pending: Tensor = field(default_factory=lambda: torch.zeros(0))
-    positions: int = 0
+# --- blocks, for the ears (talkstream.models.ears) ---
 
 
 def block_samples(block_s: float) -> int:
@@ -250,29 +239,3 @@ def encode_block(enc: WhisperEncoder, audio: Tensor, offset: int = 0) -> Tensor:
     """One block of 16 kHz audio [T] at encoder positions offset.. -> states [T // 320 (rounded up), d_model]."""
     pad = -audio.shape[-1] % (2 * HOP)
     return enc(log_mel(F.pad(audio, (0, pad))), offset)[0]
-
-
-def hear_step(
-    enc: WhisperEncoder, audio: Tensor, state: WhisperBlockState, block_s: float = 2.0, final: bool = False
-) -> tuple[Tensor, WhisperBlockState]:
-    """16 kHz audio [T] -> states of every block now whole [N, d_model]; `final` also encodes the partial tail."""
-    x = torch.cat([state.pending, audio.float()])
-    n = block_samples(block_s)
-    per_block = n // (2 * HOP)
-    out, pos = [], state.positions
-    for i in range(0, x.shape[0] - n + 1, n):
-        out.append(encode_block(enc, x[i : i + n], pos))
-        pos += per_block
-    rest = x[x.shape[0] // n * n :]
-    if final and rest.numel():
-        out.append(encode_block(enc, rest, pos))
-        pos += out[-1].shape[0]
-        rest = rest[:0]
-    states = torch.cat(out) if out else torch.zeros(0, enc.cfg.d_model)
-    return states, dataclasses.replace(state, pending=rest, positions=pos)
-
-
-def hear(enc: WhisperEncoder, audio: Tensor, block_s: float = 2.0) -> Tensor:
-    """Offline hearing: the streaming steps over the whole signal."""
-    states, _ = hear_step(enc, audio, WhisperBlockState(), block_s, final=True)
-    return states

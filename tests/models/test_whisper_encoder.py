@@ -9,10 +9,7 @@ import torch
 
 from talkstream.models.ct2_reader import CT2FormatError, read_ct2_model
 from talkstream.models.whisper_encoder import (
-    WhisperBlockState,
     WhisperWeightsError,
-    hear,
-    hear_step,
     load_whisper_encoder,
     log_mel,
     log_mel_24k,
@@ -60,28 +57,6 @@ def test_encoder_matches_ctranslate2(encoder):
     np.testing.assert_allclose(ours, theirs, atol=2e-3)
     # Not a constant: the states differ across time, as features of changing audio must.
     assert ours.std(axis=1).mean() > 0.1
-
-
-@pytest.mark.parametrize("piece_s", [0.02, 0.37, 1.0, 2.5], ids=lambda s: f"pieces_{s}s")
-def test_blockwise_hearing_in_pieces_equals_at_once(encoder, piece_s):
-    audio = torch.from_numpy(_speechlike(5.3, seed=1))
-    whole = hear(encoder, audio, block_s=2.0)
-    n = int(piece_s * 16_000)
-    state, parts = WhisperBlockState(), []
-    for i in range(0, audio.numel(), n):
-        chunk = audio[i : i + n]
-        out, state = hear_step(encoder, chunk, state, block_s=2.0, final=i + n >= audio.numel())
-        parts.append(out)
-    streamed = torch.cat(parts)
-    assert streamed.shape == whole.shape == (265, 384)
-    torch.testing.assert_close(streamed, whole)
-
-
-def test_block_states_are_final_once_the_block_is_in(encoder):
-    audio = torch.from_numpy(_speechlike(4.0, seed=2))
-    first, _ = hear_step(encoder, audio[:32_000], WhisperBlockState(), block_s=2.0)
-    longer, _ = hear_step(encoder, audio, WhisperBlockState(), block_s=2.0)
-    torch.testing.assert_close(first, longer[:100])
 
 
 def test_24k_features_match_16k_features():

@@ -62,8 +62,8 @@ def _clock_right(reply: str, what: str) -> bool:
     from talkstream.models import tools
 
     now = tools.run_tool(tools.ToolCall("clock", (what,)))
-    if what == "time":  # the minute may have turned while the question was answered
-        return reply.split()[:3] == now.split()[:3] or reply.split()[:2] == now.split()[:2]
+    if what == "time":  # "it is two oh five ...": the hour must match (the minute may turn while it is answered)
+        return reply.split()[:3] == now.split()[:3]
     return reply == now
 
 

@@ -111,6 +111,7 @@ class WhisperDecoder(nn.Module):
         self.eot = vocabulary.index("<|endoftext|>")
         self.sot = vocabulary.index("<|startoftranscript|>")
         self.no_timestamps = vocabulary.index("<|notimestamps|>")
+        self.start_of_prev = vocabulary.index("<|startofprev|>")
         never = torch.zeros(cfg.vocab, dtype=torch.bool)
         never[suppress] = True
         never[self.eot + 1 :] = True  # every special token: the transcript is text
@@ -156,7 +157,7 @@ class WhisperDecoder(nn.Module):
                       context: list[int] | None = None) -> list[int]:
         """Cross caches (`cross_caches`) -> the transcript's token ids (without specials). `context`: token ids of
         text said before (Whisper's previous-text prompt, <|startofprev|> ...), which biases the words it picks."""
-        prev = [self.vocabulary.index("<|startofprev|>"), *context] if context else []
+        prev = [self.start_of_prev, *context] if context else []
         prompt = torch.tensor([[*prev, self.sot, self.no_timestamps]])
         logits, caches = self.step(prompt, 0, None, cross)
         out: list[int] = []

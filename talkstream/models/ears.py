@@ -11,9 +11,10 @@ encoded in 2 s blocks at the positions of their time; each block attends to itse
 (block-causal, through a key/value cache), so a block's states are final once its audio is in. At the end of the
 turn the last block is padded with silence to a whole block and the window is completed with the states of silent
 blocks, computed once at load (as are their cross-attention keys and values): the decoder reads a whole window
-while the end of the turn costs one block of encoding. Measured on 25 utterances against faster-whisper's own
-transcripts: 17% word drift block-causal, 34% with independent blocks (Qwen2.5-Omni's 2 s blocks, without its
-fine-tuning), 11% over the whole padded window at once; `talkstream bench model` has the held-out figures.
+while the end of the turn costs one block of encoding. In a one-off comparison on 25 utterances against
+faster-whisper's own transcripts (not a shipped benchmark): 17% word drift block-causal, 34% with independent blocks
+(Qwen2.5-Omni's 2 s blocks, without its fine-tuning), 11% over the whole padded window at once; `talkstream bench
+model` has the held-out figures.
 
 A turn is at most one window (30 s, `max_turn_s`); `hear` refuses more with `TurnTooLong`, which the caller turns
 into a cut turn.

@@ -136,7 +136,8 @@ class WhisperDecoder(nn.Module):
 
     def quantize_projection(self) -> WhisperDecoder:
         """The output projection (the tied 51864 x d embedding: 80 MB read per token, most of a step's time) as a
-        dynamically quantized int8 linear, about 5x faster on a CPU; transcripts are compared in bench model."""
+        dynamically quantized int8 linear (about 5x faster in a one-off timing on this CPU); bench model measures the
+        transcripts as served, with it."""
         import warnings
 
         lin = nn.Linear(self.cfg.d_model, self.cfg.vocab, bias=False)

@@ -14,6 +14,7 @@ from aiohttp import web  # noqa: E402
 from talkstream.models.chat import BuiltinThinker, ChatResponder, Speaker  # noqa: E402
 from talkstream.models.errors import ThinkerEndpointError  # noqa: E402
 from talkstream.models.openai_thinker import OpenAIThinker  # noqa: E402
+from tests.models.openai_stub import with_openai_stub  # noqa: E402
 from tests.models.tiny import tiny_talker as _talker  # noqa: E402
 from tests.models.tiny import tiny_thinker as _thinker  # noqa: E402
 
@@ -40,20 +41,6 @@ class FakeEndpoint:
         return resp
 
 
-async def _with_server(endpoint, body):
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", endpoint.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        return await body(f"http://127.0.0.1:{port}/v1")
-    finally:
-        await runner.cleanup()
-
-
 def _listener():
     return BuiltinThinker(_thinker(), torch.randn(8, 1024, 16))
 
@@ -68,7 +55,7 @@ def test_reply_streams_whole_words_with_numbers_spelled():
         return thinker, heard, pieces
 
     history = deque()
-    thinker, heard, pieces = asyncio.run(_with_server(endpoint, body))
+    thinker, heard, pieces = asyncio.run(with_openai_stub(endpoint, body))
     assert "".join(pieces).strip() == "it is seventeen o'clock, see you."
     assert len(pieces) >= 3  # words left as they arrived, not at the end
     req = endpoint.requests[0]
@@ -84,7 +71,7 @@ def test_the_talker_speaks_the_endpoint_reply():
         responder = ChatResponder(OpenAIThinker(url, _listener()), Speaker(_talker(), block_frames=4))
         return [x async for x in responder.respond(torch.randint(0, 1024, (1, 8, 20)))]
 
-    out = asyncio.run(_with_server(endpoint, body))
+    out = asyncio.run(with_openai_stub(endpoint, body))
     texts = [o["text"] for o in out if isinstance(o, dict) and o["type"] == "reply_text" and o["final"]]
     assert texts == ["hello there, seven."]
     assert sum(o.shape[-1] for o in out if isinstance(o, torch.Tensor)) > 0
@@ -100,7 +87,7 @@ def test_endpoint_failures_are_clear_errors(endpoint, match):
         return [p async for p in thinker.reply(thinker.hear(torch.randint(0, 1024, (1, 8, 8))))]
 
     with pytest.raises(ThinkerEndpointError, match=match):
-        asyncio.run(_with_server(endpoint, body))
+        asyncio.run(with_openai_stub(endpoint, body))
 
 
 def test_unreachable_endpoint_is_a_clear_error():

@@ -22,6 +22,7 @@ from talkstream.models.loaders import load_audio_codec  # noqa: E402
 from talkstream.models.openai_thinker import OpenAIThinker  # noqa: E402
 from talkstream.services.ws import ServerConfig, TalkstreamServer  # noqa: E402
 from talkstream.streaming.vad import SileroVAD  # noqa: E402
+from tests.models.openai_stub import with_openai_stub  # noqa: E402
 from tests.models.tiny import tiny_talker, tiny_thinker  # noqa: E402
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
@@ -61,21 +62,14 @@ def two_turns() -> np.ndarray:
 
 
 async def serve_chat(models, endpoint, body):
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", endpoint.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
-    codec, vad = models
-    listener = BuiltinThinker(tiny_thinker(), torch.randn(8, 1024, 16))
-    chat = ChatResponder(OpenAIThinker(url, listener, model="tiny"), Speaker(tiny_talker(), block_frames=4))
-    try:
+    async def with_server(url):
+        codec, vad = models
+        listener = BuiltinThinker(tiny_thinker(), torch.randn(8, 1024, 16))
+        chat = ChatResponder(OpenAIThinker(url, listener, model="tiny"), Speaker(tiny_talker(), block_frames=4))
         async with TalkstreamServer(ServerConfig(port=0), codec=codec, vad=vad, responder=chat) as srv:
             return await body(srv)
-    finally:
-        await runner.cleanup()
+
+    return await with_openai_stub(endpoint, with_server)
 
 
 def run(coro):

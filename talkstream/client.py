@@ -16,7 +16,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import connect
 
-from talkstream.services.protocol import (
+from talkstream.protocol import (
     KIND_PCM16,
     KIND_TOKENS,
     PROTOCOL_VERSION,

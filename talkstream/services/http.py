@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from talkstream.services.protocol import error_event
+from talkstream.protocol import error_event
 from talkstream.services.webrtc import OfferError, WebRTCService
 
 if TYPE_CHECKING:

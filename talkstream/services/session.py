@@ -17,8 +17,6 @@ RGB frames in -> video tokens and/or the reconstruction out, or video tokens in 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hmac
 import logging
 import time
 import uuid
@@ -32,21 +30,23 @@ import torch
 
 from talkstream.models.errors import ThinkerEndpointError
 from talkstream.models.turn import Turn, split_turn
-from talkstream.services.protocol import (
-    KIND_PCM16,
-    KIND_TOKENS,
+from talkstream.protocol import (
     PROTOCOL_VERSION,
     VIDEO_KINDS,
     BinaryFrame,
-    Config,
-    End,
+    Command,
+    Error,
+    Finish,
     Hello,
-    Ping,
-    ProtocolError,
+    Media,
+    Pong,
+    Reconfigure,
+    ServerProtocol,
+    ServerRules,
+    Start,
+    VideoFormat,
     error_event,
     event,
-    parse_binary,
-    parse_text,
     pcm_frame,
     token_frame,
 )
@@ -80,6 +80,17 @@ class Limits:
     stats_interval_s: float = 1.0
     frames_per_step: int = 2  # codec frames per step: 1 = lowest latency, more = more sessions per core
     send_timeout_s: float = 10.0  # a client that takes no message for this long is closed (slow_consumer)
+
+
+def _rules(codec, video_codec, limits: Limits) -> ServerRules:
+    """What the protocol checks a session's messages against: the server's codecs and limits."""
+    video = None if video_codec is None else VideoFormat(
+        tuple(video_codec.frame_size), video_codec.num_codebooks, video_codec.codebook_size)
+    return ServerRules(
+        num_codebooks=codec.num_codebooks, codebook_size=codec.codebook_size, codec_id=codec.cfg.codec_id,
+        video=video, token=limits.token, max_message_bytes=limits.max_message_bytes,
+        max_session_s=limits.max_session_s, idle_timeout_s=limits.idle_timeout_s,
+    )
 
 
 @dataclass
@@ -225,8 +236,9 @@ class Session:
         self.codec = engine.codec
         self.limits, self.metrics = limits, metrics
         self._send, self._abort = send, abort
-        self.hello: Hello | None = None
-        self.started = time.monotonic()
+        self.protocol = ServerProtocol(_rules(self.codec, video_codec, limits), time.monotonic())
+        self.hello: Hello | None = None  # the settings in force (the protocol's, once the session has built them)
+        self.started = self.protocol.started
         self.input: Pipeline | None = None
         self.reply: Pipeline | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -237,7 +249,6 @@ class Session:
         self.frame_latencies: deque[float] = deque(maxlen=2000)  # bounded however long the call
         self.counts = {"frames_in": 0, "frames_out": 0, "errors": 0, "turns": 0, "interruptions": 0}
         self.closed = False
-        self.failed = False  # a stage failed: the session ends at the next message
         self._interrupting = asyncio.Lock()
         self.video = SessionVideo(video_codec, metrics, self.send, self._video_failed)
 
@@ -302,86 +313,57 @@ class Session:
                 if self.metrics is not None:
                     self.metrics.frame_latency.observe(dt)
         if pipeline.error is not None:
-            self.failed = True
-            await self.send_error("internal", f"stream stopped: {pipeline.error}")
+            await self.execute(self.protocol.fail("internal", f"stream stopped: {pipeline.error}"))
 
     # -- receiving --------------------------------------------------------------------------------------------
     async def on_message(self, data: bytes | str) -> bool:
         """Handle one message; False when the session is over (the transport then closes)."""
-        if len(data) > self.limits.max_message_bytes:
-            await self.send_error(
-                "too_large",
-                f"message of {len(data)} bytes exceeds the limit of {self.limits.max_message_bytes}; it was ignored",
-            )
-            return True
-        if time.monotonic() - self.started > self.limits.max_session_s:
-            await self.send_error("session_too_long", f"sessions last at most {self.limits.max_session_s:.0f} s")
-            return False
-        if self.failed:
-            return False
+        return await self.execute(self.protocol.receive(data, time.monotonic()))
+
+    async def expire(self) -> bool:
+        """The transport's clock ran out (`protocol.deadline()`): False when a limit ended the session."""
+        return await self.execute(self.protocol.expire(time.monotonic()))
+
+    async def execute(self, commands: list[Command]) -> bool:
+        """Carry out the protocol's commands; False when the session is over."""
         try:
-            if isinstance(data, str):
-                return await self._on_text(data)
-            return await self._on_binary(data)
-        except ProtocolError as e:
-            await self.send_error(e.code, e.message)
-            return not e.fatal
+            for cmd in commands:
+                await self._execute(cmd)
         except PipelineFailed as e:
-            await self.send_error("internal", f"stream stopped: {e}")
-            return False
+            await self.execute(self.protocol.fail("internal", f"stream stopped: {e}"))
         except Exception as e:  # never a traceback to the client, never a silently dead session
             log.exception("session %s failed", self.id)
-            await self.send_error("internal", f"{type(e).__name__}: {e}")
-            return False
+            await self.execute(self.protocol.fail("internal", f"{type(e).__name__}: {e}"))
+        return not self.protocol.closed
 
-    async def _on_text(self, text: str) -> bool:
-        msg = parse_text(text, self.codec.num_codebooks)
-        if isinstance(msg, Hello):
-            if self.hello is not None:
-                raise ProtocolError("bad_config", "hello was already sent; use a config message to change settings")
-            if self.limits.token is not None and not hmac.compare_digest(
-                (msg.token or "").encode(), self.limits.token.encode()
-            ):
-                raise ProtocolError("unauthorized", "missing or wrong token")
-            if msg.codec_id is not None and msg.codec_id != self.codec.cfg.codec_id:
-                raise ProtocolError("codec_mismatch", f"this server's audio codec is {self.codec.cfg.codec_id!r}, "
-                                    f"not {msg.codec_id!r}: its tokens would decode to wrong audio")
-            self._check_settings(msg)
-            self.hello = msg
+    async def _execute(self, cmd: Command) -> None:
+        if isinstance(cmd, Media):
+            await self._on_frame(cmd.frame)
+        elif isinstance(cmd, Error):
+            await self.send_error(cmd.code, cmd.message)
+        elif isinstance(cmd, Start):
+            self.hello = cmd.hello
             await self._build()
             await self.send(self._ready_event())
-        elif self.hello is None:
-            raise ProtocolError("not_ready", "send hello first")
-        elif isinstance(msg, Config):
-            new = dataclasses.replace(self.hello, **msg.changes)
-            self._check_settings(new)  # refuse before tearing anything down: a bad config changes nothing
+        elif isinstance(cmd, Reconfigure):
             await self._teardown()
-            self.hello = new
+            self.hello = cmd.hello
             await self._build()
             await self.send(self._ready_event())
-        elif isinstance(msg, Ping):
-            await self.send(event("pong", t=msg.t))
-        elif isinstance(msg, End):
+        elif isinstance(cmd, Pong):
+            await self.send(event("pong", t=cmd.t))
+        elif isinstance(cmd, Finish):
             await self.finish()
-            return False
-        return True
 
-    async def _on_binary(self, data: bytes) -> bool:
-        if self.hello is None or self.input is None:
-            raise ProtocolError("not_ready", "binary frame before hello; it was dropped")
-        frame = parse_binary(data, self.codec.num_codebooks, self.codec.codebook_size, *self.video.check_format())
+    async def _on_frame(self, frame: BinaryFrame) -> None:
         if frame.kind in VIDEO_KINDS:
             await self.video.on_frame(frame, self.hello)
-            return True
-        want = KIND_TOKENS if self.hello.input == "tokens" else KIND_PCM16
-        if frame.kind != want:
-            raise ProtocolError("bad_header", f"this session takes {self.hello.input} frames (set input in hello)")
+            return
         self.counts["frames_in"] += 1
         if self.hello.input == "tokens":
             await self.input.put((frame, time.monotonic()))  # tokens are never dropped: wait when full
         else:
             self.input.feed((frame, time.monotonic()))  # live audio: the oldest is dropped when behind
-        return True
 
     # -- pipelines --------------------------------------------------------------------------------------------
     def _ready_event(self) -> str:
@@ -411,11 +393,6 @@ class Session:
             },
             **self.video.ready_fields(self.hello),
         )
-
-    @staticmethod
-    def _check_settings(h: Hello) -> None:
-        if h.mode == "chat" and h.input == "tokens":
-            raise ProtocolError("bad_config", "chat mode takes PCM input")
 
     async def _build(self) -> None:
         h, sr = self.hello, self.codec.sample_rate
@@ -505,8 +482,7 @@ class Session:
                 video = self.video.seen_during(end - turn.shape[-1] / self.codec.frame_rate, end)
             self._reply_task = self._spawn(self._answer(turn, video))
         if self.input.error is not None:
-            self.failed = True
-            await self.send_error("internal", f"stream stopped: {self.input.error}")
+            await self.execute(self.protocol.fail("internal", f"stream stopped: {self.input.error}"))
 
     async def _answer(self, turn: torch.Tensor, video: torch.Tensor | None = None) -> None:
         """One turn's answer. A failing answer (the endpoint down, a model error) is an error event and a log line;
@@ -563,8 +539,7 @@ class Session:
         }
 
     async def _video_failed(self, message: str) -> None:
-        self.failed = True
-        await self.send_error("internal", message)
+        await self.execute(self.protocol.fail("internal", message))
 
     # -- ending -----------------------------------------------------------------------------------------------
     async def finish(self) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import torch
 
-from talkstream.services.protocol import (
+from talkstream.protocol import (
     FLAG_KEY,
     KIND_RGB24,
     BinaryFrame,
@@ -53,11 +53,6 @@ class SessionVideo:
         self._seq = 0
         self._refusing = False  # `end` or close: frames that still arrive are ignored (the rest drains)
         self.seen: deque[tuple[float, torch.Tensor]] | None = None  # chat mode: (arrival time, tokens) per frame
-
-    def check_format(self) -> tuple:
-        """(frame size, tokens per frame, codebook size) that video binary frames are checked against."""
-        v = self.codec
-        return () if v is None else (v.frame_size, v.num_codebooks, v.codebook_size)
 
     def ready_fields(self, h: Hello) -> dict:
         v = self.codec

@@ -28,7 +28,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from talkstream.services.protocol import ProtocolError
+from talkstream.protocol import ProtocolError
 from talkstream.services.session import Session
 from talkstream.streaming.pipeline import PipelineFailed
 from talkstream.streaming.video import VideoIn, VideoOut, VideoStats

@@ -33,7 +33,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from talkstream.services.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, event
+from talkstream.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, event
 from talkstream.services.session import Session
 from talkstream.services.video_track import CameraEcho
 

@@ -20,7 +20,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from talkstream.services.protocol import error_event
+from talkstream.protocol import error_event
 from talkstream.services.session import ChatModel, EchoResponder, Limits, Session
 from talkstream.streaming import video
 from talkstream.streaming.codec_engine import CodecEngine
@@ -221,20 +221,15 @@ class TalkstreamServer:
         self.sessions.add(session)
         self.metrics.sessions.inc()
         self.metrics.sessions_total.inc()
-        deadline = session.started + c.limits.max_session_s
         try:
             while True:
-                timeout = min(c.limits.idle_timeout_s, deadline - time.monotonic())
                 try:
+                    timeout = session.protocol.deadline() - time.monotonic()
                     data = await asyncio.wait_for(ws.recv(), max(timeout, 0.001))
                 except TimeoutError:
-                    if time.monotonic() >= deadline:
-                        await session.send_error(
-                            "session_too_long", f"sessions last at most {c.limits.max_session_s:.0f} s"
-                        )
-                    else:
-                        await session.send_error("idle_timeout", f"no message for {c.limits.idle_timeout_s:.0f} s")
-                    break
+                    if not await session.expire():
+                        break
+                    continue
                 if not await session.on_message(data):
                     break
         except websockets.ConnectionClosed:

@@ -202,7 +202,7 @@ PSNR_FLOOR_DB = 20.0
 
 
 def test_video_token_messages_round_trip_and_refuse_damage():
-    from talkstream.services.protocol import (
+    from talkstream.protocol import (
         HEADER,
         KIND_VIDEO_TOKENS,
         ProtocolError,

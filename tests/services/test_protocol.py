@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talkstream.services.protocol import (
+from talkstream.protocol import (
     HEADER,
     KIND_RGB24,
     KIND_VIDEO_TOKENS,

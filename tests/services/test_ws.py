@@ -17,7 +17,7 @@ from talkstream.bench.metrics import stoi
 from talkstream.client import ServerError, stream_audio
 from talkstream.data import SAMPLE_WAV
 from talkstream.models.loaders import load_audio_codec
-from talkstream.services.protocol import HEADER, pcm_frame
+from talkstream.protocol import HEADER, pcm_frame
 from talkstream.services.session import Limits
 from talkstream.services.ws import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
@@ -248,7 +248,7 @@ def test_barge_in_interrupts_the_answer(models, speech):
 
 
 def test_bad_tokens_and_refused_config_leave_the_session_working(models, speech):
-    from talkstream.services.protocol import token_frame
+    from talkstream.protocol import token_frame
 
     async def main():
         async with serve(models) as srv, connect(srv.url) as ws:
@@ -277,7 +277,7 @@ def test_every_codebook_count_and_token_length_is_answered_without_an_export(mod
     import time
 
     from talkstream.codecs.audio import onnx_step
-    from talkstream.services.protocol import token_frame
+    from talkstream.protocol import token_frame
 
     exports = []
     real = onnx_step.export_bytes

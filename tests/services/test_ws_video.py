@@ -12,7 +12,7 @@ import torch
 from websockets.asyncio.client import connect
 
 from talkstream.models.loaders import load_audio_codec, load_video_codec
-from talkstream.services.protocol import (
+from talkstream.protocol import (
     FLAG_KEY,
     HEADER,
     KIND_RGB24,
@@ -198,7 +198,7 @@ def test_chat_mode_gives_the_thinker_what_the_camera_showed_during_the_turn(mode
     answer gets the video tokens of the turn's time span, at the codec's frame rate."""
     from talkstream.audio_io import load_audio
     from talkstream.data import SAMPLE_WAV
-    from talkstream.services.protocol import pcm_frame
+    from talkstream.protocol import pcm_frame
 
     codec, vad, video = models
     responder = SeeingResponder()

@@ -49,7 +49,7 @@ MIN_RATE, MAX_RATE = 8_000, 48_000
 
 # Error codes (docs/protocol.md). Fatal ones close the connection after the error event.
 FATAL = {"unauthorized", "bad_version", "codec_mismatch", "busy", "idle_timeout", "session_too_long",
-         "origin_not_allowed", "internal"}
+         "origin_not_allowed", "internal", "shutting_down"}
 MAX_TOKEN_FRAMES = 150  # per token message (2 s): one message must not hold the shared codec for long
 
 

@@ -79,7 +79,7 @@ class HttpService:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.server.config.host, self.server.config.http_port
-        self._site = web.TCPSite(self._runner, host, port)
+        self._site = web.TCPSite(self._runner, host, port, reuse_port=self.server.config.reuse_port or None)
         try:
             await self._site.start()
         except OSError as e:
@@ -118,7 +118,7 @@ class HttpService:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "bad_json", "the body must be JSON: {sdp, type, mode, codebooks}")
         try:
-            return web.json_response(await self.rtc.offer(body))
+            return web.json_response(await self.rtc.offer(body, request.headers.get("Origin")))
         except OfferError as e:
             log.info("offer refused: %s %s", e.code, e.message)
             return _error(e.status, e.code, e.message)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -25,7 +26,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 import torch
 
 from talkstream.models.errors import ThinkerEndpointError
@@ -52,7 +52,7 @@ from talkstream.protocol import (
 )
 from talkstream.services.session_video import SessionVideo
 from talkstream.streaming.codec_engine import CodecEngine
-from talkstream.streaming.metrics import Metrics
+from talkstream.streaming.metrics import Metrics, latency_fields
 from talkstream.streaming.pacing import Pacer
 from talkstream.streaming.pipeline import Pipeline, PipelineFailed
 from talkstream.streaming.stages import (
@@ -64,11 +64,12 @@ from talkstream.streaming.stages import (
     VoiceActivity,
     resampler,
 )
+from talkstream.streaming.tasks import TaskSet
 from talkstream.streaming.tracing import TurnSpan
 from talkstream.streaming.vad import SileroVAD, VADEvent
 
 log = logging.getLogger(__name__)
-_ABORTS: set[asyncio.Task] = set()  # transports closing a session (held so that they are not collected mid-way)
+_ABORTS = TaskSet("session aborts")  # transports closing a session: not the session's own tasks, which close cancels
 
 
 @dataclass
@@ -241,7 +242,7 @@ class Session:
         self.started = self.protocol.started
         self.input: Pipeline | None = None
         self.reply: Pipeline | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(f"session {self.id}", on_error=self._task_failed)
         self._reply_task: asyncio.Task | None = None
         self._turn_span: TurnSpan | None = None  # the span of the turn being answered (OpenTelemetry, when installed)
         self._reply_pacer = Pacer()
@@ -278,9 +279,7 @@ class Session:
 
     def _spawn_abort(self, message: str) -> None:
         # Not one of the session's tasks: closing the session (which cancels those) must not cancel its own abort.
-        task = asyncio.ensure_future(self._abort("slow_consumer", message))
-        _ABORTS.add(task)
-        task.add_done_callback(_ABORTS.discard)
+        _ABORTS.spawn(self._abort("slow_consumer", message))
 
     async def send_error(self, code: str, message: str) -> None:
         self.counts["errors"] += 1
@@ -289,17 +288,11 @@ class Session:
         await self.send(error_event(code, message))
 
     def _spawn(self, coro: Awaitable) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+        return self._tasks.spawn(coro)
 
-    def _task_done(self, task: asyncio.Task) -> None:
-        """Every task's failure is seen: the tasks report what they expect, so anything left is a bug to log."""
-        self._tasks.discard(task)
-        if not task.cancelled() and (e := task.exception()) is not None:
-            log.error("session %s: task %s failed", self.id, task.get_coro(), exc_info=e)
-            self.counts["errors"] += 1
+    def _task_failed(self, e: BaseException) -> None:
+        """The tasks report what they expect, so a task's failure is a bug: logged (by TaskSet) and counted."""
+        self.counts["errors"] += 1
 
     async def _sender(self, pipeline: Pipeline, pacer: Pacer | None) -> None:
         while (out := await pipeline.get()) is not None:
@@ -372,6 +365,7 @@ class Session:
             "ready",
             version=PROTOCOL_VERSION,
             session=self.id,
+            worker=os.getpid(),  # the server process holding it (serve --workers N)
             mode=h.mode,
             sample_rate=h.sample_rate,
             codebooks=h.codebooks,
@@ -528,13 +522,11 @@ class Session:
             await self.send(event("stats", **self.stats()))
 
     def stats(self) -> dict:
-        lat = np.array(self.frame_latencies) * 1000 if self.frame_latencies else np.zeros(1)
         drops = sum(s.drops for p in (self.input, self.reply) if p for s in p.stats.values())
         return {
             **self.counts,
             "drops": drops,
-            "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
-            "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
+            **latency_fields(self.frame_latencies, "latency_ms"),
             **self.video.stats_fields(),
         }
 
@@ -574,11 +566,13 @@ class Session:
             if p is not None:
                 await p.stop()
         await self.video.stop()
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
         self.input = self.reply = self._reply_task = None
+
+    async def shut_down(self) -> None:
+        """The server is stopping: tell the client (a fatal `shutting_down`), then free everything."""
+        await self.execute(self.protocol.fail("shutting_down", "the server is stopping; reconnect later"))
+        await self.close()
 
     async def close(self) -> None:
         """Free everything (called by the transport however the session ended: clean end, error, vanished)."""

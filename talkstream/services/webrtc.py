@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import hmac
 import json
 import logging
 import time
@@ -34,14 +33,17 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from talkstream.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, event
+from talkstream.services.registry import Refused
 from talkstream.services.session import Session
 from talkstream.services.video_track import CameraEcho
+from talkstream.streaming.tasks import TaskSet
 
 if TYPE_CHECKING:
     from talkstream.services.ws import TalkstreamServer
 
 log = logging.getLogger(__name__)
 
+REFUSAL_STATUS = {"unauthorized": 401, "busy": 503, "origin_not_allowed": 403}  # registry refusals as HTTP
 RATE = 48_000  # WebRTC audio (Opus) runs at 48 kHz
 PTIME = 0.020  # outbound frame duration
 FRAME = int(RATE * PTIME)
@@ -254,7 +256,7 @@ class PeerSession:
         self.params = params
         self.channel = None
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(f"peer {self.session.id}")
         self._t0 = time.monotonic()
         self.closed = False
         self._pumping = False
@@ -294,10 +296,7 @@ class PeerSession:
 
     # -- media and events ---------------------------------------------------------------------------------------
     def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and not self._pumping:
@@ -410,16 +409,18 @@ class PeerSession:
             self.service.spawn(self.close())
 
     # -- ending -------------------------------------------------------------------------------------------------
+    async def shut_down(self) -> None:
+        """The server is stopping: the client is told on the data channel (`shutting_down`), then all is freed."""
+        if not self.closed:
+            await self.session.execute(self.session.protocol.fail("shutting_down", "the server is stopping"))
+        await self.close()
+
     async def close(self) -> None:
         """Free everything, however the session ended (failed ICE, closed tab, `end`, shutdown, an error)."""
         if self.closed:
             return
         self.closed = True
-        me = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not me]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel()
         await self.session.close()
         for _ in range(25):  # let the last events (summary, a fatal error) leave before the connection goes
             if self.channel is None or self.channel.readyState != "open" or not self.channel.bufferedAmount:
@@ -452,17 +453,15 @@ class WebRTCService:
         self.ice_servers = list(ice_servers or [])  # empty: host candidates only, nothing outside is contacted
         self.peers: dict[str, PeerSession] = {}
         self.closed_ids: deque[str] = deque(maxlen=4096)  # to tell "closed" from "unknown" on a second offer
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet("webrtc")
         if loopback:
             allow_loopback_candidates()
 
     def spawn(self, coro) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro)
 
-    async def offer(self, body: object) -> dict:
+    async def offer(self, body: object, origin: str | None = None) -> dict:
+        """origin: the Origin header of the POST (a browser's page; None from other clients)."""
         srv = self.server
         sid = body.get("session") if isinstance(body, dict) else None
         if isinstance(sid, str):  # an offer for an existing session: refused whatever its SDP
@@ -478,18 +477,13 @@ class WebRTCService:
                 404, "session_closed", f"session {sid} is {state}; post a new offer without 'session' to start another"
             )
         params = parse_offer(body, srv.codec.num_codebooks)
-        want = srv.config.limits.token
-        if want is not None and not hmac.compare_digest((params.token or "").encode(), want.encode()):
-            srv.metrics.errors.labels("unauthorized").inc()
-            raise OfferError(401, "unauthorized", "missing or wrong token")
-        if len(srv.sessions) >= srv.config.max_sessions:
-            srv.metrics.errors.labels("busy").inc()
-            raise OfferError(503, "busy", f"server is at its limit of {srv.config.max_sessions} sessions; try later")
+        try:
+            srv.sessions.admit(origin=origin, token=params.token, check_token=True)
+        except Refused as e:
+            raise OfferError(REFUSAL_STATUS[e.code], e.code, e.message) from None
         peer = PeerSession(self, params)
         self.peers[peer.id] = peer
-        srv.sessions.add(peer.session)
-        srv.metrics.sessions.inc()
-        srv.metrics.sessions_total.inc()
+        srv.sessions.add(peer.session, peer.shut_down)
         try:
             answer = await peer.answer()
         except BaseException as e:
@@ -506,10 +500,8 @@ class WebRTCService:
     def forget(self, peer: PeerSession) -> None:
         if self.peers.pop(peer.id, None) is not None:
             self.closed_ids.append(peer.id)
-            self.server.sessions.discard(peer.session)
-            self.server.metrics.sessions.dec()
+        self.server.sessions.remove(peer.session)
 
     async def close_all(self) -> None:
         await asyncio.gather(*(p.close() for p in list(self.peers.values())), return_exceptions=True)
-        tasks = list(self._tasks)
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.wait()

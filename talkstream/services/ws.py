@@ -13,7 +13,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -21,6 +20,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from talkstream.protocol import error_event
+from talkstream.services.registry import Refused, SessionRegistry
 from talkstream.services.session import ChatModel, EchoResponder, Limits, Session
 from talkstream.streaming import video
 from talkstream.streaming.codec_engine import CodecEngine
@@ -51,14 +51,7 @@ class ServerConfig:
     thinker_model: str = "default"
     thinker_api_key: str | None = None
     talker_hidden: bool = False  # the Talker reads the Thinker's hidden states (the dual track; off: it measured worse)
-
-
-def _origin_allowed(origin: str | None, allowed: list[str] | None) -> bool:
-    if origin is None:
-        return True  # not a browser: the token (if set) is the guard
-    if allowed is not None:
-        return "*" in allowed or origin in allowed
-    return urlsplit(origin).hostname in ("localhost", "127.0.0.1", "::1")
+    reuse_port: bool = False  # SO_REUSEPORT: worker processes share the ports (services/workers.py checks them once)
 
 
 def _make_responder(c: ServerConfig, codec) -> ChatModel:
@@ -96,7 +89,8 @@ class TalkstreamServer:
             onnx_options=self.config.onnx_options,
             frames_per_step=self.config.limits.frames_per_step,
         )
-        self.sessions: set[Session] = set()  # WebSocket and WebRTC sessions alike (one max_sessions)
+        c = self.config  # WebSocket and WebRTC sessions alike: one admission, one max_sessions, one count
+        self.sessions = SessionRegistry(c.max_sessions, c.allowed_origins, c.limits.token, self.metrics)
         self._server: Server | None = None
         self.http = None  # HttpService when config.http_port is set
 
@@ -126,7 +120,8 @@ class TalkstreamServer:
 
     async def start(self) -> None:
         t0 = time.perf_counter()
-        self._check_ports_free()
+        if not self.config.reuse_port:
+            self._check_ports_free()
         self.engine.warmup()  # every codec graph a client can reach: none is exported once the port is open
         self.vad.warmup()
         self.responder.warmup()
@@ -145,6 +140,7 @@ class TalkstreamServer:
             ping_timeout=20,
             write_limit=2**16,
             compression=None,
+            reuse_port=c.reuse_port or None,
         )  # PCM and tokens do not deflate
         if c.http_port is not None:
             try:
@@ -160,13 +156,13 @@ class TalkstreamServer:
         log.info("warm in %.2f s; listening on %s", time.perf_counter() - t0, self.url)
 
     async def stop(self) -> None:
+        """Every live session of either transport is told (`shutting_down`) and closed, then the ports close."""
+        await self.sessions.close_all()
         if self.http is not None:
             await self.http.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for s in list(self.sessions):
-            await s.close()
         await self.engine.stop()
 
     async def __aenter__(self) -> TalkstreamServer:
@@ -197,20 +193,19 @@ class TalkstreamServer:
             return Response(200, "OK", headers, body)
         return None  # a WebSocket upgrade: carry on with the handshake
 
-    async def _refuse(self, ws: ServerConnection, code: str, message: str) -> None:
-        self.metrics.errors.labels(code).inc()
+    async def _refuse(self, ws: ServerConnection, refused: Refused) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(error_event(code, message))
-            await ws.close(1008, code)
+            await ws.send(error_event(refused.code, refused.message))
+            await ws.close(1008, refused.code)
 
     async def _handle(self, ws: ServerConnection) -> None:
         c = self.config
-        if not _origin_allowed(ws.request.headers.get("Origin"), c.allowed_origins):
-            await self._refuse(ws, "origin_not_allowed", f"origin {ws.request.headers.get('Origin')} is not allowed")
+        try:
+            self.sessions.admit(origin=ws.request.headers.get("Origin"))
+        except Refused as e:
+            await self._refuse(ws, e)
             return
-        if len(self.sessions) >= c.max_sessions:
-            await self._refuse(ws, "busy", f"server is at its limit of {c.max_sessions} sessions; try later")
-            return
+
         async def abort(code: str, message: str) -> None:
             await ws.close(1008, code)  # the reason is the code: a client that stopped reading gets no event
 
@@ -218,9 +213,12 @@ class TalkstreamServer:
             self.engine, self.vad, self.responder, c.limits, ws.send, self.metrics, video_codec=self.video_codec,
             abort=abort,
         )
-        self.sessions.add(session)
-        self.metrics.sessions.inc()
-        self.metrics.sessions_total.inc()
+
+        async def shut_down() -> None:
+            await session.shut_down()
+            await ws.close(1001, "shutting_down")
+
+        self.sessions.add(session, shut_down)
         try:
             while True:
                 try:
@@ -236,8 +234,7 @@ class TalkstreamServer:
             log.info("session %s: client went away", session.id)  # vanished mid-stream: free everything below
         finally:
             await session.close()
-            self.sessions.discard(session)
-            self.metrics.sessions.dec()
+            self.sessions.remove(session)
             with contextlib.suppress(websockets.ConnectionClosed):
                 await ws.close()
 

@@ -3,10 +3,16 @@
 Each server owns one `Metrics` (its own CollectorRegistry, so two servers in one process never mix numbers).
 Labels are stage names, never session ids, so the series count stays bounded however many sessions come and go;
 per-session figures live in plain `StageStats` objects that go into the end-of-call summary.
+
+Under `serve --workers N` every worker is its own process: prometheus-client's multiprocess mode (the supervisor sets
+PROMETHEUS_MULTIPROC_DIR before the workers start) keeps each worker's values in files there, and `render()` sums
+them, so any worker's /metrics answers for all of them: counters and histograms summed, gauges summed over the live
+workers.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -19,6 +25,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.0133, 0.02, 0.04, 0.08, 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Set before prometheus_client was imported (the workers' environment), or multiprocess mode is off.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         r = self.registry
         self.frames_in = Counter("talkstream_stage_frames_in", "Items a stage consumed", ["stage"], registry=r)
         self.frames_out = Counter("talkstream_stage_frames_out", "Items a stage produced", ["stage"], registry=r)
@@ -26,7 +34,11 @@ class Metrics:
             "talkstream_stage_drops", "Live items dropped before a stage (oldest first)", ["stage"], registry=r
         )
         self.queue_depth = Gauge(
-            "talkstream_stage_queue_depth", "Items waiting before a stage (summed over sessions)", ["stage"], registry=r
+            "talkstream_stage_queue_depth",
+            "Items waiting before a stage (summed over sessions)",
+            ["stage"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.latency = Histogram(
             "talkstream_stage_latency_seconds",
@@ -41,7 +53,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.sessions = Gauge("talkstream_sessions_active", "Open sessions", registry=r)
+        self.sessions = Gauge("talkstream_sessions_active", "Open sessions", registry=r, multiprocess_mode="livesum")
         self.sessions_total = Counter("talkstream_sessions", "Sessions opened", registry=r)
         self.errors = Counter("talkstream_errors", "Error events sent, by code", ["code"], registry=r)
         self.batch_size = Histogram(
@@ -52,7 +64,26 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        if self.multiprocess_dir:
+            from prometheus_client import multiprocess
+
+            everyone = CollectorRegistry()
+            multiprocess.MultiProcessCollector(everyone, self.multiprocess_dir)
+            return generate_latest(everyone)
         return generate_latest(self.registry)
+
+
+def p50_p95(values, scale: float = 1.0, digits: int = 2) -> tuple[float, float]:
+    """The median and 95th percentile of `values` times `scale`, rounded; (0, 0) when there are none."""
+    x = np.asarray(values, dtype=np.float64) * scale if len(values) else np.zeros(1)
+    p50, p95 = np.percentile(x, [50, 95])
+    return round(float(p50), digits), round(float(p95), digits)
+
+
+def latency_fields(values, prefix: str, scale: float = 1000.0, digits: int = 2) -> dict[str, float]:
+    """{prefix_p50, prefix_p95} of latencies in seconds (as ms by default): the fields of stats and summaries."""
+    p50, p95 = p50_p95(values, scale, digits)
+    return {f"{prefix}_p50": p50, f"{prefix}_p95": p95}
 
 
 @dataclass
@@ -66,12 +97,10 @@ class StageStats:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))  # bounded for long calls
 
     def summary(self) -> dict:
-        lat = np.array(self.latencies) * 1000 if self.latencies else np.zeros(1)
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "drops": self.drops,
             "max_queue": self.max_queue,
-            "latency_ms_p50": round(float(np.percentile(lat, 50)), 3),
-            "latency_ms_p95": round(float(np.percentile(lat, 95)), 3),
+            **latency_fields(self.latencies, "latency_ms", digits=3),
         }

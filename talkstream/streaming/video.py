@@ -28,6 +28,7 @@ import torch
 
 from talkstream.codecs.video.codec import VideoCodec
 from talkstream.codecs.video.files import KEY_INTERVAL, fit_frame
+from talkstream.streaming.metrics import latency_fields
 
 
 @dataclass
@@ -63,14 +64,12 @@ class VideoStats:
     codec_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # scale + encode + decode a frame
 
     def summary(self) -> dict:
-        ms = np.array(self.codec_ms) if self.codec_ms else np.zeros(1)
         return {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
             "drops": self.drops,
             "dropped_out": self.dropped_out,
-            "codec_ms_p50": round(float(np.percentile(ms, 50)), 2),
-            "codec_ms_p95": round(float(np.percentile(ms, 95)), 2),
+            **latency_fields(self.codec_ms, "codec_ms", scale=1.0),
         }
 
 

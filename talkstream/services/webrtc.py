@@ -36,6 +36,7 @@ from talkstream.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, eve
 from talkstream.services.registry import Refused
 from talkstream.services.session import Session
 from talkstream.services.video_track import CameraEcho
+from talkstream.streaming.metrics import latency_fields
 from talkstream.streaming.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -388,14 +389,13 @@ class PeerSession:
         """Every second: the server's share of mouth-to-ear latency (input arrival -> echo leaving the track)."""
         while True:
             await asyncio.sleep(self.service.server.config.limits.stats_interval_s)
-            lat = np.array(self.track.latencies) * 1000
-            if lat.size:
+            lat = list(self.track.latencies)
+            if lat:
                 await self.session.send(
                     event(
                         "latency",
-                        server_ms_p50=round(float(np.percentile(lat, 50)), 1),
-                        server_ms_p95=round(float(np.percentile(lat, 95)), 1),
-                        frames=int(lat.size),
+                        **latency_fields(lat, "server_ms", digits=1),
+                        frames=len(lat),
                         sent_s=round(self.track.sent_samples / RATE, 2),
                         dropped_s=round(self.track.dropped_samples / RATE, 3),
                         dropped_in_s=round(self.dropped_in / RATE, 3),

@@ -198,6 +198,14 @@ def cmd_serve(args) -> None:
         video_weights=args.video_weights,
         **serve_thinker_config(args),
     )
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1 (got {args.workers})")
+    from talkstream.services.workers import default_workers, serve_workers
+
+    workers = args.workers or default_workers()
+    if workers > 1:
+        serve_workers(cfg, workers)  # a supervisor and N worker processes on shared ports (services/workers.py)
+        return
     try:
         asyncio.run(run_server(cfg))
     except OSError as e:
@@ -339,7 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sp.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    sp.add_argument("--max-sessions", type=int, default=64, help="concurrent sessions before 'busy' (default 64)")
+    sp.add_argument("--max-sessions", type=int, default=64,
+                    help="concurrent sessions before 'busy', per worker (default 64)")
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the ports, each with its own models (default: one per core; 1: one process)",
+    )
     sp.add_argument("--max-message-bytes", type=int, default=64 * 1024, help="largest message accepted")
     sp.add_argument("--max-session-s", type=float, default=3600.0, help="longest session, seconds")
     sp.add_argument("--idle-timeout-s", type=float, default=30.0, help="close a session silent this long")

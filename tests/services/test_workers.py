@@ -1,0 +1,139 @@
+"""`talkstream serve --workers N` as users start it: sessions spread over the workers on one port, each works, the
+metrics add up across workers, a worker that dies is reported and replaced, and a signal stops them all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from talkstream.audio_io import load_audio
+from talkstream.client import stream_audio
+from talkstream.data import SAMPLE_WAV
+from talkstream.services.cli import main
+from talkstream.services.workers import reserve_port
+
+
+class Served:
+    """`talkstream serve` in its own process, its output in a file (a pipe could fill and block it)."""
+
+    def __init__(self, *args: str):
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
+        cmd = [sys.executable, "-m", "talkstream.services.cli", "serve", "--port", "0", *args]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text()
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match:
+        end = time.monotonic() + timeout  # the workers warm up their models side by side on a busy CPU
+        while time.monotonic() < end:
+            m = re.search(pattern, self.output())
+            if m:
+                return m
+            assert self.proc.poll() is None, self.output()
+            time.sleep(0.3)
+        raise AssertionError(f"no {pattern!r} in {timeout} s:\n{self.output()}")
+
+    def workers(self) -> set[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return {int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone too
+
+
+async def _sessions(url: str, n: int, clip) -> list:
+    async def one(i: int):
+        await asyncio.sleep(0.02 * i)  # callers arrive one by one, each from its own port
+        return await stream_audio(url, clip, 24_000, realtime=True, tail_s=0.3)
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_two_workers_share_the_port_and_stop_together():
+    clip = load_audio(SAMPLE_WAV, 24_000)[:24_000]  # one second each
+    served = Served("--workers", "2", "--no-http", "--thinker", "echo", "--max-sessions", "32")
+    try:
+        m = served.wait_for(r"serving (ws://127\.0\.0\.1:(\d+)) .* with 2 workers \(pids (\d+), (\d+)\)")
+        url, port, pids = m.group(1), int(m.group(2)), {int(m.group(3)), int(m.group(4))}
+        assert served.workers() == pids
+
+        results = asyncio.run(asyncio.wait_for(_sessions(url, 16, clip), 240))
+        assert all(r.summary is not None and not r.errors() and r.pcm.size > 0.5 * clip.size for r in results)
+        # The kernel spread the connections: both workers hold sessions (all 16 on one: 2 in 65,536).
+        assert {r.ready["worker"] for r in results} == pids
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert re.search(r"^talkstream_sessions_total 16\.0$", metrics, re.M), "every worker's sessions are counted"
+        assert re.search(r"^talkstream_sessions_active 0\.0$", metrics, re.M)
+
+        # A worker killed outright: reported, replaced, and the port keeps serving.
+        dead = min(pids)
+        os.kill(dead, signal.SIGKILL)
+        served.wait_for(rf"worker \d \(pid {dead}\) died \(killed by SIGKILL\)")
+        served.wait_for(r"worker \d is back \(pid (\d+)\)")
+        now = served.workers()
+        assert dead not in now and len(now) == 2
+        results = asyncio.run(asyncio.wait_for(_sessions(url, 4, clip), 120))
+        assert all(r.summary is not None and not r.errors() for r in results)
+        assert {r.ready["worker"] for r in results} <= now
+    except BaseException:
+        print(served.output())
+        raise
+    finally:
+        code = served.stop()
+    assert code == 0, served.output() if not served.log.closed else code
+    assert not any(_alive(p) for p in now), "every worker stopped with the supervisor"
+
+
+def test_workers_below_one_are_refused_in_one_line(capsys):
+    assert main(["serve", "--port", "0", "--no-http", "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "talkstream: error: --workers must be at least 1 (got 0)"
+
+
+def test_a_port_in_use_is_refused_before_any_worker_starts():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*another server"):
+            reserve_port("127.0.0.1", port)
+
+
+def test_a_reserved_port_is_shared_by_reuse_port_listeners_only():
+    held = reserve_port("127.0.0.1", 0)
+    port = held.getsockname()[1]
+    try:
+        with socket.socket() as worker:  # what each worker's server does
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            worker.bind(("127.0.0.1", port))
+            worker.listen()
+        with pytest.raises(ValueError, match="another server"):  # a second `serve` on the same port
+            reserve_port("127.0.0.1", port)
+    finally:
+        held.close()

@@ -52,7 +52,6 @@ class ServerConfig:
     thinker_api_key: str | None = None
     talker_hidden: bool = False  # the Talker reads the Thinker's hidden states (the dual track; off: it measured worse)
     reuse_port: bool = False  # SO_REUSEPORT: worker processes share the ports (services/workers.py checks them once)
-    reuse_port: bool = False  # SO_REUSEPORT: worker processes share the ports (services/workers.py checks them once)
 
 
 def _make_responder(c: ServerConfig, codec) -> ChatModel:
@@ -122,7 +121,6 @@ class TalkstreamServer:
     async def start(self) -> None:
         t0 = time.perf_counter()
         if not self.config.reuse_port:
-            if not self.config.reuse_port:
             self._check_ports_free()
         self.engine.warmup()  # every codec graph a client can reach: none is exported once the port is open
         self.vad.warmup()

@@ -8,16 +8,10 @@ Under `serve --workers N` every worker is its own process: prometheus-client's m
 PROMETHEUS_MULTIPROC_DIR before the workers start) keeps each worker's values in files there, and `render()` sums
 them, so any worker's /metrics answers for all of them: counters and histograms summed, gauges summed over the live
 workers.
-
-Under `serve --workers N` every worker is its own process: prometheus-client's multiprocess mode (the supervisor sets
-PROMETHEUS_MULTIPROC_DIR before the workers start) keeps each worker's values in files there, and `render()` sums
-them, so any worker's /metrics answers for all of them: counters and histograms summed, gauges summed over the live
-workers.
 """
 
 from __future__ import annotations
 
-import os
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,8 +25,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.0133, 0.02, 0.04, 0.08, 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        # Set before prometheus_client was imported (the workers' environment), or multiprocess mode is off.
-        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         # Set before prometheus_client was imported (the workers' environment), or multiprocess mode is off.
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         r = self.registry

@@ -152,6 +152,16 @@ class ServerProtocol:
         except ProtocolError as e:
             return self._error(e.code, e.message)
 
+    def open(self, hello: Hello, now: float) -> list[Command]:
+        """Settings that came by another way than a hello message (a WebRTC offer): checked as a hello's are."""
+        if self.closed:
+            return []
+        self.last_input = now
+        try:
+            return self._hello(hello)
+        except ProtocolError as e:
+            return self._error(e.code, e.message)
+
     def activity(self, now: float) -> None:
         """Input that arrived by another way (a WebRTC media track) keeps the session from idling out."""
         self.last_input = now
@@ -189,11 +199,7 @@ class ServerProtocol:
     def _text(self, text: str) -> list[Command]:
         msg = parse_text(text, self.rules.num_codebooks)
         if isinstance(msg, Hello):
-            if self.state is State.OPEN:
-                raise ProtocolError("bad_config", "hello was already sent; use a config message to change settings")
-            self._check_hello(msg)
-            self.hello, self.state = msg, State.OPEN
-            return [Start(msg)]
+            return self._hello(msg)
         if self.hello is None:
             raise ProtocolError("not_ready", "send hello first")
         if isinstance(msg, Config):
@@ -207,6 +213,13 @@ class ServerProtocol:
         self.state = State.CLOSED
         self.close_reason = "end"
         return [Finish(), Close("end")]
+
+    def _hello(self, msg: Hello) -> list[Command]:
+        if self.state is State.OPEN:
+            raise ProtocolError("bad_config", "hello was already sent; use a config message to change settings")
+        self._check_hello(msg)
+        self.hello, self.state = msg, State.OPEN
+        return [Start(msg)]
 
     def _check_hello(self, msg: Hello) -> None:
         r = self.rules

@@ -1,8 +1,12 @@
-"""One client session, transport-agnostic: messages in, messages out through a `send` callback.
+"""One client session, transport-agnostic: typed input in, a `Sink` of audio, video and events out.
 
-The WebSocket server (and later the WebRTC data channel) is a thin shell: it hands every received message to
-`Session.on_message` and closes when that returns False. A session owns all its state (pipelines, codec, VAD,
-reply); the only thing shared between sessions is the batched `CodecEngine`, which keeps no session state.
+Two ways in: a transport with the protocol's wire frames (WebSocket) hands every message to `on_message`; one with
+its own media (WebRTC) calls `open(hello)`, `feed_audio(pcm, timestamp)` and `on_message` for control text only.
+Either way the protocol's state machine (talkstream/protocol/machine.py) decides, and the transport closes when a
+call returns False. Output leaves through the transport's `Sink` as `MediaOut` (tokens and/or float PCM at the
+client's rate), `VideoOut` and JSON events; no wire bytes are made or parsed inside the session. A session owns
+all its state (pipelines, codec, VAD, reply); the only thing shared between sessions is the batched `CodecEngine`,
+which keeps no session state.
 
 Modes:
 - codec: PCM in -> tokens and/or reconstructed PCM out, frame by frame; or tokens in -> PCM out.
@@ -26,11 +30,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from talkstream.models.errors import ThinkerEndpointError
 from talkstream.models.turn import Turn, split_turn
 from talkstream.protocol import (
+    KIND_TOKENS,
     PROTOCOL_VERSION,
     VIDEO_KINDS,
     BinaryFrame,
@@ -47,8 +53,6 @@ from talkstream.protocol import (
     VideoFormat,
     error_event,
     event,
-    pcm_frame,
-    token_frame,
 )
 from talkstream.services.session_video import SessionVideo
 from talkstream.streaming.codec_engine import CodecEngine
@@ -57,16 +61,20 @@ from talkstream.streaming.pacing import Pacer
 from talkstream.streaming.pipeline import Pipeline, PipelineFailed
 from talkstream.streaming.stages import (
     AudioChunk,
-    CodecOut,
     CodecStage,
+    MediaOut,
+    OutputStage,
+    ResampleIn,
     SlidingDecodeStage,
+    TokenDecodeStage,
+    TokensIn,
     TurnCollector,
     VoiceActivity,
-    resampler,
 )
 from talkstream.streaming.tasks import TaskSet
 from talkstream.streaming.tracing import TurnSpan
 from talkstream.streaming.vad import SileroVAD, VADEvent
+from talkstream.streaming.video import VideoOut
 
 log = logging.getLogger(__name__)
 _ABORTS = TaskSet("session aborts")  # transports closing a session: not the session's own tasks, which close cancels
@@ -92,15 +100,6 @@ def _rules(codec, video_codec, limits: Limits) -> ServerRules:
         video=video, token=limits.token, max_message_bytes=limits.max_message_bytes,
         max_session_s=limits.max_session_s, idle_timeout_s=limits.idle_timeout_s,
     )
-
-
-@dataclass
-class Outgoing:
-    """What the sender transmits: a wire message, and how much audio it carries (for real-time pacing)."""
-
-    message: bytes | str
-    audio_s: float = 0.0
-    arrived: float | None = None  # when the input that produced it arrived (server-side frame latency)
 
 
 class ChatSession(Protocol):
@@ -152,69 +151,14 @@ class EchoResponder:
             await asyncio.sleep(0)  # a generator that yields control, as a model's would
 
 
-class ResampleIn:
-    """PCM16 frames at the client's rate -> float chunks at the codec's rate (soxr, streaming)."""
+class Sink(Protocol):
+    """Where a session's output goes: its transport. Each call may wait while the client's buffer is full."""
 
-    name = "resample_in"
+    async def media(self, out: MediaOut) -> None: ...  # audio and/or tokens at the client's settings
 
-    def __init__(self, client_rate: int, codec_rate: int):
-        self.client_rate, self.codec_rate = client_rate, codec_rate
-        self.reset()
+    async def event(self, text: str) -> None: ...  # a JSON event (docs/protocol.md)
 
-    def reset(self) -> None:
-        self.stream = resampler(self.client_rate, self.codec_rate)
-
-    async def process(self, item: tuple[BinaryFrame, float]) -> list[AudioChunk]:
-        frame, arrived = item
-        x = frame.pcm()
-        if self.stream is not None:
-            x = self.stream.resample_chunk(x)
-        return [AudioChunk(x, frame.timestamp, arrived)] if x.size else []
-
-
-class OutputStage:
-    """Codec output -> wire frames: tokens as they are, PCM resampled to the client's rate as PCM16."""
-
-    name = "output"
-
-    def __init__(self, codec_rate: int, client_rate: int, send_tokens: bool, send_pcm: bool):
-        self.codec_rate, self.client_rate = codec_rate, client_rate
-        self.send_tokens, self.send_pcm = send_tokens, send_pcm
-        self.reset()
-
-    def reset(self) -> None:
-        self.stream = resampler(self.codec_rate, self.client_rate)
-        self.seq = 0
-
-    async def process(self, out: CodecOut) -> list[Outgoing]:
-        msgs = []
-        if self.send_tokens and out.codes.shape[-1]:
-            msgs.append(Outgoing(token_frame(out.codes[0].numpy(), self.seq, out.timestamp), 0.0, out.arrived))
-        if self.send_pcm and out.pcm is not None and out.pcm.size:
-            x = out.pcm if self.stream is None else self.stream.resample_chunk(out.pcm)
-            if x.size:
-                msgs.append(Outgoing(pcm_frame(x, self.seq, out.timestamp), x.size / self.client_rate, out.arrived))
-        self.seq += 1
-        return msgs
-
-
-class TokenDecodeStage:
-    """Codec mode with tokens in: token frames -> PCM through the engine (per-session decoder state)."""
-
-    name = "decode"
-
-    def __init__(self, engine: CodecEngine, num_codebooks: int):
-        self.engine, self.num_codebooks = engine, num_codebooks
-        self.reset()
-
-    def reset(self) -> None:
-        self.state = self.engine.codec.init_state(1, self.num_codebooks)
-
-    async def process(self, item: tuple[BinaryFrame, float]) -> list[CodecOut]:
-        frame, arrived = item
-        codes = torch.from_numpy(frame.tokens())[None]
-        pcm, self.state = await self.engine.decode(codes, self.state)
-        return [CodecOut(codes, pcm[0, 0].numpy(), frame.timestamp, arrived)]
+    async def video(self, out: VideoOut) -> None: ...  # codec mode: video tokens and/or the reconstruction
 
 
 class Session:
@@ -224,7 +168,7 @@ class Session:
         vad: SileroVAD,
         responder: ChatModel,
         limits: Limits,
-        send: Callable[[bytes | str], Awaitable[None]],
+        sink: Sink,
         metrics: Metrics | None = None,
         video_codec=None,
         abort: Callable[[str, str], Awaitable[None]] | None = None,
@@ -236,7 +180,7 @@ class Session:
         self.chat: ChatSession | None = None  # this user's chat, opened with chat mode, closed with the session
         self.codec = engine.codec
         self.limits, self.metrics = limits, metrics
-        self._send, self._abort = send, abort
+        self.sink, self._abort = sink, abort
         self.protocol = ServerProtocol(_rules(self.codec, video_codec, limits), time.monotonic())
         self.hello: Hello | None = None  # the settings in force (the protocol's, once the session has built them)
         self.started = self.protocol.started
@@ -251,18 +195,24 @@ class Session:
         self.counts = {"frames_in": 0, "frames_out": 0, "errors": 0, "turns": 0, "interruptions": 0}
         self.closed = False
         self._interrupting = asyncio.Lock()
-        self.video = SessionVideo(video_codec, metrics, self.send, self._video_failed)
+        self.video = SessionVideo(video_codec, metrics, lambda out: self._deliver(self.sink.video(out)),
+                                  self._video_failed)
 
     # -- sending ----------------------------------------------------------------------------------------------
-    async def send(self, message: bytes | str) -> None:
+    async def send(self, text: str) -> None:
+        """A JSON event to the client."""
+        await self._deliver(self.sink.event(text))
+
+    async def _deliver(self, sending: Awaitable[None]) -> None:
         if self.closed:
+            sending.close()  # a coroutine never awaited
             return
         try:
             # The transport waits while its buffer is full: a client that stops reading holds every send here, so
             # what the server keeps for it stays bounded (the queues behind fill, live input drops), and past the
             # timeout the session is closed.
             async with asyncio.timeout(self.limits.send_timeout_s):
-                await self._send(message)
+                await sending
         except TimeoutError:
             if self.closed:  # another send timed out first and has closed the session
                 return
@@ -298,8 +248,8 @@ class Session:
         while (out := await pipeline.get()) is not None:
             if pacer is not None and out.audio_s:
                 await pacer.wait(out.audio_s)
-            await self.send(out.message)
-            self.counts["frames_out"] += 1
+            await self._deliver(self.sink.media(out))
+            self.counts["frames_out"] += (out.tokens is not None) + (out.pcm is not None)
             if out.arrived is not None and out.audio_s:
                 dt = time.monotonic() - out.arrived
                 self.frame_latencies.append(dt)
@@ -349,14 +299,41 @@ class Session:
             await self.finish()
 
     async def _on_frame(self, frame: BinaryFrame) -> None:
+        """A checked wire frame -> the typed input below."""
         if frame.kind in VIDEO_KINDS:
             await self.video.on_frame(frame, self.hello)
-            return
-        self.counts["frames_in"] += 1
-        if self.hello.input == "tokens":
-            await self.input.put((frame, time.monotonic()))  # tokens are never dropped: wait when full
+        elif frame.kind == KIND_TOKENS:
+            await self._tokens(TokensIn(frame.tokens(), frame.timestamp, time.monotonic()))
         else:
-            self.input.feed((frame, time.monotonic()))  # live audio: the oldest is dropped when behind
+            self._audio(AudioChunk(frame.pcm(), frame.timestamp, time.monotonic()))
+
+    # -- the typed API: what a transport without wire frames calls ----------------------------------------------
+    async def open(self, hello: Hello) -> bool:
+        """Open with the client's settings (checked as a hello message's are); False when refused (the error was
+        sent)."""
+        return await self.execute(self.protocol.open(hello, time.monotonic()))
+
+    async def feed_audio(self, pcm: np.ndarray, timestamp: int, arrived: float | None = None) -> bool:
+        """Live audio at the session's sample rate (float32 [T] in [-1, 1)), with the client's timestamp in ms.
+        Dropped oldest-first when the server is behind. False when the session is over."""
+        now = time.monotonic()
+        self.protocol.activity(now)
+        if not await self.execute(self.protocol.expire(now)):
+            return False
+        if self.hello is None or self.input is None:
+            return await self.execute([Error("not_ready", "audio before the session was opened; it was dropped")])
+        if self.hello.input != "pcm":
+            return await self.execute([Error("bad_header", "this session takes tokens (set input to pcm)")])
+        self._audio(AudioChunk(pcm, timestamp, now if arrived is None else arrived))
+        return True
+
+    def _audio(self, chunk: AudioChunk) -> None:
+        self.counts["frames_in"] += 1
+        self.input.feed(chunk)  # live audio: the oldest is dropped when behind
+
+    async def _tokens(self, item: TokensIn) -> None:
+        self.counts["frames_in"] += 1
+        await self.input.put(item)  # tokens are never dropped: wait when full
 
     # -- pipelines --------------------------------------------------------------------------------------------
     def _ready_event(self) -> str:

@@ -2,8 +2,8 @@
 
 The pipeline (one `VideoCodecStage`, talkstream/streaming/video.py) is built at the first video frame, so a session
 without video runs exactly as it did before video existed; a config change stops it and the next frame builds it
-with the new settings. In codec mode, output goes out as wire frames (WebSocket) or, when a `sink` is set, to the
-transport's own consumer (WebRTC's outbound video track). In chat mode the camera is what the Thinker sees: the
+with the new settings. In codec mode, output goes to the transport as `VideoOut` (the WebSocket makes wire frames of
+it, WebRTC shows it on its outbound video track). In chat mode the camera is what the Thinker sees: the
 tokens of the last `SEEN_SECONDS` are kept with their arrival times, and `seen_during` hands a turn the frames of
 its time span (at the codec's frame rate). `stats` lives as long as the session.
 """
@@ -24,8 +24,6 @@ from talkstream.protocol import (
     BinaryFrame,
     Hello,
     ProtocolError,
-    rgb_frame,
-    video_token_frame,
 )
 from talkstream.streaming.metrics import Metrics
 from talkstream.streaming.pipeline import Pipeline
@@ -39,18 +37,17 @@ class SessionVideo:
         self,
         codec,
         metrics: Metrics | None,
-        send: Callable[[bytes | str], Awaitable[None]],
+        deliver: Callable[[VideoOut], Awaitable[None]],
         on_failure: Callable[[str], Awaitable[None]],
     ):
-        """codec: a VideoCodec, or None (video frames are refused). send: the session's wire output. on_failure:
+        """codec: a VideoCodec, or None (video frames are refused). deliver: codec mode's output to the transport
+        (the WebSocket's wire frames, WebRTC's outbound video track). on_failure:
         called with a message when the pipeline fails (the session reports it and ends)."""
         self.codec, self.metrics = codec, metrics
-        self._send, self._on_failure = send, on_failure
-        self.sink: Callable[[VideoOut], Awaitable[None]] | None = None  # set by a transport with its own output
+        self._deliver, self._on_failure = deliver, on_failure
         self.stats = VideoStats()
         self.pipeline: Pipeline | None = None
         self._sender: asyncio.Task | None = None
-        self._seq = 0
         self._refusing = False  # `end` or close: frames that still arrive are ignored (the rest drains)
         self.seen: deque[tuple[float, torch.Tensor]] | None = None  # chat mode: (arrival time, tokens) per frame
 
@@ -129,15 +126,8 @@ class SessionVideo:
             if self.seen is not None:
                 if out.tokens is not None:
                     self.seen.append((out.arrived, torch.from_numpy(out.tokens)))
-            elif self.sink is not None:
-                await self.sink(out)
             else:
-                flags = FLAG_KEY if out.key else 0
-                if out.tokens is not None:
-                    await self._send(video_token_frame(out.tokens[None], self._seq, out.timestamp, flags))
-                if out.rgb is not None:
-                    await self._send(rgb_frame(out.rgb, self._seq, out.timestamp, flags))
-                self._seq += 1
+                await self._deliver(out)
             self.stats.frames_out += 1
         if pipeline.error is not None:
             await self._on_failure(f"video stream stopped: {pipeline.error}")

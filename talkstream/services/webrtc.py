@@ -1,11 +1,12 @@
 """WebRTC transport: one aiortc peer connection per session, a thin shell around the same `Session` as WebSocket.
 
 The browser's microphone track (Opus, 48 kHz) is decoded by aiortc, downmixed to mono PCM16 by av's resampler and
-handed to `Session.on_message` as the protocol's PCM frames at 48 kHz (the session resamples to the codec's rate,
-exactly as for a WebSocket client at 48 kHz). What the session sends comes back through one callable: PCM frames
-go into `PacedAudioTrack` (the outbound track, 20 ms frames against the clock, as aiortc's own tracks pace
-themselves), JSON events go out on the data channel the client opened. Client JSON on the data channel (ping,
-config, end) goes to the session too, so the data channel speaks docs/protocol.md's text messages.
+handed to `Session.feed_audio` at 48 kHz (the session resamples to the codec's rate, exactly as for a WebSocket
+client at 48 kHz); no wire frames are made or parsed. The peer is the session's `Sink`: audio goes into
+`PacedAudioTrack` (the outbound track, 20 ms frames against the clock, as aiortc's own tracks pace themselves),
+video reconstructions to the camera echo's track, JSON events out on the data channel the client opened. Client
+JSON on the data channel (ping, config, end) goes to the session too, so the data channel speaks docs/protocol.md's
+text messages.
 
 When the offer also sends video (a camera) in codec mode, the camera goes through the video codec and comes back on
 an outbound video track (talkstream/services/video_track.py, "see what the codec sees"); in chat mode it is coded
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import json
 import logging
 import time
 from collections import deque
@@ -32,12 +32,14 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
-from talkstream.protocol import HEADER, KIND_PCM16, MODES, PROTOCOL_VERSION, event
+from talkstream.protocol import MODES, PROTOCOL_VERSION, Hello, event
 from talkstream.services.registry import Refused
 from talkstream.services.session import Session
 from talkstream.services.video_track import CameraEcho
 from talkstream.streaming.metrics import latency_fields
+from talkstream.streaming.stages import MediaOut
 from talkstream.streaming.tasks import TaskSet
+from talkstream.streaming.video import VideoOut
 
 if TYPE_CHECKING:
     from talkstream.services.ws import TalkstreamServer
@@ -248,10 +250,9 @@ class PeerSession:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(service.ice_servers)))
         self.track = PacedAudioTrack()
         self.session = Session(
-            srv.engine, srv.vad, srv.responder, srv.config.limits, self._send, srv.metrics, video_codec=srv.video_codec
+            srv.engine, srv.vad, srv.responder, srv.config.limits, self, srv.metrics, video_codec=srv.video_codec
         )
         self.camera = CameraEcho(self.session.video.stats)
-        self.session.video.sink = self.camera.show  # reconstructions go to the outbound video track, not the wire
         self._camera_used = False
         self.id = self.session.id
         self.params = params
@@ -284,11 +285,9 @@ class PeerSession:
         for t in video:
             if t.sender.track is None and t.direction != "recvonly":  # a second camera: nobody reads it
                 t.direction = "inactive"
-        hello = {"type": "hello", "version": PROTOCOL_VERSION, "mode": self.params.mode, "sample_rate": RATE}
-        hello |= {"codebooks": self.params.codebooks, "output": ["pcm"]}
-        if self.params.token is not None:
-            hello["token"] = self.params.token  # checked by the session, as a WebSocket hello's
-        if not await self.session.on_message(json.dumps(hello)):
+        p = self.params  # the token is checked by the session too, as a WebSocket hello's
+        hello = Hello(PROTOCOL_VERSION, p.mode, RATE, p.codebooks, output=("pcm",), token=p.token)
+        if not await self.session.open(hello):
             raise OfferError(500, "internal", "the session did not start")
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers every candidate (no trickle)
         self._spawn(self._latency_loop())
@@ -310,12 +309,11 @@ class PeerSession:
             track.stop()
 
     async def _pump(self, track: MediaStreamTrack) -> None:
-        """Microphone frames -> mono PCM16 at 48 kHz -> the session, as protocol frames."""
+        """Microphone frames -> mono PCM at 48 kHz -> the session (its typed input: no wire frames)."""
         resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
         # A browser sends audio packets all the time, silence included: none for a few seconds means the tab is
         # gone (closed, crashed, offline) well before ICE consent (30 s) would tell.
         idle = min(self.service.server.config.limits.idle_timeout_s, self.service.media_timeout_s)
-        seq = 0
         try:
             while not self.closed:
                 try:
@@ -327,10 +325,9 @@ class PeerSession:
                     if self._behind():
                         self.dropped_in += pcm.size  # an overloaded server drops speech rather than fall behind
                         continue
-                    seq = (seq + 1) & 0xFFFFFFFF
-                    ts = int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF
-                    message = HEADER.pack(KIND_PCM16, PROTOCOL_VERSION, 0, 0, seq, ts) + pcm.tobytes()
-                    if not await self.session.on_message(message):
+                    now = time.monotonic()
+                    ts = int((now - self._t0) * 1000) & 0xFFFFFFFF
+                    if not await self.session.feed_audio(pcm.astype(np.float32) / 32768.0, ts, now):
                         self.service.spawn(self.close())  # the session is over (a fatal error, its time is up)
                         return
         except MediaStreamError:
@@ -346,18 +343,20 @@ class PeerSession:
             return False
         return sum(p.queue_depths().values()) > self.service.max_backlog_frames
 
-    async def _send(self, message: bytes | str) -> None:
-        """Everything the session sends: PCM frames to the outbound track, JSON events to the data channel."""
-        if isinstance(message, bytes):
-            kind, _, _, _, _, ts = HEADER.unpack_from(message)
-            if kind == KIND_PCM16:
-                arrived = self._t0 + ts / 1000
-                self.track.push(np.frombuffer(message, "<i2", offset=HEADER.size), arrived)
-            return
+    # -- the session's sink: audio to the outbound track, video to the camera track, events to the data channel
+    async def media(self, out: MediaOut) -> None:
+        if out.pcm is not None:
+            x = np.clip(out.pcm, -1.0, 32767 / 32768)
+            self.track.push(np.round(x * 32768).astype(np.int16), out.arrived)
+
+    async def video(self, out: VideoOut) -> None:
+        await self.camera.show(out)
+
+    async def event(self, text: str) -> None:
         if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(message)
+            self.channel.send(text)
         else:
-            self._pending.append(message)
+            self._pending.append(text)
 
     def _on_datachannel(self, channel) -> None:
         self.channel = channel

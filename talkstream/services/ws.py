@@ -19,13 +19,15 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from talkstream.protocol import error_event
+from talkstream.protocol import FLAG_KEY, error_event, pcm_frame, rgb_frame, token_frame, video_token_frame
 from talkstream.services.registry import Refused, SessionRegistry
 from talkstream.services.session import ChatModel, EchoResponder, Limits, Session
 from talkstream.streaming import video
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics
+from talkstream.streaming.stages import MediaOut
 from talkstream.streaming.vad import SileroVAD
+from talkstream.streaming.video import VideoOut
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,32 @@ def _make_responder(c: ServerConfig, codec) -> ChatModel:
 
     return load_chat(codec, c.thinker, c.thinker_url, c.thinker_model, c.thinker_api_key, backend=c.backend,
                      talker_hidden=c.talker_hidden)
+
+
+class WireSink:
+    """A session's output as the protocol's WebSocket messages: binary frames for media, text for events."""
+
+    def __init__(self, ws: ServerConnection):
+        self.ws = ws
+        self.seq = self.video_seq = 0
+
+    async def media(self, out: MediaOut) -> None:
+        if out.tokens is not None:
+            await self.ws.send(token_frame(out.tokens, self.seq, out.timestamp))
+        if out.pcm is not None:
+            await self.ws.send(pcm_frame(out.pcm, self.seq, out.timestamp))
+        self.seq += 1
+
+    async def event(self, text: str) -> None:
+        await self.ws.send(text)
+
+    async def video(self, out: VideoOut) -> None:
+        flags = FLAG_KEY if out.key else 0
+        if out.tokens is not None:
+            await self.ws.send(video_token_frame(out.tokens[None], self.video_seq, out.timestamp, flags))
+        if out.rgb is not None:
+            await self.ws.send(rgb_frame(out.rgb, self.video_seq, out.timestamp, flags))
+        self.video_seq += 1
 
 
 class TalkstreamServer:
@@ -210,7 +238,7 @@ class TalkstreamServer:
             await ws.close(1008, code)  # the reason is the code: a client that stopped reading gets no event
 
         session = Session(
-            self.engine, self.vad, self.responder, c.limits, ws.send, self.metrics, video_codec=self.video_codec,
+            self.engine, self.vad, self.responder, c.limits, WireSink(ws), self.metrics, video_codec=self.video_codec,
             abort=abort,
         )
 

@@ -1,10 +1,12 @@
 """The pipeline stages a session is built from. One instance per session: each holds that session's state.
 
-    frames in -> ResampleIn -> VoiceActivity -> CodecStage -> (codec mode) OutputStage -> frames out
-                                                         \\-> (chat mode) TurnCollector -> a Responder's reply:
-                                  reply tokens -> SlidingDecodeStage -> OutputStage -> frames out (paced)
+    audio in -> ResampleIn -> VoiceActivity -> CodecStage -> (codec mode) OutputStage -> MediaOut
+                                                        \\-> (chat mode) TurnCollector -> a Responder's reply:
+                                  reply tokens -> SlidingDecodeStage -> OutputStage -> MediaOut (paced)
+    tokens in -> TokenDecodeStage -> OutputStage -> MediaOut
 
-ResampleIn and OutputStage speak the wire format, so they live in talkstream/services/session.py.
+No stage knows a wire format: audio comes in as float PCM at the client's rate with its timestamp, and goes out as
+`MediaOut` (tokens and/or float PCM at the client's rate), which each transport turns into what its wire carries.
 """
 
 from __future__ import annotations
@@ -31,6 +33,28 @@ class AudioChunk:
     timestamp: int  # the client's timestamp of the input frame (echoed back for latency)
     arrived: float  # time.monotonic() when it reached the server
     vad_events: list[VADEvent] = field(default_factory=list)
+
+
+@dataclass
+class TokensIn:
+    codes: np.ndarray  # int [K, F]
+    timestamp: int
+    arrived: float
+
+
+@dataclass
+class MediaOut:
+    """One step of a session's output at the client's settings."""
+
+    tokens: np.ndarray | None  # int [K, F], when the client asked for tokens
+    pcm: np.ndarray | None  # float32 [T] at the client's rate, when it asked for audio
+    timestamp: int  # the client's timestamp of the input that completed this output
+    arrived: float | None  # when that input reached the server (for the server's share of latency)
+    rate: int = 24_000  # the PCM's sample rate
+
+    @property
+    def audio_s(self) -> float:
+        return 0.0 if self.pcm is None else self.pcm.size / self.rate
 
 
 @dataclass
@@ -242,3 +266,62 @@ class SlidingDecodeStage:
             return []
         now = time.monotonic()
         return [CodecOut(torch.zeros(1, self.num_codebooks, 0, dtype=torch.long), pcm[0, 0].numpy(), 0, now)]
+
+
+class ResampleIn:
+    """Audio at the client's rate -> chunks at the codec's rate (soxr, streaming)."""
+
+    name = "resample_in"
+
+    def __init__(self, client_rate: int, codec_rate: int):
+        self.client_rate, self.codec_rate = client_rate, codec_rate
+        self.reset()
+
+    def reset(self) -> None:
+        self.stream = resampler(self.client_rate, self.codec_rate)
+
+    async def process(self, chunk: AudioChunk) -> list[AudioChunk]:
+        x = chunk.pcm if self.stream is None else self.stream.resample_chunk(chunk.pcm)
+        return [AudioChunk(x, chunk.timestamp, chunk.arrived)] if x.size else []
+
+
+class TokenDecodeStage:
+    """Codec mode with tokens in: token frames -> PCM through the engine (per-session decoder state)."""
+
+    name = "decode"
+
+    def __init__(self, engine: CodecEngine, num_codebooks: int):
+        self.engine, self.num_codebooks = engine, num_codebooks
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.engine.codec.init_state(1, self.num_codebooks)
+
+    async def process(self, item: TokensIn) -> list[CodecOut]:
+        codes = torch.from_numpy(np.asarray(item.codes, np.int64))[None]
+        pcm, self.state = await self.engine.decode(codes, self.state)
+        return [CodecOut(codes, pcm[0, 0].numpy(), item.timestamp, item.arrived)]
+
+
+class OutputStage:
+    """Codec output -> `MediaOut` at the client's settings: tokens as they are, PCM resampled to the client's rate."""
+
+    name = "output"
+
+    def __init__(self, codec_rate: int, client_rate: int, send_tokens: bool, send_pcm: bool):
+        self.codec_rate, self.client_rate = codec_rate, client_rate
+        self.send_tokens, self.send_pcm = send_tokens, send_pcm
+        self.reset()
+
+    def reset(self) -> None:
+        self.stream = resampler(self.codec_rate, self.client_rate)
+
+    async def process(self, out: CodecOut) -> list[MediaOut]:
+        tokens = out.codes[0].numpy() if self.send_tokens and out.codes.shape[-1] else None
+        pcm = None
+        if self.send_pcm and out.pcm is not None and out.pcm.size:
+            pcm = out.pcm if self.stream is None else self.stream.resample_chunk(out.pcm)
+            pcm = pcm if pcm.size else None
+        if tokens is None and pcm is None:
+            return []
+        return [MediaOut(tokens, pcm, out.timestamp, out.arrived, self.client_rate)]

@@ -1,0 +1,80 @@
+"""The typed Session API with no transport at all: open with settings, feed audio with timestamps, control text in,
+typed media and JSON events out through a sink; no wire frames anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+
+from talkstream.protocol import Hello
+from talkstream.services.session import EchoResponder, Limits, Session
+from talkstream.streaming.codec_engine import CodecEngine
+from talkstream.streaming.stages import MediaOut
+from talkstream.streaming.vad import SileroVAD
+from tests.conftest import speechlike
+
+
+class Sink:
+    """Collects what a session sends (its lists are named apart from the Sink protocol's methods)."""
+
+    def __init__(self):
+        self.outs: list[MediaOut] = []
+        self.events_: list[dict] = []
+
+    async def media(self, out: MediaOut) -> None:
+        self.outs.append(out)
+
+    async def event(self, text: str) -> None:
+        self.events_.append(json.loads(text))
+
+    async def video(self, out) -> None:
+        raise AssertionError("no video was sent")
+
+
+def test_open_feed_and_control_without_a_transport(tiny_codec):
+    sink = Sink()
+    audio = speechlike(0.5, 16_000)
+
+    async def main():
+        engine = CodecEngine(tiny_codec)
+        engine.start()
+        session = Session(engine, SileroVAD(), EchoResponder(), Limits(), sink)
+        try:
+            assert await session.open(Hello(1, "codec", 16_000, 2, output=("pcm", "tokens")))
+            for i in range(0, audio.size - 320, 320):  # 20 ms at 16 kHz, timestamps in ms
+                assert await session.feed_audio(audio[i : i + 320], timestamp=i // 16)
+            assert await session.on_message('{"type": "ping", "t": 3}')
+            assert not await session.on_message('{"type": "end"}')  # drained, summary sent, over
+        finally:
+            await session.close()
+            await engine.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    kinds = [e["type"] for e in sink.events_]
+    assert kinds[0] == "ready" and "pong" in kinds and kinds[-1] == "summary"
+    assert sink.events_[0]["codebooks"] == 2 and sink.events_[0]["sample_rate"] == 16_000
+    assert sink.outs and all(isinstance(o, MediaOut) for o in sink.outs)
+    with_tokens = [o for o in sink.outs if o.tokens is not None]
+    assert with_tokens and all(o.tokens.shape[0] == 2 for o in with_tokens)
+    pcm = np.concatenate([o.pcm for o in sink.outs if o.pcm is not None])
+    assert pcm.dtype == np.float32 and abs(pcm.size - audio.size) < 16_000 * 0.1  # at the client's rate
+    assert [o.timestamp for o in sink.outs] == sorted(o.timestamp for o in sink.outs)
+    assert sink.events_[-1]["frames_in"] == len(range(0, audio.size - 320, 320))
+
+
+def test_a_refused_open_says_why(tiny_codec):
+    sink = Sink()
+
+    async def main():
+        engine = CodecEngine(tiny_codec)
+        session = Session(engine, SileroVAD(), EchoResponder(), Limits(token="s3cret"), sink)
+        opened = await session.open(Hello(1, token="wrong"))
+        fed = await session.feed_audio(np.zeros(320, np.float32), 0)
+        await session.close()
+        return opened, fed
+
+    opened, fed = asyncio.run(main())
+    assert not opened and not fed
+    assert [e["code"] for e in sink.events_] == ["unauthorized"]

@@ -1,0 +1,28 @@
+"""`bench serve` with servers of one and two workers side by side: the figures' shape, not their values (those go to
+docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from talkstream.bench.serve import run_serve_bench
+
+
+def test_one_and_two_workers_are_measured_in_one_run(capsys):
+    r = run_serve_bench([3], 1.0, workers=[1, 2])
+    assert [row["workers"] for row in r["rows"]] == [1, 2]
+    for row in r["rows"]:
+        assert row["failed_sessions"] == 0 and sum(row["sessions_per_worker"]) == 3
+        assert row["frames"] > 0 and row["server_cpu_cores"] > 0 and row["other_cpu_cores"] >= 0
+    one, two = r["rows"]
+    assert one["sessions_per_worker"] == [3]  # one worker holds them all
+    assert two["server_rss_mb"] > one["server_rss_mb"]  # two processes, each with its own models
+    assert [b["workers"] for b in r["by_workers"]] == [1, 2]
+    out = capsys.readouterr().out
+    assert "1 worker(s):" in out and "2 worker(s):" in out
+
+
+@pytest.mark.parametrize("levels, workers", [([0], [1]), ([2], [0])], ids=["no-sessions", "no-workers"])
+def test_bad_counts_are_refused_before_any_server_starts(levels, workers):
+    with pytest.raises(ValueError, match="must be at least 1"):
+        run_serve_bench(levels, 1.0, workers=workers)

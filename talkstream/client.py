@@ -44,7 +44,7 @@ class StreamResult:
     first_audio_ms: float | None = None  # from the first frame sent to the first audio back
     summary: dict | None = None
     sent_s: float = 0.0  # seconds of input sent before the stream ended
-    closed: str | None = None  # the close code and reason when the server closed before its summary
+    closed: str | None = None  # why the server ended the stream before its summary: a fatal error, or the close
 
     def errors(self) -> list[dict]:
         return [e for e in self.events if e.get("type") == "error"]
@@ -149,8 +149,9 @@ async def stream_audio(
                     if msg["type"] == "summary":
                         result.summary = msg
                         return
-                    if msg["type"] == "error" and msg.get("fatal"):
-                        raise ServerError(msg["code"], msg["message"])
+                    if msg["type"] == "error" and msg.get("fatal"):  # mid-stream: the stream ends early, and why
+                        result.closed = f"{msg['code']}: {msg['message']}"
+                        return
                     continue
                 frame = parse_binary(data)
                 if frame.kind == KIND_PCM16:
@@ -195,7 +196,7 @@ async def stream_audio(
             pass
         finally:
             receiver.cancel()
-        if result.summary is None and ws.close_code is not None:
+        if result.summary is None and result.closed is None and ws.close_code is not None:
             result.closed = f"{ws.close_code} {ws.close_reason}".strip()
     result.pcm = np.concatenate(pcm_out) if pcm_out else result.pcm
     result.tokens = np.concatenate(tok_out, axis=1) if tok_out else result.tokens

@@ -202,6 +202,13 @@ def cmd_serve(args) -> None:
         raise ValueError(f"--workers must be at least 1 (got {args.workers})")
     from talkstream.services.workers import default_workers, serve_workers
 
+    if args.ray:
+        try:
+            from talkstream.services.ray_serve import run_on_ray
+        except ImportError as e:
+            raise ValueError(f"--ray needs Ray Serve: pip install 'talkstream[ray]' ({e})") from None
+        run_on_ray(cfg, args.ray, args.workers)  # --workers: replicas (default: autoscaled on live sessions)
+        return
     workers = args.workers or default_workers()
     if workers > 1:
         serve_workers(cfg, workers)  # a supervisor and N worker processes on shared ports (services/workers.py)
@@ -353,7 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="worker processes sharing the ports, each with its own models (default: one per core; 1: one process)",
+        help="worker processes sharing the ports, each with its own models (default: one per core; 1: one process); "
+        "with --ray, the replicas (default: autoscaled on live sessions)",
+    )
+    sp.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="serve on a Ray cluster (auto, or HOST:PORT of its head) through Ray Serve, each replica a worker "
+        "(deploy/ray/README.md; needs the ray extra)",
     )
     sp.add_argument("--max-message-bytes", type=int, default=64 * 1024, help="largest message accepted")
     sp.add_argument("--max-session-s", type=float, default=3600.0, help="longest session, seconds")

@@ -1,0 +1,227 @@
+"""talkstream on Ray Serve: each replica is a talkstream worker; sessions come in through Serve's ingress.
+
+    talkstream serve --ray auto --workers 2         # on a running Ray cluster (`ray start --head` first)
+    serve run deploy/ray/serve.yaml                 # or Serve's own CLI, with the options in the YAML
+
+Each replica runs a whole `TalkstreamServer` (its own models, engine, VAD) on its node's loopback, and Serve's
+FastAPI ingress bridges to it:
+
+- **WebSocket** `/`: a session is one WebSocket request, and Serve's proxy keeps a request on the replica its router
+  chose (the least busy of two sampled) until it ends, so a session stays on its replica for its life. The replica
+  relays messages both ways to its own server and passes the server's close code and reason back. A WebSocket
+  session counts as one ongoing request for its life, so Serve's `max_ongoing_requests` caps sessions per replica
+  and its autoscaler (`target_ongoing_requests`) scales on live sessions per replica.
+- **WebRTC** `POST /offer`: signaling through the same ingress, answered by the replica's own server; the answer's
+  ICE candidates are that replica's node addresses and UDP ports, so the media goes straight to the replica, not
+  through Serve (the nodes' UDP ports must be reachable from clients, or use TURN via `--ice-server`).
+- **A replica that dies**: Serve's proxy ends its WebSocket sessions (the client sees the connection close with a
+  code); clients reconnect and the router sends them to the live replicas; the others' sessions are not touched.
+  Serve starts a new replica in its place.
+- `/healthz` answers from any replica; `/metrics` from whichever replica the router picks (one endpoint per
+  replica: Serve's own metrics carry the per-replica request counts).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (WebSocket, Request) at
+# run time, and through Serve's class-based ingress string annotations are not resolved.
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import time
+
+from fastapi import FastAPI, Request, Response, WebSocket
+from ray import serve
+from starlette.websockets import WebSocketDisconnect
+
+from talkstream.services.ws import ServerConfig, TalkstreamServer
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(title="talkstream")
+
+SESSIONS_PER_REPLICA = 64  # Serve's max_ongoing_requests: one WebSocket session is one ongoing request
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1},  # one replica per core, as `serve --workers`
+    max_ongoing_requests=SESSIONS_PER_REPLICA,
+    health_check_period_s=5,
+    graceful_shutdown_timeout_s=10,
+)
+@serve.ingress(api)
+class TalkstreamReplica:
+    """One talkstream worker: its server on 127.0.0.1 (any free ports), bridged to Serve's ingress."""
+
+    async def __init__(self, config: ServerConfig | None = None):
+        import torch
+
+        torch.set_num_threads(1)
+        c = config or ServerConfig()
+        c = dataclasses.replace(
+            c, host="127.0.0.1", port=0, http_port=None if c.http_port is None else 0, reuse_port=False
+        )
+        self.server = TalkstreamServer(c)
+        await self.server.start()  # warm before the replica is reported ready: no client waits for a warm-up
+        log.info("replica %d ready: %s", os.getpid(), self.server.url)
+
+    async def check_health(self) -> None:
+        if self.server._server is None or not self.server._server.is_serving():
+            raise RuntimeError("the talkstream server has stopped")
+
+    async def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.server.stop()
+
+    @api.get("/healthz")
+    async def healthz(self) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        return Response(self.server.render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.post("/offer")
+    async def offer(self, request: Request) -> Response:
+        """WebRTC signaling through the ingress; the media then flows to this replica's own UDP ports."""
+        import aiohttp
+
+        if self.server.http is None:
+            return Response(
+                '{"type": "error", "code": "not_found", "message": "WebRTC is off (--no-http)", "fatal": true}',
+                status_code=404, media_type="application/json",
+            )  # fmt: skip
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "origin")}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.server.http.url}/offer", data=body, headers=headers) as r:
+                return Response(await r.read(), status_code=r.status, media_type="application/json")
+
+    @api.websocket("/")
+    async def session(self, client: WebSocket) -> None:
+        """Relay one session between Serve's ingress and this replica's server, close code included."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        await client.accept()
+        try:
+            upstream = await connect(
+                self.server.url, origin=client.headers.get("origin"), max_size=None, compression=None,
+                open_timeout=10, ping_interval=None,
+            )  # fmt: skip
+        except (OSError, TimeoutError) as e:
+            await client.close(1011, f"replica unavailable: {e}"[:120])
+            return
+
+        client_gone = False
+
+        async def up() -> None:
+            nonlocal client_gone
+            while True:
+                msg = await client.receive()
+                if msg["type"] == "websocket.disconnect":
+                    client_gone = True
+                    return
+                data = msg.get("bytes")
+                await upstream.send(data if data is not None else msg.get("text") or "")
+
+        async def down() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for data in upstream:
+                    if isinstance(data, bytes):
+                        await client.send_bytes(data)
+                    else:
+                        await client.send_text(data)
+
+        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for t in done:
+                if not t.cancelled() and t.exception() and not isinstance(t.exception(), WebSocketDisconnect):
+                    log.info("session relay ended: %r", t.exception())
+        finally:
+            await upstream.close()
+            code, reason = upstream.close_code or 1000, upstream.close_reason or ""
+            if not client_gone:
+                with contextlib.suppress(Exception):
+                    await client.close(1000 if code in (1005, 1006) else code, reason)
+
+
+def application(config: ServerConfig | None = None, replicas: int | None = None, max_replicas: int = 8):
+    """The Serve application: `replicas` fixed, or None to scale 1..max_replicas on live sessions per replica."""
+    if replicas is not None and replicas < 1:
+        raise ValueError(f"--workers must be at least 1 (got {replicas})")
+    if replicas is None:
+        options = {
+            "num_replicas": "auto",
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": max_replicas,
+                "target_ongoing_requests": 8,  # live sessions per replica before another is started
+                "upscale_delay_s": 10,
+                "downscale_delay_s": 300,  # a session lasts minutes: do not drain replicas on a lull
+            },
+        }
+    else:
+        options = {"num_replicas": replicas}
+    return TalkstreamReplica.options(**options).bind(config)
+
+
+def build(args: dict) -> serve.Application:
+    """`serve run deploy/ray/serve.yaml`: the YAML's `args` are ServerConfig fields plus `replicas`."""
+    args = dict(args or {})
+    replicas = args.pop("replicas", None)
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    unknown = sorted(set(args) - fields)
+    if unknown:
+        raise ValueError(f"unknown talkstream options in the Serve config: {', '.join(unknown)}")
+    return application(ServerConfig(**args), replicas)
+
+
+def run_on_ray(config: ServerConfig, address: str, replicas: int | None) -> None:
+    """`talkstream serve --ray ADDRESS`: deploy on the cluster, serve until Ctrl-C/SIGTERM, then take it down."""
+    import socket
+
+    import ray
+
+    if address != "auto" and "://" not in address:  # HOST:PORT of the head: Ray itself would retry for minutes
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot reach the Ray cluster at {address} (ray start --head there first): {e}") from None
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise ValueError(f"cannot reach the Ray cluster at {address}: {e}") from None
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(application(config, replicas), name="talkstream", route_prefix="/")
+        print(
+            f"talkstream serving ws://{config.host}:{config.port} through Ray Serve "
+            f"({replicas or 'autoscaled'} replicas); Ctrl-C stops",
+            flush=True,
+        )
+        stop = False
+
+        def on_signal(signum, frame) -> None:
+            nonlocal stop
+            stop = True
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stop:
+                time.sleep(0.5)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        serve.delete("talkstream")
+    finally:
+        ray.shutdown()
+
+
+app = build({})  # `serve run talkstream.services.ray_serve:app`: the defaults of `talkstream serve`, WebSocket only

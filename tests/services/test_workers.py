@@ -4,6 +4,7 @@ metrics add up across workers, a worker that dies is reported and replaced, and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -108,6 +109,56 @@ def test_two_workers_share_the_port_and_stop_together():
         code = served.stop()
     assert code == 0, served.output() if not served.log.closed else code
     assert not any(_alive(p) for p in now), "every worker stopped with the supervisor"
+
+
+def _udp_ports(pid: int) -> set[int]:
+    """The UDP ports the sockets of process `pid` are bound to (from /proc: its fds' inodes in /proc/net/udp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[9] in inodes:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_webrtc_media_goes_to_the_worker_that_answered_the_offer():
+    from talkstream.bench.webrtc import RATE, rtc_session
+
+    speech = load_audio(SAMPLE_WAV, RATE)[: 2 * RATE]
+    served = Served("--workers", "2", "--http-port", "0", "--thinker", "echo")
+    try:
+        http_url = served.wait_for(r"web page and WebRTC: (http://\S+)/").group(1)
+        owned: list[set[int]] = [set() for _ in range(4)]
+
+        def note_ports(i: int):
+            def until(events: list[dict]) -> bool:  # while session i is up: the UDP ports its worker holds
+                ready = [e for e in events if e.get("type") == "ready"]
+                if ready and not owned[i]:
+                    owned[i] = _udp_ports(ready[0]["worker"])
+                return False
+
+            return until
+
+        async def main():
+            return await asyncio.gather(*(rtc_session(http_url, speech, 2.5, until=note_ports(i)) for i in range(4)))
+
+        results = asyncio.run(asyncio.wait_for(main(), 240))
+    except BaseException:
+        print(served.output())
+        raise
+    finally:
+        served.stop()
+    for r, held in zip(results, owned, strict=True):
+        assert r.of_type("ready") and not r.of_type("error") and r.pcm.size > RATE  # echoed audio came back
+        ports = {int(line.split()[5]) for line in r.answer["sdp"].splitlines() if line.startswith("a=candidate")}
+        assert ports and ports <= held, "the answer's ICE candidates are UDP ports of the worker that answered"
 
 
 def test_workers_below_one_are_refused_in_one_line(capsys):

@@ -8,8 +8,9 @@
 - Answers: the held-out dialogue questions (talkstream.models.dialogue's eval split) and the clock's questions,
   spoken, heard and answered as a server does; exact reply text, per skill; the clock's answers are checked against
   the clock.
-- Talker: held-out sentences spoken by the Talker, decoded and transcribed; beside it the same recogniser on the
-  espeak-ng original of the same sentences, and DNSMOS OVRL of both.
+- Talker: held-out sentences spoken by the Talker, decoded and transcribed; beside it the same recogniser on its
+  voice's own TTS audio (Piper joe) of the same sentences, and DNSMOS OVRL of both and of that audio through Opus
+  6 kbps. Spoken answers: each held-out question's reply as the Talker speaks it, recognised, against the answer.
 - First packet (end of the user's turn -> first decoded audio block), p50/p95.
 - Video: with `talkstream data model`'s video eval files, the learned v1 Thinker's colour/direction answers.
 """
@@ -72,7 +73,6 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
     from talkstream.models.chat import Turn, answer_codes, load_chat
     from talkstream.models.ears_thinker import EarsThinker
     from talkstream.models.loaders import load_audio_codec
-    from talkstream.models.phonemes import speak
 
     torch.set_num_threads(threads)
     listener.recogniser()  # a clear error now, not after the synthesis, when the asr extra is missing
@@ -104,7 +104,7 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
 
     # Answers, as a server answers (the turn's codes and audio through the chat responder and its decoder).
     right: dict[str, list[bool]] = {}
-    firsts = []
+    firsts, spoken_right = [], []
     for it in tqdm([i for i in items if i["skill"] != "sentence"], desc="answers", unit="turn", leave=False):
         pcm = it["pcm"][: it["pcm"].size // codec.frame_size * codec.frame_size]
         codes = codec.encode(torch.from_numpy(pcm)[None, None])
@@ -112,15 +112,23 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
         it["reply"] = r.reply.strip()
         ok = _clock_right(it["reply"], it["clock"]) if it["skill"] == "clock" else it["reply"] == it["answer"]
         right.setdefault(it["skill"], []).append(ok)
+        if it["skill"] != "clock":  # spoken question -> the spoken answer, as the recogniser hears it
+            it["reply_heard"] = listener.transcribe(r.pcm, codec.sample_rate) if r.pcm.size else ""
+            heard_words = listener.normalise_words(it["reply_heard"])
+            spoken_right.append(heard_words == listener.normalise_words(it["answer"]))
         firsts.append(r.first_packet_ms)
     dialogue = [ok for skill, v in right.items() if skill != "clock" for ok in v]
 
-    # Talker: held-out sentences, the Talker's speech and the espeak-ng original through the same ear.
+    # Talker: held-out sentences; the Talker's speech, its voice's own TTS audio of the same units, and that audio
+    # through Opus 6 kbps, through the same ear.
+    from talkstream.bench.metrics import opus_roundtrip
     from talkstream.data.sentences import sentences as make_sentences
+    from talkstream.models.talker_units import PiperAligner, text_units
 
     talk_texts = make_sentences(talker_sentences, seed=515_151)
     voice = responder.voice_codec or codec
-    talker_hyp, tts_hyp, talker_mos, tts_mos = [], [], [], []
+    tts = PiperAligner()
+    talker_hyp, tts_hyp, talker_mos, tts_mos, opus_mos = [], [], [], [], []
     gen_seconds = gen_frames = 0
     for text in tqdm(talk_texts, desc="talker sentences", unit="sentence", leave=False):
         t0 = time.perf_counter()
@@ -132,9 +140,11 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
             pcm = voice.decode(codes)[0, 0].numpy()
         talker_hyp.append(listener.transcribe(pcm, codec.sample_rate))
         talker_mos.append(listener.dnsmos(pcm, codec.sample_rate)["ovrl"])
-        original = speak(text).audio
+        original, _ = tts.speak([u for u in text_units(tx.normalize(text)) if u in tts.id_map])
         tts_hyp.append(listener.transcribe(original, codec.sample_rate))
         tts_mos.append(listener.dnsmos(original, codec.sample_rate)["ovrl"])
+        opus = opus_roundtrip(original, codec.sample_rate, 6000)[0]
+        opus_mos.append(listener.dnsmos(opus, codec.sample_rate)["ovrl"])
 
     ours_wer, theirs_wer = listener.wer(refs, ours), listener.wer(refs, theirs)
     results = {
@@ -161,6 +171,10 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
             "dialogue_questions": len(dialogue),
             "dialogue_exact": round(sum(dialogue) / max(1, len(dialogue)), 4),
             "per_skill": {k: {"n": len(v), "exact": round(sum(v) / len(v), 4)} for k, v in sorted(right.items())},
+            # The reply as spoken by the Talker and heard by faster-whisper, against the right answer's words.
+            "spoken_right": round(sum(spoken_right) / max(1, len(spoken_right)), 4),
+            "spoken_examples": [{"want": it["answer"], "heard": it.get("reply_heard")} for it in items
+                                if it["skill"] not in ("sentence", "clock")][:6],
             "wrong": [{"q": it["text"], "heard": it["heard"], "reply": it["reply"], "want": it["answer"]}
                       for it in items if it["skill"] not in ("sentence", "clock")
                       and it.get("reply") != it["answer"]][:8],
@@ -169,9 +183,11 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
             "sentences": len(talk_texts),
             "codebooks": responder.num_codebooks,
             "wer_talker": round(listener.wer(talk_texts, talker_hyp), 4),
+            "voice": responder.speaker.talker.cfg.speaker,
             "wer_tts_original": round(listener.wer(talk_texts, tts_hyp), 4),
             "dnsmos_ovrl_talker": round(float(np.mean(talker_mos)), 3),
             "dnsmos_ovrl_tts_original": round(float(np.mean(tts_mos)), 3),
+            "dnsmos_ovrl_tts_opus_6kbps": round(float(np.mean(opus_mos)), 3),
             "frames_per_second": round(gen_frames / gen_seconds, 1),
             "real_time_factor": round(gen_seconds / (gen_frames / codec.frame_rate), 3),
             "examples": [{"ref": r, "talker": h, "tts": t}
@@ -224,9 +240,12 @@ def _print_table(r: dict) -> None:
     print("         per voice WER: " + ", ".join(f"{v} {w:.0%}" for v, w in t["per_voice_wer"].items()))
     print(f"Answers  exact {a['dialogue_exact']:.1%} of {a['dialogue_questions']} held-out dialogue questions; "
           + ", ".join(f"{s} {v['exact']:.0%} ({v['n']})" for s, v in a["per_skill"].items()))
-    print(f"Talker   WER {k['wer_talker']:.1%} (espeak-ng original {k['wer_tts_original']:.1%}); DNSMOS OVRL "
-          f"{k['dnsmos_ovrl_talker']:.2f} (original {k['dnsmos_ovrl_tts_original']:.2f}) "
-          f"[{k['sentences']} held-out sentences]; {k['frames_per_second']} frames/s (RTF {k['real_time_factor']})")
+    print(f"         spoken answers heard right: {a['spoken_right']:.1%} "
+          "(question spoken -> answer spoken -> recognised)")
+    print(f"Talker   WER {k['wer_talker']:.1%} ({k['voice']}'s own audio {k['wer_tts_original']:.1%}); DNSMOS OVRL "
+          f"{k['dnsmos_ovrl_talker']:.2f} (own audio {k['dnsmos_ovrl_tts_original']:.2f}, through Opus 6 kbps "
+          f"{k['dnsmos_ovrl_tts_opus_6kbps']:.2f}) [{k['sentences']} held-out sentences]; "
+          f"{k['frames_per_second']} frames/s (RTF {k['real_time_factor']})")
     v = r.get("video_questions")
     if v:
         print(f"Video    exact with the video: colour {v['with_video'].get('colour', 0):.1%}, direction "

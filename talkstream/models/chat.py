@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from talkstream.models import av
-from talkstream.models import phonemes as ph
 from talkstream.models import text as tx
 from talkstream.models.talker import SamplingConfig, Talker, TalkerState
+from talkstream.models.talker_units import BOS, EOS, PAUSES, word_units
 from talkstream.models.thinker import Thinker, ThinkerState
 from talkstream.models.turn import Turn, split_turn
 
@@ -111,13 +111,6 @@ class BuiltinThinker:
 _WORD = re.compile(r"[a-z']+")
 
 
-def word_phonemes(word: str, punct: str, voice: str) -> list[str]:
-    """One word's phonemes as espeak-ng says it alone, its trailing pauses replaced by the pause its punctuation
-    asks for (a comma or full stop gives the '_:' '_' pair espeak puts there mid-sentence)."""
-    names = [p for p in ph.phonemize(word, voice).phonemes if not p.startswith("_")]
-    return names + (["_:", "_"] if punct else [])
-
-
 class Speaker:
     """The Talker, streaming: text pieces in, codec-token blocks [1, K, n] out."""
 
@@ -140,16 +133,16 @@ class Speaker:
         return list(itertools.islice(self.talker.frames(ids, hidden, self.sampling, state, final=final), limit))
 
     async def speak(self, pieces: AsyncIterator[tuple[str, torch.Tensor | None]]) -> AsyncIterator[torch.Tensor]:
-        names, state, buffer, pending = ["_"], TalkerState(), "", []
+        names, state, buffer, pending = [BOS], TalkerState(), "", []
         voice = self.talker.cfg.voice
         none = torch.zeros(self.talker.cfg.hidden_dim)
-        hidden: list[torch.Tensor] = [none]  # the dual track: per phoneme, its word's hidden state (zeros: none)
+        hidden: list[torch.Tensor] = [none]  # the dual track: per unit, its word's hidden state (zeros: none)
         buffer_hidden: list[torch.Tensor] = []  # per character of `buffer`
 
         def add_word(word: str, punct: str, last: torch.Tensor) -> None:
-            new = word_phonemes(word, punct, voice)
+            new = word_units(word, punct, voice)  # a unit the Talker never saw reads as <unk>
             names.extend(new)
-            hidden.extend([last] * (len(new) - (2 if punct else 0)) + [none] * (2 if punct else 0))
+            hidden.extend([none if u in PAUSES or u == " " else last for u in new])
 
         async def emit(final: bool) -> AsyncIterator[torch.Tensor]:
             # One block's frames per worker call: the first block leaves as soon as it exists.
@@ -178,8 +171,8 @@ class Speaker:
                     yield block
         for m in _WORD.finditer(buffer):
             add_word(m.group(0), "", buffer_hidden[m.end() - 1])
-        names += ["_:", "_"]
-        hidden += [none, none]
+        names.append(EOS)
+        hidden.append(none)
         async for block in emit(True):
             yield block
 
@@ -219,7 +212,7 @@ class ChatResponder:
         listener = getattr(self.thinker, "listener", self.thinker)
         listener.transcript(listener.hear(torch.zeros(1, 1, 8, dtype=torch.long)))
         talker = self.speaker.talker
-        ids = talker.phoneme_ids(word_phonemes("ok", ".", talker.cfg.voice))
+        ids = talker.phoneme_ids([BOS, *word_units("ok", ".", talker.cfg.voice), EOS])
         for _ in talker.frames(ids, None, self.speaker.sampling):
             pass
 
@@ -379,15 +372,15 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
     - "legacy": the v1 learned Thinker alone (it hears the codec's tokens).
     With `backend="onnx"` the Talker's frame step, the ears' encoder block and the v1 Thinker's steps run in
     onnxruntime."""
-    from talkstream.models.loaders import load_talker, load_thinker, load_voice_codec
+    from talkstream.models.loaders import load_codec_v1, load_talker, load_thinker, load_voice_codec
 
     if thinker not in THINKERS:
         raise ValueError(f"unknown thinker {thinker!r}: one of {', '.join(THINKERS)}")
     if thinker == "openai" and not thinker_url:
         raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
-    # The v1 Thinker reads codec v1's tokens: the Talker's voice codec keeps v1's encoder and codebooks.
-    voice = load_voice_codec()
-    legacy = BuiltinThinker(load_thinker(thinker_path), voice.quantizer.embed.detach().clone())
+    # The v1 Thinker reads codec v1's tokens; the Talker's voice decoder is codec v2's, fine-tuned on its voice.
+    codec_v1, voice = load_codec_v1(), load_voice_codec()
+    legacy = BuiltinThinker(load_thinker(thinker_path), codec_v1.quantizer.embed.detach().clone())
     speaker = Speaker(load_talker(talker_path), sampling=sampling, use_hidden=talker_hidden)
     if backend == "onnx":
         from talkstream.models.onnx_steps import onnx_step
@@ -399,12 +392,12 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
         raise ValueError(f"unknown backend {backend!r}: torch or onnx")
     from talkstream.models.ears_thinker import EarsThinker, V1Thinker
 
-    same_tokens = codec.cfg.codec_id == voice.cfg.codec_id
+    same_tokens = codec.cfg.codec_id == codec_v1.cfg.codec_id
     if thinker == "legacy":
-        return ChatResponder(legacy if same_tokens else V1Thinker(legacy, voice), speaker, voice_codec=voice)
+        return ChatResponder(legacy if same_tokens else V1Thinker(legacy, codec_v1), speaker, voice_codec=voice)
     from talkstream.models.ears import load_ears
 
-    ears = EarsThinker(load_ears(onnx=backend == "onnx"), codec, legacy=V1Thinker(legacy, voice),
+    ears = EarsThinker(load_ears(onnx=backend == "onnx"), codec, legacy=V1Thinker(legacy, codec_v1),
                        transcribe_only=thinker == "transcribe", domain_context=thinker == "builtin")
     if thinker == "openai":
         from talkstream.models.openai_thinker import OpenAIThinker

@@ -7,8 +7,7 @@ Thinker (`thinker_{train,eval}.pt`): spoken questions (the dialogue templates) a
 (talkstream.data.voices), and eval questions are sentence-disjoint (talkstream.models.dialogue). The speech corpus
 of the codec (`data/speech`, made by `talkstream data speech`) is added when present.
 
-Talker (`talker_{train,eval}.pt`): the Talker's one voice (espeak-ng en-us) speaking answers and sentences, with the
-frame-exact duration of every phoneme from espeak-ng's phoneme events. Eval sentences never occur in training.
+The Talker's data is its own (`talkstream data talker`, talkstream.models.talker_data).
 
 Files are written once per part and skipped when present, so an interrupted build resumes part by part.
 """
@@ -30,12 +29,10 @@ from tqdm import tqdm
 from talkstream.data.sentences import sentences
 from talkstream.data.voices import EVAL_VOICES, THINKER_EXTRA_VOICES, TRAIN_VOICES, Voice, synthesize
 from talkstream.models import phonemes as ph
-from talkstream.models import text as tx
 from talkstream.models.dialogue import dialogues
 
 log = logging.getLogger(__name__)
 _WORD = re.compile(r"[a-z']+")
-TALKER_VOICE = "en-us"
 
 
 def _encode(codec, audio: np.ndarray) -> torch.Tensor:
@@ -87,42 +84,6 @@ def _corpus_part(codec, corpus: Path, split: str) -> list[dict]:
     return out
 
 
-def talker_example(codec, text: str, hop: int) -> dict:
-    u = ph.speak(text, TALKER_VOICE)
-    codes = _encode(codec, u.audio)
-    frames = codes.shape[-1]
-    # Phoneme boundaries in frames; the silence before the first phoneme becomes a leading pause.
-    bounds = np.clip(np.round(u.starts / hop).astype(np.int64), 0, frames)
-    names, words = ["_"] + u.phonemes, [-1] + u.words
-    bounds = np.concatenate([[0], bounds, [frames]])
-    durations = np.diff(bounds)
-    return {"codes": codes, "phonemes": names, "words": words, "durations": torch.from_numpy(durations),
-            "text": text}
-
-
-def talker_hidden(thinker, codebook: torch.Tensor, item: dict) -> torch.Tensor | None:
-    """The Talker's dual track for one example: per phoneme, the Thinker's hidden state at the last character of the
-    phoneme's word (zeros for pauses), from the Thinker teacher-forced on the example's text over its audio.
-    None when espeak-ng's words do not line up with the text's (then the example trains text-only)."""
-    from talkstream.models.chat import codes_to_latent
-
-    text = tx.normalize(item["text"])  # as the Thinker writes it
-    ids = [tx.encode_char(c) for c in text]
-    ends = [m.end() - 1 for m in _WORD.finditer(text)]
-    words = torch.as_tensor(item["words"])
-    if None in ids or len(ends) != int(words.max()) + 1:
-        return None
-    latent = codes_to_latent(codebook, item["codes"][None].long(), thinker.cfg.stack)
-    h = thinker.teacher_forced_hidden(latent, ids)[ends]  # [W, dim]
-    out = torch.zeros(len(words), h.shape[-1])
-    out[words >= 0] = h[words[words >= 0]]
-    return out
-
-
-def _talker_part(codec, texts: list[str], desc: str) -> list[dict]:
-    return [talker_example(codec, t, codec.frame_size) for t in tqdm(texts, desc=desc, unit="utt")]
-
-
 def _save_once(path: Path, make: Callable[[], list[dict]]) -> None:
     if path.is_file():
         log.info("%s exists, kept", path)
@@ -135,16 +96,12 @@ def _save_once(path: Path, make: Callable[[], list[dict]]) -> None:
 
 
 def build_model_data(out: Path, codec, corpus: Path | None = Path("data/speech"), questions: int = 1600,
-                     sentences_asr: int = 800, talker_sentences: int = 2000, eval_questions: int = 200,
-                     eval_sentences: int = 100, seed: int = 0) -> Path:
+                     sentences_asr: int = 800, eval_questions: int = 200, seed: int = 0) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train_q = dialogues(questions, "train", seed)
     eval_q = dialogues(eval_questions, "eval", seed)
     asr_text = sentences(sentences_asr, seed=seed + 101)
-    talk_train_text = sentences(talker_sentences, seed=seed + 202)
-    seen = set(talk_train_text) | set(asr_text)
-    talk_eval_text = [s for s in sentences(eval_sentences * 3, seed=seed + 303) if s not in seen][:eval_sentences]
 
     def thinker_train() -> list[dict]:
         items = _thinker_part(codec, [(q, a) for q, a in train_q], TRAIN_VOICES, seed, "thinker questions")
@@ -163,10 +120,6 @@ def build_model_data(out: Path, codec, corpus: Path | None = Path("data/speech")
         return [it for copy in range(2)  # each twice, in two voices drawn at random
                 for it in _thinker_part(codec, texts, THINKER_EXTRA_VOICES, seed + 5 + copy, "thinker more voices")]
 
-    answers = sorted({a for _, a in train_q})
-    _save_once(out / "talker_train.pt",
-               lambda: _talker_part(codec, answers + [q for q, _ in train_q[:800]] + talk_train_text, "talker train"))
-    _save_once(out / "talker_eval.pt", lambda: _talker_part(codec, talk_eval_text, "talker eval"))
     _save_once(out / "thinker_eval.pt", thinker_eval)
     _save_once(out / "thinker_train.pt", thinker_train)
     _save_once(out / "thinker_train_more.pt", thinker_train_more)

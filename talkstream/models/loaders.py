@@ -126,3 +126,9 @@ def load_video_codec(path: str | Path | None = None, device: str = "cpu"):
 def load_voice_codec(path: str | Path | None = None):
     """The codec whose decoder is fine-tuned on the Talker's voice (talkstream/codecs/audio/voice.py)."""
     return load_audio_codec(path or WEIGHTS_DIR / "voice_codec")
+
+
+def load_codec_v1(path: str | Path | None = None):
+    """Codec v1 (its encoder and codebooks), which the v1 learned Thinker hears through (video questions, `--thinker
+    legacy`); its decoder is the one the earlier Talker spoke through."""
+    return load_audio_codec(path or WEIGHTS_DIR / "codec_v1")

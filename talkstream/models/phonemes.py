@@ -1,4 +1,4 @@
-"""espeak-ng as the Talker's front end: text -> phonemes with word indices, and (for training) their timing.
+"""espeak-ng as the Talker's front end: text -> IPA (the Talker's units), or espeak mnemonics with their timing.
 
 espeak-ng's C API reports a PHONEME event with the sample position of every phoneme it speaks, which gives the
 frame-exact durations the Talker learns from; no command-line tool or Python package exposes them, hence this
@@ -24,6 +24,7 @@ _EVENT_END_OF_LIST, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7
 _SYNCHRONOUS, _PHONEME_EVENTS_AND_DONT_EXIT = 2, 0x8001
 _UTF8, _CHARS_UTF8 = 1, 1
 _RATE, _PITCH = 1, 3  # espeak_PARAMETER ids (words per minute; 0-100)
+_IPA = 0x02  # espeak_TextToPhonemes phonememode: IPA as UTF-8
 _STRESS = "',"  # espeak-ng >= 1.52 prefixes stressed phonemes' names with these; 1.51 (the Talker's training) did not
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,23 @@ class _Espeak:
             audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
             return audio, self._events
 
+    def ipa(self, text: str, voice: str) -> str:
+        """espeak-ng's IPA for `text`, clause by clause joined by spaces (no audio is made)."""
+        fn = self.lib.espeak_TextToPhonemes
+        fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        with self.lock:
+            if voice != self.voice:
+                if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                    raise ValueError(f"espeak-ng has no voice {voice!r}")
+                self.voice = voice
+            buf = ctypes.create_string_buffer(text.encode("utf-8"))
+            ptr = ctypes.c_void_p(ctypes.addressof(buf))
+            clauses = []
+            while ptr.value:  # espeak-ng advances the pointer one clause per call, to NULL at the end
+                out = fn(ctypes.byref(ptr), _CHARS_UTF8, _IPA)
+                clauses.append((out or b"").decode("utf-8", "replace").strip())
+            return " ".join(c for c in clauses if c)
+
 
 _ENGINE: _Espeak | None = None
 _ENGINE_LOCK = threading.Lock()
@@ -160,3 +178,8 @@ def phonemize(text: str, voice: str = "en-us") -> Utterance:
     """Phonemes and word indices of `text` (the audio is made and dropped: espeak-ng is ~100x real time)."""
     u = speak(text, voice)
     return Utterance(u.phonemes, u.words, u.starts, np.zeros(0, np.float32), u.sample_rate)
+
+
+def ipa(text: str, voice: str = "en-us") -> str:
+    """espeak-ng's IPA transcription of `text` ('two' -> 'tˈuː'), as Piper's voices read it."""
+    return _engine().ipa(text, voice)

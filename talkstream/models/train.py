@@ -1,7 +1,7 @@
-"""Train the Thinker or the Talker on `talkstream data model` output: resumable, with a progress bar and checkpoints.
+"""Train the Thinker on `talkstream data model` output: resumable, with a progress bar and checkpoints (the Talker's
+training, on its own data, is talkstream.models.train_talker; it shares TrainConfig and the schedule).
 
     talkstream train thinker --data data/model --run runs/thinker --steps 8000
-    talkstream train talker  --data data/model --run runs/talker  --steps 8000
 
 Every `--save-every` steps (and at the end) the run folder gets `last.pt` (model, optimiser, step: what resuming
 reads) and a shippable checkpoint in `export/` (config + safetensors). `training.json` there records the command,
@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from talkstream.models import text as tx
 from talkstream.models.loaders import save_checkpoint
-from talkstream.models.talker import PAD_PHONEME, UNK_PHONEME, Talker, TalkerConfig
 from talkstream.models.thinker import Thinker, ThinkerConfig
 
 
@@ -41,9 +40,7 @@ class TrainConfig:
     seed: int = 0
     dim: int = 192  # model width and depth: small enough to train on two CPU cores in about an hour
     layers: int = 4
-    crop: int = 160  # Talker: frames per training window (2.1 s)
-    hidden_dim: int = 192  # Talker: the Thinker's width, for the hidden-state track
-    hidden_drop: float = 0.5  # Talker: share of examples trained without the Thinker's hidden states
+    crop: int = 256  # Talker: frames per training window (3.4 s, its streaming attention window)
     video_share: float = 0.3  # Thinker: share of examples that are video questions (when video data exists)
     init: str | None = None  # start a new run from these weights (new parts, such as a video track, start fresh)
 
@@ -122,100 +119,6 @@ class ThinkerBatches:
         return self.collate([self.example(self.rng.choice(window)) for _ in range(n)])
 
 
-# --- Talker batches ---
-def phoneme_inventory(items: list[dict]) -> list[str]:
-    names = sorted({p for it in items for p in it["phonemes"]})
-    return [PAD_PHONEME, UNK_PHONEME] + names
-
-
-class TalkerBatches:
-    def __init__(self, items: list[dict], model: Talker, crop: int, seed: int, hidden_drop: float = 0.5):
-        self.model, self.crop, self.rng = model, crop, random.Random(seed)
-        self.hidden_drop = hidden_drop
-        self.items = []
-        for it in items:
-            dur = it["durations"].long()
-            frame_ph = torch.repeat_interleave(torch.arange(len(dur)), dur)
-            starts = torch.cumsum(dur, 0) - dur
-            offset = torch.arange(len(frame_ph)) - starts[frame_ph]
-            self.items.append({"ids": model.phoneme_ids(it["phonemes"]), "dur": dur, "frame_ph": frame_ph,
-                               "offset": offset, "codes": it["codes"][: model.cfg.num_codebooks].long(),
-                               "hidden": it.get("hidden"), "words": it["words"]})
-
-    def collate(self, chosen: list[dict], random_crop: bool = True) -> dict:
-        k_count, none = self.model.cfg.num_codebooks, self.model.cfg.codebook_size
-        pmax = max(len(c["ids"]) for c in chosen)
-        ids = torch.zeros(len(chosen), pmax, dtype=torch.long)
-        hidden = torch.zeros(len(chosen), pmax, self.model.cfg.hidden_dim)
-        dur = torch.zeros(len(chosen), pmax)
-        dur_mask = torch.zeros(len(chosen), pmax)
-        crops = []
-        for i, c in enumerate(chosen):
-            ids[i, : len(c["ids"])] = c["ids"]
-            if c["hidden"] is not None and (self.hidden_drop <= 0 or self.rng.random() >= self.hidden_drop):
-                hidden[i, : len(c["ids"])] = c["hidden"]
-            dur[i, : len(c["dur"])] = c["dur"].float()
-            dur_mask[i, : len(c["dur"])] = 1
-            n = c["codes"].shape[-1]
-            s = self.rng.randint(0, max(0, n - self.crop)) if random_crop else 0
-            crops.append((s, min(n, s + self.crop)))
-        t = max(e - s for s, e in crops)
-        prev = torch.full((len(chosen), k_count, t), none, dtype=torch.long)
-        codes = torch.full((len(chosen), k_count, t), -100, dtype=torch.long)
-        frame_ph = torch.zeros(len(chosen), t, dtype=torch.long)
-        prog = torch.zeros(len(chosen), t, 3)
-        for i, (c, (s, e)) in enumerate(zip(chosen, crops, strict=True)):
-            n = e - s
-            codes[i, :, :n] = c["codes"][:, s:e]
-            prev[i, :, 1:n] = c["codes"][:, s : e - 1]
-            if s > 0:
-                prev[i, :, 0] = c["codes"][:, s - 1]
-            frame_ph[i, :n] = c["frame_ph"][s:e]
-            prog[i, :n] = Talker.progress(c["offset"][s:e], c["dur"][c["frame_ph"][s:e]])
-        return {"ids": ids, "hidden": hidden, "dur": dur, "dur_mask": dur_mask, "prev": prev, "codes": codes,
-                "frame_ph": frame_ph,
-                "progress": prog}
-
-    def sample(self, n: int) -> dict:
-        return self.collate([self.rng.choice(self.items) for _ in range(n)])
-
-
-def talker_loss(model: Talker, b: dict) -> tuple[torch.Tensor, dict]:
-    ctx, logdur = model.text_context(b["ids"], b.get("hidden"))
-    dur_loss = ((logdur - torch.log1p(b["dur"])) ** 2 * b["dur_mask"]).sum() / b["dur_mask"].sum()
-    frame_ctx = torch.gather(ctx, 1, b["frame_ph"][..., None].expand(-1, -1, ctx.shape[-1]))
-    x = model.frame_input(b["prev"], frame_ctx, b["progress"])
-    pos = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
-    h, _ = model.transformer(x, pos)
-    logits = model.depth_logits(h, b["codes"].clamp(min=0))
-    ces = [F.cross_entropy(lg.transpose(1, 2), b["codes"][:, k], ignore_index=-100) for k, lg in enumerate(logits)]
-    ce = sum(ces) / len(ces)
-    parts = {"ce": ce.item(), "dur": dur_loss.item(), **{f"ce{k}": c.item() for k, c in enumerate(ces)}}
-    return ce + dur_loss, parts
-
-
-def attach_thinker_hidden(items: list[dict], cache: Path, codec=None, thinker_path=None) -> None:
-    """Give each Talker example its dual track (`item["hidden"]`, see talkstream.models.data.talker_hidden) from the
-    shipped Thinker, cached in `cache` (keyed by the Thinker's weights) because it takes minutes."""
-    from talkstream.models.data import talker_hidden
-    from talkstream.models.loaders import WEIGHTS_DIR, load_audio_codec, load_thinker
-
-    key = json.loads(((thinker_path or WEIGHTS_DIR / "thinker") / "config.json").read_text())["sha256"]
-    saved = torch.load(cache, weights_only=False) if cache.is_file() else None
-    if saved is None or saved["thinker"] != key or len(saved["hidden"]) != len(items):
-        thinker = load_thinker(thinker_path).eval()
-        codebook = (codec or load_audio_codec()).quantizer.embed.detach().clone()
-        hidden = [talker_hidden(thinker, codebook, it) for it in tqdm(items, desc="thinker hidden states", unit="utt")]
-        torch.save({"thinker": key, "hidden": hidden}, cache)
-        saved = {"hidden": hidden}
-    for it, h in zip(items, saved["hidden"], strict=True):
-        it["hidden"] = h
-    missing = sum(h is None for h in saved["hidden"])
-    if missing:
-        print(f"{missing} of {len(items)} examples train text-only (espeak-ng's words and the text's differ)",
-              file=sys.stderr)
-
-
 def _video_items(data: Path, cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     """The video questions (`talkstream data video-questions`), when made and asked for."""
     path = data / "video_train.pt"
@@ -270,21 +173,8 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         video_eval_set = [eval_batches.collate([eval_batches.example(it, n_q=8) for it in video_eval[i : i + 16]])
                           for i in range(0, min(len(video_eval), 64), 16)]
         loss_fn = _thinker_loss
-    elif kind == "talker":
-        if cfg.hidden_drop < 1:
-            attach_thinker_hidden(train_items, run / "thinker_hidden_train.pt", codec)
-            attach_thinker_hidden(eval_items, run / "thinker_hidden_eval.pt", codec)
-        model = Talker(TalkerConfig(phonemes=phoneme_inventory(train_items), dim=cfg.dim, layers=cfg.layers,
-                                     hidden_dim=cfg.hidden_dim))
-        batches = TalkerBatches(train_items, model, crop=cfg.crop, seed=cfg.seed, hidden_drop=cfg.hidden_drop)
-        # Evaluated with the Thinker's hidden states (as the built-in Thinker speaks) and without (as a replacement).
-        eval_batches = TalkerBatches(eval_items, model, crop=cfg.crop, seed=cfg.seed + 1, hidden_drop=0.0)
-        eval_set = [eval_batches.collate(eval_batches.items[i : i + 16], random_crop=False)
-                    for i in range(0, min(len(eval_batches.items), 64), 16)]
-        text_only_set = [{**b, "hidden": torch.zeros_like(b["hidden"])} for b in eval_set]
-        loss_fn = talker_loss
     else:
-        raise ValueError(f"unknown model {kind!r}: thinker or talker")
+        raise ValueError(f"unknown model {kind!r}: this trains the Thinker (the Talker: train_talker.py)")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, history, seconds = 0, [], 0.0
     ckpt = run / "last.pt"
@@ -337,9 +227,7 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         if step % cfg.eval_every == 0 or step == cfg.steps:
             history.append({"step": step, "train": round(running, 4), "eval": round(evaluate(eval_set), 4),
                             "seconds": round(seconds)})
-            if kind == "talker":
-                history[-1]["eval_text_only"] = round(evaluate(text_only_set), 4)
-            elif video_eval_set:
+            if video_eval_set:
                 history[-1]["eval_video"] = round(evaluate(video_eval_set), 4)
             bar.write(f"step {step}: " + " ".join(f"{k} {v}" for k, v in history[-1].items() if k != "step"))
         if step % cfg.save_every == 0 or step == cfg.steps:

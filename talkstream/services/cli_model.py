@@ -19,8 +19,8 @@ def thinker_args(p: argparse.ArgumentParser) -> None:
                    help="an OpenAI-compatible /v1 endpoint, e.g. http://127.0.0.1:11434/v1 (Ollama's port)")
     g.add_argument("--thinker-model", default="default", help="model name sent to the endpoint")
     g.add_argument("--thinker-key-env", default="OPENAI_API_KEY", help="environment variable holding an API key")
-    g.add_argument("--seed", type=int, default=0, help="speech sampling seed (same seed, same voice output)")
-    g.add_argument("--temperature", type=float, default=0.7, help="speech token sampling temperature (0: greedy)")
+    g.add_argument("--speed", type=float, default=1.0,
+                   help="speaking rate of the Talker (1.5: half as fast again); its speech is deterministic")
     g.add_argument("--backend", choices=["torch", "onnx"], default="onnx",
                    help="the Talker's frame step in onnxruntime (default) or torch eager")
     talker_hidden_arg(g)
@@ -28,8 +28,8 @@ def thinker_args(p: argparse.ArgumentParser) -> None:
 
 def talker_hidden_arg(g) -> None:
     g.add_argument("--talker-hidden", action="store_true",
-                   help="the Talker also reads the Thinker's hidden states (the dual track); off by default because "
-                   "the shipped Talker is understood less with them (see README)")
+                   help="the Talker also reads the Thinker's hidden states (the dual track), for a Talker trained "
+                   "with them; the shipped one is trained on text alone, so this is off by default")
 
 
 def serve_thinker_args(p: argparse.ArgumentParser) -> None:
@@ -61,8 +61,7 @@ def _responder(args, codec):
     from talkstream.models.talker import SamplingConfig
 
     return load_chat(codec, args.thinker, args.thinker_url, args.thinker_model,
-                     os.environ.get(args.thinker_key_env), sampling=SamplingConfig(temperature=args.temperature,
-                                                                                    seed=args.seed),
+                     os.environ.get(args.thinker_key_env), sampling=SamplingConfig(speed=args.speed),
                      backend=args.backend, talker_hidden=args.talker_hidden)
 
 
@@ -131,6 +130,18 @@ def cmd_data_model(args) -> None:
     print(f"model data written to {out}")
 
 
+def cmd_data_talker(args) -> None:
+    import torch
+
+    from talkstream.models.loaders import load_audio_codec
+    from talkstream.models.talker_data import build_talker_data
+
+    torch.set_num_threads(args.threads)
+    out = build_talker_data(Path(args.out), load_audio_codec().eval(), n_sentences=args.sentences,
+                            n_questions=args.questions, n_eval=args.eval)
+    print(f"Talker data written to {out}")
+
+
 def cmd_data_video_questions(args) -> None:
     import torch
 
@@ -147,29 +158,39 @@ def cmd_train_model(args) -> None:
     from talkstream.models.train import TrainConfig, train
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                      dim=args.dim, layers=args.layers, seed=args.seed, hidden_drop=getattr(args, "hidden_drop", 0.5),
+                      dim=args.dim, layers=args.layers, seed=args.seed,
                       video_share=getattr(args, "video_share", 0.0), init=args.init, warmup=args.warmup)
     run = Path(args.run or f"runs/{args.what}")
     out = train(args.what, Path(args.data), run, cfg, command=["talkstream", *sys.argv[1:]])
     print(f"weights exported to {out} (copy to talkstream/weights/{args.what} to ship them)")
 
 
-def cmd_train_both(args) -> None:
-    """`train model`: the Thinker, then the Talker against it (the Talker's dual track reads the new Thinker)."""
-    from talkstream.models.train import TrainConfig, train
+def cmd_train_talker(args) -> None:
+    from talkstream.models.loaders import load_audio_codec
+    from talkstream.models.train import TrainConfig
+    from talkstream.models.train_talker import train_talker
 
-    for what, steps, layers, batch in (("thinker", args.thinker_steps, 4, 16), ("talker", args.talker_steps, 3, 12)):
-        cfg = TrainConfig(steps=steps, batch_size=batch, layers=layers, threads=args.threads, seed=args.seed)
-        out = train(what, Path(args.data), Path(args.runs) / what, cfg, command=["talkstream", *sys.argv[1:]])
-        print(f"{what} weights exported to {out} (copy to talkstream/weights/{what} to ship them)")
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads, dim=args.dim,
+                      layers=args.layers, seed=args.seed, warmup=args.warmup, crop=args.crop,
+                      eval_every=args.eval_every)
+    out = train_talker(Path(args.data), Path(args.run), cfg, load_audio_codec().eval(),
+                       command=["talkstream", *sys.argv[1:]])
+    print(f"weights exported to {out} (copy to talkstream/weights/talker to ship them)")
 
 
 def cmd_train_voice(args) -> None:
     from talkstream.codecs.audio.voice import finetune_decoder
     from talkstream.models.loaders import load_audio_codec
+    from talkstream.models.talker_data import load_talker_data
 
-    out = finetune_decoder(load_audio_codec(), Path(args.run), steps=args.steps, batch_size=args.batch_size,
-                           threads=args.threads)
+    items = load_talker_data(Path(args.data), "train")
+    if args.talker:
+        from talkstream.models.train_talker import attach_talker_latents
+
+        attach_talker_latents(items, Path(args.talker), Path(args.run) / "talker_latents.pt", args.threads)
+    out = finetune_decoder(load_audio_codec(), Path(args.run), items, num_codebooks=args.codebooks,
+                           steps=args.steps, batch_size=args.batch_size, threads=args.threads,
+                           talker_share=args.talker_share, weight_whisper=args.weight_whisper)
     print(f"weights exported to {out} (copy to talkstream/weights/voice_codec to ship them)")
 
 
@@ -224,7 +245,7 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     thinker_args(sp)
     sp.set_defaults(func=cmd_say)
 
-    for what in ("thinker", "talker"):
+    for what in ("thinker",):
         tp = train_sub.add_parser(what, help=f"train the {what} (resumes from RUN/last.pt)",
                                   description=f"Train the {what} on `talkstream data model` output. Rerun to resume.")
         tp.add_argument("--data", default="data/model")
@@ -243,29 +264,37 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
             tp.add_argument("--video-share", type=float, default=0.3,
                             help="share of batches that are video questions, when DATA/video_train.pt exists "
                             "(`talkstream data video-questions`); 0: audio only")
-        if what == "talker":
-            tp.add_argument("--hidden-drop", type=float, default=0.5,
-                            help="share of examples trained without the Thinker's hidden states (1: text only; "
-                            "the states come from the shipped Thinker, computed once per run)")
         tp.set_defaults(func=cmd_train_model, what=what)
 
-    mp = train_sub.add_parser("model", help="train the Thinker, then the Talker (each resumes from its run folder)",
-                              description="Both models with their default settings: the Thinker on `talkstream data "
-                              "model` (and `data video-questions`) output, then the Talker. Rerun to resume. The "
-                              "Talker's hidden-state track reads the shipped Thinker: copy the new Thinker's weights "
-                              "to talkstream/weights/thinker first for it to read that one (docs/models.md).")
-    mp.add_argument("--data", default="data/model")
-    mp.add_argument("--runs", default="runs", help="run folders go in RUNS/thinker and RUNS/talker")
-    mp.add_argument("--thinker-steps", type=int, default=2500)
-    mp.add_argument("--talker-steps", type=int, default=2700)
-    mp.add_argument("--threads", type=int, default=1)
-    mp.add_argument("--seed", type=int, default=0)
-    mp.set_defaults(func=cmd_train_both)
+    tp = train_sub.add_parser("talker", help="train the Talker (resumes from RUN/last.pt)",
+                              description="Train the Talker on `talkstream data talker` output (Piper's joe with "
+                              "its durations): it regresses the codec's latent per frame. Rerun to resume.")
+    tp.add_argument("--data", default="data/talker")
+    tp.add_argument("--run", default="runs/talker")
+    tp.add_argument("--steps", type=int, default=4000, help="total optimiser steps (lr schedule length)")
+    tp.add_argument("--batch-size", type=int, default=16)
+    tp.add_argument("--crop", type=int, default=256, help="frames per training window (the streaming window)")
+    tp.add_argument("--lr", type=float, default=1e-3)
+    tp.add_argument("--dim", type=int, default=256)
+    tp.add_argument("--layers", type=int, default=4)
+    tp.add_argument("--threads", type=int, default=1)
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--warmup", type=int, default=300, help="steps of learning-rate warm-up")
+    tp.add_argument("--eval-every", type=int, default=250)
+    tp.set_defaults(func=cmd_train_talker)
+
 
     vp = train_sub.add_parser("voice", help="fine-tune the codec's decoder on the Talker's voice (resumes)",
-                              description="Fine-tune a copy of the shipped codec's decoder on espeak-ng en-us at the "
-                              "Talker's codebooks (encoder and quantizer frozen, so tokens keep their meaning).")
+                              description="Fine-tune a copy of the shipped codec's decoder on the Talker's voice "
+                              "(`talkstream data talker`) at the Talker's codebooks (encoder and quantizer frozen, so "
+                              "tokens keep their meaning), steered by Whisper's hearing. With --talker, part of the "
+                              "segments decode that Talker's own tokens for the same audio.")
+    vp.add_argument("--data", default="data/talker")
     vp.add_argument("--run", default="runs/voice")
+    vp.add_argument("--talker", default=None, help="a Talker checkpoint folder whose tokens the decoder also learns")
+    vp.add_argument("--talker-share", type=float, default=0.5, help="share of segments from the Talker's tokens")
+    vp.add_argument("--codebooks", type=int, default=8)
+    vp.add_argument("--weight-whisper", type=float, default=1.0, help="weight of the Whisper hearing losses")
     vp.add_argument("--steps", type=int, default=1500)
     vp.add_argument("--batch-size", type=int, default=8)
     vp.add_argument("--threads", type=int, default=1)
@@ -277,6 +306,16 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--questions", type=int, default=1600, help="spoken training questions")
     dp.add_argument("--seed", type=int, default=0)
     dp.set_defaults(func=cmd_data_model)
+    dp = data_sub.add_parser("talker", help="the Talker's voice (Piper en_US joe) with its durations (resumes)",
+                             description="Piper's en_US joe speaks the dialogue's answers and questions and "
+                             "sentences; each example keeps its IPA units, their durations from Piper's own "
+                             "duration predictor, the codec's latent and the audio. Eval sentences are held out.")
+    dp.add_argument("--out", default="data/talker")
+    dp.add_argument("--sentences", type=int, default=2000, help="training sentences (besides answers and questions)")
+    dp.add_argument("--questions", type=int, default=600, help="dialogue questions to speak")
+    dp.add_argument("--eval", type=int, default=100, help="held-out evaluation sentences")
+    dp.add_argument("--threads", type=int, default=1)
+    dp.set_defaults(func=cmd_data_talker)
     dp = data_sub.add_parser("video-questions", help="the Thinker's video skill: spoken questions about short clips",
                              description="Clips of a moving ball (8 colours, 4 directions) coded by the video "
                              "codec, with spoken questions about its colour or direction coded by the audio codec. "

@@ -53,13 +53,13 @@ def test_streaming_frame_by_frame_matches_offline(codec, sample):
 
 
 def test_tokens_of_the_old_codec_are_refused_not_decoded(codec, sample, tmp_path):
-    """Files made by codec v1 (whose encoder the Talker's voice codec still carries) get a one-line error from the
-    shipped v2, never wrong audio."""
+    """Files made by codec v1 (still shipped for the v1 Thinker's hearing) get a one-line error from the shipped v2,
+    never wrong audio."""
     from talkstream.codecs.audio.files import decode_file, encode_file
     from talkstream.codecs.container import ContainerError
-    from talkstream.models.loaders import load_voice_codec
+    from talkstream.models.loaders import load_codec_v1
 
-    old = load_voice_codec()
+    old = load_codec_v1()
     assert old.cfg.codec_id == "talkstream-audio-v1" and codec.cfg.codec_id == "talkstream-audio-v2"
     sf.write(tmp_path / "in.wav", sample, codec.sample_rate)
     encode_file(old, tmp_path / "in.wav", tmp_path / "old.tsk", 4)

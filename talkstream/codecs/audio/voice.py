@@ -1,12 +1,12 @@
 """The Talker's own decoder: the shared codec with its decoder fine-tuned on the one voice the Talker speaks.
 
 A general codec trained on two CPU cores leaves speech that an independent recogniser barely understands; a decoder
-that only ever has to render one voice (espeak-ng en-us) from that voice's tokens gets far closer on the same
-compute, which is what the issue suggests. The encoder and the quantizer stay frozen, so the tokens are unchanged:
-the Talker's training data, the shared codec and this decoder all agree on what a token means. Only the reply path
-decodes with it; users' speech still goes through the shared codec.
+that only ever has to render one voice (Piper's en_US joe) from that voice's tokens, and from the Talker's, gets far
+closer on the same compute, which is what the issue suggests. The encoder and the quantizer stay frozen, so the tokens
+are unchanged: the Talker's training data, the shared codec and this decoder all agree on what a token means. Only
+the reply path decodes with it; users' speech still goes through the shared codec.
 
-    talkstream train voice --run runs/voice --steps 1500
+    talkstream train voice --data data/talker --run runs/voice --steps 1500
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,21 +25,32 @@ from talkstream.codecs.audio.codec import AudioCodec
 from talkstream.codecs.audio.losses import complex_loss, spectral_losses
 
 
-def voice_audio(voice: str, n_sentences: int, seed: int) -> list[np.ndarray]:
-    """The voice speaking template sentences and dialogue answers (24 kHz float32)."""
-    from talkstream.data.sentences import sentences
-    from talkstream.models.dialogue import dialogues
-    from talkstream.models.phonemes import speak
+def voice_pool(items: list[dict], quantizer, num_codebooks: int) -> list[dict]:
+    """Examples of `talkstream data talker` as (codes of the true latent, codes of the Talker's latent when
+    `item["talker_latent"]` exists, audio float32)."""
+    pool = []
+    for it in items:
+        enc = lambda z: quantizer.encode(z.float()[None], num_codebooks)[0]  # noqa: E731
+        pool.append({"codes": enc(it["latent"]), "audio": it["audio"].float() / 32767,
+                     "talker": enc(it["talker_latent"]) if "talker_latent" in it else None})
+    return pool
 
-    texts = sentences(n_sentences, seed=seed) + sorted({a for _, a in dialogues(n_sentences, "train", seed)})
-    return [speak(t, voice).audio for t in tqdm(texts, desc=f"speech in {voice}", unit="utt")]
 
-
-def finetune_decoder(codec: AudioCodec, run: Path, voice: str = "en-us", num_codebooks: int = 4, steps: int = 2000,
+def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebooks: int = 8, steps: int = 2000,
                      batch_size: int = 8, segment_s: float = 1.0, lr: float = 2e-4, threads: int = 1, seed: int = 0,
-                     save_every: int = 100) -> Path:
-    """Fine-tune a copy of `codec`'s decoder on `voice` at `num_codebooks`; resumable; returns the export folder."""
+                     save_every: int = 100, talker_share: float = 0.5, weight_whisper: float = 1.0) -> Path:
+    """Fine-tune a copy of `codec`'s decoder on the Talker's voice (`items` from talkstream.models.talker_data) at
+    `num_codebooks`; resumable; returns the export folder.
+
+    A `talker_share` of the segments decode the Talker's own tokens for the same audio (its latent predicted with
+    the voice's true durations, so it lines up frame for frame): the decoder learns to sharpen the Talker's blur,
+    as vocoders are fine-tuned on an acoustic model's output. The rest decode the audio's own tokens. Whisper's
+    states and log-mel of the decoded audio against the voice's (hearing_losses.py) steer it by what a listener
+    hears, beside the reconstruction losses.
+    """
+    from talkstream.codecs.audio.hearing_losses import HearingLosses
     from talkstream.models.loaders import save_checkpoint
+    from talkstream.models.whisper_encoder import load_whisper_encoder
 
     torch.set_num_threads(threads)
     run.mkdir(parents=True, exist_ok=True)
@@ -49,6 +59,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, voice: str = "en-us", num_cod
         p.requires_grad_(False)
     for p in model.decoder.parameters():
         p.requires_grad_(True)
+    hearing = HearingLosses(load_whisper_encoder(), model.cfg.latent_dim) if weight_whisper else None
     opt = torch.optim.AdamW([p for p in model.decoder.parameters()], lr=lr, betas=(0.8, 0.99))
     step, history, seconds = 0, [], 0.0
     ckpt = run / "last.pt"
@@ -58,30 +69,36 @@ def finetune_decoder(codec: AudioCodec, run: Path, voice: str = "en-us", num_cod
         opt.load_state_dict(saved["opt"])
         step, history, seconds = saved["step"], saved["history"], saved["seconds"]
         print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
-    pool = voice_audio(voice, 300, seed)
+    pool = voice_pool(items, model.quantizer, num_codebooks)
+    with_talker = [p for p in pool if p["talker"] is not None]
     rng = random.Random(seed + step)
     hop, sr = model.cfg.hop, model.sample_rate
-    seg = int(segment_s * sr) // hop * hop
+    seg_frames = int(segment_s * sr) // hop
     delay = model.decode_delay
 
-    def batch() -> torch.Tensor:
-        out = []
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        codes, audio = [], []
         for _ in range(batch_size):
-            a = rng.choice(pool)
-            a = np.pad(a, (0, max(0, seg - len(a))))
-            s = rng.randrange(0, len(a) - seg + 1)
-            out.append(a[s : s + seg])
-        return torch.from_numpy(np.stack(out))[:, None]
+            talker = with_talker and rng.random() < talker_share
+            p = rng.choice(with_talker if talker else pool)
+            c = p["talker"] if talker else p["codes"]
+            c = torch.nn.functional.pad(c, (0, max(0, seg_frames - c.shape[-1])))
+            a = torch.nn.functional.pad(p["audio"], (0, max(0, c.shape[-1] * hop - p["audio"].shape[-1])))
+            s = rng.randrange(0, c.shape[-1] - seg_frames + 1)
+            codes.append(c[:, s : s + seg_frames])
+            audio.append(a[s * hop : (s + seg_frames) * hop])
+        return torch.stack(codes), torch.stack(audio)[:, None]
 
-    def loss_of(x: torch.Tensor) -> tuple[torch.Tensor, float]:
-        with torch.no_grad():
-            z, _ = model.encoder.net.step(x, model.encoder.net.init_state(x.shape[0]))
-            q = model.quantizer.decode(model.quantizer.encode(z, num_codebooks))
+    def loss_of(codes: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        q = model.quantizer.decode(codes)
         out, _ = model.decode_latent_step(q, model.init_state(x.shape[0]))
         x_hat = out[..., delay:].squeeze(1)
         target = x[..., : x.shape[-1] - delay].squeeze(1)
         parts = spectral_losses(x_hat, target, sr)
         loss = parts["mel"] + parts["stft"] + 0.5 * complex_loss(x_hat, target, 2 * hop, hop)
+        if hearing is not None:
+            states, mel = hearing.perceptual(x_hat, *hearing.teacher(target))
+            loss = loss + weight_whisper * (states + mel)
         return loss, float(parts["mel"])
 
     def save() -> Path:
@@ -90,8 +107,9 @@ def finetune_decoder(codec: AudioCodec, run: Path, voice: str = "en-us", num_cod
         (run / "last.tmp").rename(ckpt)
         out = save_checkpoint(model, model.cfg.to_dict(), run / "export", kind="audio_codec")
         (out / "training.json").write_text(json.dumps({
-            "what": f"the shared codec with its decoder fine-tuned on espeak-ng {voice} at {num_codebooks} codebooks",
+            "what": f"the shared codec with its decoder fine-tuned on the Talker's voice at {num_codebooks} codebooks",
             "steps": step, "train_seconds": round(seconds), "batch_size": batch_size, "segment_s": segment_s,
+            "talker_share": talker_share if with_talker else 0.0, "weight_whisper": weight_whisper,
             "history": history[-30:], "command": ["talkstream", *sys.argv[1:]],
         }, indent=1) + "\n")
         return out
@@ -100,7 +118,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, voice: str = "en-us", num_cod
     running = None
     while step < steps:
         t0 = time.perf_counter()
-        loss, mel = loss_of(batch())
+        loss, mel = loss_of(*batch())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)

@@ -1,0 +1,55 @@
+"""The Talker's training on made-up examples of `talkstream data talker`'s shape: it learns, checkpoints, resumes,
+and exports weights the loader accepts, speaking in the codec's own codebooks."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from talkstream.models.loaders import load_audio_codec, load_talker
+from talkstream.models.talker_units import text_units
+from talkstream.models.train import TrainConfig
+from talkstream.models.train_talker import UnitBatches, predict_latent, train_talker
+
+
+def _data(folder, codec):
+    g = torch.Generator().manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for text in ("hello there.", "seven apples, please.", "two plus two is four."):
+        units = text_units(text)
+        dur = torch.randint(1, 4, (len(units),), generator=g)
+        # A latent the units decide (each unit's own vector), so there is something to learn.
+        vectors = {u: torch.randn(codec.cfg.latent_dim, generator=g) for u in units}
+        latent = torch.stack([vectors[u] for u, d in zip(units, dur.tolist(), strict=True) for _ in range(d)], 1)
+        items.append({"text": text, "units": units, "durations": dur, "latent": latent.half(),
+                      "audio": torch.zeros(int(dur.sum()) * codec.cfg.hop, dtype=torch.int16)})
+    torch.save(items, folder / "train_000.pt")
+    torch.save(items[:1], folder / "eval_000.pt")
+    return folder
+
+
+def test_talker_trains_checkpoints_resumes_and_exports(tmp_path, capsys):
+    codec = load_audio_codec()
+    data, run = _data(tmp_path / "data", codec), tmp_path / "run"
+    cfg = TrainConfig(steps=2, batch_size=2, dim=32, layers=1, save_every=1, eval_every=2, warmup=1, crop=64)
+    train_talker(data, run, cfg, codec)
+    first = torch.load(run / "last.pt", weights_only=False)
+    assert first["step"] == 2 and set(first["history"][0]) >= {"eval_l1", "eval_acc0", "eval_acc1"}
+    out = train_talker(data, run, TrainConfig(**{**cfg.__dict__, "steps": 40, "lr": 3e-3}), codec)
+    assert "resumed the Talker from" in capsys.readouterr().err
+    history = torch.load(run / "last.pt", weights_only=False)["history"]
+    assert history[-1]["eval_l1"] < history[0]["eval_l1"]  # it learns the latent
+    talker = load_talker(out)
+    assert torch.equal(talker.codebooks, codec.quantizer.embed)  # its tokens are the codec's
+    assert talker.cfg.codec_id == codec.cfg.codec_id
+    assert json.loads((out / "training.json").read_text())["steps"] == 40
+    # Streaming frames with the true durations are the teacher-timed pass's latent, quantized.
+    item = torch.load(data / "eval_000.pt", weights_only=False)[0]
+    ids = talker.phoneme_ids(item["units"])
+    frames = torch.stack(list(talker.frames(ids, None, durations=item["durations"])))
+    one = UnitBatches([item], talker, crop=10**6, seed=0)
+    with torch.no_grad():
+        z, _ = predict_latent(talker, one.collate(one.items, random_crop=False))
+    assert torch.equal(frames, talker.quantize(z[0]))

@@ -67,7 +67,7 @@ def clip():
 def test_sessions_spread_over_both_replicas_and_each_works(url, clip):
     async def main():
         async def one(i):
-            await asyncio.sleep(0.05 * i)
+            await asyncio.sleep(0.1 * i)  # the router learns each replica's load as sessions arrive
             return await stream_audio(url, clip, 24_000, realtime=True, tail_s=0.3)
 
         return await asyncio.gather(*(one(i) for i in range(8)))

@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import time
+from typing import Any
 
 from fastapi import FastAPI, Request, Response, WebSocket
 from ray import serve
@@ -54,7 +55,7 @@ SESSIONS_PER_REPLICA = 64  # Serve's max_ongoing_requests: one WebSocket session
 class TalkstreamReplica:
     """One talkstream worker: its server on 127.0.0.1 (any free ports), bridged to Serve's ingress."""
 
-    async def __init__(self, config: ServerConfig | None = None):
+    async def __init__(self, config: ServerConfig | None = None):  # type: ignore[misc]  # Serve awaits it
         import torch
 
         torch.set_num_threads(1)
@@ -103,11 +104,13 @@ class TalkstreamReplica:
         """Relay one session between Serve's ingress and this replica's server, close code included."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
+        from websockets.typing import Origin
 
         await client.accept()
+        origin = client.headers.get("origin")  # the server's origin policy sees the browser's origin
         try:
             upstream = await connect(
-                self.server.url, origin=client.headers.get("origin"), max_size=None, compression=None,
+                self.server.url, origin=Origin(origin) if origin else None, max_size=None, compression=None,
                 open_timeout=10, ping_interval=None,
             )  # fmt: skip
         except (OSError, TimeoutError) as e:
@@ -155,6 +158,7 @@ def application(config: ServerConfig | None = None, replicas: int | None = None,
     """The Serve application: `replicas` fixed, or None to scale 1..max_replicas on live sessions per replica."""
     if replicas is not None and replicas < 1:
         raise ValueError(f"--workers must be at least 1 (got {replicas})")
+    options: dict[str, Any]
     if replicas is None:
         options = {
             "num_replicas": "auto",
@@ -168,7 +172,7 @@ def application(config: ServerConfig | None = None, replicas: int | None = None,
         }
     else:
         options = {"num_replicas": replicas}
-    return TalkstreamReplica.options(**options).bind(config)
+    return TalkstreamReplica.options(**options).bind(config)  # type: ignore[attr-defined]
 
 
 def build(args: dict) -> serve.Application:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,13 +61,17 @@ def _machine_busy_s() -> float:
 
 
 class ServerProcess:
-    """`talkstream serve --workers N --no-http` in its own process group; its output in a file, never a pipe."""
+    """`talkstream serve --workers N` in its own process; its output in a file, never a pipe. HTTP (the page and
+    WebRTC signaling, `http_url` once ready) only when asked for."""
 
-    def __init__(self, workers: int, max_sessions: int, options: list[str]):
+    def __init__(self, workers: int, max_sessions: int, options: list[str], http: bool = False):
         self.workers = workers
         self.port = _free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "talkstream.services.cli", "serve", "--port", str(self.port), "--no-http"]
+        self.http = http
+        self.http_url: str | None = None
+        cmd = [sys.executable, "-m", "talkstream.services.cli", "serve", "--port", str(self.port)]
+        cmd += ["--http-port", "0"] if http else ["--no-http"]
         cmd += ["--workers", str(workers), "--max-sessions", str(max_sessions), "--thinker", "echo", *options]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
@@ -77,10 +82,13 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 600.0) -> None:
         """Until every worker is warm: the server prints its address only then."""
         end = time.monotonic() + timeout
-        while "talkstream serving" not in self.output():
+        ready = "web page and WebRTC" if self.http else "talkstream serving"  # the HTTP line comes second
+        while ready not in self.output():
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"the {self.workers}-worker server did not start: {self.output()[-500:]}")
             time.sleep(0.3)
+        found = re.search(r"web page and WebRTC: (http://\S+)/", self.output())
+        self.http_url = found.group(1) if found else None
 
     def pids(self) -> list[int]:
         """The server's processes: the supervisor and its workers (one process when --workers 1)."""

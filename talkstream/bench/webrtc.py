@@ -1,11 +1,13 @@
-"""`talkstream bench webrtc`: N aiortc clients in one process against an in-process server, mouth-to-ear latency.
+"""`talkstream bench webrtc`: N aiortc clients in this process against `talkstream serve` in its own, mouth-to-ear.
 
 Each client sends a marked signal on its microphone track: silence with a burst of speech (a slice of the bundled
 sample) every `period_s`. The time a burst's first sample leaves the client's track (handed to the Opus encoder) and
 the time its echo's first sample comes out of the client's receiving track (after aiortc's jitter buffer) give one
 mouth-to-ear figure: Opus both ways, the network (loopback), the server's resampling, VAD and codec, and both
 paced tracks. Jitter is the standard deviation of those figures within a session. The budget is p95 < 150 ms
-(issue 5), for codec echo at 8 codebooks. The server and the clients share this machine's cores.
+(issue 5), for codec echo at 8 codebooks. The server runs as its own process(es) (`--workers 1 2`: servers of each
+worker count side by side, every level on each in turn), so its CPU is measured apart from the clients'; they
+still share this machine's cores.
 
 `rtc_session` is also the aiortc client the tests use.
 """
@@ -26,6 +28,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from talkstream.bench.serve import ServerProcess
 from talkstream.services.webrtc import mono_s16, set_jitter_frames
 
 RATE = 48_000
@@ -177,34 +180,41 @@ def onset_latencies_ms(r: RTCResult, onsets: np.ndarray, period_s: float) -> np.
 
 
 async def _run_level(
-    http_url: str, sessions: int, seconds: float, speech48: np.ndarray, period_s: float, jitter_frames: int
+    server: ServerProcess, sessions: int, seconds: float, speech48: np.ndarray, period_s: float, jitter_frames: int
 ) -> dict:
+    assert server.http_url is not None
     signal, onsets = marked_signal(speech48, seconds, period_s)
-    t0, cpu0 = time.monotonic(), time.process_time()
+    t0, cpu0, server0 = time.monotonic(), time.process_time(), server.cpu_s()
 
     async def one(i: int) -> RTCResult:
         await asyncio.sleep(0.02 * i / max(sessions, 1))  # spread the 20 ms phases like independent callers
-        return await rtc_session(http_url, signal, seconds + 0.5, jitter_frames=jitter_frames)
+        return await rtc_session(server.http_url, signal, seconds + 0.5, jitter_frames=jitter_frames)
 
     results = await asyncio.gather(*(one(i) for i in range(sessions)), return_exceptions=True)
-    cpu = (time.process_time() - cpu0) / (time.monotonic() - t0)
+    wall = time.monotonic() - t0
+    cpu, server_cpu = (time.process_time() - cpu0) / wall, (server.cpu_s() - server0) / wall
     ok = [r for r in results if isinstance(r, RTCResult)]
     per = [onset_latencies_ms(r, onsets, period_s) for r in ok]
     lat = np.concatenate(per) if per else np.zeros(0)
     expected = len(onsets) * sessions
-    server = [r.of_type("latency")[-1]["server_ms_p50"] for r in ok if r.of_type("latency")]
+    latency_events = [r.of_type("latency")[-1] for r in ok if r.of_type("latency")]
+    server_share = [e["server_ms_p50"] for e in latency_events]
+    workers = {e.get("worker") for r in ok for e in r.of_type("ready")}
     row = {
+        "workers": server.workers,
         "sessions": sessions,
         "failed_sessions": len(results) - len(ok),
+        "workers_used": len(workers),
         "bursts_sent": int(expected),
         "bursts_back": int(lat.size),
         "mouth_to_ear_ms_p50": float(np.percentile(lat, 50)) if lat.size else None,
         "mouth_to_ear_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
         "mouth_to_ear_ms_max": float(lat.max()) if lat.size else None,
         "jitter_ms": float(np.mean([p.std() for p in per if p.size > 1])) if any(p.size > 1 for p in per) else None,
-        "server_share_ms_p50": float(np.median(server)) if server else None,  # arrival -> leaving its track
+        "server_share_ms_p50": float(np.median(server_share)) if server_share else None,  # arrival -> leaving
         "per_session_p95_ms": [round(float(np.percentile(p, 95)), 1) if p.size else None for p in per],
-        "process_cpu_cores": cpu,  # server and clients together, in this one process
+        "server_cpu_cores": server_cpu,  # the server's processes (supervisor and workers)
+        "client_cpu_cores": cpu,  # the aiortc clients, in this process
     }
     # Echoes later than the burst period cannot be told apart (an echo would be matched to a later burst): when
     # fewer than 90% of the bursts came back within it, the server is overloaded and no latency figure stands.
@@ -218,27 +228,30 @@ async def _run_level(
     return row
 
 
-async def _bench(levels, seconds, weights, frames_per_step, backend, jitter_frames):
+async def _bench(levels, seconds, weights, frames_per_step, backend, jitter_frames, workers):
     from talkstream.audio_io import load_audio
     from talkstream.data import SAMPLE_WAV
-    from talkstream.services.session import Limits
-    from talkstream.services.ws import ServerConfig, TalkstreamServer
+    from talkstream.services.webrtc import allow_loopback_candidates
 
+    allow_loopback_candidates()  # the clients too: a machine with loopback alone can still reach itself
     speech48 = load_audio(SAMPLE_WAV, RATE)
-    cfg = ServerConfig(
-        port=0,
-        http_port=0,
-        max_sessions=max(levels) + 4,
-        weights=weights,
-        backend=backend,
-        limits=Limits(frames_per_step=frames_per_step),
-    )
+    options = ["--frames-per-step", str(frames_per_step), "--backend", backend, "--thinker", "echo"]
+    options += ["--weights", weights] if weights else []
+    servers: list[ServerProcess] = []
     rows = []
-    async with TalkstreamServer(cfg) as srv:
+    try:
+        for w in workers:  # one at a time: warm-ups side by side would only slow each other down
+            print(f"starting a server with {w} worker(s) ...", flush=True)
+            servers.append(ServerProcess(w, max(levels) + 4, options, http=True))
+            await asyncio.to_thread(servers[-1].wait_ready)
         for n in levels:
-            print(f"{n} sessions for {seconds:.0f} s ...", flush=True)
-            rows.append(await _run_level(srv.http.url, n, seconds, speech48, 0.5, jitter_frames))
-            await asyncio.sleep(1.0)  # let the closed peers go before the next level
+            for server in servers:
+                print(f"{n} sessions for {seconds:.0f} s on {server.workers} worker(s) ...", flush=True)
+                rows.append(await _run_level(server, n, seconds, speech48, 0.5, jitter_frames))
+                await asyncio.sleep(1.0)  # let the closed peers go before the next level
+    finally:
+        for server in servers:
+            server.stop()
     return rows
 
 
@@ -249,10 +262,15 @@ def run_webrtc_bench(
     frames_per_step: int = 2,
     backend: str = "onnx",
     client_jitter_frames: int = 4,
+    workers: list[int] | None = None,
 ) -> dict:
     """`client_jitter_frames`: packets each client's jitter buffer holds before playout (aiortc's default: 4, 80 ms;
-    a browser adapts its own to the network, 20-60 ms on a quiet loopback)."""
-    rows = asyncio.run(_bench(levels, seconds, weights, frames_per_step, backend, client_jitter_frames))
+    a browser adapts its own to the network, 20-60 ms on a quiet loopback). `workers`: the server's worker counts,
+    each its own server process(es), measured side by side (every level on each in turn)."""
+    workers = workers or [1]
+    if any(w < 1 for w in workers) or any(n < 1 for n in levels):
+        raise ValueError(f"--workers and --sessions must be at least 1 (got {workers}, {levels})")
+    rows = asyncio.run(_bench(levels, seconds, weights, frames_per_step, backend, client_jitter_frames, workers))
     passing = [r for r in rows if r["passes"]]
     result = {
         "budget_ms": BUDGET_MS,
@@ -262,26 +280,38 @@ def run_webrtc_bench(
         "backend": backend,
         "client_jitter_frames": client_jitter_frames,
         "cpu_count": os.cpu_count(),
+        "workers": workers,
         "rows": rows,
         "max_sessions_passing": max((r["sessions"] for r in passing), default=0),
+        "by_workers": [
+            {
+                "workers": w,
+                "max_sessions_passing": max(
+                    (r["sessions"] for r in rows if r["workers"] == w and r["passes"]), default=0
+                ),
+            }
+            for w in workers
+        ],
     }
 
     def ms(v):
         return f"{v:>8.1f}" if v is not None else f"{'-':>8}"
 
-    head = f"{'sessions':>8}{'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}{'jitter':>8}{'server':>8}"
-    head += f"{'bursts':>10}{'failed':>8}{'cores':>7}  ok"
+    head = f"{'workers':>7}{'sessions':>9}{'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}{'jitter':>8}{'server':>8}"
+    head += f"{'bursts':>10}{'failed':>8}{'srv cores':>10}{'cli cores':>10}  ok"
     print(head + "\n" + "-" * len(head))
     for r in rows:
         print(
-            f"{r['sessions']:>8}{ms(r['mouth_to_ear_ms_p50'])}{ms(r['mouth_to_ear_ms_p95'])}"
+            f"{r['workers']:>7}{r['sessions']:>9}{ms(r['mouth_to_ear_ms_p50'])}{ms(r['mouth_to_ear_ms_p95'])}"
             f"{ms(r['mouth_to_ear_ms_max'])}{ms(r['jitter_ms'])}{ms(r['server_share_ms_p50'])}"
             f"{r['bursts_back']:>5}/{r['bursts_sent']:<4}"
-            f"{r['failed_sessions']:>8}{r['process_cpu_cores']:>7.2f}  {'yes' if r['passes'] else 'no'}"
+            f"{r['failed_sessions']:>8}{r['server_cpu_cores']:>10.2f}{r['client_cpu_cores']:>10.2f}"
+            f"  {'yes' if r['passes'] else 'no'}"
         )
     print(
         f"server: its share of p50 (input arrival -> echo leaving its track). budget: mouth-to-ear p95 < "
         f"{BUDGET_MS:.0f} ms on loopback, codec echo. Largest passing: "
-        f"{result['max_sessions_passing']} sessions (server and clients in one process on {os.cpu_count()} cores)"
+        + ", ".join(f"{b['max_sessions_passing']} sessions with {b['workers']} worker(s)" for b in result["by_workers"])
+        + f" (the server in its own process(es), the clients in this one, {os.cpu_count()} cores)"
     )
     return result

@@ -266,7 +266,8 @@ def cmd_bench_webrtc(args) -> None:
     from talkstream.bench.webrtc import run_webrtc_bench
 
     results = run_webrtc_bench(
-        args.sessions, args.seconds, args.weights, args.frames_per_step, args.backend, args.client_jitter_frames
+        args.sessions, args.seconds, args.weights, args.frames_per_step, args.backend, args.client_jitter_frames,
+        args.workers,
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -543,9 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=cmd_bench_serve)
     bw = bsub.add_parser(
         "webrtc",
-        help="N aiortc clients against an in-process server: mouth-to-ear latency over WebRTC",
-        description="Start the server in this process, connect N aiortc clients per level (codec echo, 8 "
-        "codebooks), send speech bursts and time each burst's echo: mouth-to-ear p50/p95, jitter, and the "
+        help="N aiortc clients against a server in its own process(es): mouth-to-ear latency over WebRTC",
+        description="Start `talkstream serve` as its own process(es), connect N aiortc clients per level (codec "
+        "echo, 8 codebooks), send speech bursts and time each burst's echo: mouth-to-ear p50/p95, jitter, and the "
         "largest N with p95 under 150 ms.",
     )
     bw.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8], help="concurrency levels to run")
@@ -558,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="20 ms packets each client holds before playout (default 4: aiortc's; a browser adapts its own)",
     )
+    bw.add_argument("--workers", type=int, nargs="+", default=[1],
+                    help="the server's --workers: several counts are measured side by side in one run (e.g. 1 2)")
     bw.add_argument("--out", default=None, help="write results JSON here")
     weights_arg(bw)
     bw.set_defaults(func=cmd_bench_webrtc)

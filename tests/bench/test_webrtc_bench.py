@@ -1,0 +1,22 @@
+"""`bench webrtc` against a server in its own processes: the figures' shape, not their values (those go to
+docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from talkstream.bench.webrtc import run_webrtc_bench
+
+
+def test_webrtc_bench_runs_the_server_apart_from_the_clients():
+    r = run_webrtc_bench([2], 2.0, workers=[2])
+    (row,) = r["rows"]
+    assert row["workers"] == 2 and row["failed_sessions"] == 0 and row["bursts_back"] > 0
+    assert row["server_cpu_cores"] > 0 and row["client_cpu_cores"] > 0  # measured apart
+    assert 1 <= row["workers_used"] <= 2
+    assert r["by_workers"][0]["workers"] == 2
+
+
+def test_bad_counts_are_refused_before_any_server_starts():
+    with pytest.raises(ValueError, match="must be at least 1"):
+        run_webrtc_bench([2], 1.0, workers=[0])

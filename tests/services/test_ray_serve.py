@@ -26,6 +26,7 @@ from talkstream.data import SAMPLE_WAV  # noqa: E402
 from talkstream.protocol import parse_binary, pcm_frame  # noqa: E402
 from talkstream.services.ray_serve import application, build  # noqa: E402
 from talkstream.services.ws import ServerConfig  # noqa: E402
+from tests.services.test_workers import udp_ports  # noqa: E402
 
 
 def _free_port() -> int:
@@ -47,7 +48,8 @@ def url():
     port = _free_port()
     try:
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        serve.run(application(ServerConfig(thinker="echo"), replicas=2), name="talkstream", route_prefix="/")
+        config = ServerConfig(thinker="echo", http_port=0)  # http: WebRTC signaling through the ingress too
+        serve.run(application(config, replicas=2), name="talkstream", route_prefix="/")
         yield f"ws://127.0.0.1:{port}/"
     finally:
         serve.shutdown()
@@ -155,6 +157,24 @@ def test_a_killed_replica_closes_its_sessions_which_reconnect_to_the_other(url, 
     assert all(s.closed is None and s.back > before[id(s)] + 50 for s in kept), "the other replica's sessions went on"
     assert all(s.ready["worker"] != victim and s.closed is None and s.back > 0 for s in again)
     print(f"close codes seen by the dead replica's clients: {sorted({s.closed for s in gone})}")
+
+
+def test_webrtc_signaling_through_the_ingress_media_straight_to_the_replica(url):
+    from talkstream.bench.webrtc import RATE, rtc_session
+
+    speech = load_audio(SAMPLE_WAV, RATE)[: 2 * RATE]
+    held: set[int] = set()
+
+    def note_ports(events: list[dict]) -> bool:  # while the session is up: the UDP ports its replica holds
+        ready = [e for e in events if e.get("type") == "ready"]
+        if ready and not held:
+            held.update(udp_ports(ready[0]["worker"]))
+        return False
+
+    r = run(rtc_session(url.replace("ws://", "http://").rstrip("/"), speech, 2.5, until=note_ports))
+    assert r.of_type("ready") and not r.of_type("error") and r.pcm.size > RATE  # echoed
+    ports = {int(line.split()[5]) for line in r.answer["sdp"].splitlines() if line.startswith("a=candidate")}
+    assert ports and ports <= held, "the answer's ICE candidates are UDP ports of the replica that answered"
 
 
 def test_the_serve_config_refuses_unknown_options():

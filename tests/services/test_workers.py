@@ -111,7 +111,7 @@ def test_two_workers_share_the_port_and_stop_together():
     assert not any(_alive(p) for p in now), "every worker stopped with the supervisor"
 
 
-def _udp_ports(pid: int) -> set[int]:
+def udp_ports(pid: int) -> set[int]:
     """The UDP ports the sockets of process `pid` are bound to (from /proc: its fds' inodes in /proc/net/udp*)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -141,7 +141,7 @@ def test_webrtc_media_goes_to_the_worker_that_answered_the_offer():
             def until(events: list[dict]) -> bool:  # while session i is up: the UDP ports its worker holds
                 ready = [e for e in events if e.get("type") == "ready"]
                 if ready and not owned[i]:
-                    owned[i] = _udp_ports(ready[0]["worker"])
+                    owned[i] = udp_ports(ready[0]["worker"])
                 return False
 
             return until

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -57,7 +57,7 @@ from talkstream.protocol import (
 from talkstream.services.session_video import SessionVideo
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics, latency_fields
-from talkstream.streaming.pacing import Pacer
+from talkstream.streaming.pacing import Pacer, Pacing
 from talkstream.streaming.pipeline import Pipeline, PipelineFailed
 from talkstream.streaming.stages import (
     AudioChunk,
@@ -152,7 +152,11 @@ class EchoResponder:
 
 
 class Sink(Protocol):
-    """Where a session's output goes: its transport. Each call may wait while the client's buffer is full."""
+    """Where a session's output goes: its transport. Each call may wait while the client's buffer is full.
+
+    A sink whose audio plays against a clock of its own (a WebRTC track) also has `pacer() -> Pacing`, bound to that
+    clock: the session meters replies with it and makes no wall-clock `Pacer` (one pacer per outbound stream).
+    Output metered so comes with `MediaOut.paced` set, and the sink must not drop it."""
 
     async def media(self, out: MediaOut) -> None: ...  # audio and/or tokens at the client's settings
 
@@ -189,7 +193,8 @@ class Session:
         self._tasks = TaskSet(f"session {self.id}", on_error=self._task_failed)
         self._reply_task: asyncio.Task | None = None
         self._turn_span: TurnSpan | None = None  # the span of the turn being answered (OpenTelemetry, when installed)
-        self._reply_pacer = Pacer()
+        self._new_pacer: Callable[[], Pacing] = getattr(sink, "pacer", None) or Pacer
+        self._reply_pacer = self._new_pacer()
         self._senders: list[asyncio.Task] = []
         self.frame_latencies: deque[float] = deque(maxlen=2000)  # bounded however long the call
         self.counts = {"frames_in": 0, "frames_out": 0, "errors": 0, "turns": 0, "interruptions": 0}
@@ -244,10 +249,12 @@ class Session:
         """The tasks report what they expect, so a task's failure is a bug: logged (by TaskSet) and counted."""
         self.counts["errors"] += 1
 
-    async def _sender(self, pipeline: Pipeline, pacer: Pacer | None) -> None:
+    async def _sender(self, pipeline: Pipeline, pacer: Pacing | None) -> None:
         while (out := await pipeline.get()) is not None:
-            if pacer is not None and out.audio_s:
-                await pacer.wait(out.audio_s)
+            if pacer is not None:
+                if out.audio_s:
+                    await pacer.wait(out.audio_s)
+                out = replace(out, paced=True)
             await self._deliver(self.sink.media(out))
             self.counts["frames_out"] += (out.tokens is not None) + (out.pcm is not None)
             if out.arrived is not None and out.audio_s:
@@ -396,13 +403,13 @@ class Session:
                 live=False,
             )
             self.reply.start()
-            self._reply_pacer = Pacer()
+            self._reply_pacer = self._new_pacer()
             self._senders = [self._spawn(self._turns()), self._spawn(self._sender(self.reply, self._reply_pacer))]
         else:
             # Live PCM in: output follows the input's own clock, so it goes out as it is made. A pacer here would
             # ratchet: every late input frame moves its playhead forward for good, and on a loaded server the
             # echo drifted 200-400 ms behind. Token input can run ahead of real time: that is paced.
-            pacer = Pacer() if h.input == "tokens" else None
+            pacer = self._new_pacer() if h.input == "tokens" else None
             self._senders = [self._spawn(self._sender(self.input, pacer))]
         self._spawn(self._stats_loop())
 
@@ -435,7 +442,7 @@ class Session:
                 self._senders[1].cancel()
                 await asyncio.gather(self._senders[1], return_exceptions=True)
                 await self.reply.interrupt()
-                self._reply_pacer = Pacer()
+                self._reply_pacer.reset()  # a track's pacer drops the reply audio it still holds
                 self._senders[1] = self._spawn(self._sender(self.reply, self._reply_pacer))
             self.counts["interruptions"] += 1
             if self._turn_span is not None:

@@ -4,7 +4,9 @@ The browser's microphone track (Opus, 48 kHz) is decoded by aiortc, downmixed to
 handed to `Session.feed_audio` at 48 kHz (the session resamples to the codec's rate, exactly as for a WebSocket
 client at 48 kHz); no wire frames are made or parsed. The peer is the session's `Sink`: audio goes into
 `PacedAudioTrack` (the outbound track, 20 ms frames against the clock, as aiortc's own tracks pace themselves),
-video reconstructions to the camera echo's track, JSON events out on the data channel the client opened. Client
+video reconstructions to the camera echo's track, JSON events out on the data channel the client opened. The track
+is the one clock of the outbound audio: a chat reply is metered by it (`TrackPacer`, the session's pacer here), never
+by a second, wall-clock pacer beside it. Client
 JSON on the data channel (ping, config, end) goes to the session too, so the data channel speaks docs/protocol.md's
 text messages.
 
@@ -107,10 +109,12 @@ class PacedAudioTrack(MediaStreamTrack):
     """Outbound audio: 20 ms mono PCM16 frames at 48 kHz against the clock (pts/time_base kept), silence on underrun.
 
     `push` adds audio with the monotonic time its input arrived at the server; when the first sample of a pushed
-    chunk leaves, the delay since that arrival is recorded (the server's share of mouth-to-ear latency). Audio comes
-    in at the rate it goes out, so a backlog left by one late burst would stay for good: when the buffer never ran
-    below `slack_s` during the last half second, the excess is dropped from its head (counted), and beyond
-    `max_buffer_s` the oldest audio goes at once.
+    chunk leaves, the delay since that arrival is recorded (the server's share of mouth-to-ear latency).
+
+    Live audio (codec echo) comes in at the rate it goes out, so a backlog left by one late burst would stay for
+    good: when the buffer never ran below `slack_s` during the last half second, the excess is dropped from its head
+    (counted), and beyond `max_buffer_s` the oldest audio goes at once. Paced audio (a reply, pushed with
+    `paced=True` through `TrackPacer`, which waits for room) is never dropped: while any is queued, nothing is.
     """
 
     kind = "audio"
@@ -120,31 +124,54 @@ class PacedAudioTrack(MediaStreamTrack):
         self.max_samples = int(max_buffer_s * RATE)
         self.slack = int(slack_s * RATE)
         self._floor: int | None = None  # the least audio left after a frame, this half second
-        self._chunks: deque[tuple[np.ndarray, float | None]] = deque()
+        self._chunks: deque[tuple[np.ndarray, float | None, bool]] = deque()  # (pcm, arrived, paced)
         self._buffered = 0
+        self._paced = 0  # of which paced
         self._start: float | None = None
         self._pts = 0
         self.latencies: deque[float] = deque(maxlen=500)
         self.dropped_samples = 0
         self.sent_samples = 0  # non-silent samples sent
 
-    def push(self, pcm: np.ndarray, arrived: float | None = None) -> None:
-        self._chunks.append((pcm, arrived))
+    @property
+    def buffered_s(self) -> float:
+        return self._buffered / RATE
+
+    @property
+    def paced_s(self) -> float:
+        return self._paced / RATE
+
+    def push(self, pcm: np.ndarray, arrived: float | None = None, paced: bool = False) -> None:
+        self._chunks.append((pcm, arrived, paced))
         self._buffered += pcm.size
+        self._paced += pcm.size if paced else 0
         if self._buffered > self.max_samples:
             self._drop(self._buffered - self.max_samples)
 
     def _drop(self, n: int) -> None:
+        """Live audio too far behind: n samples go from the head (none while paced audio is queued)."""
+        if self._paced:
+            return
         while n > 0 and self._chunks:
-            old, _ = self._chunks[0]
+            old, _, _ = self._chunks[0]
             k = min(n, old.size)
             if k == old.size:
                 self._chunks.popleft()
             else:
-                self._chunks[0] = (old[k:], None)
+                self._chunks[0] = (old[k:], None, False)
             self._buffered -= k
             self.dropped_samples += k
             n -= k
+
+    def clear_paced(self) -> int:
+        """Barge-in: the paced audio still queued (the rest of a reply) goes; returns how many samples."""
+        if not self._paced:
+            return 0
+        cut = self._paced
+        self._chunks = deque(c for c in self._chunks if not c[2])
+        self._buffered -= cut
+        self._paced = 0
+        return cut
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -161,17 +188,18 @@ class PacedAudioTrack(MediaStreamTrack):
         out = np.zeros(FRAME, np.int16)
         filled = 0
         while filled < FRAME and self._chunks:
-            pcm, arrived = self._chunks[0]
+            pcm, arrived, paced = self._chunks[0]
             if arrived is not None:  # this chunk's first sample leaves now
                 self.latencies.append(time.monotonic() - arrived)
             n = min(FRAME - filled, pcm.size)
             out[filled : filled + n] = pcm[:n]
             filled += n
             self._buffered -= n
+            self._paced -= n if paced else 0
             if n == pcm.size:
                 self._chunks.popleft()
             else:
-                self._chunks[0] = (pcm[n:], None)
+                self._chunks[0] = (pcm[n:], None, paced)
         self.sent_samples += filled
         self._floor = self._buffered if self._floor is None else min(self._floor, self._buffered)
         if self._pts // FRAME % 25 == 24:  # every half second: trim a standing backlog
@@ -184,6 +212,28 @@ class PacedAudioTrack(MediaStreamTrack):
         frame.time_base = fractions.Fraction(1, RATE)
         self._pts += FRAME
         return frame
+
+
+class TrackPacer:
+    """A session's pacer for audio going out on a `PacedAudioTrack`: the track's own clock, not a second one.
+
+    A chunk is handed over once the track holds at most `lead_s` of audio (enough that a late decode step does not
+    underrun it); the track plays it at 20 ms a frame and never trims it. `playhead` is when what the track holds
+    ends playing; `reset` (barge-in) drops the reply audio it still holds."""
+
+    def __init__(self, track: PacedAudioTrack, lead_s: float = 0.06):
+        self.track, self.lead_s = track, lead_s
+
+    @property
+    def playhead(self) -> float | None:
+        return time.monotonic() + self.track.paced_s if self.track.paced_s else None
+
+    async def wait(self, duration_s: float) -> None:
+        while self.track.readyState == "live" and (ahead := self.track.buffered_s - self.lead_s) > 0:
+            await asyncio.sleep(ahead)
+
+    def reset(self) -> None:
+        self.track.clear_paced()
 
 
 @dataclass
@@ -344,10 +394,13 @@ class PeerSession:
         return sum(p.queue_depths().values()) > self.service.max_backlog_frames
 
     # -- the session's sink: audio to the outbound track, video to the camera track, events to the data channel
+    def pacer(self) -> TrackPacer:
+        return TrackPacer(self.track)
+
     async def media(self, out: MediaOut) -> None:
         if out.pcm is not None:
             x = np.clip(out.pcm, -1.0, 32767 / 32768)
-            self.track.push(np.round(x * 32768).astype(np.int16), out.arrived)
+            self.track.push(np.round(x * 32768).astype(np.int16), out.arrived, paced=out.paced)
 
     async def video(self, out: VideoOut) -> None:
         await self.camera.show(out)

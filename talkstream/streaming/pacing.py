@@ -1,9 +1,28 @@
-"""Real-time pacing: audio leaves at the rate it plays, not faster and not in bursts (aiortc's tracks do the same)."""
+"""Real-time pacing: audio leaves at the rate it plays, not faster and not in bursts (aiortc's tracks do the same).
+
+One pacer per outbound stream. A transport with no clock of its own (WebSocket) gets the wall-clock `Pacer`; one
+whose media track already plays against the clock (WebRTC) hands the session a pacer bound to that track instead
+(`services/webrtc.py`'s `TrackPacer`), so a reply is never metered by two clocks that disagree.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
+
+
+class Pacing(Protocol):
+    """What a session meters paced output with: `wait(duration_s)` before handing over a chunk of that length;
+    `playhead`: when the audio handed over so far ends playing (None or past: nothing is playing); `reset()`:
+    forget (and, for a track, drop) what was handed over, as barge-in does."""
+
+    @property
+    def playhead(self) -> float | None: ...
+
+    async def wait(self, duration_s: float) -> None: ...
+
+    def reset(self) -> None: ...
 
 
 class Pacer:

@@ -51,6 +51,7 @@ class MediaOut:
     timestamp: int  # the client's timestamp of the input that completed this output
     arrived: float | None  # when that input reached the server (for the server's share of latency)
     rate: int = 24_000  # the PCM's sample rate
+    paced: bool = False  # metered out by the session's pacer (a reply, token input): never to be dropped on the way
 
     @property
     def audio_s(self) -> float:

@@ -17,8 +17,8 @@ class ServerThread:
     """A real server (WebSocket + HTTP/WebRTC) on its own event loop in a thread, on free ports, so that clients
     in the test (aiortc on another loop, a browser) reach it over loopback as they would any server."""
 
-    def __init__(self, config: ServerConfig, models):
-        self.config, self.models = config, models
+    def __init__(self, config: ServerConfig, models, responder=None):
+        self.config, self.models, self.responder = config, models, responder
         self.ready = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.srv: TalkstreamServer | None = None
@@ -30,7 +30,7 @@ class ServerThread:
         async def main():
             codec, vad = self.models
             self.loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            async with TalkstreamServer(self.config, codec=codec, vad=vad) as srv:
+            async with TalkstreamServer(self.config, self.responder, codec=codec, vad=vad) as srv:
                 self.srv = srv
                 self.ready.set()
                 await self._stop.wait()
@@ -69,5 +69,6 @@ def rtc_models():
 
 @pytest.fixture(scope="session")
 def start_server(rtc_models):
-    """start_server(config) -> a started ServerThread (stop it when done)."""
-    return lambda config: ServerThread(config, rtc_models).start()
+    """start_server(config, responder=None) -> a started ServerThread (stop it when done); responder: chat mode's
+    answerer in place of the one config.thinker names."""
+    return lambda config, responder=None: ServerThread(config, rtc_models, responder).start()

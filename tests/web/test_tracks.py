@@ -12,7 +12,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from talkstream.services.video_track import CodecVideoTrack
-from talkstream.services.webrtc import FRAME, RATE, PacedAudioTrack, mono_s16
+from talkstream.services.webrtc import FRAME, RATE, PacedAudioTrack, TrackPacer, mono_s16
 from talkstream.streaming.video import VideoStats
 
 
@@ -47,6 +47,41 @@ def test_outbound_track_trims_a_standing_backlog():
     track = asyncio.run(main())
     assert track.dropped_samples > 0.1 * RATE  # the backlog went at the half-second check
     assert track._buffered <= 0.03 * RATE
+
+
+def test_a_reply_paced_by_the_track_is_never_trimmed_and_barge_in_drops_its_rest():
+    """One pacer per outbound stream: a reply metered by the track's own clock (TrackPacer) comes out whole, sample
+    for sample, though the track keeps a little of it queued all along (which the live backlog trim would cut); the
+    pacer's reset (barge-in) drops what is still queued."""
+    reply = (np.arange(int(1.2 * RATE)) % 30_000 + 1).astype(np.int16)  # 1.2 s, no zero sample
+    chunk = int(0.08 * RATE)  # 80 ms blocks, as a reply is decoded
+
+    async def main():
+        track = PacedAudioTrack(slack_s=0.01)
+        pacer, frames = TrackPacer(track), []
+
+        async def play():
+            while True:
+                frames.append((await track.recv()).to_ndarray().reshape(-1))
+
+        player = asyncio.ensure_future(play())
+        for i in range(0, reply.size, chunk):
+            await pacer.wait(chunk / RATE)
+            track.push(reply[i : i + chunk], paced=True)
+        queued = pacer.playhead is not None and track.paced_s > 0
+        while track.paced_s:
+            await asyncio.sleep(0.02)
+        # A second reply, cut by barge-in at once: what the track held goes, and nothing more is played of it.
+        track.push(reply[:chunk], paced=True)
+        pacer.reset()
+        cut = track.paced_s == 0 and pacer.playhead is None
+        player.cancel()
+        return track, np.concatenate(frames), queued, cut
+
+    track, out, queued, cut = asyncio.run(main())
+    assert queued and cut
+    assert track.dropped_samples == 0
+    assert np.array_equal(out[out != 0], reply)
 
 
 def test_microphone_frames_are_downmixed_without_a_resampler():

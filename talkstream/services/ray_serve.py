@@ -154,8 +154,14 @@ class TalkstreamReplica:
                     await client.close(1000 if code in (1005, 1006) else code, reason)
 
 
-def application(config: ServerConfig | None = None, replicas: int | None = None, max_replicas: int = 8):
-    """The Serve application: `replicas` fixed, or None to scale 1..max_replicas on live sessions per replica."""
+def application(
+    config: ServerConfig | None = None,
+    replicas: int | None = None,
+    max_replicas: int = 8,
+    autoscaling: dict[str, Any] | None = None,
+):
+    """The Serve application: `replicas` fixed, or None to scale 1..max_replicas on live sessions per replica
+    (`autoscaling`: Serve AutoscalingConfig fields over the defaults below)."""
     if replicas is not None and replicas < 1:
         raise ValueError(f"--workers must be at least 1 (got {replicas})")
     options: dict[str, Any]
@@ -168,6 +174,7 @@ def application(config: ServerConfig | None = None, replicas: int | None = None,
                 "target_ongoing_requests": 8,  # live sessions per replica before another is started
                 "upscale_delay_s": 10,
                 "downscale_delay_s": 300,  # a session lasts minutes: do not drain replicas on a lull
+                **(autoscaling or {}),
             },
         }
     else:

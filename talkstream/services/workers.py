@@ -48,11 +48,11 @@ RESTART_WINDOW_S = 60.0
 
 
 def default_workers() -> int:
-    """One worker per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """One worker per core this process may run on; 1 where the kernel does not spread SO_REUSEPORT connections
+    (macOS and the BSDs hand them all to one listener)."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    return len(os.sched_getaffinity(0))
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

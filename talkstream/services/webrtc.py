@@ -372,13 +372,15 @@ class PeerSession:
                     await self.session.send_error("idle_timeout", f"no audio for {idle:.0f} s")
                     break
                 for pcm in mono_s16(frame, resampler):
+                    if self.session.protocol.closed:  # `end` or an error ended it: whoever did closes the peer
+                        return  # (closing here would cancel the draining that ends in the summary)
                     if self._behind():
                         self.dropped_in += pcm.size  # an overloaded server drops speech rather than fall behind
                         continue
                     now = time.monotonic()
                     ts = int((now - self._t0) * 1000) & 0xFFFFFFFF
                     if not await self.session.feed_audio(pcm.astype(np.float32) / 32768.0, ts, now):
-                        self.service.spawn(self.close())  # the session is over (a fatal error, its time is up)
+                        self.service.spawn(self.close())  # this audio ended the session (its time was up)
                         return
         except MediaStreamError:
             pass  # the peer stopped sending

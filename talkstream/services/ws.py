@@ -235,7 +235,15 @@ class TalkstreamServer:
             return
 
         async def abort(code: str, message: str) -> None:
-            await ws.close(1008, code)  # the reason is the code: a client that stopped reading gets no event
+            """A client that stopped reading gets no event: the close frame's reason is the code. It waits behind
+            what the client left unread, so a client that reads nothing at all is cut off after send_timeout_s."""
+            try:
+                async with asyncio.timeout(c.limits.send_timeout_s):
+                    await ws.close(1008, code)
+            except TimeoutError:
+                log.info("session %s: no close handshake after %.0f s; connection dropped", session.id,
+                         c.limits.send_timeout_s)
+                ws.transport.abort()
 
         session = Session(
             self.engine, self.vad, self.responder, c.limits, WireSink(ws), self.metrics, video_codec=self.video_codec,

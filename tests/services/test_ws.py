@@ -314,40 +314,74 @@ def test_every_codebook_count_and_token_length_is_answered_without_an_export(mod
 
 
 def test_a_client_that_stops_reading_is_closed_and_holds_little(models, speech):
-    """A client sends audio and never reads the echo: the server's buffers fill to their bounds (live input is
-    dropped), and once nothing could be sent for send_timeout_s the session is closed with slow_consumer, freed."""
+    """Clients send audio and never read the echo: the server's buffers fill to their bounds (live input is
+    dropped, the process's memory stays put), and once nothing could be sent for send_timeout_s the session is
+    closed with slow_consumer, the close frame's reason, which a client that reads again finds after what it left
+    unread; one that never reads again is cut off. Meanwhile another client's real-time echo is served whole."""
+    import os
     import socket
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    async def stalled(srv, read_again: bool) -> dict:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server fills it soon
+        sock.connect(("127.0.0.1", srv.port))
+        async with connect(srv.url, sock=sock, max_queue=1) as ws:
+            sid = (await hello(ws, sample_rate=48_000))["session"]
+            session = next(s for s in srv.sessions if s.id == sid)
+            loop = asyncio.get_running_loop()
+            t0, depth = loop.time(), 0
+            audio = load_audio(SAMPLE_WAV, 48_000)
+            # 20 ms frames, 4x faster than real time, until the server gives up on this client (read_again) or
+            # has freed its session
+            try:
+                for i in range(20_000):
+                    j = i * 960 % (audio.size - 960)
+                    await ws.send(pcm_frame(audio[j : j + 960], i, 1))
+                    if session.input is not None:
+                        depth = max(depth, sum(session.input.queue_depths().values()))
+                    if (session.closed if read_again else session not in srv.sessions) or loop.time() - t0 > 40:
+                        break
+                    await asyncio.sleep(0.005)
+            except websockets.ConnectionClosed:
+                pass
+            seconds, close = loop.time() - t0, None
+            if read_again:  # what the server had sent, then its close frame
+                try:
+                    while True:
+                        await ws.recv()
+                except websockets.ConnectionClosed as e:
+                    close = (e.rcvd.code, e.rcvd.reason) if e.rcvd else (None, "")
+            return {"seconds": seconds, "depth": depth, "session": session, "close": close}
 
     async def main():
         async with serve(models, limits=Limits(send_timeout_s=1.0)) as srv:
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server fills it soon
-            sock.connect(("127.0.0.1", srv.port))
-            async with connect(srv.url, sock=sock, max_queue=1) as ws:
-                await hello(ws, sample_rate=48_000)
-                session = next(iter(srv.sessions))
-                t0, depth = asyncio.get_running_loop().time(), 0
-                audio = load_audio(SAMPLE_WAV, 48_000)
-                try:
-                    for i in range(20_000):  # 20 ms frames, 4x faster than real time, until the server hangs up
-                        j = i * 960 % (audio.size - 960)
-                        await ws.send(pcm_frame(audio[j : j + 960], i, 1))
-                        if session.input is not None:
-                            depth = max(depth, sum(session.input.queue_depths().values()))
-                        if not srv.sessions or asyncio.get_running_loop().time() - t0 > 40:
-                            break
-                        await asyncio.sleep(0.005)
-                except websockets.ConnectionClosed:
-                    pass
-                seconds = asyncio.get_running_loop().time() - t0
-                metrics = srv.render_metrics().decode()
-                return seconds, depth, len(srv.sessions), metrics, session
+            mb0 = rss_mb()
+            other = stream_audio(srv.url, speech, 24_000, realtime=True)
+            reads, never, served = await asyncio.gather(stalled(srv, True), stalled(srv, False), other)
+            grew = rss_mb() - mb0
+            for _ in range(100):  # the handler frees the session of the client that read again a moment later
+                if not srv.sessions:
+                    break
+                await asyncio.sleep(0.05)
+            return reads, never, served, grew, len(srv.sessions), srv.render_metrics().decode()
 
-    seconds, depth, live, metrics, session = run(main())
-    assert live == 0 and session.closed, "the session was closed and freed"
-    assert 'talkstream_errors_total{code="slow_consumer"} 1.0' in metrics
-    assert depth <= 32 + 4 * 64  # bounded queues: the live inbox and each stage's, whatever the client does
-    assert seconds < 30
+    reads, never, served, grew, live, metrics = run(main())
+    print(f"\nstalled clients given up on after {reads['seconds']:.1f} s, cut off after {never['seconds']:.1f} s; "
+          f"RSS meanwhile {grew:+.1f} MB; queue depth at most {max(reads['depth'], never['depth'])}")
+    assert live == 0 and reads["session"].closed and never["session"].closed, "both sessions closed and freed"
+    assert reads["close"] == (1008, "slow_consumer"), reads["close"]
+    assert 'talkstream_errors_total{code="slow_consumer"} 2.0' in metrics
+    for r in (reads, never):  # bounded queues: the live inbox and each stage's, whatever the client does
+        assert r["depth"] <= 32 + 4 * 64
+    assert never["seconds"] < 30
+    assert grew < 50, f"the server grew by {grew:.1f} MB holding two clients that read nothing"
+    # The other session was served throughout: every frame came back, nothing refused.
+    assert not served.errors() and served.summary["errors"] == 0, served.events
+    assert served.summary["drops"] == 0 and abs(served.pcm.size - speech.size) <= 960, served.pcm.size
 
 
 def test_a_client_of_another_codec_is_refused_with_a_code(models):

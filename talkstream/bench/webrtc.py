@@ -182,13 +182,14 @@ def onset_latencies_ms(r: RTCResult, onsets: np.ndarray, period_s: float) -> np.
 async def _run_level(
     server: ServerProcess, sessions: int, seconds: float, speech48: np.ndarray, period_s: float, jitter_frames: int
 ) -> dict:
-    assert server.http_url is not None
+    http_url = server.http_url
+    assert http_url is not None, "the server was started without HTTP"
     signal, onsets = marked_signal(speech48, seconds, period_s)
     t0, cpu0, server0 = time.monotonic(), time.process_time(), server.cpu_s()
 
     async def one(i: int) -> RTCResult:
         await asyncio.sleep(0.02 * i / max(sessions, 1))  # spread the 20 ms phases like independent callers
-        return await rtc_session(server.http_url, signal, seconds + 0.5, jitter_frames=jitter_frames)
+        return await rtc_session(http_url, signal, seconds + 0.5, jitter_frames=jitter_frames)
 
     results = await asyncio.gather(*(one(i) for i in range(sessions)), return_exceptions=True)
     wall = time.monotonic() - t0

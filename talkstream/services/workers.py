@@ -47,12 +47,17 @@ MAX_RESTARTS = 5  # deaths within RESTART_WINDOW_S before the supervisor gives u
 RESTART_WINDOW_S = 60.0
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    """One worker per core this process may run on; 1 where the kernel does not spread SO_REUSEPORT connections
-    (macOS and the BSDs hand them all to one listener)."""
-    if not sys.platform.startswith("linux"):
-        return 1
-    return len(os.sched_getaffinity(0))
+    """One worker per core; 1 where the kernel does not spread SO_REUSEPORT connections (macOS and the BSDs hand
+    them all to one listener)."""
+    return cores() if sys.platform.startswith("linux") else 1
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -135,7 +140,12 @@ async def _serve_worker(config: ServerConfig, index: int, status: Connection) ->
     server = TalkstreamServer(config)
     try:
         await server.start()
-        status.send(("ready", index, os.getpid(), None))
+    except BaseException:
+        with contextlib.suppress(Exception):  # what did start is let go; the start-up error is the one reported
+            await server.stop()
+        raise
+    status.send(("ready", index, os.getpid(), None))
+    try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
@@ -163,7 +173,7 @@ class Supervisor:
             raise ValueError(f"--workers must be at least 1 (got {workers})")
         self.config = config
         self.n = workers
-        self.threads = threads or max(1, default_workers() // workers)  # no worker oversubscribes the cores
+        self.threads = threads or max(1, cores() // workers)  # no worker oversubscribes the cores
         self.workers: dict[int, _Worker] = {}
         self.deaths: deque[float] = deque()
         self._ctx = mp.get_context("spawn")

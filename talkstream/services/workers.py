@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -47,11 +48,27 @@ MAX_RESTARTS = 5  # deaths within RESTART_WINDOW_S before the supervisor gives u
 RESTART_WINDOW_S = 60.0
 
 
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (`docker run --cpus 2`: 2.0), or None when unlimited.
+
+    A container limited this way still sees every core of the host in its affinity mask: one worker per visible core
+    would start dozens of workers, each loading its own models, on a 2-CPU quota.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = (root / "cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" or "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    with contextlib.suppress(OSError, ValueError):
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())  # cgroup v1: -1 when unlimited
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    return None
+
+
 def cores() -> int:
-    """The cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The cores this process may use: its affinity mask, capped by its cgroup's CPU quota (rounded up)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(n, math.ceil(limit))) if limit else n
 
 
 def default_workers() -> int:

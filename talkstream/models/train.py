@@ -45,6 +45,27 @@ class TrainConfig:
     init: str | None = None  # start a new run from these weights (new parts, such as a video track, start fresh)
 
 
+def optimiser_step(model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One update at `lr`, gradients clipped to norm 1 (the Thinker's and the Talker's loops share it)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def resume_run(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, what: str) -> tuple[int, list, float]:
+    """(step, history, seconds) from `ckpt` when it exists (model and optimiser restored), else a fresh start."""
+    if not ckpt.is_file():
+        return 0, [], 0.0
+    saved = torch.load(ckpt, weights_only=False)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    print(f"resumed {what} from {ckpt} at step {saved['step']}", file=sys.stderr)
+    return saved["step"], saved["history"], saved.get("seconds", 0.0)
+
+
 def _lr(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -176,17 +197,11 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
     else:
         raise ValueError(f"unknown model {kind!r}: this trains the Thinker (the Talker: train_talker.py)")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    step, history, seconds = 0, [], 0.0
     ckpt = run / "last.pt"
     video_eval_set = locals().get("video_eval_set") or []
     if not ckpt.is_file() and cfg.init:
         _init_from(model, Path(cfg.init), kind)
-    if ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        step, history, seconds = saved["step"], saved["history"], saved.get("seconds", 0.0)
-        print(f"resumed {kind} from {ckpt} at step {step}", file=sys.stderr)
+    step, history, seconds = resume_run(ckpt, model, opt, kind)
 
     def evaluate(batches: list) -> float:
         model.eval()
@@ -212,13 +227,8 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
     running = None
     while step < cfg.steps:
         t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg)
         loss, parts = loss_fn(model, batches.sample(cfg.batch_size))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimiser_step(model, opt, loss, _lr(step, cfg))
         step += 1
         seconds += time.perf_counter() - t0
         running = parts["ce"] if running is None else 0.98 * running + 0.02 * parts["ce"]

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from talkstream.models.loaders import save_checkpoint
 from talkstream.models.talker import PAD_PHONEME, UNK_PHONEME, Talker, TalkerConfig
 from talkstream.models.talker_data import load_talker_data
-from talkstream.models.train import TrainConfig, _lr
+from talkstream.models.train import TrainConfig, _lr, optimiser_step, resume_run
 
 CE_WEIGHT = 0.1
 
@@ -135,14 +133,8 @@ def train_talker(data: Path, run: Path, cfg: TrainConfig, codec, command: list[s
     eval_set = [held.collate(held.items[i : i + 16], random_crop=False) for i in range(0, len(held.items), 16)]
     opt = torch.optim.AdamW([p for n, p in model.named_parameters()], lr=cfg.lr, betas=(0.9, 0.98),
                             weight_decay=0.01)
-    step, history, seconds = 0, [], 0.0
     ckpt = run / "last.pt"
-    if ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        step, history, seconds = saved["step"], saved["history"], saved.get("seconds", 0.0)
-        print(f"resumed the Talker from {ckpt} at step {step}", file=sys.stderr)
+    step, history, seconds = resume_run(ckpt, model, opt, "the Talker")
 
     def save() -> Path:
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
@@ -161,13 +153,8 @@ def train_talker(data: Path, run: Path, cfg: TrainConfig, codec, command: list[s
     running = None
     while step < cfg.steps:
         t0 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg)
         loss, parts = talker_loss(model, batches.sample(cfg.batch_size))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimiser_step(model, opt, loss, _lr(step, cfg))
         step += 1
         seconds += time.perf_counter() - t0
         running = parts["l1"] if running is None else 0.98 * running + 0.02 * parts["l1"]

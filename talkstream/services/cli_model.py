@@ -106,8 +106,9 @@ def cmd_say(args) -> None:
     codec = load_audio_codec()
     responder = _responder(args, codec)
 
-    class _Say:  # the responder's speaker alone, as a responder
+    class _Say:  # the responder's speaker alone, as a responder (decoded by the Talker's own voice decoder)
         num_codebooks = responder.num_codebooks
+        voice_codec = responder.voice_codec
 
         @staticmethod
         def respond(_codes):

@@ -138,3 +138,19 @@ def test_the_dual_track_is_off_unless_asked_for():
     assert load_chat(codec, talker_hidden=True).speaker.use_hidden
     assert serve_thinker_config(build_parser().parse_args(["serve", "--talker-hidden"]))["talker_hidden"] is True
     assert build_parser().parse_args(["chat", "q.wav"]).talker_hidden is False
+
+
+def test_the_shipped_talker_is_understood_by_an_independent_recogniser(tmp_path):
+    """Sentences the Talker never trained on, spoken by `say` and transcribed by faster-whisper tiny.en (the issue's
+    own examples; `bench model` measures 20 more): most words come through."""
+    pytest.importorskip("faster_whisper", reason="the recogniser is in the asr extra")
+    from talkstream.bench.listener import transcribe, wer
+
+    texts = ["My sister bought three green apples.",
+             "Please call Stella and ask her to bring these things with her from the store."]
+    heard = []
+    for i, text in enumerate(texts):
+        assert main(["say", text, "--out", str(tmp_path / f"{i}.wav")]) == 0
+        audio, sr = sf.read(tmp_path / f"{i}.wav", dtype="float32")
+        heard.append(transcribe(audio, sr))
+    assert wer(texts, heard) < 0.35, heard

@@ -206,6 +206,16 @@ def cmd_bench_model(args) -> None:
         print(f"results written to {args.out}")
 
 
+def cmd_bench_voices(args) -> None:
+    from talkstream.bench.voices import run_voice_bench
+
+    results = run_voice_bench(args.voices, sentences=args.sentences)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}")
+
+
 def cmd_export_model(args) -> None:
     from talkstream.models.loaders import load_talker, load_thinker
     from talkstream.models.onnx_steps import export_model_steps
@@ -326,6 +336,15 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--eval", type=int, default=160, help="evaluation clips")
     dp.add_argument("--seed", type=int, default=0)
     dp.set_defaults(func=cmd_data_video_questions)
+
+    bp = bench_sub.add_parser("voices", help="the Talker's candidate voices: recogniser WER and DNSMOS side by side",
+                              description="Each voice speaks the same held-out sentences; faster-whisper tiny.en's "
+                              "WER and DNSMOS OVRL of its own audio. Needs the asr and data extras.")
+    bp.add_argument("--voices", nargs="+", default=["piper:joe", "kokoro:jm_kumo", "kokoro:jf_alpha", "espeak:en-us"],
+                    metavar="ENGINE:NAME", help="voices to compare (piper, kokoro, espeak or festival)")
+    bp.add_argument("--sentences", type=int, default=20)
+    bp.add_argument("--out", default=None, help="write the results as JSON here")
+    bp.set_defaults(func=cmd_bench_voices)
 
     bp = bench_sub.add_parser("model", help="Thinker WER and answer accuracy, Talker WER (faster-whisper), latency",
                               description="On held-out voices and sentences: the Thinker's speech-to-text WER beside "

@@ -14,8 +14,8 @@ Design, chosen by what the recogniser understood (README, `bench model`) and wha
   Talker sampled tokens codebook by codebook and the recogniser heard 84-91% of its words wrong: one bad first-codebook
   draw is a wrong sound, while a regressed latent is at worst a blurred one, and the voice decoder
   (talkstream/codecs/audio/voice.py) is fine-tuned on the Talker's own tokens to sharpen exactly that blur.
-- **Deterministic.** No sampling: the same text always gives the same tokens (`SamplingConfig.seed` is kept for
-  callers; only `speed` acts).
+- **Deterministic.** No sampling: the same text always gives the same tokens; `SamplingConfig.speed` scales the
+  durations.
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ class TalkerConfig:
 @dataclass
 class SamplingConfig:
     speed: float = 1.0  # >1 speaks faster (durations divided by it)
-    seed: int = 0  # unused: the Talker is deterministic
 
 
 class Talker(nn.Module):
@@ -85,6 +84,8 @@ class Talker(nn.Module):
         self.register_buffer("codebooks", torch.zeros(cfg.num_codebooks, cfg.codebook_size, cfg.latent_dim))
         # The per-frame transformer step in onnxruntime (talkstream.models.onnx_steps), when set; torch otherwise.
         self.onnx_step = None
+        self._norms: Tensor | None = None  # the codes' squared norms, computed once, not on every frame
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_norms", None))
 
     @property
     def lookahead(self) -> int:
@@ -97,6 +98,7 @@ class Talker(nn.Module):
         if tuple(embed.shape) != tuple(self.codebooks.shape):
             raise ValueError(f"codec codebooks {tuple(embed.shape)} != Talker's {tuple(self.codebooks.shape)}")
         self.codebooks.copy_(embed)
+        self._norms = None
 
     # --- the text track ---
     def phoneme_ids(self, names: list[str]) -> Tensor:
@@ -132,9 +134,11 @@ class Talker(nn.Module):
     def quantize(self, z: Tensor, stages: int | None = None) -> Tensor:
         """Latent [N, D] -> codes [N, K] by the codec's residual codebooks (nearest code, stage by stage); the first
         `stages` only when given."""
+        if self._norms is None:
+            self._norms = (self.codebooks * self.codebooks).sum(-1)  # [K, V]
         codes, r = [], z
-        for e in self.codebooks[:stages]:
-            c = ((r * r).sum(1, keepdim=True) - 2 * r @ e.t() + (e * e).sum(1)[None]).argmin(1)
+        for e, norms in zip(self.codebooks[:stages], self._norms, strict=False):
+            c = ((r * r).sum(1, keepdim=True) - 2 * r @ e.t() + norms[None]).argmin(1)
             r = r - e[c]
             codes.append(c)
         return torch.stack(codes, 1)

@@ -200,20 +200,21 @@ def cmd_bench_model(args) -> None:
 
     results = run_model_bench(Path(args.data), questions=args.questions, sentences=args.sentences,
                               threads=args.threads, backend=args.backend, talker_sentences=args.talker_sentences)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}")
+    _write_results(args.out, results)
+
+
+def _write_results(out: str | None, results: dict) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {out}")
 
 
 def cmd_bench_voices(args) -> None:
     from talkstream.bench.voices import run_voice_bench
 
     results = run_voice_bench(args.voices, sentences=args.sentences)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}")
+    _write_results(args.out, results)
 
 
 def cmd_export_model(args) -> None:

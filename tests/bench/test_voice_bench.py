@@ -21,5 +21,5 @@ def test_a_voice_is_measured_by_the_recogniser_and_dnsmos(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["voice"] for r in rows] == ["piper:joe"]
     assert 0 <= rows[0]["wer"] < 0.5  # a natural voice is mostly understood
-    assert 1.0 < rows[0]["dnsmos_ovrl"] < 5.0
+    assert rows[0]["dnsmos_ovrl"] > 2.5  # a clean natural voice (joe measures about 3.2; espeak-ng about 2.7)
     assert "piper:joe" in capsys.readouterr().out

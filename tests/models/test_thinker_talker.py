@@ -120,8 +120,8 @@ def test_talker_tokens_are_the_codebooks_nearest_to_its_latent():
 def test_talker_is_deterministic_for_a_text():
     m = _talker()
     ids = m.phoneme_ids(text_units("hello there, seven."))
-    one = torch.stack(list(m.frames(ids, None, SamplingConfig(seed=1))))
-    two = torch.stack(list(m.frames(ids, None, SamplingConfig(seed=2))))
+    one = torch.stack(list(m.frames(ids, None)))
+    two = torch.stack(list(m.frames(ids, None)))
     assert one.shape[0] > 10 and torch.equal(one, two)
     faster = torch.stack(list(m.frames(ids, None, SamplingConfig(speed=2.0))))
     assert faster.shape[0] < one.shape[0]

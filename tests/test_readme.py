@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from talkstream.services.cli import build_parser
+from talkstream.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

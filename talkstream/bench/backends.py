@@ -104,9 +104,9 @@ def codec_targets(codec: AudioCodec, k: int, providers: list[str] | None) -> lis
 def talker_targets(codec: AudioCodec, k: int, providers: list[str] | None) -> list[StepTarget]:
     """The shipped Talker's transformer on one new frame over a 100-frame KV cache (the per-frame cost of speaking;
     embeddings, the depth head and sampling are the same Python in every backend and are left out)."""
+    from talkstream.checkpoint import load_talker
     from talkstream.export.graphs import export_bytes, quantize_int8
     from talkstream.export.providers import open_session, select_providers
-    from talkstream.models.loaders import load_talker
     from talkstream.models.onnx_steps import OnnxTransformerStep, step_spec
 
     talker = load_talker()

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from talkstream.audio_io import AudioInputError, load_audio
 from talkstream.bench import listener
 from talkstream.bench.metrics import opus_roundtrip, pesq_wb, stoi
+from talkstream.checkpoint import WEIGHTS_DIR
 from talkstream.codecs.audio.codec import AudioCodec
-from talkstream.models.loaders import WEIGHTS_DIR
 
 CODEBOOKS = (1, 2, 4, 8)
 OPUS_BITRATES = (6000, 8000, 12000)

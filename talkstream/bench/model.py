@@ -70,9 +70,9 @@ def _clock_right(reply: str, what: str) -> bool:
 
 def run_model_bench(data: Path | None = None, questions: int = 100, sentences: int = 30, threads: int = 1,
                     backend: str = "onnx", talker_sentences: int = 20) -> dict:
-    from talkstream.models.chat import Turn, answer_codes, load_chat
+    from talkstream.chat.responder import Turn, answer_codes, load_chat
+    from talkstream.checkpoint import load_audio_codec
     from talkstream.models.ears_thinker import EarsThinker
-    from talkstream.models.loaders import load_audio_codec
 
     torch.set_num_threads(threads)
     listener.recogniser()  # a clear error now, not after the synthesis, when the asr extra is missing
@@ -213,7 +213,7 @@ def _video_questions(legacy, data: Path) -> dict | None:
     path = data / "video_eval.pt"
     if model is None or not model.cfg.video_features or not path.is_file():
         return None
-    from talkstream.models.chat import codes_to_latent
+    from talkstream.chat.responder import codes_to_latent
 
     items = torch.load(path, weights_only=False)
     right: dict[str, dict[str, list[bool]]] = {"with_video": {}, "without_video": {}}

@@ -70,7 +70,7 @@ class ServerProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http = http
         self.http_url: str | None = None
-        cmd = [sys.executable, "-m", "talkstream.services.cli", "serve", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "talkstream.cli", "serve", "--port", str(self.port)]
         cmd += ["--http-port", "0"] if http else ["--no-http"]
         cmd += ["--workers", str(workers), "--max-sessions", str(max_sessions), "--thinker", "echo", *options]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
@@ -169,7 +169,7 @@ def run_serve_bench(
 ) -> dict:
     """Every worker count's server runs at once (idle while another is measured) and each level is run on each in
     turn, so a change in the machine's other load during the run falls on all of them alike."""
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
 
     workers = workers or [1]
     if any(w < 1 for w in workers):

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from talkstream.models.loaders import sha256_file  # noqa: F401  (re-exported: one checksum function)
+from talkstream.checkpoint import sha256_file  # noqa: F401  (re-exported: one checksum function)
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from talkstream.models.whisper_decoder import WhisperDecoder, load_whisper_decoder
-from talkstream.models.whisper_encoder import (
+from talkstream.whisper.decoder import WhisperDecoder, load_whisper_decoder
+from talkstream.whisper.encoder import (
     HOP,
     SAMPLE_RATE,
     WhisperEncoder,

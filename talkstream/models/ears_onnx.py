@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from talkstream.export.graphs import GraphSpec
-from talkstream.models.whisper_encoder import WhisperEncoder
+from talkstream.whisper.encoder import WhisperEncoder
 
 
 class _BlockStep(nn.Module):

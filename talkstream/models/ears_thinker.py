@@ -1,4 +1,4 @@
-"""The built-in Thinker: Whisper's ears and tool calls, behind the Thinker seam (talkstream.models.chat).
+"""The built-in Thinker: Whisper's ears and tool calls, behind the Thinker seam (talkstream.chat.responder).
 
 It hears the user's own audio (never the codec's reconstruction) block by block while the turn is spoken
 (talkstream.models.ears), writes the transcript at the end of the turn, and answers with a tool call
@@ -29,7 +29,7 @@ import torch
 
 from talkstream.models import tools
 from talkstream.models.ears import EarsState, TurnTooLong, WhisperEars
-from talkstream.models.whisper_encoder import SAMPLE_RATE as EARS_RATE
+from talkstream.whisper.encoder import SAMPLE_RATE as EARS_RATE
 
 
 @dataclass
@@ -44,7 +44,7 @@ class EarsHeard:
 
 
 class V1Thinker:
-    """The v1 learned Thinker (talkstream.models.chat.BuiltinThinker) with the codec it was trained on: it hears the
+    """The v1 learned Thinker (talkstream.chat.responder.BuiltinThinker) with the codec it was trained on: it hears the
     turn's audio re-encoded by that codec, whole, at the end of the turn (no hearing ahead)."""
 
     def __init__(self, thinker, codec_v1):

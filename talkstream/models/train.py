@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from talkstream.checkpoint import save_checkpoint
 from talkstream.models import text as tx
-from talkstream.models.loaders import save_checkpoint
 from talkstream.models.thinker import Thinker, ThinkerConfig
 
 
@@ -150,7 +150,7 @@ def _video_items(data: Path, cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
 
 def _init_from(model: nn.Module, path: Path, kind: str) -> None:
     """Start from trained weights (a shipped checkpoint folder); parts they lack keep their fresh initialisation."""
-    from talkstream.models.loaders import read_checkpoint
+    from talkstream.checkpoint import read_checkpoint
 
     _, state = read_checkpoint(path, kind)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -176,7 +176,7 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         train_items = [it for it in train_items if it["codes"].shape[-1] <= 750]
     eval_items = torch.load(data / f"{kind}_eval.pt", weights_only=False)
     if kind == "thinker":
-        from talkstream.models.loaders import load_audio_codec
+        from talkstream.checkpoint import load_audio_codec
 
         codec = codec or load_audio_codec()
         video_train, video_eval = _video_items(data, cfg)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from talkstream.models.loaders import save_checkpoint
+from talkstream.checkpoint import save_checkpoint
 from talkstream.models.talker import PAD_PHONEME, UNK_PHONEME, Talker, TalkerConfig
 from talkstream.models.talker_data import load_talker_data
 from talkstream.models.train import TrainConfig, _lr, optimiser_step, resume_run
@@ -174,7 +174,7 @@ def train_talker(data: Path, run: Path, cfg: TrainConfig, codec, command: list[s
 def attach_talker_latents(items: list[dict], talker_path: Path, cache: Path, threads: int = 1) -> None:
     """Give each example `talker_latent`: the Talker's latent [D, F] for its units with the voice's own durations
     (frame for frame with the audio), cached in `cache` keyed by the Talker's weights."""
-    from talkstream.models.loaders import load_talker
+    from talkstream.checkpoint import load_talker
 
     torch.set_num_threads(threads)
     key = json.loads((Path(talker_path) / "config.json").read_text())["sha256"]

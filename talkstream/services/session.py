@@ -26,15 +26,15 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from talkstream.chat import ChatModel, ChatSession
 from talkstream.models.errors import ThinkerEndpointError
-from talkstream.models.turn import Turn, split_turn
 from talkstream.protocol import (
     KIND_TOKENS,
     PROTOCOL_VERSION,
@@ -100,55 +100,6 @@ def _rules(codec, video_codec, limits: Limits) -> ServerRules:
         video=video, token=limits.token, max_message_bytes=limits.max_message_bytes,
         max_session_s=limits.max_session_s, idle_timeout_s=limits.idle_timeout_s,
     )
-
-
-class ChatSession(Protocol):
-    """One user's chat (their history, the turn heard so far): opened per session, closed with it.
-
-    `respond` answers a turn (a `Turn`: codec tokens [1, K, F] and the audio they came from; and the video tokens
-    seen meanwhile when `sees_video`) with
-    codec-token blocks and event dicts ({"type": "transcript", ...}, sent as JSON events); cancellable. Optional
-    attributes: `num_codebooks` (the blocks' codebook count when it is not the client's), `voice_codec` (a decoder
-    of its own), `sees_video`, and `listen_ahead(chunks)` (the turn so far, while it is spoken).
-    """
-
-    def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None
-                ) -> AsyncIterator[torch.Tensor | dict]: ...
-
-    def close(self) -> None: ...
-
-
-class ChatModel(Protocol):
-    """What chat mode answers with (`models.chat.ChatResponder`, `EchoResponder`): shared by every session of a
-    server, warmed up before the port opens, holding no user's state."""
-
-    def warmup(self) -> None: ...
-
-    def open_session(self) -> ChatSession: ...
-
-
-class EchoResponder:
-    """The echo stand-in (`--thinker echo`): says the user's turn back, block by block, through the token path.
-    It keeps nothing between turns, so it is its own chat session."""
-
-    def __init__(self, block_frames: int = 6):
-        self.block_frames = block_frames
-
-    def warmup(self) -> None:
-        pass
-
-    def open_session(self) -> EchoResponder:
-        return self
-
-    def close(self) -> None:
-        pass
-
-    async def respond(self, turn: Turn | torch.Tensor, video: torch.Tensor | None = None
-                      ) -> AsyncIterator[torch.Tensor]:
-        turn, _ = split_turn(turn)
-        for i in range(0, turn.shape[-1], self.block_frames):
-            yield turn[..., i : i + self.block_frames]
-            await asyncio.sleep(0)  # a generator that yields control, as a model's would
 
 
 class Sink(Protocol):

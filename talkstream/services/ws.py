@@ -19,9 +19,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from talkstream.chat import ChatModel, EchoResponder
 from talkstream.protocol import FLAG_KEY, error_event, pcm_frame, rgb_frame, token_frame, video_token_frame
 from talkstream.services.registry import Refused, SessionRegistry
-from talkstream.services.session import ChatModel, EchoResponder, Limits, Session
+from talkstream.services.session import Limits, Session
 from talkstream.streaming import video
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics
@@ -59,7 +60,7 @@ class ServerConfig:
 def _make_responder(c: ServerConfig, codec) -> ChatModel:
     if c.thinker == "echo":
         return EchoResponder()
-    from talkstream.models.chat import load_chat
+    from talkstream.chat.responder import load_chat
 
     return load_chat(codec, c.thinker, c.thinker_url, c.thinker_model, c.thinker_api_key, backend=c.backend,
                      talker_hidden=c.talker_hidden)
@@ -100,7 +101,7 @@ class TalkstreamServer:
         vad: SileroVAD | None = None,
         video_codec=None,
     ):
-        from talkstream.models.loaders import load_audio_codec, load_video_codec
+        from talkstream.checkpoint import load_audio_codec, load_video_codec
 
         self.config = config or ServerConfig()
         self.metrics = Metrics()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from talkstream.models.loaders import WEIGHTS_DIR, CheckpointError
+from talkstream.checkpoint import WEIGHTS_DIR, CheckpointError
 
 VAD_PATH = WEIGHTS_DIR / "vad" / "silero_vad_16k_op15.onnx"
 VAD_SHA256 = "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from talkstream.bench import listener
 from talkstream.bench.codec import decoder_mflops_per_second, run_codec_bench
-from talkstream.services.cli import SAMPLE_WAV
+from talkstream.data import SAMPLE_WAV
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("speechmos")
@@ -67,6 +67,6 @@ def test_bench_codec_reports_what_a_listener_hears(tmp_path, tiny_codec):
 
 
 def test_decoder_flops_grow_with_the_decoder(tiny_codec):
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
 
     assert decoder_mflops_per_second(load_audio_codec()) > 3 * decoder_mflops_per_second(tiny_codec)

@@ -38,7 +38,7 @@ def test_pesq_survives_a_minute_of_many_utterances():
 
 def test_roundtrip_without_the_metrics_extra_says_how_to_install_it():
     code = ("import sys; sys.modules['pesq'] = None\n"
-            "from talkstream.services.cli import main; sys.exit(main(['roundtrip']))")
+            "from talkstream.cli import main; sys.exit(main(['roundtrip']))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and "pip install -e '.[metrics]'" in p.stderr, p.stderr

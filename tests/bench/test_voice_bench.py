@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from talkstream.services.cli import main
+from talkstream.cli import main
 
 
 def test_bad_voice_names_are_refused_in_one_line_before_any_synthesis(capsys):

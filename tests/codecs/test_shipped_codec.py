@@ -12,9 +12,9 @@ import torch
 
 from talkstream.audio_io import load_audio
 from talkstream.bench.metrics import stoi
+from talkstream.checkpoint import load_audio_codec
 from talkstream.codecs.audio.codec import align_output
 from talkstream.data import SAMPLE_WAV
-from talkstream.models.loaders import load_audio_codec
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,9 @@ def test_streaming_frame_by_frame_matches_offline(codec, sample):
 def test_tokens_of_the_old_codec_are_refused_not_decoded(codec, sample, tmp_path):
     """Files made by codec v1 (still shipped for the v1 Thinker's hearing) get a one-line error from the shipped v2,
     never wrong audio."""
+    from talkstream.checkpoint import load_codec_v1
     from talkstream.codecs.audio.files import decode_file, encode_file
     from talkstream.codecs.container import ContainerError
-    from talkstream.models.loaders import load_codec_v1
 
     old = load_codec_v1()
     assert old.cfg.codec_id == "talkstream-audio-v1" and codec.cfg.codec_id == "talkstream-audio-v2"

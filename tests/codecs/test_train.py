@@ -7,8 +7,8 @@ import json
 import soundfile as sf
 import torch
 
+from talkstream.checkpoint import load_audio_codec
 from talkstream.codecs.audio.train import TrainConfig, train_codec
-from talkstream.models.loaders import load_audio_codec
 from tests.conftest import TINY, speechlike
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from talkstream.cli import main
 from talkstream.codecs.container import ContainerError, read_tokens, write_tokens
 from talkstream.codecs.video.codec import FSQ, VideoCodec, VideoCodecConfig
 from talkstream.codecs.video.files import decode_file, encode_file, read_frames, write_video
-from talkstream.services.cli import main
 
 # A small random codec: the contract tests need its structure, not its quality.
 SMALL = VideoCodecConfig(
@@ -157,7 +157,7 @@ def _vfr(path):
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "vfr", "audio-only", "bad-tokens"])
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, case, monkeypatch, codec):
-    monkeypatch.setattr("talkstream.models.loaders.load_video_codec", lambda path=None: codec)
+    monkeypatch.setattr("talkstream.checkpoint.load_video_codec", lambda path=None: codec)
     src = tmp_path / "in.mkv"
     if case == "garbage":
         src.write_bytes(b"\x00\x01not a video" * 100)
@@ -188,8 +188,8 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, case, monkeypatch, cod
 
 def test_shipped_weights_reach_the_psnr_floor_on_a_held_out_clip():
     from talkstream.bench.video import psnr
+    from talkstream.checkpoint import load_video_codec
     from talkstream.codecs.video.data import clips_to_uint8, eval_clips
-    from talkstream.models.loaders import load_video_codec
 
     codec = load_video_codec()
     assert codec.frame_size == (128, 128) and codec.num_codebooks == 256 and codec.codebook_size == 1000

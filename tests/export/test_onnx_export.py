@@ -15,13 +15,13 @@ import pytest
 import soundfile as sf
 import torch
 
+from talkstream.checkpoint import save_checkpoint
+from talkstream.cli import main
 from talkstream.codecs.audio.codec import AudioCodec
 from talkstream.codecs.audio.onnx_step import OnnxAudioCodec, OnnxCodecSteps, export_codec
 from talkstream.export import providers as prov
 from talkstream.export.graphs import ExportError, read_manifest, talkstream_version
 from talkstream.export.providers import ProviderError, open_session, select_providers, session_options
-from talkstream.models.loaders import save_checkpoint
-from talkstream.services.cli import main
 from tests.conftest import TINY, speechlike
 
 

@@ -18,9 +18,9 @@ import torch
 
 from talkstream.audio_io import load_audio
 from talkstream.bench.metrics import pesq_wb, stoi
+from talkstream.checkpoint import load_audio_codec
 from talkstream.codecs.audio.onnx_step import OnnxAudioCodec, OnnxCodecSteps
 from talkstream.data import SAMPLE_WAV
-from talkstream.models.loaders import load_audio_codec
 from tests.conftest import speechlike
 
 

@@ -86,8 +86,8 @@ def test_audio_alone_goes_into_the_cache_at_once():
 
 
 def test_builtin_thinker_hears_a_turn_with_video_tokens():
-    from talkstream.models.chat import BuiltinThinker
-    from talkstream.models.loaders import load_video_codec
+    from talkstream.chat.responder import BuiltinThinker
+    from talkstream.checkpoint import load_video_codec
 
     video_codec = load_video_codec()
     torch.manual_seed(0)
@@ -110,8 +110,8 @@ def test_video_file_tokens_follow_time_at_any_frame_rate(tmp_path):
     import av as pyav
     import numpy as np
 
+    from talkstream.checkpoint import load_video_codec
     from talkstream.models.av import video_tokens_for_turn
-    from talkstream.models.loaders import load_video_codec
 
     path = tmp_path / "clip.mp4"
     with pyav.open(str(path), "w") as c:

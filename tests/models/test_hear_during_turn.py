@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from talkstream.models.chat import BuiltinThinker, ChatResponder, Speaker
+from talkstream.chat.responder import BuiltinThinker, ChatResponder, Speaker
 from talkstream.streaming.stages import CodecOut, TurnCollector
 from talkstream.streaming.vad import VADEvent
 from tests.models.tiny import tiny_talker, tiny_thinker
@@ -122,9 +122,9 @@ def test_each_conversation_hears_its_own_turn():
 def test_the_server_hears_a_spoken_turn_while_it_is_spoken():
     """A real session on loopback: the collector feeds the responder during the turn and the answer uses it."""
     from talkstream.audio_io import load_audio
+    from talkstream.checkpoint import load_audio_codec
     from talkstream.client import stream_audio
     from talkstream.data import SAMPLE_WAV
-    from talkstream.models.loaders import load_audio_codec
     from talkstream.services.ws import ServerConfig, TalkstreamServer
     from talkstream.streaming.vad import SileroVAD
 

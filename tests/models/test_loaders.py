@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from talkstream.checkpoint import CheckpointError, load_audio_codec, read_checkpoint, save_checkpoint
 from talkstream.codecs.audio.codec import AudioCodec
-from talkstream.models.loaders import CheckpointError, load_audio_codec, read_checkpoint, save_checkpoint
 from tests.conftest import TINY
 
 

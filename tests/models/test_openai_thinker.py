@@ -11,9 +11,9 @@ import torch
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 
-from talkstream.models.chat import BuiltinThinker, ChatResponder, Speaker  # noqa: E402
+from talkstream.chat.openai_thinker import OpenAIThinker  # noqa: E402
+from talkstream.chat.responder import BuiltinThinker, ChatResponder, Speaker  # noqa: E402
 from talkstream.models.errors import ThinkerEndpointError  # noqa: E402
-from talkstream.models.openai_thinker import OpenAIThinker  # noqa: E402
 from tests.models.openai_stub import with_openai_stub  # noqa: E402
 from tests.models.tiny import tiny_talker as _talker  # noqa: E402
 from tests.models.tiny import tiny_thinker as _thinker  # noqa: E402

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from talkstream.cli import main
 from talkstream.client import stream_audio
 from talkstream.models.phonemes import speak
-from talkstream.services.cli import main
 from talkstream.services.ws import ServerConfig, TalkstreamServer
 
 
@@ -128,10 +128,10 @@ def test_transcribe_mode_sends_the_transcript_and_no_reply():
 
 
 def test_the_dual_track_is_off_unless_asked_for():
-    from talkstream.models.chat import load_chat
-    from talkstream.models.loaders import load_audio_codec
-    from talkstream.services.cli import build_parser
-    from talkstream.services.cli_model import serve_thinker_config
+    from talkstream.chat.responder import load_chat
+    from talkstream.checkpoint import load_audio_codec
+    from talkstream.cli import build_parser
+    from talkstream.cli.model import serve_thinker_config
 
     codec = load_audio_codec()
     assert not load_chat(codec).speaker.use_hidden

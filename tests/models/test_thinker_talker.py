@@ -5,8 +5,8 @@ import asyncio
 import pytest
 import torch
 
+from talkstream.chat.responder import BuiltinThinker, ChatResponder, Speaker, collect
 from talkstream.models import text as tx
-from talkstream.models.chat import BuiltinThinker, ChatResponder, Speaker, collect
 from talkstream.models.dialogue import dialogues
 from talkstream.models.phonemes import phonemize, speak
 from talkstream.models.talker import SamplingConfig, TalkerState

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from talkstream.models.loaders import load_audio_codec, load_talker
+from talkstream.checkpoint import load_audio_codec, load_talker
 from talkstream.models.talker_units import text_units
 from talkstream.models.train import TrainConfig
 from talkstream.models.train_talker import UnitBatches, predict_latent, train_talker

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from talkstream.models.loaders import load_thinker
+from talkstream.checkpoint import load_thinker
 from talkstream.models.train import TrainConfig, train
 
 

@@ -15,11 +15,11 @@ aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
 
 from talkstream.audio_io import load_audio  # noqa: E402
+from talkstream.chat.openai_thinker import OpenAIThinker  # noqa: E402
+from talkstream.chat.responder import BuiltinThinker, ChatResponder, Speaker  # noqa: E402
+from talkstream.checkpoint import load_audio_codec  # noqa: E402
 from talkstream.client import stream_audio  # noqa: E402
 from talkstream.data import SAMPLE_WAV  # noqa: E402
-from talkstream.models.chat import BuiltinThinker, ChatResponder, Speaker  # noqa: E402
-from talkstream.models.loaders import load_audio_codec  # noqa: E402
-from talkstream.models.openai_thinker import OpenAIThinker  # noqa: E402
 from talkstream.services.ws import ServerConfig, TalkstreamServer  # noqa: E402
 from talkstream.streaming.vad import SileroVAD  # noqa: E402
 from tests.models.openai_stub import with_openai_stub  # noqa: E402

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from talkstream.audio_io import load_audio
 from talkstream.bench.metrics import stoi
-from talkstream.services.cli import main
+from talkstream.cli import main
 from tests.conftest import speechlike
 
 
@@ -70,7 +70,7 @@ def test_wrong_codec_id_is_refused(tmp_path, capsys):
 
 
 def test_help_explains_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "talkstream.services.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "talkstream.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for cmd in ("encode", "decode", "roundtrip", "train", "bench", "data"):
         assert cmd in out.stdout

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from talkstream.cli import main
 from talkstream.client import StreamResult, report
-from talkstream.services.cli import main
 from talkstream.services.session import Limits
 from talkstream.services.ws import ServerConfig, TalkstreamServer
 

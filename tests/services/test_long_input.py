@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from talkstream.checkpoint import save_checkpoint
 from talkstream.codecs.audio.codec import AudioCodec
-from talkstream.models.loaders import save_checkpoint
 from tests.conftest import TINY
 
 
@@ -32,7 +32,7 @@ def ten_minutes(tmp_path_factory) -> Path:
 # over from the parent on Linux, so after a long test session it reports the pytest process's peak instead.
 _CHILD = """
 import sys
-from talkstream.services.cli import main
+from talkstream.cli import main
 rc = main(sys.argv[1:])
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(f"peak_mb {int(hwm.split()[1]) / 1024:.0f}", file=sys.stderr)
@@ -85,9 +85,9 @@ def test_a_ten_minute_streaming_session_stays_bounded(mode):
     import asyncio
 
     from talkstream.audio_io import load_audio
+    from talkstream.checkpoint import load_audio_codec
     from talkstream.client import stream_audio
     from talkstream.data import SAMPLE_WAV
-    from talkstream.models.loaders import load_audio_codec
     from talkstream.services.ws import ServerConfig, TalkstreamServer
     from talkstream.streaming.vad import SileroVAD
 

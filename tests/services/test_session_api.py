@@ -8,8 +8,9 @@ import json
 
 import numpy as np
 
+from talkstream.chat import EchoResponder
 from talkstream.protocol import Hello
-from talkstream.services.session import EchoResponder, Limits, Session
+from talkstream.services.session import Limits, Session
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.stages import MediaOut
 from talkstream.streaming.vad import SileroVAD

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from talkstream.audio_io import load_audio
+from talkstream.checkpoint import load_audio_codec
 from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
-from talkstream.models.loaders import load_audio_codec
 from talkstream.services.ws import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
 

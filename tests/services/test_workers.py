@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from talkstream.audio_io import load_audio
+from talkstream.cli import main
 from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
-from talkstream.services.cli import main
 from talkstream.services.workers import cgroup_cpu_limit, reserve_port
 
 
@@ -31,7 +31,7 @@ class Served:
 
     def __init__(self, *args: str):
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
-        cmd = [sys.executable, "-m", "talkstream.services.cli", "serve", "--port", "0", *args]
+        cmd = [sys.executable, "-m", "talkstream.cli", "serve", "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:

@@ -14,9 +14,9 @@ from websockets.asyncio.client import connect
 
 from talkstream.audio_io import load_audio
 from talkstream.bench.metrics import stoi
+from talkstream.checkpoint import load_audio_codec
 from talkstream.client import ServerError, stream_audio
 from talkstream.data import SAMPLE_WAV
-from talkstream.models.loaders import load_audio_codec
 from talkstream.protocol import HEADER, pcm_frame
 from talkstream.services.session import Limits
 from talkstream.services.ws import ServerConfig, TalkstreamServer

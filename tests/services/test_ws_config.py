@@ -11,7 +11,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from talkstream.models.loaders import load_audio_codec
+from talkstream.checkpoint import load_audio_codec
 from talkstream.protocol import KIND_TOKENS, parse_binary, pcm_frame
 from talkstream.services.session import Limits
 from talkstream.services.ws import ServerConfig, TalkstreamServer

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from talkstream.models.loaders import load_audio_codec
+from talkstream.checkpoint import load_audio_codec
 from talkstream.protocol import pcm_frame
 from talkstream.services.ws import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD

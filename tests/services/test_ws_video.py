@@ -11,7 +11,7 @@ import pytest
 import torch
 from websockets.asyncio.client import connect
 
-from talkstream.models.loaders import load_audio_codec, load_video_codec
+from talkstream.checkpoint import load_audio_codec, load_video_codec
 from talkstream.protocol import (
     FLAG_KEY,
     HEADER,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from talkstream.models.loaders import load_audio_codec
+from talkstream.checkpoint import load_audio_codec
 from talkstream.streaming.sliding_window import SlidingWindowDecoder
 from tests.conftest import speechlike
 

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("aiortc", reason="WebRTC tests need aiortc and aiohttp (pip install -e '.[test]')")
 pytest.importorskip("aiohttp", reason="WebRTC tests need aiortc and aiohttp (pip install -e '.[test]')")
 
-from talkstream.models.loaders import load_audio_codec  # noqa: E402
+from talkstream.checkpoint import load_audio_codec  # noqa: E402
 from talkstream.services.ws import ServerConfig, TalkstreamServer  # noqa: E402
 from talkstream.streaming.vad import SileroVAD  # noqa: E402
 

@@ -9,11 +9,11 @@ import sys
 import time
 import urllib.request
 
-from talkstream.services.cli import main
+from talkstream.cli import main
 
 
 def test_serve_starts_the_page_beside_the_websocket_server():
-    cmd = [sys.executable, "-m", "talkstream.services.cli", "serve", "--port", "0", "--http-port", "0"]
+    cmd = [sys.executable, "-m", "talkstream.cli", "serve", "--port", "0", "--http-port", "0"]
     cmd += ["--ice-server", "stun:stun.example.org:3478"]  # configured, handed to the page, never contacted here
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

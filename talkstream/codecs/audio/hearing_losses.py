@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkstream.models.whisper_encoder import WhisperEncoder, log_mel_24k
+from talkstream.whisper.encoder import WhisperEncoder, log_mel_24k
 
 
 class HearingLosses(nn.Module):

@@ -69,7 +69,7 @@ class _Step(torch.nn.Module):
 
 def codec_state_sha256(codec: AudioCodec) -> str:
     """The weights the graphs depend on (not the quantizer's EMA statistics, which only training uses)."""
-    from talkstream.models.loaders import _TRAINING_ONLY
+    from talkstream.checkpoint import _TRAINING_ONLY
 
     return state_dict_sha256(codec, skip=_TRAINING_ONLY)
 

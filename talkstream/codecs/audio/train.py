@@ -198,7 +198,7 @@ def training_summary(run_dir: Path, step: int) -> dict:
 
 
 def export_weights(codec: AudioCodec, out_dir: Path, summary: dict | None = None) -> None:
-    from talkstream.models.loaders import save_checkpoint
+    from talkstream.checkpoint import save_checkpoint
 
     save_checkpoint(codec, codec.cfg.to_dict(), out_dir, kind="audio_codec")
     if summary is not None:
@@ -220,7 +220,7 @@ def collect_latents(codec: AudioCodec, sampler: SegmentSampler, n_frames: int, d
 def warm_start(path: str) -> AudioCodec:
     """A codec from a checkpoint folder, with the EMA statistics the shipped weights leave out rebuilt from its
     codebooks (otherwise the first EMA update would replace every codebook with noise)."""
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
 
     codec = load_audio_codec(path).train()
     q = codec.quantizer
@@ -262,7 +262,7 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     codec = codec.to(device)
     hearing = None
     if cfg.weight_whisper or cfg.weight_whisper_mel or cfg.weight_semantic:
-        from talkstream.models.whisper_encoder import load_whisper_encoder
+        from talkstream.whisper.encoder import load_whisper_encoder
 
         hearing = HearingLosses(load_whisper_encoder(), codec.cfg.latent_dim).to(device)
     trainable = list(codec.parameters()) + (list(hearing.projection.parameters()) if hearing else [])

@@ -48,9 +48,9 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     states and log-mel of the decoded audio against the voice's (hearing_losses.py) steer it by what a listener
     hears, beside the reconstruction losses.
     """
+    from talkstream.checkpoint import save_checkpoint
     from talkstream.codecs.audio.hearing_losses import HearingLosses
-    from talkstream.models.loaders import save_checkpoint
-    from talkstream.models.whisper_encoder import load_whisper_encoder
+    from talkstream.whisper.encoder import load_whisper_encoder
 
     torch.set_num_threads(threads)
     run.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def _batch(bank: ImageBank, cfg: VideoTrainConfig, step: int, size: tuple[int, i
 
 
 def export_weights(codec: VideoCodec, out_dir: Path, summary: dict | None = None) -> None:
-    from talkstream.models.loaders import save_checkpoint
+    from talkstream.checkpoint import save_checkpoint
 
     save_checkpoint(codec, codec.cfg.to_dict(), out_dir, kind="video_codec")
     if summary is not None:

@@ -3,7 +3,7 @@
 - Codec tab: record or upload speech, pick the number of codebooks (bitrate), hear the round trip, see bitrate,
   PESQ-WB and STOI against the input, and the input and output spectrograms side by side.
 - Chat tab: speech in, transcript, reply text and reply speech out, through
-  `talkstream.models.chat.answer_wav(pcm, sample_rate) -> (transcript, reply_text, reply_pcm, reply_sample_rate)`.
+  `talkstream.chat.responder.answer_wav(pcm, sample_rate) -> (transcript, reply_text, reply_pcm, reply_sample_rate)`.
   Until the models provide it, the tab says so and why.
 
 `pip install '.[demo]'`. Both handlers are plain functions (`codec_roundtrip`, `chat_turn`) with API names
@@ -96,7 +96,7 @@ def codec_roundtrip(codec, audio, codebooks: int) -> tuple[tuple[int, np.ndarray
 def default_chat_fn() -> tuple[ChatFn | None, str]:
     """The models' `answer_wav`, or None and the reason it is not there."""
     try:
-        from talkstream.models.chat import answer_wav
+        from talkstream.chat.responder import answer_wav
     except Exception as e:  # missing module or function, or a model that fails to import: say which
         return None, f"{type(e).__name__}: {e}"
     return answer_wav, ""
@@ -110,7 +110,7 @@ def chat_turn(chat_fn: ChatFn | None, why: str, audio) -> tuple[str, str, tuple[
             "",
             None,
             (
-                "Chat is not available yet: it needs `talkstream.models.chat.answer_wav` (the Thinker-Talker), "
+                "Chat is not available yet: it needs `talkstream.chat.responder.answer_wav` (the Thinker-Talker), "
                 f"which could not be loaded ({why})."
             ),
         )
@@ -126,7 +126,7 @@ def build_demo(codec=None, chat_fn: ChatFn | None = None, chat_unavailable: str 
     import gradio as gr
 
     if codec is None:
-        from talkstream.models.loaders import load_audio_codec
+        from talkstream.checkpoint import load_audio_codec
 
         codec = load_audio_codec()
     why = chat_unavailable or ""
@@ -166,7 +166,7 @@ def build_demo(codec=None, chat_fn: ChatFn | None = None, chat_unavailable: str 
             gr.Markdown(
                 "Speak, and the Thinker-Talker answers in speech."
                 if chat_fn is not None
-                else f"**Chat is not available yet**: `talkstream.models.chat.answer_wav` could not be loaded ({why})."
+                else f"**Chat is not available yet**: `chat.responder.answer_wav` could not be loaded ({why})."
             )
             chat_in = gr.Audio(sources=["microphone", "upload"], type="filepath", label="You")
             talk = gr.Button("Send", variant="primary")

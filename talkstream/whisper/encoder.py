@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkstream.models.ct2_reader import read_ct2_model
+from talkstream.whisper.ct2 import read_ct2_model
 
 SAMPLE_RATE = 16_000
 N_FFT, HOP = 400, 160

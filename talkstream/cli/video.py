@@ -100,7 +100,7 @@ def add_video_commands(sub, train_sub, bench_sub) -> None:
 
 
 def _video_codec(args):
-    from talkstream.models.loaders import load_video_codec
+    from talkstream.checkpoint import load_video_codec
 
     return load_video_codec(args.weights)
 

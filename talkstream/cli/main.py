@@ -10,12 +10,12 @@ from pathlib import Path
 
 from talkstream.audio_io import AudioInputError
 from talkstream.bench.metrics import MetricsUnavailable
+from talkstream.checkpoint import CheckpointError
+from talkstream.cli.model import add_model_commands, serve_thinker_args, serve_thinker_config
+from talkstream.cli.video import add_video_commands
 from talkstream.codecs.container import ContainerError
 from talkstream.data import SAMPLE_WAV
 from talkstream.models.errors import EspeakUnavailable, ThinkerEndpointError
-from talkstream.models.loaders import CheckpointError
-from talkstream.services.cli_model import add_model_commands, serve_thinker_args, serve_thinker_config
-from talkstream.services.cli_video import add_video_commands
 
 USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, FileNotFoundError, ThinkerEndpointError,
                EspeakUnavailable, MetricsUnavailable)
@@ -23,7 +23,7 @@ USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, Fil
 
 def _codec(args):
     """The codec, on the backend the command asked for (`--backend onnx`: the same interface, steps in onnxruntime)."""
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
 
     codec = load_audio_codec(args.weights)
     if getattr(args, "backend", "torch") == "onnx":
@@ -38,8 +38,8 @@ def _onnx_options(args) -> dict:
 
 
 def cmd_export_codec(args) -> None:
+    from talkstream.checkpoint import WEIGHTS_DIR, load_audio_codec
     from talkstream.codecs.audio.onnx_step import export_codec
-    from talkstream.models.loaders import WEIGHTS_DIR, load_audio_codec
 
     weights = Path(args.weights or WEIGHTS_DIR / "audio_codec")
     codec = load_audio_codec(weights)  # verifies the checksum recorded below
@@ -52,7 +52,7 @@ def cmd_export_codec(args) -> None:
 
 def cmd_demo(args) -> None:
     try:
-        from talkstream.services.demo import build_demo
+        from talkstream.demo import build_demo
 
         demo = build_demo(_codec(args))
     except ImportError as e:
@@ -599,5 +599,3 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ pytest.importorskip("gradio", reason="the demo needs gradio: pip install 'talkst
 gradio_client = pytest.importorskip("gradio_client", reason="the demo test needs gradio_client")
 
 from talkstream.bench.metrics import stoi  # noqa: E402
-from talkstream.services.demo import build_demo  # noqa: E402
+from talkstream.demo import build_demo  # noqa: E402
 from tests.conftest import speechlike  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def launch():
 
 
 def test_codec_tab_round_trip(launch, tmp_path):
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
 
     x = speechlike(1.5, sr=16_000)  # another rate than the codec's: the app resamples
     sf.write(tmp_path / "in.wav", np.stack([x, x], 1), 16_000)  # and downmixes stereo
@@ -101,7 +101,7 @@ def test_codec_tab_reads_compressed_uploads_without_system_ffmpeg(launch, tmp_pa
     damaged upload is a one-line message in the page, not a traceback."""
     import av
 
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
 
     x = speechlike(1.5, sr=24_000)
     path = tmp_path / f"in.{fmt}"

@@ -2,6 +2,10 @@
 
 Weights ship as float16 (half the size; the models run in float32) without training-only buffers. The SHA-256 of
 the weights file is in config.json and is verified on every load.
+
+One module for every weight kind (codecs, Thinker, Talker, the voice decoder): the format and its checks sit at the
+bottom of the package, and each `load_*` imports its model class inside the function, so codecs, models, export and
+services all load through here without this module importing any of them at import time.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 FORMAT_VERSION = 1
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # Buffers that only training needs (EMA statistics); not shipped.
 _TRAINING_ONLY = ("quantizer.cluster_size", "quantizer.embed_sum")
 

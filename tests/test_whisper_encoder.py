@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from talkstream.models.ct2_reader import CT2FormatError, read_ct2_model
-from talkstream.models.whisper_encoder import (
+from talkstream.whisper.ct2 import CT2FormatError, read_ct2_model
+from talkstream.whisper.encoder import (
     WhisperWeightsError,
     load_whisper_encoder,
     log_mel,

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+from talkstream.chat.responder import Heard
 from talkstream.models import text as tx
-from talkstream.models.chat import Heard
 from talkstream.models.errors import ThinkerEndpointError
 
 log = logging.getLogger(__name__)

@@ -57,7 +57,7 @@ def serve_thinker_config(args) -> dict:
 def _responder(args, codec):
     import os
 
-    from talkstream.models.chat import load_chat
+    from talkstream.chat.responder import load_chat
     from talkstream.models.talker import SamplingConfig
 
     return load_chat(codec, args.thinker, args.thinker_url, args.thinker_model,
@@ -69,8 +69,8 @@ def cmd_chat(args) -> None:
     import soundfile as sf
 
     from talkstream.audio_io import load_audio
-    from talkstream.models.chat import answer_pcm
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.chat.responder import answer_pcm
+    from talkstream.checkpoint import load_audio_codec
 
     codec = load_audio_codec()
     pcm = load_audio(args.input, codec.sample_rate)
@@ -80,8 +80,8 @@ def cmd_chat(args) -> None:
         pcm = pcm[: int(MAX_TURN_S * codec.sample_rate)]
     video = None
     if args.video:
+        from talkstream.checkpoint import load_video_codec
         from talkstream.models.av import video_tokens_for_turn
-        from talkstream.models.loaders import load_video_codec
 
         video = video_tokens_for_turn(args.video, load_video_codec(), len(pcm) / codec.sample_rate)
     r = answer_pcm(_responder(args, codec), codec, pcm, video)
@@ -97,9 +97,9 @@ def cmd_say(args) -> None:
 
     import soundfile as sf
 
+    from talkstream.chat.responder import answer_codes
+    from talkstream.checkpoint import load_audio_codec
     from talkstream.models import text as tx
-    from talkstream.models.chat import answer_codes
-    from talkstream.models.loaders import load_audio_codec
 
     if not any(c.isalpha() for c in tx.normalize(args.text)):
         raise ValueError("nothing to say: the text has no letters or digits")
@@ -123,8 +123,8 @@ def cmd_say(args) -> None:
 
 
 def cmd_data_model(args) -> None:
+    from talkstream.checkpoint import load_audio_codec
     from talkstream.models.data import build_model_data
-    from talkstream.models.loaders import load_audio_codec
 
     out = build_model_data(Path(args.out), load_audio_codec(), Path(args.corpus) if args.corpus else None,
                            questions=args.questions, seed=args.seed)
@@ -134,7 +134,7 @@ def cmd_data_model(args) -> None:
 def cmd_data_talker(args) -> None:
     import torch
 
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
     from talkstream.models.talker_data import build_talker_data
 
     torch.set_num_threads(args.threads)
@@ -146,7 +146,7 @@ def cmd_data_talker(args) -> None:
 def cmd_data_video_questions(args) -> None:
     import torch
 
-    from talkstream.models.loaders import load_audio_codec, load_video_codec
+    from talkstream.checkpoint import load_audio_codec, load_video_codec
     from talkstream.models.video_questions import build_video_questions
 
     torch.set_num_threads(1)
@@ -167,7 +167,7 @@ def cmd_train_model(args) -> None:
 
 
 def cmd_train_talker(args) -> None:
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
     from talkstream.models.train import TrainConfig
     from talkstream.models.train_talker import train_talker
 
@@ -180,8 +180,8 @@ def cmd_train_talker(args) -> None:
 
 
 def cmd_train_voice(args) -> None:
+    from talkstream.checkpoint import load_audio_codec
     from talkstream.codecs.audio.voice import finetune_decoder
-    from talkstream.models.loaders import load_audio_codec
     from talkstream.models.talker_data import load_talker_data
 
     items = load_talker_data(Path(args.data), "train")
@@ -218,9 +218,9 @@ def cmd_bench_voices(args) -> None:
 
 
 def cmd_export_model(args) -> None:
-    from talkstream.models.loaders import load_talker, load_thinker
+    from talkstream.checkpoint import load_talker, load_thinker
     from talkstream.models.onnx_steps import export_model_steps
-    from talkstream.models.whisper_encoder import load_whisper_encoder
+    from talkstream.whisper.encoder import load_whisper_encoder
 
     manifest = export_model_steps(load_thinker(), load_talker(), Path(args.out), int8=args.int8,
                                   whisper_encoder=load_whisper_encoder())

@@ -86,7 +86,7 @@ class BuiltinThinker:
         if not self.model.cfg.video_features:
             raise ValueError("this Thinker has no video track: its answers cannot use the video")
         if self.video_codec is None:
-            from talkstream.models.loaders import load_video_codec
+            from talkstream.checkpoint import load_video_codec
 
             self.video_codec = load_video_codec()
         features = av.tokens_to_features(self.video_codec, video)
@@ -372,7 +372,7 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
     - "legacy": the v1 learned Thinker alone (it hears the codec's tokens).
     With `backend="onnx"` the Talker's frame step, the ears' encoder block and the v1 Thinker's steps run in
     onnxruntime."""
-    from talkstream.models.loaders import load_codec_v1, load_talker, load_thinker, load_voice_codec
+    from talkstream.checkpoint import load_codec_v1, load_talker, load_thinker, load_voice_codec
 
     if thinker not in THINKERS:
         raise ValueError(f"unknown thinker {thinker!r}: one of {', '.join(THINKERS)}")
@@ -400,7 +400,7 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
     ears = EarsThinker(load_ears(onnx=backend == "onnx"), codec, legacy=V1Thinker(legacy, codec_v1),
                        transcribe_only=thinker == "transcribe", domain_context=thinker == "builtin")
     if thinker == "openai":
-        from talkstream.models.openai_thinker import OpenAIThinker
+        from talkstream.chat.openai_thinker import OpenAIThinker
 
         return ChatResponder(OpenAIThinker(thinker_url, ears, thinker_model, api_key), speaker, voice_codec=voice)
     return ChatResponder(ears, speaker, voice_codec=voice)
@@ -458,7 +458,7 @@ def answer_wav(pcm: np.ndarray, sample_rate: int) -> tuple[str, str, np.ndarray,
     global _DEFAULT
     import soxr
 
-    from talkstream.models.loaders import load_audio_codec
+    from talkstream.checkpoint import load_audio_codec
 
     if _DEFAULT is None:
         codec = load_audio_codec()

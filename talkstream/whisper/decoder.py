@@ -2,7 +2,7 @@
 KV cache: the Thinker's transcript of what it heard.
 
     dec = load_whisper_decoder()
-    text = dec.transcribe(states)        # states [1, S, d_model] from WhisperEncoder / whisper_encoder.hear
+    text = dec.transcribe(states)        # states [1, S, d_model] from WhisperEncoder (whisper/encoder.py)
 
 Decoding follows faster-whisper's greedy path for English-only models: the prompt is <|startoftranscript|>
 <|notimestamps|>; the model's `suppress_ids` are never chosen, nor a blank or <|endoftext|> first; every special
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkstream.models.ct2_reader import read_ct2_model
-from talkstream.models.whisper_encoder import WhisperWeightsError, default_model_path
+from talkstream.whisper.ct2 import read_ct2_model
+from talkstream.whisper.encoder import WhisperWeightsError, default_model_path
 
 
 @dataclass

@@ -172,8 +172,8 @@ def cmd_serve(args) -> None:
     import asyncio
     import os
 
+    from talkstream.services.app import ServerConfig, run_server
     from talkstream.services.session import Limits
-    from talkstream.services.ws import ServerConfig, run_server
 
     token = args.token or os.environ.get("TALKSTREAM_TOKEN") or None
     limits = Limits(
@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-port",
         type=int,
         default=8080,
-        help="HTTP port for the web page, WebRTC signaling (POST /offer) and /metrics (default 8080; 0: any free port)",
+        help="HTTP port for the web page and WebRTC signaling (POST /offer) (default 8080; 0: any free port)",
     )
     sp.add_argument("--no-http", action="store_true", help="serve WebSocket only: no page, no WebRTC")
     sp.add_argument(

@@ -1,13 +1,13 @@
-"""The HTTP side of `talkstream serve` (aiohttp, as aiortc's examples): the page, WebRTC signaling, metrics, health.
+"""The HTTP side of `talkstream serve` (aiohttp, as aiortc's examples): the page, WebRTC signaling, health.
 
     GET  /            the web page (talkstream/web/index.html; its files under /static/)
     GET  /config      what the page needs: the WebSocket port, the ICE servers, the codec's codebooks
     POST /offer       {sdp, type: "offer", mode, codebooks, token?} -> {sdp, type: "answer", session}
-    GET  /metrics     Prometheus text, the same registry as the WebSocket server's
     GET  /healthz     200 ok
 
 Refusals are JSON shaped like the protocol's error events, {type: "error", code, message, fatal}, with a 4xx/5xx
-status. It runs on the WebSocket server's event loop; closing it closes every peer connection.
+status. It runs beside the WebSocket transport on the server's event loop (services/app.py composes them); closing
+it closes every peer connection. /metrics is on the WebSocket port only: one endpoint, there with or without this app.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from talkstream.protocol import error_event
 from talkstream.services.webrtc import OfferError, WebRTCService
 
 if TYPE_CHECKING:
-    from talkstream.services.ws import TalkstreamServer
+    from talkstream.services.app import TalkstreamServer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ class HttpService:
                 web.get("/", self._index),
                 web.get("/config", self._config),
                 web.post("/offer", self._offer),
-                web.get("/metrics", self._metrics),
                 web.get("/healthz", self._healthz),
                 web.static("/static", WEB_DIR),
             ]
@@ -122,10 +121,6 @@ class HttpService:
         except OfferError as e:
             log.info("offer refused: %s %s", e.code, e.message)
             return _error(e.status, e.code, e.message)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = self.server.render_metrics()
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

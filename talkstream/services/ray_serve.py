@@ -36,7 +36,7 @@ from fastapi import FastAPI, Request, Response, WebSocket
 from ray import serve
 from starlette.websockets import WebSocketDisconnect
 
-from talkstream.services.ws import ServerConfig, TalkstreamServer
+from talkstream.services.app import ServerConfig, TalkstreamServer
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class TalkstreamReplica:
         log.info("replica %d ready: %s", os.getpid(), self.server.url)
 
     async def check_health(self) -> None:
-        if self.server._server is None or not self.server._server.is_serving():
+        if not self.server.ws.serving:
             raise RuntimeError("the talkstream server has stopped")
 
     async def __del__(self) -> None:

@@ -36,7 +36,6 @@ from aiortc.sdp import SessionDescription
 
 from talkstream.protocol import MODES, PROTOCOL_VERSION, Hello, event
 from talkstream.services.registry import Refused
-from talkstream.services.session import Session
 from talkstream.services.video_track import CameraEcho
 from talkstream.streaming.metrics import latency_fields
 from talkstream.streaming.stages import MediaOut
@@ -44,7 +43,7 @@ from talkstream.streaming.tasks import TaskSet
 from talkstream.streaming.video import VideoOut
 
 if TYPE_CHECKING:
-    from talkstream.services.ws import TalkstreamServer
+    from talkstream.services.app import TalkstreamServer
 
 log = logging.getLogger(__name__)
 
@@ -296,12 +295,9 @@ class PeerSession:
 
     def __init__(self, service: WebRTCService, params: OfferParams):
         self.service = service
-        srv = service.server
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(service.ice_servers)))
         self.track = PacedAudioTrack()
-        self.session = Session(
-            srv.engine, srv.vad, srv.responder, srv.config.limits, self, srv.metrics, video_codec=srv.video_codec
-        )
+        self.session = service.server.open_session(self)
         self.camera = CameraEcho(self.session.video.stats)
         self._camera_used = False
         self.id = self.session.id

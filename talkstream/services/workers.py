@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from talkstream.services.ws import ServerConfig
+    from talkstream.services.app import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _worker_main(config: ServerConfig, index: int, status: Connection, threads: 
 async def _serve_worker(config: ServerConfig, index: int, status: Connection) -> None:
     import asyncio
 
-    from talkstream.services.ws import TalkstreamServer
+    from talkstream.services.app import TalkstreamServer
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -125,7 +125,7 @@ def test_the_server_hears_a_spoken_turn_while_it_is_spoken():
     from talkstream.checkpoint import load_audio_codec
     from talkstream.client import stream_audio
     from talkstream.data import SAMPLE_WAV
-    from talkstream.services.ws import ServerConfig, TalkstreamServer
+    from talkstream.services.app import ServerConfig, TalkstreamServer
     from talkstream.streaming.vad import SileroVAD
 
     codec = load_audio_codec()

@@ -11,7 +11,7 @@ import soundfile as sf
 from talkstream.cli import main
 from talkstream.client import stream_audio
 from talkstream.models.phonemes import speak
-from talkstream.services.ws import ServerConfig, TalkstreamServer
+from talkstream.services.app import ServerConfig, TalkstreamServer
 
 
 @pytest.fixture(scope="module")

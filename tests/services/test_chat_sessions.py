@@ -20,7 +20,7 @@ from talkstream.chat.responder import BuiltinThinker, ChatResponder, Speaker  # 
 from talkstream.checkpoint import load_audio_codec  # noqa: E402
 from talkstream.client import stream_audio  # noqa: E402
 from talkstream.data import SAMPLE_WAV  # noqa: E402
-from talkstream.services.ws import ServerConfig, TalkstreamServer  # noqa: E402
+from talkstream.services.app import ServerConfig, TalkstreamServer  # noqa: E402
 from talkstream.streaming.vad import SileroVAD  # noqa: E402
 from tests.models.openai_stub import with_openai_stub  # noqa: E402
 from tests.models.tiny import tiny_talker, tiny_thinker  # noqa: E402

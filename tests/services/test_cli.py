@@ -81,7 +81,7 @@ def test_client_command_against_a_running_server(tmp_path, capsys):
     import threading
 
     from talkstream.data import SAMPLE_WAV
-    from talkstream.services.ws import ServerConfig, TalkstreamServer
+    from talkstream.services.app import ServerConfig, TalkstreamServer
 
     loop = asyncio.new_event_loop()
     server = TalkstreamServer(ServerConfig(port=0, thinker="echo"))

@@ -12,8 +12,8 @@ import soundfile as sf
 
 from talkstream.cli import main
 from talkstream.client import StreamResult, report
+from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.services.session import Limits
-from talkstream.services.ws import ServerConfig, TalkstreamServer
 
 
 class _Server:

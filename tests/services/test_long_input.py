@@ -88,7 +88,7 @@ def test_a_ten_minute_streaming_session_stays_bounded(mode):
     from talkstream.checkpoint import load_audio_codec
     from talkstream.client import stream_audio
     from talkstream.data import SAMPLE_WAV
-    from talkstream.services.ws import ServerConfig, TalkstreamServer
+    from talkstream.services.app import ServerConfig, TalkstreamServer
     from talkstream.streaming.vad import SileroVAD
 
     speech = load_audio(SAMPLE_WAV, 24_000)

@@ -15,8 +15,8 @@ serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed: pi
 
 from talkstream.audio_io import load_audio  # noqa: E402
 from talkstream.data import SAMPLE_WAV  # noqa: E402
+from talkstream.services.app import ServerConfig  # noqa: E402
 from talkstream.services.ray_serve import application  # noqa: E402
-from talkstream.services.ws import ServerConfig  # noqa: E402
 from tests.services.test_ray_serve import Live  # noqa: E402
 
 

@@ -24,8 +24,8 @@ from talkstream.audio_io import load_audio  # noqa: E402
 from talkstream.client import stream_audio  # noqa: E402
 from talkstream.data import SAMPLE_WAV  # noqa: E402
 from talkstream.protocol import parse_binary, pcm_frame  # noqa: E402
+from talkstream.services.app import ServerConfig  # noqa: E402
 from talkstream.services.ray_serve import application, build  # noqa: E402
-from talkstream.services.ws import ServerConfig  # noqa: E402
 from tests.services.test_workers import udp_ports  # noqa: E402
 
 

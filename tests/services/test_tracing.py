@@ -11,7 +11,7 @@ from talkstream.audio_io import load_audio
 from talkstream.checkpoint import load_audio_codec
 from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
-from talkstream.services.ws import ServerConfig, TalkstreamServer
+from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
 
 sdk = pytest.importorskip("opentelemetry.sdk.trace")

@@ -18,8 +18,8 @@ from talkstream.checkpoint import load_audio_codec
 from talkstream.client import ServerError, stream_audio
 from talkstream.data import SAMPLE_WAV
 from talkstream.protocol import HEADER, pcm_frame
+from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.services.session import Limits
-from talkstream.services.ws import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
 
 

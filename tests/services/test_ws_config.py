@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 
 from talkstream.checkpoint import load_audio_codec
 from talkstream.protocol import KIND_TOKENS, parse_binary, pcm_frame
+from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.services.session import Limits
-from talkstream.services.ws import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
 
 

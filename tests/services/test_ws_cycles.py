@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 
 from talkstream.checkpoint import load_audio_codec
 from talkstream.protocol import pcm_frame
-from talkstream.services.ws import ServerConfig, TalkstreamServer
+from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
 
 CYCLES = 1000

@@ -21,7 +21,7 @@ from talkstream.protocol import (
     rgb_frame,
     video_token_frame,
 )
-from talkstream.services.ws import ServerConfig, TalkstreamServer
+from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
 from tests.conftest import moving_pattern, psnr
 

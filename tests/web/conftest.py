@@ -9,7 +9,7 @@ pytest.importorskip("aiortc", reason="WebRTC tests need aiortc and aiohttp (pip 
 pytest.importorskip("aiohttp", reason="WebRTC tests need aiortc and aiohttp (pip install -e '.[test]')")
 
 from talkstream.checkpoint import load_audio_codec  # noqa: E402
-from talkstream.services.ws import ServerConfig, TalkstreamServer  # noqa: E402
+from talkstream.services.app import ServerConfig, TalkstreamServer  # noqa: E402
 from talkstream.streaming.vad import SileroVAD  # noqa: E402
 
 
@@ -55,6 +55,10 @@ class ServerThread:
     @property
     def http_url(self) -> str:
         return self.srv.http.url
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config.host}:{self.srv.port}/metrics"  # on the WebSocket port (services/ws.py)
 
     def stop(self) -> None:
         if self.loop is not None and self._stop is not None:

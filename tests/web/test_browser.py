@@ -18,8 +18,8 @@ import soundfile as sf
 
 from talkstream.audio_io import load_audio
 from talkstream.data import SAMPLE_WAV
+from talkstream.services.app import ServerConfig
 from talkstream.services.session import Limits
-from talkstream.services.ws import ServerConfig
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"

@@ -7,7 +7,10 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+
+import pytest
 
 from talkstream.cli import main
 
@@ -30,7 +33,11 @@ def test_serve_starts_the_page_beside_the_websocket_server():
         config = json.loads(urllib.request.urlopen(f"{http_url}/config").read())
         assert config["ws_port"] == ws_port and config["num_codebooks"] == 8
         assert config["ice_servers"] == [{"urls": "stun:stun.example.org:3478"}]
-        assert b"talkstream_sessions_active" in urllib.request.urlopen(f"{http_url}/metrics").read()
+        # One metrics endpoint, on the WebSocket port; the page's app has none.
+        assert b"talkstream_sessions_active" in urllib.request.urlopen(f"http://127.0.0.1:{ws_port}/metrics").read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{http_url}/metrics")
+        assert refused.value.code == 404 and json.loads(refused.value.read())["code"] == "not_found"
     finally:
         proc.terminate()
         proc.wait(20)

@@ -11,7 +11,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from talkstream.bench.webrtc import RATE, rtc_session
-from talkstream.services.ws import ServerConfig
+from talkstream.services.app import ServerConfig
 
 
 def test_stopping_the_server_tells_every_client(start_server):

@@ -15,9 +15,9 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from talkstream.audio_io import load_audio
 from talkstream.bench.webrtc import RATE, SignalTrack, marked_signal, onset_latencies_ms, post_offer, rtc_session
 from talkstream.data import SAMPLE_WAV
+from talkstream.services.app import ServerConfig
 from talkstream.services.session import Limits
 from talkstream.services.webrtc import parse_ice_server
-from talkstream.services.ws import ServerConfig
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_codec_echo_over_webrtc(server, speech48):
     latency = r.of_type("latency")
     assert len(latency) >= 2 and 0 < latency[-1]["server_ms_p50"] < 2000 and latency[-1]["frames"] > 0
     assert r.of_type("stats")  # (VAD events: the chat test, whose speech is longer than these bursts)
-    metrics = urllib.request.urlopen(f"{server.http_url}/metrics").read().decode()
+    metrics = urllib.request.urlopen(server.metrics_url).read().decode()
     assert "talkstream_sessions_total" in metrics and "talkstream_frame_latency_seconds_count" in metrics
     assert urllib.request.urlopen(f"{server.http_url}/healthz").read() == b"ok\n"
     page = urllib.request.urlopen(f"{server.http_url}/").read().decode()

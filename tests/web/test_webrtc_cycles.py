@@ -18,9 +18,9 @@ from aiortc import RTCPeerConnection
 from talkstream.audio_io import load_audio
 from talkstream.bench.webrtc import RATE, rtc_session
 from talkstream.data import SAMPLE_WAV
+from talkstream.services.app import ServerConfig
 from talkstream.services.session import Session
 from talkstream.services.webrtc import PeerSession
-from talkstream.services.ws import ServerConfig
 
 CYCLES = 100
 AT_ONCE = 4  # peers connecting and closing together

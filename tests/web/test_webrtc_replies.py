@@ -18,7 +18,7 @@ from talkstream.audio_io import load_audio
 from talkstream.bench.webrtc import FRAME, RATE, rtc_session
 from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
-from talkstream.services.ws import ServerConfig
+from talkstream.services.app import ServerConfig
 
 REPLY_S = 3.0
 BLOCK = RATE // 200  # 5 ms

@@ -16,7 +16,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from talkstream.bench.webrtc import RATE, SignalTrack, post_offer
-from talkstream.services.ws import ServerConfig
+from talkstream.services.app import ServerConfig
 from tests.conftest import moving_pattern, psnr
 
 FPS = 25
@@ -135,7 +135,7 @@ def test_camera_comes_back_through_the_codec(server):
     assert stage["frames_in"] == video["frames_out"] and stage["drops"] == video["drops"]
     assert video["frames_in"] == video["frames_out"] + video["drops"]  # every frame was coded or counted
     assert not [e for e in square["events"] if e["type"] == "error"]
-    metrics = urllib.request.urlopen(f"{server.http_url}/metrics").read().decode()
+    metrics = urllib.request.urlopen(server.metrics_url).read().decode()
     assert 'talkstream_stage_frames_in_total{stage="video_codec"}' in metrics
     assert sessions(server) == 0
 

@@ -1,0 +1,180 @@
+"""The server: what every transport shares, built and warmed once, with the transports composed beside it.
+
+`TalkstreamServer` loads the models (codec, video codec, VAD, the chat model), warms every graph a client can reach
+before a port opens, and owns the one `CodecEngine` (batched codec work, no session state), the one
+`SessionRegistry` (admission and accounting for both transports) and the one `Metrics`. It makes every session
+(`open_session`) and starts the transports side by side: the WebSocket listener (ws.py, which also answers
+/healthz and the one /metrics on its port) and, when `http_port` is set, the HTTP app (http.py: the page, WebRTC
+signaling). A transport only adapts its wire to a `Session`; it holds no model and makes no session of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from talkstream.chat import ChatModel, EchoResponder
+from talkstream.services.registry import SessionRegistry
+from talkstream.services.session import Limits, Session, Sink
+from talkstream.services.ws import WebSocketTransport
+from talkstream.streaming import video
+from talkstream.streaming.codec_engine import CodecEngine
+from talkstream.streaming.metrics import Metrics
+from talkstream.streaming.vad import SileroVAD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: any free port (tests)
+    max_sessions: int = 64
+    limits: Limits = field(default_factory=Limits)
+    # Browsers send Origin; other clients do not. None: only pages served from localhost may connect.
+    allowed_origins: list[str] | None = None
+    weights: str | None = None  # codec checkpoint folder (default: the shipped weights)
+    video_weights: str | None = None  # video codec checkpoint folder (default: the shipped weights)
+    codec_threads: int = 1
+    gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
+    backend: str = "onnx"  # codec steps in onnxruntime (2.8-4x faster per step) or torch eager
+    onnx_options: dict = field(default_factory=dict)  # export_dir, precision, providers (OnnxCodecSteps)
+    http_port: int | None = None  # the page and WebRTC signaling (talkstream/services/http.py); 0: any free port
+    ice_servers: list = field(default_factory=list)  # aiortc RTCIceServer; empty: host candidates only
+    thinker: str = "builtin"  # chat mode's answerer: builtin (shipped Thinker-Talker), openai, or echo (stand-in)
+    thinker_url: str | None = None  # OpenAI-compatible /v1 endpoint for thinker="openai"
+    thinker_model: str = "default"
+    thinker_api_key: str | None = None
+    talker_hidden: bool = False  # the Talker reads the Thinker's hidden states (the dual track; off: it measured worse)
+    reuse_port: bool = False  # SO_REUSEPORT: worker processes share the ports (services/workers.py checks them once)
+
+
+def _make_responder(c: ServerConfig, codec) -> ChatModel:
+    if c.thinker == "echo":
+        return EchoResponder()
+    from talkstream.chat.responder import load_chat
+
+    return load_chat(codec, c.thinker, c.thinker_url, c.thinker_model, c.thinker_api_key, backend=c.backend,
+                     talker_hidden=c.talker_hidden)
+
+
+class TalkstreamServer:
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        responder: ChatModel | None = None,
+        codec=None,
+        vad: SileroVAD | None = None,
+        video_codec=None,
+    ):
+        from talkstream.checkpoint import load_audio_codec, load_video_codec
+
+        self.config = c = config or ServerConfig()
+        self.metrics = Metrics()
+        self.codec = codec or load_audio_codec(c.weights)
+        self.video_codec = video_codec or load_video_codec(c.video_weights)
+        self.vad = vad or SileroVAD()
+        self.responder = responder or _make_responder(c, self.codec)
+        self.engine = CodecEngine(
+            self.codec,
+            metrics=self.metrics,
+            threads=c.codec_threads,
+            gather_ms=c.gather_ms,
+            backend=c.backend,
+            onnx_options=c.onnx_options,
+            frames_per_step=c.limits.frames_per_step,
+        )
+        # WebSocket and WebRTC sessions alike: one admission, one max_sessions, one count.
+        self.sessions = SessionRegistry(c.max_sessions, c.allowed_origins, c.limits.token, self.metrics)
+        self.ws = WebSocketTransport(self)
+        self.http = None  # HttpService when config.http_port is set
+
+    @property
+    def port(self) -> int:
+        return self.ws.port
+
+    @property
+    def url(self) -> str:
+        return self.ws.url
+
+    def open_session(self, sink: Sink, abort: Callable[[str, str], Awaitable[None]] | None = None) -> Session:
+        """A new session over the server's shared engine and models, its output going to the transport's sink.
+        Admission (`sessions.admit`) comes first and accounting (`sessions.add`) after; the transport does both."""
+        return Session(self.engine, self.vad, self.responder, self.config.limits, sink, self.metrics,
+                       video_codec=self.video_codec, abort=abort)
+
+    def _check_ports_free(self) -> None:
+        """A port another process holds is a one-line error now, not after the warm-up (tens of seconds)."""
+        c = self.config
+        for port in (c.port, c.http_port):
+            if not port:  # None: no HTTP; 0: any free port
+                continue
+            with socket.socket(socket.AF_INET6 if ":" in c.host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((c.host, port))
+                except OSError as e:
+                    raise ValueError(f"cannot listen on {c.host}:{port}: {e.strerror or e} (another server?)") from None
+
+    async def start(self) -> None:
+        t0 = time.perf_counter()
+        if not self.config.reuse_port:
+            self._check_ports_free()
+        self.engine.warmup()  # every codec graph a client can reach: none is exported once the port is open
+        self.vad.warmup()
+        self.responder.warmup()
+        video.warmup(self.video_codec)
+        self.engine.start()
+        await self.ws.start()
+        if self.config.http_port is not None:
+            try:
+                from talkstream.services.http import HttpService
+            except ImportError as e:
+                raise ValueError(
+                    f"the web page and WebRTC need aiohttp and aiortc (pip install 'talkstream[webrtc]'), or pass "
+                    f"--no-http: {e}"
+                ) from None
+
+            self.http = HttpService(self)
+            await self.http.start()
+        log.info("warm in %.2f s; listening on %s", time.perf_counter() - t0, self.url)
+
+    async def stop(self) -> None:
+        """Every live session of either transport is told (`shutting_down`) and closed, then the ports close."""
+        await self.sessions.close_all()
+        if self.http is not None:
+            await self.http.stop()
+        await self.ws.stop()
+        await self.engine.stop()
+
+    async def __aenter__(self) -> TalkstreamServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def render_metrics(self) -> bytes:
+        depth: dict[str, int] = {}
+        for s in self.sessions:
+            for p in (s.input, s.reply, s.video.pipeline):
+                for name, n in (p.queue_depths() if p else {}).items():
+                    depth[name] = depth.get(name, 0) + n
+        for name, n in depth.items():
+            self.metrics.queue_depth.labels(name).set(n)
+        return self.metrics.render()
+
+
+async def run_server(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
+    """Serve until cancelled (Ctrl-C)."""
+    async with TalkstreamServer(config) as server:
+        print(f"talkstream serving {server.url} (metrics: http://{config.host}:{server.port}/metrics); Ctrl-C stops")
+        if server.http is not None:
+            print(f"web page and WebRTC: {server.http.url}/")
+        if ready is not None:
+            ready.set()
+        await asyncio.Future()

@@ -161,8 +161,8 @@ class TalkstreamServer:
     def render_metrics(self) -> bytes:
         depth: dict[str, int] = {}
         for s in self.sessions:
-            for p in (s.input, s.reply, s.video.pipeline):
-                for name, n in (p.queue_depths() if p else {}).items():
+            for p in s.pipelines():
+                for name, n in p.queue_depths().items():
                     depth[name] = depth.get(name, 0) + n
         for name, n in depth.items():
             self.metrics.queue_depth.labels(name).set(n)

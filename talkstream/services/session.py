@@ -10,9 +10,10 @@ which keeps no session state.
 
 Modes:
 - codec: PCM in -> tokens and/or reconstructed PCM out, frame by frame; or tokens in -> PCM out.
-- chat: speech in -> VAD end of turn -> the session's own `ChatSession` (opened from the server's `ChatModel`: the
-  Thinker-Talker, or `EchoResponder`, which says each turn back through the same token path) answers with codec
-  tokens -> SlidingWindowDecoder -> paced PCM out; the user speaking during the answer interrupts it (barge-in).
+- chat: speech in -> VAD end of turn -> `self.turns` (session_chat.py): the session's own `ChatSession` (opened from
+  the server's `ChatModel`: the Thinker-Talker, or `EchoResponder`, which says each turn back through the same token
+  path) answers with codec tokens -> SlidingWindowDecoder -> paced PCM out; the user speaking during the answer
+  interrupts it (barge-in).
 
 Video (codec mode, when the server has a video codec) runs beside the audio in `self.video` (session_video.py):
 RGB frames in -> video tokens and/or the reconstruction out, or video tokens in -> RGB out.
@@ -31,10 +32,8 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
-import torch
 
-from talkstream.chat import ChatModel, ChatSession
-from talkstream.models.errors import ThinkerEndpointError
+from talkstream.chat import ChatModel
 from talkstream.protocol import (
     KIND_TOKENS,
     PROTOCOL_VERSION,
@@ -54,6 +53,7 @@ from talkstream.protocol import (
     error_event,
     event,
 )
+from talkstream.services.session_chat import ChatTurns
 from talkstream.services.session_video import SessionVideo
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics, latency_fields
@@ -65,14 +65,11 @@ from talkstream.streaming.stages import (
     MediaOut,
     OutputStage,
     ResampleIn,
-    SlidingDecodeStage,
     TokenDecodeStage,
     TokensIn,
-    TurnCollector,
     VoiceActivity,
 )
 from talkstream.streaming.tasks import TaskSet
-from talkstream.streaming.tracing import TurnSpan
 from talkstream.streaming.vad import SileroVAD, VADEvent
 from talkstream.streaming.video import VideoOut
 
@@ -132,7 +129,6 @@ class Session:
         closes the connection with that reason (a client that stopped reading cannot be sent an error event)."""
         self.id = uuid.uuid4().hex[:12]
         self.engine, self.vad, self.responder = engine, vad, responder
-        self.chat: ChatSession | None = None  # this user's chat, opened with chat mode, closed with the session
         self.codec = engine.codec
         self.limits, self.metrics = limits, metrics
         self.sink, self._abort = sink, abort
@@ -140,17 +136,13 @@ class Session:
         self.hello: Hello | None = None  # the settings in force (the protocol's, once the session has built them)
         self.started = self.protocol.started
         self.input: Pipeline | None = None
-        self.reply: Pipeline | None = None
         self._tasks = TaskSet(f"session {self.id}", on_error=self._task_failed)
-        self._reply_task: asyncio.Task | None = None
-        self._turn_span: TurnSpan | None = None  # the span of the turn being answered (OpenTelemetry, when installed)
-        self._new_pacer: Callable[[], Pacing] = getattr(sink, "pacer", None) or Pacer
-        self._reply_pacer = self._new_pacer()
+        self.new_pacer: Callable[[], Pacing] = getattr(sink, "pacer", None) or Pacer
         self._senders: list[asyncio.Task] = []
         self.frame_latencies: deque[float] = deque(maxlen=2000)  # bounded however long the call
         self.counts = {"frames_in": 0, "frames_out": 0, "errors": 0, "turns": 0, "interruptions": 0}
         self.closed = False
-        self._interrupting = asyncio.Lock()
+        self.turns = ChatTurns(self, responder)  # chat mode's conversation (session_chat.py)
         self.video = SessionVideo(video_codec, metrics, lambda out: self._deliver(self.sink.video(out)),
                                   self._video_failed)
 
@@ -193,14 +185,16 @@ class Session:
             self.metrics.errors.labels(code).inc()
         await self.send(error_event(code, message))
 
-    def _spawn(self, coro: Awaitable) -> asyncio.Task:
+    def spawn(self, coro: Awaitable) -> asyncio.Task:
+        """A task of this session's: cancelled when it closes; a failure is logged and counted, never silent."""
         return self._tasks.spawn(coro)
 
     def _task_failed(self, e: BaseException) -> None:
         """The tasks report what they expect, so a task's failure is a bug: logged (by TaskSet) and counted."""
         self.counts["errors"] += 1
 
-    async def _sender(self, pipeline: Pipeline, pacer: Pacing | None) -> None:
+    async def send_media(self, pipeline: Pipeline, pacer: Pacing | None) -> None:
+        """A pipeline's output to the client until it ends, metered by `pacer` when there is one."""
         while (out := await pipeline.get()) is not None:
             if pacer is not None:
                 if out.audio_s:
@@ -214,7 +208,11 @@ class Session:
                 if self.metrics is not None:
                     self.metrics.frame_latency.observe(dt)
         if pipeline.error is not None:
-            await self.execute(self.protocol.fail("internal", f"stream stopped: {pipeline.error}"))
+            await self.fail(f"stream stopped: {pipeline.error}")
+
+    async def fail(self, message: str) -> None:
+        """Something inside the session broke: a fatal `internal` error to the client, and the session ends."""
+        await self.execute(self.protocol.fail("internal", message))
 
     # -- receiving --------------------------------------------------------------------------------------------
     async def on_message(self, data: bytes | str) -> bool:
@@ -336,120 +334,27 @@ class Session:
                     OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output),
                 ]
             else:
-                if self.chat is None:  # kept across config changes: the conversation goes on
-                    self.chat = self.responder.open_session()
                 stages += [
                     CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
-                    TurnCollector(self.codec, on_speech=getattr(self.chat, "listen_ahead", None)),
+                    self.turns.collector(),
                 ]
             self.input = Pipeline(stages, self.metrics)
         self.input.start()
         if h.mode == "chat":
-            # The reply's codebooks are the chat's (the Talker speaks with its own), not the client's input.
-            reply_k = getattr(self.chat, "num_codebooks", None) or h.codebooks
-            self.reply = Pipeline(
-                [SlidingDecodeStage(self.engine, reply_k, codec=getattr(self.chat, "voice_codec", None)),
-                 OutputStage(sr, h.sample_rate, False, True)],
-                self.metrics,
-                live=False,
-            )
-            self.reply.start()
-            self._reply_pacer = self._new_pacer()
-            self._senders = [self._spawn(self._turns()), self._spawn(self._sender(self.reply, self._reply_pacer))]
+            self.turns.start(h.codebooks, h.sample_rate)
+            self._senders = [self.spawn(self.turns.take_turns(self.input))]
         else:
             # Live PCM in: output follows the input's own clock, so it goes out as it is made. A pacer here would
             # ratchet: every late input frame moves its playhead forward for good, and on a loaded server the
             # echo drifted 200-400 ms behind. Token input can run ahead of real time: that is paced.
-            pacer = self._new_pacer() if h.input == "tokens" else None
-            self._senders = [self._spawn(self._sender(self.input, pacer))]
-        self._spawn(self._stats_loop())
-
-    def _answer_playing(self) -> bool:
-        """An answer is being generated, is queued, or its audio has not finished playing at the client."""
-        if self._reply_task is not None and not self._reply_task.done():
-            return True
-        if self.reply is None:
-            return False
-        pacer = self._reply_pacer
-        return any(q.qsize() for q in self.reply.queues) or (pacer.playhead or 0) > time.monotonic()
+            pacer = self.new_pacer() if h.input == "tokens" else None
+            self._senders = [self.spawn(self.send_media(self.input, pacer))]
+        self.spawn(self._stats_loop())
 
     def _on_vad(self, e: VADEvent) -> None:
-        self._spawn(self.send(event("vad", state=e.kind, t=round(e.time_s, 3))))
-        if e.kind == "start" and self._answer_playing():
-            self._spawn(self._interrupt())
-
-    async def _interrupt(self) -> None:
-        """Barge-in: the user speaks over the answer; stop it now and reset every reply stage."""
-        async with self._interrupting:  # the VAD and a new turn may both ask at once: one interruption at a time
-            if not self._answer_playing():
-                return
-            if self._turn_span is not None:
-                self._turn_span.event("barge_in")
-            if self._reply_task is not None:
-                self._reply_task.cancel()
-                await asyncio.gather(self._reply_task, return_exceptions=True)
-            if self.reply is not None:
-                # The reply sender may hold a chunk it is pacing: replace it too, with a fresh clock.
-                self._senders[1].cancel()
-                await asyncio.gather(self._senders[1], return_exceptions=True)
-                await self.reply.interrupt()
-                self._reply_pacer.reset()  # a track's pacer drops the reply audio it still holds
-                self._senders[1] = self._spawn(self._sender(self.reply, self._reply_pacer))
-            self.counts["interruptions"] += 1
-            if self._turn_span is not None:
-                self._turn_span.end()
-            await self.send(event("reply", state="interrupted"))
-
-    async def _turns(self) -> None:
-        while (turn := await self.input.get()) is not None:
-            self.counts["turns"] += 1
-            if self._answer_playing():
-                await self._interrupt()
-            video = None
-            if getattr(self.chat, "sees_video", False):  # what the camera showed while the turn was spoken
-                end = time.monotonic()
-                video = self.video.seen_during(end - turn.shape[-1] / self.codec.frame_rate, end)
-            self._reply_task = self._spawn(self._answer(turn, video))
-        if self.input.error is not None:
-            await self.execute(self.protocol.fail("internal", f"stream stopped: {self.input.error}"))
-
-    async def _answer(self, turn: torch.Tensor, video: torch.Tensor | None = None) -> None:
-        """One turn's answer. A failing answer (the endpoint down, a model error) is an error event and a log line;
-        what was said of it still plays, the reply ends, and the next turn is answered as usual."""
-        fields = {"video_frames": int(video.shape[0])} if video is not None else {}
-        if self._turn_span is not None:  # the previous turn's span lasts until this one begins (its audio played)
-            self._turn_span.end()
-        span = self._turn_span = TurnSpan(self.id, int(turn.shape[-1]))
-        await self.send(event("reply", state="start", frames=int(turn.shape[-1]), **fields))
-        try:
-            async for item in self.chat.respond(turn, video):
-                if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
-                    fields = dict(item)
-                    kind = fields.pop("type")
-                    if kind == "reply_text" and fields.get("text"):
-                        span.event("first_reply_text")
-                    elif kind == "error":
-                        span.event("error", code=fields.get("code", ""))
-                    await self.send(event(kind, **fields))
-                else:
-                    span.event("first_audio")
-                    await self.reply.put(item)
-        except PipelineFailed:
-            return  # the reply's decoder failed: its sender reports it and the session ends
-        except ThinkerEndpointError as e:
-            log.warning("session %s: the Thinker's endpoint failed: %s", self.id, e)
-            span.event("error", code="thinker_unavailable")
-            await self.send_error("thinker_unavailable", str(e))
-        except Exception as e:
-            log.exception("session %s: the answer failed", self.id)
-            span.event("error", code="reply_failed")
-            await self.send_error("reply_failed", f"the answer failed: {type(e).__name__}: {e}")
-        try:
-            await self.reply.put(None)  # flush the decoder's last frames
-        except PipelineFailed:
-            return
-        span.event("reply_end")
-        await self.send(event("reply", state="end"))
+        self.spawn(self.send(event("vad", state=e.kind, t=round(e.time_s, 3))))
+        if e.kind == "start":
+            self.turns.on_speech_start()
 
     async def _stats_loop(self) -> None:
         while True:
@@ -457,7 +362,7 @@ class Session:
             await self.send(event("stats", **self.stats()))
 
     def stats(self) -> dict:
-        drops = sum(s.drops for p in (self.input, self.reply) if p for s in p.stats.values())
+        drops = sum(s.drops for p in (self.input, self.turns.reply) if p for s in p.stats.values())
         return {
             **self.counts,
             "drops": drops,
@@ -465,22 +370,21 @@ class Session:
             **self.video.stats_fields(),
         }
 
+    def pipelines(self) -> list[Pipeline]:
+        """The session's running pipelines (input, reply, video), for the server's queue-depth gauges."""
+        return [p for p in (self.input, self.turns.reply, self.video.pipeline) if p is not None]
+
     async def _video_failed(self, message: str) -> None:
-        await self.execute(self.protocol.fail("internal", message))
+        await self.fail(message)
 
     # -- ending -----------------------------------------------------------------------------------------------
     async def finish(self) -> None:
         """The client has sent everything: drain what is queued, send the summary."""
         if self.input is not None:
             await self.input.end()
+            await asyncio.gather(*self._senders, return_exceptions=True)  # chat: every turn taken
             if self.hello.mode == "chat":
-                await asyncio.gather(*self._senders[:1], return_exceptions=True)
-                if self._reply_task is not None:
-                    await asyncio.gather(self._reply_task, return_exceptions=True)
-                await self.reply.end()
-                await asyncio.gather(*self._senders[1:], return_exceptions=True)
-            else:
-                await asyncio.gather(*self._senders, return_exceptions=True)
+                await self.turns.finish()
         await self.video.finish()
         await self.send(
             event(
@@ -490,19 +394,19 @@ class Session:
                 **self.stats(),
                 stages={
                     **(self.input.summary() if self.input else {}),
-                    **({"reply_" + k: v for k, v in self.reply.summary().items()} if self.reply else {}),
+                    **({"reply_" + k: v for k, v in self.turns.reply.summary().items()} if self.turns.reply else {}),
                     **(self.video.pipeline.summary() if self.video.pipeline else {}),
                 },
             )
         )
 
     async def _teardown(self) -> None:
-        for p in (self.input, self.reply):
-            if p is not None:
-                await p.stop()
+        if self.input is not None:
+            await self.input.stop()
+        await self.turns.stop()
         await self.video.stop()
         await self._tasks.cancel()
-        self.input = self.reply = self._reply_task = None
+        self.input = None
 
     async def shut_down(self) -> None:
         """The server is stopping: tell the client (a fatal `shutting_down`), then free everything."""
@@ -513,9 +417,5 @@ class Session:
         """Free everything (called by the transport however the session ended: clean end, error, vanished)."""
         self.closed = True
         await self._teardown()
-        if self._turn_span is not None:
-            self._turn_span.end()
         await self.video.close()
-        if self.chat is not None:
-            self.chat.close()
-            self.chat = None
+        self.turns.close()

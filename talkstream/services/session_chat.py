@@ -1,0 +1,174 @@
+"""Chat mode's half of a session: the user's turns in, the chat session's answers out, barge-in.
+
+`ChatTurns` belongs to one `Session` and holds everything a conversation needs: the user's own `ChatSession`
+(history, early hearing: opened once, kept across config changes, closed with the session), the reply pipeline
+(SlidingWindowDecoder -> PCM at the client's rate), its pacer, the answer being made and its trace span. The session
+hands it the turns its input pipeline collects and the VAD's speech starts; what it says leaves through the
+session's own `send` and reply sender, so the transport sees one stream either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from talkstream.chat import ChatModel, ChatSession
+from talkstream.models.errors import ThinkerEndpointError
+from talkstream.protocol import event
+from talkstream.streaming.pipeline import Pipeline, PipelineFailed
+from talkstream.streaming.stages import OutputStage, SlidingDecodeStage, TurnCollector
+from talkstream.streaming.tracing import TurnSpan
+
+if TYPE_CHECKING:
+    from talkstream.services.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class ChatTurns:
+    def __init__(self, session: Session, responder: ChatModel):
+        self.session, self.responder = session, responder
+        self.chat: ChatSession | None = None
+        self.reply: Pipeline | None = None
+        self.pacer = session.new_pacer()
+        self.sender: asyncio.Task | None = None  # the reply pipeline's output to the client, paced
+        self._answering: asyncio.Task | None = None
+        self._span: TurnSpan | None = None  # the turn being answered (OpenTelemetry, when installed)
+        self._interrupting = asyncio.Lock()
+
+    def collector(self) -> TurnCollector:
+        """The input pipeline's last stage: codec tokens -> one turn per VAD end of turn, heard early by the chat."""
+        if self.chat is None:  # kept across config changes: the conversation goes on
+            self.chat = self.responder.open_session()
+        s = self.session
+        return TurnCollector(s.codec, on_speech=getattr(self.chat, "listen_ahead", None))
+
+    def start(self, codebooks: int, sample_rate: int) -> None:
+        """The reply pipeline for the client's settings, and its sender."""
+        s = self.session
+        # The reply's codebooks are the chat's (the Talker speaks with its own), not the client's input.
+        reply_k = getattr(self.chat, "num_codebooks", None) or codebooks
+        self.reply = Pipeline(
+            [SlidingDecodeStage(s.engine, reply_k, codec=getattr(self.chat, "voice_codec", None)),
+             OutputStage(s.codec.sample_rate, sample_rate, False, True)],
+            s.metrics,
+            live=False,
+        )
+        self.reply.start()
+        self.pacer = s.new_pacer()
+        self.sender = s.spawn(s.send_media(self.reply, self.pacer))
+
+    def playing(self) -> bool:
+        """An answer is being generated, is queued, or its audio has not finished playing at the client."""
+        if self._answering is not None and not self._answering.done():
+            return True
+        if self.reply is None:
+            return False
+        return any(q.qsize() for q in self.reply.queues) or (self.pacer.playhead or 0) > time.monotonic()
+
+    def on_speech_start(self) -> None:
+        """The VAD heard the user start speaking: over an answer, that is barge-in."""
+        if self.playing():
+            self.session.spawn(self.interrupt())
+
+    async def interrupt(self) -> None:
+        """Barge-in: the user speaks over the answer; stop it now and reset every reply stage."""
+        s = self.session
+        async with self._interrupting:  # the VAD and a new turn may both ask at once: one interruption at a time
+            if not self.playing():
+                return
+            if self._span is not None:
+                self._span.event("barge_in")
+            if self._answering is not None:
+                self._answering.cancel()
+                await asyncio.gather(self._answering, return_exceptions=True)
+            if self.reply is not None:
+                # The reply sender may hold a chunk it is pacing: replace it too, with a fresh clock.
+                self.sender.cancel()
+                await asyncio.gather(self.sender, return_exceptions=True)
+                await self.reply.interrupt()
+                self.pacer.reset()  # a track's pacer drops the reply audio it still holds
+                self.sender = s.spawn(s.send_media(self.reply, self.pacer))
+            s.counts["interruptions"] += 1
+            if self._span is not None:
+                self._span.end()
+            await s.send(event("reply", state="interrupted"))
+
+    async def take_turns(self, turns: Pipeline) -> None:
+        """Answer every turn the input pipeline collects, one at a time (a new turn interrupts the answer)."""
+        s = self.session
+        while (turn := await turns.get()) is not None:
+            s.counts["turns"] += 1
+            if self.playing():
+                await self.interrupt()
+            video = None
+            if getattr(self.chat, "sees_video", False):  # what the camera showed while the turn was spoken
+                end = time.monotonic()
+                video = s.video.seen_during(end - turn.shape[-1] / s.codec.frame_rate, end)
+            self._answering = s.spawn(self._answer(turn, video))
+        if turns.error is not None:
+            await s.fail(f"stream stopped: {turns.error}")
+
+    async def _answer(self, turn: torch.Tensor, video: torch.Tensor | None = None) -> None:
+        """One turn's answer. A failing answer (the endpoint down, a model error) is an error event and a log line;
+        what was said of it still plays, the reply ends, and the next turn is answered as usual."""
+        s = self.session
+        fields = {"video_frames": int(video.shape[0])} if video is not None else {}
+        if self._span is not None:  # the previous turn's span lasts until this one begins (its audio played)
+            self._span.end()
+        span = self._span = TurnSpan(s.id, int(turn.shape[-1]))
+        await s.send(event("reply", state="start", frames=int(turn.shape[-1]), **fields))
+        try:
+            async for item in self.chat.respond(turn, video):
+                if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
+                    fields = dict(item)
+                    kind = fields.pop("type")
+                    if kind == "reply_text" and fields.get("text"):
+                        span.event("first_reply_text")
+                    elif kind == "error":
+                        span.event("error", code=fields.get("code", ""))
+                    await s.send(event(kind, **fields))
+                else:
+                    span.event("first_audio")
+                    await self.reply.put(item)
+        except PipelineFailed:
+            return  # the reply's decoder failed: its sender reports it and the session ends
+        except ThinkerEndpointError as e:
+            log.warning("session %s: the Thinker's endpoint failed: %s", s.id, e)
+            span.event("error", code="thinker_unavailable")
+            await s.send_error("thinker_unavailable", str(e))
+        except Exception as e:
+            log.exception("session %s: the answer failed", s.id)
+            span.event("error", code="reply_failed")
+            await s.send_error("reply_failed", f"the answer failed: {type(e).__name__}: {e}")
+        try:
+            await self.reply.put(None)  # flush the decoder's last frames
+        except PipelineFailed:
+            return
+        span.event("reply_end")
+        await s.send(event("reply", state="end"))
+
+    async def finish(self) -> None:
+        """The input has ended and its turns are taken: let the last answer finish and play out."""
+        if self._answering is not None:
+            await asyncio.gather(self._answering, return_exceptions=True)
+        if self.reply is not None:
+            await self.reply.end()
+            await asyncio.gather(self.sender, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop the reply (a config change or the end); the chat session and its history stay until `close`."""
+        if self.reply is not None:
+            await self.reply.stop()
+        self.reply = self._answering = self.sender = None
+
+    def close(self) -> None:
+        if self._span is not None:
+            self._span.end()
+        if self.chat is not None:
+            self.chat.close()
+            self.chat = None

@@ -31,7 +31,7 @@ def test_outbound_track_paces_keeps_pts_and_fills_gaps_with_silence():
     assert all(f.sample_rate == RATE and f.samples == FRAME for f in frames)
     out = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
     assert np.array_equal(out[: ramp.size], ramp) and not out[ramp.size :].any()
-    assert 0.07 < took < 0.2  # four 20 ms waits after the first frame, not a burst
+    assert took >= 0.07  # four 20 ms waits after the first frame, not a burst (a busy machine is only slower)
     assert len(track.latencies) == 1 and track.sent_samples == ramp.size
 
 

@@ -287,16 +287,20 @@ def test_a_peer_that_stops_sending_is_freed(server, speech48):
         _, answer = await post_offer(server.http_url, {"sdp": pc.localDescription.sdp, "type": "offer"})
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 10 and answer["session"] in rtc.peers:
+        while time.monotonic() - t0 < 10 and answer["session"] in rtc.peers:  # 10 s: the guard
             await asyncio.sleep(0.1)
+        freed = answer["session"] not in rtc.peers
         await pc.close()
-        return events, time.monotonic() - t0
+        return events, freed, time.monotonic() - t0
 
     rtc.media_timeout_s = 1.5
     try:
-        events, took = run(main())
+        events, freed, took = run(main())
     finally:
         rtc.media_timeout_s = 5.0
-    assert took < 5, took  # 1 s of audio, then freed 1.5 s after the last packet
+    # Freed by the media timeout (1.5 s after the last packet), long before the session's idle limit (30 s) and
+    # before the test's guard.
+    print(f"\nfreed {took:.1f} s after connecting (1 s of audio, then 1.5 s of no media)")
+    assert freed, took
     assert any(e["type"] == "error" and e["code"] == "idle_timeout" for e in events), events
     assert wait_idle(server, base_tasks) == (0, 0, base_tasks)

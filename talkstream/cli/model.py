@@ -189,9 +189,10 @@ def cmd_train_voice(args) -> None:
         from talkstream.models.train_talker import attach_talker_latents
 
         attach_talker_latents(items, Path(args.talker), Path(args.run) / "talker_latents.pt", args.threads)
-    out = finetune_decoder(load_audio_codec(), Path(args.run), items, num_codebooks=args.codebooks,
+    out = finetune_decoder(load_audio_codec(args.init), Path(args.run), items, num_codebooks=args.codebooks,
                            steps=args.steps, batch_size=args.batch_size, threads=args.threads,
-                           talker_share=args.talker_share, weight_whisper=args.weight_whisper)
+                           talker_share=args.talker_share, weight_whisper=args.weight_whisper,
+                           adversarial=args.adversarial, lr=args.lr)
     print(f"weights exported to {out} (copy to talkstream/weights/voice_codec to ship them)")
 
 
@@ -307,6 +308,12 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     vp.add_argument("--talker-share", type=float, default=0.5, help="share of segments from the Talker's tokens")
     vp.add_argument("--codebooks", type=int, default=8)
     vp.add_argument("--weight-whisper", type=float, default=1.0, help="weight of the Whisper hearing losses")
+    vp.add_argument("--adversarial", type=float, default=0.0,
+                    help="weight of a multi-resolution spectrogram discriminator's losses (0: none)")
+    vp.add_argument("--init", default=None,
+                    help="a codec checkpoint folder to start from (default: the shared codec); e.g. the shipped "
+                    "talkstream/weights/voice_codec to fine-tune it further")
+    vp.add_argument("--lr", type=float, default=2e-4)
     vp.add_argument("--steps", type=int, default=1500)
     vp.add_argument("--batch-size", type=int, default=8)
     vp.add_argument("--threads", type=int, default=1)

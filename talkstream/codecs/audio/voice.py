@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from talkstream.codecs.audio.codec import AudioCodec
+from talkstream.codecs.audio.discriminator import MultiResolutionDiscriminator, discriminator_loss, generator_losses
 from talkstream.codecs.audio.losses import complex_loss, spectral_losses
 
 
@@ -38,7 +39,8 @@ def voice_pool(items: list[dict], quantizer, num_codebooks: int) -> list[dict]:
 
 def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebooks: int = 8, steps: int = 2000,
                      batch_size: int = 8, segment_s: float = 1.0, lr: float = 2e-4, threads: int = 1, seed: int = 0,
-                     save_every: int = 100, talker_share: float = 0.5, weight_whisper: float = 1.0) -> Path:
+                     save_every: int = 100, talker_share: float = 0.5, weight_whisper: float = 1.0,
+                     adversarial: float = 0.0) -> Path:
     """Fine-tune a copy of `codec`'s decoder on the Talker's voice (`items` from talkstream.models.talker_data) at
     `num_codebooks`; resumable; returns the export folder.
 
@@ -46,7 +48,8 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     the voice's true durations, so it lines up frame for frame): the decoder learns to sharpen the Talker's blur,
     as vocoders are fine-tuned on an acoustic model's output. The rest decode the audio's own tokens. Whisper's
     states and log-mel of the decoded audio against the voice's (hearing_losses.py) steer it by what a listener
-    hears, beside the reconstruction losses.
+    hears, beside the reconstruction losses. `adversarial` > 0 adds a multi-resolution spectrogram discriminator
+    (discriminator.py) with that weight on its hinge and feature-matching losses, ramped in over 200 steps.
     """
     from talkstream.checkpoint import save_checkpoint
     from talkstream.codecs.audio.hearing_losses import HearingLosses
@@ -61,13 +64,19 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
         p.requires_grad_(True)
     hearing = HearingLosses(load_whisper_encoder(), model.cfg.latent_dim) if weight_whisper else None
     opt = torch.optim.AdamW([p for p in model.decoder.parameters()], lr=lr, betas=(0.8, 0.99))
-    step, history, seconds = 0, [], 0.0
+    disc = MultiResolutionDiscriminator() if adversarial else None
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=lr, betas=(0.8, 0.99)) if disc is not None else None
+    step, history, seconds, adv_from = 0, [], 0.0, 0
     ckpt = run / "last.pt"
     if ckpt.is_file():
         saved = torch.load(ckpt, weights_only=False)
         model.decoder.load_state_dict(saved["decoder"])
         opt.load_state_dict(saved["opt"])
         step, history, seconds = saved["step"], saved["history"], saved["seconds"]
+        adv_from = saved.get("adversarial_from", step)  # a run that turns the discriminator on part way
+        if disc is not None and "discriminator" in saved:
+            disc.load_state_dict(saved["discriminator"])
+            opt_d.load_state_dict(saved["opt_d"])
         print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
     pool = voice_pool(items, model.quantizer, num_codebooks)
     with_talker = [p for p in pool if p["talker"] is not None]
@@ -89,7 +98,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
             audio.append(a[s * hop : (s + seg_frames) * hop])
         return torch.stack(codes), torch.stack(audio)[:, None]
 
-    def loss_of(codes: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def loss_of(codes: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
         q = model.quantizer.decode(codes)
         out, _ = model.decode_latent_step(q, model.init_state(x.shape[0]))
         x_hat = out[..., delay:].squeeze(1)
@@ -99,17 +108,26 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
         if hearing is not None:
             states, mel = hearing.perceptual(x_hat, *hearing.teacher(target))
             loss = loss + weight_whisper * (states + mel)
-        return loss, float(parts["mel"])
+        if disc is not None:
+            with torch.no_grad():
+                real = disc(target)
+            adv, matching = generator_losses(real, disc(x_hat))
+            ramp = min(1.0, (step - adv_from + 1) / 200)
+            loss = loss + adversarial * ramp * (adv + 2 * matching)
+        return loss, parts["mel"].item(), x_hat, target
 
     def save() -> Path:
+        extra = {} if disc is None else {"discriminator": disc.state_dict(), "opt_d": opt_d.state_dict(),
+                                         "adversarial_from": adv_from}
         torch.save({"decoder": model.decoder.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "history": history, "seconds": seconds}, run / "last.tmp")
+                    "history": history, "seconds": seconds, **extra}, run / "last.tmp")
         (run / "last.tmp").rename(ckpt)
         out = save_checkpoint(model, model.cfg.to_dict(), run / "export", kind="audio_codec")
         (out / "training.json").write_text(json.dumps({
             "what": f"the shared codec with its decoder fine-tuned on the Talker's voice at {num_codebooks} codebooks",
             "steps": step, "train_seconds": round(seconds), "batch_size": batch_size, "segment_s": segment_s,
             "talker_share": talker_share if with_talker else 0.0, "weight_whisper": weight_whisper,
+            "adversarial": adversarial,
             "history": history[-30:], "command": ["talkstream", *sys.argv[1:]],
         }, indent=1) + "\n")
         return out
@@ -118,11 +136,16 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     running = None
     while step < steps:
         t0 = time.perf_counter()
-        loss, mel = loss_of(*batch())
+        loss, mel, x_hat, target = loss_of(*batch())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
         opt.step()
+        if disc is not None:  # then the discriminator, on the same segments (the decoder's output detached)
+            d_loss = discriminator_loss(disc(target), disc(x_hat.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
         step += 1
         seconds += time.perf_counter() - t0
         running = mel if running is None else 0.95 * running + 0.05 * mel

@@ -1,0 +1,68 @@
+"""A multi-resolution spectrogram discriminator (as Vocos and UnivNet use) and its hinge and feature-matching losses.
+
+Reconstruction losses (mel, STFT, complex) average over what they cannot predict, so a decoder trained on them alone
+buzzes: DNSMOS hears it as signal distortion (the Talker's voice: SIG 2.95 against joe's own 3.5). A discriminator
+that judges short spectrogram patches pushes the decoder towards speech-like fine structure; used only in training,
+it never ships.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SpectrogramDiscriminator(nn.Module):
+    """One resolution: log-magnitude STFT [B, 1, F, T] -> 2-D convs -> a patch of real/fake logits."""
+
+    def __init__(self, n_fft: int, channels: int = 16):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, n_fft // 4
+        norm = nn.utils.parametrizations.weight_norm
+        self.convs = nn.ModuleList([
+            norm(nn.Conv2d(1, channels, (7, 5), stride=(2, 2), padding=(3, 2))),  # cost: 2-core CPU training
+            norm(nn.Conv2d(channels, channels, (5, 3), stride=(2, 2), padding=(2, 1))),
+            norm(nn.Conv2d(channels, channels, (5, 3), stride=(2, 2), padding=(2, 1))),
+            norm(nn.Conv2d(channels, channels, (5, 3), stride=(2, 1), padding=(2, 1))),
+            norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1))),
+        ])
+        self.out = norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        spec = torch.stft(x, self.n_fft, self.hop, window=torch.hann_window(self.n_fft, device=x.device),
+                          return_complex=True).abs()
+        h = torch.log(spec.clamp_min(1e-5))[:, None]
+        features = []
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.1)
+            features.append(h)
+        return self.out(h), features
+
+
+class MultiResolutionDiscriminator(nn.Module):
+    def __init__(self, resolutions: tuple[int, ...] = (256, 512, 1024), channels: int = 16):
+        super().__init__()
+        self.discriminators = nn.ModuleList(SpectrogramDiscriminator(n, channels) for n in resolutions)
+
+    def forward(self, x: Tensor) -> list[tuple[Tensor, list[Tensor]]]:
+        """x [B, T] audio -> per resolution (logits, feature maps)."""
+        return [d(x) for d in self.discriminators]
+
+
+def discriminator_loss(real: list[tuple[Tensor, list[Tensor]]], fake: list[tuple[Tensor, list[Tensor]]]) -> Tensor:
+    """Hinge: real logits above 1, fake below -1."""
+    return sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for (r, _), (f, _) in zip(real, fake, strict=True))
+
+
+def generator_losses(real: list[tuple[Tensor, list[Tensor]]], fake: list[tuple[Tensor, list[Tensor]]]
+                     ) -> tuple[Tensor, Tensor]:
+    """(adversarial hinge loss, feature matching L1 against the real audio's feature maps, detached; so `real` may
+    come from a pass under no_grad)."""
+    adversarial = sum(F.relu(1 - f).mean() for f, _ in fake)
+    matching = sum(
+        F.l1_loss(ff, rf.detach()) / rf.detach().abs().mean().clamp_min(1e-5)
+        for (_, rfs), (_, ffs) in zip(real, fake, strict=True)
+        for rf, ff in zip(rfs, ffs, strict=True)
+    ) / sum(len(fs) for _, fs in real)
+    return adversarial, matching

@@ -1,0 +1,62 @@
+"""The voice decoder's fine-tuning (codecs/audio/voice.py) with its discriminator: it learns, it resumes with the
+discriminator's state, and it trains only the decoder (the tokens keep their meaning)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from talkstream.audio_io import load_audio
+from talkstream.checkpoint import _TRAINING_ONLY, load_audio_codec
+from talkstream.codecs.audio.discriminator import MultiResolutionDiscriminator, discriminator_loss, generator_losses
+from talkstream.codecs.audio.voice import finetune_decoder
+from talkstream.data import SAMPLE_WAV
+
+
+def test_the_discriminator_learns_to_tell_speech_from_noise():
+    torch.manual_seed(0)
+    speech = torch.from_numpy(load_audio(SAMPLE_WAV, 24_000)[:48_000].copy())
+    real = torch.stack([speech[i : i + 6000] for i in range(0, 48_000, 6000)])
+    fake = 0.05 * torch.randn_like(real)
+    disc = MultiResolutionDiscriminator()
+    opt = torch.optim.AdamW(disc.parameters(), lr=1e-3)
+    for _ in range(30):
+        loss = discriminator_loss(disc(real), disc(fake))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        scores = [(r.mean().item(), f.mean().item()) for (r, _), (f, _) in zip(disc(real), disc(fake), strict=True)]
+        adv_fake, match_fake = generator_losses(disc(real), disc(fake))
+        adv_real, match_real = generator_losses(disc(real), disc(real))
+    assert all(r > f for r, f in scores), scores
+    assert adv_fake > adv_real and match_real == 0 and match_fake > 0.1
+
+
+def test_adversarial_fine_tuning_trains_the_decoder_only_and_resumes(tmp_path):
+    codec = load_audio_codec()
+    pcm = load_audio(SAMPLE_WAV, 24_000)
+    pcm = pcm[: pcm.size // codec.cfg.hop * codec.cfg.hop]
+    with torch.no_grad():
+        z, _ = codec.encoder.net.step(torch.from_numpy(pcm)[None, None], codec.encoder.net.init_state(1))
+    items = [{"latent": z[0].half(), "audio": torch.from_numpy(np.round(pcm * 32767).astype(np.int16))}]
+    run = tmp_path / "voice"
+    # lr high enough that 4 steps move every decoder weight past float16's rounding in the checkpoint
+    kw = dict(num_codebooks=4, batch_size=2, segment_s=0.5, save_every=2, weight_whisper=0.0, adversarial=0.1, lr=5e-3)
+
+    finetune_decoder(codec, run, items, steps=2, **kw)
+    first = torch.load(run / "last.pt", weights_only=False)
+    assert first["step"] == 2 and "discriminator" in first and "opt_d" in first
+    out = finetune_decoder(codec, run, items, steps=4, **kw)  # resumes at 2, with the discriminator it had
+    second = torch.load(run / "last.pt", weights_only=False)
+    assert second["step"] == 4 and [h["step"] for h in second["history"]] == [2, 4]
+    moved = [not torch.equal(first["discriminator"][k], v) for k, v in second["discriminator"].items()]
+    assert any(moved), "the discriminator trained on after the resume"
+
+    tuned = load_audio_codec(out)
+    shipped = codec.state_dict()
+    for name, value in tuned.state_dict().items():
+        if name.endswith(_TRAINING_ONLY):  # EMA statistics: not shipped
+            continue
+        same = torch.allclose(value.float(), shipped[name].float(), atol=1e-3)  # float16 in the checkpoint
+        assert same != name.startswith("decoder."), f"{name}: only the decoder may change"

@@ -19,6 +19,7 @@ import torch
 from talkstream.chat import ChatModel, ChatSession
 from talkstream.models.errors import ThinkerEndpointError
 from talkstream.protocol import event
+from talkstream.streaming.pacing import Pacing
 from talkstream.streaming.pipeline import Pipeline, PipelineFailed
 from talkstream.streaming.stages import OutputStage, SlidingDecodeStage, TurnCollector
 from talkstream.streaming.tracing import TurnSpan
@@ -34,7 +35,7 @@ class ChatTurns:
         self.session, self.responder = session, responder
         self.chat: ChatSession | None = None
         self.reply: Pipeline | None = None
-        self.pacer = session.new_pacer()
+        self.pacer: Pacing | None = None  # made with the reply pipeline (`start`)
         self.sender: asyncio.Task | None = None  # the reply pipeline's output to the client, paced
         self._answering: asyncio.Task | None = None
         self._span: TurnSpan | None = None  # the turn being answered (OpenTelemetry, when installed)

@@ -13,7 +13,8 @@ def test_webrtc_bench_runs_the_server_apart_from_the_clients():
     (row,) = r["rows"]
     assert row["workers"] == 2 and row["failed_sessions"] == 0 and row["bursts_back"] > 0
     assert row["server_cpu_cores"] > 0 and row["client_cpu_cores"] > 0  # measured apart
-    assert 1 <= row["workers_used"] <= 2
+    # SO_REUSEPORT's hash may put both sessions on one worker: either split is right, none or a third is not.
+    assert row["workers_used"] in (1, 2)
     assert r["by_workers"][0]["workers"] == 2
 
 

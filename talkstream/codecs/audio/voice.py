@@ -98,7 +98,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
             audio.append(a[s * hop : (s + seg_frames) * hop])
         return torch.stack(codes), torch.stack(audio)[:, None]
 
-    def loss_of(codes: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+    def loss_of(codes: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor, list | None]:
         q = model.quantizer.decode(codes)
         out, _ = model.decode_latent_step(q, model.init_state(x.shape[0]))
         x_hat = out[..., delay:].squeeze(1)
@@ -108,13 +108,15 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
         if hearing is not None:
             states, mel = hearing.perceptual(x_hat, *hearing.teacher(target))
             loss = loss + weight_whisper * (states + mel)
+        real = None
         if disc is not None:
-            with torch.no_grad():
-                real = disc(target)
+            # The real audio's pass keeps its graph: the discriminator's own step below reuses it (the decoder's step
+            # changes no discriminator weight, and feature matching reads these features detached).
+            real = disc(target)
             adv, matching = generator_losses(real, disc(x_hat))
             ramp = min(1.0, (step - adv_from + 1) / 200)
             loss = loss + adversarial * ramp * (adv + 2 * matching)
-        return loss, parts["mel"].item(), x_hat, target
+        return loss, parts["mel"].item(), x_hat, real
 
     def save() -> Path:
         extra = {} if disc is None else {"discriminator": disc.state_dict(), "opt_d": opt_d.state_dict(),
@@ -136,13 +138,13 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     running = None
     while step < steps:
         t0 = time.perf_counter()
-        loss, mel, x_hat, target = loss_of(*batch())
+        loss, mel, x_hat, real = loss_of(*batch())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
         opt.step()
         if disc is not None:  # then the discriminator, on the same segments (the decoder's output detached)
-            d_loss = discriminator_loss(disc(target), disc(x_hat.detach()))
+            d_loss = discriminator_loss(real, disc(x_hat.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()

@@ -145,6 +145,10 @@ def cmd_train_codec(args) -> None:
         weight_whisper_mel=args.weight_whisper_mel,
         weight_semantic=args.weight_semantic,
         bandlimit_prob=args.bandlimit_prob,
+        decoder_only=args.decoder_only,
+        encoder=args.encoder,
+        mel_bands=args.mel_bands,
+        init_decoder=args.init_decoder,
     )
     export = train_codec(cfg)
     print(f"weights exported to {export} (copy to talkstream/weights/audio_codec to ship them)")
@@ -467,6 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--weight-semantic", type=float, default=0.0,
                     help="first codebook regressed onto the input's Whisper states (content in codebook 1)")
     tc.add_argument("--bandlimit-prob", type=float, default=0.0, help="share of crops low-passed at 4 or 8 kHz")
+    tc.add_argument("--encoder", choices=("conv", "mel"), default="conv",
+                    help="a fresh codec's encoder: conv (learned, v1/v2) or mel (fixed causal log-mel, v3)")
+    tc.add_argument("--mel-bands", type=int, default=80, help="bands of the mel encoder (its latent size)")
+    tc.add_argument("--init-decoder", default="",
+                    help="a fresh codec's decoder starts from this codec's decoder (tensors of matching shape)")
+    tc.add_argument("--decoder-only", action="store_true",
+                    help="train only the decoder of the --init codec: encoder and codebooks frozen, tokens unchanged")
     tc.set_defaults(func=cmd_train_codec)
 
     sp = sub.add_parser(

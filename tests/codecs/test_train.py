@@ -34,3 +34,32 @@ def test_train_resume_export(tmp_path):
     # After warm-up the codebooks were k-means initialised from latents: more than one code in use.
     assert codes[0, 0].unique().numel() > 1
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["steps"] == 6
+
+
+def test_decoder_only_keeps_the_tokens(tmp_path):
+    """--decoder-only changes the decoder and nothing else: the same audio gives the same tokens before and after, so
+    what was trained on the tokens (the Talker) keeps working; without a codec to start from it is refused."""
+    data = tmp_path / "audio"
+    data.mkdir()
+    for i in range(3):
+        sf.write(data / f"{i}.wav", speechlike(1.0, seed=i), 24_000)
+    first = TrainConfig(data=str(data), out=str(tmp_path / "a"), steps=3, warmup_steps=1, batch_size=2,
+                        segment_seconds=0.2, threads=1)
+    start = train_codec(first, TINY)
+    cfg = TrainConfig(**{**first.__dict__, "out": str(tmp_path / "b"), "steps": 3, "lr": 1e-2, "init": str(start),
+                         "decoder_only": True})
+    tuned = load_audio_codec(train_codec(cfg))
+    before = load_audio_codec(start)
+    x = torch.from_numpy(speechlike(0.5, seed=9))[None, None]
+    assert torch.equal(before.encode(x, 4), tuned.encode(x, 4))
+    assert torch.equal(before.quantizer.embed, tuned.quantizer.embed)
+    # (the EMA statistics are rebuilt from the codebooks at a warm start; they take no part in coding)
+    ema = ("quantizer.embed_sum", "quantizer.cluster_size")
+    changed = [n for n, p in tuned.state_dict().items() if n not in ema and not torch.equal(p, before.state_dict()[n])]
+    assert changed and all(n.startswith("decoder.") for n in changed)
+    try:
+        train_codec(TrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "c"), "init": ""}), TINY)
+    except ValueError as e:
+        assert "--init" in str(e)
+    else:
+        raise AssertionError("--decoder-only without --init was accepted")

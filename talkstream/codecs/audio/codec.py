@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from talkstream.codecs.audio.losses import mel_filterbank
 from talkstream.codecs.audio.modules import (
     CausalConvNeXtBlock,
     ChannelLayerNorm,
@@ -45,6 +46,9 @@ class AudioCodecConfig:
     decoder_hidden: int = 768
     decoder_blocks: int = 6
     codec_id: str = "talkstream-audio-v1"
+    # "conv": the learned SEANet encoder (v1, v2); "mel": a fixed causal log-mel front end with latent_dim bands
+    # (v3: the codebooks code the spectral envelope a listener hears, and the decoder is a causal vocoder)
+    encoder: str = "conv"
 
     @property
     def hop(self) -> int:
@@ -123,6 +127,54 @@ class Encoder(nn.Module):
         self.net = StreamingSequential(*layers)
 
 
+class LogMelFrames(nn.Module):
+    """Fixed causal log-mel analysis, one frame per hop: frame j is the `n_mels`-band log-mel of the 2*hop samples
+    ending where frame j ends (its own hop and the one before; Hann window), normalised per band by the training
+    corpus's mean and standard deviation (buffers set by `fit`). Nothing here is learned by gradient.
+
+    State: the previous hop of input [B, 1, hop], as StreamingConv1d keeps its context.
+    """
+
+    def __init__(self, hop: int, n_mels: int, sample_rate: int):
+        super().__init__()
+        self.hop, n_fft = hop, 2 * hop
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+        window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+        basis = torch.cat([torch.cos(2 * torch.pi * k * n / n_fft), -torch.sin(2 * torch.pi * k * n / n_fft)]) * window
+        # The DFT as a strided conv (exports to ONNX, no complex tensors); rebuilt at load, never stored.
+        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
+        self.register_buffer("filterbank", mel_filterbank(n_fft, n_mels, sample_rate), persistent=False)
+        self.register_buffer("mean", torch.zeros(n_mels, 1))
+        self.register_buffer("std", torch.ones(n_mels, 1))
+
+    def init_state(self, batch: int) -> State:
+        return [self.basis.new_zeros(batch, 1, self.hop)]
+
+    def raw(self, xp: Tensor) -> Tensor:
+        """[B, 1, (F+1)*hop] -> unnormalised log-mel [B, n_mels, F]."""
+        spec = F.conv1d(xp, self.basis, stride=self.hop)
+        re, im = spec.chunk(2, dim=1)
+        mag = (re * re + im * im + 1e-10).sqrt()
+        return torch.log((self.filterbank @ mag).clamp(min=1e-5))
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        xp = torch.cat([state[0], x], dim=-1)
+        return (self.raw(xp) - self.mean) / self.std, [xp[..., xp.shape[-1] - self.hop :]]
+
+    @torch.no_grad()
+    def fit(self, raw_frames: Tensor) -> None:
+        """Per-band mean and std from unnormalised frames [N, n_mels]."""
+        self.mean.copy_(raw_frames.mean(0)[:, None])
+        self.std.copy_(raw_frames.std(0)[:, None].clamp(min=1e-3))
+
+
+class MelEncoder(nn.Module):
+    def __init__(self, cfg: AudioCodecConfig):
+        super().__init__()
+        self.net = StreamingSequential(LogMelFrames(cfg.hop, cfg.latent_dim, cfg.sample_rate))
+
+
 class Decoder(nn.Module):
     """Latent frames -> per-frame log-magnitude and phase of a 2*hop STFT frame -> windowed frames."""
 
@@ -162,7 +214,9 @@ class AudioCodec(nn.Module):
     def __init__(self, cfg: AudioCodecConfig | None = None):
         super().__init__()
         self.cfg = cfg or AudioCodecConfig()
-        self.encoder = Encoder(self.cfg)
+        if self.cfg.encoder not in ("conv", "mel"):
+            raise ValueError(f"unknown codec encoder {self.cfg.encoder!r} (conv or mel)")
+        self.encoder = MelEncoder(self.cfg) if self.cfg.encoder == "mel" else Encoder(self.cfg)
         self.quantizer = ResidualVQ(self.cfg.latent_dim, self.cfg.num_codebooks, self.cfg.codebook_size)
         self.decoder = Decoder(self.cfg)
 

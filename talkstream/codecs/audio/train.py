@@ -58,6 +58,13 @@ class TrainConfig:
     weight_semantic: float = 0.0
     noise_prob: float = 0.25  # share of segments with added noise (the codec must carry noise, not invent it)
     bandlimit_prob: float = 0.0  # share low-passed at 4 or 8 kHz (phone lines, 16 kHz microphones): invent no highs
+    # Train the decoder alone (encoder and codebooks frozen, so the tokens keep their meaning: everything trained on
+    # them, the Talker and its voice decoder, keeps working). Needs `init`.
+    decoder_only: bool = False
+    # A fresh codec's encoder: "conv" (learned) or "mel" (fixed causal log-mel of `mel_bands` bands, codec v3)
+    encoder: str = "conv"
+    mel_bands: int = 80
+    init_decoder: str = ""  # a fresh run's decoder starts from this codec's (every tensor whose shape matches)
     init: str = ""  # warm start from a codec checkpoint folder (quantizer included: no warm-up, no k-means)
     codec_id: str = ""  # a new id for the trained codec (new tokens need a new id); "" keeps the model config's
     checkpoint_minutes: float = 4.0
@@ -229,6 +236,16 @@ def warm_start(path: str) -> AudioCodec:
     return codec
 
 
+@torch.no_grad()
+def _copy_matching(dst: nn.Module, src: nn.Module) -> None:
+    """Copy every tensor of `src` into `dst` where name and shape agree (a new input layer starts fresh)."""
+    theirs = src.state_dict()
+    mine = dst.state_dict()
+    kept = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
+    dst.load_state_dict({**mine, **kept})
+    log.info("decoder warm start: %d of %d tensors copied", len(kept), len(mine))
+
+
 def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> Path:
     """Train (or resume) and return the export directory."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -256,16 +273,27 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     if ckpt is None and cfg.init:
         codec = warm_start(cfg.init)
     else:
-        codec = AudioCodec(model_cfg or AudioCodecConfig())
+        if model_cfg is None:
+            model_cfg = AudioCodecConfig()
+            if cfg.encoder == "mel":
+                model_cfg = AudioCodecConfig(encoder="mel", latent_dim=cfg.mel_bands)
+        codec = AudioCodec(model_cfg)
+        if cfg.init_decoder and ckpt is None:
+            _copy_matching(codec.decoder, warm_start(cfg.init_decoder).decoder)
     if cfg.codec_id:
         codec.cfg = dataclasses.replace(codec.cfg, codec_id=cfg.codec_id)
     codec = codec.to(device)
+    if cfg.decoder_only:
+        if not (cfg.init or ckpt):
+            raise ValueError("--decoder-only trains a decoder for existing tokens: give --init CODEC_DIR")
+        codec.encoder.requires_grad_(False)
+        codec.quantizer.eval()  # no EMA updates, no dead-code restarts: the codebooks stay as they are
     hearing = None
     if cfg.weight_whisper or cfg.weight_whisper_mel or cfg.weight_semantic:
         from talkstream.whisper.encoder import load_whisper_encoder
 
         hearing = HearingLosses(load_whisper_encoder(), codec.cfg.latent_dim).to(device)
-    trainable = list(codec.parameters()) + (list(hearing.projection.parameters()) if hearing else [])
+    trainable = [p for p in codec.parameters() if p.requires_grad] + (list(hearing.projection.parameters()) if hearing else [])
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=1e-4)
     step = resume(ckpt, codec, opt)
     if hearing is not None and ckpt is not None and "projection" in ckpt:
@@ -296,6 +324,9 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     log_file = open(out / "train_log.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=cfg.steps, initial=step, desc="train codec", unit="step", disable=rank != 0)
     audio_seconds, t_window = 0.0, time.monotonic()
+    if codec.cfg.encoder == "mel" and not (cfg.init or ckpt):
+        log.info("fitting the log-mel front end's per-band normalisation")
+        codec.encoder.net.layers[0].fit(collect_latents(codec, sampler, 20_000, device))
     while step < cfg.steps:
         if step == cfg.warmup_steps and not (cfg.init or ckpt):
             log.info("initialising codebooks with k-means on encoder latents")

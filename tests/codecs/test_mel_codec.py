@@ -99,7 +99,8 @@ def test_training_fits_the_front_end_and_warm_starts_the_decoder(tmp_path):
                       init_decoder=str(donor_dir))
     trained = load_audio_codec(train_codec(cfg, TINY_MEL))
     front = trained.encoder.net.layers[0]
-    assert trained.cfg.encoder == "mel" and front.mean.abs().sum() > 0 and not torch.equal(front.std, torch.ones_like(front.std))
+    assert trained.cfg.encoder == "mel"
+    assert front.mean.abs().sum() > 0 and not torch.equal(front.std, torch.ones_like(front.std))
     # The decoder's blocks come from the donor (lr ~0: unchanged), its input layer (other width) starts fresh.
     donor_blocks = donor.decoder.net.layers[1].fc1.weight
     torch.testing.assert_close(trained.decoder.net.layers[1].fc1.weight, donor_blocks, atol=1e-3, rtol=1e-3)

@@ -293,7 +293,8 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
         from talkstream.whisper.encoder import load_whisper_encoder
 
         hearing = HearingLosses(load_whisper_encoder(), codec.cfg.latent_dim).to(device)
-    trainable = [p for p in codec.parameters() if p.requires_grad] + (list(hearing.projection.parameters()) if hearing else [])
+    trainable = [p for p in codec.parameters() if p.requires_grad]
+    trainable += list(hearing.projection.parameters()) if hearing else []
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.8, 0.99), weight_decay=1e-4)
     step = resume(ckpt, codec, opt)
     if hearing is not None and ckpt is not None and "projection" in ckpt:

@@ -123,10 +123,11 @@ def cmd_say(args) -> None:
 
 
 def cmd_data_model(args) -> None:
-    from talkstream.checkpoint import load_audio_codec
+    from talkstream.checkpoint import load_codec_v1
     from talkstream.models.data import build_model_data
 
-    out = build_model_data(Path(args.out), load_audio_codec(), Path(args.corpus) if args.corpus else None,
+    # the v1 learned Thinker hears codec v1's tokens (V1Thinker re-encodes turns with it when serving)
+    out = build_model_data(Path(args.out), load_codec_v1(), Path(args.corpus) if args.corpus else None,
                            questions=args.questions, seed=args.seed)
     print(f"model data written to {out}")
 
@@ -134,11 +135,12 @@ def cmd_data_model(args) -> None:
 def cmd_data_talker(args) -> None:
     import torch
 
-    from talkstream.checkpoint import load_audio_codec
+    from talkstream.checkpoint import load_voice_codec
     from talkstream.models.talker_data import build_talker_data
 
     torch.set_num_threads(args.threads)
-    out = build_talker_data(Path(args.out), load_audio_codec().eval(), n_sentences=args.sentences,
+    # The Talker speaks codec v2's latent: the voice codec keeps v2's encoder and codebooks (the shared codec moved on)
+    out = build_talker_data(Path(args.out), load_voice_codec().eval(), n_sentences=args.sentences,
                             n_questions=args.questions, n_eval=args.eval)
     print(f"Talker data written to {out}")
 
@@ -146,11 +148,11 @@ def cmd_data_talker(args) -> None:
 def cmd_data_video_questions(args) -> None:
     import torch
 
-    from talkstream.checkpoint import load_audio_codec, load_video_codec
+    from talkstream.checkpoint import load_codec_v1, load_video_codec
     from talkstream.models.video_questions import build_video_questions
 
     torch.set_num_threads(1)
-    out = build_video_questions(Path(args.out), load_audio_codec(), load_video_codec(), train=args.train,
+    out = build_video_questions(Path(args.out), load_codec_v1(), load_video_codec(), train=args.train,
                                 evaluate=args.eval, seed=args.seed)
     print(f"video questions written to {out}")
 
@@ -167,20 +169,20 @@ def cmd_train_model(args) -> None:
 
 
 def cmd_train_talker(args) -> None:
-    from talkstream.checkpoint import load_audio_codec
+    from talkstream.checkpoint import load_voice_codec
     from talkstream.models.train import TrainConfig
     from talkstream.models.train_talker import train_talker
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads, dim=args.dim,
                       layers=args.layers, seed=args.seed, warmup=args.warmup, crop=args.crop,
                       eval_every=args.eval_every)
-    out = train_talker(Path(args.data), Path(args.run), cfg, load_audio_codec().eval(),
+    out = train_talker(Path(args.data), Path(args.run), cfg, load_voice_codec().eval(),
                        command=["talkstream", *sys.argv[1:]])
     print(f"weights exported to {out} (copy to talkstream/weights/talker to ship them)")
 
 
 def cmd_train_voice(args) -> None:
-    from talkstream.checkpoint import load_audio_codec
+    from talkstream.checkpoint import load_voice_codec
     from talkstream.codecs.audio.voice import finetune_decoder
     from talkstream.models.talker_data import load_talker_data
 
@@ -189,7 +191,7 @@ def cmd_train_voice(args) -> None:
         from talkstream.models.train_talker import attach_talker_latents
 
         attach_talker_latents(items, Path(args.talker), Path(args.run) / "talker_latents.pt", args.threads)
-    out = finetune_decoder(load_audio_codec(args.init), Path(args.run), items, num_codebooks=args.codebooks,
+    out = finetune_decoder(load_voice_codec(args.init), Path(args.run), items, num_codebooks=args.codebooks,
                            steps=args.steps, batch_size=args.batch_size, threads=args.threads,
                            talker_share=args.talker_share, weight_whisper=args.weight_whisper,
                            adversarial=args.adversarial, lr=args.lr)
@@ -311,8 +313,9 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     vp.add_argument("--adversarial", type=float, default=0.0,
                     help="weight of a multi-resolution spectrogram discriminator's losses (0: none)")
     vp.add_argument("--init", default=None,
-                    help="a codec checkpoint folder to start from (default: the shared codec); e.g. the shipped "
-                    "talkstream/weights/voice_codec to fine-tune it further")
+                    help="a codec checkpoint folder to start from, with codec v2's encoder and codebooks (the "
+                    "Talker's tokens); default: the shipped talkstream/weights/voice_codec (docs/models.md: how "
+                    "it was made from codec v2's own decoder)")
     vp.add_argument("--lr", type=float, default=2e-4)
     vp.add_argument("--steps", type=int, default=1500)
     vp.add_argument("--batch-size", type=int, default=8)

@@ -176,9 +176,9 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         train_items = [it for it in train_items if it["codes"].shape[-1] <= 750]
     eval_items = torch.load(data / f"{kind}_eval.pt", weights_only=False)
     if kind == "thinker":
-        from talkstream.checkpoint import load_audio_codec
+        from talkstream.checkpoint import load_codec_v1
 
-        codec = codec or load_audio_codec()
+        codec = codec or load_codec_v1()  # the v1 Thinker hears codec v1's tokens
         video_train, video_eval = _video_items(data, cfg)
         video_features = video_train[0]["video"].shape[1] if video_train else 0
         model: nn.Module = Thinker(ThinkerConfig(latent_dim=codec.cfg.latent_dim, dim=cfg.dim, layers=cfg.layers,

@@ -144,7 +144,8 @@ class LogMelFrames(nn.Module):
         basis = torch.cat([torch.cos(2 * torch.pi * k * n / n_fft), -torch.sin(2 * torch.pi * k * n / n_fft)]) * window
         # The DFT as a strided conv (exports to ONNX, no complex tensors); rebuilt at load, never stored.
         self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
-        self.register_buffer("filterbank", mel_filterbank(n_fft, n_mels, sample_rate), persistent=False)
+        # (a copy: mel_filterbank's result is cached and shared with the training losses)
+        self.register_buffer("filterbank", mel_filterbank(n_fft, n_mels, sample_rate).clone(), persistent=False)
         self.register_buffer("mean", torch.zeros(n_mels, 1))
         self.register_buffer("std", torch.ones(n_mels, 1))
 

@@ -139,8 +139,8 @@ def cmd_data_talker(args) -> None:
     from talkstream.models.talker_data import build_talker_data
 
     torch.set_num_threads(args.threads)
-    # The Talker speaks codec v2's latent: the voice codec keeps v2's encoder and codebooks (the shared codec moved on)
-    out = build_talker_data(Path(args.out), load_voice_codec().eval(), n_sentences=args.sentences,
+    # The latent is the one the Talker will speak in: by default the shipped voice codec's (its encoder and codebooks)
+    out = build_talker_data(Path(args.out), load_voice_codec(args.codec).eval(), n_sentences=args.sentences,
                             n_questions=args.questions, n_eval=args.eval)
     print(f"Talker data written to {out}")
 
@@ -176,7 +176,7 @@ def cmd_train_talker(args) -> None:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads, dim=args.dim,
                       layers=args.layers, seed=args.seed, warmup=args.warmup, crop=args.crop,
                       eval_every=args.eval_every)
-    out = train_talker(Path(args.data), Path(args.run), cfg, load_voice_codec().eval(),
+    out = train_talker(Path(args.data), Path(args.run), cfg, load_voice_codec(args.codec).eval(),
                        command=["talkstream", *sys.argv[1:]])
     print(f"weights exported to {out} (copy to talkstream/weights/talker to ship them)")
 
@@ -296,6 +296,9 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--warmup", type=int, default=300, help="steps of learning-rate warm-up")
     tp.add_argument("--eval-every", type=int, default=250)
+    tp.add_argument("--codec", default=None, help="the codec checkpoint folder whose latent and codebooks the Talker "
+                    "speaks in (the one `data talker --codec` used); default: the shipped talkstream/weights/"
+                    "voice_codec")
     tp.set_defaults(func=cmd_train_talker)
 
 
@@ -337,6 +340,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--questions", type=int, default=600, help="dialogue questions to speak")
     dp.add_argument("--eval", type=int, default=100, help="held-out evaluation sentences")
     dp.add_argument("--threads", type=int, default=1)
+    dp.add_argument("--codec", default=None, help="the codec checkpoint folder whose encoder gives the latent the "
+                    "Talker will regress; default: the shipped talkstream/weights/voice_codec")
     dp.set_defaults(func=cmd_data_talker)
     dp = data_sub.add_parser("video-questions", help="the Thinker's video skill: spoken questions about short clips",
                              description="Clips of a moving ball (8 colours, 4 directions) coded by the video "

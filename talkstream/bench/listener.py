@@ -35,8 +35,10 @@ class ListenerMissing(ValueError):
 def normalise_words(text: str) -> str:
     """Words as the project writes them: numbers as words, no punctuation, and letters spoken one by one as single
     letters. Whisper writes spelled letters as capitals run together ("Cup is spelled CUP.", for joe's own audio
-    too) or hyphenated ("R-E-D"); both mean the letters were heard apart, so both read as "c u p"."""
-    text = re.sub(r"\b[A-Z]{2,}\b", lambda m: " ".join(m.group(0)), text)
+    too) or hyphenated ("R-E-D"); both mean the letters were heard apart, so both read as "c u p". A text written
+    all in capitals (a licence's shouting) is words, not letters."""
+    if re.search(r"[a-z]", text):
+        text = re.sub(r"\b[A-Z]{2,}\b", lambda m: " ".join(m.group(0)), text)
     return tx.normalize(text).replace(",", "").strip(" .?!")
 
 

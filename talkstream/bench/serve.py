@@ -166,6 +166,7 @@ def run_serve_bench(
     gather_ms: float = 0.0,
     backend: str = "onnx",
     workers: list[int] | None = None,
+    int8: bool = False,
 ) -> dict:
     """Every worker count's server runs at once (idle while another is measured) and each level is run on each in
     turn, so a change in the machine's other load during the run falls on all of them alike."""
@@ -180,6 +181,7 @@ def run_serve_bench(
     budget_ms = codec.algorithmic_latency_ms + 1000 / codec.frame_rate  # one frame beyond the algorithmic latency
     options = ["--frames-per-step", str(frames_per_step), "--gather-ms", str(gather_ms), "--backend", backend]
     options += ["--weights", weights] if weights else []
+    options += ["--int8"] if int8 else []
     audio = load_audio(SAMPLE_WAV, 24_000)
     servers: list[ServerProcess] = []
     rows: list[dict] = []
@@ -202,6 +204,7 @@ def run_serve_bench(
         "frames_per_step": frames_per_step,
         "gather_ms": gather_ms,
         "backend": backend,
+        "precision": "int8" if int8 else "fp32",
         "cpu_count": os.cpu_count(),
         "workers": workers,
         "rows": rows,

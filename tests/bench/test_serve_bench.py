@@ -9,8 +9,8 @@ from talkstream.bench.serve import run_serve_bench
 
 
 def test_one_and_two_workers_are_measured_in_one_run(capsys):
-    r = run_serve_bench([3], 1.0, workers=[1, 2])
-    assert [row["workers"] for row in r["rows"]] == [1, 2]
+    r = run_serve_bench([3], 1.0, workers=[1, 2], int8=True)
+    assert [row["workers"] for row in r["rows"]] == [1, 2] and r["precision"] == "int8"
     for row in r["rows"]:
         assert row["failed_sessions"] == 0 and sum(row["sessions_per_worker"]) == 3
         assert row["frames"] > 0 and row["server_cpu_cores"] > 0 and row["other_cpu_cores"] >= 0

@@ -186,6 +186,7 @@ def attach_talker_latents(items: list[dict], talker_path: Path, cache: Path, thr
             one = UnitBatches([it], model, crop=10**9, seed=0)
             z, _ = predict_latent(model, one.collate(one.items, random_crop=False))
             latents.append(z[0].T.to(torch.float16))
+        cache.parent.mkdir(parents=True, exist_ok=True)  # a fresh run's folder does not exist yet
         torch.save({"talker": key, "latents": latents}, cache)
         saved = {"latents": latents}
     for it, z in zip(items, saved["latents"], strict=True):

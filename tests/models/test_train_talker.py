@@ -10,7 +10,7 @@ import torch
 from talkstream.checkpoint import load_audio_codec, load_talker
 from talkstream.models.talker_units import text_units
 from talkstream.models.train import TrainConfig
-from talkstream.models.train_talker import UnitBatches, predict_latent, train_talker
+from talkstream.models.train_talker import UnitBatches, attach_talker_latents, predict_latent, train_talker
 
 
 def _data(folder, codec):
@@ -53,3 +53,21 @@ def test_talker_trains_checkpoints_resumes_and_exports(tmp_path, capsys):
     with torch.no_grad():
         z, _ = predict_latent(talker, one.collate(one.items, random_crop=False))
     assert torch.equal(frames, talker.quantize(z[0]))
+
+
+def test_talker_latents_are_cached_in_a_fresh_run_folder(tmp_path):
+    """`train voice --talker` on a new run: the Talker's latents line up frame for frame with each example and are
+    cached in the run folder, which does not exist yet (it crashed there once, after computing them all)."""
+    codec = load_audio_codec()
+    data, run = _data(tmp_path / "data", codec), tmp_path / "run"
+    out = train_talker(data, run, TrainConfig(steps=2, batch_size=2, dim=32, layers=1, save_every=2, eval_every=2,
+                                              warmup=1, crop=64), codec)
+    items = torch.load(data / "train_000.pt", weights_only=False)
+    cache = tmp_path / "voice_run" / "talker_latents.pt"
+    attach_talker_latents(items, out, cache)
+    assert cache.is_file()
+    for it in items:
+        assert it["talker_latent"].shape == it["latent"].shape
+    again = torch.load(data / "train_000.pt", weights_only=False)
+    attach_talker_latents(again, out, cache)  # read back from the cache, the same latents
+    assert all(torch.equal(a["talker_latent"], b["talker_latent"]) for a, b in zip(items, again, strict=True))

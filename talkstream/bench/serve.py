@@ -64,8 +64,9 @@ class ServerProcess:
     """`talkstream serve --workers N` in its own process; its output in a file, never a pipe. HTTP (the page and
     WebRTC signaling, `http_url` once ready) only when asked for."""
 
-    def __init__(self, workers: int, max_sessions: int, options: list[str], http: bool = False):
+    def __init__(self, workers: int, max_sessions: int, options: list[str], http: bool = False, int8: bool = False):
         self.workers = workers
+        self.precision = "int8" if int8 else "fp32"
         self.port = _free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http = http
@@ -73,6 +74,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "talkstream.cli", "serve", "--port", str(self.port)]
         cmd += ["--http-port", "0"] if http else ["--no-http"]
         cmd += ["--workers", str(workers), "--max-sessions", str(max_sessions), "--thinker", "echo", *options]
+        cmd += ["--int8"] if int8 else []
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -129,6 +131,7 @@ async def _run_level(server: ServerProcess, audio: np.ndarray, sessions: int, se
     per_worker = Counter(str(r.ready.get("worker")) for r in ok)
     return {
         "workers": server.workers,
+        "precision": server.precision,
         "sessions": sessions,
         "failed_sessions": len(results) - len(ok),
         "sessions_per_worker": sorted(per_worker.values(), reverse=True),
@@ -166,13 +169,16 @@ def run_serve_bench(
     gather_ms: float = 0.0,
     backend: str = "onnx",
     workers: list[int] | None = None,
-    int8: bool = False,
+    precisions: list[str] | None = None,
 ) -> dict:
-    """Every worker count's server runs at once (idle while another is measured) and each level is run on each in
-    turn, so a change in the machine's other load during the run falls on all of them alike."""
+    """Every server (each worker count at each codec precision, fp32 or int8 graphs) runs at once (idle while
+    another is measured) and each level is run on each in turn, so a change in the machine's other load during the
+    run falls on all of them alike."""
     from talkstream.checkpoint import load_audio_codec
 
-    workers = workers or [1]
+    workers, precisions = workers or [1], precisions or ["fp32"]
+    if set(precisions) - {"fp32", "int8"}:
+        raise ValueError(f"--precision must be fp32 or int8 (got {precisions})")
     if any(w < 1 for w in workers):
         raise ValueError(f"--workers must be at least 1 (got {workers})")
     if any(n < 1 for n in levels):
@@ -181,40 +187,47 @@ def run_serve_bench(
     budget_ms = codec.algorithmic_latency_ms + 1000 / codec.frame_rate  # one frame beyond the algorithmic latency
     options = ["--frames-per-step", str(frames_per_step), "--gather-ms", str(gather_ms), "--backend", backend]
     options += ["--weights", weights] if weights else []
-    options += ["--int8"] if int8 else []
     audio = load_audio(SAMPLE_WAV, 24_000)
     servers: list[ServerProcess] = []
     rows: list[dict] = []
     try:
         for w in workers:  # one at a time: warm-ups side by side would only slow each other down
-            print(f"starting a server with {w} worker(s) ...", flush=True)
-            servers.append(ServerProcess(w, max(levels) + 4, options))
-            servers[-1].wait_ready()
+            for precision in precisions:
+                print(f"starting a server with {w} worker(s), {precision} graphs ...", flush=True)
+                servers.append(ServerProcess(w, max(levels) + 4, options, int8=precision == "int8"))
+                servers[-1].wait_ready()
         for n in levels:
             for server in servers:
-                print(f"{n} sessions for {seconds:.0f} s on {server.workers} worker(s) ...", flush=True)
+                print(f"{n} sessions for {seconds:.0f} s on {server.workers} worker(s), {server.precision} ...",
+                      flush=True)
                 rows.append(asyncio.run(_run_level(server, audio, n, seconds, budget_ms)))
     finally:
         for server in servers:
             server.stop()
-    by_workers = [{"workers": w, **_held([r for r in rows if r["workers"] == w])} for w in workers]
+    by_workers = [
+        {"workers": w, "precision": p, **_held([r for r in rows if (r["workers"], r["precision"]) == (w, p)])}
+        for w in workers
+        for p in precisions
+    ]
     result = {
         "budget_ms": budget_ms,
         "seconds": seconds,
         "frames_per_step": frames_per_step,
         "gather_ms": gather_ms,
         "backend": backend,
-        "precision": "int8" if int8 else "fp32",
+        "precisions": precisions,
         "cpu_count": os.cpu_count(),
         "workers": workers,
         "rows": rows,
         "by_workers": by_workers,
         **by_workers[0],  # the first worker count's figures, where earlier results kept them
     }
-    if len(workers) > 1 and by_workers[0]["max_sessions_passing"]:
+    if len(workers) > 1 and len(precisions) == 1 and by_workers[0]["max_sessions_passing"]:
         result["scaling_ratio"] = by_workers[-1]["max_sessions_passing"] / by_workers[0]["max_sessions_passing"]
+    if len(precisions) > 1 and len(workers) == 1 and by_workers[0]["max_sessions_passing"]:
+        result["precision_ratio"] = by_workers[-1]["max_sessions_passing"] / by_workers[0]["max_sessions_passing"]
     head = (
-        f"{'workers':>7}{'sessions':>9}{'per worker':>12}{'p50 ms':>8}{'p95 ms':>8}{'late':>7}{'drops':>7}"
+        f"{'workers':>7}{'graphs':>7}{'sessions':>9}{'per worker':>12}{'p50 ms':>8}{'p95 ms':>8}{'late':>7}{'drops':>7}"
         f"{'first ms':>9}{'srv cores':>10}{'cli cores':>10}{'other':>7}{'RSS MB':>8}  ok"
     )
     print(head + "\n" + "-" * len(head))
@@ -222,7 +235,8 @@ def run_serve_bench(
         first = f"{r['first_audio_ms_max']:>9.1f}" if r["first_audio_ms_max"] is not None else f"{'-':>9}"
         spread = "/".join(map(str, r["sessions_per_worker"])) or "-"
         print(
-            f"{r['workers']:>7}{r['sessions']:>9}{spread:>12}{r['latency_ms_p50']:>8.1f}{r['latency_ms_p95']:>8.1f}"
+            f"{r['workers']:>7}{r['precision']:>7}{r['sessions']:>9}{spread:>12}"
+            f"{r['latency_ms_p50']:>8.1f}{r['latency_ms_p95']:>8.1f}"
             f"{r['late_frames']:>7}{r['drops']:>7}{first}{r['server_cpu_cores']:>10.2f}"
             f"{r['client_cpu_cores']:>10.2f}{r['other_cpu_cores']:>7.2f}{r['server_rss_mb']:>8.0f}"
             f"  {'yes' if r['passes'] else 'no'}"
@@ -230,9 +244,11 @@ def run_serve_bench(
     print(f"budget: p95 <= {budget_ms:.1f} ms (algorithmic latency + one frame), no drops.")
     for b in by_workers:
         print(
-            f"{b['workers']} worker(s): {b['max_sessions_passing']} sessions held, "
+            f"{b['workers']} worker(s), {b['precision']}: {b['max_sessions_passing']} sessions held, "
             f"{b['sessions_per_server_core']:.1f} per server core"
         )
     if "scaling_ratio" in result:
         print(f"{workers[-1]} workers hold {result['scaling_ratio']:.2f}x the sessions of {workers[0]}")
+    if "precision_ratio" in result:
+        print(f"{precisions[-1]} graphs hold {result['precision_ratio']:.2f}x the sessions of {precisions[0]}")
     return result

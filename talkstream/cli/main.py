@@ -284,7 +284,7 @@ def cmd_bench_serve(args) -> None:
 
     results = run_serve_bench(
         args.sessions, args.seconds, args.weights, args.frames_per_step, args.gather_ms, args.backend, args.workers,
-        args.int8,
+        args.precision,
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -549,7 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--frames-per-step", type=int, default=2, help="the server's --frames-per-step")
     bs.add_argument("--gather-ms", type=float, default=0.0, help="the server's --gather-ms")
     bs.add_argument("--backend", choices=["torch", "onnx"], default="onnx", help="the server's --backend")
-    bs.add_argument("--int8", action="store_true", help="the server's --int8 (int8 codec graphs; onnx backend)")
+    bs.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32"],
+                    help="the codec graphs' precision (the server's --int8 for int8; onnx backend): both are "
+                    "measured side by side in one run with `--precision fp32 int8`")
     bs.add_argument("--workers", type=int, nargs="+", default=[1],
                     help="the server's --workers: several counts are measured side by side in one run (e.g. 1 2)")
     bs.add_argument("--out", default=None, help="write results JSON here")

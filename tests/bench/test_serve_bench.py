@@ -9,8 +9,8 @@ from talkstream.bench.serve import run_serve_bench
 
 
 def test_one_and_two_workers_are_measured_in_one_run(capsys):
-    r = run_serve_bench([3], 1.0, workers=[1, 2], int8=True)
-    assert [row["workers"] for row in r["rows"]] == [1, 2] and r["precision"] == "int8"
+    r = run_serve_bench([3], 1.0, workers=[1, 2])
+    assert [row["workers"] for row in r["rows"]] == [1, 2]
     for row in r["rows"]:
         assert row["failed_sessions"] == 0 and sum(row["sessions_per_worker"]) == 3
         assert row["frames"] > 0 and row["server_cpu_cores"] > 0 and row["other_cpu_cores"] >= 0
@@ -19,10 +19,24 @@ def test_one_and_two_workers_are_measured_in_one_run(capsys):
     assert two["server_rss_mb"] > one["server_rss_mb"]  # two processes, each with its own models
     assert [b["workers"] for b in r["by_workers"]] == [1, 2]
     out = capsys.readouterr().out
-    assert "1 worker(s):" in out and "2 worker(s):" in out
+    assert "1 worker(s), fp32:" in out and "2 worker(s), fp32:" in out
 
 
 @pytest.mark.parametrize("levels, workers", [([0], [1]), ([2], [0])], ids=["no-sessions", "no-workers"])
 def test_bad_counts_are_refused_before_any_server_starts(levels, workers):
     with pytest.raises(ValueError, match="must be at least 1"):
         run_serve_bench(levels, 1.0, workers=workers)
+
+
+def test_an_unknown_precision_is_refused_before_any_server_starts():
+    with pytest.raises(ValueError, match="fp32 or int8"):
+        run_serve_bench([1], 1.0, precisions=["fp16"])
+
+
+def test_fp32_and_int8_graphs_are_measured_in_one_run(capsys):
+    r = run_serve_bench([2], 1.0, precisions=["fp32", "int8"])
+    assert [(row["workers"], row["precision"]) for row in r["rows"]] == [(1, "fp32"), (1, "int8")]
+    assert all(row["failed_sessions"] == 0 and row["frames"] > 0 for row in r["rows"])
+    assert [b["precision"] for b in r["by_workers"]] == ["fp32", "int8"]
+    out = capsys.readouterr().out
+    assert "1 worker(s), fp32:" in out and "1 worker(s), int8:" in out

@@ -69,7 +69,7 @@ def _clock_right(reply: str, what: str) -> bool:
 
 
 def run_model_bench(data: Path | None = None, questions: int = 100, sentences: int = 30, threads: int = 1,
-                    backend: str = "onnx", talker_sentences: int = 20) -> dict:
+                    backend: str = "onnx", talker_sentences: int = 40) -> dict:
     from talkstream.chat.responder import Turn, answer_codes, load_chat
     from talkstream.checkpoint import load_audio_codec
     from talkstream.models.ears_thinker import EarsThinker

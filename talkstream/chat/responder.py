@@ -378,7 +378,7 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
         raise ValueError(f"unknown thinker {thinker!r}: one of {', '.join(THINKERS)}")
     if thinker == "openai" and not thinker_url:
         raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
-    # The v1 Thinker reads codec v1's tokens; the Talker's voice decoder is codec v2's, fine-tuned on its voice.
+    # The v1 Thinker reads codec v1's tokens; the Talker's voice decoder is codec v3's, fine-tuned on its voice.
     codec_v1, voice = load_codec_v1(), load_voice_codec()
     legacy = BuiltinThinker(load_thinker(thinker_path), codec_v1.quantizer.embed.detach().clone())
     speaker = Speaker(load_talker(talker_path), sampling=sampling, use_hidden=talker_hidden)

@@ -52,27 +52,33 @@ def test_streaming_frame_by_frame_matches_offline(codec, sample):
     assert align_output(offline, codec.decode_delay, x.shape[-1]).shape[-1] == x.shape[-1]
 
 
-@pytest.mark.parametrize("old_codec", ["codec_v1", "voice_codec"])
-def test_tokens_of_the_old_codecs_are_refused_not_decoded(codec, sample, tmp_path, old_codec):
-    """Files made by codec v1 (still shipped for the v1 Thinker's hearing) or by codec v2 (whose encoder and codebooks
-    the Talker's voice codec keeps) get a one-line error from the shipped v3, never wrong audio."""
+def test_tokens_of_the_old_codecs_are_refused_not_decoded(codec, sample, tmp_path):
+    """Files made by codec v1 (still shipped for the v1 Thinker's hearing) or by codec v2 get a one-line error from
+    the shipped v3, never wrong audio."""
     from talkstream.codecs.audio.files import decode_file, encode_file
     from talkstream.codecs.container import ContainerError
 
-    old = load_audio_codec(WEIGHTS_DIR / old_codec)
+    old = load_audio_codec(WEIGHTS_DIR / "codec_v1")
     assert codec.cfg.codec_id == "talkstream-audio-v3" and old.cfg.codec_id != codec.cfg.codec_id
     sf.write(tmp_path / "in.wav", sample, codec.sample_rate)
     encode_file(old, tmp_path / "in.wav", tmp_path / "old.tsk", 4)
     with pytest.raises(ContainerError, match=f"made by codec '{old.cfg.codec_id}', this is 'talkstream-audio-v3'"):
         decode_file(codec, tmp_path / "old.tsk", tmp_path / "out.wav")
+    old.cfg.codec_id = "talkstream-audio-v2"  # codec v2's files carry this id
+    encode_file(old, tmp_path / "in.wav", tmp_path / "v2.tsk", 4)
+    with pytest.raises(ContainerError, match="made by codec 'talkstream-audio-v2'"):
+        decode_file(codec, tmp_path / "v2.tsk", tmp_path / "out.wav")
 
 
-def test_the_talker_speaks_the_voice_codecs_tokens():
-    """The Talker regresses codec v2's latent: its data, training and decoding use the voice codec, which keeps v2's
-    encoder and codebooks, not the shared codec (v3's tokens mean something else)."""
+def test_the_talker_speaks_the_shared_codecs_tokens(codec):
+    """The Talker regresses codec v3's latent with v3's codebooks, and its voice codec keeps v3's encoder and
+    quantizer: a reply's tokens are the shared codec's own, so any v3 decoder renders them (the voice codec best)."""
     from talkstream.checkpoint import load_talker, load_voice_codec
 
-    assert load_talker().cfg.codec_id == load_voice_codec().cfg.codec_id == "talkstream-audio-v2"
+    talker, voice = load_talker(), load_voice_codec()
+    assert talker.cfg.codec_id == voice.cfg.codec_id == codec.cfg.codec_id == "talkstream-audio-v3"
+    torch.testing.assert_close(talker.codebooks, codec.quantizer.embed[: talker.cfg.num_codebooks])
+    torch.testing.assert_close(voice.quantizer.embed, codec.quantizer.embed)
 
 
 def test_speech_keeps_its_level(codec, sample):

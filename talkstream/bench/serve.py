@@ -64,9 +64,9 @@ class ServerProcess:
     """`talkstream serve --workers N` in its own process; its output in a file, never a pipe. HTTP (the page and
     WebRTC signaling, `http_url` once ready) only when asked for."""
 
-    def __init__(self, workers: int, max_sessions: int, options: list[str], http: bool = False, int8: bool = False):
-        self.workers = workers
-        self.precision = "int8" if int8 else "fp32"
+    def __init__(self, workers: int, max_sessions: int, options: list[str], http: bool = False,
+                 precision: str = "fp32"):
+        self.workers, self.precision = workers, precision
         self.port = _free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http = http
@@ -74,7 +74,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "talkstream.cli", "serve", "--port", str(self.port)]
         cmd += ["--http-port", "0"] if http else ["--no-http"]
         cmd += ["--workers", str(workers), "--max-sessions", str(max_sessions), "--thinker", "echo", *options]
-        cmd += ["--int8"] if int8 else []
+        cmd += ["--int8"] if precision == "int8" else []
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -194,7 +194,7 @@ def run_serve_bench(
         for w in workers:  # one at a time: warm-ups side by side would only slow each other down
             for precision in precisions:
                 print(f"starting a server with {w} worker(s), {precision} graphs ...", flush=True)
-                servers.append(ServerProcess(w, max(levels) + 4, options, int8=precision == "int8"))
+                servers.append(ServerProcess(w, max(levels) + 4, options, precision=precision))
                 servers[-1].wait_ready()
         for n in levels:
             for server in servers:
@@ -222,10 +222,10 @@ def run_serve_bench(
         "by_workers": by_workers,
         **by_workers[0],  # the first worker count's figures, where earlier results kept them
     }
-    if len(workers) > 1 and len(precisions) == 1 and by_workers[0]["max_sessions_passing"]:
-        result["scaling_ratio"] = by_workers[-1]["max_sessions_passing"] / by_workers[0]["max_sessions_passing"]
-    if len(precisions) > 1 and len(workers) == 1 and by_workers[0]["max_sessions_passing"]:
-        result["precision_ratio"] = by_workers[-1]["max_sessions_passing"] / by_workers[0]["max_sessions_passing"]
+    # Several worker counts or several precisions (not both): the last server's sessions held over the first's.
+    ratio = "scaling_ratio" if len(precisions) == 1 else "precision_ratio" if len(workers) == 1 else None
+    if ratio and len(by_workers) > 1 and by_workers[0]["max_sessions_passing"]:
+        result[ratio] = by_workers[-1]["max_sessions_passing"] / by_workers[0]["max_sessions_passing"]
     head = (
         f"{'workers':>7}{'graphs':>7}{'sessions':>9}{'per worker':>12}{'p50 ms':>8}{'p95 ms':>8}{'late':>7}{'drops':>7}"
         f"{'first ms':>9}{'srv cores':>10}{'cli cores':>10}{'other':>7}{'RSS MB':>8}  ok"

@@ -198,6 +198,27 @@ def cmd_train_voice(args) -> None:
     print(f"weights exported to {out} (copy to talkstream/weights/voice_codec to ship them)")
 
 
+def cmd_data_ears(args) -> None:
+    from talkstream.models.train_ears import build_ears_data
+
+    if not 0 <= args.shard < args.shards:
+        raise ValueError(f"--shard must be in 0..{args.shards - 1}")
+    out = build_ears_data(Path(args.out), questions=args.questions, validation=args.validation,
+                          corpus=Path(args.corpus) if args.corpus else None, shard=args.shard, shards=args.shards,
+                          seed=args.seed, threads=args.threads)
+    print(f"ears data (shard {args.shard + 1} of {args.shards}) written to {out}")
+
+
+def cmd_train_ears(args) -> None:
+    from talkstream.models.train import TrainConfig
+    from talkstream.models.train_ears import train_ears
+
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                      seed=args.seed, warmup=args.warmup, eval_every=args.eval_every)
+    out = train_ears(Path(args.data), Path(args.run), cfg, rank=args.rank, command=["talkstream", *sys.argv[1:]])
+    print(f"adapter exported to {out} (copy to talkstream/weights/ears_adapter to ship it)")
+
+
 def cmd_bench_model(args) -> None:
     from talkstream.bench.model import run_model_bench
 
@@ -324,6 +345,37 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     vp.add_argument("--batch-size", type=int, default=8)
     vp.add_argument("--threads", type=int, default=1)
     vp.set_defaults(func=cmd_train_voice)
+
+    tp = train_sub.add_parser("ears", help="adapt Whisper's decoder to the ears' block-causal states (resumes)",
+                              description="Train a low-rank adapter of Whisper tiny.en's decoder on `talkstream data "
+                              "ears` output (the ears' cached encoder states and the words said); the checkpoint "
+                              "answering most validation questions right is exported to RUN/best. Rerun to resume.")
+    tp.add_argument("--data", default="data/ears")
+    tp.add_argument("--run", default="runs/ears")
+    tp.add_argument("--steps", type=int, default=1500, help="total optimiser steps (lr schedule length)")
+    tp.add_argument("--batch-size", type=int, default=16)
+    tp.add_argument("--lr", type=float, default=1e-3)
+    tp.add_argument("--rank", type=int, default=16, help="the adapter's rank (parameters grow with it)")
+    tp.add_argument("--warmup", type=int, default=100, help="steps of learning-rate warm-up")
+    tp.add_argument("--eval-every", type=int, default=250)
+    tp.add_argument("--threads", type=int, default=1)
+    tp.add_argument("--seed", type=int, default=0)
+    tp.set_defaults(func=cmd_train_ears)
+
+    dp = data_sub.add_parser("ears", help="spoken turns with the ears' encoder states, to adapt Whisper's decoder",
+                             description="Dialogue questions in the Thinker's training voices and the codec corpus's "
+                             "sentences, heard block by block by the ears (as served); validation questions in voices "
+                             "held back from training. Run several shards side by side (one per core). Resumes by "
+                             "skipping shards already written.")
+    dp.add_argument("--out", default="data/ears")
+    dp.add_argument("--questions", type=int, default=2000, help="spoken training questions")
+    dp.add_argument("--validation", type=int, default=160, help="spoken validation questions")
+    dp.add_argument("--corpus", default="data/speech", help="the codec's speech corpus to add ('' for none)")
+    dp.add_argument("--shard", type=int, default=0)
+    dp.add_argument("--shards", type=int, default=1)
+    dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--threads", type=int, default=1)
+    dp.set_defaults(func=cmd_data_ears)
 
     dp = data_sub.add_parser("model", help="the Thinker-Talker's data: spoken questions, sentences, the Talker voice")
     dp.add_argument("--out", default="data/model")

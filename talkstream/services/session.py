@@ -327,7 +327,7 @@ class Session:
             stages = [TokenDecodeStage(self.engine, h.codebooks), OutputStage(sr, h.sample_rate, False, True)]
             self.input = Pipeline(stages, self.metrics, live=False)
         else:
-            stages = [ResampleIn(h.sample_rate, sr), VoiceActivity(self.vad, sr, self._on_vad)]
+            stages = [ResampleIn(h.sample_rate, sr), VoiceActivity(self.vad, sr, self._on_vad, self.engine)]
             if h.mode == "codec":
                 stages += [
                     CodecStage(self.engine, h.codebooks, "pcm" in h.output, self.limits.frames_per_step),

@@ -26,7 +26,9 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,13 +41,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Request:
-    op: str  # "encode", "roundtrip" (encode then decode), "decode"
-    state: CodecState
-    data: Tensor  # pcm [1, 1, n*hop] or codes [1, K, F]
+    # "encode", "roundtrip" (encode then decode), "decode"; or a batched function of other work (`batched`)
+    op: str | Callable[[list[tuple[Any, Any]]], list[Any]]
+    state: Any  # a CodecState for the codec's ops
+    data: Any  # pcm [1, 1, n*hop] or codes [1, K, F] for the codec's ops
     future: asyncio.Future = field(repr=False, default=None)  # type: ignore[assignment]
     arrived: float = 0.0  # loop time of submission: the gather window counts from here
 
     def key(self) -> tuple:
+        if callable(self.op):
+            return (self.op,)
         return self.op, self.state.num_codebooks, tuple(self.data.shape), self.state.pending.shape[-1]
 
 
@@ -128,7 +133,7 @@ class CodecEngine:
             codes, state = self.codec.encode_step(torch.zeros(2, 1, 4 * self.codec.frame_size), state)
             self.codec.decode_step(codes, state)
 
-    async def _submit(self, op: str, state: CodecState, data: Tensor) -> tuple[Tensor, Tensor | None, CodecState]:
+    async def _submit(self, op, state, data):
         if self._worker is None:
             raise RuntimeError("CodecEngine.start() was not called")
         loop = asyncio.get_running_loop()
@@ -139,6 +144,12 @@ class CodecEngine:
     async def run(self, fn, *args):
         """Other model work (the chat reply's window decode) on the codec thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def batched(self, fn: Callable[[list[tuple[Any, Any]]], list[Any]], data: Any, state: Any) -> Any:
+        """Other per-session work that batches (the VAD: `SileroVAD.step_many`), gathered with the codec's
+        requests and run on the codec thread: `fn` gets every waiting session's (data, state) at once and returns
+        one result each. Per session per frame this is one call shared by all, not a thread hop of its own."""
+        return await self._submit(fn, state, data)
 
     async def encode(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
         """pcm [1, 1, n*hop] (whole frames; the session buffers the rest) -> codes [1, K, n]."""
@@ -153,8 +164,10 @@ class CodecEngine:
         _, pcm, state = await self._submit("decode", state, codes)
         return pcm, state
 
-    def _step(self, group: list[_Request]) -> list[tuple[Tensor, Tensor | None, CodecState]]:
+    def _step(self, group: list[_Request]) -> list:
         op = group[0].op
+        if callable(op):
+            return op([(r.data, r.state) for r in group])
         state = CodecState.stack([r.state for r in group]) if len(group) > 1 else group[0].state
         data = torch.cat([r.data for r in group]) if len(group) > 1 else group[0].data
         if self.onnx is not None:

@@ -94,21 +94,26 @@ def resampler(rate_in: int, rate_out: int) -> StreamResampler | None:
 class VoiceActivity:
     """Silero VAD on the way through; events ride along with the audio so later stages see them in order.
 
-    The model runs in the worker pool (the loop's executor, as the Thinker's and Talker's steps do), never on the
-    event loop: a session's VAD must not delay every other session's I/O. Its events are handled back on the loop.
+    The model never runs on the event loop: a session's VAD must not delay every other session's I/O. With an
+    `engine` (the server), every session's step of a tick is one batched call on the codec thread
+    (`CodecEngine.batched`); without, the loop's executor. Its events are handled back on the loop.
     """
 
     name = "vad"
 
-    def __init__(self, vad: SileroVAD, rate: int, on_event: Callable[[VADEvent], None] | None = None):
-        self.vad, self.rate, self.on_event = vad, rate, on_event
+    def __init__(self, vad: SileroVAD, rate: int, on_event: Callable[[VADEvent], None] | None = None,
+                 engine: CodecEngine | None = None):
+        self.vad, self.rate, self.on_event, self.engine = vad, rate, on_event, engine
         self.reset()
 
     def reset(self) -> None:
         self.state = self.vad.init_state(self.rate)
 
     async def process(self, chunk: AudioChunk) -> list[AudioChunk]:
-        events, self.state = await asyncio.to_thread(self.vad.step, chunk.pcm, self.state)
+        if self.engine is not None:
+            events, self.state = await self.engine.batched(self.vad.step_many, chunk.pcm, self.state)
+        else:
+            events, self.state = await asyncio.to_thread(self.vad.step, chunk.pcm, self.state)
         for e in events:
             if self.on_event is not None:
                 self.on_event(e)

@@ -80,37 +80,51 @@ class SileroVAD:
     def reset(self, state: VADState) -> VADState:
         return self.init_state(state.input_rate)
 
-    def probability(self, window16k: np.ndarray, state: VADState) -> float:
-        x = np.concatenate([state.context, window16k[None]], axis=1)
-        out, state.rnn = self.session.run(None, {"input": x, "state": state.rnn, "sr": self._sr})
-        state.context = x[:, -CONTEXT:]
-        return float(out[0, 0])
-
     def step(self, pcm: np.ndarray, state: VADState) -> tuple[list[VADEvent], VADState]:
         """pcm: float32 [T] at `state.input_rate` -> events for every whole 32 ms window now available."""
-        # A shallow copy: arrays are replaced, never mutated, so the old object stays valid (the resampler is shared).
-        state = dataclasses.replace(state)
-        x = np.asarray(pcm, np.float32).reshape(-1)
-        if state.resampler is not None:
-            x = state.resampler.resample_chunk(x)
-        buf = np.concatenate([state.buffer, x])
-        cfg, events = self.config, []
-        win_ms = 1000 * WINDOW / VAD_RATE
-        n = buf.size // WINDOW
-        for i in range(n):
-            p = self.probability(buf[i * WINDOW : (i + 1) * WINDOW], state)
-            state.windows += 1
-            state.probability = p
-            t = state.windows * WINDOW / VAD_RATE
-            if not state.speaking:
-                state.speech_windows = state.speech_windows + 1 if p >= cfg.start_threshold else 0
-                if state.speech_windows * win_ms >= cfg.min_speech_ms:
-                    state.speaking, state.silence_windows = True, 0
-                    events.append(VADEvent("start", t - state.speech_windows * win_ms / 1000, p))
-            else:
-                state.silence_windows = state.silence_windows + 1 if p < cfg.end_threshold else 0
-                if state.silence_windows * win_ms >= cfg.end_of_turn_ms:
-                    state.speaking, state.speech_windows = False, 0
-                    events.append(VADEvent("end", t - state.silence_windows * win_ms / 1000, p))
-        state.buffer = buf[n * WINDOW :]
-        return events, state
+        return self.step_many([(pcm, state)])[0]
+
+    def step_many(self, items: list[tuple[np.ndarray, VADState]]) -> list[tuple[list[VADEvent], VADState]]:
+        """Several streams' steps at once: each round of 32 ms windows is one batched model call for every stream
+        that has a window in it (the model's batch axis; per stream the same numbers as alone, tested). The
+        server's sessions step together this way (`CodecEngine.batched`): one call per tick, not one per session."""
+        # Shallow copies: arrays are replaced, never mutated, so the old objects stay valid (resamplers are shared).
+        states = [dataclasses.replace(st) for _, st in items]
+        buffers = []
+        for (pcm, _), st in zip(items, states, strict=True):
+            x = np.asarray(pcm, np.float32).reshape(-1)
+            if st.resampler is not None:
+                x = st.resampler.resample_chunk(x)
+            buffers.append(np.concatenate([st.buffer, x]))
+        windows = [b.size // WINDOW for b in buffers]
+        events: list[list[VADEvent]] = [[] for _ in items]
+        for r in range(max(windows, default=0)):
+            live = [j for j, n in enumerate(windows) if n > r]
+            x = np.stack([np.concatenate([states[j].context[0], buffers[j][r * WINDOW : (r + 1) * WINDOW]])
+                          for j in live])
+            rnn = np.concatenate([states[j].rnn for j in live], axis=1)
+            out, rnn = self.session.run(None, {"input": x, "state": rnn, "sr": self._sr})
+            for n, j in enumerate(live):
+                states[j].rnn, states[j].context = rnn[:, n : n + 1], x[n : n + 1, -CONTEXT:]
+                events[j] += self._advance(states[j], float(out[n, 0]))
+        for j, st in enumerate(states):
+            st.buffer = buffers[j][windows[j] * WINDOW :]
+        return list(zip(events, states, strict=True))
+
+    def _advance(self, state: VADState, p: float) -> list[VADEvent]:
+        """The turn-taking counters after one window of speech probability p."""
+        cfg, win_ms = self.config, 1000 * WINDOW / VAD_RATE
+        state.windows += 1
+        state.probability = p
+        t = state.windows * WINDOW / VAD_RATE
+        if not state.speaking:
+            state.speech_windows = state.speech_windows + 1 if p >= cfg.start_threshold else 0
+            if state.speech_windows * win_ms >= cfg.min_speech_ms:
+                state.speaking, state.silence_windows = True, 0
+                return [VADEvent("start", t - state.speech_windows * win_ms / 1000, p)]
+        else:
+            state.silence_windows = state.silence_windows + 1 if p < cfg.end_threshold else 0
+            if state.silence_windows * win_ms >= cfg.end_of_turn_ms:
+                state.speaking, state.speech_windows = False, 0
+                return [VADEvent("end", t - state.silence_windows * win_ms / 1000, p)]
+        return []

@@ -87,3 +87,50 @@ def test_the_pipeline_stage_runs_the_vad_off_the_event_loop(vad, turn):
     assert threads and loop_thread not in threads
     assert [k for k, _ in seen] == [e.kind for e in run(vad, audio, 480)] == ["start", "end"]
     assert all(t == loop_thread for _, t in seen)  # events are handled on the loop
+
+
+def test_sessions_stepped_together_equal_each_alone(vad, turn):
+    """Batched VAD (one model call per window round for every stream, as the server runs it through the codec
+    engine) gives each stream the events and probabilities it gets alone, with streams of other lengths and phases
+    in the same calls."""
+    import asyncio
+
+    from talkstream.streaming.codec_engine import CodecEngine
+
+    audio, _ = turn
+    streams = [audio, audio[7_000:], np.zeros(30_000, np.float32), audio[::-1].copy()]
+    chunks = [480, 960, 480, 1_200]
+
+    def alone(x, chunk):
+        state, out = vad.init_state(24_000), []
+        for i in range(0, x.size, chunk):
+            ev, state = vad.step(x[i : i + chunk], state)
+            out.append((ev, state.probability))
+        return out
+
+    class _Codec:  # the engine's codec is not used by batched work
+        frame_size = 320
+
+    async def together():
+        engine = CodecEngine(_Codec())
+        engine.start()
+
+        async def one(x, chunk):
+            state, out = vad.init_state(24_000), []
+            for i in range(0, x.size, chunk):
+                ev, state = await engine.batched(vad.step_many, x[i : i + chunk], state)
+                out.append((ev, state.probability))
+            return out
+
+        res = await asyncio.gather(*(one(x, c) for x, c in zip(streams, chunks, strict=True)))
+        await engine.stop()
+        return res, engine.items / engine.steps
+
+    results, mean_batch = asyncio.run(together())
+    assert mean_batch > 1.5  # the streams really shared calls
+    for x, chunk, got in zip(streams, chunks, results, strict=True):
+        want = alone(x, chunk)
+        assert [[(e.kind, round(e.time_s, 4)) for e in ev] for ev, _ in got] == \
+            [[(e.kind, round(e.time_s, 4)) for e in ev] for ev, _ in want]
+        np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=1e-5)
+    assert any(ev for ev, _ in results[0])  # the speech stream did produce events

@@ -59,6 +59,25 @@ def _held_out_speech(questions: int, sentences: int) -> list[dict]:
     return items
 
 
+async def _served_turn(responder, codec, codes, pcm: np.ndarray, step: int = 2):
+    """A turn as a server answers it: its chunks (the server's 2-frame codec steps) are heard while they are
+    spoken (`listen_ahead`, as the session's turn collector calls it), all but the last, which arrives with the
+    end of the turn; then the answer. So the first packet counts what end of turn costs when served: the last
+    partial block's hearing, decoding, the tool and the Talker's first block."""
+    from talkstream.chat.responder import Turn, answer_codes
+
+    conversation = responder.open_session()  # each question in a conversation of its own, as `respond` does
+    hop, chunks, pcm_chunks = codec.frame_size, [], []
+    try:
+        for f in range(0, codes.shape[-1] - step, step):
+            chunks.append(codes[..., f : f + step])
+            pcm_chunks.append(pcm[f * hop : (f + step) * hop])
+            await conversation.listen_ahead(chunks, pcm_chunks)
+        return await answer_codes(conversation, codec, Turn(codes, pcm))
+    finally:
+        conversation.close()
+
+
 def _clock_right(reply: str, what: str) -> bool:
     from talkstream.models import tools
 
@@ -70,7 +89,7 @@ def _clock_right(reply: str, what: str) -> bool:
 
 def run_model_bench(data: Path | None = None, questions: int = 100, sentences: int = 30, threads: int = 1,
                     backend: str = "onnx", talker_sentences: int = 40) -> dict:
-    from talkstream.chat.responder import Turn, answer_codes, load_chat
+    from talkstream.chat.responder import load_chat
     from talkstream.checkpoint import load_audio_codec
     from talkstream.models.ears_thinker import EarsThinker
 
@@ -108,7 +127,7 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
     for it in tqdm([i for i in items if i["skill"] != "sentence"], desc="answers", unit="turn", leave=False):
         pcm = it["pcm"][: it["pcm"].size // codec.frame_size * codec.frame_size]
         codes = codec.encode(torch.from_numpy(pcm)[None, None])
-        r = asyncio.run(answer_codes(responder, codec, Turn(codes, pcm)))
+        r = asyncio.run(_served_turn(responder, codec, codes, pcm))
         it["reply"] = r.reply.strip()
         ok = _clock_right(it["reply"], it["clock"]) if it["skill"] == "clock" else it["reply"] == it["answer"]
         right.setdefault(it["skill"], []).append(ok)
@@ -199,6 +218,8 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
         "first_packet_ms": {
             "p50": round(float(np.percentile(firsts, 50)), 1) if firsts else None,
             "p95": round(float(np.percentile(firsts, 95)), 1) if firsts else None,
+            # turns answered from what was heard while they were spoken (as served), of all answered turns
+            "heard_ahead": f"{getattr(responder, 'heard_ahead', 0)}/{len(firsts)}",
         },
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

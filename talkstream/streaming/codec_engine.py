@@ -164,6 +164,16 @@ class CodecEngine:
         _, pcm, state = await self._submit("decode", state, codes)
         return pcm, state
 
+    def _step_groups(self, groups: list[list[_Request]]) -> list[list | Exception]:
+        outcomes: list[list | Exception] = []
+        for group in groups:
+            try:
+                outcomes.append(self._step(group))
+            except Exception as e:
+                log.exception("codec step failed")
+                outcomes.append(e)
+        return outcomes
+
     def _step(self, group: list[_Request]) -> list:
         op = group[0].op
         if callable(op):
@@ -248,14 +258,13 @@ class CodecEngine:
             for r in batch:
                 if not r.future.cancelled():
                     groups.setdefault(r.key(), []).append(r)
-            for group in groups.values():
-                try:
-                    results = await loop.run_in_executor(self._pool, self._step, group)
-                except Exception as e:  # a bad request must not take the engine down for everyone
-                    log.exception("codec step failed")
+            # Every group of this batch (codec steps of each shape, the VAD) in one hand-off to the codec thread.
+            outcomes = await loop.run_in_executor(self._pool, self._step_groups, list(groups.values()))
+            for group, results in zip(groups.values(), outcomes, strict=True):
+                if isinstance(results, Exception):  # a bad request must not take the engine down for everyone
                     for r in group:
                         if not r.future.done():
-                            r.future.set_exception(e)
+                            r.future.set_exception(results)
                     continue
                 self.steps += 1
                 self.items += len(group)

@@ -136,3 +136,28 @@ def test_onnx_serves_every_codebook_count_and_length_from_the_warmed_graphs(tiny
         if torch.equal(c1, c2):
             torch.testing.assert_close(p2, p1, atol=1e-4, rtol=0)
         torch.testing.assert_close(b2, b1, atol=1e-4, rtol=0)
+
+
+def test_a_failing_request_fails_alone_and_the_engine_serves_on(tiny_codec):
+    """A group whose step raises gets the error; the other groups gathered with it (in the same hand-off to the
+    codec thread) get their results, and later requests are served."""
+    hop = tiny_codec.frame_size
+
+    def broken(items):
+        raise RuntimeError("this batch fails")
+
+    async def main():
+        engine = CodecEngine(tiny_codec)
+        engine.start()
+        pcm = torch.zeros(1, 1, 2 * hop)
+        good = engine.roundtrip(pcm, tiny_codec.init_state(1, 4))
+        bad = engine.batched(broken, None, None)
+        echo = engine.batched(lambda items: [d for d, _ in items], "x", None)
+        results = await asyncio.gather(good, bad, echo, return_exceptions=True)
+        later = await engine.roundtrip(pcm, tiny_codec.init_state(1, 4))
+        await engine.stop()
+        return results, later
+
+    (good, bad, echo), later = asyncio.run(main())
+    assert good[0].shape == (1, 4, 2) and later[0].shape == (1, 4, 2)
+    assert isinstance(bad, RuntimeError) and echo == "x"

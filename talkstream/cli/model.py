@@ -205,7 +205,7 @@ def cmd_data_ears(args) -> None:
         raise ValueError(f"--shard must be in 0..{args.shards - 1}")
     out = build_ears_data(Path(args.out), questions=args.questions, validation=args.validation,
                           corpus=Path(args.corpus) if args.corpus else None, shard=args.shard, shards=args.shards,
-                          seed=args.seed, threads=args.threads)
+                          seed=args.seed, threads=args.threads, vocabulary=args.vocabulary)
     print(f"ears data (shard {args.shard + 1} of {args.shards}) written to {out}")
 
 
@@ -370,6 +370,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--out", default="data/ears")
     dp.add_argument("--questions", type=int, default=2000, help="spoken training questions")
     dp.add_argument("--validation", type=int, default=160, help="spoken validation questions")
+    dp.add_argument("--vocabulary", type=int, default=1000, help="turns that carry the tools' vocabularies (months, "
+                    "days, numbers) in other words, and spelling questions with the corpus's words")
     dp.add_argument("--corpus", default="data/speech", help="the codec's speech corpus to add ('' for none)")
     dp.add_argument("--shard", type=int, default=0)
     dp.add_argument("--shards", type=int, default=1)

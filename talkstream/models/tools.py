@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ _PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], ToolCall]]] = [
     (re.compile(r"repeat after me,? (.+)"), lambda m: ToolCall("repeat", (m.group(1),))),
     (re.compile(rf"count (?:from )?{_NUM}\s*to {_NUM}"),
      lambda m: ToolCall("counter", (m.group(1).strip(), m.group(2).strip()))),
+    # A month question whose month was misheard ("what month comes after me", "... after monday"): the month that
+    # sounds nearest, if one is near; before the days, since the user asked for a month.
+    (re.compile(r"\bmonth\b.*?\bafter ([a-z']+)"), lambda m: _month_call(m.group(1))),
     (re.compile(rf"\b(after|before) ({'|'.join(DAYS)})\b"),
      lambda m: ToolCall("calendar", ("day", m.group(1), m.group(2)))),
     (re.compile(rf"\bafter ({'|'.join(MONTHS)})\b"), lambda m: ToolCall("calendar", ("month", "after", m.group(1)))),
@@ -106,13 +110,39 @@ _PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], ToolCall]]] = [
 ]
 
 
+@functools.cache
+def _sounds(word: str) -> str:
+    from talkstream.models.phonemes import ipa
+
+    return re.sub(r"[ˈˌ\s]", "", ipa(word))
+
+
+def _month_call(heard: str) -> ToolCall | None:
+    """The calendar's month question for the month that sounds most like `heard` (espeak-ng's IPA, edit distance),
+    when it differs by at most two sounds; None otherwise."""
+    if heard in MONTHS:
+        return ToolCall("calendar", ("month", "after", heard))
+    distance, month = min((_edit_distance(_sounds(heard), _sounds(m)), m) for m in MONTHS)
+    return ToolCall("calendar", ("month", "after", month)) if distance <= 3 else None
+
+
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
 def choose_tool(transcript: str) -> ToolCall | None:
     """The tool call for what the user said, or None when no skill matches."""
     text = _clean(transcript)
     for pattern, make in _PATTERNS:
         m = pattern.search(text)
-        if m:
-            return make(m)
+        call = make(m) if m else None
+        if call is not None:
+            return call
     # Greetings are whole short turns: the closest one, if it is close ("hi there" heard as "hi there!").
     close = difflib.get_close_matches(text, [g for g, _ in GREETINGS], n=1, cutoff=0.75)
     return ToolCall("greeting", (close[0],)) if close else None

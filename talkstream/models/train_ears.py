@@ -39,7 +39,16 @@ from talkstream.whisper.encoder import SAMPLE_RATE, default_model_path
 
 VALIDATION_VOICES = [Voice("espeak", v)
                      for v in ("en-us+linda", "en+robert", "en-gb-scotland+zac", "en-us-nyc+grandpa")]
-PROMPT_SHARE = 0.7  # share of training examples decoded after the built-in answerer's prompt (the rest: transcribe)
+PROMPT_SHARE = 0.8  # share of training turns decoded after the built-in answerer's prompt, as it serves them
+# Carriers that put the tools' closed vocabularies (months, days, numbers) in other words than the dialogue's own
+# questions, so that a held-out question is not heard as its nearest training question: the first adapter, trained on
+# the questions alone, heard "what month comes after may" as "... after me" every time (the train split never has
+# "after may", and the corpus's licence prose only has the verb "may").
+CARRIERS = {
+    "month": ["It happened in {x}.", "My birthday is in {x}.", "The school year ends in {x}.", "We moved in {x}."],
+    "day": ["See you on {x}.", "The shop is closed on {x}.", "It rained all day on {x}.", "Is the meeting on {x}?"],
+    "number": ["The room number is {x}.", "I counted {x} apples.", "Page {x} is missing.", "She is {x} years old."],
+}
 
 
 def spoken_text(question: str) -> str:
@@ -68,7 +77,30 @@ def _augment(pcm: np.ndarray, rng: random.Random) -> np.ndarray:
     return x
 
 
-def _utterances(split: str, questions: int, corpus: Path | None, seed: int) -> list[dict]:
+def vocabulary_turns(n: int, words: list[str], seed: int) -> list[str]:
+    """n turns: the CARRIERS filled with every month, day and number, and the spelling question with words of the
+    corpus (any word, not the dialogue's list: the speller spells whatever it hears)."""
+    from talkstream.data.sentences import number_words
+    from talkstream.models.dialogue import DAYS, MONTHS
+
+    rng = random.Random(f"{seed}-vocabulary")
+    fill = {"month": lambda: rng.choice(MONTHS).capitalize(), "day": lambda: rng.choice(DAYS).capitalize(),
+            "number": lambda: number_words(rng.randint(0, 120))}
+    out = []
+    for i in range(n):
+        kind = ["month", "day", "number", "spell", "spell"][i % 5]
+        if kind == "spell":
+            out.append(f"How do you spell {rng.choice(words)}?")
+        else:
+            out.append(rng.choice(CARRIERS[kind]).format(x=fill[kind]()))
+    return out
+
+
+def _corpus_words(texts: list[str]) -> list[str]:
+    return sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower()) if 3 <= len(w) <= 9})
+
+
+def _utterances(split: str, questions: int, corpus: Path | None, seed: int, vocabulary: int = 0) -> list[dict]:
     if split == "validation":
         pairs = dialogues(questions, "eval", seed=seed + 11)
         return [{"text": spoken_text(q), "answer": a, "voice": VALIDATION_VOICES[i % len(VALIDATION_VOICES)]}
@@ -77,6 +109,13 @@ def _utterances(split: str, questions: int, corpus: Path | None, seed: int) -> l
     rng = random.Random(seed)
     items = [{"text": spoken_text(q), "answer": a, "voice": rng.choice(voices)}
              for q, a in dialogues(questions, "train", seed=seed)]
+    if vocabulary:  # its own part (train_vocab_*.pt), so a data folder made before it is extended, not rebuilt
+        from talkstream.data.sentences import licence_sentences
+
+        texts = [json.loads(line)["text"] for line in (corpus / "manifest.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "train"] if corpus is not None else licence_sentences()
+        return [{"text": t, "answer": None, "voice": rng.choice(voices)}
+                for t in vocabulary_turns(vocabulary, _corpus_words(texts), seed)]
     if corpus is not None:
         for line in (corpus / "manifest.jsonl").read_text().splitlines():
             row = json.loads(line)
@@ -86,17 +125,19 @@ def _utterances(split: str, questions: int, corpus: Path | None, seed: int) -> l
 
 
 def build_ears_data(out: Path, questions: int = 2000, validation: int = 160, corpus: Path | None = None,
-                    shard: int = 0, shards: int = 1, seed: int = 0, threads: int = 1) -> Path:
-    """Writes out/{train,validation}_{shard}.pt: per utterance the ears' encoder states (fp16), the target's token
-    ids and the text; each shard takes every `shards`-th utterance (run shards side by side, one per core)."""
+                    shard: int = 0, shards: int = 1, seed: int = 0, threads: int = 1, vocabulary: int = 1000) -> Path:
+    """Writes out/{train,train_vocab,validation}_{shard}.pt: per utterance the ears' encoder states (fp16), the
+    target's token ids and the text; each shard takes every `shards`-th utterance (run shards side by side, one per
+    core)."""
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     ears, tok = load_ears(adapter=None), _tokenizer()
-    for split, n in (("train", questions), ("validation", validation)):
+    for split, n in (("train", questions), ("train_vocab", vocabulary), ("validation", validation)):
         path = out / f"{split}_{shard}.pt"
-        if path.is_file():
+        if path.is_file() or not n:
             continue
-        todo = _utterances(split, n, corpus if split == "train" else None, seed)[shard::shards]
+        todo = _utterances(split.removesuffix("_vocab"), n, corpus if split != "validation" else None, seed,
+                           vocabulary=n if split == "train_vocab" else 0)[shard::shards]
         rng, rows = random.Random(f"{seed}-{split}-{shard}"), []
         for it in tqdm(todo, desc=f"ears {split} {shard + 1}/{shards}", unit="utt"):
             if "file" in it:
@@ -257,7 +298,7 @@ def train_ears(data: Path, run: Path, cfg: TrainConfig, rank: int = 16, command:
     while step < cfg.steps:
         t0 = time.perf_counter()
         rows = rng.sample(train_rows, cfg.batch_size)
-        loss = trainer.loss(rows, [r["answer"] is not None and rng.random() < PROMPT_SHARE for r in rows])
+        loss = trainer.loss(rows, [rng.random() < PROMPT_SHARE for _ in rows])
         optimiser_step(adapter, opt, loss, _lr(step, cfg))
         step += 1
         seconds += time.perf_counter() - t0

@@ -92,20 +92,29 @@ class CodecEngine:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="codec", initializer=torch.set_num_threads, initargs=(threads,)
         )
+        # Other batched work (`batched`: the VAD) has its own queue, gather loop and thread beside the codec's: on
+        # the codec thread it would wait behind codec steps and hold one core for both (measured: the server then
+        # used one core and held fewer sessions than with a thread hop per session).
+        self._side_queue: asyncio.Queue[_Request] | None = None
+        self._side_worker: asyncio.Task | None = None
+        self._side_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batched")
         self.steps = 0
         self.items = 0
 
     def start(self) -> None:
         if self._worker is None:
-            self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._run(), name="codec-engine")
+            self._queue, self._side_queue = asyncio.Queue(), asyncio.Queue()
+            self._worker = asyncio.create_task(self._run(self._queue, self._pool), name="codec-engine")
+            self._side_worker = asyncio.create_task(self._run(self._side_queue, self._side_pool), name="batched")
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        for task in (self._worker, self._side_worker):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._worker = self._side_worker = None
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._side_pool.shutdown(wait=False, cancel_futures=True)
 
     def graph_plan(self) -> list[tuple[str, int, int]]:
         """Every ONNX graph (op, codebooks, frames) a session can reach: the full-codebook encoder and roundtrip,
@@ -138,7 +147,7 @@ class CodecEngine:
             raise RuntimeError("CodecEngine.start() was not called")
         loop = asyncio.get_running_loop()
         req = _Request(op, state, data, loop.create_future(), loop.time())
-        self._queue.put_nowait(req)
+        (self._side_queue if callable(op) else self._queue).put_nowait(req)
         return await req.future
 
     async def run(self, fn, *args):
@@ -146,9 +155,10 @@ class CodecEngine:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def batched(self, fn: Callable[[list[tuple[Any, Any]]], list[Any]], data: Any, state: Any) -> Any:
-        """Other per-session work that batches (the VAD: `SileroVAD.step_many`), gathered with the codec's
-        requests and run on the codec thread: `fn` gets every waiting session's (data, state) at once and returns
-        one result each. Per session per frame this is one call shared by all, not a thread hop of its own."""
+        """Other per-session work that batches (the VAD: `SileroVAD.step_many`), gathered as the codec's requests
+        are and run on a thread of its own beside the codec's: `fn` gets every waiting session's (data, state) at
+        once and returns one result each. Per session per frame this is one call shared by all, not a thread hop
+        of its own."""
         return await self._submit(fn, state, data)
 
     async def encode(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
@@ -237,29 +247,29 @@ class CodecEngine:
         pcm, st = self._onnx_decode(out, st)
         return out, pcm, st
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue, pool: concurrent.futures.Executor) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = [await queue.get()]
             # From the first request's arrival, not from now: a worker that is behind must not wait again.
             deadline = batch[0].arrived + self.gather_s
             while len(batch) < self.max_batch:
-                if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
                 except TimeoutError:
                     break
             groups: dict[tuple, list[_Request]] = {}
             for r in batch:
                 if not r.future.cancelled():
                     groups.setdefault(r.key(), []).append(r)
-            # Every group of this batch (codec steps of each shape, the VAD) in one hand-off to the codec thread.
-            outcomes = await loop.run_in_executor(self._pool, self._step_groups, list(groups.values()))
+            # Every group of this batch (codec steps of each shape) in one hand-off to the thread.
+            outcomes = await loop.run_in_executor(pool, self._step_groups, list(groups.values()))
             for group, results in zip(groups.values(), outcomes, strict=True):
                 if isinstance(results, Exception):  # a bad request must not take the engine down for everyone
                     for r in group:

@@ -95,8 +95,9 @@ class VoiceActivity:
     """Silero VAD on the way through; events ride along with the audio so later stages see them in order.
 
     The model never runs on the event loop: a session's VAD must not delay every other session's I/O. With an
-    `engine` (the server), every session's step of a tick is one batched call on the codec thread
-    (`CodecEngine.batched`); without, the loop's executor. Its events are handled back on the loop.
+    `engine` (the server), every session's step of a tick is one batched call on the engine's thread for batched
+    work, beside the codec's (`CodecEngine.batched`); without, the loop's executor. Its events are handled back on
+    the loop.
     """
 
     name = "vad"

@@ -91,3 +91,19 @@ def test_training_lowers_the_loss_on_what_it_sees(sample16k):
         opt.step()
     assert trainer.loss(rows, [True]).item() < 0.5 * first
     assert all(p.grad is None for p in ears.decoder.embed.parameters())  # only the adapter learns
+
+
+def test_only_the_builtin_answerer_hears_through_the_shipped_adapter():
+    """The shipped adapter is tuned to the tools' closed domain: the built-in answerer merges it; the transcript-only
+    mode (and the OpenAI seam, which builds its ears the same way) hears through Whisper's decoder as it ships."""
+    from talkstream.chat.responder import load_chat
+    from talkstream.checkpoint import load_audio_codec
+    from talkstream.models.ears import SHIPPED_ADAPTER
+
+    assert (SHIPPED_ADAPTER / "config.json").is_file()
+    codec = load_audio_codec()
+    builtin = load_chat(codec, "builtin").thinker.ears.decoder
+    transcribe = load_chat(codec, "transcribe").thinker.ears.decoder
+    as_shipped = load_ears().decoder
+    assert torch.equal(transcribe.blocks[0].fc1.weight, as_shipped.blocks[0].fc1.weight)
+    assert not torch.equal(builtin.blocks[0].fc1.weight, as_shipped.blocks[0].fc1.weight)

@@ -139,8 +139,8 @@ def test_onnx_serves_every_codebook_count_and_length_from_the_warmed_graphs(tiny
 
 
 def test_a_failing_request_fails_alone_and_the_engine_serves_on(tiny_codec):
-    """A group whose step raises gets the error; the other groups gathered with it (in the same hand-off to the
-    codec thread) get their results, and later requests are served."""
+    """A batched call that raises fails its own requests alone: the codec's request beside it and the other
+    batched work get their results, and later requests are served."""
     hop = tiny_codec.frame_size
 
     def broken(items):

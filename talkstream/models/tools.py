@@ -122,11 +122,12 @@ def _month_call(heard: str) -> ToolCall | None:
     when it differs by at most two sounds; None otherwise."""
     if heard in MONTHS:
         return ToolCall("calendar", ("month", "after", heard))
-    distance, month = min((_edit_distance(_sounds(heard), _sounds(m)), m) for m in MONTHS)
+    distance, month = min((edit_distance(_sounds(heard), _sounds(m)), m) for m in MONTHS)
     return ToolCall("calendar", ("month", "after", month)) if distance <= 3 else None
 
 
-def _edit_distance(a: str, b: str) -> int:
+def edit_distance(a, b) -> int:
+    """Levenshtein distance between two sequences (of sounds here; of words for the ears' training WER)."""
     row = list(range(len(b) + 1))
     for i, x in enumerate(a, 1):
         prev, row[0] = row[0], i

@@ -240,18 +240,9 @@ def validate(trainer: EarsTraining, rows: list[dict]) -> dict:
         heard = trainer.transcribe(r, prompt=True)
         right += _answer(heard) == r["answer"]
         ref, hyp = normalize(r["text"]).split(), normalize(heard).split()
-        errors += _edit_distance(ref, hyp)
+        errors += tools.edit_distance(ref, hyp)
         words += len(ref)
     return {"answers": round(right / len(rows), 4), "wer": round(errors / max(1, words), 4)}
-
-
-def _edit_distance(a: list[str], b: list[str]) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
 
 
 def train_ears(data: Path, run: Path, cfg: TrainConfig, rank: int = 16, command: list[str] | None = None) -> Path:

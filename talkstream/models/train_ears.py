@@ -252,8 +252,8 @@ def train_ears(data: Path, run: Path, cfg: TrainConfig, rank: int = 16, command:
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    run.mkdir(parents=True, exist_ok=True)
     train_rows, val_rows = load_ears_data(data, "train"), load_ears_data(data, "validation")
+    run.mkdir(parents=True, exist_ok=True)  # after the data is found: a mistyped --data leaves no empty run behind
     ears = load_ears(adapter=None, int8_projection=False)
     for p in ears.decoder.parameters():
         p.requires_grad_(False)

@@ -39,9 +39,11 @@ def test_encode_decode_any_rate_and_channels(tmp_path, capsys):
         (None, ["encode", "{f}", "{o}", "--weights", "{f}.nowhere"], "not a talkstream checkpoint"),
         (None, ["serve", "--port", "0", "--no-http", "--thinker", "echo", "--video-weights", "{f}.nowhere"],
          "not a talkstream checkpoint"),
+        (None, ["train", "ears", "--data", "{f}.nowhere", "--run", "{o}"], "talkstream data ears"),
+        (None, ["data", "ears", "--out", "{o}", "--shard", "2", "--shards", "2"], "--shard must be in 0..1"),
     ],
     ids=["text-as-audio", "empty-audio", "truncated-tsk", "not-tsk", "too-many-codebooks", "missing-weights",
-         "missing-video-weights"],
+         "missing-video-weights", "ears-without-data", "ears-shard-out-of-range"],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, content, argv, message):
     """content None: a valid WAV, so the error comes from the options."""

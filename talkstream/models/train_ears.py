@@ -109,19 +109,17 @@ def _utterances(split: str, questions: int, corpus: Path | None, seed: int, voca
     rng = random.Random(seed)
     items = [{"text": spoken_text(q), "answer": a, "voice": rng.choice(voices)}
              for q, a in dialogues(questions, "train", seed=seed)]
+    rows = [r for r in map(json.loads, (corpus / "manifest.jsonl").read_text().splitlines())
+            if r["split"] == "train" and r.get("text")] if corpus is not None else []
     if vocabulary:  # its own part (train_vocab_*.pt), so a data folder made before it is extended, not rebuilt
         from talkstream.data.sentences import licence_sentences
 
-        texts = [json.loads(line)["text"] for line in (corpus / "manifest.jsonl").read_text().splitlines()
-                 if json.loads(line)["split"] == "train"] if corpus is not None else licence_sentences()
+        # Its voices are drawn after the question items' draws above (build_ears_data passes the vocabulary count as
+        # `questions` for this part): kept as it is, so the shipped adapter's data is drawn again as it was.
+        texts = [r["text"] for r in rows] if corpus is not None else licence_sentences()
         return [{"text": t, "answer": None, "voice": rng.choice(voices)}
                 for t in vocabulary_turns(vocabulary, _corpus_words(texts), seed)]
-    if corpus is not None:
-        for line in (corpus / "manifest.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if row["split"] == "train" and row.get("text"):
-                items.append({"text": row["text"], "answer": None, "file": str(corpus / row["file"])})
-    return items
+    return items + [{"text": r["text"], "answer": None, "file": str(corpus / r["file"])} for r in rows]
 
 
 def build_ears_data(out: Path, questions: int = 2000, validation: int = 160, corpus: Path | None = None,

@@ -87,8 +87,9 @@ def load_decoder_adapter(path, decoder: nn.Module) -> DecoderAdapter:
     decoder it will merge into."""
     config, state = read_checkpoint(path, "ears_adapter")
     adapter = DecoderAdapter(AdapterConfig(**config["adapter"]), decoder)
-    mismatch = [k for k, v in state.items() if k in adapter.state_dict() and adapter.state_dict()[k].shape != v.shape]
-    if mismatch or set(state) != set(adapter.state_dict()):
+    expected = adapter.state_dict()
+    mismatch = [k for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if mismatch or set(state) != set(expected):
         raise CheckpointError(f"{path}: an ears adapter for another decoder (e.g. {(mismatch or sorted(state))[:2]})")
     adapter.load_state_dict(state)
     return adapter

@@ -194,7 +194,7 @@ def cmd_train_voice(args) -> None:
     out = finetune_decoder(load_voice_codec(args.init), Path(args.run), items, num_codebooks=args.codebooks,
                            steps=args.steps, batch_size=args.batch_size, threads=args.threads,
                            talker_share=args.talker_share, weight_whisper=args.weight_whisper,
-                           adversarial=args.adversarial, lr=args.lr)
+                           adversarial=args.adversarial, weight_phase=args.weight_phase, lr=args.lr)
     print(f"weights exported to {out} (copy to talkstream/weights/voice_codec to ship them)")
 
 
@@ -336,6 +336,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     vp.add_argument("--weight-whisper", type=float, default=1.0, help="weight of the Whisper hearing losses")
     vp.add_argument("--adversarial", type=float, default=0.0,
                     help="weight of a multi-resolution spectrogram discriminator's losses (0: none)")
+    vp.add_argument("--weight-phase", type=float, default=0.0,
+                    help="weight of the group-delay and instantaneous-frequency losses (0: none)")
     vp.add_argument("--init", default=None,
                     help="a codec checkpoint folder to start from, with the encoder and codebooks the Talker speaks "
                     "in (the tokens' meaning stays); default: the shipped talkstream/weights/voice_codec "

@@ -68,6 +68,7 @@ from talkstream.streaming.stages import (
     TokenDecodeStage,
     TokensIn,
     VoiceActivity,
+    VoiceActivityTap,
 )
 from talkstream.streaming.tasks import TaskSet
 from talkstream.streaming.vad import SileroVAD, VADEvent
@@ -136,6 +137,7 @@ class Session:
         self.hello: Hello | None = None  # the settings in force (the protocol's, once the session has built them)
         self.started = self.protocol.started
         self.input: Pipeline | None = None
+        self.vad_branch: Pipeline | None = None  # codec mode: the VAD beside the codec path
         self._tasks = TaskSet(f"session {self.id}", on_error=self._task_failed)
         self.new_pacer: Callable[[], Pacing] = getattr(sink, "pacer", None) or Pacer
         self._senders: list[asyncio.Task] = []
@@ -326,18 +328,27 @@ class Session:
         if h.input == "tokens":
             stages = [TokenDecodeStage(self.engine, h.codebooks), OutputStage(sr, h.sample_rate, False, True)]
             self.input = Pipeline(stages, self.metrics, live=False)
+        elif h.mode == "codec":
+            # One task per session for the whole echo path (fused), and the VAD on a branch of its own: a codec
+            # echo waits for nothing but the codec (docs/benchmarks.md: where a loaded worker's time went).
+            self.vad_branch = Pipeline([VoiceActivity(self.vad, sr, self._on_vad, self.engine, pass_through=False)],
+                                       self.metrics)
+            self.vad_branch.start()
+            self._branch_drained = self.spawn(self._drain_branch(self.vad_branch))
+            stages = [
+                ResampleIn(h.sample_rate, sr),
+                VoiceActivityTap(self.vad_branch.feed),
+                CodecStage(self.engine, h.codebooks, "pcm" in h.output, self.limits.frames_per_step),
+                OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output),
+            ]
+            self.input = Pipeline(stages, self.metrics, fused=True)
         else:
-            stages = [ResampleIn(h.sample_rate, sr), VoiceActivity(self.vad, sr, self._on_vad, self.engine)]
-            if h.mode == "codec":
-                stages += [
-                    CodecStage(self.engine, h.codebooks, "pcm" in h.output, self.limits.frames_per_step),
-                    OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output),
-                ]
-            else:
-                stages += [
-                    CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
-                    self.turns.collector(),
-                ]
+            stages = [
+                ResampleIn(h.sample_rate, sr),
+                VoiceActivity(self.vad, sr, self._on_vad, self.engine),
+                CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
+                self.turns.collector(),
+            ]
             self.input = Pipeline(stages, self.metrics)
         self.input.start()
         if h.mode == "chat":
@@ -351,6 +362,13 @@ class Session:
             self._senders = [self.spawn(self.send_media(self.input, pacer))]
         self.spawn(self._stats_loop())
 
+    async def _drain_branch(self, branch: Pipeline) -> None:
+        """A branch yields nothing but its end; a stage of it that fails ends the session, visibly."""
+        while await branch.get() is not None:
+            pass
+        if branch.error is not None:
+            await self.fail(f"voice activity stopped: {branch.error}")
+
     def _on_vad(self, e: VADEvent) -> None:
         self.spawn(self.send(event("vad", state=e.kind, t=round(e.time_s, 3))))
         if e.kind == "start":
@@ -362,7 +380,7 @@ class Session:
             await self.send(event("stats", **self.stats()))
 
     def stats(self) -> dict:
-        drops = sum(s.drops for p in (self.input, self.turns.reply) if p for s in p.stats.values())
+        drops = sum(s.drops for p in (self.input, self.vad_branch, self.turns.reply) if p for s in p.stats.values())
         return {
             **self.counts,
             "drops": drops,
@@ -372,7 +390,7 @@ class Session:
 
     def pipelines(self) -> list[Pipeline]:
         """The session's running pipelines (input, reply, video), for the server's queue-depth gauges."""
-        return [p for p in (self.input, self.turns.reply, self.video.pipeline) if p is not None]
+        return [p for p in (self.input, self.vad_branch, self.turns.reply, self.video.pipeline) if p is not None]
 
     async def _video_failed(self, message: str) -> None:
         await self.fail(message)
@@ -383,6 +401,9 @@ class Session:
         if self.input is not None:
             await self.input.end()
             await asyncio.gather(*self._senders, return_exceptions=True)  # chat: every turn taken
+            if self.vad_branch is not None:  # its last events before the summary
+                await self.vad_branch.end()
+                await asyncio.gather(self._branch_drained, return_exceptions=True)
             if self.hello.mode == "chat":
                 await self.turns.finish()
         await self.video.finish()
@@ -394,6 +415,7 @@ class Session:
                 **self.stats(),
                 stages={
                     **(self.input.summary() if self.input else {}),
+                    **(self.vad_branch.summary() if self.vad_branch else {}),
                     **({"reply_" + k: v for k, v in self.turns.reply.summary().items()} if self.turns.reply else {}),
                     **(self.video.pipeline.summary() if self.video.pipeline else {}),
                 },
@@ -401,12 +423,13 @@ class Session:
         )
 
     async def _teardown(self) -> None:
-        if self.input is not None:
-            await self.input.stop()
+        for p in (self.input, self.vad_branch):
+            if p is not None:
+                await p.stop()
         await self.turns.stop()
         await self.video.stop()
         await self._tasks.cancel()
-        self.input = None
+        self.input = self.vad_branch = None
 
     async def shut_down(self) -> None:
         """The server is stopping: tell the client (a fatal `shutting_down`), then free everything."""

@@ -10,6 +10,11 @@ with queues:
 - every other queue blocks the producer when full (tokens and text are never dropped silently); the block travels
   back up to the live input queue, where it turns into counted drops.
 
+A `fused` pipeline runs every stage in one task, an item through all of them before the next is taken: no queue
+and no task switch between stages. Where each stage awaits a batched engine anyway and the stream is one item per
+packet (codec echo), the queues between stages buy no parallelism, only a loop hand-off per stage per packet, which
+is where a loaded server's time went (docs/benchmarks.md, the profile).
+
 `interrupt()` (barge-in) cancels whatever each stage is doing, empties every queue and resets every stage, so the
 next item starts from clean state; it takes effect before the next frame is processed.
 """
@@ -68,8 +73,10 @@ class Pipeline:
         live_queue_size: int = 32,
         queue_size: int = 64,
         live: bool = True,
+        fused: bool = False,
     ):
-        """live: the input is live media (drop oldest when full); otherwise `put` blocks (tokens, text)."""
+        """live: the input is live media (drop oldest when full); otherwise `put` blocks (tokens, text).
+        fused: every stage in one task (no queue between stages)."""
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         self.stages = list(stages)
@@ -77,7 +84,9 @@ class Pipeline:
         self.stats = {s.name: StageStats() for s in self.stages}
         self.live = live
         self.inbox: asyncio.Queue = DropOldestQueue(live_queue_size) if live else asyncio.Queue(queue_size)
-        self.queues: list[asyncio.Queue] = [self.inbox] + [asyncio.Queue(queue_size) for _ in self.stages]
+        self.fused = fused
+        links = 1 if fused else len(self.stages)
+        self.queues: list[asyncio.Queue] = [self.inbox] + [asyncio.Queue(queue_size) for _ in range(links)]
         self.outbox = self.queues[-1]
         self._tasks: list[asyncio.Task] = []
         self._reported_drops = 0
@@ -86,13 +95,72 @@ class Pipeline:
     def start(self) -> None:
         if self._tasks:
             return
+        if self.fused:
+            name = "stages-" + "+".join(s.name for s in self.stages)
+            self._tasks = [asyncio.create_task(self._run_fused(), name=name)]
+            return
         self._tasks = [asyncio.create_task(self._run(i), name=f"stage-{s.name}") for i, s in enumerate(self.stages)]
+
+    def _stage_metrics(self, stage: Stage) -> tuple | None:
+        m = self.metrics
+        return None if m is None else tuple(c.labels(stage.name) for c in (m.frames_in, m.frames_out, m.latency))
+
+    async def _process(self, stage: Stage, item: Any, stats, series: tuple | None) -> list[Any]:
+        """One item through one stage, timed and counted."""
+        stats.frames_in += 1
+        t0 = time.perf_counter()
+        outputs = await stage.process(item)
+        dt = time.perf_counter() - t0
+        stats.latencies.append(dt)
+        stats.frames_out += len(outputs)
+        if series is not None:
+            series[0].inc()
+            series[1].inc(len(outputs))
+            series[2].observe(dt)
+        return outputs
+
+    async def _run_fused(self) -> None:
+        src, dst = self.inbox, self.outbox
+        series = [self._stage_metrics(s) for s in self.stages]
+        stats = [self.stats[s.name] for s in self.stages]
+        first = stats[0]
+        while True:
+            item = await src.get()
+            src.task_done()
+            try:
+                if item is _END:
+                    items: list[Any] = []
+                    for i, stage in enumerate(self.stages):  # what each stage held back, through the ones after
+                        later = []
+                        for x in items:
+                            later += await self._process(stage, x, stats[i], series[i])
+                        flush = getattr(stage, "flush", None)
+                        items = later + (await flush() if flush is not None else [])
+                    for out in items:
+                        await dst.put(out)
+                    await dst.put(_END)
+                    return
+                first.max_queue = max(first.max_queue, src.qsize() + 1)
+                items = [item]
+                for i, stage in enumerate(self.stages):
+                    later = []
+                    for x in items:
+                        later += await self._process(stage, x, stats[i], series[i])
+                    items = later
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # as in _run: the stream ends visibly
+                log.exception("fused stages %s failed", "+".join(s.name for s in self.stages))
+                self.error = e
+                await dst.put(_END)
+                return
+            for out in items:
+                await dst.put(out)  # blocks when the consumer is behind: backpressure to the live inbox
 
     async def _run(self, i: int) -> None:
         stage, src, dst = self.stages[i], self.queues[i], self.queues[i + 1]
-        stats, m = self.stats[stage.name], self.metrics
-        if m is not None:  # resolve the labelled series once, not on every item of the hot path
-            m_in, m_out, m_lat = (c.labels(stage.name) for c in (m.frames_in, m.frames_out, m.latency))
+        stats = self.stats[stage.name]
+        series = self._stage_metrics(stage)  # the labelled series resolved once, not on every item of the hot path
         while True:
             item = await src.get()
             src.task_done()
@@ -102,11 +170,9 @@ class Pipeline:
                     await dst.put(out)
                 await dst.put(_END)
                 return
-            stats.frames_in += 1
             stats.max_queue = max(stats.max_queue, src.qsize() + 1)
-            t0 = time.perf_counter()
             try:
-                outputs = await stage.process(item)
+                outputs = await self._process(stage, item, stats, series)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a stage failure ends the stream, visibly: get() returns None, .error says why
@@ -114,13 +180,6 @@ class Pipeline:
                 self.error = e
                 await dst.put(_END)
                 return
-            dt = time.perf_counter() - t0
-            stats.latencies.append(dt)
-            stats.frames_out += len(outputs)
-            if m is not None:
-                m_in.inc()
-                m_out.inc(len(outputs))
-                m_lat.observe(dt)
             for out in outputs:
                 await dst.put(out)  # blocks when downstream is full: backpressure
 
@@ -158,6 +217,9 @@ class Pipeline:
         return None if item is _END else item
 
     def queue_depths(self) -> dict[str, int]:
+        """Items waiting before each stage (fused: all wait before the first)."""
+        if self.fused:
+            return {self.stages[0].name: self.inbox.qsize()}
         return {s.name: q.qsize() for s, q in zip(self.stages, self.queues, strict=False)}
 
     async def interrupt(self) -> None:

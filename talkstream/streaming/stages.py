@@ -103,8 +103,10 @@ class VoiceActivity:
     name = "vad"
 
     def __init__(self, vad: SileroVAD, rate: int, on_event: Callable[[VADEvent], None] | None = None,
-                 engine: CodecEngine | None = None):
+                 engine: CodecEngine | None = None, pass_through: bool = True):
+        """pass_through=False: the end of a branch (`VoiceActivityTap`): events only, the audio goes no further."""
         self.vad, self.rate, self.on_event, self.engine = vad, rate, on_event, engine
+        self.pass_through = pass_through
         self.reset()
 
     def reset(self) -> None:
@@ -119,6 +121,24 @@ class VoiceActivity:
             if self.on_event is not None:
                 self.on_event(e)
         chunk.vad_events = events
+        return [chunk] if self.pass_through else []
+
+
+class VoiceActivityTap:
+    """Codec mode: the VAD beside the codec instead of in front of it. Nothing in a codec echo waits for the VAD (its
+    events only go to the client), so each chunk is handed to a VAD branch (`feed`: a live pipeline's, which drops
+    its oldest when behind) and passes on at once; the echo's latency no longer includes a VAD step."""
+
+    name = "vad_tap"
+
+    def __init__(self, feed: Callable[[AudioChunk], None]):
+        self.feed = feed
+
+    def reset(self) -> None:
+        pass
+
+    async def process(self, chunk: AudioChunk) -> list[AudioChunk]:
+        self.feed(AudioChunk(chunk.pcm, chunk.timestamp, chunk.arrived))  # its own object: the branch writes events
         return [chunk]
 
 

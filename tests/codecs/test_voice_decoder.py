@@ -60,3 +60,35 @@ def test_adversarial_fine_tuning_trains_the_decoder_only_and_resumes(tmp_path):
             continue
         same = torch.allclose(value.float(), shipped[name].float(), atol=1e-3)  # float16 in the checkpoint
         assert same != name.startswith("decoder."), f"{name}: only the decoder may change"
+
+
+def test_the_phase_loss_is_zero_for_the_input_and_large_for_other_phases():
+    """losses.phase_loss: zero for the input itself and for it at another gain, large for audio with the input's
+    magnitudes but random phases; its gradient is finite everywhere, silence included."""
+    torch.manual_seed(0)
+    from talkstream.codecs.audio.losses import phase_loss
+
+    x = torch.from_numpy(load_audio(SAMPLE_WAV, 24_000)[:24_000].copy())[None]
+    n_fft, hop = 640, 160
+    spec = torch.stft(x, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True)
+    scrambled = torch.istft(spec.abs() * torch.exp(2j * torch.pi * torch.rand(spec.shape)), n_fft, hop,
+                            window=torch.hann_window(n_fft), length=x.shape[-1])
+    assert phase_loss(x, x, n_fft, hop) < 1e-3 and phase_loss(0.5 * x, x, n_fft, hop) < 1e-3
+    assert phase_loss(scrambled, x, n_fft, hop) > 0.5
+    y = torch.cat([torch.zeros(1, 4000), x[:, :8000]], -1).requires_grad_(True)
+    phase_loss(y, torch.cat([torch.zeros(1, 4000), x[:, :8000]], -1), n_fft, hop).backward()
+    assert torch.isfinite(y.grad).all()
+
+
+def test_phase_weighted_fine_tuning_records_its_weight(tmp_path):
+    codec = load_audio_codec()
+    pcm = load_audio(SAMPLE_WAV, 24_000)
+    pcm = pcm[: pcm.size // codec.cfg.hop * codec.cfg.hop]
+    with torch.no_grad():
+        z, _ = codec.encoder.net.step(torch.from_numpy(pcm)[None, None], codec.encoder.net.init_state(1))
+    items = [{"latent": z[0].half(), "audio": torch.from_numpy(np.round(pcm * 32767).astype(np.int16))}]
+    out = finetune_decoder(codec, tmp_path / "voice", items, steps=2, num_codebooks=4, batch_size=2, segment_s=0.5,
+                           save_every=2, weight_whisper=0.0, weight_phase=1.0)
+    import json
+
+    assert json.loads((out / "training.json").read_text())["weight_phase"] == 1.0

@@ -79,3 +79,57 @@ def test_a_refused_open_says_why(tiny_codec):
     opened, fed = asyncio.run(main())
     assert not opened and not fed
     assert [e["code"] for e in sink.events_] == ["unauthorized"]
+
+
+class SlowVAD(SileroVAD):
+    """A VAD that takes 60 ms per call and hears speech at once (a loaded VAD thread, made certain)."""
+
+    def step_many(self, items):
+        import time
+
+        time.sleep(0.06)
+        return super().step_many(items)
+
+
+class BrokenVAD(SileroVAD):
+    def step_many(self, items):
+        raise RuntimeError("vad model gone")
+
+
+def _codec_session(tiny_codec, vad, sink, audio, chunk=320):
+    async def main():
+        engine = CodecEngine(tiny_codec)
+        engine.start()
+        session = Session(engine, vad, EchoResponder(), Limits(), sink)
+        try:
+            await session.open(Hello(1, "codec", 16_000, 2, output=("pcm",)))
+            for i in range(0, audio.size - chunk, chunk):
+                if not await session.feed_audio(audio[i : i + chunk], timestamp=i // 16):
+                    break
+                await asyncio.sleep(0.02)  # real time
+            await session.on_message('{"type": "end"}')
+            return list(session.frame_latencies)
+        finally:
+            await session.close()
+            await engine.stop()
+
+    return asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_codec_echo_does_not_wait_for_the_vad_whose_events_still_arrive_before_the_summary(tiny_codec):
+    """Codec mode runs the VAD on a branch beside the codec: a VAD slower than real time delays no echo, and its
+    events are all sent before the summary."""
+    sink = Sink()
+    latencies = _codec_session(tiny_codec, SlowVAD(), sink, speechlike(2.0, 16_000))
+    kinds = [e["type"] for e in sink.events_]
+    assert kinds[-1] == "summary" and "vad" in kinds
+    # In front of the codec, 60 ms of VAD per 20 ms packet would put every echo seconds behind.
+    assert latencies and float(np.median(latencies)) < 0.3
+    assert sink.events_[-1]["stages"]["vad"]["frames_in"] >= 1
+
+
+def test_a_vad_that_fails_in_codec_mode_ends_the_session_with_an_error(tiny_codec):
+    sink = Sink()
+    _codec_session(tiny_codec, BrokenVAD(), sink, speechlike(1.0, 16_000))
+    errors = [e for e in sink.events_ if e["type"] == "error"]
+    assert errors and errors[0]["code"] == "internal" and "voice activity stopped" in errors[0]["message"]

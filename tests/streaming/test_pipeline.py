@@ -1,4 +1,5 @@
-"""Pipelines: live input drops the oldest and counts it, tokens wait instead, interrupt resets, failures surface."""
+"""Pipelines: live input drops the oldest and counts it, tokens wait instead, interrupt resets, failures surface;
+fused (every stage in one task) behaves the same."""
 
 from __future__ import annotations
 
@@ -51,6 +52,29 @@ class Failing:
         pass
 
 
+class HoldUntilEnd:
+    """Keeps everything until the end of the stream (as a codec keeps a partial frame)."""
+
+    name = "hold"
+
+    def __init__(self):
+        self.held = []
+
+    async def process(self, item):
+        self.held.append(item)
+        return []
+
+    async def flush(self):
+        out, self.held = self.held, []
+        return out
+
+    def reset(self):
+        self.held = []
+
+
+FUSED = pytest.mark.parametrize("fused", [False, True], ids=["task per stage", "fused"])
+
+
 async def drain(p):
     out = []
     while (x := await p.get()) is not None:
@@ -58,10 +82,11 @@ async def drain(p):
     return out
 
 
-def test_items_flow_in_order_and_are_counted():
+@FUSED
+def test_items_flow_in_order_and_are_counted(fused):
     async def main():
         m = Metrics()
-        p = Pipeline([Doubler(), Summer()], m)
+        p = Pipeline([Doubler(), Summer()], m, fused=fused)
         p.start()
         for i in range(1, 6):
             p.feed(i)
@@ -76,9 +101,10 @@ def test_items_flow_in_order_and_are_counted():
     assert 'talkstream_stage_frames_in_total{stage="double"} 5.0' in text
 
 
-def test_live_input_drops_oldest_when_behind_and_memory_stays_bounded():
+@FUSED
+def test_live_input_drops_oldest_when_behind_and_memory_stays_bounded(fused):
     async def main():
-        p = Pipeline([Doubler(delay=0.01)], live_queue_size=4, queue_size=2)
+        p = Pipeline([Doubler(delay=0.01)], live_queue_size=4, queue_size=2, fused=fused)
         p.start()
         for i in range(100):  # a burst far faster than the stage
             p.feed(i)
@@ -93,9 +119,10 @@ def test_live_input_drops_oldest_when_behind_and_memory_stays_bounded():
     assert out[-1] == 2 * 99  # the newest audio survives, the oldest went
 
 
-def test_tokens_are_never_dropped_the_producer_waits():
+@FUSED
+def test_tokens_are_never_dropped_the_producer_waits(fused):
     async def main():
-        p = Pipeline([Doubler(delay=0.002)], live=False, queue_size=2)
+        p = Pipeline([Doubler(delay=0.002)], live=False, queue_size=2, fused=fused)
         p.start()
         with pytest.raises(TypeError):
             p.feed(1)
@@ -111,10 +138,11 @@ def test_tokens_are_never_dropped_the_producer_waits():
     assert asyncio.run(main()) == [2 * i for i in range(50)]
 
 
-def test_interrupt_cancels_queued_work_and_resets_state():
+@FUSED
+def test_interrupt_cancels_queued_work_and_resets_state(fused):
     async def main():
         s = Summer()
-        p = Pipeline([Doubler(delay=0.005), s], live=False)
+        p = Pipeline([Doubler(delay=0.005), s], live=False, fused=fused)
         p.start()
         for _i in range(20):
             await p.put(1)
@@ -130,9 +158,10 @@ def test_interrupt_cancels_queued_work_and_resets_state():
     assert asyncio.run(main()) == [10]  # a fresh sum: nothing from before the interrupt leaks through
 
 
-def test_a_failing_stage_ends_the_stream_with_its_error():
+@FUSED
+def test_a_failing_stage_ends_the_stream_with_its_error(fused):
     async def main():
-        p = Pipeline([Doubler(), Failing()])
+        p = Pipeline([Doubler(), Failing()], fused=fused)
         p.start()
         p.feed(1)
         out = await asyncio.wait_for(drain(p), 5)
@@ -141,6 +170,39 @@ def test_a_failing_stage_ends_the_stream_with_its_error():
 
     out, error = asyncio.run(main())
     assert out == [] and isinstance(error, RuntimeError)
+
+
+@FUSED
+def test_what_a_stage_holds_back_goes_through_the_later_stages_at_the_end(fused):
+    async def main():
+        p = Pipeline([Doubler(), HoldUntilEnd(), Summer()], fused=fused)
+        p.start()
+        for i in (1, 2, 3):
+            p.feed(i)
+        await p.end()
+        out = await asyncio.wait_for(drain(p), 5)
+        await p.stop()
+        return out, p.summary()
+
+    out, summary = asyncio.run(main())
+    assert out == [2, 6, 12]  # held until the end, then summed in order by the stage after
+    assert summary["sum"]["frames_in"] == 3 and summary["hold"]["frames_out"] == 0
+
+
+def test_a_fused_pipeline_is_one_task_and_waits_before_its_first_stage():
+    async def main():
+        p = Pipeline([Doubler(delay=0.05), Summer()], fused=True)
+        p.start()
+        tasks = len(p._tasks)
+        for i in range(3):
+            p.feed(i)
+        await asyncio.sleep(0.01)
+        depths = p.queue_depths()
+        await p.stop()
+        return tasks, depths
+
+    tasks, depths = asyncio.run(main())
+    assert tasks == 1 and depths == {"double": 2}  # one item in the first stage, two waiting before it
 
 
 def test_drop_oldest_queue():

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from talkstream.codecs.audio.codec import AudioCodec
 from talkstream.codecs.audio.discriminator import MultiResolutionDiscriminator, discriminator_loss, generator_losses
-from talkstream.codecs.audio.losses import complex_loss, spectral_losses
+from talkstream.codecs.audio.losses import complex_loss, phase_loss, spectral_losses
 
 
 def voice_pool(items: list[dict], quantizer, num_codebooks: int) -> list[dict]:
@@ -40,7 +40,7 @@ def voice_pool(items: list[dict], quantizer, num_codebooks: int) -> list[dict]:
 def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebooks: int = 8, steps: int = 2000,
                      batch_size: int = 8, segment_s: float = 1.0, lr: float = 2e-4, threads: int = 1, seed: int = 0,
                      save_every: int = 100, talker_share: float = 0.5, weight_whisper: float = 1.0,
-                     adversarial: float = 0.0) -> Path:
+                     adversarial: float = 0.0, weight_phase: float = 0.0) -> Path:
     """Fine-tune a copy of `codec`'s decoder on the Talker's voice (`items` from talkstream.models.talker_data) at
     `num_codebooks`; resumable; returns the export folder.
 
@@ -50,6 +50,8 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     states and log-mel of the decoded audio against the voice's (hearing_losses.py) steer it by what a listener
     hears, beside the reconstruction losses. `adversarial` > 0 adds a multi-resolution spectrogram discriminator
     (discriminator.py) with that weight on its hinge and feature-matching losses, ramped in over 200 steps.
+    `weight_phase` > 0 adds losses.phase_loss (group delay and instantaneous frequency) at 4x overlap on the
+    decoder's frame length.
     """
     from talkstream.checkpoint import save_checkpoint
     from talkstream.codecs.audio.hearing_losses import HearingLosses
@@ -105,6 +107,8 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
         target = x[..., : x.shape[-1] - delay].squeeze(1)
         parts = spectral_losses(x_hat, target, sr)
         loss = parts["mel"] + parts["stft"] + 0.5 * complex_loss(x_hat, target, 2 * hop, hop)
+        if weight_phase:
+            loss = loss + weight_phase * phase_loss(x_hat, target, 2 * hop, hop // 2)
         if hearing is not None:
             states, mel = hearing.perceptual(x_hat, *hearing.teacher(target))
             loss = loss + weight_whisper * (states + mel)
@@ -129,7 +133,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
             "what": f"the shared codec with its decoder fine-tuned on the Talker's voice at {num_codebooks} codebooks",
             "steps": step, "train_seconds": round(seconds), "batch_size": batch_size, "segment_s": segment_s,
             "talker_share": talker_share if with_talker else 0.0, "weight_whisper": weight_whisper,
-            "adversarial": adversarial,
+            "adversarial": adversarial, "weight_phase": weight_phase,
             "history": history[-30:], "command": ["talkstream", *sys.argv[1:]],
         }, indent=1) + "\n")
         return out

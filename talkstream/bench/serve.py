@@ -65,7 +65,7 @@ class ServerProcess:
     WebRTC signaling, `http_url` once ready) only when asked for."""
 
     def __init__(self, workers: int, max_sessions: int, options: list[str], http: bool = False,
-                 precision: str = "fp32"):
+                 precision: str = "int8"):
         self.workers, self.precision = workers, precision
         self.port = _free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
@@ -74,7 +74,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "talkstream.cli", "serve", "--port", str(self.port)]
         cmd += ["--http-port", "0"] if http else ["--no-http"]
         cmd += ["--workers", str(workers), "--max-sessions", str(max_sessions), "--thinker", "echo", *options]
-        cmd += ["--int8"] if precision == "int8" else []
+        cmd += ["--precision", precision]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -176,7 +176,7 @@ def run_serve_bench(
     run falls on all of them alike."""
     from talkstream.checkpoint import load_audio_codec
 
-    workers, precisions = workers or [1], precisions or ["fp32"]
+    workers, precisions = workers or [1], precisions or ["int8"]
     if set(precisions) - {"fp32", "int8"}:
         raise ValueError(f"--precision must be fp32 or int8 (got {precisions})")
     if any(w < 1 for w in workers):

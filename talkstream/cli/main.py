@@ -34,7 +34,7 @@ def _codec(args):
 
 
 def _onnx_options(args) -> dict:
-    return {"export_dir": args.onnx_dir, "precision": "int8" if args.int8 else "fp32", "providers": args.providers}
+    return {"export_dir": args.onnx_dir, "precision": args.precision, "providers": args.providers}
 
 
 def cmd_export_codec(args) -> None:
@@ -303,9 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     def weights_arg(sp):
         sp.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
 
-    def onnx_args(sp):
+    def onnx_args(sp, precision: str = "fp32"):
         sp.add_argument("--onnx-dir", default=None, help="graphs from `talkstream export codec` (default: in memory)")
-        sp.add_argument("--int8", action="store_true", help="int8 (dynamically quantized) graphs")
+        sp.add_argument("--precision", choices=["fp32", "int8"], default=precision,
+                        help=f"the codec graphs' precision (default {precision}); int8: dynamically quantized, the "
+                        "same codes and PESQ within 0.04 of fp32 (`bench backends`)")
+        sp.add_argument("--int8", dest="precision", action="store_const", const="int8", help="--precision int8")
         sp.add_argument(
             "--providers",
             default=None,
@@ -393,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help="codec steps in onnxruntime (default; graphs exported at start-up) or torch eager",
     )
-    onnx_args(sp)
+    # int8 by default: the same codes, a cheaper step and a smaller process, and it held as many or more sessions
+    # than fp32 side by side (docs/benchmarks.md)
+    onnx_args(sp, precision="int8")
     sp.add_argument("--video-weights", default=None,
                     help="video codec checkpoint folder for camera/video frames (default: the shipped weights)")
     sp.add_argument(
@@ -549,9 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--frames-per-step", type=int, default=2, help="the server's --frames-per-step")
     bs.add_argument("--gather-ms", type=float, default=0.0, help="the server's --gather-ms")
     bs.add_argument("--backend", choices=["torch", "onnx"], default="onnx", help="the server's --backend")
-    bs.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["fp32"],
-                    help="the codec graphs' precision (the server's --int8 for int8; onnx backend): both are "
-                    "measured side by side in one run with `--precision fp32 int8`")
+    bs.add_argument("--precision", nargs="+", choices=["fp32", "int8"], default=["int8"],
+                    help="the codec graphs' precision (the server's --precision; default int8, as served; onnx "
+                    "backend): both are measured side by side in one run with `--precision fp32 int8`")
     bs.add_argument("--workers", type=int, nargs="+", default=[1],
                     help="the server's --workers: several counts are measured side by side in one run (e.g. 1 2)")
     bs.add_argument("--out", default=None, help="write results JSON here")

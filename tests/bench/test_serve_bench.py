@@ -9,7 +9,7 @@ from talkstream.bench.serve import run_serve_bench
 
 
 def test_one_and_two_workers_are_measured_in_one_run(capsys):
-    r = run_serve_bench([3], 1.0, workers=[1, 2])
+    r = run_serve_bench([3], 1.0, workers=[1, 2])  # int8 graphs, as served
     assert [row["workers"] for row in r["rows"]] == [1, 2]
     for row in r["rows"]:
         assert row["failed_sessions"] == 0 and sum(row["sessions_per_worker"]) == 3
@@ -19,7 +19,7 @@ def test_one_and_two_workers_are_measured_in_one_run(capsys):
     assert two["server_rss_mb"] > one["server_rss_mb"]  # two processes, each with its own models
     assert [b["workers"] for b in r["by_workers"]] == [1, 2]
     out = capsys.readouterr().out
-    assert "1 worker(s), fp32:" in out and "2 worker(s), fp32:" in out
+    assert "1 worker(s), int8:" in out and "2 worker(s), int8:" in out
 
 
 @pytest.mark.parametrize("levels, workers", [([0], [1]), ([2], [0])], ids=["no-sessions", "no-workers"])
@@ -40,3 +40,14 @@ def test_fp32_and_int8_graphs_are_measured_in_one_run(capsys):
     assert [b["precision"] for b in r["by_workers"]] == ["fp32", "int8"]
     out = capsys.readouterr().out
     assert "1 worker(s), fp32:" in out and "1 worker(s), int8:" in out
+
+
+def test_the_server_serves_int8_graphs_unless_told_otherwise():
+    from talkstream.cli import build_parser
+    from talkstream.cli.main import _onnx_options
+
+    parse = build_parser().parse_args
+    assert _onnx_options(parse(["serve"]))["precision"] == "int8"
+    assert _onnx_options(parse(["serve", "--precision", "fp32"]))["precision"] == "fp32"
+    assert _onnx_options(parse(["encode", "in.wav", "out.tsk", "--backend", "onnx"]))["precision"] == "fp32"
+    assert _onnx_options(parse(["encode", "in.wav", "out.tsk", "--int8"]))["precision"] == "int8"  # the old flag

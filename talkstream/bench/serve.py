@@ -65,7 +65,7 @@ class ServerProcess:
     WebRTC signaling, `http_url` once ready) only when asked for."""
 
     def __init__(self, workers: int, max_sessions: int, options: list[str], http: bool = False,
-                 precision: str = "int8"):
+                 precision: str = "int8", thinker: str = "echo"):
         self.workers, self.precision = workers, precision
         self.port = _free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
@@ -73,7 +73,7 @@ class ServerProcess:
         self.http_url: str | None = None
         cmd = [sys.executable, "-m", "talkstream.cli", "serve", "--port", str(self.port)]
         cmd += ["--http-port", "0"] if http else ["--no-http"]
-        cmd += ["--workers", str(workers), "--max-sessions", str(max_sessions), "--thinker", "echo", *options]
+        cmd += ["--workers", str(workers), "--max-sessions", str(max_sessions), "--thinker", thinker, *options]
         cmd += ["--precision", precision]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)

@@ -292,6 +292,16 @@ def cmd_bench_serve(args) -> None:
         print(f"results written to {args.out}")
 
 
+def cmd_bench_chat(args) -> None:
+    from talkstream.bench.chat_load import run_chat_load_bench
+
+    results = run_chat_load_bench(args.sessions, args.workers, args.thinker)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="talkstream",
@@ -562,6 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--out", default=None, help="write results JSON here")
     bs.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
     bs.set_defaults(func=cmd_bench_serve)
+    bch = bsub.add_parser(
+        "chat",
+        help="N chat sessions asking at once: first-packet latency of the answers, as served",
+        description="Start `talkstream serve` with the built-in Thinker-Talker as its own process; per level, N "
+        "WebSocket clients each speak a held-out question at the same moment; report the answers' first packet "
+        "(end of turn to first audio) p50/p95, answered and exact counts, and the server's CPU.",
+    )
+    bch.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4], help="concurrency levels to run")
+    bch.add_argument("--workers", type=int, default=1, help="the server's --workers")
+    bch.add_argument("--thinker", choices=["builtin", "transcribe", "echo"], default="builtin",
+                     help="the server's --thinker (default: the built-in answerer)")
+    bch.add_argument("--out", default=None, help="write results JSON here")
+    bch.set_defaults(func=cmd_bench_chat)
     bw = bsub.add_parser(
         "webrtc",
         help="N aiortc clients against a server in its own process(es): mouth-to-ear latency over WebRTC",

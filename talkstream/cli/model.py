@@ -194,7 +194,8 @@ def cmd_train_voice(args) -> None:
     out = finetune_decoder(load_voice_codec(args.init), Path(args.run), items, num_codebooks=args.codebooks,
                            steps=args.steps, batch_size=args.batch_size, threads=args.threads,
                            talker_share=args.talker_share, weight_whisper=args.weight_whisper,
-                           adversarial=args.adversarial, weight_phase=args.weight_phase, lr=args.lr)
+                           adversarial=args.adversarial, weight_phase=args.weight_phase,
+                           discriminator=args.discriminator, lr=args.lr)
     print(f"weights exported to {out} (copy to talkstream/weights/voice_codec to ship them)")
 
 
@@ -336,6 +337,9 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     vp.add_argument("--weight-whisper", type=float, default=1.0, help="weight of the Whisper hearing losses")
     vp.add_argument("--adversarial", type=float, default=0.0,
                     help="weight of a multi-resolution spectrogram discriminator's losses (0: none)")
+    vp.add_argument("--discriminator", choices=["spectrogram", "waveform"], default="spectrogram",
+                    help="with --adversarial: spectrograms only, or HiFi-GAN's period discriminators beside them "
+                    "(the waveform's phase)")
     vp.add_argument("--weight-phase", type=float, default=0.0,
                     help="weight of the group-delay and instantaneous-frequency losses (0: none)")
     vp.add_argument("--init", default=None,

@@ -4,21 +4,29 @@ discriminator's state, and it trains only the decoder (the tokens keep their mea
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from talkstream.audio_io import load_audio
 from talkstream.checkpoint import _TRAINING_ONLY, load_audio_codec
-from talkstream.codecs.audio.discriminator import MultiResolutionDiscriminator, discriminator_loss, generator_losses
+from talkstream.codecs.audio.discriminator import (
+    MultiResolutionDiscriminator,
+    WaveformAndSpectrogramDiscriminator,
+    discriminator_loss,
+    generator_losses,
+)
 from talkstream.codecs.audio.voice import finetune_decoder
 from talkstream.data import SAMPLE_WAV
 
 
-def test_the_discriminator_learns_to_tell_speech_from_noise():
+@pytest.mark.parametrize("kind", [MultiResolutionDiscriminator, WaveformAndSpectrogramDiscriminator],
+                         ids=["spectrogram", "waveform"])
+def test_the_discriminator_learns_to_tell_speech_from_noise(kind):
     torch.manual_seed(0)
     speech = torch.from_numpy(load_audio(SAMPLE_WAV, 24_000)[:48_000].copy())
     real = torch.stack([speech[i : i + 6000] for i in range(0, 48_000, 6000)])
     fake = 0.05 * torch.randn_like(real)
-    disc = MultiResolutionDiscriminator()
+    disc = kind()
     opt = torch.optim.AdamW(disc.parameters(), lr=1e-3)
     for _ in range(30):
         loss = discriminator_loss(disc(real), disc(fake))
@@ -78,6 +86,12 @@ def test_the_phase_loss_is_zero_for_the_input_and_large_for_other_phases():
     y = torch.cat([torch.zeros(1, 4000), x[:, :8000]], -1).requires_grad_(True)
     phase_loss(y, torch.cat([torch.zeros(1, 4000), x[:, :8000]], -1), n_fft, hop).backward()
     assert torch.isfinite(y.grad).all()
+
+
+def test_an_unknown_discriminator_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="spectrogram' or 'waveform"):
+        finetune_decoder(load_audio_codec(), tmp_path / "v", [], steps=1, adversarial=0.1, discriminator="mpd")
+    assert not (tmp_path / "v" / "last.pt").exists()
 
 
 def test_phase_weighted_fine_tuning_records_its_weight(tmp_path):

@@ -50,6 +50,46 @@ class MultiResolutionDiscriminator(nn.Module):
         return [d(x) for d in self.discriminators]
 
 
+class PeriodDiscriminator(nn.Module):
+    """One period p (HiFi-GAN): the waveform folded into [B, 1, T/p, p] -> 2-D convs along time only -> logits. It
+    judges the waveform itself, so the phase a spectrogram discriminator cannot see: whether a period's samples
+    line up from cycle to cycle as a voice's do."""
+
+    def __init__(self, period: int, channels: tuple[int, ...] = (16, 32, 64, 64)):
+        super().__init__()
+        self.period = period
+        norm = nn.utils.parametrizations.weight_norm
+        chans = (1, *channels)
+        self.convs = nn.ModuleList(
+            norm(nn.Conv2d(a, b, (5, 1), stride=(3, 1) if i < len(channels) - 1 else (1, 1), padding=(2, 0)))
+            for i, (a, b) in enumerate(zip(chans[:-1], chans[1:], strict=True))
+        )
+        self.out = norm(nn.Conv2d(chans[-1], 1, (3, 1), padding=(1, 0)))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        pad = (-x.shape[-1]) % self.period
+        h = F.pad(x, (0, pad), mode="reflect") if pad else x
+        h = h.reshape(x.shape[0], 1, -1, self.period)
+        features = []
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.1)
+            features.append(h)
+        return self.out(h), features
+
+
+class WaveformAndSpectrogramDiscriminator(nn.Module):
+    """Periods 2, 3, 5, 7, 11 (HiFi-GAN's multi-period discriminator, narrower for CPU training) beside the
+    multi-resolution spectrogram one: what Vocos trains against."""
+
+    def __init__(self, periods: tuple[int, ...] = (2, 3, 5, 7, 11)):
+        super().__init__()
+        self.periods = nn.ModuleList(PeriodDiscriminator(p) for p in periods)
+        self.spectrogram = MultiResolutionDiscriminator()
+
+    def forward(self, x: Tensor) -> list[tuple[Tensor, list[Tensor]]]:
+        return [d(x) for d in self.periods] + self.spectrogram(x)
+
+
 def discriminator_loss(real: list[tuple[Tensor, list[Tensor]]], fake: list[tuple[Tensor, list[Tensor]]]) -> Tensor:
     """Hinge: real logits above 1, fake below -1."""
     return sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for (r, _), (f, _) in zip(real, fake, strict=True))

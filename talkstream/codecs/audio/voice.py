@@ -22,7 +22,12 @@ import torch
 from tqdm import tqdm
 
 from talkstream.codecs.audio.codec import AudioCodec
-from talkstream.codecs.audio.discriminator import MultiResolutionDiscriminator, discriminator_loss, generator_losses
+from talkstream.codecs.audio.discriminator import (
+    MultiResolutionDiscriminator,
+    WaveformAndSpectrogramDiscriminator,
+    discriminator_loss,
+    generator_losses,
+)
 from talkstream.codecs.audio.losses import complex_loss, phase_loss, spectral_losses
 
 
@@ -40,7 +45,7 @@ def voice_pool(items: list[dict], quantizer, num_codebooks: int) -> list[dict]:
 def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebooks: int = 8, steps: int = 2000,
                      batch_size: int = 8, segment_s: float = 1.0, lr: float = 2e-4, threads: int = 1, seed: int = 0,
                      save_every: int = 100, talker_share: float = 0.5, weight_whisper: float = 1.0,
-                     adversarial: float = 0.0, weight_phase: float = 0.0) -> Path:
+                     adversarial: float = 0.0, weight_phase: float = 0.0, discriminator: str = "spectrogram") -> Path:
     """Fine-tune a copy of `codec`'s decoder on the Talker's voice (`items` from talkstream.models.talker_data) at
     `num_codebooks`; resumable; returns the export folder.
 
@@ -50,9 +55,12 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     states and log-mel of the decoded audio against the voice's (hearing_losses.py) steer it by what a listener
     hears, beside the reconstruction losses. `adversarial` > 0 adds a multi-resolution spectrogram discriminator
     (discriminator.py) with that weight on its hinge and feature-matching losses, ramped in over 200 steps.
+    `discriminator` "waveform": HiFi-GAN's period discriminators beside it (discriminator.py), which see phase.
     `weight_phase` > 0 adds losses.phase_loss (group delay and instantaneous frequency) at 4x overlap on the
     decoder's frame length.
     """
+    if discriminator not in ("spectrogram", "waveform"):
+        raise ValueError(f"discriminator must be 'spectrogram' or 'waveform', not {discriminator!r}")
     from talkstream.checkpoint import save_checkpoint
     from talkstream.codecs.audio.hearing_losses import HearingLosses
     from talkstream.whisper.encoder import load_whisper_encoder
@@ -66,7 +74,8 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
         p.requires_grad_(True)
     hearing = HearingLosses(load_whisper_encoder(), model.cfg.latent_dim) if weight_whisper else None
     opt = torch.optim.AdamW([p for p in model.decoder.parameters()], lr=lr, betas=(0.8, 0.99))
-    disc = MultiResolutionDiscriminator() if adversarial else None
+    kinds = {"spectrogram": MultiResolutionDiscriminator, "waveform": WaveformAndSpectrogramDiscriminator}
+    disc = kinds[discriminator]() if adversarial else None
     opt_d = torch.optim.AdamW(disc.parameters(), lr=lr, betas=(0.8, 0.99)) if disc is not None else None
     step, history, seconds, adv_from = 0, [], 0.0, 0
     ckpt = run / "last.pt"
@@ -133,7 +142,8 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
             "what": f"the shared codec with its decoder fine-tuned on the Talker's voice at {num_codebooks} codebooks",
             "steps": step, "train_seconds": round(seconds), "batch_size": batch_size, "segment_s": segment_s,
             "talker_share": talker_share if with_talker else 0.0, "weight_whisper": weight_whisper,
-            "adversarial": adversarial, "weight_phase": weight_phase,
+            "adversarial": adversarial, "discriminator": discriminator if adversarial else None,
+            "weight_phase": weight_phase,
             "history": history[-30:], "command": ["talkstream", *sys.argv[1:]],
         }, indent=1) + "\n")
         return out

@@ -363,7 +363,8 @@ class PeerSession:
         try:
             while not self.closed:
                 try:
-                    frame = await asyncio.wait_for(track.recv(), idle)
+                    async with asyncio.timeout(idle):  # not wait_for: no task of its own per packet (Python 3.11)
+                        frame = await track.recv()
                 except TimeoutError:
                     await self.session.send_error("idle_timeout", f"no audio for {idle:.0f} s")
                     break

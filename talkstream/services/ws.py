@@ -142,8 +142,10 @@ class WebSocketTransport:
         try:
             while True:
                 try:
-                    timeout = session.protocol.deadline() - time.monotonic()
-                    data = await asyncio.wait_for(ws.recv(), max(timeout, 0.001))
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every receive in a task of its
+                    # own, one more task per packet per session on the loop that carries them all.
+                    async with asyncio.timeout(max(session.protocol.deadline() - time.monotonic(), 0.001)):
+                        data = await ws.recv()
                 except TimeoutError:
                     if not await session.expire():
                         break

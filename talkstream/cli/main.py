@@ -192,6 +192,8 @@ def cmd_serve(args) -> None:
         port=args.port,
         max_sessions=args.max_sessions,
         gather_ms=args.gather_ms,
+        codec_threads=args.codec_threads,
+        step_interval_ms=args.step_interval_ms,
         http_port=None if args.no_http else args.http_port,
         ice_servers=_ice_servers(args.ice_server),
         backend=args.backend,
@@ -417,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="wait this long to batch sessions' codec steps (0: never wait; more: more sessions per core)",
     )
+    sp.add_argument("--step-interval-ms", type=float, default=0.0,
+                    help="the least time between the starts of two batched codec steps: under load, sessions' "
+                    "frames arriving within it share one step; at light load nothing waits")
+    sp.add_argument("--codec-threads", type=int, default=1,
+                    help="threads of each worker's batched codec step (onnxruntime's intra-op threads)")
     sp.add_argument(
         "--allow-origin",
         action="append",

@@ -41,6 +41,7 @@ class ServerConfig:
     video_weights: str | None = None  # video codec checkpoint folder (default: the shipped weights)
     codec_threads: int = 1
     gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
+    step_interval_ms: float = 0.0  # the least time between the starts of two batched steps (see CodecEngine)
     backend: str = "onnx"  # codec steps in onnxruntime (2.8-4x faster per step) or torch eager
     onnx_options: dict = field(default_factory=dict)  # export_dir, precision, providers (OnnxCodecSteps)
     http_port: int | None = None  # the page and WebRTC signaling (talkstream/services/http.py); 0: any free port
@@ -84,6 +85,7 @@ class TalkstreamServer:
             metrics=self.metrics,
             threads=c.codec_threads,
             gather_ms=c.gather_ms,
+            step_interval_ms=c.step_interval_ms,
             backend=c.backend,
             onnx_options=c.onnx_options,
             frames_per_step=c.limits.frames_per_step,

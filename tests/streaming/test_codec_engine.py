@@ -161,3 +161,35 @@ def test_a_failing_request_fails_alone_and_the_engine_serves_on(tiny_codec):
     (good, bad, echo), later = asyncio.run(main())
     assert good[0].shape == (1, 4, 2) and later[0].shape == (1, 4, 2)
     assert isinstance(bad, RuntimeError) and echo == "x"
+
+
+def test_a_step_interval_batches_requests_under_load_and_delays_none_at_light_load(tiny_codec):
+    """With step_interval_ms, requests that arrive within the interval after a step began share the next step; a
+    request after a quiet spell runs at once."""
+    hop = tiny_codec.frame_size
+
+    async def main():
+        engine = CodecEngine(tiny_codec, step_interval_ms=60)
+        engine.start()
+        loop = asyncio.get_running_loop()
+
+        async def one(delay: float) -> float:
+            await asyncio.sleep(delay)
+            t0 = loop.time()
+            await engine.encode(torch.randn(1, 1, 2 * hop), tiny_codec.init_state(1, 4))
+            return loop.time() - t0
+
+        try:
+            # the first runs at once; three more arrive 10-30 ms into its interval: they wait for one step together
+            waits = await asyncio.gather(one(0.0), one(0.01), one(0.02), one(0.03))
+            steps_under_load = engine.steps
+            await asyncio.sleep(0.2)  # quiet: the interval is long past
+            alone = await one(0.0)
+        finally:
+            await engine.stop()
+        return waits, steps_under_load, engine.steps, alone
+
+    waits, steps_under_load, steps, alone = asyncio.run(main())
+    assert steps_under_load == 2 and steps == 3  # 1 + (3 together), then the lone one
+    assert waits[0] < 0.05 and alone < 0.05  # nothing waited at light load
+    assert min(waits[1:]) > 0.02  # the batched ones waited for the interval to end

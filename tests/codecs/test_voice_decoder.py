@@ -3,6 +3,8 @@ discriminator's state, and it trains only the decoder (the tokens keep their mea
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -41,13 +43,18 @@ def test_the_discriminator_learns_to_tell_speech_from_noise(kind):
     assert adv_fake > adv_real and match_real == 0 and match_fake > 0.1
 
 
-def test_adversarial_fine_tuning_trains_the_decoder_only_and_resumes(tmp_path):
-    codec = load_audio_codec()
+def _sample_items(codec) -> list[dict]:
+    """The bundled sample as one example of `talkstream data talker` (its latent and its audio)."""
     pcm = load_audio(SAMPLE_WAV, 24_000)
     pcm = pcm[: pcm.size // codec.cfg.hop * codec.cfg.hop]
     with torch.no_grad():
         z, _ = codec.encoder.net.step(torch.from_numpy(pcm)[None, None], codec.encoder.net.init_state(1))
-    items = [{"latent": z[0].half(), "audio": torch.from_numpy(np.round(pcm * 32767).astype(np.int16))}]
+    return [{"latent": z[0].half(), "audio": torch.from_numpy(np.round(pcm * 32767).astype(np.int16))}]
+
+
+def test_adversarial_fine_tuning_trains_the_decoder_only_and_resumes(tmp_path):
+    codec = load_audio_codec()
+    items = _sample_items(codec)
     run = tmp_path / "voice"
     # lr high enough that 4 steps move every decoder weight past float16's rounding in the checkpoint
     kw = dict(num_codebooks=4, batch_size=2, segment_s=0.5, save_every=2, weight_whisper=0.0, adversarial=0.1, lr=5e-3)
@@ -96,13 +103,7 @@ def test_an_unknown_discriminator_is_refused_before_training(tmp_path):
 
 def test_phase_weighted_fine_tuning_records_its_weight(tmp_path):
     codec = load_audio_codec()
-    pcm = load_audio(SAMPLE_WAV, 24_000)
-    pcm = pcm[: pcm.size // codec.cfg.hop * codec.cfg.hop]
-    with torch.no_grad():
-        z, _ = codec.encoder.net.step(torch.from_numpy(pcm)[None, None], codec.encoder.net.init_state(1))
-    items = [{"latent": z[0].half(), "audio": torch.from_numpy(np.round(pcm * 32767).astype(np.int16))}]
+    items = _sample_items(codec)
     out = finetune_decoder(codec, tmp_path / "voice", items, steps=2, num_codebooks=4, batch_size=2, segment_s=0.5,
                            save_every=2, weight_whisper=0.0, weight_phase=1.0)
-    import json
-
     assert json.loads((out / "training.json").read_text())["weight_phase"] == 1.0

@@ -13,6 +13,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def _judge(convs: nn.ModuleList, out: nn.Module, h: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A discriminator's conv stack: (logits, every layer's feature map for feature matching)."""
+    features = []
+    for conv in convs:
+        h = F.leaky_relu(conv(h), 0.1)
+        features.append(h)
+    return out(h), features
+
+
 class SpectrogramDiscriminator(nn.Module):
     """One resolution: log-magnitude STFT [B, 1, F, T] -> 2-D convs -> a patch of real/fake logits."""
 
@@ -32,12 +41,7 @@ class SpectrogramDiscriminator(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         spec = torch.stft(x, self.n_fft, self.hop, window=torch.hann_window(self.n_fft, device=x.device),
                           return_complex=True).abs()
-        h = torch.log(spec.clamp_min(1e-5))[:, None]
-        features = []
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), 0.1)
-            features.append(h)
-        return self.out(h), features
+        return _judge(self.convs, self.out, torch.log(spec.clamp_min(1e-5))[:, None])
 
 
 class MultiResolutionDiscriminator(nn.Module):
@@ -69,12 +73,7 @@ class PeriodDiscriminator(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         pad = (-x.shape[-1]) % self.period
         h = F.pad(x, (0, pad), mode="reflect") if pad else x
-        h = h.reshape(x.shape[0], 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), 0.1)
-            features.append(h)
-        return self.out(h), features
+        return _judge(self.convs, self.out, h.reshape(x.shape[0], 1, -1, self.period))
 
 
 class WaveformAndSpectrogramDiscriminator(nn.Module):

@@ -151,8 +151,17 @@ async def _serve_worker(config: ServerConfig, index: int, status: Connection) ->
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    def stop_once() -> None:
+        # The first signal starts a clean stop; later ones (a Ctrl-C reaches the workers and the supervisor's SIGTERM
+        # follows) are ignored. Otherwise one landing while asyncio.run closes the loop finds the loop's wakeup fd
+        # already closed, and Python prints a traceback for it.
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_once)
     supervisor = os.getppid()
     server = TalkstreamServer(config)
     try:

@@ -12,8 +12,8 @@ with queues:
 
 A `fused` pipeline runs every stage in one task, an item through all of them before the next is taken: no queue
 and no task switch between stages. Where each stage awaits a batched engine anyway and the stream is one item per
-packet (codec echo), the queues between stages buy no parallelism, only a loop hand-off per stage per packet, which
-is where a loaded server's time went (docs/benchmarks.md, the profile).
+packet (codec echo), the queues between stages buy no parallelism, only a loop hand-off per stage per packet
+(measured in docs/benchmarks.md: fewer hand-offs, though not more sessions per worker; the codec thread is that limit).
 
 `interrupt()` (barge-in) cancels whatever each stage is doing, empties every queue and resets every stage, so the
 next item starts from clean state; it takes effect before the next frame is processed.
@@ -123,7 +123,13 @@ class Pipeline:
         src, dst = self.inbox, self.outbox
         series = [self._stage_metrics(s) for s in self.stages]
         stats = [self.stats[s.name] for s in self.stages]
-        first = stats[0]
+
+        async def through(i: int, items: list[Any]) -> list[Any]:
+            out: list[Any] = []
+            for x in items:
+                out += await self._process(self.stages[i], x, stats[i], series[i])
+            return out
+
         while True:
             item = await src.get()
             src.task_done()
@@ -131,22 +137,16 @@ class Pipeline:
                 if item is _END:
                     items: list[Any] = []
                     for i, stage in enumerate(self.stages):  # what each stage held back, through the ones after
-                        later = []
-                        for x in items:
-                            later += await self._process(stage, x, stats[i], series[i])
                         flush = getattr(stage, "flush", None)
-                        items = later + (await flush() if flush is not None else [])
+                        items = await through(i, items) + (await flush() if flush is not None else [])
                     for out in items:
                         await dst.put(out)
                     await dst.put(_END)
                     return
-                first.max_queue = max(first.max_queue, src.qsize() + 1)
+                stats[0].max_queue = max(stats[0].max_queue, src.qsize() + 1)
                 items = [item]
-                for i, stage in enumerate(self.stages):
-                    later = []
-                    for x in items:
-                        later += await self._process(stage, x, stats[i], series[i])
-                    items = later
+                for i in range(len(self.stages)):
+                    items = await through(i, items)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # as in _run: the stream ends visibly

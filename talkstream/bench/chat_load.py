@@ -22,16 +22,14 @@ TARGET_FIRST_PACKET_MS = 300.0
 
 
 def held_out_questions(n: int) -> list[dict]:
-    """n held-out dialogue questions spoken round-robin by the eval voices, 0.2 s of silence before, 1 s after
-    (the turn ends after 480 ms of silence)."""
-    from talkstream.data.voices import EVAL_VOICES, synthesize
+    """n held-out dialogue questions spoken round-robin by the eval voices (as `bench model` speaks them), with a
+    second of silence after each (the turn ends after 480 ms of silence)."""
+    from talkstream.bench.model import speak_held_out
     from talkstream.models.dialogue import dialogues
 
-    out = []
-    for i, (q, a) in enumerate(dialogues(n, "eval", seed=7)[:n]):
-        audio = synthesize(EVAL_VOICES[i % len(EVAL_VOICES)], q).astype(np.float32)
-        pcm = np.concatenate([np.zeros(4_800, np.float32), audio, np.zeros(24_000, np.float32)])
-        out.append({"text": q, "answer": a, "voice": EVAL_VOICES[i % len(EVAL_VOICES)].id, "pcm": pcm})
+    out = speak_held_out([{"text": q, "answer": a} for q, a in dialogues(n, "eval", seed=7)])
+    for q in out:  # 0.2 s of silence already ends each clip
+        q["pcm"] = np.concatenate([q["pcm"], np.zeros(19_200, np.float32)])
     return out
 
 

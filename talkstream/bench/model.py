@@ -48,12 +48,19 @@ def _skill(question: str) -> str:
 def _held_out_speech(questions: int, sentences: int) -> list[dict]:
     """Dialogue questions, clock questions and sentences from held-out text, round-robin over the eval voices."""
     from talkstream.data.sentences import sentences as make_sentences
-    from talkstream.data.voices import EVAL_VOICES, synthesize
     from talkstream.models.dialogue import dialogues
 
     items = [{"text": q, "answer": a, "skill": _skill(q)} for q, a in dialogues(questions, "eval", seed=7)]
     items += [{"text": q, "answer": None, "skill": "clock", "clock": what} for q, what in CLOCK_QUESTIONS]
     items += [{"text": s, "answer": None, "skill": "sentence"} for s in make_sentences(sentences, seed=424_242)]
+    return speak_held_out(items)
+
+
+def speak_held_out(items: list[dict]) -> list[dict]:
+    """Each item's "text" spoken round-robin by the eval voices: adds "voice" and "pcm" (float32 at 24 kHz, 0.2 s of
+    silence on each side)."""
+    from talkstream.data.voices import EVAL_VOICES, synthesize
+
     for i, it in enumerate(tqdm(items, desc="held-out speech", unit="utt", leave=False)):
         voice = EVAL_VOICES[i % len(EVAL_VOICES)]
         it["voice"] = voice.id

@@ -138,6 +138,7 @@ class Session:
         self.started = self.protocol.started
         self.input: Pipeline | None = None
         self.vad_branch: Pipeline | None = None  # codec mode: the VAD beside the codec path
+        self._branch_drained: asyncio.Task | None = None  # the task that reads the branch to its end
         self._tasks = TaskSet(f"session {self.id}", on_error=self._task_failed)
         self.new_pacer: Callable[[], Pacing] = getattr(sink, "pacer", None) or Pacer
         self._senders: list[asyncio.Task] = []
@@ -401,7 +402,7 @@ class Session:
         if self.input is not None:
             await self.input.end()
             await asyncio.gather(*self._senders, return_exceptions=True)  # chat: every turn taken
-            if self.vad_branch is not None:  # its last events before the summary
+            if self.vad_branch is not None and self._branch_drained is not None:  # its last events before the summary
                 await self.vad_branch.end()
                 await asyncio.gather(self._branch_drained, return_exceptions=True)
             if self.hello.mode == "chat":
@@ -429,7 +430,7 @@ class Session:
         await self.turns.stop()
         await self.video.stop()
         await self._tasks.cancel()
-        self.input = self.vad_branch = None
+        self.input = self.vad_branch = self._branch_drained = None
 
     async def shut_down(self) -> None:
         """The server is stopping: tell the client (a fatal `shutting_down`), then free everything."""

@@ -30,6 +30,8 @@ from talkstream.codecs.audio.discriminator import (
 )
 from talkstream.codecs.audio.losses import complex_loss, phase_loss, spectral_losses
 
+DISCRIMINATORS = {"spectrogram": MultiResolutionDiscriminator, "waveform": WaveformAndSpectrogramDiscriminator}
+
 
 def voice_pool(items: list[dict], quantizer, num_codebooks: int) -> list[dict]:
     """Examples of `talkstream data talker` as (codes of the true latent, codes of the Talker's latent when
@@ -59,7 +61,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     `weight_phase` > 0 adds losses.phase_loss (group delay and instantaneous frequency) at 4x overlap on the
     decoder's frame length.
     """
-    if discriminator not in ("spectrogram", "waveform"):
+    if discriminator not in DISCRIMINATORS:
         raise ValueError(f"discriminator must be 'spectrogram' or 'waveform', not {discriminator!r}")
     from talkstream.checkpoint import save_checkpoint
     from talkstream.codecs.audio.hearing_losses import HearingLosses
@@ -74,8 +76,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
         p.requires_grad_(True)
     hearing = HearingLosses(load_whisper_encoder(), model.cfg.latent_dim) if weight_whisper else None
     opt = torch.optim.AdamW([p for p in model.decoder.parameters()], lr=lr, betas=(0.8, 0.99))
-    kinds = {"spectrogram": MultiResolutionDiscriminator, "waveform": WaveformAndSpectrogramDiscriminator}
-    disc = kinds[discriminator]() if adversarial else None
+    disc = DISCRIMINATORS[discriminator]() if adversarial else None
     opt_d = torch.optim.AdamW(disc.parameters(), lr=lr, betas=(0.8, 0.99)) if disc is not None else None
     step, history, seconds, adv_from = 0, [], 0.0, 0
     ckpt = run / "last.pt"

@@ -191,7 +191,12 @@ def cmd_train_voice(args) -> None:
         from talkstream.models.train_talker import attach_talker_latents
 
         attach_talker_latents(items, Path(args.talker), Path(args.run) / "talker_latents.pt", args.threads)
-    out = finetune_decoder(load_voice_codec(args.init), Path(args.run), items, num_codebooks=args.codebooks,
+    codec = load_voice_codec(args.init)
+    if args.subframes != codec.cfg.decoder_subframes:
+        from talkstream.codecs.audio.codec import with_decoder_subframes
+
+        codec = with_decoder_subframes(codec, args.subframes)
+    out = finetune_decoder(codec, Path(args.run), items, num_codebooks=args.codebooks,
                            steps=args.steps, batch_size=args.batch_size, threads=args.threads,
                            talker_share=args.talker_share, weight_whisper=args.weight_whisper,
                            adversarial=args.adversarial, weight_phase=args.weight_phase,
@@ -342,6 +347,9 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
                     "(the waveform's phase)")
     vp.add_argument("--weight-phase", type=float, default=0.0,
                     help="weight of the group-delay and instantaneous-frequency losses (0: none)")
+    vp.add_argument("--subframes", type=int, default=1,
+                    help="STFT windows the decoder emits per frame: 2 overlaps them by three quarters instead of half "
+                    "(same latency); from a one-window --init the new head is warm-started from its head")
     vp.add_argument("--init", default=None,
                     help="a codec checkpoint folder to start from, with the encoder and codebooks the Talker speaks "
                     "in (the tokens' meaning stays); default: the shipped talkstream/weights/voice_codec "

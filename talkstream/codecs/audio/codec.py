@@ -5,6 +5,9 @@
 Latency: the encoder never looks ahead; a frame's code needs its own 320 samples. The decoder is causal too and
 predicts, per frame, a 640-sample windowed STFT frame (n_fft = 2 x hop) that overlap-adds with its neighbour, so a
 block of output is final one frame later. Algorithmic latency = 2 hops = 640 samples = 26.7 ms, decoder lookahead 0.
+With `decoder_subframes` = 2 it predicts two such windows per frame, half a hop apart (three-quarter overlap): the
+later one reaches half a hop past the input its frame has heard, under its taper, and the output is still final one
+frame later, so the latency is the same.
 
 Streaming: `state = codec.init_state()`, `codes, state = codec.encode_step(pcm, state)`,
 `pcm, state = codec.decode_step(codes, state)`. `encode`/`decode` run the same steps over the whole signal.
@@ -45,6 +48,10 @@ class AudioCodecConfig:
     decoder_dim: int = 256
     decoder_hidden: int = 768
     decoder_blocks: int = 6
+    # STFT windows (n_fft = 2 x hop) the decoder emits per frame, at hop / decoder_subframes: 1 overlaps them by
+    # half; 2 by three quarters (as Vocos), so each sample is the sum of four windows and one window's phase error
+    # is averaged with three others. The same latency either way (docstring above).
+    decoder_subframes: int = 1
     codec_id: str = "talkstream-audio-v1"
     # "conv": the learned SEANet encoder (v1, v2); "mel": a fixed causal log-mel front end with latent_dim bands
     # (v3: the codebooks code the spectral envelope a listener hears, and the decoder is a causal vocoder)
@@ -177,11 +184,14 @@ class MelEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latent frames -> per-frame log-magnitude and phase of a 2*hop STFT frame -> windowed frames."""
+    """Latent frames -> per-frame log-magnitude and phase of `decoder_subframes` STFT windows of 2*hop samples ->
+    windowed time frames, at hop / decoder_subframes apart."""
 
     def __init__(self, cfg: AudioCodecConfig):
         super().__init__()
-        self.n_fft = 2 * cfg.hop
+        self.n_fft, self.subframes = 2 * cfg.hop, cfg.decoder_subframes
+        if self.subframes < 1 or cfg.hop % self.subframes:
+            raise ValueError(f"decoder_subframes must divide the hop ({cfg.hop}), got {self.subframes}")
         self.net = StreamingSequential(
             StreamingConv1d(cfg.latent_dim, cfg.decoder_dim, 3),
             *(
@@ -190,7 +200,7 @@ class Decoder(nn.Module):
             ),
             ChannelLayerNorm(cfg.decoder_dim),
         )
-        self.head = nn.Linear(cfg.decoder_dim, 2 * (self.n_fft // 2 + 1))
+        self.head = nn.Linear(cfg.decoder_dim, self.subframes * 2 * (self.n_fft // 2 + 1))
         # sqrt-Hann: analysis x synthesis = Hann, which sums to 1 at 50% overlap (perfect reconstruction).
         self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True).sqrt(), persistent=False)
         # The inverse real DFT as two real matrices (what torch.fft.irfft computes): no complex tensors, so the
@@ -203,12 +213,30 @@ class Decoder(nn.Module):
         self.register_buffer("idft_sin", (-scale * torch.sin(2 * torch.pi * k * t / n)).float(), persistent=False)
 
     def frames(self, z: Tensor, state: State) -> tuple[Tensor, State]:
-        """z [B, D, F] -> windowed time frames [B, F, n_fft]."""
+        """z [B, D, F] -> windowed time frames [B, F*subframes, n_fft], in time order."""
         h, state = self.net.step(z, state)
-        logmag, phase = self.head(h.transpose(1, 2)).chunk(2, dim=-1)
+        spec = self.head(h.transpose(1, 2))
+        spec = spec.reshape(spec.shape[0], -1, spec.shape[-1] // self.subframes)  # [B, F*S, 2*bins]
+        logmag, phase = spec.chunk(2, dim=-1)
         mag = torch.exp(logmag.clamp(max=7.0))
         frames = (mag * torch.cos(phase)) @ self.idft_cos + (mag * torch.sin(phase)) @ self.idft_sin
         return frames * self.window, state
+
+    def overlap_add(self, frames: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
+        """Windows [B, N, n_fft] at `step` = n_fft / (2*S) apart, window i starting at sample i*step of this block,
+        plus the previous call's tail [B, n_fft - step] -> (the block's N*step final samples, the new tail).
+
+        Sample chunk c (of `step` samples) is the sum over m of chunk m of window c - m. So with S = 1 a block of
+        one hop is final one frame later, and with S = 2 too: the last window of a frame reaches half a hop past
+        the input the frame has heard, under the window's taper, and later windows add onto that."""
+        b, n = frames.shape[:2]
+        parts = 2 * self.subframes  # chunks per window
+        step = self.n_fft // parts
+        chunks = frames.reshape(b, n, parts, step)
+        out = torch.cat([tail.reshape(b, parts - 1, step), tail.new_zeros(b, n, step)], dim=1)
+        for m in range(parts):
+            out = out + F.pad(chunks[:, :, m], (0, 0, m, parts - 1 - m))
+        return out[:, :n].reshape(b, 1, n * step), out[:, n:].reshape(b, (parts - 1) * step)
 
 
 class AudioCodec(nn.Module):
@@ -278,7 +306,8 @@ class AudioCodec(nn.Module):
             pending=torch.zeros(batch_size, 1, 0, dtype=p.dtype, device=p.device),
             encoder=self.encoder.net.init_state(batch_size),
             decoder=self.decoder.net.init_state(batch_size)
-            + [torch.zeros(batch_size, self.cfg.hop, dtype=p.dtype, device=p.device)],
+            + [torch.zeros(batch_size, self.decoder.n_fft - self.cfg.hop // self.cfg.decoder_subframes,
+                           dtype=p.dtype, device=p.device)],
         )
 
     def encode_step(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
@@ -294,16 +323,11 @@ class AudioCodec(nn.Module):
 
     def decode_latent_step(self, z: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
         """Latent [B, D, F] -> pcm [B, 1, F*hop], trailing the input by `decode_delay` samples."""
-        hop = self.cfg.hop
         if z.shape[-1] == 0:
             return z.new_zeros(z.shape[0], 1, 0), state
         frames, dec = self.decoder.frames(z, state.decoder[:-1])
-        tail = state.decoder[-1]
-        # Overlap-add: block f = first half of frame f + second half of frame f-1.
-        prev_second = torch.cat([tail[:, None], frames[:, :-1, hop:]], dim=1)
-        out = frames[:, :, :hop] + prev_second
-        new_tail = frames[:, -1, hop:]
-        return out.reshape(out.shape[0], 1, -1), dataclasses.replace(state, decoder=dec + [new_tail])
+        out, tail = self.decoder.overlap_add(frames, state.decoder[-1])
+        return out, dataclasses.replace(state, decoder=dec + [tail])
 
     def check_codes(self, codes: Tensor) -> None:
         """Refuse codes this codec cannot decode (more codebooks than it has, values beyond a codebook)."""
@@ -356,6 +380,31 @@ class AudioCodec(nn.Module):
         if return_latent:
             return out[..., self.decode_delay :], commit, codes, z
         return out[..., self.decode_delay :], commit, codes
+
+
+@torch.no_grad()
+def with_decoder_subframes(codec: AudioCodec, subframes: int) -> AudioCodec:
+    """A copy of a one-window-per-frame codec whose decoder emits `subframes` windows per frame, warm-started so it
+    sounds close to the original before any training: every window gets the original window's prediction, the later
+    ones with their phase advanced by their start offset (a stationary frame seen that many samples later) and all
+    of them scaled so the denser overlap-add keeps the level (sqrt-Hann squared sums to S at S x 50% overlap)."""
+    if codec.cfg.decoder_subframes != 1:
+        raise ValueError(f"the codec already emits {codec.cfg.decoder_subframes} windows per frame")
+    wide = AudioCodec(dataclasses.replace(codec.cfg, decoder_subframes=subframes))
+    state = {k: v for k, v in codec.state_dict().items() if not k.startswith("decoder.head.")}
+    missing, unexpected = wide.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("decoder.head.") for k in missing), (missing, unexpected)
+    bins, n_fft = codec.decoder.n_fft // 2 + 1, codec.decoder.n_fft
+    w, b = codec.decoder.head.weight, codec.decoder.head.bias  # [2*bins, D]: log-magnitudes, then phases
+    k = torch.arange(bins, dtype=w.dtype)
+    weights, biases = [], []
+    for s in range(subframes):
+        shift = 2 * torch.pi * k * (s * codec.cfg.hop // subframes) / n_fft
+        weights.append(w)
+        biases.append(torch.cat([b[:bins] - torch.log(torch.tensor(float(subframes))), b[bins:] + shift]))
+    wide.decoder.head.weight.copy_(torch.cat(weights))
+    wide.decoder.head.bias.copy_(torch.cat(biases))
+    return wide
 
 
 def align_output(out: Tensor, delay: int, length: int) -> Tensor:

@@ -10,9 +10,9 @@ stacks sessions exactly as it does with torch. Every state tensor is an explicit
 |`codec.roundtrip.k{K}.f{F}`|`pcm`, `enc_state{i}`, `dec_state{i}`|`codes`, `pcm_out`, both states' `next_*`|
 
 `enc_state{i}`/`dec_state{i}` are `CodecState.encoder[i]`/`.decoder[i]` (conv tails [batch, C, context]; the last
-decoder state is the overlap-add tail [batch, 320]); the exact shapes are in each export's manifest.json. A decoded
-block trails its input by one hop, as in torch; the sliding-window decoder's blocks are `decode` graphs from a zero
-state (`OnnxAudioCodec.decode`), so it needs no graph of its own.
+decoder state is the overlap-add tail [batch, 640 - 320 / decoder_subframes]); the exact shapes are in each
+export's manifest.json. A decoded block trails its input by one hop, as in torch; the sliding-window decoder's
+blocks are `decode` graphs from a zero state (`OnnxAudioCodec.decode`), so it needs no graph of its own.
 
 Graphs come from an export folder (`talkstream export codec`, verified against the loaded weights) or, for any
 configuration not exported, are exported in memory on first use (about a second each).

@@ -139,6 +139,7 @@ def cmd_train_codec(args) -> None:
         device=args.device,
         seed=args.seed,
         init=args.init,
+        decoder_subframes=args.subframes,
         codec_id=args.codec_id,
         segment_seconds=args.segment_seconds,
         weight_whisper=args.weight_whisper,
@@ -501,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a fresh codec's decoder starts from this codec's decoder (tensors of matching shape)")
     tc.add_argument("--decoder-only", action="store_true",
                     help="train only the decoder of the --init codec: encoder and codebooks frozen, tokens unchanged")
+    tc.add_argument("--subframes", type=int, default=0,
+                    help="with --init: widen its decoder to this many STFT windows per frame (2: three-quarter "
+                    "overlap, same latency), warm-started from its one-window head (0: as it is)")
     tc.set_defaults(func=cmd_train_codec)
 
     sp = sub.add_parser(

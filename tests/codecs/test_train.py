@@ -63,3 +63,24 @@ def test_decoder_only_keeps_the_tokens(tmp_path):
         assert "--init" in str(e)
     else:
         raise AssertionError("--decoder-only without --init was accepted")
+
+
+def test_decoder_only_widens_the_decoder_and_resumes_wide(tmp_path):
+    """--init with --subframes 2: the run trains a two-window decoder for the same tokens, and its export and its
+    resume keep the two windows."""
+    data = tmp_path / "audio"
+    data.mkdir()
+    for i in range(3):
+        sf.write(data / f"{i}.wav", speechlike(1.0, seed=i), 24_000)
+    first = TrainConfig(data=str(data), out=str(tmp_path / "a"), steps=2, warmup_steps=1, batch_size=2,
+                        segment_seconds=0.2, threads=1)
+    start = train_codec(first, TINY)
+    cfg = TrainConfig(**{**first.__dict__, "out": str(tmp_path / "b"), "steps": 2, "init": str(start),
+                         "decoder_only": True, "decoder_subframes": 2})
+    wide = load_audio_codec(train_codec(cfg))
+    assert wide.cfg.decoder_subframes == 2
+    x = torch.from_numpy(speechlike(0.5, seed=9))[None, None]
+    assert torch.equal(load_audio_codec(start).encode(x, 4), wide.encode(x, 4))
+    resumed = load_audio_codec(train_codec(TrainConfig(**{**cfg.__dict__, "steps": 3})))
+    assert resumed.cfg.decoder_subframes == 2
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 3

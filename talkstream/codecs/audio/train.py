@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from talkstream.audio_io import AudioInputError, load_audio
-from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig
+from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig, with_decoder_subframes
 from talkstream.codecs.audio.hearing_losses import HearingLosses
 from talkstream.codecs.audio.losses import complex_loss, spectral_losses
 from talkstream.codecs.training_run import read_checkpoint, resume, write_checkpoint
@@ -66,6 +66,7 @@ class TrainConfig:
     mel_bands: int = 80
     init_decoder: str = ""  # a fresh run's decoder starts from this codec's (every tensor whose shape matches)
     init: str = ""  # warm start from a codec checkpoint folder (quantizer included: no warm-up, no k-means)
+    decoder_subframes: int = 0  # with init: widen its decoder to this many windows per frame (0: as it is)
     codec_id: str = ""  # a new id for the trained codec (new tokens need a new id); "" keeps the model config's
     checkpoint_minutes: float = 4.0
     max_minutes: float = 0.0  # stop after this many minutes of this run (0 = until `steps`)
@@ -224,12 +225,17 @@ def collect_latents(codec: AudioCodec, sampler: SegmentSampler, n_frames: int, d
     return torch.cat(out)[:n_frames]
 
 
-def warm_start(path: str) -> AudioCodec:
+def warm_start(path: str, decoder_subframes: int = 0) -> AudioCodec:
     """A codec from a checkpoint folder, with the EMA statistics the shipped weights leave out rebuilt from its
-    codebooks (otherwise the first EMA update would replace every codebook with noise)."""
+    codebooks (otherwise the first EMA update would replace every codebook with noise). `decoder_subframes` > 0
+    and different from the checkpoint's: its decoder widened to that many windows per frame (with_decoder_subframes).
+    """
     from talkstream.checkpoint import load_audio_codec
 
-    codec = load_audio_codec(path).train()
+    codec = load_audio_codec(path)
+    if decoder_subframes and decoder_subframes != codec.cfg.decoder_subframes:
+        codec = with_decoder_subframes(codec, decoder_subframes)
+    codec = codec.train()
     q = codec.quantizer
     q.cluster_size.fill_(1.0)
     q.embed_sum.copy_(q.embed)
@@ -271,7 +277,7 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
         model_cfg = AudioCodecConfig.from_dict(ckpt["model_config"])
         log.info("resuming from %s at step %d", out / "checkpoint.pt", ckpt["step"])
     if ckpt is None and cfg.init:
-        codec = warm_start(cfg.init)
+        codec = warm_start(cfg.init, cfg.decoder_subframes)
     else:
         if model_cfg is None:
             model_cfg = AudioCodecConfig()

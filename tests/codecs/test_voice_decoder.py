@@ -107,3 +107,17 @@ def test_phase_weighted_fine_tuning_records_its_weight(tmp_path):
     out = finetune_decoder(codec, tmp_path / "voice", items, steps=2, num_codebooks=4, batch_size=2, segment_s=0.5,
                            save_every=2, weight_whisper=0.0, weight_phase=1.0)
     assert json.loads((out / "training.json").read_text())["weight_phase"] == 1.0
+
+
+def test_a_two_window_decoder_fine_tunes_exports_and_resumes(tmp_path):
+    from talkstream.codecs.audio.codec import with_decoder_subframes
+
+    codec = with_decoder_subframes(load_audio_codec(), 2)
+    items = _sample_items(codec)
+    kw = dict(num_codebooks=4, batch_size=2, segment_s=0.5, save_every=1, weight_whisper=0.0)
+    finetune_decoder(codec, tmp_path / "v", items, steps=1, **kw)
+    out = finetune_decoder(codec, tmp_path / "v", items, steps=2, **kw)
+    tuned = load_audio_codec(out)
+    assert tuned.cfg.decoder_subframes == 2 and tuned.decoder.head.out_features == 2 * 2 * 321
+    assert torch.load(tmp_path / "v" / "last.pt", weights_only=False)["step"] == 2
+    assert json.loads((out / "training.json").read_text())["steps"] == 2

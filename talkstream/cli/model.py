@@ -196,6 +196,12 @@ def cmd_train_voice(args) -> None:
         from talkstream.codecs.audio.codec import with_decoder_subframes
 
         codec = with_decoder_subframes(codec, args.subframes)
+    if args.phase != codec.cfg.decoder_phase:
+        from talkstream.codecs.audio.codec import with_phase_advance
+
+        if args.phase != "advance":
+            raise SystemExit(f"error: --init's decoder carries its phase; it cannot go back to {args.phase!r}")
+        codec = with_phase_advance(codec)
     out = finetune_decoder(codec, Path(args.run), items, num_codebooks=args.codebooks,
                            steps=args.steps, batch_size=args.batch_size, threads=args.threads,
                            talker_share=args.talker_share, weight_whisper=args.weight_whisper,
@@ -350,6 +356,10 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     vp.add_argument("--subframes", type=int, default=1,
                     help="STFT windows the decoder emits per frame: 2 overlaps them by three quarters instead of half "
                     "(same latency); from a one-window --init the new head is warm-started from its head")
+    vp.add_argument("--phase", choices=["absolute", "advance"], default="absolute",
+                    help="the decoder predicts each window's phase (absolute), or each bin's advance since the "
+                    "previous window and carries the phase (advance; from an absolute --init its head starts at the "
+                    "bins' centre frequencies)")
     vp.add_argument("--init", default=None,
                     help="a codec checkpoint folder to start from, with the encoder and codebooks the Talker speaks "
                     "in (the tokens' meaning stays); default: the shipped talkstream/weights/voice_codec "

@@ -52,6 +52,9 @@ class AudioCodecConfig:
     # half; 2 by three quarters (as Vocos), so each sample is the sum of four windows and one window's phase error
     # is averaged with three others. The same latency either way (docstring above).
     decoder_subframes: int = 1
+    # "absolute": the head predicts each window's phase; "advance": it predicts each bin's phase advance since the
+    # previous window, and the decoder carries the phase from window to window (its state), as a phase vocoder does
+    decoder_phase: str = "absolute"
     codec_id: str = "talkstream-audio-v1"
     # "conv": the learned SEANet encoder (v1, v2); "mel": a fixed causal log-mel front end with latent_dim bands
     # (v3: the codebooks code the spectral envelope a listener hears, and the decoder is a causal vocoder)
@@ -192,6 +195,9 @@ class Decoder(nn.Module):
         self.n_fft, self.subframes = 2 * cfg.hop, cfg.decoder_subframes
         if self.subframes < 1 or cfg.hop % self.subframes:
             raise ValueError(f"decoder_subframes must divide the hop ({cfg.hop}), got {self.subframes}")
+        if cfg.decoder_phase not in ("absolute", "advance"):
+            raise ValueError(f"decoder_phase must be 'absolute' or 'advance', got {cfg.decoder_phase!r}")
+        self.carries_phase = cfg.decoder_phase == "advance"
         self.net = StreamingSequential(
             StreamingConv1d(cfg.latent_dim, cfg.decoder_dim, 3),
             *(
@@ -214,10 +220,15 @@ class Decoder(nn.Module):
 
     def frames(self, z: Tensor, state: State) -> tuple[Tensor, State]:
         """z [B, D, F] -> windowed time frames [B, F*subframes, n_fft], in time order."""
-        h, state = self.net.step(z, state)
+        h, net_state = self.net.step(z, state[:-1] if self.carries_phase else state)
         spec = self.head(h.transpose(1, 2))
         spec = spec.reshape(spec.shape[0], -1, spec.shape[-1] // self.subframes)  # [B, F*S, 2*bins]
         logmag, phase = spec.chunk(2, dim=-1)
+        if self.carries_phase:  # the previous window's phase [B, bins] plus the advances, wrapped to [0, 2 pi)
+            phase = state[-1][:, None] + torch.cumsum(phase, dim=1)
+            phase = phase - 2 * torch.pi * torch.floor(phase / (2 * torch.pi))
+            net_state = net_state + [phase[:, -1]]
+        state = net_state
         mag = torch.exp(logmag.clamp(max=7.0))
         frames = (mag * torch.cos(phase)) @ self.idft_cos + (mag * torch.sin(phase)) @ self.idft_sin
         return frames * self.window, state
@@ -306,6 +317,8 @@ class AudioCodec(nn.Module):
             pending=torch.zeros(batch_size, 1, 0, dtype=p.dtype, device=p.device),
             encoder=self.encoder.net.init_state(batch_size),
             decoder=self.decoder.net.init_state(batch_size)
+            + ([torch.zeros(batch_size, self.decoder.n_fft // 2 + 1, dtype=p.dtype, device=p.device)]
+               if self.decoder.carries_phase else [])
             + [torch.zeros(batch_size, self.decoder.n_fft - self.cfg.hop // self.cfg.decoder_subframes,
                            dtype=p.dtype, device=p.device)],
         )
@@ -405,6 +418,25 @@ def with_decoder_subframes(codec: AudioCodec, subframes: int) -> AudioCodec:
     wide.decoder.head.weight.copy_(torch.cat(weights))
     wide.decoder.head.bias.copy_(torch.cat(biases))
     return wide
+
+
+@torch.no_grad()
+def with_phase_advance(codec: AudioCodec) -> AudioCodec:
+    """A copy of an absolute-phase codec whose decoder predicts phase advances and carries the phase (the magnitude
+    head and the body kept). The advance head starts at each bin's centre frequency times the window step (a
+    sinusoid at the bin's centre advances by that much) and learns the rest."""
+    if codec.cfg.decoder_phase != "absolute":
+        raise ValueError("the codec's decoder already carries its phase")
+    new = AudioCodec(dataclasses.replace(codec.cfg, decoder_phase="advance"))
+    new.load_state_dict(codec.state_dict())
+    dec = new.decoder
+    bins, step = dec.n_fft // 2 + 1, codec.cfg.hop // dec.subframes
+    head_w = dec.head.weight.view(dec.subframes, 2, bins, -1)
+    head_b = dec.head.bias.view(dec.subframes, 2, bins)
+    head_w[:, 1].zero_()
+    k = torch.arange(bins, dtype=head_b.dtype)
+    head_b[:, 1] = torch.remainder(2 * torch.pi * k * step / dec.n_fft, 2 * torch.pi)
+    return new
 
 
 def align_output(out: Tensor, delay: int, length: int) -> Tensor:

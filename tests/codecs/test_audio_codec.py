@@ -23,6 +23,17 @@ def stream_encode(codec, x, sizes, k):
     return torch.cat(out, dim=-1), state
 
 
+def stream_decode(codec, codes, sizes):
+    """codes [B, K, F] decoded in steps of `sizes` frames; each step gives exactly its frames' samples."""
+    state, out, i = codec.init_state(codes.shape[0]), [], 0
+    for n in sizes:
+        y, state = codec.decode_step(codes[..., i : i + n], state)
+        assert y.shape[-1] == n * codec.frame_size
+        out.append(y)
+        i += n
+    return torch.cat(out, dim=-1)
+
+
 def random_sizes(total, rng, max_size):
     sizes = []
     while sum(sizes) < total:
@@ -52,14 +63,8 @@ def test_streaming_decode_equals_offline(seed):
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, codec.codebook_size, (2, 3, 40), generator=g)
     offline = codec.decode(codes)
-    state = codec.init_state(2)
-    outs, i = [], 0
-    for n in random_sizes(40, random.Random(seed), 7):
-        y, state = codec.decode_step(codes[..., i : i + n], state)
-        assert y.shape[-1] == n * codec.frame_size
-        outs.append(y)
-        i += n
-    torch.testing.assert_close(torch.cat(outs, -1), offline, rtol=1e-4, atol=1e-5)
+    streamed = stream_decode(codec, codes, random_sizes(40, random.Random(seed), 7))
+    torch.testing.assert_close(streamed, offline, rtol=1e-4, atol=1e-5)
 
 
 def test_sessions_do_not_share_state(tiny_codec):

@@ -13,7 +13,7 @@ import torch
 from talkstream.checkpoint import load_audio_codec, save_checkpoint
 from talkstream.codecs.audio.codec import AudioCodec, with_phase_advance
 from talkstream.codecs.audio.onnx_step import OnnxAudioCodec, OnnxCodecSteps
-from tests.codecs.test_audio_codec import random_sizes
+from tests.codecs.test_audio_codec import random_sizes, stream_decode
 from tests.codecs.test_mel_codec import TINY_MEL
 from tests.conftest import TINY, speechlike
 
@@ -25,12 +25,8 @@ def test_streaming_decode_equals_offline_with_the_phase_carried(subframes):
     codes = torch.randint(0, codec.codebook_size, (2, 3, 40), generator=torch.Generator().manual_seed(1))
     offline = codec.decode(codes)
     for seed in range(3):
-        state, outs, i = codec.init_state(2), [], 0
-        for n in random_sizes(40, random.Random(seed), 7):
-            y, state = codec.decode_step(codes[..., i : i + n], state)
-            outs.append(y)
-            i += n
-        torch.testing.assert_close(torch.cat(outs, -1), offline, rtol=1e-4, atol=2e-5)
+        streamed = stream_decode(codec, codes, random_sizes(40, random.Random(seed), 7))
+        torch.testing.assert_close(streamed, offline, rtol=1e-4, atol=2e-5)
 
 
 def test_the_carried_phase_is_the_sum_of_the_advances():

@@ -36,16 +36,21 @@ def test_train_resume_export(tmp_path):
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["steps"] == 6
 
 
-def test_decoder_only_keeps_the_tokens(tmp_path):
-    """--decoder-only changes the decoder and nothing else: the same audio gives the same tokens before and after, so
-    what was trained on the tokens (the Talker) keeps working; without a codec to start from it is refused."""
+def _first_stage(tmp_path, steps: int) -> tuple[TrainConfig, object]:
+    """A tiny codec trained a few steps on three files: the --init of a decoder-only run. -> (its config, export)"""
     data = tmp_path / "audio"
     data.mkdir()
     for i in range(3):
         sf.write(data / f"{i}.wav", speechlike(1.0, seed=i), 24_000)
-    first = TrainConfig(data=str(data), out=str(tmp_path / "a"), steps=3, warmup_steps=1, batch_size=2,
+    first = TrainConfig(data=str(data), out=str(tmp_path / "a"), steps=steps, warmup_steps=1, batch_size=2,
                         segment_seconds=0.2, threads=1)
-    start = train_codec(first, TINY)
+    return first, train_codec(first, TINY)
+
+
+def test_decoder_only_keeps_the_tokens(tmp_path):
+    """--decoder-only changes the decoder and nothing else: the same audio gives the same tokens before and after, so
+    what was trained on the tokens (the Talker) keeps working; without a codec to start from it is refused."""
+    first, start = _first_stage(tmp_path, steps=3)
     cfg = TrainConfig(**{**first.__dict__, "out": str(tmp_path / "b"), "steps": 3, "lr": 1e-2, "init": str(start),
                          "decoder_only": True})
     tuned = load_audio_codec(train_codec(cfg))
@@ -68,13 +73,7 @@ def test_decoder_only_keeps_the_tokens(tmp_path):
 def test_decoder_only_widens_the_decoder_and_resumes_wide(tmp_path):
     """--init with --subframes 2: the run trains a two-window decoder for the same tokens, and its export and its
     resume keep the two windows."""
-    data = tmp_path / "audio"
-    data.mkdir()
-    for i in range(3):
-        sf.write(data / f"{i}.wav", speechlike(1.0, seed=i), 24_000)
-    first = TrainConfig(data=str(data), out=str(tmp_path / "a"), steps=2, warmup_steps=1, batch_size=2,
-                        segment_seconds=0.2, threads=1)
-    start = train_codec(first, TINY)
+    first, start = _first_stage(tmp_path, steps=2)
     cfg = TrainConfig(**{**first.__dict__, "out": str(tmp_path / "b"), "steps": 2, "init": str(start),
                          "decoder_only": True, "decoder_subframes": 2})
     wide = load_audio_codec(train_codec(cfg))

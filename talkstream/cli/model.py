@@ -192,11 +192,11 @@ def cmd_train_voice(args) -> None:
 
         attach_talker_latents(items, Path(args.talker), Path(args.run) / "talker_latents.pt", args.threads)
     codec = load_voice_codec(args.init)
-    if args.subframes != codec.cfg.decoder_subframes:
+    if args.subframes is not None and args.subframes != codec.cfg.decoder_subframes:
         from talkstream.codecs.audio.codec import with_decoder_subframes
 
         codec = with_decoder_subframes(codec, args.subframes)
-    if args.phase != codec.cfg.decoder_phase:
+    if args.phase is not None and args.phase != codec.cfg.decoder_phase:
         from talkstream.codecs.audio.codec import with_phase_advance
 
         if args.phase != "advance":
@@ -353,13 +353,14 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
                     "(the waveform's phase)")
     vp.add_argument("--weight-phase", type=float, default=0.0,
                     help="weight of the group-delay and instantaneous-frequency losses (0: none)")
-    vp.add_argument("--subframes", type=int, default=1,
+    vp.add_argument("--subframes", type=int, default=None,
                     help="STFT windows the decoder emits per frame: 2 overlaps them by three quarters instead of half "
-                    "(same latency); from a one-window --init the new head is warm-started from its head")
-    vp.add_argument("--phase", choices=["absolute", "advance"], default="absolute",
+                    "(same latency); from a one-window --init the new head is warm-started from its head (default: "
+                    "as --init has it; measured no better, docs/models.md)")
+    vp.add_argument("--phase", choices=["absolute", "advance"], default=None,
                     help="the decoder predicts each window's phase (absolute), or each bin's advance since the "
                     "previous window and carries the phase (advance; from an absolute --init its head starts at the "
-                    "bins' centre frequencies)")
+                    "bins' centre frequencies; default: as --init has it; not yet as good, docs/models.md)")
     vp.add_argument("--init", default=None,
                     help="a codec checkpoint folder to start from, with the encoder and codebooks the Talker speaks "
                     "in (the tokens' meaning stays); default: the shipped talkstream/weights/voice_codec "

@@ -49,11 +49,12 @@ class AudioCodecConfig:
     decoder_hidden: int = 768
     decoder_blocks: int = 6
     # STFT windows (n_fft = 2 x hop) the decoder emits per frame, at hop / decoder_subframes: 1 overlaps them by
-    # half; 2 by three quarters (as Vocos), so each sample is the sum of four windows and one window's phase error
-    # is averaged with three others. The same latency either way (docstring above).
+    # half; 2 by three quarters (as Vocos), each sample the sum of four windows. The same latency either way
+    # (docstring above). Shipped decoders use 1: 2 measured no better (docs/models.md).
     decoder_subframes: int = 1
     # "absolute": the head predicts each window's phase; "advance": it predicts each bin's phase advance since the
     # previous window, and the decoder carries the phase from window to window (its state), as a phase vocoder does
+    # (tried on the voice decoder, not yet as good after 3,000 steps: docs/models.md)
     decoder_phase: str = "absolute"
     codec_id: str = "talkstream-audio-v1"
     # "conv": the learned SEANet encoder (v1, v2); "mel": a fixed causal log-mel front end with latent_dim bands

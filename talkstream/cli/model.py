@@ -183,6 +183,7 @@ def cmd_train_talker(args) -> None:
 
 def cmd_train_voice(args) -> None:
     from talkstream.checkpoint import load_voice_codec
+    from talkstream.codecs.audio.codec import with_decoder
     from talkstream.codecs.audio.voice import finetune_decoder
     from talkstream.models.talker_data import load_talker_data
 
@@ -191,17 +192,7 @@ def cmd_train_voice(args) -> None:
         from talkstream.models.train_talker import attach_talker_latents
 
         attach_talker_latents(items, Path(args.talker), Path(args.run) / "talker_latents.pt", args.threads)
-    codec = load_voice_codec(args.init)
-    if args.subframes is not None and args.subframes != codec.cfg.decoder_subframes:
-        from talkstream.codecs.audio.codec import with_decoder_subframes
-
-        codec = with_decoder_subframes(codec, args.subframes)
-    if args.phase is not None and args.phase != codec.cfg.decoder_phase:
-        from talkstream.codecs.audio.codec import with_phase_advance
-
-        if args.phase != "advance":
-            raise SystemExit(f"error: --init's decoder carries its phase; it cannot go back to {args.phase!r}")
-        codec = with_phase_advance(codec)
+    codec = with_decoder(load_voice_codec(args.init), args.subframes, args.phase)
     out = finetune_decoder(codec, Path(args.run), items, num_codebooks=args.codebooks,
                            steps=args.steps, batch_size=args.batch_size, threads=args.threads,
                            talker_share=args.talker_share, weight_whisper=args.weight_whisper,

@@ -68,3 +68,15 @@ def test_a_phase_carrying_checkpoint_loads_and_runs_in_onnx(tmp_path):
         codes = loaded.encode(x, 4)
         want = loaded.decode(codes)
     torch.testing.assert_close(OnnxAudioCodec(loaded, OnnxCodecSteps(loaded)).decode(codes), want, atol=2e-4, rtol=0)
+
+
+def test_with_decoder_converts_only_what_differs_and_never_back():
+    from talkstream.codecs.audio.codec import with_decoder
+
+    codec = AudioCodec(TINY).eval()
+    assert with_decoder(codec) is codec and with_decoder(codec, 1, "absolute") is codec
+    both = with_decoder(codec, 2, "advance")
+    assert (both.cfg.decoder_subframes, both.cfg.decoder_phase) == (2, "advance")
+    assert with_decoder(both, 2, "advance") is both
+    with pytest.raises(ValueError, match="cannot go back to 'absolute'"):
+        with_decoder(both, phase="absolute")

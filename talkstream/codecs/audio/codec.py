@@ -18,6 +18,7 @@ n - hop of the input; `reconstruct` trims that for whole-file use.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -234,6 +235,13 @@ class Decoder(nn.Module):
         frames = (mag * torch.cos(phase)) @ self.idft_cos + (mag * torch.sin(phase)) @ self.idft_sin
         return frames * self.window, state
 
+    def init_state(self, batch: int, like: Tensor) -> State:
+        """The body's conv contexts, the carried phase [B, bins] (advance only), the overlap-add tail
+        [B, n_fft - step]; `like` gives dtype and device."""
+        phase = [like.new_zeros(batch, self.n_fft // 2 + 1)] if self.carries_phase else []
+        tail = like.new_zeros(batch, self.n_fft - self.n_fft // (2 * self.subframes))
+        return self.net.init_state(batch) + phase + [tail]
+
     def overlap_add(self, frames: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
         """Windows [B, N, n_fft] at `step` = n_fft / (2*S) apart, window i starting at sample i*step of this block,
         plus the previous call's tail [B, n_fft - step] -> (the block's N*step final samples, the new tail).
@@ -317,11 +325,7 @@ class AudioCodec(nn.Module):
             num_codebooks=self._check_codebooks(num_codebooks),
             pending=torch.zeros(batch_size, 1, 0, dtype=p.dtype, device=p.device),
             encoder=self.encoder.net.init_state(batch_size),
-            decoder=self.decoder.net.init_state(batch_size)
-            + ([torch.zeros(batch_size, self.decoder.n_fft // 2 + 1, dtype=p.dtype, device=p.device)]
-               if self.decoder.carries_phase else [])
-            + [torch.zeros(batch_size, self.decoder.n_fft - self.cfg.hop // self.cfg.decoder_subframes,
-                           dtype=p.dtype, device=p.device)],
+            decoder=self.decoder.init_state(batch_size, p),
         )
 
     def encode_step(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
@@ -415,7 +419,7 @@ def with_decoder_subframes(codec: AudioCodec, subframes: int) -> AudioCodec:
     for s in range(subframes):
         shift = 2 * torch.pi * k * (s * codec.cfg.hop // subframes) / n_fft
         weights.append(w)
-        biases.append(torch.cat([b[:bins] - torch.log(torch.tensor(float(subframes))), b[bins:] + shift]))
+        biases.append(torch.cat([b[:bins] - math.log(subframes), b[bins:] + shift]))
     wide.decoder.head.weight.copy_(torch.cat(weights))
     wide.decoder.head.bias.copy_(torch.cat(biases))
     return wide
@@ -438,6 +442,19 @@ def with_phase_advance(codec: AudioCodec) -> AudioCodec:
     k = torch.arange(bins, dtype=head_b.dtype)
     head_b[:, 1] = torch.remainder(2 * torch.pi * k * step / dec.n_fft, 2 * torch.pi)
     return new
+
+
+def with_decoder(codec: AudioCodec, subframes: int | None = None, phase: str | None = None) -> AudioCodec:
+    """`codec` with its decoder widened to `subframes` windows per frame and/or made to carry its `phase`, each
+    warm-started from the decoder it has (None, or what it already has: left as it is). A decoder cannot go back
+    to fewer windows or to absolute phase."""
+    if subframes is not None and subframes != codec.cfg.decoder_subframes:
+        codec = with_decoder_subframes(codec, subframes)
+    if phase is not None and phase != codec.cfg.decoder_phase:
+        if phase != "advance":
+            raise ValueError(f"the codec's decoder carries its phase; it cannot go back to {phase!r}")
+        codec = with_phase_advance(codec)
+    return codec
 
 
 def align_output(out: Tensor, delay: int, length: int) -> Tensor:

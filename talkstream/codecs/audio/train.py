@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from talkstream.audio_io import AudioInputError, load_audio
-from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig, with_decoder_subframes
+from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig, with_decoder
 from talkstream.codecs.audio.hearing_losses import HearingLosses
 from talkstream.codecs.audio.losses import complex_loss, spectral_losses
 from talkstream.codecs.training_run import read_checkpoint, resume, write_checkpoint
@@ -232,10 +232,7 @@ def warm_start(path: str, decoder_subframes: int = 0) -> AudioCodec:
     """
     from talkstream.checkpoint import load_audio_codec
 
-    codec = load_audio_codec(path)
-    if decoder_subframes and decoder_subframes != codec.cfg.decoder_subframes:
-        codec = with_decoder_subframes(codec, decoder_subframes)
-    codec = codec.train()
+    codec = with_decoder(load_audio_codec(path), decoder_subframes or None).train()
     q = codec.quantizer
     q.cluster_size.fill_(1.0)
     q.embed_sum.copy_(q.embed)

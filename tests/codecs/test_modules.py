@@ -61,3 +61,27 @@ def test_prefix_is_causal(name):
     x2 = x.clone()
     x2[..., 8 * unit :] = torch.randn_like(x2[..., 8 * unit :])
     torch.testing.assert_close(run_chunked(layer, x2, [x.shape[-1]])[..., : prefix.shape[-1]], prefix)
+
+
+@pytest.mark.parametrize("chunks", [[1] * 10, [3, 7], [10]], ids=["one_by_one", "uneven", "whole"])
+def test_depthwise_taps_equal_the_conv(chunks):
+    """The exported graphs' depthwise conv (a sum of taps over time-major rows) is the conv torch trains."""
+    torch.manual_seed(3)
+    layer = StreamingConv1d(6, 6, 7, groups=6)
+    x = torch.randn(2, 6, sum(chunks))
+    conv_state, taps_state, i = layer.init_state(2), layer.init_state(2), 0
+    for n in chunks:
+        y, conv_state = layer.step(x[..., i : i + n], conv_state)
+        y_taps, taps_state = layer.step_depthwise_time_major(x[..., i : i + n], taps_state)
+        torch.testing.assert_close(y_taps, y.transpose(1, 2), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(taps_state, conv_state)
+        i += n
+
+
+@pytest.mark.parametrize("make", [lambda: StreamingConv1d(4, 4, 7), lambda: StreamingConv1d(4, 4, 8, stride=4, groups=4),
+                                  lambda: StreamingConv1d(4, 4, 3, dilation=2, groups=4)],
+                         ids=["dense", "strided", "dilated"])
+def test_depthwise_taps_refuse_other_convs(make):
+    layer = make()
+    with pytest.raises(ValueError, match="depthwise conv with stride 1"):
+        layer.step_depthwise_time_major(torch.zeros(1, 4, 8), layer.init_state(1))

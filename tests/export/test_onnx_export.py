@@ -68,6 +68,16 @@ def test_export_writes_checked_graphs_and_a_manifest(tiny_codec, exported):
         onnx.checker.check_model(str(out / g["file"]), full_check=True)
 
 
+def test_graphs_have_no_grouped_conv(exported):
+    """onnxruntime runs a grouped conv as one small GEMM per channel and batch row (most of a batched step); the
+    export writes the ConvNeXt blocks' depthwise convs as taps instead (modules.step_depthwise_time_major)."""
+    out, _ = exported
+    for g in json.loads((out / "manifest.json").read_text())["graphs"]:
+        model = onnx.load(str(out / g["file"]))
+        groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+        assert all(gr == 1 for gr in groups), (g["name"], groups)
+
+
 def test_graphs_from_the_folder_equal_in_memory_ones(tiny_codec, exported):
     out, _ = exported
     x = torch.from_numpy(speechlike(0.3, seed=4))[None, None]

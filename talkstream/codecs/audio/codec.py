@@ -154,19 +154,22 @@ class LogMelFrames(nn.Module):
         k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
         window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
         basis = torch.cat([torch.cos(2 * torch.pi * k * n / n_fft), -torch.sin(2 * torch.pi * k * n / n_fft)]) * window
-        # The DFT as a strided conv (exports to ONNX, no complex tensors); rebuilt at load, never stored.
-        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
+        # The DFT as a matmul over frames (exports to ONNX, no complex tensors); rebuilt at load, never stored.
+        self.register_buffer("basis", basis.float().T.contiguous(), persistent=False)  # [n_fft, 2 * bins]
         # (a copy: mel_filterbank's result is cached and shared with the training losses)
         self.register_buffer("filterbank", mel_filterbank(n_fft, n_mels, sample_rate).clone(), persistent=False)
         self.register_buffer("mean", torch.zeros(n_mels, 1))
         self.register_buffer("std", torch.ones(n_mels, 1))
 
     def init_state(self, batch: int) -> State:
-        return [self.basis.new_zeros(batch, 1, self.hop)]
+        return [self.mean.new_zeros(batch, 1, self.hop)]
 
     def raw(self, xp: Tensor) -> Tensor:
         """[B, 1, (F+1)*hop] -> unnormalised log-mel [B, n_mels, F]."""
-        spec = F.conv1d(xp, self.basis, stride=self.hop)
+        # Frame f is hops f and f+1 side by side: one matmul, where a strided conv was a slow onnxruntime Conv
+        # (a third of a batched codec step; bench backends).
+        hops = xp.reshape(xp.shape[0], -1, self.hop)
+        spec = (torch.cat([hops[:, :-1], hops[:, 1:]], dim=-1) @ self.basis).transpose(1, 2)
         re, im = spec.chunk(2, dim=1)
         mag = (re * re + im * im + 1e-10).sqrt()
         return torch.log((self.filterbank @ mag).clamp(min=1e-5))

@@ -36,6 +36,21 @@ class StreamingConv1d(nn.Module):
         xp = torch.cat([state[0], x], dim=-1)
         return self.conv(xp), [xp[..., xp.shape[-1] - self.context :]]
 
+    def step_depthwise_time_major(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """A depthwise, stride-1, undilated conv's step as the sum of its taps: x [B, C, T] -> y [B, T, C] (time
+        major), the same sum as `step`. Exported graphs use it: onnxruntime runs a grouped conv as one small GEMM
+        per channel and batch row, most of a batched codec step, while k multiply-adds over contiguous time-major
+        rows vectorise (bench backends). torch's own conv is faster to train, so `step` stays for torch."""
+        conv = self.conv
+        if not (conv.groups == self.c_in == conv.out_channels and conv.stride == (1,) and conv.dilation == (1,)):
+            raise ValueError("step_depthwise_time_major needs a depthwise conv with stride 1 and no dilation")
+        xp = torch.cat([state[0], x], dim=-1)
+        xt, taps, t = xp.transpose(1, 2), conv.weight[:, 0].T, x.shape[-1]  # [B, ctx+T, C], [k, C]
+        y = conv.bias + taps[0] * xt[:, :t]
+        for j in range(1, taps.shape[0]):
+            y = y + taps[j] * xt[:, j : j + t]
+        return y, [xp[..., xp.shape[-1] - self.context :]]
+
 
 class StreamingSequential(nn.Module):
     """Runs streaming children in order, splitting the flat state list between them (plain modules have none)."""
@@ -104,6 +119,10 @@ class CausalConvNeXtBlock(nn.Module):
         return self.dwconv.init_state(batch)
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        h, state = self.dwconv.step(x, state)
-        h = self.fc2(F.gelu(self.fc1(self.norm(h.transpose(1, 2)))))
+        if torch.onnx.is_in_onnx_export():  # the same sum, in the form onnxruntime runs fast
+            h, state = self.dwconv.step_depthwise_time_major(x, state)
+        else:
+            h, state = self.dwconv.step(x, state)
+            h = h.transpose(1, 2)
+        h = self.fc2(F.gelu(self.fc1(self.norm(h))))
         return x + (self.gamma * h).transpose(1, 2), state

@@ -78,9 +78,14 @@ def test_depthwise_taps_equal_the_conv(chunks):
         i += n
 
 
-@pytest.mark.parametrize("make", [lambda: StreamingConv1d(4, 4, 7), lambda: StreamingConv1d(4, 4, 8, stride=4, groups=4),
-                                  lambda: StreamingConv1d(4, 4, 3, dilation=2, groups=4)],
-                         ids=["dense", "strided", "dilated"])
+OTHER_CONVS = {
+    "dense": lambda: StreamingConv1d(4, 4, 7),
+    "strided": lambda: StreamingConv1d(4, 4, 8, stride=4, groups=4),
+    "dilated": lambda: StreamingConv1d(4, 4, 3, dilation=2, groups=4),
+}
+
+
+@pytest.mark.parametrize("make", list(OTHER_CONVS.values()), ids=list(OTHER_CONVS))
 def test_depthwise_taps_refuse_other_convs(make):
     layer = make()
     with pytest.raises(ValueError, match="depthwise conv with stride 1"):

@@ -37,18 +37,20 @@ class StreamingConv1d(nn.Module):
         return self.conv(xp), [xp[..., xp.shape[-1] - self.context :]]
 
     def step_depthwise_time_major(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """A depthwise, stride-1, undilated conv's step as the sum of its taps: x [B, C, T] -> y [B, T, C] (time
+        """A depthwise, stride-1, undilated conv's step as a sum over its taps: x [B, C, T] -> y [B, T, C] (time
         major), the same sum as `step`. Exported graphs use it: onnxruntime runs a grouped conv as one small GEMM
-        per channel and batch row, most of a batched codec step, while k multiply-adds over contiguous time-major
-        rows vectorise (bench backends). torch's own conv is faster to train, so `step` stays for torch."""
+        per channel and batch row, most of a batched codec step; here one Gather lays each output frame's k input
+        rows side by side, and a multiply and a sum over them vectorise (bench backends). The step's length is
+        fixed per exported graph, so the gather's indices are constants. torch's own conv trains faster, so `step`
+        stays for torch."""
         conv = self.conv
         if not (conv.groups == self.c_in == conv.out_channels and conv.stride == (1,) and conv.dilation == (1,)):
             raise ValueError("step_depthwise_time_major needs a depthwise conv with stride 1 and no dilation")
         xp = torch.cat([state[0], x], dim=-1)
-        xt, taps, t = xp.transpose(1, 2), conv.weight[:, 0].T, x.shape[-1]  # [B, ctx+T, C], [k, C]
-        y = conv.bias + taps[0] * xt[:, :t]
-        for j in range(1, taps.shape[0]):
-            y = y + taps[j] * xt[:, j : j + t]
+        t, k = int(x.shape[-1]), conv.kernel_size[0]
+        rows = torch.tensor([i + j for i in range(t) for j in range(k)], device=x.device)
+        taps = xp.transpose(1, 2).index_select(1, rows).reshape(xp.shape[0], t, k, self.c_in)  # [B, T, k, C]
+        y = (taps * conv.weight[:, 0].T).sum(2) + conv.bias
         return y, [xp[..., xp.shape[-1] - self.context :]]
 
 

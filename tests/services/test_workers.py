@@ -165,7 +165,7 @@ def test_webrtc_media_goes_to_the_worker_that_answered_the_offer():
             return until
 
         async def main():
-            return await asyncio.gather(*(rtc_session(http_url, speech, 2.5, until=note_ports(i)) for i in range(4)))
+            return await asyncio.gather(*(rtc_session(http_url, speech, 3.5, until=note_ports(i)) for i in range(4)))
 
         results = asyncio.run(asyncio.wait_for(main(), 240))
     except BaseException:
@@ -174,7 +174,8 @@ def test_webrtc_media_goes_to_the_worker_that_answered_the_offer():
     finally:
         served.stop()
     for r, held in zip(results, owned, strict=True):
-        assert r.of_type("ready") and not r.of_type("error") and r.pcm.size > RATE  # echoed audio came back
+        # echoed audio came back: more than half the 2 s sent (recording runs 3.5 s: a busy machine's ICE is slow)
+        assert r.of_type("ready") and not r.of_type("error") and r.pcm.size > RATE
         ports = {int(line.split()[5]) for line in r.answer["sdp"].splitlines() if line.startswith("a=candidate")}
         assert ports and ports <= held, "the answer's ICE candidates are UDP ports of the worker that answered"
 

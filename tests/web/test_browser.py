@@ -205,7 +205,8 @@ def test_page_state_follows_the_server_and_a_wrong_token_can_be_retyped(start_se
     running = True
     try:
         page.goto(f"{st.http_url}/")
-        assert page.inner_text("#hint") == "Press Connect and speak." and page.is_visible("#token")
+        page.wait_for_selector("#token", state="visible", timeout=10_000)  # shown once the page has read /config
+        assert page.inner_text("#hint") == "Press Connect and speak."
         page.select_option("#transport", "webrtc")
         page.fill("#token", "wrong")
         page.click("#connect")

@@ -351,7 +351,7 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     vp.add_argument("--phase", choices=["absolute", "advance"], default=None,
                     help="the decoder predicts each window's phase (absolute), or each bin's advance since the "
                     "previous window and carries the phase (advance; from an absolute --init its head starts at the "
-                    "bins' centre frequencies; default: as --init has it; not yet as good, docs/models.md)")
+                    "bins' centre frequencies; default: as --init has it; measured worse, docs/models.md)")
     vp.add_argument("--init", default=None,
                     help="a codec checkpoint folder to start from, with the encoder and codebooks the Talker speaks "
                     "in (the tokens' meaning stays); default: the shipped talkstream/weights/voice_codec "

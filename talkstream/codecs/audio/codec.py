@@ -55,7 +55,8 @@ class AudioCodecConfig:
     decoder_subframes: int = 1
     # "absolute": the head predicts each window's phase; "advance": it predicts each bin's phase advance since the
     # previous window, and the decoder carries the phase from window to window (its state), as a phase vocoder does
-    # (tried on the voice decoder, not yet as good after 3,000 steps: docs/models.md)
+    # (tried on the voice decoder: its DNSMOS flattens near 2.6 by 8,400 steps, below absolute phase's 2.85;
+    # docs/models.md)
     decoder_phase: str = "absolute"
     codec_id: str = "talkstream-audio-v1"
     # "conv": the learned SEANet encoder (v1, v2); "mel": a fixed causal log-mel front end with latent_dim bands
@@ -167,7 +168,7 @@ class LogMelFrames(nn.Module):
     def raw(self, xp: Tensor) -> Tensor:
         """[B, 1, (F+1)*hop] -> unnormalised log-mel [B, n_mels, F]."""
         # Frame f is hops f and f+1 side by side: one matmul, where a strided conv was a slow onnxruntime Conv
-        # (a third of a batched codec step; bench backends).
+        # (a fifth of a batched codec step at batch 16 in a one-off profile; docs/benchmarks.md).
         hops = xp.reshape(xp.shape[0], -1, self.hop)
         spec = (torch.cat([hops[:, :-1], hops[:, 1:]], dim=-1) @ self.basis).transpose(1, 2)
         re, im = spec.chunk(2, dim=1)

@@ -39,10 +39,10 @@ class StreamingConv1d(nn.Module):
     def step_depthwise_time_major(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """A depthwise, stride-1, undilated conv's step as a sum over its taps: x [B, C, T] -> y [B, T, C] (time
         major), the same sum as `step`. Exported graphs use it: onnxruntime runs a grouped conv as one small GEMM
-        per channel and batch row, most of a batched codec step; here one Gather lays each output frame's k input
-        rows side by side, and a multiply and a sum over them vectorise (bench backends). The step's length is
-        fixed per exported graph, so the gather's indices are constants. torch's own conv trains faster, so `step`
-        stays for torch."""
+        per channel and batch row (nearly half of a batched codec step at batch 16); here one Gather lays each
+        output frame's k input rows side by side, and a multiply and a sum over them vectorise (bench backends).
+        The step's length is fixed per exported graph, so the gather's indices are constants. torch's own conv
+        trains faster, so `step` stays for torch."""
         conv = self.conv
         if not (conv.groups == self.c_in == conv.out_channels and conv.stride == (1,) and conv.dilation == (1,)):
             raise ValueError("step_depthwise_time_major needs a depthwise conv with stride 1 and no dilation")

@@ -76,6 +76,9 @@ from talkstream.streaming.video import VideoOut
 
 log = logging.getLogger(__name__)
 _ABORTS = TaskSet("session aborts")  # transports closing a session: not the session's own tasks, which close cancels
+# Codec mode hands its VAD branch audio in blocks of two VAD windows (64 ms): its events only inform the client, and
+# a call per packet was most of the VAD thread's cost (VoiceActivityTap).
+VAD_TAP_BLOCK_S = 0.064
 
 
 @dataclass
@@ -338,7 +341,7 @@ class Session:
             self._branch_drained = self.spawn(self._drain_branch(self.vad_branch))
             stages = [
                 ResampleIn(h.sample_rate, sr),
-                VoiceActivityTap(self.vad_branch.feed),
+                VoiceActivityTap(self.vad_branch.feed, min_samples=int(VAD_TAP_BLOCK_S * sr)),
                 CodecStage(self.engine, h.codebooks, "pcm" in h.output, self.limits.frames_per_step),
                 OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output),
             ]

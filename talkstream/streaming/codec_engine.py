@@ -301,10 +301,10 @@ def torch_codec_step(codec, op: str, data: Tensor, state: CodecState
     """One engine operation (encode, decode, roundtrip) in torch eager: (codes or None, pcm or None, new state)."""
     with torch.inference_mode():
         codes, pcm = None, None
-        if op in ("encode", "roundtrip"):
+        if op == "encode":
             codes, state = codec.encode_step(data, state)
         if op == "roundtrip":
-            pcm, state = codec.decode_step(codes, state)
+            codes, pcm, state = codec.roundtrip_step(data, state)
         if op == "decode":
             pcm, state = codec.decode_step(data, state)
     return codes, pcm, state

@@ -114,3 +114,24 @@ def test_real_idft_equals_irfft():
     re, im = torch.randn(2, 5, dec.n_fft // 2 + 1).unbind(0)
     ref = torch.fft.irfft(torch.complex(re, im), n=dec.n_fft)
     torch.testing.assert_close(re @ dec.idft_cos + im @ dec.idft_sin, ref, atol=1e-5, rtol=1e-4)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, TINY.num_codebooks))
+def test_roundtrip_step_equals_encode_then_decode(seed, k):
+    """The server's echo step takes the decoder's latent from the quantizer (z less the last residual) instead of
+    looking the codes up again: the same codes, the same sound, chunk by chunk."""
+    torch.manual_seed(0)
+    codec = AudioCodec(TINY).eval()
+    x = torch.from_numpy(speechlike(0.4, seed=seed))[None, None]
+    sizes = random_sizes(x.shape[-1], random.Random(seed), 1500)
+    both, apart = codec.init_state(1, k), codec.init_state(1, k)
+    i = 0
+    for n in sizes:
+        codes, pcm, both = codec.roundtrip_step(x[..., i : i + n], both)
+        want_codes, apart = codec.encode_step(x[..., i : i + n], apart)
+        want_pcm, apart = codec.decode_step(want_codes, apart)
+        assert torch.equal(codes, want_codes)
+        torch.testing.assert_close(pcm, want_pcm, rtol=0, atol=1e-5)
+        i += n
+    assert torch.equal(both.pending, apart.pending)

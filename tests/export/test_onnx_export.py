@@ -78,6 +78,23 @@ def test_graphs_have_no_grouped_conv(exported):
         assert all(gr == 1 for gr in groups), (g["name"], groups)
 
 
+@pytest.mark.parametrize("encoder", ["conv", "mel"])
+def test_graphs_compute_no_shapes_per_step(encoder):
+    """Lengths are fixed per graph and every reshape keeps the batch as -1, so a step does no shape arithmetic:
+    Shape nodes and the small kernels after them were a third of the shipped roundtrip graph's 314 kernels."""
+    from dataclasses import replace
+
+    from talkstream.codecs.audio.onnx_step import codec_graph_spec
+    from talkstream.export.graphs import export_bytes
+
+    torch.manual_seed(0)
+    codec = AudioCodec(replace(TINY, encoder=encoder)).eval()
+    for op in ("encode", "decode", "roundtrip"):
+        model = onnx.load_from_string(export_bytes(codec_graph_spec(codec, op, TINY.num_codebooks, 2)))
+        ops = [n.op_type for n in model.graph.node]
+        assert "Shape" not in ops and "ConstantOfShape" not in ops, (op, sorted(set(ops)))
+
+
 def test_graphs_from_the_folder_equal_in_memory_ones(tiny_codec, exported):
     out, _ = exported
     x = torch.from_numpy(speechlike(0.3, seed=4))[None, None]

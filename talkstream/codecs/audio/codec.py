@@ -33,6 +33,7 @@ from talkstream.codecs.audio.modules import (
     State,
     StreamingConv1d,
     StreamingSequential,
+    keep_last,
 )
 from talkstream.codecs.audio.quantizer import ResidualVQ
 
@@ -169,15 +170,18 @@ class LogMelFrames(nn.Module):
         """[B, 1, (F+1)*hop] -> unnormalised log-mel [B, n_mels, F]."""
         # Frame f is hops f and f+1 side by side: one matmul, where a strided conv was a slow onnxruntime Conv
         # (a fifth of a batched codec step at batch 16 in a one-off profile; docs/benchmarks.md).
-        hops = xp.reshape(xp.shape[0], -1, self.hop)
+        # Lengths as Python ints (fixed per exported graph) and the batch as -1: the tracer records constants, so
+        # onnxruntime does no shape arithmetic per step.
+        hops = xp.reshape(-1, int(xp.shape[-1]) // self.hop, self.hop)
         spec = (torch.cat([hops[:, :-1], hops[:, 1:]], dim=-1) @ self.basis).transpose(1, 2)
-        re, im = spec.chunk(2, dim=1)
+        bins = self.basis.shape[1] // 2
+        re, im = spec[:, :bins], spec[:, bins:]
         mag = (re * re + im * im + 1e-10).sqrt()
         return torch.log((self.filterbank @ mag).clamp(min=1e-5))
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         xp = torch.cat([state[0], x], dim=-1)
-        return (self.raw(xp) - self.mean) / self.std, [xp[..., xp.shape[-1] - self.hop :]]
+        return (self.raw(xp) - self.mean) / self.std, [keep_last(xp, self.hop)]
 
     @torch.no_grad()
     def fit(self, raw_frames: Tensor) -> None:
@@ -228,8 +232,10 @@ class Decoder(nn.Module):
         """z [B, D, F] -> windowed time frames [B, F*subframes, n_fft], in time order."""
         h, net_state = self.net.step(z, state[:-1] if self.carries_phase else state)
         spec = self.head(h.transpose(1, 2))
-        spec = spec.reshape(spec.shape[0], -1, spec.shape[-1] // self.subframes)  # [B, F*S, 2*bins]
-        logmag, phase = spec.chunk(2, dim=-1)
+        # Batch as -1 and slices at constant bins: an exported graph reshapes and splits without shape arithmetic.
+        bins = self.n_fft // 2 + 1
+        spec = spec.reshape(-1, int(h.shape[-1]) * self.subframes, 2 * bins)  # [B, F*S, 2*bins]
+        logmag, phase = spec[..., :bins], spec[..., bins:]
         if self.carries_phase:  # the previous window's phase [B, bins] plus the advances, wrapped to [0, 2 pi)
             phase = state[-1][:, None] + torch.cumsum(phase, dim=1)
             phase = phase - 2 * torch.pi * torch.floor(phase / (2 * torch.pi))
@@ -253,14 +259,18 @@ class Decoder(nn.Module):
         Sample chunk c (of `step` samples) is the sum over m of chunk m of window c - m. So with S = 1 a block of
         one hop is final one frame later, and with S = 2 too: the last window of a frame reaches half a hop past
         the input the frame has heard, under the window's taper, and later windows add onto that."""
-        b, n = frames.shape[:2]
+        n = int(frames.shape[1])  # an int (fixed per exported graph); the batch stays -1 (dynamic)
         parts = 2 * self.subframes  # chunks per window
         step = self.n_fft // parts
-        chunks = frames.reshape(b, n, parts, step)
-        out = torch.cat([tail.reshape(b, parts - 1, step), tail.new_zeros(b, n, step)], dim=1)
+        if parts == 2:  # half overlap: the same sums, in a third of the kernels an exported graph runs
+            first, second = frames[..., :step], frames[..., step:]
+            out = first + torch.cat([tail[:, None], second[:, :-1]], dim=1)
+            return out.reshape(-1, 1, n * step), second[:, -1]
+        chunks = frames.reshape(-1, n, parts, step)
+        out = torch.cat([tail.reshape(-1, parts - 1, step), torch.zeros_like(chunks[:, :, 0])], dim=1)
         for m in range(parts):
             out = out + F.pad(chunks[:, :, m], (0, 0, m, parts - 1 - m))
-        return out[:, :n].reshape(b, 1, n * step), out[:, n:].reshape(b, (parts - 1) * step)
+        return out[:, :n].reshape(-1, 1, n * step), out[:, n:].reshape(-1, (parts - 1) * step)
 
 
 class AudioCodec(nn.Module):
@@ -334,14 +344,25 @@ class AudioCodec(nn.Module):
 
     def encode_step(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
         """pcm: float [B, 1, T] (any T >= 0) -> codes long [B, K, F] for every whole frame now available."""
+        codes, _, state = self._quantize_step(pcm, state)
+        return codes, state
+
+    def roundtrip_step(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, Tensor, CodecState]:
+        """`encode_step` then `decode_step` on its codes, in one: pcm [B, 1, T] -> (codes [B, K, F], pcm [B, 1, F*hop])
+        with the decoder fed the quantizer's own latent (the codes' lookup again would be the same sum)."""
+        codes, q, state = self._quantize_step(pcm, state)
+        out, state = self.decode_latent_step(q, state)
+        return codes, out, state
+
+    def _quantize_step(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, Tensor, CodecState]:
         x = torch.cat([state.pending, pcm.to(state.pending.dtype)], dim=-1)
-        n = x.shape[-1] // self.cfg.hop * self.cfg.hop
+        n = int(x.shape[-1]) // self.cfg.hop * self.cfg.hop  # an int: a constant in exported graphs
         if n == 0:
             codes = torch.zeros(x.shape[0], state.num_codebooks, 0, dtype=torch.long, device=x.device)
-            return codes, dataclasses.replace(state, pending=x)
+            return codes, x.new_zeros(x.shape[0], self.cfg.latent_dim, 0), dataclasses.replace(state, pending=x)
         z, enc = self.encoder.net.step(x[..., :n], state.encoder)
-        codes = self.quantizer.encode(z, state.num_codebooks)
-        return codes, dataclasses.replace(state, pending=x[..., n:], encoder=enc)
+        codes, q = self.quantizer.quantize(z, state.num_codebooks)
+        return codes, q, dataclasses.replace(state, pending=x[..., n:], encoder=enc)
 
     def decode_latent_step(self, z: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
         """Latent [B, D, F] -> pcm [B, 1, F*hop], trailing the input by `decode_delay` samples."""

@@ -14,6 +14,12 @@ from torch import Tensor, nn
 State = list[Tensor]
 
 
+def keep_last(x: Tensor, n: int) -> Tensor:
+    """The last n steps of x's last axis. A constant negative start, so an exported graph slices once instead of
+    computing the start from the tensor's shape (four small kernels per state in onnxruntime)."""
+    return x[..., -n:] if n else x[..., :0]
+
+
 class StreamingConv1d(nn.Module):
     """Causal conv: output j sees inputs up to the end of its stride block, never later.
 
@@ -34,7 +40,7 @@ class StreamingConv1d(nn.Module):
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         xp = torch.cat([state[0], x], dim=-1)
-        return self.conv(xp), [xp[..., xp.shape[-1] - self.context :]]
+        return self.conv(xp), [keep_last(xp, self.context)]
 
     def step_depthwise_time_major(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """A depthwise, stride-1, undilated conv's step as a sum over its taps: x [B, C, T] -> y [B, T, C] (time
@@ -49,9 +55,9 @@ class StreamingConv1d(nn.Module):
         xp = torch.cat([state[0], x], dim=-1)
         t, k = int(x.shape[-1]), conv.kernel_size[0]
         rows = torch.tensor([i + j for i in range(t) for j in range(k)], device=x.device)
-        taps = xp.transpose(1, 2).index_select(1, rows).reshape(xp.shape[0], t, k, self.c_in)  # [B, T, k, C]
+        taps = xp.transpose(1, 2).index_select(1, rows).reshape(-1, t, k, self.c_in)  # [B, T, k, C]
         y = (taps * conv.weight[:, 0].T).sum(2) + conv.bias
-        return y, [xp[..., xp.shape[-1] - self.context :]]
+        return y, [keep_last(xp, self.context)]
 
 
 class StreamingSequential(nn.Module):

@@ -60,10 +60,10 @@ class _Step(torch.nn.Module):
         if self.op == "decode":
             pcm, state = self.codec.decode_step(x, state)
             return (pcm, *state.decoder)
-        codes, state = self.codec.encode_step(x, state)
         if self.op == "encode":
+            codes, state = self.codec.encode_step(x, state)
             return (codes, *state.encoder)
-        pcm, state = self.codec.decode_step(codes, state)
+        codes, pcm, state = self.codec.roundtrip_step(x, state)
         return (codes, pcm, *state.encoder, *state.decoder)
 
 

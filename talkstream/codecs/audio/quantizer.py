@@ -55,29 +55,39 @@ class ResidualVQ(nn.Module):
 
     def _nearest(self, stage: int, r: Tensor) -> Tensor:
         """r: [N, D] -> codes [N] (squared distances without forming the N x C x D difference)."""
+        # |r|^2 is the same for every code, so the argmin does without it (two kernels fewer per stage in onnxruntime)
         e = self.embed[stage]
-        d = (r * r).sum(1, keepdim=True) - 2 * r @ e.t() + (e * e).sum(1)[None]
-        return d.argmin(dim=1)
+        return ((e * e).sum(1)[None] - 2 * r @ e.t()).argmin(dim=1)
 
     def encode(self, z: Tensor, n_q: int) -> Tensor:
         """z [B, D, F] -> codes [B, n_q, F]."""
-        b, d, f = z.shape
-        r = z.transpose(1, 2).reshape(-1, d)
-        codes = []
+        return self.quantize(z, n_q)[0]
+
+    def quantize(self, z: Tensor, n_q: int) -> tuple[Tensor, Tensor]:
+        """z [B, D, F] -> (codes [B, n_q, F], the quantized latent [B, D, F] those codes decode to). A roundtrip takes
+        the latent from here (z less the last residual) instead of looking every code up again."""
+        d, f = int(z.shape[1]), int(z.shape[2])
+        if n_q == 0:
+            return z.new_zeros(z.shape[0], 0, f).long(), torch.zeros_like(z)
+        # Shapes here keep the batch as -1 (f and d are fixed per exported graph), so a graph reshapes by constants.
+        z_rows = z.transpose(1, 2).reshape(-1, d)
+        r, codes = z_rows, []
         for k in range(n_q):
             c = self._nearest(k, r)
             r = r - self.embed[k][c]
             codes.append(c)
-        return torch.stack(codes, 1).reshape(b, f, n_q).transpose(1, 2) if codes else z.new_zeros(b, 0, f).long()
+        q = (z_rows - r).reshape(-1, f, d).transpose(1, 2)
+        return torch.stack(codes, 1).reshape(-1, f, n_q).transpose(1, 2), q
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes [B, K, F] -> quantized latent [B, D, F]."""
-        out = 0
-        for k in range(codes.shape[1]):
-            out = out + F.embedding(codes[:, k], self.embed[k])
-        if not torch.is_tensor(out):
+        k = int(codes.shape[1])
+        if k == 0:
             return self.embed.new_zeros(codes.shape[0], self.dim, codes.shape[2])
-        return out.transpose(1, 2)
+        # One lookup in all K codebooks laid end to end, then a sum over K (not K lookups and adds).
+        offsets = torch.arange(k, device=codes.device)[:, None] * self.codebook_size
+        rows = F.embedding(codes + offsets, self.embed[:k].reshape(-1, self.dim))  # [B, K, F, D]
+        return rows.sum(1).transpose(1, 2)
 
     @torch.no_grad()
     def init_from_latents(self, z: Tensor) -> None:

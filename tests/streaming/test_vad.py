@@ -134,3 +134,36 @@ def test_sessions_stepped_together_equal_each_alone(vad, turn):
             [[(e.kind, round(e.time_s, 4)) for e in ev] for ev, _ in want]
         np.testing.assert_allclose([p for _, p in got], [p for _, p in want], atol=1e-5)
     assert any(ev for ev, _ in results[0])  # the speech stream did produce events
+
+
+def test_the_codec_mode_tap_hands_the_vad_blocks_and_loses_nothing(vad, turn):
+    """VoiceActivityTap passes every packet on at once and gives the VAD branch blocks of at least min_samples
+    (the rest at the end of the stream): the same audio in order, so the same events as packet by packet."""
+    import asyncio
+
+    from talkstream.streaming.stages import AudioChunk, VoiceActivityTap
+
+    audio, _ = turn
+    blocks: list[AudioChunk] = []
+    tap = VoiceActivityTap(blocks.append, min_samples=1536)
+
+    async def main():
+        passed = []
+        for i in range(0, audio.size, 480):
+            chunk = AudioChunk(audio[i : i + 480], i, float(i))
+            assert await tap.process(chunk) == [chunk]  # not held back
+            passed.append(chunk)
+        assert await tap.flush() == []
+        return passed
+
+    passed = asyncio.run(main())
+    assert all(b.pcm.size >= 1536 for b in blocks[:-1]) and len(blocks) < len(passed) / 3
+    np.testing.assert_array_equal(np.concatenate([b.pcm for b in blocks]), audio)
+    starts = np.cumsum([0] + [b.pcm.size for b in blocks[:-1]])
+    assert [b.timestamp for b in blocks] == list(starts)  # each block keeps its first packet's timestamp
+    state, events = vad.init_state(24_000), []
+    for b in blocks:
+        ev, state = vad.step(b.pcm, state)
+        events += ev
+    packet_by_packet = run(vad, audio, 480)
+    assert [(e.kind, round(e.time_s, 3)) for e in events] == [(e.kind, round(e.time_s, 3)) for e in packet_by_packet]

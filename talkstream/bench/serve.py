@@ -144,6 +144,8 @@ async def _run_level(server: ServerProcess, audio: np.ndarray, sessions: int, se
         "drops": int(drops),
         "first_audio_ms_max": float(max(first)) if first else None,
         "server_cpu_cores": cpu / wall,
+        # what one session costs the server: 1000 / this is how many sessions a core could carry at this load
+        "server_cpu_ms_per_session_s": 1000 * cpu / wall / max(sessions, 1),
         "client_cpu_cores": own / wall,  # the clients share this machine: near 1.0 means they are the bottleneck
         "other_cpu_cores": other / wall,  # everything else on the machine meanwhile (another job's training run)
         "server_rss_mb": server.rss_mb(),
@@ -228,7 +230,7 @@ def run_serve_bench(
         result[ratio] = by_workers[-1]["max_sessions_passing"] / by_workers[0]["max_sessions_passing"]
     head = (
         f"{'workers':>7}{'graphs':>7}{'sessions':>9}{'per worker':>12}{'p50 ms':>8}{'p95 ms':>8}{'late':>7}{'drops':>7}"
-        f"{'first ms':>9}{'srv cores':>10}{'cli cores':>10}{'other':>7}{'RSS MB':>8}  ok"
+        f"{'first ms':>9}{'srv cores':>10}{'ms/sess-s':>10}{'cli cores':>10}{'other':>7}{'RSS MB':>8}  ok"
     )
     print(head + "\n" + "-" * len(head))
     for r in rows:
@@ -238,6 +240,7 @@ def run_serve_bench(
             f"{r['workers']:>7}{r['precision']:>7}{r['sessions']:>9}{spread:>12}"
             f"{r['latency_ms_p50']:>8.1f}{r['latency_ms_p95']:>8.1f}"
             f"{r['late_frames']:>7}{r['drops']:>7}{first}{r['server_cpu_cores']:>10.2f}"
+            f"{r['server_cpu_ms_per_session_s']:>10.1f}"
             f"{r['client_cpu_cores']:>10.2f}{r['other_cpu_cores']:>7.2f}{r['server_rss_mb']:>8.0f}"
             f"  {'yes' if r['passes'] else 'no'}"
         )

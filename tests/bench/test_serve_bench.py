@@ -14,6 +14,7 @@ def test_one_and_two_workers_are_measured_in_one_run(capsys):
     for row in r["rows"]:
         assert row["failed_sessions"] == 0 and sum(row["sessions_per_worker"]) == 3
         assert row["frames"] > 0 and row["server_cpu_cores"] > 0 and row["other_cpu_cores"] >= 0
+        assert row["server_cpu_ms_per_session_s"] == pytest.approx(1000 * row["server_cpu_cores"] / row["sessions"])
     one, two = r["rows"]
     assert one["sessions_per_worker"] == [3]  # one worker holds them all
     assert two["server_rss_mb"] > one["server_rss_mb"]  # two processes, each with its own models

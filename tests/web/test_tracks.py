@@ -12,7 +12,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from talkstream.services.video_track import CodecVideoTrack
-from talkstream.services.webrtc import FRAME, RATE, PacedAudioTrack, TrackPacer, mono_s16
+from talkstream.services.webrtc import FRAME, RATE, OpusPacedAudioTrack, PacedAudioTrack, TrackPacer, mono_s16
 from talkstream.streaming.video import VideoStats
 
 
@@ -33,6 +33,32 @@ def test_outbound_track_paces_keeps_pts_and_fills_gaps_with_silence():
     assert np.array_equal(out[: ramp.size], ramp) and not out[ramp.size :].any()
     assert took >= 0.07  # four 20 ms waits after the first frame, not a burst (a busy machine is only slower)
     assert len(track.latencies) == 1 and track.sent_samples == ramp.size
+
+
+def test_the_served_track_sends_its_own_mono_opus_packets_with_the_frames_times():
+    """What aiortc gets from the session's track: one Opus packet per 20 ms frame, stamped with the frame's pts at
+    48 kHz (aiortc's RTP timestamp), mono, and decoding back to the pushed speech-band sweep (with Opus's delay)."""
+    t = np.arange(RATE // 4) / RATE  # 250 ms (within the live buffer) sweeping 200 Hz -> 1.1 kHz: no period to slip by
+    tone = (8000 * np.sin(2 * np.pi * (200 * t + 1800 * t * t))).astype(np.int16)
+
+    async def main():
+        track = OpusPacedAudioTrack()
+        track.push(tone, arrived=time.monotonic())
+        return [await track.recv() for _ in range(30)]  # 600 ms: the sweep, then silence
+
+    packets = asyncio.run(main())
+    assert all(isinstance(p, av.Packet) for p in packets)
+    assert [p.pts for p in packets] == [i * FRAME for i in range(30)]
+    assert all(p.time_base == Fraction(1, RATE) for p in packets)
+    assert all(bytes(p)[0] & 0x04 == 0 for p in packets)  # the TOC byte's stereo flag is clear: mono
+    decoder = av.CodecContext.create("libopus", "r")
+    decoder.sample_rate, decoder.layout, decoder.format = RATE, "mono", "s16"
+    out = np.concatenate([f.to_ndarray().reshape(-1) for p in packets for f in decoder.decode(p)]).astype(float)
+    assert out.size == 30 * FRAME
+    want = tone.astype(float)
+    lag = max(range(int(0.02 * RATE)), key=lambda k: np.corrcoef(out[k : k + want.size], want)[0, 1])
+    assert np.corrcoef(out[lag : lag + want.size], want)[0, 1] > 0.9  # Opus's own delay is a few ms
+    assert np.abs(out[-5 * FRAME :]).max() < 50  # silence after the sweep
 
 
 def test_outbound_track_trims_a_standing_backlog():

@@ -3,7 +3,8 @@
 The browser's microphone track (Opus, 48 kHz) is decoded by aiortc, downmixed to mono PCM16 by av's resampler and
 handed to `Session.feed_audio` at 48 kHz (the session resamples to the codec's rate, exactly as for a WebSocket
 client at 48 kHz); no wire frames are made or parsed. The peer is the session's `Sink`: audio goes into
-`PacedAudioTrack` (the outbound track, 20 ms frames against the clock, as aiortc's own tracks pace themselves),
+`OpusPacedAudioTrack` (the outbound track: 20 ms frames against the clock, as aiortc's own tracks pace themselves,
+coded to mono Opus packets by the track itself),
 video reconstructions to the camera echo's track, JSON events out on the data channel the client opened. The track
 is the one clock of the outbound audio: a chat reply is metered by it (`TrackPacer`, the session's pacer here), never
 by a second, wall-clock pacer beside it. Client

@@ -235,11 +235,14 @@ class OpusPacedAudioTrack(PacedAudioTrack):
         self.encoder.time_base = fractions.Fraction(1, RATE)
         self.encoder.options = {"application": "voip", "frame_duration": "20"}
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet | av.AudioFrame:
         frame = await super().recv()
-        packets = self.encoder.encode(frame)  # one 20 ms frame in, one packet out (no lookahead buffering here)
+        packets = self.encoder.encode(frame)  # one 20 ms frame in, one packet out (libopus buffers nothing here)
         if len(packets) != 1:
-            raise RuntimeError(f"the Opus encoder returned {len(packets)} packets for one 20 ms frame")
+            # Never seen; if it were, an exception would end the RTP loop and the audio with it, so the frame goes
+            # to aiortc's own encoder instead (louder in the log than in the client's ears).
+            log.warning("Opus encoder gave %d packets for one 20 ms frame; aiortc encodes this one", len(packets))
+            return frame
         packet = packets[0]
         packet.pts, packet.time_base = frame.pts, frame.time_base  # the frame's time, whatever the encoder's delay
         return packet

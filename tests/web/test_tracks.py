@@ -146,3 +146,21 @@ def test_video_track_keeps_pts_spaces_bursts_and_bounds_its_backlog():
     stats, pts, spacing = asyncio.run(main())
     assert stats.dropped_out == 2 and pts == (7200, 10800)
     assert spacing >= 0.75 * 0.040 - 0.002  # a burst leaves no faster than 4/3 of the frames' own rate
+
+
+def test_the_served_track_falls_back_to_aiortc_encoding_rather_than_going_silent(caplog):
+    """An encoder that gives no packet for a frame (never seen) must not end the stream: aiortc gets the frame."""
+
+    class Silent:
+        def encode(self, frame):
+            return []
+
+    async def main():
+        track = OpusPacedAudioTrack()
+        track.encoder = Silent()
+        track.push(np.ones(FRAME, np.int16))
+        return await track.recv()
+
+    out = asyncio.run(main())
+    assert isinstance(out, av.AudioFrame) and out.samples == FRAME
+    assert "aiortc encodes this one" in caplog.text

@@ -179,6 +179,9 @@ class CodecEngine:
         return await self._submit("roundtrip", state, pcm)
 
     async def decode(self, codes: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
+        # Refused here, before any graph: the codebooks are one table in the exported decoder, so a code past its own
+        # codebook would read the next one's instead of failing (the wire already checks; this is for every caller).
+        self.codec.check_codes(codes)
         _, pcm, state = await self._submit("decode", state, codes)
         return pcm, state
 

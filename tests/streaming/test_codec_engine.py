@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import torch
 
 from talkstream.codecs.audio.codec import CodecState
@@ -161,6 +162,25 @@ def test_a_failing_request_fails_alone_and_the_engine_serves_on(tiny_codec):
     (good, bad, echo), later = asyncio.run(main())
     assert good[0].shape == (1, 4, 2) and later[0].shape == (1, 4, 2)
     assert isinstance(bad, RuntimeError) and echo == "x"
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_codes_past_their_codebook_are_refused_not_decoded(tiny_codec, backend):
+    """The decoder looks all codebooks up in one table, so a code one past its codebook's end is refused before it
+    could read the next codebook's first entry; the engine serves on."""
+    async def main():
+        engine = CodecEngine(tiny_codec, backend=backend)
+        engine.start()
+        codes = torch.zeros(1, 2, 2, dtype=torch.long)
+        bad = codes.clone()
+        bad[0, 0, 1] = tiny_codec.codebook_size
+        with pytest.raises(ValueError, match="out of range"):
+            await engine.decode(bad, tiny_codec.init_state(1, 2))
+        pcm, _ = await engine.decode(codes, tiny_codec.init_state(1, 2))
+        await engine.stop()
+        return pcm
+
+    assert asyncio.run(main()).shape == (1, 1, 2 * tiny_codec.frame_size)
 
 
 def test_a_step_interval_batches_requests_under_load_and_delays_none_at_light_load(tiny_codec):

@@ -80,7 +80,8 @@ class ResidualVQ(nn.Module):
         return torch.stack(codes, 1).reshape(-1, f, n_q).transpose(1, 2), q
 
     def decode(self, codes: Tensor) -> Tensor:
-        """codes [B, K, F] -> quantized latent [B, D, F]."""
+        """codes [B, K, F] -> quantized latent [B, D, F]. Codes must be in range (`AudioCodec.check_codes`): one past a
+        codebook's end would read the next codebook's first entry."""
         k = int(codes.shape[1])
         if k == 0:
             return self.embed.new_zeros(codes.shape[0], self.dim, codes.shape[2])

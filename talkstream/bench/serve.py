@@ -65,8 +65,8 @@ class ServerProcess:
     WebRTC signaling, `http_url` once ready) only when asked for."""
 
     def __init__(self, workers: int, max_sessions: int, options: list[str], http: bool = False,
-                 precision: str = "int8", thinker: str = "echo"):
-        self.workers, self.precision = workers, precision
+                 precision: str = "int8", thinker: str = "echo", step_interval_ms: float | None = None):
+        self.workers, self.precision, self.step_interval_ms = workers, precision, step_interval_ms
         self.port = _free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http = http
@@ -75,6 +75,7 @@ class ServerProcess:
         cmd += ["--http-port", "0"] if http else ["--no-http"]
         cmd += ["--workers", str(workers), "--max-sessions", str(max_sessions), "--thinker", thinker, *options]
         cmd += ["--precision", precision]
+        cmd += [] if step_interval_ms is None else ["--step-interval-ms", str(step_interval_ms)]  # None: the default
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -132,6 +133,7 @@ async def _run_level(server: ServerProcess, audio: np.ndarray, sessions: int, se
     return {
         "workers": server.workers,
         "precision": server.precision,
+        "step_interval_ms": server.step_interval_ms,
         "sessions": sessions,
         "failed_sessions": len(results) - len(ok),
         "sessions_per_worker": sorted(per_worker.values(), reverse=True),
@@ -172,13 +174,19 @@ def run_serve_bench(
     backend: str = "onnx",
     workers: list[int] | None = None,
     precisions: list[str] | None = None,
+    step_intervals: list[float] | None = None,
 ) -> dict:
-    """Every server (each worker count at each codec precision, fp32 or int8 graphs) runs at once (idle while
-    another is measured) and each level is run on each in turn, so a change in the machine's other load during the
-    run falls on all of them alike."""
+    """Every server (each worker count at each codec precision, fp32 or int8 graphs, and each `--step-interval-ms`)
+    runs at once (idle while another is measured) and each level is run on each in turn, so a change in the
+    machine's other load during the run falls on all of them alike."""
     from talkstream.checkpoint import load_audio_codec
 
+    from talkstream.services.app import ServerConfig
+
     workers, precisions = workers or [1], precisions or ["int8"]
+    intervals = step_intervals or [ServerConfig.step_interval_ms]
+    if any(i < 0 for i in intervals):
+        raise ValueError(f"--step-interval-ms must be at least 0 (got {intervals})")
     if set(precisions) - {"fp32", "int8"}:
         raise ValueError(f"--precision must be fp32 or int8 (got {precisions})")
     if any(w < 1 for w in workers):
@@ -193,23 +201,24 @@ def run_serve_bench(
     servers: list[ServerProcess] = []
     rows: list[dict] = []
     try:
-        for w in workers:  # one at a time: warm-ups side by side would only slow each other down
-            for precision in precisions:
-                print(f"starting a server with {w} worker(s), {precision} graphs ...", flush=True)
-                servers.append(ServerProcess(w, max(levels) + 4, options, precision=precision))
-                servers[-1].wait_ready()
+        variants = [(w, p, i) for w in workers for p in precisions for i in intervals]
+        for w, precision, interval in variants:  # one at a time: warm-ups side by side would only slow each other
+            print(f"starting a server with {w} worker(s), {precision} graphs, step interval {interval:g} ms ...",
+                  flush=True)
+            servers.append(ServerProcess(w, max(levels) + 4, options, precision=precision, step_interval_ms=interval))
+            servers[-1].wait_ready()
         for n in levels:
             for server in servers:
-                print(f"{n} sessions for {seconds:.0f} s on {server.workers} worker(s), {server.precision} ...",
-                      flush=True)
+                print(f"{n} sessions for {seconds:.0f} s on {server.workers} worker(s), {server.precision}, "
+                      f"step interval {server.step_interval_ms:g} ms ...", flush=True)
                 rows.append(asyncio.run(_run_level(server, audio, n, seconds, budget_ms)))
     finally:
         for server in servers:
             server.stop()
     by_workers = [
-        {"workers": w, "precision": p, **_held([r for r in rows if (r["workers"], r["precision"]) == (w, p)])}
-        for w in workers
-        for p in precisions
+        {"workers": w, "precision": p, "step_interval_ms": i,
+         **_held([r for r in rows if (r["workers"], r["precision"], r["step_interval_ms"]) == (w, p, i)])}
+        for w, p, i in variants
     ]
     result = {
         "budget_ms": budget_ms,
@@ -218,18 +227,21 @@ def run_serve_bench(
         "gather_ms": gather_ms,
         "backend": backend,
         "precisions": precisions,
+        "step_intervals_ms": intervals,
         "cpu_count": os.cpu_count(),
         "workers": workers,
         "rows": rows,
         "by_workers": by_workers,
         **by_workers[0],  # the first worker count's figures, where earlier results kept them
     }
-    # Several worker counts or several precisions (not both): the last server's sessions held over the first's.
-    ratio = "scaling_ratio" if len(precisions) == 1 else "precision_ratio" if len(workers) == 1 else None
+    # Several worker counts or several precisions (one of them, one interval): the last server's sessions held over
+    # the first's.
+    ratio = (None if len(intervals) > 1 else "scaling_ratio" if len(precisions) == 1
+             else "precision_ratio" if len(workers) == 1 else None)
     if ratio and len(by_workers) > 1 and by_workers[0]["max_sessions_passing"]:
         result[ratio] = by_workers[-1]["max_sessions_passing"] / by_workers[0]["max_sessions_passing"]
     head = (
-        f"{'workers':>7}{'graphs':>7}{'sessions':>9}{'per worker':>12}{'p50 ms':>8}{'p95 ms':>8}{'late':>7}{'drops':>7}"
+        f"{'workers':>7}{'graphs':>7}{'step ms':>8}{'sessions':>9}{'per worker':>12}{'p50 ms':>8}{'p95 ms':>8}{'late':>7}{'drops':>7}"
         f"{'first ms':>9}{'srv cores':>10}{'ms/sess-s':>10}{'cli cores':>10}{'other':>7}{'RSS MB':>8}  ok"
     )
     print(head + "\n" + "-" * len(head))
@@ -237,7 +249,7 @@ def run_serve_bench(
         first = f"{r['first_audio_ms_max']:>9.1f}" if r["first_audio_ms_max"] is not None else f"{'-':>9}"
         spread = "/".join(map(str, r["sessions_per_worker"])) or "-"
         print(
-            f"{r['workers']:>7}{r['precision']:>7}{r['sessions']:>9}{spread:>12}"
+            f"{r['workers']:>7}{r['precision']:>7}{r['step_interval_ms']:>8g}{r['sessions']:>9}{spread:>12}"
             f"{r['latency_ms_p50']:>8.1f}{r['latency_ms_p95']:>8.1f}"
             f"{r['late_frames']:>7}{r['drops']:>7}{first}{r['server_cpu_cores']:>10.2f}"
             f"{r['server_cpu_ms_per_session_s']:>10.1f}"
@@ -247,7 +259,8 @@ def run_serve_bench(
     print(f"budget: p95 <= {budget_ms:.1f} ms (algorithmic latency + one frame), no drops.")
     for b in by_workers:
         print(
-            f"{b['workers']} worker(s), {b['precision']}: {b['max_sessions_passing']} sessions held, "
+            f"{b['workers']} worker(s), {b['precision']}, step interval {b['step_interval_ms']:g} ms: "
+            f"{b['max_sessions_passing']} sessions held, "
             f"{b['sessions_per_server_core']:.1f} per server core"
         )
     if "scaling_ratio" in result:

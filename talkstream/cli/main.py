@@ -195,6 +195,7 @@ def cmd_serve(args) -> None:
         gather_ms=args.gather_ms,
         codec_threads=args.codec_threads,
         step_interval_ms=args.step_interval_ms,
+        step_interval_fixed=args.step_interval_fixed,
         http_port=None if args.no_http else args.http_port,
         ice_servers=_ice_servers(args.ice_server),
         backend=args.backend,
@@ -287,7 +288,7 @@ def cmd_bench_serve(args) -> None:
 
     results = run_serve_bench(
         args.sessions, args.seconds, args.weights, args.frames_per_step, args.gather_ms, args.backend, args.workers,
-        args.precision,
+        args.precision, args.step_interval_ms,
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -420,9 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="wait this long to batch sessions' codec steps (0: never wait; more: more sessions per core)",
     )
-    sp.add_argument("--step-interval-ms", type=float, default=0.0,
-                    help="the least time between the starts of two batched codec steps: under load, sessions' "
-                    "frames arriving within it share one step; at light load nothing waits")
+    sp.add_argument("--step-interval-ms", type=float, default=12.0,
+                    help="the least time between the starts of two batched codec steps, scaled by the share of "
+                    "the last second the codec thread was busy: under load, sessions' frames arriving within it "
+                    "share one step (less CPU per session); an idle engine makes no frame wait")
+    sp.add_argument("--step-interval-fixed", action="store_true",
+                    help="apply --step-interval-ms whatever the load, instead of scaling it by the codec thread's "
+                    "busy share")
     sp.add_argument("--codec-threads", type=int, default=1,
                     help="threads of each worker's batched codec step (onnxruntime's intra-op threads)")
     sp.add_argument(
@@ -580,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "backend): both are measured side by side in one run with `--precision fp32 int8`")
     bs.add_argument("--workers", type=int, nargs="+", default=[1],
                     help="the server's --workers: several counts are measured side by side in one run (e.g. 1 2)")
+    bs.add_argument("--step-interval-ms", type=float, nargs="+", default=None,
+                    help="the server's --step-interval-ms (default: the server's own): several values are measured "
+                    "side by side in one run (e.g. 0 6)")
     bs.add_argument("--out", default=None, help="write results JSON here")
     bs.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
     bs.set_defaults(func=cmd_bench_serve)

@@ -41,7 +41,10 @@ class ServerConfig:
     video_weights: str | None = None  # video codec checkpoint folder (default: the shipped weights)
     codec_threads: int = 1
     gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
-    step_interval_ms: float = 0.0  # the least time between the starts of two batched steps (see CodecEngine)
+    # The least time between the starts of two batched codec steps, scaled by the codec thread's busy share (see
+    # CodecEngine): 12 ms held 32 sessions on one worker where none held 32 without (docs/benchmarks.md).
+    step_interval_ms: float = 12.0
+    step_interval_fixed: bool = False  # False: the interval scales with how busy the codec thread is (CodecEngine)
     backend: str = "onnx"  # codec steps in onnxruntime (2.8-4x faster per step) or torch eager
     onnx_options: dict = field(default_factory=dict)  # export_dir, precision, providers (OnnxCodecSteps)
     http_port: int | None = None  # the page and WebRTC signaling (talkstream/services/http.py); 0: any free port
@@ -86,6 +89,7 @@ class TalkstreamServer:
             threads=c.codec_threads,
             gather_ms=c.gather_ms,
             step_interval_ms=c.step_interval_ms,
+            interval_follows_load=not c.step_interval_fixed,
             backend=c.backend,
             onnx_options=c.onnx_options,
             frames_per_step=c.limits.frames_per_step,

@@ -16,7 +16,10 @@ for others) trades that much latency for batches that grow with the number of se
 light load the previous step is long past and a request runs at once; under load, requests that arrive within the
 interval join one step. Without it, sessions' frames arriving at unrelated phases each found the engine free and ran
 alone: at 16 sessions the codec thread was 92% busy with steps of one (1.5 ms each, where a step of 16 costs
-0.7 ms a session).
+0.7 ms a session). With `interval_follows_load` the interval is scaled by the share of the last second the codec
+thread spent in steps (`BusyShare`): at 16 sessions requests arrive every 2 ms, so a fixed interval made nearly every
+frame wait (p50 +5 ms in `bench serve`) while the thread was only half busy; scaled, a half-idle engine waits half as
+long and a saturated one the whole interval, where batching is what keeps it from falling behind.
 
 With the ONNX backend every graph a client can reach is opened by `warmup()`, before the server takes traffic, and
 the set is fixed (`graph_plan`): a request is split into steps of the planned frame counts (1 and `frames_per_step`),
@@ -32,6 +35,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +64,24 @@ class _Request:
         return self.op, self.state.num_codebooks, tuple(self.data.shape), self.state.pending.shape[-1]
 
 
+class BusyShare:
+    """The share of recent time a worker spent in steps: an exponentially weighted sum of step durations over a
+    `window_s` time constant (1.0 when steps run back to back for a few windows, decaying to 0 when idle)."""
+
+    def __init__(self, window_s: float = 1.0):
+        self.window_s, self.share, self.at = window_s, 0.0, None
+
+    def value(self, now: float) -> float:
+        if self.at is None:
+            return 0.0
+        return self.share * math.exp(-(now - self.at) / self.window_s)
+
+    def observe(self, start: float, end: float) -> None:
+        """A step ran from `start` to `end` (loop time)."""
+        self.share = min(1.0, self.value(end) + (end - start) / self.window_s)
+        self.at = end
+
+
 class UnplannedShape(RuntimeError):
     """A codec step no warmed graph serves (a bug: every shape a session can ask for is planned)."""
 
@@ -76,6 +98,7 @@ class CodecEngine:
         onnx_options: dict | None = None,
         frames_per_step: int = 2,
         step_interval_ms: float = 0.0,
+        interval_follows_load: bool = False,
     ):
         self.codec = codec
         self.frames_per_step = frames_per_step
@@ -92,6 +115,8 @@ class CodecEngine:
             self.onnx = OnnxCodecSteps(codec, threads, **(onnx_options or {}))
         self.gather_s = gather_ms / 1000
         self.step_interval_s = step_interval_ms / 1000
+        self.interval_follows_load = interval_follows_load
+        self.busy = BusyShare()  # the codec thread's (the side thread's steps are not counted)
         self.max_batch = max_batch
         self.metrics = metrics
         self.threads = threads
@@ -265,7 +290,10 @@ class CodecEngine:
             batch = [await queue.get()]
             # From the first request's arrival, not from now: a worker that is behind must not wait again. And no
             # sooner than the step interval after the last step began (by load: at light load that is long past).
-            deadline = max(batch[0].arrived + self.gather_s, last_start + self.step_interval_s)
+            interval = self.step_interval_s
+            if self.interval_follows_load and queue is self._queue:
+                interval *= self.busy.value(loop.time())
+            deadline = max(batch[0].arrived + self.gather_s, last_start + interval)
             while len(batch) < self.max_batch:
                 if not queue.empty():
                     batch.append(queue.get_nowait())
@@ -284,6 +312,8 @@ class CodecEngine:
             # Every group of this batch (codec steps of each shape) in one hand-off to the thread.
             last_start = loop.time()
             outcomes = await loop.run_in_executor(pool, self._step_groups, list(groups.values()))
+            if queue is self._queue:
+                self.busy.observe(last_start, loop.time())
             for group, results in zip(groups.values(), outcomes, strict=True):
                 if isinstance(results, Exception):  # a bad request must not take the engine down for everyone
                     for r in group:

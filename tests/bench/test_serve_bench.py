@@ -20,13 +20,39 @@ def test_one_and_two_workers_are_measured_in_one_run(capsys):
     assert two["server_rss_mb"] > one["server_rss_mb"]  # two processes, each with its own models
     assert [b["workers"] for b in r["by_workers"]] == [1, 2]
     out = capsys.readouterr().out
-    assert "1 worker(s), int8:" in out and "2 worker(s), int8:" in out
+    assert "1 worker(s), int8, step interval 12 ms:" in out and "2 worker(s), int8, step interval 12 ms:" in out
 
 
 @pytest.mark.parametrize("levels, workers", [([0], [1]), ([2], [0])], ids=["no-sessions", "no-workers"])
 def test_bad_counts_are_refused_before_any_server_starts(levels, workers):
     with pytest.raises(ValueError, match="must be at least 1"):
         run_serve_bench(levels, 1.0, workers=workers)
+
+
+def test_a_negative_step_interval_is_refused_before_any_server_starts():
+    with pytest.raises(ValueError, match="step-interval-ms must be at least 0"):
+        run_serve_bench([1], 1.0, step_intervals=[-1.0])
+
+
+def test_step_intervals_are_measured_in_one_run(capsys):
+    r = run_serve_bench([2], 1.0, step_intervals=[0.0, 12.0])
+    assert [row["step_interval_ms"] for row in r["rows"]] == [0.0, 12.0]
+    assert all(row["failed_sessions"] == 0 and row["frames"] > 0 for row in r["rows"])
+    assert [b["step_interval_ms"] for b in r["by_workers"]] == [0.0, 12.0]
+    assert "scaling_ratio" not in r and "precision_ratio" not in r  # no ratio across intervals
+    out = capsys.readouterr().out
+    assert "step interval 0 ms:" in out and "step interval 12 ms:" in out
+
+
+def test_the_server_scales_a_12_ms_step_interval_by_load_unless_told_otherwise():
+    from talkstream.cli import build_parser
+    from talkstream.services.app import ServerConfig
+
+    parse = build_parser().parse_args
+    default = parse(["serve"])
+    assert (default.step_interval_ms, default.step_interval_fixed) == (ServerConfig.step_interval_ms, False) == (12, False)
+    assert parse(["serve", "--step-interval-ms", "0"]).step_interval_ms == 0
+    assert parse(["serve", "--step-interval-fixed"]).step_interval_fixed
 
 
 def test_an_unknown_precision_is_refused_before_any_server_starts():
@@ -40,7 +66,7 @@ def test_fp32_and_int8_graphs_are_measured_in_one_run(capsys):
     assert all(row["failed_sessions"] == 0 and row["frames"] > 0 for row in r["rows"])
     assert [b["precision"] for b in r["by_workers"]] == ["fp32", "int8"]
     out = capsys.readouterr().out
-    assert "1 worker(s), fp32:" in out and "1 worker(s), int8:" in out
+    assert "1 worker(s), fp32, step interval 12 ms:" in out and "1 worker(s), int8, step interval 12 ms:" in out
 
 
 def test_the_server_serves_int8_graphs_unless_told_otherwise():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from talkstream.codecs.audio.codec import CodecState
-from talkstream.streaming.codec_engine import CodecEngine
+from talkstream.streaming.codec_engine import BusyShare, CodecEngine
 from tests.conftest import speechlike
 
 
@@ -213,3 +213,48 @@ def test_a_step_interval_batches_requests_under_load_and_delays_none_at_light_lo
     assert steps_under_load == 2 and steps == 3  # 1 + (3 together), then the lone one
     assert waits[0] < 0.05 and alone < 0.05  # nothing waited at light load
     assert min(waits[1:]) > 0.02  # the batched ones waited for the interval to end
+
+
+def test_the_busy_share_is_near_one_when_steps_run_back_to_back_and_decays_when_idle():
+    busy = BusyShare(window_s=1.0)
+    assert busy.value(0.0) == 0.0
+    for i in range(300):  # 3 s of 10 ms steps with no gap
+        busy.observe(i * 0.01, (i + 1) * 0.01)
+    assert busy.value(3.0) > 0.9
+    assert busy.value(6.0) < 0.06  # 3 s idle
+    half = BusyShare(window_s=1.0)
+    for i in range(300):  # 5 ms steps every 10 ms: half busy
+        half.observe(i * 0.01, i * 0.01 + 0.005)
+    assert 0.4 < half.value(3.0) < 0.6
+
+
+def test_an_interval_that_follows_load_delays_nothing_when_idle_and_batches_when_busy(tiny_codec):
+    """Scaled by the codec thread's busy share, the interval is ~0 for an engine that has been idle (a request right
+    after a step runs at once) and whole for one that has been saturated (requests within it share a step)."""
+    hop = tiny_codec.frame_size
+
+    async def main():
+        engine = CodecEngine(tiny_codec, step_interval_ms=60, interval_follows_load=True)
+        engine.start()
+        loop = asyncio.get_running_loop()
+
+        async def one(delay: float) -> float:
+            await asyncio.sleep(delay)
+            t0 = loop.time()
+            await engine.encode(torch.randn(1, 1, 2 * hop), tiny_codec.init_state(1, 4))
+            return loop.time() - t0
+
+        try:
+            idle_waits = await asyncio.gather(one(0.0), one(0.01), one(0.02))  # tiny steps: the share stays ~0
+            idle_steps = engine.steps
+            await asyncio.sleep(0.1)  # the last step is long past even a whole interval
+            engine.busy.share, engine.busy.at = 1.0, loop.time()  # as after a second of steps back to back
+            busy_waits = await asyncio.gather(one(0.0), one(0.005), one(0.01), one(0.015))
+        finally:
+            await engine.stop()
+        return idle_waits, idle_steps, engine.steps - idle_steps, busy_waits
+
+    idle_waits, idle_steps, busy_steps, busy_waits = asyncio.run(main())
+    assert idle_steps == 3 and max(idle_waits) < 0.03  # each ran alone, at once
+    assert busy_steps == 2  # the first at once (the last step is long past), the other three together
+    assert min(busy_waits[1:]) > 0.02  # they waited for the (nearly whole) interval

@@ -180,7 +180,6 @@ def run_serve_bench(
     runs at once (idle while another is measured) and each level is run on each in turn, so a change in the
     machine's other load during the run falls on all of them alike."""
     from talkstream.checkpoint import load_audio_codec
-
     from talkstream.services.app import ServerConfig
 
     workers, precisions = workers or [1], precisions or ["int8"]
@@ -241,7 +240,8 @@ def run_serve_bench(
     if ratio and len(by_workers) > 1 and by_workers[0]["max_sessions_passing"]:
         result[ratio] = by_workers[-1]["max_sessions_passing"] / by_workers[0]["max_sessions_passing"]
     head = (
-        f"{'workers':>7}{'graphs':>7}{'step ms':>8}{'sessions':>9}{'per worker':>12}{'p50 ms':>8}{'p95 ms':>8}{'late':>7}{'drops':>7}"
+        f"{'workers':>7}{'graphs':>7}{'step ms':>8}{'sessions':>9}{'per worker':>12}{'p50 ms':>8}{'p95 ms':>8}"
+        f"{'late':>7}{'drops':>7}"
         f"{'first ms':>9}{'srv cores':>10}{'ms/sess-s':>10}{'cli cores':>10}{'other':>7}{'RSS MB':>8}  ok"
     )
     print(head + "\n" + "-" * len(head))

@@ -50,7 +50,7 @@ def test_the_server_scales_a_12_ms_step_interval_by_load_unless_told_otherwise()
 
     parse = build_parser().parse_args
     default = parse(["serve"])
-    assert (default.step_interval_ms, default.step_interval_fixed) == (ServerConfig.step_interval_ms, False) == (12, False)
+    assert default.step_interval_ms == ServerConfig.step_interval_ms == 12 and not default.step_interval_fixed
     assert parse(["serve", "--step-interval-ms", "0"]).step_interval_ms == 0
     assert parse(["serve", "--step-interval-fixed"]).step_interval_fixed
 

@@ -203,6 +203,7 @@ async def _run_level(
     workers = {e.get("worker") for r in ok for e in r.of_type("ready")}
     row = {
         "workers": server.workers,
+        "step_interval_ms": server.step_interval_ms,
         "sessions": sessions,
         "failed_sessions": len(results) - len(ok),
         "workers_used": len(workers),
@@ -229,7 +230,7 @@ async def _run_level(
     return row
 
 
-async def _bench(levels, seconds, weights, frames_per_step, backend, jitter_frames, workers):
+async def _bench(levels, seconds, weights, frames_per_step, backend, jitter_frames, variants):
     from talkstream.audio_io import load_audio
     from talkstream.data import SAMPLE_WAV
     from talkstream.services.webrtc import allow_loopback_candidates
@@ -241,13 +242,14 @@ async def _bench(levels, seconds, weights, frames_per_step, backend, jitter_fram
     servers: list[ServerProcess] = []
     rows = []
     try:
-        for w in workers:  # one at a time: warm-ups side by side would only slow each other down
-            print(f"starting a server with {w} worker(s) ...", flush=True)
-            servers.append(ServerProcess(w, max(levels) + 4, options, http=True))
+        for w, interval in variants:  # one at a time: warm-ups side by side would only slow each other down
+            print(f"starting a server with {w} worker(s), step interval {interval:g} ms ...", flush=True)
+            servers.append(ServerProcess(w, max(levels) + 4, options, http=True, step_interval_ms=interval))
             await asyncio.to_thread(servers[-1].wait_ready)
         for n in levels:
             for server in servers:
-                print(f"{n} sessions for {seconds:.0f} s on {server.workers} worker(s) ...", flush=True)
+                print(f"{n} sessions for {seconds:.0f} s on {server.workers} worker(s), step interval "
+                      f"{server.step_interval_ms:g} ms ...", flush=True)
                 rows.append(await _run_level(server, n, seconds, speech48, 0.5, jitter_frames))
                 await asyncio.sleep(1.0)  # let the closed peers go before the next level
     finally:
@@ -264,14 +266,22 @@ def run_webrtc_bench(
     backend: str = "onnx",
     client_jitter_frames: int = 4,
     workers: list[int] | None = None,
+    step_intervals: list[float] | None = None,
 ) -> dict:
     """`client_jitter_frames`: packets each client's jitter buffer holds before playout (aiortc's default: 4, 80 ms;
     a browser adapts its own to the network, 20-60 ms on a quiet loopback). `workers`: the server's worker counts,
-    each its own server process(es), measured side by side (every level on each in turn)."""
+    each its own server process(es), measured side by side (every level on each in turn), as are `step_intervals`
+    (the server's --step-interval-ms; default: the server's own)."""
+    from talkstream.services.app import ServerConfig
+
     workers = workers or [1]
+    intervals = step_intervals or [ServerConfig.step_interval_ms]
     if any(w < 1 for w in workers) or any(n < 1 for n in levels):
         raise ValueError(f"--workers and --sessions must be at least 1 (got {workers}, {levels})")
-    rows = asyncio.run(_bench(levels, seconds, weights, frames_per_step, backend, client_jitter_frames, workers))
+    if any(i < 0 for i in intervals):
+        raise ValueError(f"--step-interval-ms must be at least 0 (got {intervals})")
+    variants = [(w, i) for w in workers for i in intervals]
+    rows = asyncio.run(_bench(levels, seconds, weights, frames_per_step, backend, client_jitter_frames, variants))
     passing = [r for r in rows if r["passes"]]
     result = {
         "budget_ms": BUDGET_MS,
@@ -282,28 +292,31 @@ def run_webrtc_bench(
         "client_jitter_frames": client_jitter_frames,
         "cpu_count": os.cpu_count(),
         "workers": workers,
+        "step_intervals_ms": intervals,
         "rows": rows,
         "max_sessions_passing": max((r["sessions"] for r in passing), default=0),
         "by_workers": [
             {
                 "workers": w,
+                "step_interval_ms": i,
                 "max_sessions_passing": max(
-                    (r["sessions"] for r in rows if r["workers"] == w and r["passes"]), default=0
+                    (r["sessions"] for r in rows if (r["workers"], r["step_interval_ms"]) == (w, i) and r["passes"]),
+                    default=0,
                 ),
             }
-            for w in workers
+            for w, i in variants
         ],
     }
 
     def ms(v):
         return f"{v:>8.1f}" if v is not None else f"{'-':>8}"
 
-    head = f"{'workers':>7}{'sessions':>9}{'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}{'jitter':>8}{'server':>8}"
-    head += f"{'bursts':>10}{'failed':>8}{'srv cores':>10}{'cli cores':>10}  ok"
+    head = f"{'workers':>7}{'step ms':>8}{'sessions':>9}{'p50 ms':>8}{'p95 ms':>8}{'max ms':>8}{'jitter':>8}"
+    head += f"{'server':>8}{'bursts':>10}{'failed':>8}{'srv cores':>10}{'cli cores':>10}  ok"
     print(head + "\n" + "-" * len(head))
     for r in rows:
         print(
-            f"{r['workers']:>7}{r['sessions']:>9}{ms(r['mouth_to_ear_ms_p50'])}{ms(r['mouth_to_ear_ms_p95'])}"
+            f"{r['workers']:>7}{r['step_interval_ms']:>8g}{r['sessions']:>9}{ms(r['mouth_to_ear_ms_p50'])}{ms(r['mouth_to_ear_ms_p95'])}"
             f"{ms(r['mouth_to_ear_ms_max'])}{ms(r['jitter_ms'])}{ms(r['server_share_ms_p50'])}"
             f"{r['bursts_back']:>5}/{r['bursts_sent']:<4}"
             f"{r['failed_sessions']:>8}{r['server_cpu_cores']:>10.2f}{r['client_cpu_cores']:>10.2f}"
@@ -312,7 +325,8 @@ def run_webrtc_bench(
     print(
         f"server: its share of p50 (input arrival -> echo leaving its track). budget: mouth-to-ear p95 < "
         f"{BUDGET_MS:.0f} ms on loopback, codec echo. Largest passing: "
-        + ", ".join(f"{b['max_sessions_passing']} sessions with {b['workers']} worker(s)" for b in result["by_workers"])
+        + ", ".join(f"{b['max_sessions_passing']} sessions with {b['workers']} worker(s) at step interval "
+                    f"{b['step_interval_ms']:g} ms" for b in result["by_workers"])
         + f" (the server in its own process(es), the clients in this one, {os.cpu_count()} cores)"
     )
     return result

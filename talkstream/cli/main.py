@@ -275,7 +275,7 @@ def cmd_bench_webrtc(args) -> None:
 
     results = run_webrtc_bench(
         args.sessions, args.seconds, args.weights, args.frames_per_step, args.backend, args.client_jitter_frames,
-        args.workers,
+        args.workers, args.step_interval_ms,
     )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -623,6 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bw.add_argument("--workers", type=int, nargs="+", default=[1],
                     help="the server's --workers: several counts are measured side by side in one run (e.g. 1 2)")
+    bw.add_argument("--step-interval-ms", type=float, nargs="+", default=None,
+                    help="the server's --step-interval-ms (default: the server's own): several values are measured "
+                    "side by side in one run (e.g. 0 12)")
     bw.add_argument("--out", default=None, help="write results JSON here")
     weights_arg(bw)
     bw.set_defaults(func=cmd_bench_webrtc)

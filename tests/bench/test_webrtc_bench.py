@@ -16,6 +16,20 @@ def test_webrtc_bench_runs_the_server_apart_from_the_clients():
     # SO_REUSEPORT's hash may put both sessions on one worker: either split is right, none or a third is not.
     assert row["workers_used"] in (1, 2)
     assert r["by_workers"][0]["workers"] == 2
+    assert row["step_interval_ms"] == r["by_workers"][0]["step_interval_ms"] == 12  # the server's default
+
+
+def test_step_intervals_are_measured_side_by_side(capsys):
+    r = run_webrtc_bench([1], 2.0, step_intervals=[0.0, 12.0])
+    assert [(row["workers"], row["step_interval_ms"]) for row in r["rows"]] == [(1, 0.0), (1, 12.0)]
+    assert all(row["failed_sessions"] == 0 and row["bursts_back"] > 0 for row in r["rows"])
+    assert [b["step_interval_ms"] for b in r["by_workers"]] == [0.0, 12.0]
+    assert "at step interval 0 ms" in capsys.readouterr().out
+
+
+def test_a_negative_step_interval_is_refused_before_any_server_starts():
+    with pytest.raises(ValueError, match="step-interval-ms must be at least 0"):
+        run_webrtc_bench([1], 1.0, step_intervals=[-2.0])
 
 
 def test_bad_counts_are_refused_before_any_server_starts():

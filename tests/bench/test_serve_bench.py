@@ -20,7 +20,7 @@ def test_one_and_two_workers_are_measured_in_one_run(capsys):
     assert two["server_rss_mb"] > one["server_rss_mb"]  # two processes, each with its own models
     assert [b["workers"] for b in r["by_workers"]] == [1, 2]
     out = capsys.readouterr().out
-    assert "1 worker(s), int8, step interval 12 ms:" in out and "2 worker(s), int8, step interval 12 ms:" in out
+    assert "1 worker(s), int8, step interval 0 ms:" in out and "2 worker(s), int8, step interval 0 ms:" in out
 
 
 @pytest.mark.parametrize("levels, workers", [([0], [1]), ([2], [0])], ids=["no-sessions", "no-workers"])
@@ -44,14 +44,14 @@ def test_step_intervals_are_measured_in_one_run(capsys):
     assert "step interval 0 ms:" in out and "step interval 12 ms:" in out
 
 
-def test_the_server_scales_a_12_ms_step_interval_by_load_unless_told_otherwise():
+def test_the_server_has_no_step_interval_unless_told_and_scales_one_by_load():
     from talkstream.cli import build_parser
     from talkstream.services.app import ServerConfig
 
     parse = build_parser().parse_args
     default = parse(["serve"])
-    assert default.step_interval_ms == ServerConfig.step_interval_ms == 12 and not default.step_interval_fixed
-    assert parse(["serve", "--step-interval-ms", "0"]).step_interval_ms == 0
+    assert default.step_interval_ms == ServerConfig.step_interval_ms == 0 and not default.step_interval_fixed
+    assert parse(["serve", "--step-interval-ms", "12"]).step_interval_ms == 12
     assert parse(["serve", "--step-interval-fixed"]).step_interval_fixed
 
 
@@ -66,7 +66,7 @@ def test_fp32_and_int8_graphs_are_measured_in_one_run(capsys):
     assert all(row["failed_sessions"] == 0 and row["frames"] > 0 for row in r["rows"])
     assert [b["precision"] for b in r["by_workers"]] == ["fp32", "int8"]
     out = capsys.readouterr().out
-    assert "1 worker(s), fp32, step interval 12 ms:" in out and "1 worker(s), int8, step interval 12 ms:" in out
+    assert "1 worker(s), fp32, step interval 0 ms:" in out and "1 worker(s), int8, step interval 0 ms:" in out
 
 
 def test_the_server_serves_int8_graphs_unless_told_otherwise():

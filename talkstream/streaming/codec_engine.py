@@ -16,10 +16,11 @@ for others) trades that much latency for batches that grow with the number of se
 light load the previous step is long past and a request runs at once; under load, requests that arrive within the
 interval join one step. Without it, sessions' frames arriving at unrelated phases each found the engine free and ran
 alone: at 16 sessions the codec thread was 92% busy with steps of one (1.5 ms each, where a step of 16 costs
-0.7 ms a session). With `interval_follows_load` the interval is scaled by the share of the last second the codec
-thread spent in steps (`BusyShare`): at 16 sessions requests arrive every 2 ms, so a fixed interval made nearly every
-frame wait (p50 +5 ms in `bench serve`) while the thread was only half busy; scaled, a half-idle engine waits half as
-long and a saturated one the whole interval, where batching is what keeps it from falling behind.
+0.7 ms a session). With `interval_follows_load` the interval is scaled by the share of the last second the worker's
+thread spent in steps (`BusyShare`, one for the codec thread and one for the side thread): at 16 sessions requests
+arrive every 2 ms, so a fixed interval made nearly every frame wait (p50 +5 ms in `bench serve`) while the thread was
+only half busy; scaled, a half-idle engine waits half as long and a saturated one the whole interval, where batching
+is what keeps it from falling behind.
 
 With the ONNX backend every graph a client can reach is opened by `warmup()`, before the server takes traffic, and
 the set is fixed (`graph_plan`): a request is split into steps of the planned frame counts (1 and `frames_per_step`),
@@ -116,7 +117,8 @@ class CodecEngine:
         self.gather_s = gather_ms / 1000
         self.step_interval_s = step_interval_ms / 1000
         self.interval_follows_load = interval_follows_load
-        self.busy = BusyShare()  # the codec thread's (the side thread's steps are not counted)
+        self.busy = BusyShare()  # the codec thread's; the batched side thread has its own (`side_busy`)
+        self.side_busy = BusyShare()
         self.max_batch = max_batch
         self.metrics = metrics
         self.threads = threads
@@ -137,8 +139,9 @@ class CodecEngine:
     def start(self) -> None:
         if self._worker is None:
             self._queue, self._side_queue = asyncio.Queue(), asyncio.Queue()
-            self._worker = asyncio.create_task(self._run(self._queue, self._pool), name="codec-engine")
-            self._side_worker = asyncio.create_task(self._run(self._side_queue, self._side_pool), name="batched")
+            self._worker = asyncio.create_task(self._run(self._queue, self._pool, self.busy), name="codec-engine")
+            self._side_worker = asyncio.create_task(self._run(self._side_queue, self._side_pool, self.side_busy),
+                                                    name="batched")
 
     async def stop(self) -> None:
         for task in (self._worker, self._side_worker):
@@ -283,7 +286,7 @@ class CodecEngine:
         pcm, st = self._onnx_decode(out, st)
         return out, pcm, st
 
-    async def _run(self, queue: asyncio.Queue, pool: concurrent.futures.Executor) -> None:
+    async def _run(self, queue: asyncio.Queue, pool: concurrent.futures.Executor, busy: BusyShare) -> None:
         loop = asyncio.get_running_loop()
         last_start = -float("inf")
         while True:
@@ -291,8 +294,8 @@ class CodecEngine:
             # From the first request's arrival, not from now: a worker that is behind must not wait again. And no
             # sooner than the step interval after the last step began (by load: at light load that is long past).
             interval = self.step_interval_s
-            if self.interval_follows_load and queue is self._queue:
-                interval *= self.busy.value(loop.time())
+            if self.interval_follows_load:
+                interval *= busy.value(loop.time())
             deadline = max(batch[0].arrived + self.gather_s, last_start + interval)
             while len(batch) < self.max_batch:
                 if not queue.empty():
@@ -312,8 +315,7 @@ class CodecEngine:
             # Every group of this batch (codec steps of each shape) in one hand-off to the thread.
             last_start = loop.time()
             outcomes = await loop.run_in_executor(pool, self._step_groups, list(groups.values()))
-            if queue is self._queue:
-                self.busy.observe(last_start, loop.time())
+            busy.observe(last_start, loop.time())
             for group, results in zip(groups.values(), outcomes, strict=True):
                 if isinstance(results, Exception):  # a bad request must not take the engine down for everyone
                     for r in group:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 import torch
@@ -183,22 +184,23 @@ def test_codes_past_their_codebook_are_refused_not_decoded(tiny_codec, backend):
     assert asyncio.run(main()).shape == (1, 1, 2 * tiny_codec.frame_size)
 
 
+async def _timed_encode(engine: CodecEngine, delay: float) -> float:
+    """After `delay` s, one 2-frame encode through the engine: how long it took (its wait for a step included)."""
+    await asyncio.sleep(delay)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await engine.encode(torch.randn(1, 1, 2 * engine.codec.frame_size), engine.codec.init_state(1, 4))
+    return loop.time() - t0
+
+
 def test_a_step_interval_batches_requests_under_load_and_delays_none_at_light_load(tiny_codec):
     """With step_interval_ms, requests that arrive within the interval after a step began share the next step; a
     request after a quiet spell runs at once."""
-    hop = tiny_codec.frame_size
 
     async def main():
         engine = CodecEngine(tiny_codec, step_interval_ms=60)
         engine.start()
-        loop = asyncio.get_running_loop()
-
-        async def one(delay: float) -> float:
-            await asyncio.sleep(delay)
-            t0 = loop.time()
-            await engine.encode(torch.randn(1, 1, 2 * hop), tiny_codec.init_state(1, 4))
-            return loop.time() - t0
-
+        one = functools.partial(_timed_encode, engine)
         try:
             # the first runs at once; three more arrive 10-30 ms into its interval: they wait for one step together
             waits = await asyncio.gather(one(0.0), one(0.01), one(0.02), one(0.03))
@@ -231,19 +233,12 @@ def test_the_busy_share_is_near_one_when_steps_run_back_to_back_and_decays_when_
 def test_an_interval_that_follows_load_delays_nothing_when_idle_and_batches_when_busy(tiny_codec):
     """Scaled by the codec thread's busy share, the interval is ~0 for an engine that has been idle (a request right
     after a step runs at once) and whole for one that has been saturated (requests within it share a step)."""
-    hop = tiny_codec.frame_size
 
     async def main():
         engine = CodecEngine(tiny_codec, step_interval_ms=60, interval_follows_load=True)
         engine.start()
         loop = asyncio.get_running_loop()
-
-        async def one(delay: float) -> float:
-            await asyncio.sleep(delay)
-            t0 = loop.time()
-            await engine.encode(torch.randn(1, 1, 2 * hop), tiny_codec.init_state(1, 4))
-            return loop.time() - t0
-
+        one = functools.partial(_timed_encode, engine)
         try:
             idle_waits = await asyncio.gather(one(0.0), one(0.01), one(0.02))  # tiny steps: the share stays ~0
             idle_steps = engine.steps

@@ -208,6 +208,9 @@ def cmd_serve(args) -> None:
     )
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1 (got {args.workers})")
+    for flag, value in (("--gather-ms", args.gather_ms), ("--step-interval-ms", args.step_interval_ms)):
+        if not value >= 0:  # NaN too
+            raise ValueError(f"{flag} must be at least 0 (got {value:g})")
     from talkstream.services.workers import default_workers, serve_workers
 
     if args.ray:
@@ -588,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the server's --workers: several counts are measured side by side in one run (e.g. 1 2)")
     bs.add_argument("--step-interval-ms", type=float, nargs="+", default=None,
                     help="the server's --step-interval-ms (default: the server's own): several values are measured "
-                    "side by side in one run (e.g. 0 6)")
+                    "side by side in one run (e.g. 0 12)")
     bs.add_argument("--out", default=None, help="write results JSON here")
     bs.add_argument("--weights", default=None, help="codec checkpoint folder (default: the shipped weights)")
     bs.set_defaults(func=cmd_bench_serve)

@@ -186,6 +186,12 @@ def test_workers_below_one_are_refused_in_one_line(capsys):
     assert err == "talkstream: error: --workers must be at least 1 (got 0)"
 
 
+@pytest.mark.parametrize("flag", ["--gather-ms", "--step-interval-ms"])
+def test_a_negative_wait_is_refused_in_one_line(capsys, flag):
+    assert main(["serve", "--port", "0", "--no-http", flag, "-1"]) == 2
+    assert capsys.readouterr().err.strip() == f"talkstream: error: {flag} must be at least 0 (got -1)"
+
+
 def test_a_port_in_use_is_refused_before_any_worker_starts():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -197,7 +197,7 @@ def cmd_train_voice(args) -> None:
                            steps=args.steps, batch_size=args.batch_size, threads=args.threads,
                            talker_share=args.talker_share, weight_whisper=args.weight_whisper,
                            adversarial=args.adversarial, weight_phase=args.weight_phase,
-                           discriminator=args.discriminator, lr=args.lr)
+                           discriminator=args.discriminator, lr=args.lr, disc_warmup=args.disc_warmup)
     print(f"weights exported to {out} (copy to talkstream/weights/voice_codec to ship them)")
 
 
@@ -342,6 +342,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     vp.add_argument("--discriminator", choices=["spectrogram", "waveform"], default="spectrogram",
                     help="with --adversarial: spectrograms only, or HiFi-GAN's period discriminators beside them "
                     "(the waveform's phase)")
+    vp.add_argument("--disc-warmup", type=int, default=0,
+                    help="with --adversarial: steps that train the discriminator alone first, the decoder unchanged")
     vp.add_argument("--weight-phase", type=float, default=0.0,
                     help="weight of the group-delay and instantaneous-frequency losses (0: none)")
     vp.add_argument("--subframes", type=int, default=None,

@@ -77,6 +77,23 @@ def test_adversarial_fine_tuning_trains_the_decoder_only_and_resumes(tmp_path):
         assert same != name.startswith("decoder."), f"{name}: only the decoder may change"
 
 
+def test_a_discriminator_warm_up_trains_the_discriminator_alone_then_the_decoder(tmp_path):
+    codec = load_audio_codec()
+    items = _sample_items(codec)
+    run = tmp_path / "voice"
+    kw = dict(num_codebooks=4, batch_size=2, segment_s=0.5, save_every=2, weight_whisper=0.0, adversarial=0.1,
+              lr=5e-3, disc_warmup=2)
+    start = {k: v.clone() for k, v in codec.decoder.state_dict().items()}
+
+    finetune_decoder(codec, run, items, steps=2, **kw)  # the warm-up: the discriminator's steps only
+    warm = torch.load(run / "last.pt", weights_only=False)
+    assert all(torch.equal(v, start[k]) for k, v in warm["decoder"].items()), "the decoder moved in the warm-up"
+    finetune_decoder(codec, run, items, steps=4, **kw)  # resumed past the warm-up: the decoder trains
+    after = torch.load(run / "last.pt", weights_only=False)
+    assert any(not torch.equal(v, start[k]) for k, v in after["decoder"].items())
+    assert any(not torch.equal(warm["discriminator"][k], v) for k, v in after["discriminator"].items())
+
+
 def test_the_phase_loss_is_zero_for_the_input_and_large_for_other_phases():
     """losses.phase_loss: zero for the input itself and for it at another gain, large for audio with the input's
     magnitudes but random phases; its gradient is finite everywhere, silence included."""

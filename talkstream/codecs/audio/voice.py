@@ -47,7 +47,8 @@ def voice_pool(items: list[dict], quantizer, num_codebooks: int) -> list[dict]:
 def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebooks: int = 8, steps: int = 2000,
                      batch_size: int = 8, segment_s: float = 1.0, lr: float = 2e-4, threads: int = 1, seed: int = 0,
                      save_every: int = 100, talker_share: float = 0.5, weight_whisper: float = 1.0,
-                     adversarial: float = 0.0, weight_phase: float = 0.0, discriminator: str = "spectrogram") -> Path:
+                     adversarial: float = 0.0, weight_phase: float = 0.0, discriminator: str = "spectrogram",
+                     disc_warmup: int = 0) -> Path:
     """Fine-tune a copy of `codec`'s decoder on the Talker's voice (`items` from talkstream.models.talker_data) at
     `num_codebooks`; resumable; returns the export folder.
 
@@ -59,7 +60,9 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     (discriminator.py) with that weight on its hinge and feature-matching losses, ramped in over 200 steps.
     `discriminator` "waveform": HiFi-GAN's period discriminators beside it (discriminator.py), which see phase.
     `weight_phase` > 0 adds losses.phase_loss (group delay and instantaneous frequency) at 4x overlap on the
-    decoder's frame length.
+    decoder's frame length. `disc_warmup` steps first train the discriminator alone against the decoder as it is
+    (the decoder unchanged): a discriminator that starts from random weights hands the decoder noise for gradients,
+    which is where the earlier runs' first dip in DNSMOS came from.
     """
     if discriminator not in DISCRIMINATORS:
         raise ValueError(f"discriminator must be 'spectrogram' or 'waveform', not {discriminator!r}")
@@ -128,7 +131,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
             # changes no discriminator weight, and feature matching reads these features detached).
             real = disc(target)
             adv, matching = generator_losses(real, disc(x_hat))
-            ramp = min(1.0, (step - adv_from + 1) / 200)
+            ramp = min(1.0, max(0, step - adv_from - disc_warmup + 1) / 200)
             loss = loss + adversarial * ramp * (adv + 2 * matching)
         return loss, parts["mel"].item(), x_hat, real
 
@@ -144,6 +147,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
             "steps": step, "train_seconds": round(seconds), "batch_size": batch_size, "segment_s": segment_s,
             "talker_share": talker_share if with_talker else 0.0, "weight_whisper": weight_whisper,
             "adversarial": adversarial, "discriminator": discriminator if adversarial else None,
+            "disc_warmup": disc_warmup if adversarial else None,
             "weight_phase": weight_phase,
             "history": history[-30:], "command": ["talkstream", *sys.argv[1:]],
         }, indent=1) + "\n")
@@ -154,10 +158,11 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     while step < steps:
         t0 = time.perf_counter()
         loss, mel, x_hat, real = loss_of(*batch())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
-        opt.step()
+        if disc is None or step - adv_from >= disc_warmup:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
+            opt.step()
         if disc is not None:  # then the discriminator, on the same segments (the decoder's output detached)
             d_loss = discriminator_loss(real, disc(x_hat.detach()))
             opt_d.zero_grad(set_to_none=True)

@@ -343,7 +343,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
                     help="with --adversarial: spectrograms only, or HiFi-GAN's period discriminators beside them "
                     "(the waveform's phase)")
     vp.add_argument("--disc-warmup", type=int, default=0,
-                    help="with --adversarial: steps that train the discriminator alone first, the decoder unchanged")
+                    help="with --adversarial: steps that train the discriminator alone first, the decoder unchanged "
+                    "(measured: it did not spare the decoder its DNSMOS dip, docs/models.md)")
     vp.add_argument("--weight-phase", type=float, default=0.0,
                     help="weight of the group-delay and instantaneous-frequency losses (0: none)")
     vp.add_argument("--subframes", type=int, default=None,

@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the least time between the starts of two batched codec steps, scaled by the share of "
                     "the last second the codec thread was busy: under load, sessions' frames arriving within it "
                     "share one step (less CPU per session); an idle engine makes no frame wait. Default 0: off "
-                    "(12 saves WebSocket sessions 10-25%% of the CPU but adds WebRTC latency)")
+                    "(12 saves WebSocket sessions 5-25%% of the CPU but adds WebRTC latency)")
     sp.add_argument("--step-interval-fixed", action="store_true",
                     help="apply --step-interval-ms whatever the load, instead of scaling it by the codec thread's "
                     "busy share")

@@ -42,8 +42,9 @@ class ServerConfig:
     codec_threads: int = 1
     gather_ms: float = 0.0  # how long the codec engine waits to batch sessions' frames (see CodecEngine)
     # The least time between the starts of two batched codec steps, scaled by the codec thread's busy share (see
-    # CodecEngine). Off by default: 12 ms saves WebSocket sessions 10-25% of the server's CPU but costs WebRTC echoes
-    # 6 ms at p50 and one worker's 8th session its budget (docs/benchmarks.md).
+    # CodecEngine). Off by default: 12 ms saves WebSocket sessions 5-25% of the server's CPU, but with it one worker's
+    # 8th WebRTC session missed its budget in most runs (bench serve / bench webrtc --step-interval-ms 0 12,
+    # docs/benchmarks.md).
     step_interval_ms: float = 0.0
     step_interval_fixed: bool = False  # False: the interval scales with how busy the codec thread is (CodecEngine)
     backend: str = "onnx"  # codec steps in onnxruntime (2.8-4x faster per step) or torch eager

@@ -18,9 +18,9 @@ interval join one step. Without it, sessions' frames arriving at unrelated phase
 alone: at 16 sessions the codec thread was 92% busy with steps of one (1.5 ms each, where a step of 16 costs
 0.7 ms a session). With `interval_follows_load` the interval is scaled by the share of the last second the worker's
 thread spent in steps (`BusyShare`, one for the codec thread and one for the side thread): at 16 sessions requests
-arrive every 2 ms, so a fixed interval made nearly every frame wait (p50 +5 ms in `bench serve`) while the thread was
-only half busy; scaled, a half-idle engine waits half as long and a saturated one the whole interval, where batching
-is what keeps it from falling behind.
+arrive every 2 ms, so a fixed interval made nearly every frame wait (p50 +5-6 ms in a one-off side-by-side run,
+docs/benchmarks.md) while the thread was only half busy; scaled, a half-idle engine waits half as long and a saturated
+one the whole interval, where batching is what keeps it from falling behind.
 
 With the ONNX backend every graph a client can reach is opened by `warmup()`, before the server takes traffic, and
 the set is fixed (`graph_plan`): a request is split into steps of the planned frame counts (1 and `frames_per_step`),

@@ -61,8 +61,8 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
     `discriminator` "waveform": HiFi-GAN's period discriminators beside it (discriminator.py), which see phase.
     `weight_phase` > 0 adds losses.phase_loss (group delay and instantaneous frequency) at 4x overlap on the
     decoder's frame length. `disc_warmup` steps first train the discriminator alone against the decoder as it is
-    (the decoder unchanged): a discriminator that starts from random weights hands the decoder noise for gradients,
-    which is where the earlier runs' first dip in DNSMOS came from.
+    (the decoder unchanged), so that the decoder's first adversarial gradients come from a judge that already knows
+    it. Measured: the decoder dipped in DNSMOS all the same (docs/models.md).
     """
     if discriminator not in DISCRIMINATORS:
         raise ValueError(f"discriminator must be 'spectrogram' or 'waveform', not {discriminator!r}")

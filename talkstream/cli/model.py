@@ -141,7 +141,7 @@ def cmd_data_talker(args) -> None:
     torch.set_num_threads(args.threads)
     # The latent is the one the Talker will speak in: by default the shipped voice codec's (its encoder and codebooks)
     out = build_talker_data(Path(args.out), load_voice_codec(args.codec).eval(), n_sentences=args.sentences,
-                            n_questions=args.questions, n_eval=args.eval)
+                            n_questions=args.questions, n_eval=args.eval, speaker=args.voice, threads=args.threads)
     print(f"Talker data written to {out}")
 
 
@@ -405,13 +405,17 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--seed", type=int, default=0)
     dp.set_defaults(func=cmd_data_model)
     dp = data_sub.add_parser("talker", help="the Talker's voice (Piper en_US joe) with its durations (resumes)",
-                             description="Piper's en_US joe speaks the dialogue's answers and questions and "
-                             "sentences; each example keeps its IPA units, their durations from Piper's own "
-                             "duration predictor, the codec's latent and the audio. Eval sentences are held out.")
+                             description="The Talker's voice (Piper's en_US joe, or --voice kokoro:NAME) speaks the "
+                             "dialogue's answers and questions and sentences; each example keeps its IPA units, "
+                             "their durations from the voice's own duration predictor, the codec's latent and the "
+                             "audio. Eval sentences are held out.")
     dp.add_argument("--out", default="data/talker")
     dp.add_argument("--sentences", type=int, default=2000, help="training sentences (besides answers and questions)")
     dp.add_argument("--questions", type=int, default=600, help="dialogue questions to speak")
     dp.add_argument("--eval", type=int, default=100, help="held-out evaluation sentences")
+    dp.add_argument("--voice", default="piper:en_US-joe", metavar="ENGINE:NAME",
+                    help="whose speech: piper:en_US-joe (default) or kokoro:NAME (jm_kumo, jf_alpha, ...; about "
+                    "3x slower to make)")
     dp.add_argument("--threads", type=int, default=1)
     dp.add_argument("--codec", default=None, help="the codec checkpoint folder whose encoder gives the latent the "
                     "Talker will regress; default: the shipped talkstream/weights/voice_codec")

@@ -1,16 +1,18 @@
-"""The Talker's training data: Piper's en_US joe speaking answers, questions and sentences, with the duration of
-every unit from the voice itself (talkstream.models.talker_units).
+"""The Talker's training data: its voice (Piper's en_US joe, or a Kokoro voice) speaking answers, questions and
+sentences, with the duration of every unit from the voice itself (talkstream.models.talker_units).
 
-    talkstream data talker --out data/talker
+    talkstream data talker --out data/talker [--voice kokoro:jm_kumo]
 
 Each example holds the units, their durations in codec frames, the codec encoder's latent of the audio (what the
 Talker regresses onto; float16 [D, F]) and the audio itself (int16 at 24 kHz: the voice decoder's target). Eval
 sentences never occur in training. A part is written in shards of `shard` examples, each skipped when present, so
-an interrupted build resumes.
+an interrupted build resumes. `voice.json` names the voice, so a resumed build cannot mix two voices and the
+Talker trained on it knows whose speech it learned.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from tqdm import tqdm
 from talkstream.data.sentences import sentences
 from talkstream.models import text as tx
 from talkstream.models.dialogue import dialogues
-from talkstream.models.talker_units import PiperAligner, text_units
+from talkstream.models.talker_units import KokoroAligner, PiperAligner, make_aligner, text_units
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def talker_texts(n_sentences: int, n_questions: int, n_eval: int, seed: int = 0)
 
 
 @torch.no_grad()
-def talker_example(aligner: PiperAligner, codec, text: str) -> dict:
+def talker_example(aligner: PiperAligner | KokoroAligner, codec, text: str) -> dict:
     units = [u for u in text_units(text) if u in aligner.id_map]
     audio, durations = aligner.speak(units)
     pcm = torch.from_numpy(audio)[None, None]
@@ -62,14 +64,24 @@ def _build_part(out: Path, name: str, texts: list[str], aligner, codec, shard: i
 
 
 def build_talker_data(out: Path, codec, n_sentences: int = 2000, n_questions: int = 600, n_eval: int = 100,
-                      shard: int = 250, seed: int = 0) -> Path:
+                      shard: int = 250, seed: int = 0, speaker: str = "piper:en_US-joe", threads: int = 1) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    have = talker_speaker(out) if (out / "voice.json").is_file() or any(out.glob("*.pt")) else None
+    if have is not None and have != speaker:
+        raise ValueError(f"{out} holds {have}'s speech; write {speaker}'s to another folder")
+    aligner = make_aligner(speaker, threads)
+    (out / "voice.json").write_text(json.dumps({"speaker": speaker}) + "\n")
     train, held = talker_texts(n_sentences, n_questions, n_eval, seed)
-    aligner = PiperAligner()
     _build_part(out, "eval", held, aligner, codec, shard)
     _build_part(out, "train", train, aligner, codec, shard)
     return out
+
+
+def talker_speaker(folder: Path) -> str:
+    """Whose speech a `data talker` folder holds (folders from before voice.json hold joe's)."""
+    meta = Path(folder) / "voice.json"
+    return json.loads(meta.read_text())["speaker"] if meta.is_file() else "piper:en_US-joe"
 
 
 def load_talker_data(folder: Path, split: str) -> list[dict]:

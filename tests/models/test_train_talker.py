@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from talkstream.checkpoint import load_audio_codec, load_talker
@@ -44,6 +45,7 @@ def test_talker_trains_checkpoints_resumes_and_exports(tmp_path, capsys):
     talker = load_talker(out)
     assert torch.equal(talker.codebooks, codec.quantizer.embed)  # its tokens are the codec's
     assert talker.cfg.codec_id == codec.cfg.codec_id
+    assert talker.cfg.speaker == "piper:en_US-joe"  # a folder without voice.json holds joe's speech
     assert json.loads((out / "training.json").read_text())["steps"] == 40
     # Streaming frames with the true durations are the teacher-timed pass's latent, quantized.
     item = torch.load(data / "eval_000.pt", weights_only=False)[0]
@@ -71,3 +73,19 @@ def test_talker_latents_are_cached_in_a_fresh_run_folder(tmp_path):
     again = torch.load(data / "train_000.pt", weights_only=False)
     attach_talker_latents(again, out, cache)  # read back from the cache, the same latents
     assert all(torch.equal(a["talker_latent"], b["talker_latent"]) for a, b in zip(items, again, strict=True))
+
+
+def test_the_talker_learns_whose_voice_the_data_holds_and_a_build_never_mixes_two(tmp_path):
+    from talkstream.models.talker_data import build_talker_data, talker_speaker
+
+    codec = load_audio_codec()
+    data, run = _data(tmp_path / "data", codec), tmp_path / "run"
+    (data / "voice.json").write_text(json.dumps({"speaker": "kokoro:jm_kumo"}))
+    assert talker_speaker(data) == "kokoro:jm_kumo"
+    out = train_talker(data, run, TrainConfig(steps=1, batch_size=2, dim=32, layers=1, warmup=1, crop=64), codec)
+    assert load_talker(out).cfg.speaker == "kokoro:jm_kumo"
+    # Resuming a build in another voice is refused before anything is spoken or written.
+    before = sorted(p.name for p in data.iterdir())
+    with pytest.raises(ValueError, match="holds kokoro:jm_kumo's speech"):
+        build_talker_data(data, codec, speaker="piper:en_US-joe")
+    assert sorted(p.name for p in data.iterdir()) == before

@@ -175,7 +175,7 @@ def cmd_train_talker(args) -> None:
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads, dim=args.dim,
                       layers=args.layers, seed=args.seed, warmup=args.warmup, crop=args.crop,
-                      eval_every=args.eval_every)
+                      eval_every=args.eval_every, init=args.init)
     out = train_talker(Path(args.data), Path(args.run), cfg, load_voice_codec(args.codec).eval(),
                        command=["talkstream", *sys.argv[1:]])
     print(f"weights exported to {out} (copy to talkstream/weights/talker to ship them)")
@@ -320,6 +320,9 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--warmup", type=int, default=300, help="steps of learning-rate warm-up")
     tp.add_argument("--eval-every", type=int, default=250)
+    tp.add_argument("--init", default=None, help="start a new run from a trained Talker (e.g. talkstream/weights/"
+                    "talker, another voice's): its weights, and each unit's embedding by name. Ignored when the run "
+                    "folder has last.pt")
     tp.add_argument("--codec", default=None, help="the codec checkpoint folder whose latent and codebooks the Talker "
                     "speaks in (the one `data talker --codec` used); default: the shipped talkstream/weights/"
                     "voice_codec")

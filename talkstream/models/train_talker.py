@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -118,6 +119,28 @@ def evaluate(model: Talker, batches: list[dict]) -> dict:
             "eval_acc1": round(hits1 / frames, 4)}
 
 
+def warm_start(model: Talker, path: Path) -> None:
+    """Start from a trained Talker (another voice's): every weight of the same shape, and each unit's embedding
+    found by its name, since two voices' unit inventories differ. Units the old Talker never read start fresh."""
+    from talkstream.checkpoint import load_talker
+
+    old = load_talker(path)
+    if (old.cfg.dim, old.cfg.layers) != (model.cfg.dim, model.cfg.layers):
+        raise ValueError(f"{path} is a Talker of width {old.cfg.dim} and {old.cfg.layers} layers; this run's is "
+                         f"{model.cfg.dim} and {model.cfg.layers}")
+    own, theirs = model.state_dict(), old.state_dict()
+    kept = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape and k != "phoneme_embed.weight"}
+    embed = own["phoneme_embed.weight"].clone()
+    for name, i in model.phoneme_index.items():
+        j = old.phoneme_index.get(name)
+        if j is not None:
+            embed[i] = theirs["phoneme_embed.weight"][j]
+    model.load_state_dict({**own, **kept, "phoneme_embed.weight": embed})
+    shared = len(set(model.phoneme_index) & set(old.phoneme_index))
+    print(f"warm start from {path}: {len(kept) + 1} of {len(own)} tensors, {shared} of {len(model.phoneme_index)} "
+          "units", file=sys.stderr)
+
+
 def train_talker(data: Path, run: Path, cfg: TrainConfig, codec, command: list[str] | None = None) -> Path:
     """Train (or resume) the Talker; returns the export folder."""
     torch.set_num_threads(cfg.threads)
@@ -127,7 +150,9 @@ def train_talker(data: Path, run: Path, cfg: TrainConfig, codec, command: list[s
     model = Talker(TalkerConfig(phonemes=unit_inventory(train_items), dim=cfg.dim, layers=cfg.layers,
                                 latent_dim=codec.cfg.latent_dim, codebook_size=codec.cfg.codebook_size,
                                 codec_id=codec.cfg.codec_id, speaker=talker_speaker(data)))
-    model.use_codebooks(codec)
+    if cfg.init and not (run / "last.pt").is_file():
+        warm_start(model, Path(cfg.init))
+    model.use_codebooks(codec)  # the codec's own, whatever the warm start held
     batches = UnitBatches(train_items, model, crop=cfg.crop, seed=cfg.seed)
     held = UnitBatches(eval_items, model, crop=cfg.crop, seed=cfg.seed + 1)
     eval_set = [held.collate(held.items[i : i + 16], random_crop=False) for i in range(0, len(held.items), 16)]

@@ -89,3 +89,29 @@ def test_the_talker_learns_whose_voice_the_data_holds_and_a_build_never_mixes_tw
     with pytest.raises(ValueError, match="holds kokoro:jm_kumo's speech"):
         build_talker_data(data, codec, speaker="piper:en_US-joe")
     assert sorted(p.name for p in data.iterdir()) == before
+
+
+def test_a_talker_warm_starts_from_another_voices_talker_unit_by_unit(tmp_path, capsys):
+    from talkstream.models.train_talker import warm_start
+
+    codec = load_audio_codec()
+    data = _data(tmp_path / "data", codec)
+    cfg = TrainConfig(steps=3, batch_size=2, dim=32, layers=1, warmup=1, crop=64, lr=3e-3)
+    old = load_talker(train_talker(data, tmp_path / "old", cfg, codec))
+    # The new voice's data reads one unit the old Talker never saw and lacks some it did.
+    items = torch.load(data / "train_000.pt", weights_only=False)
+    items[0]["units"] = ["ʔ" if u == "h" else u for u in items[0]["units"]]
+    torch.save(items, data / "train_000.pt")
+    new = load_talker(train_talker(data, tmp_path / "new", TrainConfig(**{**cfg.__dict__, "steps": 0,
+                                                                          "init": str(tmp_path / "old/export")}),
+                                   codec))
+    assert "warm start from" in capsys.readouterr().err
+    assert "ʔ" in new.phoneme_index and "ʔ" not in old.phoneme_index
+    for unit in ("s", "ˈ", " "):
+        assert torch.equal(new.phoneme_embed.weight[new.phoneme_index[unit]],
+                           old.phoneme_embed.weight[old.phoneme_index[unit]])
+    assert torch.equal(new.state_dict()["text_conv.0.weight"], old.state_dict()["text_conv.0.weight"])
+    with pytest.raises(ValueError, match="width 32"):
+        from talkstream.models.talker import Talker, TalkerConfig
+
+        warm_start(Talker(TalkerConfig(phonemes=new.cfg.phonemes, dim=64, layers=1)), tmp_path / "old/export")

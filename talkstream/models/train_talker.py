@@ -150,7 +150,8 @@ def train_talker(data: Path, run: Path, cfg: TrainConfig, codec, command: list[s
     model = Talker(TalkerConfig(phonemes=unit_inventory(train_items), dim=cfg.dim, layers=cfg.layers,
                                 latent_dim=codec.cfg.latent_dim, codebook_size=codec.cfg.codebook_size,
                                 codec_id=codec.cfg.codec_id, speaker=talker_speaker(data)))
-    if cfg.init and not (run / "last.pt").is_file():
+    ckpt = run / "last.pt"
+    if cfg.init and not ckpt.is_file():  # a resumed run keeps its own weights
         warm_start(model, Path(cfg.init))
     model.use_codebooks(codec)  # the codec's own, whatever the warm start held
     batches = UnitBatches(train_items, model, crop=cfg.crop, seed=cfg.seed)
@@ -158,7 +159,6 @@ def train_talker(data: Path, run: Path, cfg: TrainConfig, codec, command: list[s
     eval_set = [held.collate(held.items[i : i + 16], random_crop=False) for i in range(0, len(held.items), 16)]
     opt = torch.optim.AdamW([p for n, p in model.named_parameters()], lr=cfg.lr, betas=(0.9, 0.98),
                             weight_decay=0.01)
-    ckpt = run / "last.pt"
     step, history, seconds = resume_run(ckpt, model, opt, "the Talker")
 
     def save() -> Path:

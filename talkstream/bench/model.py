@@ -12,8 +12,9 @@
   spoken, heard and answered as a server does; exact reply text, per skill; the clock's answers are checked against
   the clock.
 - Talker: held-out sentences spoken by the Talker, decoded and transcribed; beside it the same recogniser on its
-  voice's own TTS audio (Piper joe) of the same sentences, and DNSMOS OVRL of both and of that audio through Opus
-  6 kbps. Spoken answers: each held-out question's reply as the Talker speaks it, recognised, against the answer.
+  voice's own TTS audio (TalkerConfig.speaker's: Kokoro jm_kumo) of the same sentences, and DNSMOS OVRL of both
+  and of that audio through Opus 6 kbps. Spoken answers: each held-out question's reply as the Talker speaks it,
+  recognised, against the answer.
 - First packet (end of the user's turn -> first decoded audio block), p50/p95, the turn heard while spoken.
 - Video: with `talkstream data model`'s video eval files, the learned v1 Thinker's colour/direction answers.
 """

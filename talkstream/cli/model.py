@@ -306,8 +306,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
         tp.set_defaults(func=cmd_train_model, what=what)
 
     tp = train_sub.add_parser("talker", help="train the Talker (resumes from RUN/last.pt)",
-                              description="Train the Talker on `talkstream data talker` output (Piper's joe with "
-                              "its durations): it regresses the codec's latent per frame. Rerun to resume.")
+                              description="Train the Talker on `talkstream data talker` output (its voice's speech "
+                              "with its durations): it regresses the codec's latent per frame. Rerun to resume.")
     tp.add_argument("--data", default="data/talker")
     tp.add_argument("--run", default="runs/talker")
     tp.add_argument("--steps", type=int, default=4000, help="total optimiser steps (lr schedule length)")
@@ -407,8 +407,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--questions", type=int, default=1600, help="spoken training questions")
     dp.add_argument("--seed", type=int, default=0)
     dp.set_defaults(func=cmd_data_model)
-    dp = data_sub.add_parser("talker", help="the Talker's voice (Piper en_US joe) with its durations (resumes)",
-                             description="The Talker's voice (Piper's en_US joe, or --voice kokoro:NAME) speaks the "
+    dp = data_sub.add_parser("talker", help="the Talker's voice (Kokoro jm_kumo) with its durations (resumes)",
+                             description="The Talker's voice (Kokoro-82M's jm_kumo, or --voice) speaks the "
                              "dialogue's answers and questions and sentences; each example keeps its IPA units, "
                              "their durations from the voice's own duration predictor, the codec's latent and the "
                              "audio. Eval sentences are held out.")
@@ -416,9 +416,9 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--sentences", type=int, default=2000, help="training sentences (besides answers and questions)")
     dp.add_argument("--questions", type=int, default=600, help="dialogue questions to speak")
     dp.add_argument("--eval", type=int, default=100, help="held-out evaluation sentences")
-    dp.add_argument("--voice", default="piper:en_US-joe", metavar="ENGINE:NAME",
-                    help="whose speech: piper:en_US-joe (default) or kokoro:NAME (jm_kumo, jf_alpha, ...; about "
-                    "3x slower to make)")
+    dp.add_argument("--voice", default="kokoro:jm_kumo", metavar="ENGINE:NAME",
+                    help="whose speech: kokoro:NAME (default jm_kumo, the shipped Talker's; jf_alpha, ...) or "
+                    "piper:en_US-joe (the previous Talker's; about 3x faster to make)")
     dp.add_argument("--threads", type=int, default=1)
     dp.add_argument("--codec", default=None, help="the codec checkpoint folder whose encoder gives the latent the "
                     "Talker will regress; default: the shipped talkstream/weights/voice_codec")

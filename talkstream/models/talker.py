@@ -1,4 +1,5 @@
-"""The Talker: reads the reply as IPA units and writes codec tokens, frame by frame, in Piper's en_US joe voice.
+"""The Talker: reads the reply as IPA units and writes codec tokens, frame by frame, in one TTS voice
+(TalkerConfig.speaker; the shipped Talker speaks Kokoro-82M's jm_kumo).
 
 Design, chosen by what the recogniser understood (README, `bench model`) and what two CPU cores can train:
 - **Units.** The reply's words are phonemized one by one as they arrive (talkstream.models.talker_units): IPA code
@@ -67,6 +68,7 @@ class TalkerConfig:
 @dataclass
 class SamplingConfig:
     speed: float = 1.0  # >1 speaks faster (durations divided by it)
+    comma_frames: int = 0  # a comma's pause lasts at least this many frames (0: as the voice learned it)
 
 
 class Talker(nn.Module):
@@ -162,6 +164,9 @@ class Talker(nn.Module):
         ctx, logdur = self.text_context(ids[None], None if hidden is None else hidden[None])
         if durations is None:
             durations = ((logdur[0].exp() - 1) / sampling.speed).round().clamp(min=0).long()
+            if sampling.comma_frames and "," in self.phoneme_index:
+                comma = ids == self.phoneme_index[","]
+                durations = torch.where(comma, durations.clamp(min=sampling.comma_frames), durations)
         ready = ids.shape[0] if final else max(ids.shape[0] - self.lookahead, 0)
         while st.phoneme < ready:
             length = int(durations[st.phoneme])

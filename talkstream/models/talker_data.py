@@ -1,7 +1,8 @@
-"""The Talker's training data: its voice (Piper's en_US joe, or a Kokoro voice) speaking answers, questions and
-sentences, with the duration of every unit from the voice itself (talkstream.models.talker_units).
+"""The Talker's training data: its voice (a Kokoro voice, jm_kumo by default, or Piper's en_US joe)
+speaking answers, questions and sentences, with the duration of every unit from the voice itself
+(talkstream.models.talker_units).
 
-    talkstream data talker --out data/talker [--voice kokoro:jm_kumo]
+    talkstream data talker --out data/talker [--voice piper:en_US-joe]
 
 Each example holds the units, their durations in codec frames, the codec encoder's latent of the audio (what the
 Talker regresses onto; float16 [D, F]) and the audio itself (int16 at 24 kHz: the voice decoder's target). Eval
@@ -64,7 +65,7 @@ def _build_part(out: Path, name: str, texts: list[str], aligner, codec, shard: i
 
 
 def build_talker_data(out: Path, codec, n_sentences: int = 2000, n_questions: int = 600, n_eval: int = 100,
-                      shard: int = 250, seed: int = 0, speaker: str = "piper:en_US-joe", threads: int = 1) -> Path:
+                      shard: int = 250, seed: int = 0, speaker: str = "kokoro:jm_kumo", threads: int = 1) -> Path:
     out = Path(out)
     have = talker_speaker(out) if (out / "voice.json").is_file() or any(out.glob("*.pt")) else None
     if have is not None and have != speaker:

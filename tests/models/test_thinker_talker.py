@@ -127,6 +127,17 @@ def test_talker_is_deterministic_for_a_text():
     assert faster.shape[0] < one.shape[0]
 
 
+def test_a_commas_pause_lasts_at_least_comma_frames_and_nothing_else_moves():
+    m = _talker()  # every unit lasts 2 frames
+    ids = m.phoneme_ids(text_units("hello there, seven."))
+    assert int((ids == m.phoneme_index[","]).sum()) == 1
+    plain = torch.stack(list(m.frames(ids, None)))
+    paused = torch.stack(list(m.frames(ids, None, SamplingConfig(comma_frames=9))))
+    assert paused.shape[0] == plain.shape[0] + 7
+    short = torch.stack(list(m.frames(ids, None, SamplingConfig(comma_frames=1))))
+    assert torch.equal(short, plain)  # a minimum below what the voice learned changes nothing
+
+
 def test_speaker_word_by_word_equals_the_whole_text():
     speaker = Speaker(_talker(), block_frames=4)
 

@@ -1,12 +1,15 @@
 """The Talker's own decoder: the shared codec with its decoder fine-tuned on the one voice the Talker speaks.
 
 A general codec trained on two CPU cores leaves speech that an independent recogniser barely understands; a decoder
-that only ever has to render one voice (Piper's en_US joe) from that voice's tokens, and from the Talker's, gets far
-closer on the same compute, which is what the issue suggests. The encoder and the quantizer stay frozen, so the tokens
-are unchanged: the Talker's training data, the shared codec and this decoder all agree on what a token means. Only
-the reply path decodes with it; users' speech still goes through the shared codec.
+that only ever has to render one voice (Kokoro-82M's jm_kumo; before it Piper's en_US joe) from that voice's
+tokens, and from the Talker's, gets far closer on the same compute, which is what the issue suggests. The encoder
+and the quantizer stay frozen, so the tokens are unchanged: the Talker's training data, the shared codec and this
+decoder all agree on what a token means. Only the reply path decodes with it; users' speech still goes through the
+shared codec.
 
     talkstream train voice --data data/talker --run runs/voice --steps 1500
+
+(the shipped decoder's exact stages: talkstream/weights/voice_codec/training.json)
 """
 
 from __future__ import annotations

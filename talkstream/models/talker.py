@@ -68,7 +68,10 @@ class TalkerConfig:
 @dataclass
 class SamplingConfig:
     speed: float = 1.0  # >1 speaks faster (durations divided by it)
-    comma_frames: int = 0  # a comma's pause lasts at least this many frames (0: as the voice learned it)
+    # A comma's pause lasts at least this many frames (0: as the voice learned it). jm_kumo counts with 80 ms pauses
+    # that a recogniser runs together ("six, seven, eight" heard as "678"); 14 frames (187 ms) separate them
+    # (docs/benchmarks.md, bench model).
+    comma_frames: int = 14
 
 
 class Talker(nn.Module):

@@ -131,7 +131,7 @@ def test_a_commas_pause_lasts_at_least_comma_frames_and_nothing_else_moves():
     m = _talker()  # every unit lasts 2 frames
     ids = m.phoneme_ids(text_units("hello there, seven."))
     assert int((ids == m.phoneme_index[","]).sum()) == 1
-    plain = torch.stack(list(m.frames(ids, None)))
+    plain = torch.stack(list(m.frames(ids, None, SamplingConfig(comma_frames=0))))
     paused = torch.stack(list(m.frames(ids, None, SamplingConfig(comma_frames=9))))
     assert paused.shape[0] == plain.shape[0] + 7
     short = torch.stack(list(m.frames(ids, None, SamplingConfig(comma_frames=1))))

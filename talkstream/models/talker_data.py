@@ -64,8 +64,9 @@ def _build_part(out: Path, name: str, texts: list[str], aligner, codec, shard: i
         path.with_suffix(".tmp").rename(path)
 
 
-def build_talker_data(out: Path, codec, n_sentences: int = 2000, n_questions: int = 600, n_eval: int = 100,
-                      shard: int = 250, seed: int = 0, speaker: str = "kokoro:jm_kumo", threads: int = 1) -> Path:
+def build_talker_data(out: Path, codec, *, speaker: str, n_sentences: int = 2000, n_questions: int = 600,
+                      n_eval: int = 100, shard: int = 250, seed: int = 0, threads: int = 1) -> Path:
+    """`speaker` is a TalkerConfig.speaker id; the CLI's --voice holds the default (the shipped Talker's voice)."""
     out = Path(out)
     have = talker_speaker(out) if (out / "voice.json").is_file() or any(out.glob("*.pt")) else None
     if have is not None and have != speaker:

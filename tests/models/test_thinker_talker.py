@@ -138,6 +138,20 @@ def test_a_commas_pause_lasts_at_least_comma_frames_and_nothing_else_moves():
     assert torch.equal(short, plain)  # a minimum below what the voice learned changes nothing
 
 
+def test_latent_scale_scales_the_regressed_latent_before_it_is_quantized():
+    m = _talker()
+    ids = m.phoneme_ids(text_units("hello there, seven."))
+    latents = []
+    predict = m.latent
+    m.latent = lambda h: latents.append(predict(h)[0]) or latents[-1][None]
+    plain = torch.stack(list(m.frames(ids, None, SamplingConfig(latent_scale=1.0))))
+    m.latent = predict
+    scaled = torch.stack(list(m.frames(ids, None, SamplingConfig(latent_scale=1.5))))
+    assert torch.equal(plain, m.quantize(torch.cat(latents)))
+    assert torch.equal(scaled, m.quantize(1.5 * torch.cat(latents)))
+    assert not torch.equal(scaled, plain)
+
+
 def test_speaker_word_by_word_equals_the_whole_text():
     speaker = Speaker(_talker(), block_frames=4)
 

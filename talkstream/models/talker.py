@@ -52,6 +52,12 @@ class TalkerConfig:
     voice: str = "en-us"  # the espeak-ng voice that phonemizes the text
     speaker: str = "piper:en_US-joe"  # the voice whose speech it learned
     codec_id: str = "talkstream-audio-v3"  # the codec whose latent and codebooks it speaks in
+    # The regressed latent is scaled by this before it is quantized; set per voice after training by listening
+    # measures. The latent is a log-mel normalised by the codec's corpus, so above 1 it moves the voice's average
+    # spectrum further from the corpus's (for jm_kumo: brighter), which its voice decoder otherwise renders too dull.
+    # The shipped jm_kumo Talker: 1.15, chosen on 100 held-out sentences not in bench model (DNSMOS OVRL +0.04, WER
+    # unchanged; 1.1 and 1.2 gained less; docs/benchmarks.md).
+    latent_scale: float = 1.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,11 +78,6 @@ class SamplingConfig:
     # that a recogniser runs together ("six, seven, eight" heard as "678"); 14 frames (187 ms) separate them
     # (docs/benchmarks.md, bench model).
     comma_frames: int = 14
-    # The regressed latent is scaled by this before it is quantized. The latent is a log-mel normalised by the codec's
-    # corpus, so this moves the voice's spectrum 15% further from the corpus average (for jm_kumo: brighter) and widens
-    # its range; the voice decoder renders it cleaner. Chosen on 100 held-out sentences not in bench model (DNSMOS
-    # OVRL +0.04, WER unchanged; 1.1 and 1.2 gained less), docs/models.md. 1.0: the latent as predicted.
-    latent_scale: float = 1.15
 
 
 class Talker(nn.Module):
@@ -185,7 +186,7 @@ class Talker(nn.Module):
             x = self.frame_input(ctx[:, st.phoneme : st.phoneme + 1], prog[None])
             h, cache = (self.onnx_step or self.transformer)(x, torch.tensor([[st.position]]), st.cache)
             st.cache, st.position = cache.keep_last(self.cfg.window), st.position + 1
-            st.prev = self.quantize(self.latent(h)[0] * sampling.latent_scale)[0]
+            st.prev = self.quantize(self.latent(h)[0] * self.cfg.latent_scale)[0]
             st.offset += 1  # the state is whole before the frame leaves: a caller may stop after any frame
             yield st.prev
 

@@ -181,7 +181,11 @@ class ServerProtocol:
         return []
 
     def fail(self, code: str, message: str) -> list[Command]:
-        """The session itself failed (a stage died): report it and close."""
+        """The session itself failed (a stage died): report it and close. After `end` the session is still draining
+        (its Finish runs before its Close): a failure then is reported too, once."""
+        if self.closed and self.close_reason == "end":
+            self.close_reason = code
+            return [Error(code, message)]
         if self.closed:
             return []
         self.state = State.CLOSED

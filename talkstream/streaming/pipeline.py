@@ -164,15 +164,13 @@ class Pipeline:
         while True:
             item = await src.get()
             src.task_done()
-            if item is _END:
-                flush = getattr(stage, "flush", None)  # a stage may hold a last output until the stream ends
-                for out in await flush() if flush is not None else []:
-                    await dst.put(out)
-                await dst.put(_END)
-                return
-            stats.max_queue = max(stats.max_queue, src.qsize() + 1)
             try:
-                outputs = await self._process(stage, item, stats, series)
+                if item is _END:
+                    flush = getattr(stage, "flush", None)  # a stage may hold a last output until the stream ends
+                    outputs = await flush() if flush is not None else []
+                else:
+                    stats.max_queue = max(stats.max_queue, src.qsize() + 1)
+                    outputs = await self._process(stage, item, stats, series)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a stage failure ends the stream, visibly: get() returns None, .error says why
@@ -182,6 +180,9 @@ class Pipeline:
                 return
             for out in outputs:
                 await dst.put(out)  # blocks when downstream is full: backpressure
+            if item is _END:
+                await dst.put(_END)
+                return
 
     def feed(self, item: Any) -> None:
         """Live input (never blocks): when the first stage falls behind, the oldest waiting item is dropped."""

@@ -143,6 +143,13 @@ def test_fail_reports_once_and_closes():
     assert p.fail("internal", "again") == [] and p.receive('{"type": "ping"}', 1.0) == []
 
 
+def test_a_failure_while_draining_after_end_is_reported_once():
+    p = opened()
+    assert p.receive('{"type": "end"}', 1.0) == [Finish(), Close("end")]
+    assert p.fail("internal", "stream stopped: boom") == [Error("internal", "stream stopped: boom")]
+    assert p.fail("internal", "again") == []
+
+
 def test_video_frames_follow_the_server_and_the_settings():
     rgb = rgb_frame(np.zeros((16, 16, 3), np.uint8), 0, 0)
     assert codes(opened().receive(rgb, 1.0)) == ["bad_header"]  # this server has no video codec

@@ -12,7 +12,7 @@ from talkstream.chat import EchoResponder
 from talkstream.protocol import Hello
 from talkstream.services.session import Limits, Session
 from talkstream.streaming.codec_engine import CodecEngine
-from talkstream.streaming.stages import MediaOut
+from talkstream.streaming.stages import MediaOut, TurnCollector
 from talkstream.streaming.vad import SileroVAD
 from tests.conftest import speechlike
 
@@ -133,3 +133,31 @@ def test_a_vad_that_fails_in_codec_mode_ends_the_session_with_an_error(tiny_code
     _codec_session(tiny_codec, BrokenVAD(), sink, speechlike(1.0, 16_000))
     errors = [e for e in sink.events_ if e["type"] == "error"]
     assert errors and errors[0]["code"] == "internal" and "voice activity stopped" in errors[0]["message"]
+
+
+def test_a_chat_turn_collector_whose_flush_fails_ends_the_session_with_an_error(tiny_codec, monkeypatch):
+    """The last stage of chat's input pipeline fails at the end of input: `finish` reports it, and does not hang."""
+
+    async def broken_flush(self):
+        raise RuntimeError("turn lost")
+
+    monkeypatch.setattr(TurnCollector, "flush", broken_flush)
+    sink = Sink()
+    audio = speechlike(0.5, 16_000)
+
+    async def main():
+        engine = CodecEngine(tiny_codec)
+        engine.start()
+        session = Session(engine, SileroVAD(), EchoResponder(), Limits(), sink)
+        try:
+            assert await session.open(Hello(1, "chat", 16_000, 2))
+            for i in range(0, audio.size - 320, 320):
+                await session.feed_audio(audio[i : i + 320], timestamp=i // 16)
+            return await asyncio.wait_for(session.on_message('{"type": "end"}'), 30)  # a hang guard
+        finally:
+            await session.close()
+            await engine.stop()
+
+    assert not asyncio.run(main())  # the session is over
+    errors = [e for e in sink.events_ if e["type"] == "error"]
+    assert errors and errors[0]["code"] == "internal" and "turn lost" in errors[0]["message"]

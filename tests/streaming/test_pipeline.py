@@ -72,6 +72,15 @@ class HoldUntilEnd:
         self.held = []
 
 
+class FailsAtEnd(HoldUntilEnd):
+    """Holds everything, then fails to flush it."""
+
+    name = "fails-at-end"
+
+    async def flush(self):
+        raise RuntimeError("flush failed")
+
+
 FUSED = pytest.mark.parametrize("fused", [False, True], ids=["task per stage", "fused"])
 
 
@@ -170,6 +179,23 @@ def test_a_failing_stage_ends_the_stream_with_its_error(fused):
 
     out, error = asyncio.run(main())
     assert out == [] and isinstance(error, RuntimeError)
+
+
+@FUSED
+@pytest.mark.parametrize("last", [False, True], ids=["then a stage", "last"])
+def test_a_stage_whose_flush_fails_ends_the_stream_with_its_error(fused, last):
+    async def main():
+        stages = [Doubler(), FailsAtEnd()] + ([] if last else [Summer()])
+        p = Pipeline(stages, fused=fused)
+        p.start()
+        p.feed(1)
+        await p.end()
+        out = await asyncio.wait_for(drain(p), 5)  # a hang guard: the end of the stream must come through
+        await p.stop()
+        return out, p.error
+
+    out, error = asyncio.run(main())
+    assert out == [] and isinstance(error, RuntimeError) and str(error) == "flush failed"
 
 
 @FUSED

@@ -12,8 +12,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from talkstream.errors import UserError
 
-class AudioInputError(ValueError):
+
+class AudioInputError(UserError, ValueError):
     """The input is not usable audio (missing, empty, not audio, NaN...). The message is for the user."""
 
 

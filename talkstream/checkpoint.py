@@ -18,13 +18,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from talkstream.errors import UserError
+
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # Buffers that only training needs (EMA statistics); not shipped.
 _TRAINING_ONLY = ("quantizer.cluster_size", "quantizer.embed_sum")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, corrupted, or of another kind or version. The message is for the user."""
 
 

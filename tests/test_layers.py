@@ -12,7 +12,7 @@ PACKAGE = Path(talkstream.__file__).resolve().parent
 
 # Lowest first. A part on floor n may import parts on floors <= n.
 FLOORS = [
-    {"audio_io", "data", "protocol", "whisper", "checkpoint", "export"},  # formats, files, pretrained Whisper
+    {"errors", "audio_io", "data", "protocol", "whisper", "checkpoint", "export"},  # formats, files, pretrained Whisper
     {"codecs"},
     {"models"},  # the Thinker and Talker (they quantize with the codecs' codebooks)
     {"streaming"},  # stages, pipeline, VAD, the codec engine

@@ -17,6 +17,7 @@ import numpy as np
 
 from talkstream.bench.serve import ServerProcess  # the same server process as bench serve
 from talkstream.client import stream_audio
+from talkstream.errors import UserError
 
 TARGET_FIRST_PACKET_MS = 300.0
 
@@ -65,9 +66,9 @@ async def _ask_all(server: ServerProcess, questions: list[dict], sessions: int) 
 
 def run_chat_load_bench(levels: list[int], workers: int = 1, thinker: str = "builtin") -> dict:
     if any(n < 1 for n in levels):
-        raise ValueError(f"--sessions must be at least 1 (got {levels})")
+        raise UserError(f"--sessions must be at least 1 (got {levels})")
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1 (got {workers})")
+        raise UserError(f"--workers must be at least 1 (got {workers})")
     print("speaking the held-out questions ...", flush=True)
     questions = held_out_questions(max(levels))
     print(f"starting a server with {workers} worker(s), the {thinker} answerer ...", flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from talkstream.errors import UserError
 from talkstream.models import text as tx
 
 DNSMOS_SR = 16_000
@@ -28,7 +29,7 @@ _DNSMOS_FIT = {
 }
 
 
-class ListenerMissing(ValueError):
+class ListenerMissing(UserError, ValueError):
     """The recogniser or DNSMOS is not installed."""
 
 

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from talkstream.audio_io import resample
+from talkstream.errors import UserError
 
 # PESQ is defined on 8-20 s files (ITU-T P.862), and the pesq package's C code crashes the process (a segfault, no
 # message) once it finds more than about 50 utterances in one call, which a minute of speech can hold. Longer audio
@@ -17,7 +18,7 @@ PESQ_PIECE_S = 16.0
 STOI_PIECE_S = 60.0
 
 
-class MetricsUnavailable(RuntimeError):
+class MetricsUnavailable(UserError, RuntimeError):
     """pesq or pystoi is not installed (they are the `metrics` extra: pesq builds from source)."""
 
 

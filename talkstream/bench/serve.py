@@ -30,6 +30,7 @@ import numpy as np
 from talkstream.audio_io import load_audio
 from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
+from talkstream.errors import UserError
 
 
 def _free_port() -> int:
@@ -185,13 +186,13 @@ def run_serve_bench(
     workers, precisions = workers or [1], precisions or ["int8"]
     intervals = step_intervals or [ServerConfig.step_interval_ms]
     if any(i < 0 for i in intervals):
-        raise ValueError(f"--step-interval-ms must be at least 0 (got {intervals})")
+        raise UserError(f"--step-interval-ms must be at least 0 (got {intervals})")
     if set(precisions) - {"fp32", "int8"}:
-        raise ValueError(f"--precision must be fp32 or int8 (got {precisions})")
+        raise UserError(f"--precision must be fp32 or int8 (got {precisions})")
     if any(w < 1 for w in workers):
-        raise ValueError(f"--workers must be at least 1 (got {workers})")
+        raise UserError(f"--workers must be at least 1 (got {workers})")
     if any(n < 1 for n in levels):
-        raise ValueError(f"--sessions must be at least 1 (got {levels})")
+        raise UserError(f"--sessions must be at least 1 (got {levels})")
     codec = load_audio_codec(weights)
     budget_ms = codec.algorithmic_latency_ms + 1000 / codec.frame_rate  # one frame beyond the algorithmic latency
     options = ["--frames-per-step", str(frames_per_step), "--gather-ms", str(gather_ms), "--backend", backend]

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from talkstream.bench import listener
+from talkstream.errors import UserError
 
 DEFAULT_VOICES = ("piper:joe", "kokoro:jm_kumo", "kokoro:jf_alpha", "espeak:en-us")
 
@@ -22,7 +23,7 @@ def parse_voice(text: str):
 
     engine, sep, name = text.partition(":")
     if not sep or engine not in ("piper", "kokoro", "espeak", "festival") or not name:
-        raise ValueError(f"a voice is ENGINE:NAME with ENGINE piper, kokoro, espeak or festival, not {text!r}")
+        raise UserError(f"a voice is ENGINE:NAME with ENGINE piper, kokoro, espeak or festival, not {text!r}")
     return Voice(engine, name)
 
 

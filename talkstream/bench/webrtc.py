@@ -29,6 +29,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from talkstream.bench.serve import ServerProcess
+from talkstream.errors import UserError
 from talkstream.services.webrtc import mono_s16, set_jitter_frames
 
 RATE = 48_000
@@ -277,9 +278,9 @@ def run_webrtc_bench(
     workers = workers or [1]
     intervals = step_intervals or [ServerConfig.step_interval_ms]
     if any(w < 1 for w in workers) or any(n < 1 for n in levels):
-        raise ValueError(f"--workers and --sessions must be at least 1 (got {workers}, {levels})")
+        raise UserError(f"--workers and --sessions must be at least 1 (got {workers}, {levels})")
     if any(i < 0 for i in intervals):
-        raise ValueError(f"--step-interval-ms must be at least 0 (got {intervals})")
+        raise UserError(f"--step-interval-ms must be at least 0 (got {intervals})")
     variants = [(w, i) for w in workers for i in intervals]
     rows = asyncio.run(_bench(levels, seconds, weights, frames_per_step, backend, client_jitter_frames, variants))
     passing = [r for r in rows if r["passes"]]

@@ -1,4 +1,5 @@
-"""The `talkstream` command: one CLI, a subcommand per job. Errors a user can cause print one line, exit 2."""
+"""The `talkstream` command: one CLI, a subcommand per job. Errors a user can cause (`UserError`) print one line
+and exit 2 (with -v, their traceback too); any other exception is a bug and prints its traceback."""
 
 from __future__ import annotations
 
@@ -6,19 +7,13 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
-from talkstream.audio_io import AudioInputError
-from talkstream.bench.metrics import MetricsUnavailable
-from talkstream.checkpoint import CheckpointError
 from talkstream.cli.model import add_model_commands, serve_thinker_args, serve_thinker_config
 from talkstream.cli.video import add_video_commands
-from talkstream.codecs.container import ContainerError
 from talkstream.data import SAMPLE_WAV
-from talkstream.models.errors import EspeakUnavailable, ThinkerEndpointError
-
-USER_ERRORS = (AudioInputError, ContainerError, CheckpointError, ValueError, FileNotFoundError, ThinkerEndpointError,
-               EspeakUnavailable, MetricsUnavailable)
+from talkstream.errors import UserError
 
 
 def _codec(args):
@@ -31,6 +26,13 @@ def _codec(args):
 
         return OnnxAudioCodec(codec, OnnxCodecSteps(codec, **_onnx_options(args)))
     return codec
+
+
+def _codebooks(codec, counts: int | list[int]) -> None:
+    """Refuse codebook counts the codec does not have, before any work."""
+    for n in counts if isinstance(counts, list) else [counts]:
+        if not 1 <= n <= codec.num_codebooks:
+            raise UserError(f"--codebooks must be between 1 and {codec.num_codebooks} (got {n})")
 
 
 def _onnx_options(args) -> dict:
@@ -56,7 +58,7 @@ def cmd_demo(args) -> None:
 
         demo = build_demo(_codec(args))
     except ImportError as e:
-        raise ValueError(f"the demo needs gradio: pip install 'talkstream[demo]' ({e})") from None
+        raise UserError(f"the demo needs gradio: pip install 'talkstream[demo]' ({e})") from None
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
 
 
@@ -82,7 +84,9 @@ def cmd_bench_backends(args) -> None:
 def cmd_encode(args) -> None:
     from talkstream.codecs.audio.files import encode_file
 
-    h = encode_file(_codec(args), args.input, args.output, args.codebooks)
+    codec = _codec(args)
+    _codebooks(codec, args.codebooks)
+    h = encode_file(codec, args.input, args.output, args.codebooks)
     secs = h["num_samples"] / h["sample_rate"]
     size = Path(args.output).stat().st_size
     print(
@@ -108,6 +112,7 @@ def cmd_roundtrip(args) -> None:
 
     require_metrics()  # before the work, not after it
     codec = _codec(args)
+    _codebooks(codec, args.codebooks)
     src = Path(args.input or SAMPLE_WAV)
     ref = load_audio(src, codec.sample_rate)
     print(
@@ -207,17 +212,17 @@ def cmd_serve(args) -> None:
         **serve_thinker_config(args),
     )
     if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1 (got {args.workers})")
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
     for flag, value in (("--gather-ms", args.gather_ms), ("--step-interval-ms", args.step_interval_ms)):
         if not value >= 0:  # NaN too
-            raise ValueError(f"{flag} must be at least 0 (got {value:g})")
+            raise UserError(f"{flag} must be at least 0 (got {value:g})")
     from talkstream.services.workers import default_workers, serve_workers
 
     if args.ray:
         try:
             from talkstream.services.ray_serve import run_on_ray
         except ImportError as e:
-            raise ValueError(f"--ray needs Ray Serve: pip install 'talkstream[ray]' ({e})") from None
+            raise UserError(f"--ray needs Ray Serve: pip install 'talkstream[ray]' ({e})") from None
         run_on_ray(cfg, args.ray, args.workers)  # --workers: replicas (default: autoscaled on live sessions)
         return
     workers = args.workers or default_workers()
@@ -227,7 +232,7 @@ def cmd_serve(args) -> None:
     try:
         asyncio.run(run_server(cfg))
     except OSError as e:
-        raise ValueError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
 
 def cmd_client(args) -> None:
@@ -255,13 +260,13 @@ def cmd_client(args) -> None:
             )
         )
     except ServerError as e:
-        raise ValueError(f"server refused: {e}") from None
+        raise UserError(f"server refused: {e}") from None
     except (OSError, TimeoutError, websockets.WebSocketException) as e:
-        raise ValueError(f"cannot reach {args.url} or it stopped answering: {e or type(e).__name__}") from None
+        raise UserError(f"cannot reach {args.url} or it stopped answering: {e or type(e).__name__}") from None
     save_audio(args.out, r.pcm, args.sample_rate)
     print(f"{args.out}: " + "\n".join(report(r, args.sample_rate, audio.size / args.sample_rate)))
     if r.summary is None:
-        raise ValueError(f"the stream ended early: the server closed the connection ({r.closed or 'no reason given'}) "
+        raise UserError(f"the stream ended early: the server closed the connection ({r.closed or 'no reason given'}) "
                          f"after {r.sent_s:.2f} of {audio.size / args.sample_rate:.2f} s were sent, before its summary")
 
 
@@ -659,7 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         args.func(args)
-    except USER_ERRORS as e:
+    except UserError as e:  # anything else is a bug: its traceback is printed
+        if args.verbose:
+            traceback.print_exc()
         print(f"talkstream: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,7 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from talkstream.errors import UserError
+
 MAX_TURN_S = 30.0  # the longest turn `chat` answers: the Thinker learned turns of a few seconds; memory stays bounded
+
 
 def thinker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the Thinker (what writes the reply)")
@@ -49,7 +52,7 @@ def serve_thinker_config(args) -> dict:
     import os
 
     if args.thinker == "openai" and not args.thinker_url:
-        raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
+        raise UserError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
     return {"thinker": args.thinker, "thinker_url": args.thinker_url, "thinker_model": args.thinker_model,
             "thinker_api_key": os.environ.get(args.thinker_key_env), "talker_hidden": args.talker_hidden}
 
@@ -102,7 +105,7 @@ def cmd_say(args) -> None:
     from talkstream.models import text as tx
 
     if not any(c.isalpha() for c in tx.normalize(args.text)):
-        raise ValueError("nothing to say: the text has no letters or digits")
+        raise UserError("nothing to say: the text has no letters or digits")
     codec = load_audio_codec()
     responder = _responder(args, codec)
 
@@ -205,7 +208,7 @@ def cmd_data_ears(args) -> None:
     from talkstream.models.train_ears import build_ears_data
 
     if not 0 <= args.shard < args.shards:
-        raise ValueError(f"--shard must be in 0..{args.shards - 1}")
+        raise UserError(f"--shard must be in 0..{args.shards - 1}")
     out = build_ears_data(Path(args.out), questions=args.questions, validation=args.validation,
                           corpus=Path(args.corpus) if args.corpus else None, shard=args.shard, shards=args.shards,
                           seed=args.seed, threads=args.threads, vocabulary=args.vocabulary)

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from talkstream.errors import UserError
+
 MAGIC = b"TSK\x00"
 VERSION = 1
 _REQUIRED = ("kind", "codec_id", "num_codebooks", "codebook_size", "num_frames", "crc32")
 
 
-class ContainerError(ValueError):
+class ContainerError(UserError, ValueError):
     """A token file is not one of ours, of another version, truncated or corrupted. The message is for the user."""
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from talkstream.errors import UserError
+
 SAMPLE_RATE = 24_000
 
 
@@ -104,4 +106,4 @@ def synthesize(voice: Voice, text: str) -> np.ndarray:
                            check=True, capture_output=True)
             audio, sr = sf.read(f.name, dtype="float32")
         return _to_24k(audio, sr)
-    raise ValueError(f"unknown TTS engine {voice.engine!r}")
+    raise UserError(f"unknown TTS engine {voice.engine!r}")

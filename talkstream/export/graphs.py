@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from talkstream.checkpoint import sha256_file  # noqa: F401  (re-exported: one checksum function)
+from talkstream.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "int8")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export folder or graph cannot be used as it is. The message is for the user."""
 
 

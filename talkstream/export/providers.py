@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from talkstream.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ALIASES = {
@@ -28,7 +30,7 @@ DEFAULT_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecu
 CPU = "CPUExecutionProvider"
 
 
-class ProviderError(ValueError):
+class ProviderError(UserError, ValueError):
     """A provider name is unknown, or (strict) one asked for is unavailable. The message is for the user."""
 
 

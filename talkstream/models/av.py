@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from talkstream.errors import UserError
+
 POOL = 4  # the token grid is pooled to POOL x POOL cells
 
 
@@ -77,7 +79,7 @@ def video_tokens_for_turn(path, video_codec, seconds: float) -> Tensor:
         if len(picked) == want:
             break
     if not picked:
-        raise ValueError(f"{path}: no frames")
+        raise UserError(f"{path}: no frames")
     picked += [picked[-1]] * (want - len(picked))
     with torch.no_grad():
         return video_codec.encode(torch.stack(picked)[None])[0]

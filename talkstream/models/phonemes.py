@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from talkstream.errors import UserError
 from talkstream.models.errors import EspeakUnavailable
 
 _EVENT_END_OF_LIST, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7
@@ -102,7 +103,7 @@ class _Espeak:
         with self.lock:
             if voice != self.voice:
                 if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                    raise ValueError(f"espeak-ng has no voice {voice!r}")
+                    raise UserError(f"espeak-ng has no voice {voice!r}")
                 self.voice = voice
             self.lib.espeak_SetParameter(_RATE, int(rate), 0)
             self.lib.espeak_SetParameter(_PITCH, int(pitch), 0)
@@ -120,7 +121,7 @@ class _Espeak:
         with self.lock:
             if voice != self.voice:
                 if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                    raise ValueError(f"espeak-ng has no voice {voice!r}")
+                    raise UserError(f"espeak-ng has no voice {voice!r}")
                 self.voice = voice
             buf = ctypes.create_string_buffer(text.encode("utf-8"))
             ptr = ctypes.c_void_p(ctypes.addressof(buf))

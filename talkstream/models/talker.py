@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from talkstream.errors import UserError
 from talkstream.models.transformer import KVCache, RMSNorm, Transformer
 
 PAD_PHONEME, UNK_PHONEME = "<pad>", "<unk>"
@@ -66,7 +67,7 @@ class TalkerConfig:
     def from_dict(cls, d: dict) -> TalkerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(d) - known:
-            raise ValueError(f"this Talker checkpoint is of another format (keys {sorted(set(d) - known)}); "
+            raise UserError(f"this Talker checkpoint is of another format (keys {sorted(set(d) - known)}); "
                              "retrain it with `talkstream train talker`")
         return cls(**d)
 

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from talkstream.data.sentences import sentences
+from talkstream.errors import UserError
 from talkstream.models import text as tx
 from talkstream.models.dialogue import dialogues
 from talkstream.models.talker_units import KokoroAligner, PiperAligner, make_aligner, text_units
@@ -70,7 +71,7 @@ def build_talker_data(out: Path, codec, *, speaker: str, n_sentences: int = 2000
     out = Path(out)
     have = talker_speaker(out) if (out / "voice.json").is_file() or any(out.glob("*.pt")) else None
     if have is not None and have != speaker:
-        raise ValueError(f"{out} holds {have}'s speech; write {speaker}'s to another folder")
+        raise UserError(f"{out} holds {have}'s speech; write {speaker}'s to another folder")
     aligner = make_aligner(speaker, threads)  # an unknown voice fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "voice.json").write_text(json.dumps({"speaker": speaker}) + "\n")
@@ -89,5 +90,5 @@ def talker_speaker(folder: Path) -> str:
 def load_talker_data(folder: Path, split: str) -> list[dict]:
     parts = sorted(Path(folder).glob(f"{split}_*.pt"))
     if not parts:
-        raise FileNotFoundError(f"no {split}_*.pt in {folder}: run `talkstream data talker --out {folder}`")
+        raise UserError(f"no {split}_*.pt in {folder}: run `talkstream data talker --out {folder}`")
     return [item for p in parts for item in torch.load(p, weights_only=False)]

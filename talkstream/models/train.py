@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from talkstream.checkpoint import save_checkpoint
+from talkstream.errors import UserError
 from talkstream.models import text as tx
 from talkstream.models.thinker import Thinker, ThinkerConfig
 
@@ -155,7 +156,7 @@ def _init_from(model: nn.Module, path: Path, kind: str) -> None:
     _, state = read_checkpoint(path, kind)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
-        raise ValueError(f"{path}: weights this model does not have: {sorted(unexpected)[:5]}")
+        raise UserError(f"{path}: weights this model does not have: {sorted(unexpected)[:5]}")
     print(f"started from {path}; new: {sorted({k.split('.')[0] for k in missing}) or 'nothing'}", file=sys.stderr)
 
 

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from talkstream.checkpoint import save_checkpoint
 from talkstream.data.voices import THINKER_EXTRA_VOICES, TRAIN_VOICES, Voice, synthesize
+from talkstream.errors import UserError
 from talkstream.models import tools
 from talkstream.models.dialogue import dialogues
 from talkstream.models.ears import WhisperEars, load_ears
@@ -157,7 +158,7 @@ def build_ears_data(out: Path, questions: int = 2000, validation: int = 160, cor
 def load_ears_data(data: Path, split: str) -> list[dict]:
     files = sorted(data.glob(f"{split}_*.pt"))
     if not files:
-        raise FileNotFoundError(f"{data}: no {split}_*.pt (run `talkstream data ears --out {data}` first)")
+        raise UserError(f"{data}: no {split}_*.pt (run `talkstream data ears --out {data}` first)")
     return [row for f in files for row in torch.load(f, weights_only=False)]
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from talkstream.checkpoint import save_checkpoint
+from talkstream.errors import UserError
 from talkstream.models.talker import PAD_PHONEME, UNK_PHONEME, Talker, TalkerConfig
 from talkstream.models.talker_data import load_talker_data, talker_speaker
 from talkstream.models.train import TrainConfig, _lr, optimiser_step, resume_run
@@ -126,7 +127,7 @@ def warm_start(model: Talker, path: Path) -> None:
 
     old = load_talker(path)
     if (old.cfg.dim, old.cfg.layers) != (model.cfg.dim, model.cfg.layers):
-        raise ValueError(f"{path} is a Talker of width {old.cfg.dim} and {old.cfg.layers} layers; this run's is "
+        raise UserError(f"{path} is a Talker of width {old.cfg.dim} and {old.cfg.layers} layers; this run's is "
                          f"{model.cfg.dim} and {model.cfg.layers}")
     own, theirs = model.state_dict(), old.state_dict()
     kept = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape and k != "phoneme_embed.weight"}

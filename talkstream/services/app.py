@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from talkstream.chat import ChatModel, EchoResponder
+from talkstream.errors import UserError
 from talkstream.services.registry import SessionRegistry
 from talkstream.services.session import Limits, Session, Sink
 from talkstream.services.ws import WebSocketTransport
@@ -126,7 +127,7 @@ class TalkstreamServer:
                 try:
                     probe.bind((c.host, port))
                 except OSError as e:
-                    raise ValueError(f"cannot listen on {c.host}:{port}: {e.strerror or e} (another server?)") from None
+                    raise UserError(f"cannot listen on {c.host}:{port}: {e.strerror or e} (another server?)") from None
 
     async def start(self) -> None:
         t0 = time.perf_counter()
@@ -142,7 +143,7 @@ class TalkstreamServer:
             try:
                 from talkstream.services.http import HttpService
             except ImportError as e:
-                raise ValueError(
+                raise UserError(
                     f"the web page and WebRTC need aiohttp and aiortc (pip install 'talkstream[webrtc]'), or pass "
                     f"--no-http: {e}"
                 ) from None

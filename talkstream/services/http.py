@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from talkstream.errors import UserError
 from talkstream.protocol import error_event
 from talkstream.services.webrtc import OfferError, WebRTCService
 
@@ -83,7 +84,7 @@ class HttpService:
             await self._site.start()
         except OSError as e:
             await self._runner.cleanup()
-            raise ValueError(
+            raise UserError(
                 f"cannot listen on {host}:{port} for HTTP: {e.strerror or e} (--http-port, --no-http)"
             ) from None
 

@@ -36,6 +36,7 @@ from fastapi import FastAPI, Request, Response, WebSocket
 from ray import serve
 from starlette.websockets import WebSocketDisconnect
 
+from talkstream.errors import UserError
 from talkstream.services.app import ServerConfig, TalkstreamServer
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def application(
     """The Serve application: `replicas` fixed, or None to scale 1..max_replicas on live sessions per replica
     (`autoscaling`: Serve AutoscalingConfig fields over the defaults below)."""
     if replicas is not None and replicas < 1:
-        raise ValueError(f"--workers must be at least 1 (got {replicas})")
+        raise UserError(f"--workers must be at least 1 (got {replicas})")
     options: dict[str, Any]
     if replicas is None:
         options = {
@@ -189,7 +190,7 @@ def build(args: dict) -> serve.Application:
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
     unknown = sorted(set(args) - fields)
     if unknown:
-        raise ValueError(f"unknown talkstream options in the Serve config: {', '.join(unknown)}")
+        raise UserError(f"unknown talkstream options in the Serve config: {', '.join(unknown)}")
     return application(ServerConfig(**args), replicas)
 
 
@@ -204,11 +205,11 @@ def run_on_ray(config: ServerConfig, address: str, replicas: int | None) -> None
         try:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot reach the Ray cluster at {address} (ray start --head there first): {e}") from None
+            raise UserError(f"cannot reach the Ray cluster at {address} (ray start --head there first): {e}") from None
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise ValueError(f"cannot reach the Ray cluster at {address}: {e}") from None
+        raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(application(config, replicas), name="talkstream", route_prefix="/")

@@ -35,6 +35,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
+from talkstream.errors import UserError
 from talkstream.protocol import MODES, PROTOCOL_VERSION, Hello, event
 from talkstream.services.registry import Refused
 from talkstream.services.video_track import CameraEcho
@@ -69,7 +70,7 @@ def parse_ice_server(spec: str) -> RTCIceServer:
     """`URL[,USERNAME,CREDENTIAL]`, e.g. `stun:stun.example.org:3478` or `turn:turn.example.org:3478,user,secret`."""
     parts = spec.split(",")
     if len(parts) not in (1, 3) or not parts[0].startswith(("stun:", "turn:", "turns:")):
-        raise ValueError(f"--ice-server wants URL or URL,USERNAME,CREDENTIAL with a stun:/turn:/turns: URL: {spec!r}")
+        raise UserError(f"--ice-server wants URL or URL,USERNAME,CREDENTIAL with a stun:/turn:/turns: URL: {spec!r}")
     if len(parts) == 3:
         return RTCIceServer(urls=parts[0], username=parts[1], credential=parts[2])
     return RTCIceServer(urls=parts[0])

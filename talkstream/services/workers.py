@@ -38,6 +38,8 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from talkstream.errors import UserError
+
 if TYPE_CHECKING:
     from talkstream.services.app import ServerConfig
 
@@ -84,7 +86,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
     here rather than silently joined.
     """
     if not hasattr(socket, "SO_REUSEPORT"):
-        raise ValueError("--workers above 1 needs SO_REUSEPORT (Linux, BSD, macOS); use --workers 1 here")
+        raise UserError("--workers above 1 needs SO_REUSEPORT (Linux, BSD, macOS); use --workers 1 here")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if port:
         with socket.socket(family) as probe:
@@ -92,14 +94,14 @@ def reserve_port(host: str, port: int) -> socket.socket:
             try:
                 probe.bind((host, port))
             except OSError as e:
-                raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e} (another server?)") from None
+                raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e} (another server?)") from None
     held = socket.socket(family)
     held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         held.bind((host, port))
     except OSError as e:
         held.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return held
 
 
@@ -138,9 +140,10 @@ def _worker_main(config: ServerConfig, index: int, status: Connection, threads: 
     try:
         asyncio.run(_serve_worker(config, index, status))
     except Exception as e:  # start-up failed (a port, the weights): the supervisor prints it as the error
-        log.debug("worker %d failed", index, exc_info=True)
+        user = isinstance(e, UserError)  # anything else is a bug: its traceback is printed here, in the worker
+        log.log(logging.DEBUG if user else logging.ERROR, "worker %d failed", index, exc_info=True)
         with contextlib.suppress(OSError):
-            status.send(("error", index, os.getpid(), str(e) or type(e).__name__))
+            status.send(("error", index, os.getpid(), str(e) or type(e).__name__, user))
         sys.exit(2)
 
 
@@ -196,7 +199,7 @@ class Supervisor:
 
     def __init__(self, config: ServerConfig, workers: int, threads: int | None = None):
         if workers < 1:
-            raise ValueError(f"--workers must be at least 1 (got {workers})")
+            raise UserError(f"--workers must be at least 1 (got {workers})")
         self.config = config
         self.n = workers
         self.threads = threads or max(1, cores() // workers)  # no worker oversubscribes the cores
@@ -266,9 +269,9 @@ class Supervisor:
                 if msg is not None and msg[0] == "ready":
                     w.ready = True
                 elif msg is not None and msg[0] == "error":
-                    raise ValueError(msg[3])
+                    raise (UserError if msg[4] else RuntimeError)(msg[3])
                 elif not w.process.is_alive():
-                    raise ValueError(
+                    raise RuntimeError(
                         f"worker {w.index} (pid {w.process.pid}) stopped while the workers were starting "
                         f"({_how(w.process.exitcode)})"
                     )
@@ -284,7 +287,7 @@ class Supervisor:
                     w.ready = True
                     print(f"talkstream: worker {w.index} is back (pid {w.process.pid})", file=sys.stderr, flush=True)
                 elif msg is not None and msg[0] == "error":
-                    raise ValueError(f"worker {w.index} could not start again: {msg[3]}")
+                    raise (UserError if msg[4] else RuntimeError)(f"worker {w.index} could not start again: {msg[3]}")
                 if w.process.is_alive() or self._stopping:
                     continue
                 time.sleep(0.2)  # a Ctrl-C reaches the workers too: let its signal land here before calling it a death
@@ -306,7 +309,7 @@ class Supervisor:
         while self.deaths and now - self.deaths[0] > RESTART_WINDOW_S:
             self.deaths.popleft()
         if len(self.deaths) > MAX_RESTARTS:
-            raise ValueError(f"{len(self.deaths)} workers died within {RESTART_WINDOW_S:.0f} s; stopping")
+            raise RuntimeError(f"{len(self.deaths)} workers died within {RESTART_WINDOW_S:.0f} s; stopping")
         self._start(config, w.index)
 
     def _forget(self, w: _Worker) -> None:
@@ -333,7 +336,8 @@ class Supervisor:
             w.status.close()
 
     def run(self) -> None:
-        """Serve until SIGINT or SIGTERM, then stop every worker. Start-up failures raise ValueError with the reason."""
+        """Serve until SIGINT or SIGTERM, then stop every worker. Start-up failures raise UserError with the reason
+        (RuntimeError where a worker met a bug)."""
         config, held = self._prepare()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from talkstream.errors import UserError
 from talkstream.models import phonemes as ph
 from talkstream.models.talker_units import BOS, EOS, make_aligner, text_units, word_units
 
@@ -31,7 +32,7 @@ def test_words_become_ipa_code_points_with_their_pause_and_a_space():
 def test_every_unit_is_one_of_the_voices_phoneme_ids(aligner):
     units = text_units("my sister bought three green apples, didn't she?")
     assert all(u in aligner.id_map for u in units)
-    with pytest.raises(ValueError, match="not in the voice"):  # Kokoro's vocabulary has no CJK characters either
+    with pytest.raises(UserError, match="not in the voice"):  # Kokoro's vocabulary has no CJK characters either
         aligner.speak([BOS, "\u4e00", EOS])
     with pytest.raises(ValueError, match="BOS"):
         aligner.speak(["a", EOS])
@@ -76,5 +77,5 @@ def test_kokoro_cuts_its_pads_silence_to_a_few_frames():
 
 
 def test_an_unknown_talker_voice_is_a_clear_error():
-    with pytest.raises(ValueError, match="no Talker voice"):
+    with pytest.raises(UserError, match="no Talker voice"):
         make_aligner("espeak:en-us")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from talkstream.checkpoint import load_audio_codec, load_talker
+from talkstream.errors import UserError
 from talkstream.models.talker_units import text_units
 from talkstream.models.train import TrainConfig
 from talkstream.models.train_talker import UnitBatches, attach_talker_latents, predict_latent, train_talker
@@ -86,10 +87,10 @@ def test_the_talker_learns_whose_voice_the_data_holds_and_a_build_never_mixes_tw
     assert load_talker(out).cfg.speaker == "kokoro:jm_kumo"
     # Resuming a build in another voice is refused before anything is spoken or written.
     before = sorted(p.name for p in data.iterdir())
-    with pytest.raises(ValueError, match="holds kokoro:jm_kumo's speech"):
+    with pytest.raises(UserError, match="holds kokoro:jm_kumo's speech"):
         build_talker_data(data, codec, speaker="piper:en_US-joe")
     assert sorted(p.name for p in data.iterdir()) == before
-    with pytest.raises(ValueError, match="no Talker voice"):
+    with pytest.raises(UserError, match="no Talker voice"):
         build_talker_data(tmp_path / "new", codec, speaker="espeak:en-us")
     assert not (tmp_path / "new").exists()
 
@@ -114,7 +115,7 @@ def test_a_talker_warm_starts_from_another_voices_talker_unit_by_unit(tmp_path, 
         assert torch.equal(new.phoneme_embed.weight[new.phoneme_index[unit]],
                            old.phoneme_embed.weight[old.phoneme_index[unit]])
     assert torch.equal(new.state_dict()["text_conv.0.weight"], old.state_dict()["text_conv.0.weight"])
-    with pytest.raises(ValueError, match="width 32"):
+    with pytest.raises(UserError, match="width 32"):
         from talkstream.models.talker import Talker, TalkerConfig
 
         warm_start(Talker(TalkerConfig(phonemes=new.cfg.phonemes, dim=64, layers=1)), tmp_path / "old/export")

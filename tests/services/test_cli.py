@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -56,6 +57,30 @@ def test_user_errors_are_one_line(tmp_path, capsys, content, argv, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("talkstream: error:") and message in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_user_error_with_verbose_shows_its_traceback_too(tmp_path, capsys):
+    (tmp_path / "x.tsk").write_bytes(b"x")
+    assert main(["-v", "decode", str(tmp_path / "x.tsk"), str(tmp_path / "o.wav")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("talkstream: error:")
+
+
+def test_a_bug_is_not_a_user_error_its_traceback_is_printed(tmp_path, monkeypatch):
+    """Any exception that is not a UserError (here a ValueError, as a bug deep inside would raise) propagates: the
+    interpreter prints its traceback and exits 1."""
+    cli_main = importlib.import_module("talkstream.cli.main")  # the module (talkstream.cli.main is the function)
+
+    def broken(args):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(cli_main, "cmd_decode", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["decode", str(tmp_path / "x.tsk"), str(tmp_path / "o.wav")])
+    bug = ("import importlib; m = importlib.import_module('talkstream.cli.main'); m.cmd_decode = lambda a: 1 / 0; "
+           "m.main(['decode', 'a', 'b'])")
+    out = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" in out.stderr and "ZeroDivisionError" in out.stderr
 
 
 def test_wrong_codec_id_is_refused(tmp_path, capsys):

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 from talkstream.audio_io import load_audio  # noqa: E402
 from talkstream.client import stream_audio  # noqa: E402
 from talkstream.data import SAMPLE_WAV  # noqa: E402
+from talkstream.errors import UserError  # noqa: E402
 from talkstream.protocol import parse_binary, pcm_frame  # noqa: E402
 from talkstream.services.app import ServerConfig  # noqa: E402
 from talkstream.services.ray_serve import application, build  # noqa: E402
@@ -178,5 +179,5 @@ def test_webrtc_signaling_through_the_ingress_media_straight_to_the_replica(url)
 
 
 def test_the_serve_config_refuses_unknown_options():
-    with pytest.raises(ValueError, match="unknown talkstream options in the Serve config: tinker"):
+    with pytest.raises(UserError, match="unknown talkstream options in the Serve config: tinker"):
         build({"tinker": "echo"})

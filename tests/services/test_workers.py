@@ -22,6 +22,7 @@ from talkstream.audio_io import load_audio
 from talkstream.cli import main
 from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
+from talkstream.errors import UserError
 from talkstream.services.workers import cgroup_cpu_limit, reserve_port
 
 
@@ -197,7 +198,7 @@ def test_a_port_in_use_is_refused_before_any_worker_starts():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ValueError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*another server"):
+        with pytest.raises(UserError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*another server"):
             reserve_port("127.0.0.1", port)
 
 
@@ -209,7 +210,7 @@ def test_a_reserved_port_is_shared_by_reuse_port_listeners_only():
             worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             worker.bind(("127.0.0.1", port))
             worker.listen()
-        with pytest.raises(ValueError, match="another server"):  # a second `serve` on the same port
+        with pytest.raises(UserError, match="another server"):  # a second `serve` on the same port
             reserve_port("127.0.0.1", port)
     finally:
         held.close()

@@ -17,6 +17,7 @@ from talkstream.bench.metrics import stoi
 from talkstream.checkpoint import load_audio_codec
 from talkstream.client import ServerError, stream_audio
 from talkstream.data import SAMPLE_WAV
+from talkstream.errors import UserError
 from talkstream.protocol import HEADER, pcm_frame
 from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.services.session import Limits
@@ -420,6 +421,6 @@ def test_a_taken_port_is_refused_before_the_warm_up(models):
         server = TalkstreamServer(ServerConfig(port=port, thinker="echo"), codec=codec, vad=vad)
         warmed = []
         server.engine.warmup = lambda *a, **k: warmed.append(1)
-        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
             run(server.start())
         assert not warmed  # refused before any model was warmed, however long that would have taken

@@ -15,6 +15,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from talkstream.audio_io import load_audio
 from talkstream.bench.webrtc import RATE, SignalTrack, marked_signal, onset_latencies_ms, post_offer, rtc_session
 from talkstream.data import SAMPLE_WAV
+from talkstream.errors import UserError
 from talkstream.services.app import ServerConfig
 from talkstream.services.session import Limits
 from talkstream.services.webrtc import parse_ice_server
@@ -260,7 +261,7 @@ def test_ice_server_specs():
     turn = parse_ice_server("turn:turn.example.org:3478,user,secret")
     assert (turn.username, turn.credential) == ("user", "secret")
     for bad in ["http://x", "turn:x,user", ""]:
-        with pytest.raises(ValueError):
+        with pytest.raises(UserError):
             parse_ice_server(bad)
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from talkstream.errors import UserError
+
 # Bundled in the scikit-image wheel (no download). Grey images are used as grey RGB.
 TRAIN_IMAGES = (
     "brick", "camera", "cell", "chelsea", "clock_motion", "coins", "color", "grass", "gravel", "horse",
@@ -34,7 +36,7 @@ def _data_dir() -> Path:
     try:
         import skimage.data
     except ImportError as e:
-        raise ValueError(f"video training data needs scikit-image: pip install 'talkstream[video]' ({e})") from None
+        raise UserError(f"video training data needs scikit-image: pip install 'talkstream[video]' ({e})") from None
     return Path(skimage.data.__file__).parent
 
 

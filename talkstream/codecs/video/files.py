@@ -28,11 +28,12 @@ import torch.nn.functional as F
 
 from talkstream.codecs.container import ContainerError, read_tokens, write_tokens
 from talkstream.codecs.video.codec import VideoCodec
+from talkstream.errors import UserError
 
 KEY_INTERVAL = 25  # frames between restarts of the codec state: 1 s at 25 fps
 
 
-class VideoInputError(ValueError):
+class VideoInputError(UserError, ValueError):
     """A video file cannot be read, has no video, or is not constant frame rate. The message is for the user."""
 
 

@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from talkstream.cli.files import out_file
 from talkstream.cli.model import add_model_commands, serve_thinker_args, serve_thinker_config
 from talkstream.cli.video import add_video_commands
 from talkstream.data import SAMPLE_WAV
@@ -84,6 +85,7 @@ def cmd_bench_backends(args) -> None:
 def cmd_encode(args) -> None:
     from talkstream.codecs.audio.files import encode_file
 
+    out_file(args.output)
     codec = _codec(args)
     _codebooks(codec, args.codebooks)
     h = encode_file(codec, args.input, args.output, args.codebooks)
@@ -98,6 +100,7 @@ def cmd_encode(args) -> None:
 def cmd_decode(args) -> None:
     from talkstream.codecs.audio.files import decode_file
 
+    out_file(args.output)
     h = decode_file(_codec(args), args.input, args.output)
     print(f"{args.output}: {h['duration_s']} s at {h['sample_rate']} Hz from {h['num_codebooks']} codebooks")
 
@@ -245,6 +248,7 @@ def cmd_client(args) -> None:
     from talkstream.client import ServerError, report, stream_audio
 
     audio = load_audio(args.input, args.sample_rate)
+    out_file(args.out)
     try:
         r = asyncio.run(
             stream_audio(

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from talkstream.cli.files import out_file
 from talkstream.errors import UserError
 
 MAX_TURN_S = 30.0  # the longest turn `chat` answers: the Thinker learned turns of a few seconds; memory stays bounded
@@ -75,6 +76,7 @@ def cmd_chat(args) -> None:
     from talkstream.chat.responder import answer_pcm
     from talkstream.checkpoint import load_audio_codec
 
+    out_file(args.out)
     codec = load_audio_codec()
     pcm = load_audio(args.input, codec.sample_rate)
     if len(pcm) > MAX_TURN_S * codec.sample_rate:
@@ -106,6 +108,7 @@ def cmd_say(args) -> None:
 
     if not any(c.isalpha() for c in tx.normalize(args.text)):
         raise UserError("nothing to say: the text has no letters or digits")
+    out_file(args.out)
     codec = load_audio_codec()
     responder = _responder(args, codec)
 

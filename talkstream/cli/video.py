@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from talkstream.cli.files import out_file
+
 
 def cmd_train_video(args) -> None:
     from talkstream.codecs.video.train import VideoTrainConfig, train_video_codec
@@ -108,6 +110,7 @@ def _video_codec(args):
 def cmd_video_encode(args) -> None:
     from talkstream.codecs.video.files import encode_file
 
+    out_file(args.output)
     h = encode_file(_video_codec(args), args.input, args.output)
     secs = h["num_frames"] / h["frame_rate"]
     size = Path(args.output).stat().st_size
@@ -120,6 +123,7 @@ def cmd_video_encode(args) -> None:
 def cmd_video_decode(args) -> None:
     from talkstream.codecs.video.files import decode_file
 
+    out_file(args.output)
     h = decode_file(_video_codec(args), args.input, args.output)
     sh, sw = h["source_size"]
     print(f"{args.output}: {h['num_frames']} frames, {sw}x{sh} at {h['frame_rate']:.3g} fps, {h['duration_s']} s")

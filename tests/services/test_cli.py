@@ -29,6 +29,37 @@ def test_encode_decode_any_rate_and_channels(tmp_path, capsys):
     assert stoi(ref, load_audio(tmp_path / "out.wav", 24_000), 24_000) > 0.5
 
 
+def test_out_into_a_folder_that_does_not_exist_makes_it(tmp_path):
+    sf.write(tmp_path / "in.wav", speechlike(0.3), 24_000)
+    tokens, out = tmp_path / "new" / "t.tsk", tmp_path / "newer" / "deeper" / "out.wav"
+    assert main(["encode", str(tmp_path / "in.wav"), str(tokens)]) == 0
+    assert main(["decode", str(tokens), str(out)]) == 0
+    assert sf.info(out).samplerate == 24_000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["decode", "{tsk}", "{out}"],
+        ["say", "hello", "--out", "{out}"],
+        ["chat", "{wav}", "--out", "{out}"],
+        ["client", "{wav}", "--out", "{out}", "--url", "ws://127.0.0.1:9"],
+    ],
+    ids=["decode", "say", "chat", "client"],
+)
+def test_an_out_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, argv):
+    """A file where --out's folder should be: one line at once (no model loaded, no server reached)."""
+    wav, blocker = tmp_path / "in.wav", tmp_path / "blocker"
+    sf.write(wav, speechlike(0.3), 24_000)
+    blocker.write_text("a file, not a folder")
+    tsk = tmp_path / "t.tsk"
+    assert main(["encode", str(wav), str(tsk)]) == 0
+    capsys.readouterr()
+    assert main([a.format(tsk=tsk, wav=wav, out=blocker / "out.wav") for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("talkstream: error: cannot make the folder for") and "\n" not in err
+
+
 @pytest.mark.parametrize(
     "content, argv, message",
     [
@@ -116,7 +147,7 @@ def test_client_command_against_a_running_server(tmp_path, capsys):
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        out = tmp_path / "back.wav"
+        out = tmp_path / "new" / "back.wav"  # a folder that does not exist yet
         assert main(["client", str(SAMPLE_WAV), "--out", str(out), "--url", server.url, "--tail", "0.5"]) == 0
         assert "s of audio back\nfirst audio back: " in capsys.readouterr().out
         assert abs(sf.info(out).duration - sf.info(SAMPLE_WAV).duration) < 0.1

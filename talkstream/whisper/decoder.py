@@ -155,16 +155,20 @@ class WhisperDecoder(nn.Module):
 
     @torch.no_grad()
     def greedy_tokens(self, cross: list[tuple[Tensor, Tensor]], max_tokens: int = 120,
-                      context: list[int] | None = None) -> list[int]:
+                      context: list[int] | None = None, prefix: list[int] | None = None) -> list[int]:
         """Cross caches (`cross_caches`) -> the transcript's token ids (without specials). `context`: token ids of
-        text said before (Whisper's previous-text prompt, <|startofprev|> ...), which biases the words it picks."""
+        text said before (Whisper's previous-text prompt, <|startofprev|> ...), which biases the words it picks.
+        `prefix`: the transcript's first tokens, already decided (the ears' committed words): read in one step,
+        returned as they are, and decoding goes on after them (`max_tokens` counts only the new ones)."""
         prev = [self.start_of_prev, *context] if context else []
-        prompt = torch.tensor([[*prev, self.sot, self.no_timestamps]])
+        prefix = list(prefix or [])
+        prompt = torch.tensor([[*prev, self.sot, self.no_timestamps, *prefix]])
         logits, caches = self.step(prompt, 0, None, cross)
         out: list[int] = []
         for i in range(min(max_tokens, self.cfg.n_positions - prompt.shape[1])):
-            scores = logits[0, -1].masked_fill(self.never_first if i == 0 else self.never, float("-inf"))
-            if i > 0:
+            first = i == 0 and not prefix
+            scores = logits[0, -1].masked_fill(self.never_first if first else self.never, float("-inf"))
+            if not first:
                 scores[self.eot] = logits[0, -1, self.eot]
             token = int(scores.argmax())
             if token == self.eot:
@@ -172,9 +176,9 @@ class WhisperDecoder(nn.Module):
             out.append(token)
             loop = _repeating_tail(out)
             if loop:  # greedy decoding fell into a loop ("no, no, no, ..."): keep one round of it and stop
-                return out[: len(out) - loop]
+                return prefix + out[: len(out) - loop]
             logits, caches = self.step(torch.tensor([[token]]), prompt.shape[1] + i, caches, cross)
-        return out
+        return prefix + out
 
     def detokenize(self, tokens: list[int]) -> str:
         table = _byte_decoder()

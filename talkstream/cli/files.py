@@ -8,8 +8,11 @@ from pathlib import Path
 from talkstream.errors import UserError
 
 
-def out_file(path: str | Path) -> Path:
-    """`path`'s folder, made now if it is missing, so that a long job does not fail at its last step."""
+def out_file(path: str | Path | None) -> Path | None:
+    """`path`'s folder, made now if it is missing, so that a long job does not fail at its last step (None: no
+    output asked for)."""
+    if path is None:
+        return None
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name")

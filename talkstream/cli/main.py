@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from talkstream.bench.results import write_result
 from talkstream.cli.files import out_file
 from talkstream.cli.model import add_model_commands, serve_thinker_args, serve_thinker_config
 from talkstream.cli.video import add_video_commands
@@ -69,6 +70,7 @@ def cmd_bench_backends(args) -> None:
 
     data = Path(args.data)
     files = eval_files(data, args.files) if (data / "manifest.jsonl").exists() else [Path(SAMPLE_WAV)]
+    out = out_file(args.out)  # its folder now, not after the run
     results = run_backends_bench(
         _codec(argparse.Namespace(weights=args.weights)),
         files,
@@ -76,10 +78,7 @@ def cmd_bench_backends(args) -> None:
         frames_per_step=tuple(args.frames_per_step),
         providers=args.providers,
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}")
+    write_result(out, results, args.argv)
 
 
 def cmd_encode(args) -> None:
@@ -173,12 +172,10 @@ def cmd_data_speech(args) -> None:
 def cmd_bench_codec(args) -> None:
     from talkstream.bench.codec import run_codec_bench
 
+    out = out_file(args.out)  # its folder now, not after the run
     results = run_codec_bench(_codec(args), Path(args.data), max_files=args.files, weights_dir=args.weights,
                               codebooks=tuple(args.codebooks), opus=tuple(args.opus))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}")
+    write_result(out, results, args.argv)
 
 
 def cmd_serve(args) -> None:
@@ -285,37 +282,31 @@ def _ice_servers(specs: list[str] | None) -> list:
 def cmd_bench_webrtc(args) -> None:
     from talkstream.bench.webrtc import run_webrtc_bench
 
+    out = out_file(args.out)  # its folder now, not after the run
     results = run_webrtc_bench(
         args.sessions, args.seconds, args.weights, args.frames_per_step, args.backend, args.client_jitter_frames,
         args.workers, args.step_interval_ms,
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}")
+    write_result(out, results, args.argv)
 
 
 def cmd_bench_serve(args) -> None:
     from talkstream.bench.serve import run_serve_bench
 
+    out = out_file(args.out)  # its folder now, not after the run
     results = run_serve_bench(
         args.sessions, args.seconds, args.weights, args.frames_per_step, args.gather_ms, args.backend, args.workers,
         args.precision, args.step_interval_ms,
     )
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}")
+    write_result(out, results, args.argv)
 
 
 def cmd_bench_chat(args) -> None:
     from talkstream.bench.chat_load import run_chat_load_bench
 
+    out = out_file(args.out)  # its folder now, not after the run
     results = run_chat_load_bench(args.sessions, args.workers, args.thinker)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}")
+    write_result(out, results, args.argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -664,7 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line, as benchmark results record it
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         args.func(args)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from talkstream.bench.results import write_result
 from talkstream.cli.files import out_file
 from talkstream.errors import UserError
 
@@ -231,23 +231,18 @@ def cmd_train_ears(args) -> None:
 def cmd_bench_model(args) -> None:
     from talkstream.bench.model import run_model_bench
 
+    out = out_file(args.out)  # its folder now, not after the run
     results = run_model_bench(Path(args.data), questions=args.questions, sentences=args.sentences,
                               threads=args.threads, backend=args.backend, talker_sentences=args.talker_sentences)
-    _write_results(args.out, results)
-
-
-def _write_results(out: str | None, results: dict) -> None:
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {out}")
+    write_result(out, results, args.argv)
 
 
 def cmd_bench_voices(args) -> None:
     from talkstream.bench.voices import run_voice_bench
 
+    out = out_file(args.out)  # its folder now, not after the run
     results = run_voice_bench(args.voices, sentences=args.sentences)
-    _write_results(args.out, results)
+    write_result(out, results, args.argv)
 
 
 def cmd_export_model(args) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
 
+from talkstream.bench.results import write_result
 from talkstream.cli.files import out_file
 
 
@@ -34,11 +34,9 @@ def cmd_train_video(args) -> None:
 def cmd_bench_video(args) -> None:
     from talkstream.bench.video import run_video_bench
 
+    out = out_file(args.out)  # its folder now, not after the run
     results = run_video_bench(_video_codec(args), clips=args.clips, frames=args.frames, threads=tuple(args.threads))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.out}")
+    write_result(out, results, args.argv)
 
 
 def add_video_commands(sub, train_sub, bench_sub) -> None:

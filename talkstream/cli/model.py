@@ -443,6 +443,10 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     bp.add_argument("--out", default=None, help="write the results as JSON here")
     bp.set_defaults(func=cmd_bench_voices)
 
+    from talkstream.bench.ears import add_parser as add_bench_ears
+
+    add_bench_ears(bench_sub)
+
     bp = bench_sub.add_parser("model", help="Thinker WER and answer accuracy, Talker WER (faster-whisper), latency",
                               description="On held-out voices and sentences: the Thinker's speech-to-text WER beside "
                               "faster-whisper's on the same audio, dialogue answers per skill, the Talker's "

@@ -21,18 +21,15 @@ deletions.
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from talkstream.bench import listener
+from talkstream.bench.results import write_result
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata
 PIECE = 1280  # 80 ms at 16 kHz
@@ -188,25 +185,11 @@ def _print_table(r: dict) -> None:
                   + (f"  cut turns vs f-w {s['cut_wer_against_faster_whisper']:.1%}" if "cut_turns" in s else ""))
 
 
-def run_info(argv: list[str]) -> dict:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        head = "unknown"
-    return {"commit": head, "command": shlex.join(["talkstream", *argv]),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"), "cpu_count": os.cpu_count()}
-
-
 def cmd_bench_ears(args) -> None:
-    import json
-
-    results = run_ears_bench(args.threads, real=not args.no_real, synthetic=not args.no_synthetic)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        argv = getattr(args, "argv", None) or sys.argv[1:]
-        Path(args.out).write_text(json.dumps({"run": run_info(argv), **results}, indent=2) + "\n")
-        print(f"results written to {args.out}")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # its folder now, not after the run
+    results = run_ears_bench(args.threads, real=not args.no_real, synthetic=not args.no_synthetic)
+    write_result(args.out, results, getattr(args, "argv", None) or sys.argv[1:])
 
 
 def add_parser(bench_sub) -> None:

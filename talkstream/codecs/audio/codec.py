@@ -35,6 +35,7 @@ from talkstream.codecs.audio.modules import (
     StreamingSequential,
     keep_last,
 )
+from talkstream.codecs.audio.pitch import HarmonicSource, PitchQuantizer, PitchTracker, minimum_phase_matrix
 from talkstream.codecs.audio.quantizer import ResidualVQ
 
 
@@ -63,6 +64,13 @@ class AudioCodecConfig:
     # "conv": the learned SEANet encoder (v1, v2); "mel": a fixed causal log-mel front end with latent_dim bands
     # (v3: the codebooks code the spectral envelope a listener hears, and the decoder is a causal vocoder)
     encoder: str = "conv"
+    # "istft": the decoder predicts each window's magnitude and phase (v1-v3); "excited" (v4): the encoder sends
+    # the pitch (pitch.py: a causal tracker, `pitch_bits` per frame, row 0 of the codes) and the decoder shapes a
+    # harmonic-plus-noise excitation built from it, whose phase is coherent by construction (ExcitedDecoder)
+    decoder: str = "istft"
+    pitch_bits: int = 0
+    f0_min: float = 62.5
+    f0_max: float = 500.0
 
     @property
     def hop(self) -> int:
@@ -273,6 +281,63 @@ class Decoder(nn.Module):
         return out[:, :n].reshape(-1, 1, n * step), out[:, n:].reshape(-1, (parts - 1) * step)
 
 
+class ExcitedDecoder(nn.Module):
+    """Codec v4's decoder: latent frames and decoded pitch -> windowed time frames [B, F, n_fft] (one per frame).
+
+    A causal ConvNeXt body reads the latent and two pitch features (log2(F0 / 150 Hz), voiced) and predicts per
+    frame two log-magnitude responses over the window's bins: one for the harmonic excitation, made minimum phase
+    (its phase follows from its magnitude, as a vocal tract's does), and one for the noise excitation (pitch.py's
+    HarmonicSource). The output window is their sum, back through the inverse FFT: every phase in it comes from
+    the source's accumulated harmonic phase and the filters; none is predicted.
+    """
+
+    def __init__(self, cfg: AudioCodecConfig):
+        super().__init__()
+        if cfg.pitch_bits <= 0:
+            raise ValueError("an excited decoder needs the pitch in the bitstream (pitch_bits > 0)")
+        self.n_fft, self.subframes, self.bins = 2 * cfg.hop, 1, cfg.hop + 1
+        self.pitch = PitchQuantizer(cfg.pitch_bits, cfg.f0_min, cfg.f0_max)
+        self.net = StreamingSequential(
+            StreamingConv1d(cfg.latent_dim + 2, cfg.decoder_dim, 3),
+            *(
+                CausalConvNeXtBlock(cfg.decoder_dim, cfg.decoder_hidden, layer_scale=1 / cfg.decoder_blocks)
+                for _ in range(cfg.decoder_blocks)
+            ),
+            ChannelLayerNorm(cfg.decoder_dim),
+        )
+        self.net_states = len(self.net.init_state(0))
+        self.head = nn.Linear(cfg.decoder_dim, 2 * self.bins)
+        self.source = HarmonicSource(cfg.sample_rate, cfg.hop)
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True).sqrt(), persistent=False)
+        self.register_buffer("minimum_phase", minimum_phase_matrix(self.n_fft), persistent=False)
+
+    overlap_add = Decoder.overlap_add  # one window per frame, half overlap
+
+    def init_state(self, batch: int, like: Tensor) -> State:
+        """The body's conv contexts, the source's state (pitch.py), the overlap-add tail [B, hop]."""
+        return self.net.init_state(batch) + self.source.init_state(batch) + [like.new_zeros(batch, self.n_fft // 2)]
+
+    def features(self, f0: Tensor) -> Tensor:
+        """F0 Hz [B, F] -> the body's pitch inputs [B, 2, F]: log2(F0 / 150 Hz) where voiced, and voiced."""
+        voiced = (f0 > 0).to(f0.dtype)
+        return torch.stack([torch.log2(f0.clamp(min=1.0) / 150.0) * voiced, voiced], dim=1)
+
+    def frames(self, z: Tensor, pitch: Tensor, state: State) -> tuple[Tensor, State]:
+        """z [B, D, F], pitch indices long [B, F] -> windowed time frames [B, F, n_fft]."""
+        f0 = self.pitch.decode(pitch).to(z.dtype)
+        h, net_state = self.net.step(torch.cat([z, self.features(f0)], dim=1), state[: self.net_states])
+        (hr, hi, nr, ni), source_state = self.source.step(f0, state[self.net_states :])
+        spec = self.head(h.transpose(1, 2))
+        log_h, log_n = spec[..., : self.bins].clamp(max=7.0), spec[..., self.bins :].clamp(max=7.0)
+        phase = log_h @ self.minimum_phase
+        gain, noise = torch.exp(log_h), torch.exp(log_n)
+        ar, ai = gain * torch.cos(phase), gain * torch.sin(phase)
+        re = ar * hr - ai * hi + noise * nr
+        im = ar * hi + ai * hr + noise * ni
+        frames = torch.fft.irfft(torch.complex(re, im), n=self.n_fft, dim=-1)
+        return frames * self.window, net_state + source_state
+
+
 class AudioCodec(nn.Module):
     def __init__(self, cfg: AudioCodecConfig | None = None):
         super().__init__()
@@ -281,7 +346,19 @@ class AudioCodec(nn.Module):
             raise ValueError(f"unknown codec encoder {self.cfg.encoder!r} (conv or mel)")
         self.encoder = MelEncoder(self.cfg) if self.cfg.encoder == "mel" else Encoder(self.cfg)
         self.quantizer = ResidualVQ(self.cfg.latent_dim, self.cfg.num_codebooks, self.cfg.codebook_size)
-        self.decoder = Decoder(self.cfg)
+        if self.cfg.decoder not in ("istft", "excited"):
+            raise ValueError(f"unknown codec decoder {self.cfg.decoder!r} (istft or excited)")
+        self.excited = self.cfg.decoder == "excited"
+        self.decoder: Decoder | ExcitedDecoder = ExcitedDecoder(self.cfg) if self.excited else Decoder(self.cfg)
+        # codec v4: the pitch, row 0 of the codes, `pitch_bits` per frame (pitch.py)
+        self.pitch_tracker = (
+            PitchTracker(self.cfg.sample_rate, self.cfg.hop, self.cfg.f0_min, self.cfg.f0_max)
+            if self.cfg.pitch_bits
+            else None
+        )
+        self.pitch_quantizer = (
+            PitchQuantizer(self.cfg.pitch_bits, self.cfg.f0_min, self.cfg.f0_max) if self.cfg.pitch_bits else None
+        )
 
     # --- the contract servers read instead of hard-coding numbers ---
     @property
@@ -322,9 +399,14 @@ class AudioCodec(nn.Module):
     def algorithmic_latency_ms(self) -> float:
         return 1000.0 * (self.frame_size + self.decode_delay) / self.sample_rate
 
+    @property
+    def pitch_rows(self) -> int:
+        """Rows of the codes before the codebooks: 1 (the pitch) for codec v4, else 0."""
+        return 1 if self.cfg.pitch_bits else 0
+
     def bitrate(self, num_codebooks: int) -> float:
-        """Bits per second at `num_codebooks` codebooks."""
-        return self.frame_rate * num_codebooks * (self.codebook_size - 1).bit_length()
+        """Bits per second at `num_codebooks` codebooks, the pitch included (codec v4)."""
+        return self.frame_rate * (num_codebooks * (self.codebook_size - 1).bit_length() + self.cfg.pitch_bits)
 
     def _check_codebooks(self, n: int | None) -> int:
         n = self.num_codebooks if n is None else int(n)
@@ -338,12 +420,14 @@ class AudioCodec(nn.Module):
         return CodecState(
             num_codebooks=self._check_codebooks(num_codebooks),
             pending=torch.zeros(batch_size, 1, 0, dtype=p.dtype, device=p.device),
-            encoder=self.encoder.net.init_state(batch_size),
+            encoder=self.encoder.net.init_state(batch_size)
+            + (self.pitch_tracker.init_state(batch_size) if self.pitch_tracker is not None else []),
             decoder=self.decoder.init_state(batch_size, p),
         )
 
     def encode_step(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
-        """pcm: float [B, 1, T] (any T >= 0) -> codes long [B, K, F] for every whole frame now available."""
+        """pcm: float [B, 1, T] (any T >= 0) -> codes long [B, K, F] for every whole frame now available (codec v4:
+        [B, 1 + K, F], row 0 the pitch index)."""
         codes, _, state = self._quantize_step(pcm, state)
         return codes, state
 
@@ -351,29 +435,54 @@ class AudioCodec(nn.Module):
         """`encode_step` then `decode_step` on its codes, in one: pcm [B, 1, T] -> (codes [B, K, F], pcm [B, 1, F*hop])
         with the decoder fed the quantizer's own latent (the codes' lookup again would be the same sum)."""
         codes, q, state = self._quantize_step(pcm, state)
-        out, state = self.decode_latent_step(q, state)
+        out, state = self.decode_latent_step(q, state, codes[:, 0] if self.pitch_rows else None)
         return codes, out, state
 
     def _quantize_step(self, pcm: Tensor, state: CodecState) -> tuple[Tensor, Tensor, CodecState]:
         x = torch.cat([state.pending, pcm.to(state.pending.dtype)], dim=-1)
         n = int(x.shape[-1]) // self.cfg.hop * self.cfg.hop  # an int: a constant in exported graphs
         if n == 0:
-            codes = torch.zeros(x.shape[0], state.num_codebooks, 0, dtype=torch.long, device=x.device)
+            rows = state.num_codebooks + self.pitch_rows
+            codes = torch.zeros(x.shape[0], rows, 0, dtype=torch.long, device=x.device)
             return codes, x.new_zeros(x.shape[0], self.cfg.latent_dim, 0), dataclasses.replace(state, pending=x)
-        z, enc = self.encoder.net.step(x[..., :n], state.encoder)
+        n_enc = len(state.encoder) - (3 if self.pitch_tracker is not None else 0)
+        z, enc = self.encoder.net.step(x[..., :n], state.encoder[:n_enc])
         codes, q = self.quantizer.quantize(z, state.num_codebooks)
+        if self.pitch_tracker is not None:
+            pitch, tracker = self.pitch_index_step(x[..., :n], state.encoder[n_enc:])
+            codes, enc = torch.cat([pitch[:, None], codes], dim=1), enc + tracker
         return codes, q, dataclasses.replace(state, pending=x[..., n:], encoder=enc)
 
-    def decode_latent_step(self, z: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
-        """Latent [B, D, F] -> pcm [B, 1, F*hop], trailing the input by `decode_delay` samples."""
+    @torch.no_grad()
+    def pitch_index_step(self, pcm: Tensor, state: State) -> tuple[Tensor, State]:
+        """Codec v4's pitch: pcm [B, 1, F*hop] -> pitch indices long [B, F] (0 = unvoiced), the tracker's state."""
+        assert self.pitch_tracker is not None and self.pitch_quantizer is not None
+        (f0, _), state = self.pitch_tracker.step(pcm, state)
+        return self.pitch_quantizer.encode(f0), state
+
+    def decode_latent_step(self, z: Tensor, state: CodecState, pitch: Tensor | None = None) -> tuple[Tensor, CodecState]:
+        """Latent [B, D, F] (codec v4: and pitch indices long [B, F]) -> pcm [B, 1, F*hop], trailing the input by
+        `decode_delay` samples."""
         if z.shape[-1] == 0:
             return z.new_zeros(z.shape[0], 1, 0), state
-        frames, dec = self.decoder.frames(z, state.decoder[:-1])
+        if isinstance(self.decoder, ExcitedDecoder):
+            if pitch is None:
+                raise ValueError("codec v4 decodes with the pitch: give the pitch indices")
+            frames, dec = self.decoder.frames(z, pitch, state.decoder[:-1])
+        else:
+            frames, dec = self.decoder.frames(z, state.decoder[:-1])
         out, tail = self.decoder.overlap_add(frames, state.decoder[-1])
         return out, dataclasses.replace(state, decoder=dec + [tail])
 
     def check_codes(self, codes: Tensor) -> None:
-        """Refuse codes this codec cannot decode (more codebooks than it has, values beyond a codebook)."""
+        """Refuse codes this codec cannot decode (more codebooks than it has, values beyond a codebook, codec v4: no
+        pitch row or a pitch index beyond its bits)."""
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be [batch, rows, frames], got shape {tuple(codes.shape)}")
+        if self.pitch_rows:
+            if codes.shape[1] < 2 or codes.numel() and (codes[:, 0].min() < 0 or codes[:, 0].max() >= 1 << self.cfg.pitch_bits):
+                raise ValueError("codes out of range for this codec (codec v4: row 0 is the pitch, then 1-8 codebooks)")
+            codes = codes[:, 1:]
         if (
             codes.shape[1] > self.num_codebooks
             or codes.numel()
@@ -382,8 +491,10 @@ class AudioCodec(nn.Module):
             raise ValueError("codes out of range for this codec")
 
     def decode_step(self, codes: Tensor, state: CodecState) -> tuple[Tensor, CodecState]:
-        """codes long [B, K, F] (K <= num_codebooks) -> pcm float [B, 1, F*hop]."""
+        """codes long [B, K, F] (K <= num_codebooks; codec v4: [B, 1 + K, F], row 0 the pitch) -> pcm [B, 1, F*hop]."""
         self.check_codes(codes)
+        if self.pitch_rows:
+            return self.decode_latent_step(self.quantizer.decode(codes[:, 1:]), state, codes[:, 0])
         return self.decode_latent_step(self.quantizer.decode(codes), state)
 
     # --- offline: the same steps over the whole signal ---
@@ -414,12 +525,15 @@ class AudioCodec(nn.Module):
         n_q=None skips quantization (the autoencoder warm start).
         """
         z, _ = self.encoder.net.step(pcm, self.encoder.net.init_state(pcm.shape[0]))
+        pitch = None
+        if self.pitch_tracker is not None:
+            pitch, _ = self.pitch_index_step(pcm, self.pitch_tracker.init_state(pcm.shape[0]))
         if n_q is None:
             q, commit, codes = z, z.new_zeros(()), z.new_zeros(pcm.shape[0], 0, z.shape[-1]).long()
         else:
             q, commit, codes = self.quantizer(z, n_q)
         st = self.init_state(pcm.shape[0])
-        out, _ = self.decode_latent_step(q, st)
+        out, _ = self.decode_latent_step(q, st, pitch)
         if return_latent:
             return out[..., self.decode_delay :], commit, codes, z
         return out[..., self.decode_delay :], commit, codes

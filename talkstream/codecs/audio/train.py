@@ -67,6 +67,10 @@ class TrainConfig:
     init_decoder: str = ""  # a fresh run's decoder starts from this codec's (every tensor whose shape matches)
     init: str = ""  # warm start from a codec checkpoint folder (quantizer included: no warm-up, no k-means)
     decoder_subframes: int = 0  # with init: widen its decoder to this many windows per frame (0: as it is)
+    # with init: codec v4, the pitch in the bitstream at this many bits per frame and an excited decoder
+    # (codec.ExcitedDecoder) of `excited_blocks` blocks warm-started from the init's decoder (0: as it is)
+    pitch_bits: int = 0
+    excited_blocks: int = 4
     codec_id: str = ""  # a new id for the trained codec (new tokens need a new id); "" keeps the model config's
     checkpoint_minutes: float = 4.0
     max_minutes: float = 0.0  # stop after this many minutes of this run (0 = until `steps`)
@@ -225,6 +229,36 @@ def collect_latents(codec: AudioCodec, sampler: SegmentSampler, n_frames: int, d
     return torch.cat(out)[:n_frames]
 
 
+@torch.no_grad()
+def excited_from(codec: AudioCodec, pitch_bits: int = 6, blocks: int = 4) -> AudioCodec:
+    """Codec v4 from a mel codec (v3): the same encoder and codebooks (the same tokens, so what was trained on
+    them keeps working), the pitch in the bitstream, and an excited decoder warm-started from the codec's: its
+    input layer (the pitch inputs start at zero), its first `blocks` blocks, and both magnitude heads from the
+    codec's magnitude head, offset by the excitations' own levels (a harmonic near 150 Hz windowed peaks near
+    e^3.5; white noise near e^2.9; the noise starts 2 nats lower)."""
+    if codec.cfg.encoder != "mel" or codec.cfg.decoder_subframes != 1 or codec.cfg.decoder_phase != "absolute":
+        raise ValueError("codec v4 starts from a mel codec (v3) with one absolute-phase window per frame")
+    cfg = dataclasses.replace(codec.cfg, decoder="excited", pitch_bits=pitch_bits, decoder_blocks=blocks,
+                              codec_id="talkstream-audio-v4")
+    new = AudioCodec(cfg)
+    own = {k: v for k, v in codec.state_dict().items() if not k.startswith("decoder.")}
+    missing, unexpected = new.load_state_dict(own, strict=False)
+    assert not unexpected and all(k.startswith("decoder.") for k in missing), (missing, unexpected)
+    old, dec = codec.decoder, new.decoder
+    first_old, first_new = old.net.layers[0].conv, dec.net.layers[0].conv
+    first_new.weight.zero_()
+    first_new.weight[:, : first_old.weight.shape[1]] = first_old.weight
+    first_new.bias.copy_(first_old.bias)
+    for i in range(blocks):
+        dec.net.layers[1 + i].load_state_dict(old.net.layers[1 + i].state_dict())
+    dec.net.layers[-1].load_state_dict(old.net.layers[-1].state_dict())
+    bins = dec.bins
+    w, b = old.head.weight[:bins], old.head.bias[:bins]
+    dec.head.weight.copy_(torch.cat([w, w]))
+    dec.head.bias.copy_(torch.cat([b - 3.5, b - 4.9]))
+    return new
+
+
 def warm_start(path: str, decoder_subframes: int = 0) -> AudioCodec:
     """A codec from a checkpoint folder, with the EMA statistics the shipped weights leave out rebuilt from its
     codebooks (otherwise the first EMA update would replace every codebook with noise). `decoder_subframes` > 0
@@ -275,6 +309,8 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
         log.info("resuming from %s at step %d", out / "checkpoint.pt", ckpt["step"])
     if ckpt is None and cfg.init:
         codec = warm_start(cfg.init, cfg.decoder_subframes)
+        if cfg.pitch_bits:
+            codec = excited_from(codec, cfg.pitch_bits, cfg.excited_blocks).train()
     else:
         if model_cfg is None:
             model_cfg = AudioCodecConfig()

@@ -23,6 +23,8 @@ import pytest
 from talkstream.client import stream_audio
 from talkstream.models.phonemes import speak
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

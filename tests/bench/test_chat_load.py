@@ -8,6 +8,7 @@ import pytest
 from talkstream.bench.chat_load import TARGET_FIRST_PACKET_MS, held_out_questions, run_chat_load_bench
 
 
+@pytest.mark.slow
 def test_two_sessions_asking_at_once_are_both_answered_and_timed(capsys):
     r = run_chat_load_bench([2])
     (row,) = r["rows"]

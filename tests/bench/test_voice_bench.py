@@ -13,6 +13,7 @@ def test_bad_voice_names_are_refused_in_one_line_before_any_synthesis(capsys):
     assert "ENGINE:NAME" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_voice_is_measured_by_the_recogniser_and_dnsmos(tmp_path, capsys):
     pytest.importorskip("faster_whisper", reason="the recogniser is in the asr extra")
     pytest.importorskip("piper", reason="piper-tts is in the data and test extras")

@@ -8,6 +8,7 @@ import pytest
 from talkstream.bench.webrtc import run_webrtc_bench
 
 
+@pytest.mark.slow
 def test_webrtc_bench_runs_the_server_apart_from_the_clients():
     r = run_webrtc_bench([2], 2.0, workers=[2])
     (row,) = r["rows"]
@@ -19,6 +20,7 @@ def test_webrtc_bench_runs_the_server_apart_from_the_clients():
     assert row["step_interval_ms"] == r["by_workers"][0]["step_interval_ms"] == 0  # the server's default
 
 
+@pytest.mark.slow
 def test_step_intervals_are_measured_side_by_side(capsys):
     r = run_webrtc_bench([1], 2.0, step_intervals=[0.0, 12.0])
     assert [(row["workers"], row["step_interval_ms"]) for row in r["rows"]] == [(1, 0.0), (1, 12.0)]

@@ -87,6 +87,7 @@ def test_onnx_steps_give_torch_codes_and_pcm(mel_codec):
     torch.testing.assert_close(onnx_codec.decode(codes), want, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_training_fits_the_front_end_and_warm_starts_the_decoder(tmp_path):
     data = tmp_path / "audio"
     data.mkdir()

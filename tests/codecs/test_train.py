@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import soundfile as sf
 import torch
 
 from talkstream.checkpoint import load_audio_codec
 from talkstream.codecs.audio.train import TrainConfig, train_codec
 from tests.conftest import TINY, speechlike
+
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
 
 
 def test_train_resume_export(tmp_path):

@@ -52,6 +52,7 @@ def _sample_items(codec) -> list[dict]:
     return [{"latent": z[0].half(), "audio": torch.from_numpy(np.round(pcm * 32767).astype(np.int16))}]
 
 
+@pytest.mark.slow
 def test_adversarial_fine_tuning_trains_the_decoder_only_and_resumes(tmp_path):
     codec = load_audio_codec()
     items = _sample_items(codec)
@@ -77,6 +78,7 @@ def test_adversarial_fine_tuning_trains_the_decoder_only_and_resumes(tmp_path):
         assert same != name.startswith("decoder."), f"{name}: only the decoder may change"
 
 
+@pytest.mark.slow
 def test_a_discriminator_warm_up_trains_the_discriminator_alone_then_the_decoder(tmp_path):
     codec = load_audio_codec()
     items = _sample_items(codec)
@@ -126,6 +128,7 @@ def test_phase_weighted_fine_tuning_records_its_weight(tmp_path):
     assert json.loads((out / "training.json").read_text())["weight_phase"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_two_window_decoder_fine_tunes_exports_and_resumes(tmp_path):
     from talkstream.codecs.audio.codec import with_decoder_subframes
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from talkstream.bench import backends
 
 
+@pytest.mark.slow
 def test_bench_backends_reports_every_backend(tiny_codec, speech_wav, monkeypatch, capsys):
     monkeypatch.setattr(backends, "LADDER", (1, 2, 4))
     r = backends.run_backends_bench(tiny_codec, [speech_wav], steps=10, codebooks=4, frames_per_step=(2,))

@@ -32,6 +32,7 @@ def _data(folder, codec):
     return folder
 
 
+@pytest.mark.slow
 def test_talker_trains_checkpoints_resumes_and_exports(tmp_path, capsys):
     codec = load_audio_codec()
     data, run = _data(tmp_path / "data", codec), tmp_path / "run"

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from talkstream.checkpoint import load_thinker
 from talkstream.models.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
 
 
 def _data(folder):

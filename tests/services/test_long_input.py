@@ -15,6 +15,8 @@ from talkstream.checkpoint import save_checkpoint
 from talkstream.codecs.audio.codec import AudioCodec
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 
 @pytest.fixture(scope="module")
 def ten_minutes(tmp_path_factory) -> Path:

@@ -19,6 +19,8 @@ from talkstream.services.app import ServerConfig  # noqa: E402
 from talkstream.services.ray_serve import application  # noqa: E402
 from tests.services.test_ray_serve import Live  # noqa: E402
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 
 @pytest.fixture(scope="module")
 def url():

@@ -68,6 +68,7 @@ def clip():
     return load_audio(SAMPLE_WAV, 24_000)[:24_000]
 
 
+@pytest.mark.slow
 def test_sessions_spread_over_both_replicas_and_each_works(url, clip):
     async def main():
         async def one(i):
@@ -122,6 +123,7 @@ class Live:
         return latencies
 
 
+@pytest.mark.slow
 def test_a_killed_replica_closes_its_sessions_which_reconnect_to_the_other(url, clip):
     async def main():
         sessions = [await Live.open(url) for _ in range(6)]
@@ -160,6 +162,7 @@ def test_a_killed_replica_closes_its_sessions_which_reconnect_to_the_other(url, 
     print(f"close codes seen by the dead replica's clients: {sorted({s.closed for s in gone})}")
 
 
+@pytest.mark.slow
 def test_webrtc_signaling_through_the_ingress_media_straight_to_the_replica(url):
     from talkstream.bench.webrtc import RATE, rtc_session
 

@@ -82,6 +82,7 @@ async def _sessions(url: str, n: int, clip) -> list:
     return await asyncio.gather(*(one(i) for i in range(n)))
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_port_and_stop_together():
     clip = load_audio(SAMPLE_WAV, 24_000)[:24_000]  # one second each
     served = Served("--workers", "2", "--no-http", "--thinker", "echo", "--max-sessions", "32")
@@ -117,6 +118,7 @@ def test_two_workers_share_the_port_and_stop_together():
     assert not any(_alive(p) for p in now), "every worker stopped with the supervisor"
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_supervisor_and_every_worker_cleanly():
     served = Served("--workers", "2", "--no-http", "--thinker", "echo")
     try:
@@ -147,6 +149,7 @@ def udp_ports(pid: int) -> set[int]:
     return ports
 
 
+@pytest.mark.slow
 def test_webrtc_media_goes_to_the_worker_that_answered_the_offer():
     from talkstream.bench.webrtc import RATE, rtc_session
 

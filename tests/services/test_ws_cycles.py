@@ -17,6 +17,8 @@ from talkstream.protocol import pcm_frame
 from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 CYCLES = 1000
 
 

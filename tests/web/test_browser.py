@@ -21,6 +21,8 @@ from talkstream.data import SAMPLE_WAV
 from talkstream.services.app import ServerConfig
 from talkstream.services.session import Limits
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 

@@ -22,6 +22,8 @@ from talkstream.services.app import ServerConfig
 from talkstream.services.session import Session
 from talkstream.services.webrtc import PeerSession
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 CYCLES = 100
 AT_ONCE = 4  # peers connecting and closing together
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from talkstream.data.sentences import sentences
 from talkstream.data.voices import EVAL_VOICES, THINKER_EXTRA_VOICES, TRAIN_VOICES, Voice, synthesize
+from talkstream.errors import UserError
 from talkstream.models import phonemes as ph
 from talkstream.models.dialogue import dialogues
 
@@ -46,7 +47,7 @@ def _say(voice: Voice, text: str, rng: random.Random) -> np.ndarray:
     if voice.engine == "espeak":
         try:
             audio = ph.speak(text, voice.name, rate=rng.randint(140, 210), pitch=rng.randint(30, 70)).audio
-        except ValueError:  # a voice the C API does not find by name (en-gb+m3): the command line does
+        except UserError:  # a voice the C API does not find by name (en-gb+m3): the command line does
             audio = synthesize(voice, text)
     else:
         audio = synthesize(voice, text)

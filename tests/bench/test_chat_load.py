@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from talkstream.bench.chat_load import TARGET_FIRST_PACKET_MS, held_out_questions, run_chat_load_bench
+from talkstream.errors import UserError
 
 
 @pytest.mark.slow
@@ -32,5 +33,5 @@ def test_the_questions_are_held_out_and_end_in_silence():
 
 @pytest.mark.parametrize("levels, workers", [([0], 1), ([1], 0)], ids=["no-sessions", "no-workers"])
 def test_bad_counts_are_refused_before_anything_starts(levels, workers):
-    with pytest.raises(ValueError, match="must be at least 1"):
+    with pytest.raises(UserError, match="must be at least 1"):
         run_chat_load_bench(levels, workers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from talkstream.bench.serve import run_serve_bench
+from talkstream.errors import UserError
 
 
 @pytest.mark.slow
@@ -26,12 +27,12 @@ def test_one_and_two_workers_are_measured_in_one_run(capsys):
 
 @pytest.mark.parametrize("levels, workers", [([0], [1]), ([2], [0])], ids=["no-sessions", "no-workers"])
 def test_bad_counts_are_refused_before_any_server_starts(levels, workers):
-    with pytest.raises(ValueError, match="must be at least 1"):
+    with pytest.raises(UserError, match="must be at least 1"):
         run_serve_bench(levels, 1.0, workers=workers)
 
 
 def test_a_negative_step_interval_is_refused_before_any_server_starts():
-    with pytest.raises(ValueError, match="step-interval-ms must be at least 0"):
+    with pytest.raises(UserError, match="step-interval-ms must be at least 0"):
         run_serve_bench([1], 1.0, step_intervals=[-1.0])
 
 
@@ -58,7 +59,7 @@ def test_the_server_has_no_step_interval_unless_told_and_scales_one_by_load():
 
 
 def test_an_unknown_precision_is_refused_before_any_server_starts():
-    with pytest.raises(ValueError, match="fp32 or int8"):
+    with pytest.raises(UserError, match="fp32 or int8"):
         run_serve_bench([1], 1.0, precisions=["fp16"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from talkstream.bench.webrtc import run_webrtc_bench
+from talkstream.errors import UserError
 
 
 @pytest.mark.slow
@@ -30,10 +31,10 @@ def test_step_intervals_are_measured_side_by_side(capsys):
 
 
 def test_a_negative_step_interval_is_refused_before_any_server_starts():
-    with pytest.raises(ValueError, match="step-interval-ms must be at least 0"):
+    with pytest.raises(UserError, match="step-interval-ms must be at least 0"):
         run_webrtc_bench([1], 1.0, step_intervals=[-2.0])
 
 
 def test_bad_counts_are_refused_before_any_server_starts():
-    with pytest.raises(ValueError, match="must be at least 1"):
+    with pytest.raises(UserError, match="must be at least 1"):
         run_webrtc_bench([2], 1.0, workers=[0])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from talkstream.chat.responder import BuiltinThinker, ChatResponder, Speaker, collect
+from talkstream.errors import UserError
 from talkstream.models import text as tx
 from talkstream.models.dialogue import dialogues
 from talkstream.models.phonemes import phonemize, speak
@@ -39,7 +40,7 @@ def test_espeak_reports_every_phoneme_with_its_time():
     assert (u.starts[1:] >= u.starts[:-1]).all() and u.starts[-1] <= len(u.audio)
     assert max(u.words) == 2 and "_:" in u.phonemes  # three words, a pause at the comma
     assert abs(len(u.audio) / 24000 - 1.5) < 1.0
-    with pytest.raises(ValueError, match="no voice"):
+    with pytest.raises(UserError, match="no voice"):
         phonemize("x", voice="no-such-voice")
 
 

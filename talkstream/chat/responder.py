@@ -276,6 +276,12 @@ class Conversation:
             ahead.heard = await asyncio.to_thread(self.thinker.hear_more, ahead.heard, codes, *extra)
             ahead.used, ahead.codes = len(chunks), ahead.codes + [codes]
 
+    def committed_text(self) -> str:
+        """The words of the turn being spoken that the Thinker has committed so far (early hearing; "" when it
+        commits none): the session sends them as a `transcript` event with `final: false`."""
+        ahead, committed = self._ahead, getattr(self.thinker, "committed_text", None)
+        return committed(ahead.heard) if ahead is not None and committed is not None else ""
+
     def _take_ahead(self, turn: torch.Tensor, pcm: np.ndarray | None = None
                     ) -> tuple[Heard, torch.Tensor, np.ndarray | None] | None:
         """What was heard during this turn and the frames (and audio) still to hear, if the turn begins with what
@@ -397,10 +403,13 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
         return ChatResponder(legacy if same_tokens else V1Thinker(legacy, codec_v1), speaker, voice_codec=voice)
     from talkstream.models.ears import load_ears
 
-    # The built-in answerer's questions are a closed domain: it hears through the decoder adapted to it; transcripts
-    # for an LLM or for speech-to-text are open speech, heard by Whisper's decoder as it ships (docs/models.md).
+    # The built-in answerer's questions are a closed domain: it hears through the decoder adapted to it (trained on
+    # the block states) and answers from them within its latency budget. Transcripts for an LLM or for speech-to-text
+    # are open speech, heard by Whisper's decoder as it ships, over the whole turn as Whisper offline hears it, with
+    # words committed while the turn is spoken (docs/models.md).
     builtin = thinker == "builtin"
-    ears = EarsThinker(load_ears(onnx=backend == "onnx", adapter="shipped" if builtin else None), codec,
+    ears = EarsThinker(load_ears(onnx=backend == "onnx", adapter="shipped" if builtin else None,
+                                 final="blocks" if builtin else "window", commit=not builtin), codec,
                        legacy=V1Thinker(legacy, codec_v1), transcribe_only=thinker == "transcribe",
                        domain_context=builtin)
     if thinker == "openai":

@@ -139,6 +139,10 @@ class EarsThinker:
     def transcript(self, heard: EarsHeard) -> str:
         return heard.transcript or ""
 
+    def committed_text(self, heard: EarsHeard) -> str:
+        """The words committed while the turn is spoken (ears built with `commit`; "" otherwise)."""
+        return self.ears.committed_text(heard.state)
+
     # --- answering ---
     def answer(self, heard: EarsHeard) -> str:
         """The reply's text: a tool call's result, a spoken apology when the tool fails (and `heard.error`)."""

@@ -40,13 +40,25 @@ class ChatTurns:
         self._answering: asyncio.Task | None = None
         self._span: TurnSpan | None = None  # the turn being answered (OpenTelemetry, when installed)
         self._interrupting = asyncio.Lock()
+        self._committed = ""  # the committed words of the turn being spoken, as last sent
 
     def collector(self) -> TurnCollector:
         """The input pipeline's last stage: codec tokens -> one turn per VAD end of turn, heard early by the chat."""
         if self.chat is None:  # kept across config changes: the conversation goes on
             self.chat = self.responder.open_session()
         s = self.session
-        return TurnCollector(s.codec, on_speech=getattr(self.chat, "listen_ahead", None))
+        listen = getattr(self.chat, "listen_ahead", None)
+        return TurnCollector(s.codec, on_speech=None if listen is None else self._listen_ahead)
+
+    async def _listen_ahead(self, chunks: list, pcm_chunks: list) -> None:
+        """The turn so far goes to the chat while it is spoken; the words it has committed of it (transcribe and
+        openai modes) go to the client as they grow, a `transcript` event with `final: false`."""
+        await self.chat.listen_ahead(chunks, pcm_chunks)
+        committed = getattr(self.chat, "committed_text", None)
+        text = committed() if committed is not None else ""
+        if text and text != self._committed:
+            await self.session.send(event("transcript", text=text, final=False))
+        self._committed = text
 
     def start(self, codebooks: int, sample_rate: int) -> None:
         """The reply pipeline for the client's settings, and its sender."""

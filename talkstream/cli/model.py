@@ -49,11 +49,15 @@ def serve_thinker_args(p: argparse.ArgumentParser) -> None:
     talker_hidden_arg(g)
 
 
+def _check_thinker(args) -> None:
+    if args.thinker == "openai" and not args.thinker_url:
+        raise UserError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
+
+
 def serve_thinker_config(args) -> dict:
     import os
 
-    if args.thinker == "openai" and not args.thinker_url:
-        raise UserError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
+    _check_thinker(args)
     return {"thinker": args.thinker, "thinker_url": args.thinker_url, "thinker_model": args.thinker_model,
             "thinker_api_key": os.environ.get(args.thinker_key_env), "talker_hidden": args.talker_hidden}
 
@@ -76,6 +80,7 @@ def cmd_chat(args) -> None:
     from talkstream.chat.responder import answer_pcm
     from talkstream.checkpoint import load_audio_codec
 
+    _check_thinker(args)
     out_file(args.out)
     codec = load_audio_codec()
     pcm = load_audio(args.input, codec.sample_rate)
@@ -108,6 +113,7 @@ def cmd_say(args) -> None:
 
     if not any(c.isalpha() for c in tx.normalize(args.text)):
         raise UserError("nothing to say: the text has no letters or digits")
+    _check_thinker(args)
     out_file(args.out)
     codec = load_audio_codec()
     responder = _responder(args, codec)

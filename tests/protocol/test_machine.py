@@ -186,7 +186,7 @@ MESSAGES = st.one_of(
        st.sampled_from([RULES, ServerRules(token="s3cret", video=VideoFormat((4, 4), 4, 10), max_message_bytes=200,
                                            max_session_s=50.0, idle_timeout_s=20.0)]))
 def test_arbitrary_input_only_ever_gives_commands(steps, rules):
-    p, now, started = ServerProtocol(rules, 0.0), 0.0, 0
+    p, now, started, closes = ServerProtocol(rules, 0.0), 0.0, 0, 0
     for data, dt in steps:
         now += dt
         was_closed = p.closed
@@ -203,5 +203,7 @@ def test_arbitrary_input_only_ever_gives_commands(steps, rules):
         if any(isinstance(c, (Media, Reconfigure, Pong)) for c in out):
             assert p.hello is not None
         started += sum(isinstance(c, Start) for c in out)
-        assert started <= 1  # hello opens a session once
-    assert p.state in (State.AWAITING_HELLO, State.OPEN, State.CLOSED)
+        closes += sum(isinstance(c, Close) for c in out)
+        assert started <= 1 and closes <= 1  # hello opens a session once; it closes once
+    # The state is what the commands said: closed after a Close, open after a Start, else still awaiting hello.
+    assert p.state is (State.CLOSED if closes else State.OPEN if started else State.AWAITING_HELLO)

@@ -21,6 +21,7 @@ from talkstream.codecs.audio.voice import finetune_decoder
 from talkstream.data import SAMPLE_WAV
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [MultiResolutionDiscriminator, WaveformAndSpectrogramDiscriminator],
                          ids=["spectrogram", "waveform"])
 def test_the_discriminator_learns_to_tell_speech_from_noise(kind):

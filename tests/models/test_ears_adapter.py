@@ -44,6 +44,7 @@ def test_spoken_targets_get_the_dialogue_answers():
             assert call is not None and tools.run_tool(call) == a, (q, spoken_text(q))
 
 
+@pytest.mark.slow
 def test_training_hears_what_serving_hears(sample16k, tmp_path):
     """A trained-looking adapter: attached (training's teacher-forced window) and merged (load_ears, as served)
     write the same transcript; a fresh one writes Whisper's own."""
@@ -75,6 +76,7 @@ def test_adapter_checkpoint_refuses_another_shape(tmp_path):
         DecoderAdapter(AdapterConfig(targets=["embed"]), ears.decoder)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_on_what_it_sees(sample16k):
     ears = load_ears(adapter=None, int8_projection=False)
     for p in ears.decoder.parameters():

@@ -5,6 +5,7 @@ import asyncio
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from talkstream.chat.responder import BuiltinThinker, ChatResponder, Speaker
@@ -119,6 +120,7 @@ def test_each_conversation_hears_its_own_turn():
                    for x, y in zip(got, plain, strict=True))
 
 
+@pytest.mark.slow
 def test_the_server_hears_a_spoken_turn_while_it_is_spoken():
     """A real session on loopback: the collector feeds the responder during the turn and the answer uses it."""
     from talkstream.audio_io import load_audio

@@ -33,6 +33,7 @@ def test_say_speaks_text_of_a_plausible_length(tmp_path, capsys):
     assert np.sqrt(np.mean(audio**2)) > 0.01  # it speaks, not silence
 
 
+@pytest.mark.slow
 def test_say_is_deterministic_and_speed_changes_the_length(tmp_path):
     for name, speed in (("a", "1"), ("b", "1"), ("fast", "1.5")):
         assert main(["say", "seven green apples", "--out", str(tmp_path / f"{name}.wav"), "--speed", speed]) == 0
@@ -98,6 +99,7 @@ def _chat_over_websocket(audio: np.ndarray, thinker: str = "builtin"):
     return asyncio.run(asyncio.wait_for(run(), 240))
 
 
+@pytest.mark.slow
 def test_websocket_chat_mode_answers_right_and_a_failing_tool_is_said_and_reported():
     """Two held-out spoken questions in one session: the calculator answers the first exactly; the second divides
     by zero, so the reply is a spoken apology beside an error event, and nothing ends in silence."""
@@ -116,6 +118,7 @@ def test_websocket_chat_mode_answers_right_and_a_failing_tool_is_said_and_report
     assert r.pcm.size > 1.0 * 24_000  # both answers were spoken
 
 
+@pytest.mark.slow
 def test_transcribe_mode_sends_the_transcript_and_no_reply():
     silence = np.zeros(15_000, np.float32)
     r = _chat_over_websocket(np.concatenate([silence, speak("please open the door", "en-us+m8").audio, silence]),
@@ -140,6 +143,7 @@ def test_the_dual_track_is_off_unless_asked_for():
     assert build_parser().parse_args(["chat", "q.wav"]).talker_hidden is False
 
 
+@pytest.mark.slow
 def test_the_shipped_talker_is_understood_by_an_independent_recogniser(tmp_path):
     """Sentences the Talker never trained on, spoken by `say` and transcribed by faster-whisper tiny.en (the issue's
     own examples; `bench model` measures 20 more): most words come through."""

@@ -25,6 +25,8 @@ from talkstream.streaming.vad import SileroVAD  # noqa: E402
 from tests.models.openai_stub import with_openai_stub  # noqa: E402
 from tests.models.tiny import tiny_talker, tiny_thinker  # noqa: E402
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
 
 

@@ -316,6 +316,7 @@ def test_every_codebook_count_and_token_length_is_answered_without_an_export(mod
     print(f"slowest first answer: {slowest[0]} after {slowest[1] * 1000:.0f} ms")
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_reading_is_closed_and_holds_little(models, speech):
     """Clients send audio and never read the echo: the server's buffers fill to their bounds (live input is
     dropped, the process's memory stays put), and once nothing could be sent for send_timeout_s the session is

@@ -15,6 +15,7 @@ import pytest
 from talkstream.cli import main
 
 
+@pytest.mark.slow
 def test_serve_starts_the_page_beside_the_websocket_server():
     cmd = [sys.executable, "-m", "talkstream.cli", "serve", "--port", "0", "--http-port", "0"]
     cmd += ["--ice-server", "stun:stun.example.org:3478"]  # configured, handed to the page, never contacted here

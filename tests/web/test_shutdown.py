@@ -7,11 +7,14 @@ import asyncio
 import json
 
 import numpy as np
+import pytest
 import websockets
 from websockets.asyncio.client import connect
 
 from talkstream.bench.webrtc import RATE, rtc_session
 from talkstream.services.app import ServerConfig
+
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
 
 
 def test_stopping_the_server_tells_every_client(start_server):

@@ -22,6 +22,8 @@ from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
 from talkstream.services.app import ServerConfig
 
+pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
+
 REPLY_S = 3.0
 BLOCK = RATE // 200  # 5 ms
 

@@ -50,8 +50,13 @@ def serve_thinker_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_thinker(args) -> None:
+    from urllib.parse import urlsplit
+
     if args.thinker == "openai" and not args.thinker_url:
         raise UserError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
+    if args.thinker == "openai" and urlsplit(args.thinker_url).scheme not in ("http", "https"):
+        raise UserError(f"--thinker-url must be an http(s) URL of an OpenAI-compatible /v1 endpoint, "
+                        f"got {args.thinker_url!r}")
 
 
 def serve_thinker_config(args) -> dict:

@@ -169,6 +169,8 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
     """Train (or resume) `kind` ("thinker" | "talker"); returns the export folder."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if not (data / f"{kind}_train.pt").is_file():
+        raise UserError(f"{data}: no {kind}_train.pt (run `talkstream data model --out {data}` first)")
     run.mkdir(parents=True, exist_ok=True)
     train_items = torch.load(data / f"{kind}_train.pt", weights_only=False)
     if kind == "thinker" and (data / "thinker_train_more.pt").is_file():  # the same turns in more voices

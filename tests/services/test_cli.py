@@ -73,9 +73,12 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_work(tmp_path, caps
          "not a talkstream checkpoint"),
         (None, ["train", "ears", "--data", "{f}.nowhere", "--run", "{o}"], "talkstream data ears"),
         (None, ["data", "ears", "--out", "{o}", "--shard", "2", "--shards", "2"], "--shard must be in 0..1"),
+        (None, ["train", "thinker", "--data", "{f}.nowhere", "--run", "{o}"], "talkstream data model"),
+        (None, ["serve", "--port", "0", "--no-http", "--thinker", "openai", "--thinker-url", "ftp://x"], "http(s)"),
     ],
     ids=["text-as-audio", "empty-audio", "truncated-tsk", "not-tsk", "too-many-codebooks", "missing-weights",
-         "missing-video-weights", "ears-without-data", "ears-shard-out-of-range"],
+         "missing-video-weights", "ears-without-data", "ears-shard-out-of-range", "thinker-without-data",
+         "thinker-url-not-http"],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, content, argv, message):
     """content None: a valid WAV, so the error comes from the options."""

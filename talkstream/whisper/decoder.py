@@ -120,16 +120,17 @@ class WhisperDecoder(nn.Module):
         first[suppress_begin] = True
         self.register_buffer("never_first", first, persistent=False)
 
-    def step(self, tokens: Tensor, offset: int, caches: list | None, cross: list) -> tuple[Tensor, list]:
+    def step(self, tokens: Tensor, offset: int, caches: list | None, cross: list, int8: bool = True
+             ) -> tuple[Tensor, list]:
         """tokens [1, T] at positions offset.. -> the last position's logits [1, 1, vocab] and the grown
-        self-attention caches."""
+        self-attention caches. `int8=False`: the output projection in float even when an int8 one is set."""
         x = self.embed(tokens) + self.positions[offset : offset + tokens.shape[1]]
         new = []
         for i, block in enumerate(self.blocks):
             x, c = block(x, caches[i] if caches else None, cross[i])
             new.append(c)
         h = self.ln(x[:, -1:])
-        if self.int8_projection is not None:
+        if self.int8_projection is not None and int8:
             return self.int8_projection(h), new
         # F.linear reads the tied embedding as stored: `@ weight.T` runs several times slower on this 51864-row table.
         return F.linear(h, self.embed.weight), new
@@ -155,13 +156,14 @@ class WhisperDecoder(nn.Module):
 
     def greedy_tokens(self, cross: list[tuple[Tensor, Tensor]], max_tokens: int = 120,
                       context: list[int] | None = None, prefix: list[int] | None = None,
-                      timestamps: bool = False) -> list[int]:
+                      timestamps: bool = False, int8: bool = True) -> list[int]:
         """The transcript's token ids (`greedy`, without its log-probability)."""
-        return self.greedy(cross, max_tokens, context, prefix, timestamps)[0]
+        return self.greedy(cross, max_tokens, context, prefix, timestamps, int8)[0]
 
     @torch.no_grad()
     def greedy(self, cross: list[tuple[Tensor, Tensor]], max_tokens: int = 120, context: list[int] | None = None,
-               prefix: list[int] | None = None, timestamps: bool = False) -> tuple[list[int], float]:
+               prefix: list[int] | None = None, timestamps: bool = False, int8: bool = True
+               ) -> tuple[list[int], float]:
         """Cross caches (`cross_caches`) -> the transcript's token ids (without specials). `context`: token ids of
         text said before (Whisper's previous-text prompt, <|startofprev|> ...), which biases the words it picks.
         `prefix`: the transcript's first tokens, already decided (the ears' committed words): read in one step,
@@ -169,13 +171,14 @@ class WhisperDecoder(nn.Module):
         `timestamps`: decode as Whisper (and faster-whisper) does by default, segment by segment between timestamp
         tokens (`_timestamp_rules`; they are dropped from the result): on a whole window it stops early and
         hallucinates less than without them. Also returns Whisper's average log-probability of what it wrote
-        (end of text included), its test of a failed decode (below -1)."""
+        (end of text included), its test of a failed decode (below -1). `int8=False`: the output projection in
+        float (as Whisper computes it) even when an int8 one is set."""
         prev = [self.start_of_prev, *context] if context else []
         prefix = list(prefix or [])
         if timestamps and prefix:
             raise ValueError("a prefix is decoded without timestamps")
         prompt = torch.tensor([[*prev, self.sot, *([] if timestamps else [self.no_timestamps]), *prefix]])
-        logits, caches = self.step(prompt, 0, None, cross)
+        logits, caches = self.step(prompt, 0, None, cross, int8)
         out: list[int] = []  # what was sampled, timestamps included
         text: list[int] = []
         logprob = 0.0
@@ -196,7 +199,7 @@ class WhisperDecoder(nn.Module):
                 loop = _repeating_tail(text)
                 if loop:  # greedy decoding fell into a loop ("no, no, no, ..."): keep one round of it and stop
                     return prefix + text[: len(text) - loop], logprob / (len(out) + 1)
-            logits, caches = self.step(torch.tensor([[token]]), prompt.shape[1] + i, caches, cross)
+            logits, caches = self.step(torch.tensor([[token]]), prompt.shape[1] + i, caches, cross, int8)
         return prefix + text, logprob / (len(out) + 1)
 
     def _timestamp_rules(self, scores: Tensor, logits: Tensor, sampled: list[int]) -> Tensor:

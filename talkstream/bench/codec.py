@@ -194,7 +194,8 @@ def real_rows(folder: Path = LIBRIVOX) -> list[dict]:
         text, _, name = line.rpartition("(")
         path = folder / f"{name.strip(') ')}.wav"
         if path.is_file():
-            rows.append({"path": path, "voice": "librivox", "text": text.replace("<s>", "").replace("</s>", "").strip()})
+            text = text.replace("<s>", "").replace("</s>", "").strip()
+            rows.append({"path": path, "voice": "librivox", "text": text})
     return rows
 
 

@@ -15,7 +15,8 @@ The quantizer sends one index per frame in `bits` bits (6: index 0 = unvoiced, 1
 `HarmonicSource` is the decoder's side: from each frame's decoded F0 it makes a band-limited pulse train (every
 harmonic below Nyquist, unit power) whose phase accumulates sample by sample across frames (its state), and a fixed
 noise sequence indexed by the absolute frame (so streaming equals offline). The phase of the decoded speech comes
-from here, coherent by construction, as in NSF and hn-NSF; the network only shapes magnitudes.
+from here, coherent by construction, as in NSF and hn-NSF; the network predicts magnitudes and how much of each bin
+is harmonic (codec.ExcitedDecoder).
 
 State: plain tensors in lists, as every streaming layer here (modules.py).
 """
@@ -169,7 +170,8 @@ class HarmonicSource(nn.Module):
     frame's, phi accumulated per sample. Noise: unit-variance white noise from a fixed table of `table_frames`
     frames, frame j reading entry j mod table_frames (its spectra precomputed).
 
-    State: [phase in cycles [B] (float64), previous F0 [B], the previous hop's harmonic signal [B, hop], frame index [B]].
+    State: [phase in cycles [B] (float64), previous F0 [B], the previous hop's harmonic signal [B, hop],
+    frame index [B]].
     """
 
     def __init__(self, sample_rate: int, hop: int, table_frames: int = 373, seed: int = 1234):
@@ -220,16 +222,3 @@ class HarmonicSource(nn.Module):
         idx = (frame0[:, None].long() + torch.arange(n, device=f0.device)[None]) % self.table_frames
         new_state = [cycles[:, -1], f0[:, -1], keep_last(harmonic, self.hop), frame0 + n]
         return (spec.real, spec.imag, self.noise_re[idx], self.noise_im[idx]), new_state
-
-
-def minimum_phase_matrix(n_fft: int) -> Tensor:
-    """[bins, bins] M such that (log-magnitude [.., bins]) @ M is the phase of the minimum-phase filter with that
-    magnitude (the folded real cepstrum, as the homomorphic vocoders and MLSA filters do)."""
-    bins = n_fft // 2 + 1
-    k = torch.arange(bins, dtype=torch.float64)[:, None]
-    n = torch.arange(1, n_fft // 2, dtype=torch.float64)[None]
-    weight = torch.full((bins, 1), 2.0, dtype=torch.float64)
-    weight[0] = weight[-1] = 1.0
-    to_cepstrum = weight * torch.cos(2 * math.pi * k * n / n_fft) / n_fft  # [bins, N/2-1]: c[n], 1 <= n < N/2
-    to_phase = -2 * torch.sin(2 * math.pi * n.T * k.T / n_fft)  # [N/2-1, bins]
-    return (to_cepstrum @ to_phase).float()

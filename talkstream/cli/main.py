@@ -147,6 +147,9 @@ def cmd_train_codec(args) -> None:
         seed=args.seed,
         init=args.init,
         decoder_subframes=args.subframes,
+        pitch_bits=args.pitch_bits,
+        excited_blocks=args.excited_blocks,
+        weight_complex=args.weight_complex,
         codec_id=args.codec_id,
         segment_seconds=args.segment_seconds,
         weight_whisper=args.weight_whisper,
@@ -172,9 +175,13 @@ def cmd_data_speech(args) -> None:
 def cmd_bench_codec(args) -> None:
     from talkstream.bench.codec import run_codec_bench
 
+    from talkstream.checkpoint import load_audio_codec
+
     out = out_file(args.out)  # its folder now, not after the run
+    baseline = load_audio_codec(args.baseline) if args.baseline else None
     results = run_codec_bench(_codec(args), Path(args.data), max_files=args.files, weights_dir=args.weights,
-                              codebooks=tuple(args.codebooks), opus=tuple(args.opus))
+                              codebooks=tuple(args.codebooks), opus=tuple(args.opus), baseline=baseline,
+                              real=None if args.no_real else Path(args.real))
     write_result(out, results, args.argv)
 
 
@@ -514,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--subframes", type=int, default=0,
                     help="with --init: widen its decoder to this many STFT windows per frame (2: three-quarter "
                     "overlap, same latency), warm-started from its one-window head (0: as it is)")
+    tc.add_argument("--pitch-bits", type=int, default=0,
+                    help="with --init (a v3 codec): codec v4, the pitch in the bitstream at this many bits per frame "
+                    "(6: 450 bit/s) and a pitch-excited decoder warm-started from the init's (0: as it is)")
+    tc.add_argument("--excited-blocks", type=int, default=4, help="with --pitch-bits: the excited decoder's blocks")
+    tc.add_argument("--weight-complex", type=float, default=1.0,
+                    help="the phase-aware complex STFT loss (0 for codec v4, whose phase comes from its excitation)")
     tc.set_defaults(func=cmd_train_codec)
 
     sp = sub.add_parser(
@@ -571,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--codebooks", type=int, nargs="+", default=[1, 2, 4, 8], help="codebook counts to measure")
     bc.add_argument("--opus", type=int, nargs="*", default=[6000, 8000, 12000], help="Opus bitrates beside it (bps)")
     bc.add_argument("--out", default=None, help="write results JSON here")
+    bc.add_argument("--baseline", default=None,
+                    help="a second codec's checkpoint folder measured side by side in the same run (e.g. codec v3)")
+    bc.add_argument("--real", default="/usr/share/pocketsphinx/test/data/librivox",
+                    help="real recordings with a `transcription` file, a second table (default: the LibriVox "
+                    "readings of Debian's pocketsphinx-testdata)")
+    bc.add_argument("--no-real", action="store_true", help="leave the real recordings out")
     weights_arg(bc)
     bc.set_defaults(func=cmd_bench_codec)
     bs = bsub.add_parser(

@@ -123,11 +123,28 @@ def test_transcribe_mode_sends_the_transcript_and_no_reply():
     silence = np.zeros(15_000, np.float32)
     r = _chat_over_websocket(np.concatenate([silence, speak("please open the door", "en-us+m8").audio, silence]),
                              thinker="transcribe")
-    transcripts = [e["text"] for e in r.events if e["type"] == "transcript"]
+    transcripts = [e["text"] for e in r.events if e["type"] == "transcript" and e["final"]]
     assert len(transcripts) == 1 and "door" in transcripts[0].lower(), r.events
     finals = [e["text"] for e in r.events if e["type"] == "reply_text" and e["final"]]
     assert finals == [""]
     assert not [e for e in r.events if e["type"] == "error"]
+
+
+@pytest.mark.slow
+def test_transcribe_mode_sends_the_words_committed_while_the_user_speaks():
+    """A long turn: the words committed while it is spoken arrive as `transcript` events with `final: false`, each
+    the one before with more words after it, before the turn's final transcript."""
+    silence = np.zeros(15_000, np.float32)
+    sentences = ["the birch canoe slid on the smooth planks.", "glue the sheet to the dark blue background.",
+                 "rice is often served in round bowls.", "the juice of lemons makes fine punch."]
+    speech = [x for t in sentences for x in (speak(t, "en-us").audio, np.zeros(7_200, np.float32))]
+    r = _chat_over_websocket(np.concatenate([silence, *speech, silence]), thinker="transcribe")
+    heard = [e for e in r.events if e["type"] == "transcript"]
+    partial = [e["text"] for e in heard if not e["final"]]
+    assert partial and [e["final"] for e in heard][-1] is True, r.events
+    for before, after in zip(partial, partial[1:], strict=False):
+        assert after.startswith(before) and len(after) > len(before)
+    assert "canoe" in partial[-1].lower() and "lemons" in heard[-1]["text"].lower()
 
 
 def test_the_dual_track_is_off_unless_asked_for():

@@ -164,3 +164,33 @@ def test_v4_states_stack_for_batched_serving():
         y, _ = codec.decode_step(codes, batched)
         alone, _ = codec.decode_step(*codec.encode_step(b, codec.init_state(1)))
     torch.testing.assert_close(y[1:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_v4_token_file_spends_the_pitch_bits_only(tmp_path):
+    import soundfile as sf
+
+    from talkstream.codecs.audio.files import decode_file, encode_file
+    from talkstream.codecs.container import ContainerError
+
+    codec = tiny_v4()
+    x, _ = glide(2.0)
+    sf.write(tmp_path / "in.wav", x[0, 0].numpy(), SR)
+    header = encode_file(codec, tmp_path / "in.wav", tmp_path / "a.tsk", 2)
+    assert header["num_codebooks"] == 2 and header["pitch_bits"] == 6
+    payload_bits = header["num_frames"] * (6 + 2 * 5)
+    size = (tmp_path / "a.tsk").stat().st_size
+    assert payload_bits / 8 <= size <= payload_bits / 8 + 400  # the payload plus a small JSON header
+    out = decode_file(codec, tmp_path / "a.tsk", tmp_path / "out.wav")
+    assert out["num_codebooks"] == 2
+    from talkstream.audio_io import load_audio
+
+    x = torch.from_numpy(load_audio(tmp_path / "in.wav", SR))[None, None]  # as the file holds it (PCM16)
+    with torch.no_grad():
+        direct = codec.decode(codec.encode(torch.nn.functional.pad(x, (0, codec.decode_delay)), 2))
+    decoded, _ = sf.read(tmp_path / "out.wav", dtype="float32")
+    expected = direct[0, 0, codec.decode_delay : codec.decode_delay + decoded.size].numpy()
+    assert abs(decoded - expected).max() < 1e-3  # PCM16 rounding only
+    # a file of a codec without pitch is refused with a clear error
+    plain = AudioCodec(AudioCodecConfig(**{**codec.cfg.to_dict(), "decoder": "istft", "pitch_bits": 0})).eval()
+    with pytest.raises(ContainerError, match="pitch bits"):
+        decode_file(plain, tmp_path / "a.tsk", tmp_path / "x.wav")

@@ -20,6 +20,7 @@ def codec_header(codec: AudioCodec) -> dict:
         "frame_rate": codec.frame_rate,
         "frame_size": codec.frame_size,
         "codebook_size": codec.codebook_size,
+        **({"pitch_bits": codec.cfg.pitch_bits} if codec.cfg.pitch_bits else {}),  # codec v4: row 0, the pitch
     }
 
 
@@ -31,7 +32,7 @@ def encode_file(codec: AudioCodec, src: str | Path, dst: str | Path, num_codeboo
     codes = codec.encode(torch.nn.functional.pad(x, (0, codec.decode_delay)), num_codebooks)[0].numpy()
     header = {**codec_header(codec), "num_samples": int(audio.size)}
     write_tokens(dst, codes, header)
-    return {**header, "num_codebooks": int(codes.shape[0]), "num_frames": int(codes.shape[1])}
+    return {**header, "num_codebooks": int(codes.shape[0]) - codec.pitch_rows, "num_frames": int(codes.shape[1])}
 
 
 def decode_file(codec: AudioCodec, src: str | Path, dst: str | Path) -> dict:
@@ -39,10 +40,18 @@ def decode_file(codec: AudioCodec, src: str | Path, dst: str | Path) -> dict:
     header, codes = read_tokens(src, "audio")
     if header["codec_id"] != codec.cfg.codec_id or header["codebook_size"] != codec.codebook_size:
         raise ContainerError(f"{src}: made by codec {header['codec_id']!r}, this is {codec.cfg.codec_id!r}")
-    if not 1 <= codes.shape[0] <= codec.num_codebooks:
-        raise ContainerError(f"{src}: {codes.shape[0]} codebooks, this codec has 1..{codec.num_codebooks}")
-    pcm = codec.decode(torch.from_numpy(codes)[None])
+    if int(header.get("pitch_bits", 0)) != codec.cfg.pitch_bits:
+        raise ContainerError(
+            f"{src}: pitch bits {header.get('pitch_bits', 0)}, this codec sends {codec.cfg.pitch_bits}"
+        )
+    books = codes.shape[0] - codec.pitch_rows
+    if not 1 <= books <= codec.num_codebooks:
+        raise ContainerError(f"{src}: {books} codebooks, this codec has 1..{codec.num_codebooks}")
+    try:
+        pcm = codec.decode(torch.from_numpy(codes)[None])
+    except ValueError as e:  # codes the codec refuses (a pitch index beyond its bits)
+        raise ContainerError(f"{src}: {e}") from None
     n = int(header.get("num_samples", codes.shape[1] * codec.frame_size))
     audio = align_output(pcm, codec.decode_delay, n)[0, 0].numpy()
     save_audio(dst, audio, codec.sample_rate)
-    return {**header, "duration_s": float(np.round(n / codec.sample_rate, 3))}
+    return {**header, "num_codebooks": books, "duration_s": float(np.round(n / codec.sample_rate, 3))}

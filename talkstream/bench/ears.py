@@ -103,6 +103,25 @@ def deletions(refs: list[str], hyps: list[str]) -> int:
     return int(jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs]).deletions)
 
 
+def wer_gap_ci(refs: list[str], ours: list[str], theirs: list[str], rounds: int = 2000) -> list[float]:
+    """A 95% interval of WER(ours) - WER(theirs) over these turns, by a paired bootstrap over turns (the turns drawn
+    with replacement, both transcripts of a turn together)."""
+    import jiwer
+
+    def errors(hyps):
+        out = []
+        for r, h in zip(refs, hyps, strict=True):
+            m = jiwer.process_words(listener.normalise_words(r), listener.normalise_words(h) or "<empty>")
+            out.append(m.substitutions + m.deletions + m.insertions)
+        return np.array(out)
+
+    words = np.array([len(listener.normalise_words(r).split()) for r in refs])
+    gap = errors(ours) - errors(theirs)
+    draws = np.random.default_rng(0).integers(0, len(refs), (rounds, len(refs)))
+    ratios = gap[draws].sum(1) / words[draws].sum(1)
+    return [round(float(q), 4) for q in np.percentile(ratios, [2.5, 97.5])]
+
+
 def stream(ears, pcm: np.ndarray) -> dict:
     """One turn through the ears in 80 ms pieces: the final text, the end-of-turn time, the words committed before
     the end of the turn."""
@@ -127,6 +146,7 @@ def score(turns: list[dict], mode: str) -> dict:
     finish = [t[mode]["finish_ms"] for t in turns]
     out = {"turns": len(with_ref), "wer": round(listener.wer(refs, ours), 4),
            "wer_faster_whisper": round(listener.wer(refs, fw), 4),
+           "wer_gap_ci95": wer_gap_ci(refs, ours, fw),  # ours - faster-whisper's, paired bootstrap over turns
            # the same recogniser in float32: the ears' own arithmetic (the listener's int8 differs by a few words)
            "wer_faster_whisper_float32": round(listener.wer(refs, fw32), 4),
            "loops": sum(loops(t[mode]["text"], t["ref"] or t["faster_whisper"]) for t in turns),
@@ -206,6 +226,7 @@ def _print_table(r: dict) -> None:
                   f"{s['wer_faster_whisper_float32']:6.1%} {s['loops']:5d} "
                   f"{s['loops_faster_whisper']:3d} {s['dropped_words']:7d} {s['dropped_words_faster_whisper']:4d} "
                   f"{s['finish_ms_p50']:8.0f} / {s['finish_ms_p95']:<7.0f}"
+                  + f"  gap 95% CI {s['wer_gap_ci95'][0]:+.1%}..{s['wer_gap_ci95'][1]:+.1%}"
                   + (f"  cut turns vs f-w {s['cut_wer_against_faster_whisper']:.1%}" if "cut_turns" in s else ""))
 
 

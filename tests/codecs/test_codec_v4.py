@@ -189,7 +189,7 @@ def test_v4_token_file_spends_the_pitch_bits_only(tmp_path):
         direct = codec.decode(codec.encode(torch.nn.functional.pad(x, (0, codec.decode_delay)), 2))
     decoded, _ = sf.read(tmp_path / "out.wav", dtype="float32")
     expected = direct[0, 0, codec.decode_delay : codec.decode_delay + decoded.size].numpy()
-    assert abs(decoded - expected).max() < 1e-3  # PCM16 rounding only
+    assert abs(decoded - expected.clip(-1, 1)).max() < 1e-3  # PCM16 rounding and clipping only
     # a file of a codec without pitch is refused with a clear error
     plain = AudioCodec(AudioCodecConfig(**{**codec.cfg.to_dict(), "decoder": "istft", "pitch_bits": 0})).eval()
     with pytest.raises(ContainerError, match="pitch bits"):

@@ -285,12 +285,12 @@ class ExcitedDecoder(nn.Module):
     """Codec v4's decoder: latent frames and decoded pitch -> windowed time frames [B, F, n_fft] (one per frame).
 
     A causal ConvNeXt body reads the latent and two pitch features (log2(F0 / 150 Hz), voiced) and predicts per
-    frame and bin a log-magnitude and a harmonic share. The phase is not predicted: each bin takes the phase of
-    pitch.py's HarmonicSource (a pulse train whose phase accumulates sample by sample from the transmitted F0) mixed
-    with the phase of its noise by that share, so harmonics stay coherent from frame to frame by construction, as
-    in NSF and the iSTFTNet/Kokoro decoders that feed a sine source's spectrum forward. (A first v4 shaped the
-    excitation with minimum-phase filters instead of per-bin magnitudes: DNSMOS 2.47 against v3's 2.82 on the
-    same files after 4,850 steps; docs/benchmarks.md.)
+    frame a log-magnitude per bin. The phase is not predicted: in a voiced frame each bin takes the phase of
+    pitch.py's HarmonicSource (a pulse train whose phase accumulates sample by sample from the transmitted F0), in
+    an unvoiced one the phase of its noise, so harmonics stay coherent from frame to frame by construction, as in
+    NSF and the iSTFTNet/Kokoro decoders that feed a sine source's spectrum forward. Tried and dropped
+    (docs/benchmarks.md): shaping the excitation with minimum-phase filters instead of per-bin magnitudes, and a
+    learned per-bin harmonic share (the spectral losses drove it towards noise; forcing it to 1 raised DNSMOS).
     """
 
     def __init__(self, cfg: AudioCodecConfig):
@@ -308,7 +308,7 @@ class ExcitedDecoder(nn.Module):
             ChannelLayerNorm(cfg.decoder_dim),
         )
         self.net_states = len(self.net.init_state(0))
-        self.head = nn.Linear(cfg.decoder_dim, 2 * self.bins)
+        self.head = nn.Linear(cfg.decoder_dim, self.bins)
         self.source = HarmonicSource(cfg.sample_rate, cfg.hop)
         self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True).sqrt(), persistent=False)
 
@@ -328,13 +328,11 @@ class ExcitedDecoder(nn.Module):
         f0 = self.pitch.decode(pitch).to(z.dtype)
         h, net_state = self.net.step(torch.cat([z, self.features(f0)], dim=1), state[: self.net_states])
         (hr, hi, nr, ni), source_state = self.source.step(f0, state[self.net_states :])
-        spec = self.head(h.transpose(1, 2))
-        mag = torch.exp(spec[..., : self.bins].clamp(max=7.0))
-        share = torch.sigmoid(spec[..., self.bins :]) * (f0 > 0).to(z.dtype)[..., None]  # unvoiced: noise alone
-        h_norm = torch.rsqrt(hr * hr + hi * hi + 1e-12)
-        n_norm = torch.rsqrt(nr * nr + ni * ni + 1e-12)
-        re = mag * (share * hr * h_norm + (1 - share) * nr * n_norm)
-        im = mag * (share * hi * h_norm + (1 - share) * ni * n_norm)
+        mag = torch.exp(self.head(h.transpose(1, 2)).clamp(max=7.0))
+        voiced = (f0 > 0)[..., None]
+        re, im = torch.where(voiced, hr, nr), torch.where(voiced, hi, ni)
+        mag = mag * torch.rsqrt(re * re + im * im + 1e-12)  # unit phasors: the source gives the phase alone
+        re, im = mag * re, mag * im
         frames = torch.fft.irfft(torch.complex(re, im), n=self.n_fft, dim=-1)
         return frames * self.window, net_state + source_state
 

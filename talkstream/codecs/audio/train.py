@@ -233,8 +233,7 @@ def collect_latents(codec: AudioCodec, sampler: SegmentSampler, n_frames: int, d
 def excited_from(codec: AudioCodec, pitch_bits: int = 6, blocks: int = 4) -> AudioCodec:
     """Codec v4 from a mel codec (v3): the same encoder and codebooks (the same tokens, so what was trained on
     them keeps working), the pitch in the bitstream, and an excited decoder warm-started from the codec's: its
-    input layer (the pitch inputs start at zero), its first `blocks` blocks, its magnitude head; the harmonic
-    share starts at sigmoid(2) = 0.88 in voiced frames."""
+    input layer (the pitch inputs start at zero), its first `blocks` blocks and its magnitude head."""
     if codec.cfg.encoder != "mel" or codec.cfg.decoder_subframes != 1 or codec.cfg.decoder_phase != "absolute":
         raise ValueError("codec v4 starts from a mel codec (v3) with one absolute-phase window per frame")
     cfg = dataclasses.replace(codec.cfg, decoder="excited", pitch_bits=pitch_bits, decoder_blocks=blocks,
@@ -251,11 +250,8 @@ def excited_from(codec: AudioCodec, pitch_bits: int = 6, blocks: int = 4) -> Aud
     for i in range(blocks):
         dec.net.layers[1 + i].load_state_dict(old.net.layers[1 + i].state_dict())
     dec.net.layers[-1].load_state_dict(old.net.layers[-1].state_dict())
-    bins = dec.bins
-    dec.head.weight.zero_()
-    dec.head.weight[:bins] = old.head.weight[:bins]
-    dec.head.bias.fill_(2.0)
-    dec.head.bias[:bins] = old.head.bias[:bins]
+    dec.head.weight.copy_(old.head.weight[: dec.bins])
+    dec.head.bias.copy_(old.head.bias[: dec.bins])
     return new
 
 

@@ -194,3 +194,11 @@ def test_v4_token_file_spends_the_pitch_bits_only(tmp_path):
     plain = AudioCodec(AudioCodecConfig(**{**codec.cfg.to_dict(), "decoder": "istft", "pitch_bits": 0})).eval()
     with pytest.raises(ContainerError, match="pitch bits"):
         decode_file(plain, tmp_path / "a.tsk", tmp_path / "x.wav")
+
+
+def test_v4_on_the_onnx_backend_is_refused_with_a_clear_error():
+    from talkstream.codecs.audio.onnx_step import OnnxCodecSteps
+    from talkstream.errors import UserError
+
+    with pytest.raises(UserError, match="--backend torch"):
+        OnnxCodecSteps(tiny_v4())

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from talkstream.codecs.audio.codec import AudioCodec, CodecState
+from talkstream.errors import UserError
 from talkstream.export.graphs import (
     GraphSpec,
     export_bytes,
@@ -155,6 +156,10 @@ class OnnxCodecSteps:
     ):
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
+        if codec.pitch_rows:
+            raise UserError(
+                f"{codec.cfg.codec_id} (pitch in the bitstream) has no ONNX graphs yet: use --backend torch"
+            )
         self.codec, self.threads, self.precision = codec, threads, precision
         self.providers = select_providers(providers, strict=strict_providers)
         self.export_dir = str(export_dir) if export_dir else None

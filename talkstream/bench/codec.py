@@ -135,10 +135,18 @@ class _Listener:
         return listener.transcribe(pcm, sample_rate), listener.dnsmos(pcm, sample_rate)["ovrl"]
 
 
+def level(ref: np.ndarray, y: np.ndarray) -> dict:
+    """The output's level against the input's (dB of RMS) and its share of samples at full scale."""
+    rms = lambda a: float(np.sqrt(np.mean(np.square(a, dtype=np.float64)) + 1e-12))  # noqa: E731
+    return {"level_db": 20 * np.log10(rms(y) / rms(ref)), "clipped": float(np.mean(np.abs(y) >= 0.999))}
+
+
 def _summarise(name: str, items: list[dict], texts: list[str], originals: list[str], voices: list[str]) -> dict:
     out = {
         "pesq_wb": float(np.nanmean([i["pesq"] for i in items])),
         "stoi": float(np.nanmean([i["stoi"] for i in items])),
+        "level_db": float(np.mean([i["level_db"] for i in items])),
+        "clipped": float(np.mean([i["clipped"] for i in items])),
     }
     if "hyp" in items[0]:
         hyps = [i["hyp"] for i in items]
@@ -159,7 +167,7 @@ def _summarise(name: str, items: list[dict], texts: list[str], originals: list[s
 def _table(rows: list[dict]) -> str:
     head = (
         f"{'system':<18}{'kbps':>6}{'WER':>7}{'drift':>7}{'OVRL':>6}{'PESQ-WB':>8}{'STOI':>7}{'RTF':>8}{'step ms':>8}"
-        f"{'p95':>7}{'strm RTF':>9}{'RTF@80ms':>9}{'latency':>8}"
+        f"{'p95':>7}{'strm RTF':>9}{'RTF@80ms':>9}{'latency':>8}{'level':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -175,12 +183,12 @@ def _table(rows: list[dict]) -> str:
             heard = f"{r['wer']:>7.1%}{r['wer_drift']:>7.1%}{r['dnsmos_ovrl']:>6.2f}"
         lines.append(
             f"{r['system']:<18}{r['kbps']:>6.2f}{heard}{r['pesq_wb']:>8.2f}{r['stoi']:>7.3f}{r['rtf']:>8.4f}"
-            f"{stream}{r['algorithmic_latency_ms']:>8.1f}"
+            f"{stream}{r['algorithmic_latency_ms']:>8.1f}{r.get('level_db', 0.0):>+7.1f}"
         )
     lines.append(
         "WER: recogniser (Whisper tiny.en) vs the text; drift: vs its transcript of the original. OVRL: DNSMOS P.835. "
         "RTF: offline encode+decode, 1 thread. step ms / strm RTF: streaming one 13.3 ms frame per step; "
-        "RTF@80ms: streaming 6 frames per step. latency: algorithmic, ms."
+        "RTF@80ms: streaming 6 frames per step. latency: algorithmic, ms. level: output RMS against input, dB."
     )
     return "\n".join(lines)
 
@@ -232,7 +240,7 @@ def _evaluate(codecs: list[AudioCodec], rows_in: list[dict], ear: _Listener, cod
     seconds = sum(r.size for r in refs) / sr
 
     def score(ref: np.ndarray, y: np.ndarray) -> dict:
-        item = {"pesq": pesq_wb(ref, y, sr), "stoi": stoi(ref, y, sr)}
+        item = {"pesq": pesq_wb(ref, y, sr), "stoi": stoi(ref, y, sr), **level(ref, y)}
         if ear.ok:
             item["hyp"], item["ovrl"] = ear.hear(y, sr)
         return item
@@ -244,7 +252,8 @@ def _evaluate(codecs: list[AudioCodec], rows_in: list[dict], ear: _Listener, cod
         rows.append({
             "system": "original", "kbps": 384.0, "pesq_wb": 4.64, "stoi": 1.0, "rtf": 0.0,
             "algorithmic_latency_ms": 0.0, "wer": listener.wer(texts, originals), "wer_drift": 0.0,
-            "dnsmos_ovrl": float(np.mean([o for _, o in heard])),
+            "dnsmos_ovrl": float(np.mean([o for _, o in heard])), "level_db": 0.0,
+            "clipped": float(np.mean([level(r, r)["clipped"] for r in refs])),
         })
     usage = None
     for codec in codecs:

@@ -55,8 +55,8 @@ def real_turns(folder: Path = LIBRIVOX) -> list[dict]:
     gap = np.zeros(4800, np.float32)
 
     def join(parts):
-        return {"name": "+".join(p[0][-4:] for p in parts), "pcm": np.concatenate([x for p in parts for x in (p[1], gap)]),
-                "ref": " ".join(p[2] for p in parts)}
+        return {"name": "+".join(p[0][-4:] for p in parts),
+                "pcm": np.concatenate([x for p in parts for x in (p[1], gap)]), "ref": " ".join(p[2] for p in parts)}
 
     turns = [{"name": n[-4:], "pcm": np.pad(x, 3200), "ref": r} for n, x, r in clips]
     turns += [join(clips[0:2]), join(clips[2:4]), join(clips)]
@@ -99,7 +99,8 @@ def loops(hyp: str, ref: str) -> int:
 def deletions(refs: list[str], hyps: list[str]) -> int:
     import jiwer
 
-    pairs = [(listener.normalise_words(r), listener.normalise_words(h) or "<empty>") for r, h in zip(refs, hyps, strict=True)]
+    pairs = [(listener.normalise_words(r), listener.normalise_words(h) or "<empty>")
+             for r, h in zip(refs, hyps, strict=True)]
     return int(jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs]).deletions)
 
 

@@ -1,4 +1,4 @@
-"""`bench ears`'s own measures: what counts as a loop, the real recordings and their transcription, the gap's interval."""
+"""`bench ears`'s own measures: what counts as a loop, the real recordings and their transcription, the gap."""
 
 from __future__ import annotations
 

@@ -207,8 +207,9 @@ class WhisperEars:
         them (average log-probability under -1, text that compresses like a loop, or fewer words than were
         committed: greedy Whisper sometimes ends after one word of a turn that begins mid-sentence) falls back to
         the same window without timestamps, then to decoding after the committed words; the first that passes is
-        kept, else the likeliest. The output projection runs in float here, as Whisper's does: the int8 one, which
-        the block hypotheses use, wrote 1 point more wrong words on the open-domain synthetic turns (`bench ears`)."""
+        kept, else the likeliest. The output projection chooses as a float one does (the int8 projection's leaders
+        projected again in float): the int8 one alone, which the block hypotheses use, wrote 1 point more wrong
+        words on the open-domain synthetic turns (`bench ears`)."""
         audio = torch.cat(state.audio)
         mel = log_mel(F.pad(audio, (0, self.max_blocks * self.block - audio.numel())))
         layers = self.decoder.cross_caches(self.encoder(mel))

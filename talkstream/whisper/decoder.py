@@ -98,6 +98,8 @@ class _Block(nn.Module):
 
 
 class WhisperDecoder(nn.Module):
+    RESCORED = 128  # tokens an int8 projection's logits are recomputed for in float (`step(int8=False)`)
+
     def __init__(self, cfg: WhisperDecoderConfig, vocabulary: list[str], suppress: list[int],
                  suppress_begin: list[int]):
         super().__init__()
@@ -123,15 +125,21 @@ class WhisperDecoder(nn.Module):
     def step(self, tokens: Tensor, offset: int, caches: list | None, cross: list, int8: bool = True
              ) -> tuple[Tensor, list]:
         """tokens [1, T] at positions offset.. -> the last position's logits [1, 1, vocab] and the grown
-        self-attention caches. `int8=False`: the output projection in float even when an int8 one is set."""
+        self-attention caches. `int8=False`: with an int8 output projection, its `RESCORED` likeliest tokens are
+        projected again in float, so the likeliest token (and any near tie among the leaders) is the float
+        projection's."""
         x = self.embed(tokens) + self.positions[offset : offset + tokens.shape[1]]
         new = []
         for i, block in enumerate(self.blocks):
             x, c = block(x, caches[i] if caches else None, cross[i])
             new.append(c)
         h = self.ln(x[:, -1:])
-        if self.int8_projection is not None and int8:
-            return self.int8_projection(h), new
+        if self.int8_projection is not None:
+            logits = self.int8_projection(h)
+            if not int8:  # the likeliest tokens again in float: the float projection's choice at the int8 cost
+                top = logits[0, -1].topk(self.RESCORED).indices
+                logits[0, -1, top] = F.linear(h[0, -1], self.embed.weight[top])
+            return logits, new
         # F.linear reads the tied embedding as stored: `@ weight.T` runs several times slower on this 51864-row table.
         return F.linear(h, self.embed.weight), new
 

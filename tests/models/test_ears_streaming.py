@@ -134,6 +134,23 @@ def test_a_forced_prefix_is_kept_and_decoding_goes_on_after_it(ears, long_turn):
     assert ears.decoder.greedy_tokens(layers, 60, prefix=whole[:7]) == whole
 
 
+def test_the_float_rescored_projection_chooses_as_the_float_projection(ears, long_turn):
+    """`int8=False` over an int8 projection (its leaders projected again in float) writes the float decoder's
+    tokens, timestamps and all, at about the int8 cost."""
+    import torch.nn.functional as F
+
+    from talkstream.whisper.encoder import log_mel
+
+    float_ears = load_ears(int8_projection=False)
+    x = long_turn[: 12 * 16_000]
+    with torch.no_grad():
+        layers = ears.decoder.cross_caches(ears.encoder(log_mel(F.pad(x, (0, 480_000 - x.numel())))))
+        rescored = ears.decoder.greedy(layers, 104, timestamps=True, int8=False)
+        exact = float_ears.decoder.greedy(layers, 104, timestamps=True)
+    assert rescored[0] == exact[0] and len(exact[0]) > 20
+    assert abs(rescored[1] - exact[1]) < 0.05
+
+
 def test_the_final_mode_is_checked():
     with pytest.raises(ValueError, match="final"):
         WhisperEars.__init__(object.__new__(WhisperEars), None, None, final="sometimes")

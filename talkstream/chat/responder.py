@@ -242,6 +242,7 @@ class Conversation:
         self.history: deque[dict] = deque(maxlen=model.max_history)
         self._ahead: _Ahead | None = None  # the turn heard so far while it is spoken (`listen_ahead`)
         self.heard_ahead = 0  # this conversation's turns answered from what was heard during them
+        self._typed = ""  # text the user typed for their next turn (`type_text`)
 
     @property
     def num_codebooks(self) -> int:
@@ -258,6 +259,12 @@ class Conversation:
     def close(self) -> None:
         self._ahead = None
         self.history.clear()
+
+    def type_text(self, text: str) -> None:
+        """Text the user typed (a phone's keys, DTMF): it joins their next turn, after the words heard, in the
+        transcript the Thinker answers; a turn with no audio (0 frames) is the text alone. A Thinker that answers from
+        its own hearing and not from the transcript (`legacy`) does not read it."""
+        self._typed += text
 
     async def listen_ahead(self, chunks: list[torch.Tensor], pcm_chunks: list[np.ndarray] | None = None) -> None:
         """The turn so far, while the user speaks (the collector's chunk list: it only grows during a turn, and each
@@ -303,8 +310,12 @@ class Conversation:
         during the turn, if any."""
         t0 = time.perf_counter()
         turn, pcm = split_turn(turn)
+        typed, self._typed = self._typed, ""
         ahead = self._take_ahead(turn, pcm) if video is None else None
-        if ahead is not None:
+        if typed and not turn.shape[-1]:  # nothing to hear: the turn is the typed text
+            heard = self.thinker.start_hearing()
+            heard.transcript = typed
+        elif ahead is not None:
             self.heard_ahead += 1
             self.model.heard_ahead += 1
             heard_so_far, rest, rest_pcm = ahead
@@ -314,6 +325,8 @@ class Conversation:
             heard = await asyncio.to_thread(self.thinker.hear, turn, video, pcm)
         else:
             heard = await asyncio.to_thread(self.thinker.hear, turn, video)
+        if typed and turn.shape[-1]:
+            heard.transcript = f"{await asyncio.to_thread(self.thinker.transcript, heard)} {typed}".strip()
         reply: list[str] = []
 
         async def pieces():

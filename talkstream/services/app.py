@@ -21,6 +21,7 @@ from talkstream.chat import ChatModel, EchoResponder
 from talkstream.errors import UserError
 from talkstream.services.registry import SessionRegistry
 from talkstream.services.session import Limits, Session, Sink
+from talkstream.services.telephony import TelephonyTransport
 from talkstream.services.ws import WebSocketTransport
 from talkstream.streaming import video
 from talkstream.streaming.codec_engine import CodecEngine
@@ -57,6 +58,8 @@ class ServerConfig:
     thinker_model: str = "default"
     thinker_api_key: str | None = None
     talker_hidden: bool = False  # the Talker reads the Thinker's hidden states (the dual track; off: it measured worse)
+    public_host: str | None = None  # phone calls: the host the platform reaches the WebSocket port at (TwiML's wss URL)
+    twilio_auth_token: str | None = None  # phone calls: POST /twilio/voice must carry Twilio's signature made with it
     reuse_port: bool = False  # SO_REUSEPORT: worker processes share the ports (services/workers.py checks them once)
 
 
@@ -100,6 +103,7 @@ class TalkstreamServer:
         # WebSocket and WebRTC sessions alike: one admission, one max_sessions, one count.
         self.sessions = SessionRegistry(c.max_sessions, c.allowed_origins, c.limits.token, self.metrics)
         self.ws = WebSocketTransport(self)
+        self.telephony = TelephonyTransport(self)  # phone calls' media streams, on the WebSocket port's /twilio
         self.http = None  # HttpService when config.http_port is set
 
     @property

@@ -3,6 +3,7 @@
     GET  /            the web page (talkstream/web/index.html; its files under /static/)
     GET  /config      what the page needs: the WebSocket port, the ICE servers, the codec's codebooks
     POST /offer       {sdp, type: "offer", mode, codebooks, token?} -> {sdp, type: "answer", session}
+    POST /twilio/voice  a phone call's webhook -> TwiML connecting it to the media stream (services/telephony.py)
     GET  /healthz     200 ok
 
 Refusals are JSON shaped like the protocol's error events, {type: "error", code, message, fatal}, with a 4xx/5xx
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from talkstream.errors import UserError
 from talkstream.protocol import error_event
+from talkstream.protocol.telephony import twiml, valid_signature
 from talkstream.services.webrtc import OfferError, WebRTCService
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ class HttpService:
                 web.get("/", self._index),
                 web.get("/config", self._config),
                 web.post("/offer", self._offer),
+                web.post("/twilio/voice", self._twilio_voice),
                 web.get("/healthz", self._healthz),
                 web.static("/static", WEB_DIR),
             ]
@@ -122,6 +125,25 @@ class HttpService:
         except OfferError as e:
             log.info("offer refused: %s %s", e.code, e.message)
             return _error(e.status, e.code, e.message)
+
+    async def _twilio_voice(self, request: web.Request) -> web.Response:
+        """A call came in: answer with TwiML that connects it to this server's media stream. With an auth token
+        (--twilio-auth-token), the request must carry Twilio's signature of its URL and form, or it is refused."""
+        cfg = self.server.config
+        form = await request.post()
+        params = [(k, v) for k, v in form.items() if isinstance(v, str)]
+        if cfg.twilio_auth_token:
+            # The URL Twilio called: behind a tunnel, the scheme it used is in X-Forwarded-Proto, the host in Host.
+            url = f"{request.headers.get('X-Forwarded-Proto', request.scheme)}://{request.host}{request.path_qs}"
+            if not valid_signature(cfg.twilio_auth_token, url, params, request.headers.get("X-Twilio-Signature")):
+                log.warning("POST /twilio/voice refused: no valid X-Twilio-Signature for %s", url)
+                self.server.metrics.errors.labels("bad_signature").inc()
+                return _error(403, "bad_signature", "X-Twilio-Signature is missing or does not match this request")
+        host = cfg.public_host or request.host
+        stream_params = {"token": cfg.limits.token} if cfg.limits.token else None
+        log.info("call %s from %s: connecting it to wss://%s/twilio", form.get("CallSid", "?"), form.get("From", "?"),
+                 host)
+        return web.Response(text=twiml(f"wss://{host}/twilio", stream_params), content_type="text/xml")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

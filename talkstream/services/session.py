@@ -289,6 +289,17 @@ class Session:
         self._audio(AudioChunk(pcm, timestamp, now if arrived is None else arrived))
         return True
 
+    async def feed_keys(self, keys: str) -> bool:
+        """Keys the user pressed (a phone's DTMF: 0-9 * # A-D). Chat mode hands them to the Thinker as text
+        (`ChatTurns.on_keys`); codec mode has no use for them. False when the session is over."""
+        now = time.monotonic()
+        self.protocol.activity(now)
+        if not await self.execute(self.protocol.expire(now)):
+            return False
+        if self.hello is not None and self.hello.mode == "chat":
+            self.turns.on_keys(keys)
+        return True
+
     def _audio(self, chunk: AudioChunk) -> None:
         self.counts["frames_in"] += 1
         self.input.feed(chunk)  # live audio: the oldest is dropped when behind

@@ -18,6 +18,7 @@ import torch
 
 from talkstream.chat import ChatModel, ChatSession
 from talkstream.models.errors import ThinkerEndpointError
+from talkstream.models.turn import Turn
 from talkstream.protocol import event
 from talkstream.streaming.pacing import Pacing
 from talkstream.streaming.pipeline import Pipeline, PipelineFailed
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from talkstream.services.session import Session
 
 log = logging.getLogger(__name__)
+KEYS_TURN_S = 1.5  # keys pressed in silence are a turn of their own once none has come for this long (or at #)
 
 
 class ChatTurns:
@@ -41,6 +43,9 @@ class ChatTurns:
         self._span: TurnSpan | None = None  # the turn being answered (OpenTelemetry, when installed)
         self._interrupting = asyncio.Lock()
         self._committed = ""  # the committed words of the turn being spoken, as last sent
+        self._collector: TurnCollector | None = None
+        self.keys = ""  # keys pressed (a phone's DTMF) not yet handed to the chat
+        self._keys_due: asyncio.Task | None = None
 
     def collector(self) -> TurnCollector:
         """The input pipeline's last stage: codec tokens -> one turn per VAD end of turn, heard early by the chat."""
@@ -48,7 +53,8 @@ class ChatTurns:
             self.chat = self.responder.open_session()
         s = self.session
         listen = getattr(self.chat, "listen_ahead", None)
-        return TurnCollector(s.codec, on_speech=None if listen is None else self._listen_ahead)
+        self._collector = TurnCollector(s.codec, on_speech=None if listen is None else self._listen_ahead)
+        return self._collector
 
     async def _listen_ahead(self, chunks: list, pcm_chunks: list) -> None:
         """The turn so far goes to the chat while it is spoken; the words it has committed of it (transcribe and
@@ -111,6 +117,31 @@ class ChatTurns:
                 self._span.end()
             await s.send(event("reply", state="interrupted"))
 
+    def on_keys(self, keys: str) -> None:
+        """Keys the user pressed (DTMF on a phone line) reach the Thinker as text (`ChatSession.type_text`): keys
+        pressed while the user speaks join that turn's transcript, after the words; keys pressed in silence are a
+        turn of their own once no key has come for `KEYS_TURN_S` or at `#` (which ends them and is not sent)."""
+        if getattr(self.chat, "type_text", None) is None:
+            log.info("session %s: keys %r ignored: this chat reads no text", self.session.id, keys)
+            return
+        self.keys += keys.replace("#", "")
+        if self._keys_due is not None:
+            self._keys_due.cancel()
+        self._keys_due = self.session.spawn(self._keys_turn(0.0 if "#" in keys else KEYS_TURN_S))
+
+    async def _keys_turn(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        if not self.keys or (self._collector is not None and self._collector.speaking):
+            return  # nothing pressed, or the user is speaking: the keys go with that turn (`take_turns`)
+        s = self.session
+        s.counts["turns"] += 1
+        if self.playing():
+            await self.interrupt()
+        self.chat.type_text(self.keys)
+        self.keys = ""
+        codes = torch.zeros(1, getattr(self.chat, "num_codebooks", None) or 1, 0, dtype=torch.long)
+        self._answering = s.spawn(self._answer(Turn(codes, None)))
+
     async def take_turns(self, turns: Pipeline) -> None:
         """Answer every turn the input pipeline collects, one at a time (a new turn interrupts the answer)."""
         s = self.session
@@ -122,6 +153,9 @@ class ChatTurns:
             if getattr(self.chat, "sees_video", False):  # what the camera showed while the turn was spoken
                 end = time.monotonic()
                 video = s.video.seen_during(end - turn.shape[-1] / s.codec.frame_rate, end)
+            if self.keys:  # pressed while this turn was spoken
+                self.chat.type_text(self.keys)
+                self.keys = ""
             self._answering = s.spawn(self._answer(turn, video))
         if turns.error is not None:
             await s.fail(f"stream stopped: {turns.error}")
@@ -177,7 +211,9 @@ class ChatTurns:
         """Stop the reply (a config change or the end); the chat session and its history stay until `close`."""
         if self.reply is not None:
             await self.reply.stop()
-        self.reply = self._answering = self.sender = None
+        if self._keys_due is not None:
+            self._keys_due.cancel()
+        self.reply = self._answering = self.sender = self._keys_due = None
 
     def close(self) -> None:
         if self._span is not None:

@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from talkstream.protocol import FLAG_KEY, error_event, pcm_frame, rgb_frame, token_frame, video_token_frame
 from talkstream.services.registry import Refused
+from talkstream.services.telephony import PATHS as TELEPHONY_PATHS
 from talkstream.streaming.stages import MediaOut
 from talkstream.streaming.video import VideoOut
 
@@ -114,6 +115,9 @@ class WebSocketTransport:
             await ws.close(1008, refused.code)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if ws.request.path.split("?")[0] in TELEPHONY_PATHS:  # a phone call's media stream (telephony.py)
+            await self.server.telephony.handle(ws)
+            return
         limits, registry = self.server.config.limits, self.server.sessions
         try:
             registry.admit(origin=ws.request.headers.get("Origin"))

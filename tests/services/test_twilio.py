@@ -1,0 +1,201 @@
+"""Phone calls (talkstream/protocol/telephony.py, talkstream/services/telephony.py).
+
+Fast, no models: the media stream's events fed as text with no socket, G.711 levels, the webhook's signature and
+TwiML. Slow: a real server on loopback answering a scripted platform client (a call with spoken questions, barge-in,
+DTMF), with the shipped models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from talkstream.protocol.telephony import (
+    FRAME_SAMPLES,
+    RATE,
+    Audio,
+    CallEnd,
+    CallStart,
+    CallState,
+    Keys,
+    MarkPlayed,
+    MediaStream,
+    StreamError,
+    signature,
+    twiml,
+    valid_signature,
+)
+
+SID = "MZ0123456789abcdef0123456789abcdef"
+
+
+def start_msg(encoding="audio/x-mulaw", rate=8000, channels=1, params=None) -> str:
+    return json.dumps({
+        "event": "start", "sequenceNumber": "1", "streamSid": SID,
+        "start": {"accountSid": "AC1", "streamSid": SID, "callSid": "CA1", "tracks": ["inbound"],
+                  "mediaFormat": {"encoding": encoding, "sampleRate": rate, "channels": channels},
+                  "customParameters": params or {}},
+    })
+
+
+def media_msg(payload: bytes, ts: int = 0, track: str = "inbound") -> str:
+    return json.dumps({"event": "media", "streamSid": SID,
+                       "media": {"track": track, "chunk": "1", "timestamp": str(ts),
+                                 "payload": base64.b64encode(payload).decode()}})
+
+
+def tone(seconds: float, hz: float = 440.0, level: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (level * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def started() -> MediaStream:
+    s = MediaStream()
+    s.receive(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+    [e] = s.receive(start_msg(params={"token": "t0k"}))
+    assert isinstance(e, CallStart)
+    return s
+
+
+# -- the media stream, sans-I/O ----------------------------------------------------------------------------------------
+def test_start_media_dtmf_mark_stop():
+    s = MediaStream()
+    assert s.receive(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})) == []
+    [start] = s.receive(start_msg(params={"token": "t0k", "mode": "chat"}))
+    assert start == CallStart(SID, "CA1", {"token": "t0k", "mode": "chat"}, "ulaw", "twilio")
+    assert s.state is CallState.STREAMING
+    x = tone(0.02)
+    [audio] = s.receive(media_msg(s.encode(x), ts=40))
+    assert isinstance(audio, Audio) and audio.timestamp == 40 and audio.pcm.dtype == np.float32
+    assert audio.pcm.size == FRAME_SAMPLES
+    assert s.receive(media_msg(s.encode(x), track="outbound")) == []  # our own audio echoed: not the caller
+    assert s.receive(json.dumps({"event": "dtmf", "streamSid": SID, "dtmf": {"track": "inbound_track",
+                                                                             "digit": "7"}})) == [Keys("7")]
+    name, text = s.mark()
+    assert json.loads(text) == {"event": "mark", "streamSid": SID, "mark": {"name": name}}
+    assert s.receive(json.dumps({"event": "mark", "streamSid": SID, "mark": {"name": name}})) == [MarkPlayed(name)]
+    assert s.pending_marks == []
+    assert s.receive(json.dumps({"event": "stop", "streamSid": SID, "stop": {"callSid": "CA1"}})) == [CallEnd("stop")]
+    assert s.state is CallState.ENDED and s.receive(media_msg(b"\xff" * 160)) == []
+
+
+def test_outgoing_messages_carry_the_stream_sid():
+    s = started()
+    msg = json.loads(s.media(b"\xff" * 160))
+    assert msg == {"event": "media", "streamSid": SID, "media": {"payload": base64.b64encode(b"\xff" * 160).decode()}}
+    assert json.loads(s.clear()) == {"event": "clear", "streamSid": SID}
+    n1, _ = s.mark()
+    n2, _ = s.mark()
+    assert n1 != n2 and s.pending_marks == [n1, n2]
+    assert s.receive(json.dumps({"event": "mark", "streamSid": SID, "mark": {"name": n2}})) == [MarkPlayed(n2)]
+    assert s.pending_marks == []  # marks play in order: the second one's coming back means the first played too
+
+
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        ("not json", "bad_json"),
+        ("[1, 2]", "bad_json"),
+        (json.dumps({"event": 5}), "bad_json"),
+        (json.dumps({"event": "hangup"}), "unknown_event"),
+        (json.dumps({"event": "media", "streamSid": SID}), "bad_event"),
+        (json.dumps({"event": "media", "media": {"payload": "%%%not base64"}}), "bad_media"),
+        (json.dumps({"event": "media", "media": {"payload": ""}}), "bad_media"),
+        (json.dumps({"event": "media", "media": {"payload": "/w==", "timestamp": "soon"}}), "bad_media"),
+        (json.dumps({"event": "dtmf", "dtmf": {"digit": "x"}}), "bad_event"),
+        (json.dumps({"event": "mark", "mark": {"name": "never-sent"}}), "bad_event"),
+        (start_msg(), "bad_event"),  # a second start
+        ("x" * 70_000, "too_large"),
+    ],
+    ids=["not-json", "not-object", "event-not-string", "unknown-event", "media-without-body", "bad-base64",
+         "empty-payload", "bad-timestamp", "bad-digit", "unknown-mark", "second-start", "too-large"],
+)
+def test_a_malformed_event_is_an_error_and_the_call_goes_on(text, code):
+    s = started()
+    [e] = s.receive(text)
+    assert isinstance(e, StreamError) and e.code == code and not e.fatal and e.message
+    assert s.state is CallState.STREAMING
+    [audio] = s.receive(media_msg(s.encode(tone(0.02))))  # the next good event is taken
+    assert isinstance(audio, Audio)
+
+
+def test_media_before_start_is_dropped_with_an_error():
+    s = MediaStream()
+    [e] = s.receive(media_msg(b"\xff" * 160))
+    assert e.code == "not_started" and s.state is CallState.CONNECTING
+    assert isinstance(s.receive(start_msg())[0], CallStart)
+
+
+@pytest.mark.parametrize("encoding, rate, channels", [("audio/l16", 8000, 1), ("audio/x-mulaw", 16000, 1),
+                                                      ("audio/x-mulaw", 8000, 2)], ids=["l16", "16k", "stereo"])
+def test_a_media_format_we_cannot_speak_ends_the_call_cleanly(encoding, rate, channels):
+    s = MediaStream()
+    err, end = s.receive(start_msg(encoding, rate, channels))
+    assert isinstance(err, StreamError) and err.fatal and err.code == "bad_media_format" and "8000" in err.message
+    assert end == CallEnd("bad_media_format") and s.state is CallState.ENDED
+    assert s.receive(media_msg(b"\xff" * 160)) == []
+
+
+def test_telnyx_dialect_snake_case_fields_and_pcma():
+    s = MediaStream()
+    [start] = s.receive(json.dumps({
+        "event": "start", "sequence_number": "1", "stream_id": "st-1",
+        "start": {"call_control_id": "v3:abc", "client_state": "aGk=",
+                  "media_format": {"encoding": "PCMA", "sample_rate": 8000, "channels": 1}},
+    }))
+    assert start == CallStart("st-1", "v3:abc", {"client_state": "aGk="}, "alaw", "telnyx")
+    x = tone(0.1)
+    [audio] = s.receive(json.dumps({"event": "media", "stream_id": "st-1",
+                                    "media": {"track": "inbound", "timestamp": "20",
+                                              "payload": base64.b64encode(s.encode(x)).decode()}}))
+    assert np.abs(audio.pcm - x).max() < 0.02  # A-law, not mu-law: decoded with the stream's own law
+    assert json.loads(s.clear()) == {"event": "clear", "stream_id": "st-1"}
+    assert s.receive(json.dumps({"event": "dtmf", "stream_id": "st-1", "dtmf": {"digit": "#"}})) == [Keys("#")]
+
+
+@pytest.mark.parametrize("level", [0.01, 0.1, 0.5, 0.9], ids=lambda v: f"level{v}")
+def test_mulaw_round_trip_keeps_level_and_shape(level):
+    s = started()
+    x = tone(0.5, level=level)
+    g711 = s.encode(x)
+    assert len(g711) == x.size  # one byte a sample: 160 per 20 ms
+    y = s.decode(g711)
+    rms = lambda v: float(np.sqrt(np.mean(v.astype(np.float64) ** 2)))  # noqa: E731
+    assert abs(20 * np.log10(rms(y) / rms(x))) < 0.2  # level within 0.2 dB
+    snr = 10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum((x - y).astype(np.float64) ** 2))
+    assert snr > 30  # G.711's ~38 dB for a sine well above its floor
+    assert s.encode(np.full(160, 2.0, np.float32)) == s.encode(np.full(160, 32767 / 32768, np.float32))  # clipped
+    assert set(s.decode(s.silence(160))) == {0.0}
+
+
+# -- the webhook ---------------------------------------------------------------------------------------------------
+def test_signature_matches_twilios_documented_example():
+    # Twilio's "Validating requests" example: token 12345, this URL and these form fields.
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+12349013030", "Digits": "1234", "From": "+12349013030",
+              "To": "+18005551212"}
+    assert signature("12345", url, params) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+    assert valid_signature("12345", url, params, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=")
+    assert not valid_signature("12345", url, params, None)
+    assert not valid_signature("12345", url, params, "")
+    assert not valid_signature("54321", url, params, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=")
+    assert not valid_signature("12345", url, {**params, "Digits": "1235"}, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=")
+    assert not valid_signature("12345", url.replace("https", "http"), params, "0/KCTR6DLpKmkAf8muzZqo1nDgQ=")
+
+
+def test_twiml_connects_the_call_to_the_stream():
+    root = ET.fromstring(twiml("wss://abc.example.org/twilio"))
+    assert root.tag == "Response" and [c.tag for c in root] == ["Connect"]
+    [stream] = list(root[0])
+    assert stream.tag == "Stream" and stream.attrib == {"url": "wss://abc.example.org/twilio"} and not list(stream)
+    root = ET.fromstring(twiml("wss://h/twilio", {"token": 'a"<&>b'}))
+    [param] = list(root[0][0])
+    assert param.tag == "Parameter" and param.attrib == {"name": "token", "value": 'a"<&>b'}  # escaped, read back

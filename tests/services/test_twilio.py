@@ -199,3 +199,191 @@ def test_twiml_connects_the_call_to_the_stream():
     root = ET.fromstring(twiml("wss://h/twilio", {"token": 'a"<&>b'}))
     [param] = list(root[0][0])
     assert param.tag == "Parameter" and param.attrib == {"name": "token", "value": 'a"<&>b'}  # escaped, read back
+
+
+# -- the webhook over HTTP (no models: the HTTP app alone) ---------------------------------------------------------
+def test_voice_webhook_answers_with_twiml_and_refuses_a_bad_signature():
+    from types import SimpleNamespace
+
+    from talkstream.services.app import ServerConfig
+    from talkstream.services.http import HttpService
+    from talkstream.services.session import Limits
+    from talkstream.streaming.metrics import Metrics
+
+    cfg = ServerConfig(http_port=0, public_host="calls.example.org", twilio_auth_token="s3cret",
+                       limits=Limits(token="tk"))
+
+    async def main():
+        http = HttpService(SimpleNamespace(config=cfg, metrics=Metrics()))
+        await http.start()
+        try:
+            url = f"{http.url}/twilio/voice?x=1"
+            form = {"CallSid": "CA9", "From": "+15550001111", "To": "+15550002222"}
+
+            def post(sig: str | None, body: dict = form):
+                headers = {"Content-Type": "application/x-www-form-urlencoded"}
+                if sig is not None:
+                    headers["X-Twilio-Signature"] = sig
+                req = urllib.request.Request(url, urllib.parse.urlencode(body).encode(), headers, method="POST")
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        return r.status, r.headers["Content-Type"], r.read().decode()
+                except urllib.error.HTTPError as e:
+                    return e.code, e.headers["Content-Type"], e.read().decode()
+
+            good = signature("s3cret", url, form)
+            return await asyncio.gather(*(asyncio.to_thread(post, *a) for a in [
+                (good,), (None,), ("bm9wZQ==",), (good, {**form, "To": "+15550003333"}),
+            ]))
+        finally:
+            await http.stop()
+
+    (ok, ctype, body), missing, wrong, tampered = asyncio.run(main())
+    assert ok == 200 and ctype.startswith("text/xml")
+    stream = ET.fromstring(body)[0][0]
+    assert stream.attrib["url"] == "wss://calls.example.org/twilio"
+    assert [(p.attrib["name"], p.attrib["value"]) for p in stream] == [("token", "tk")]  # the stream may open a session
+    for status, _, text in (missing, wrong, tampered):
+        assert status == 403 and json.loads(text)["code"] == "bad_signature"
+
+
+# -- a scripted platform on loopback (slow: the shipped codec, VAD and, for chat, the Thinker-Talker) --------------
+class Platform:
+    """What Twilio does on a call: connects to the stream, sends `start`, the caller's audio as 20 ms `media` in
+    real time (silence after the script, as a live line does), keys as `dtmf`; plays what comes back, echoes each
+    `mark` once the audio before it has played, and drops what it holds at `clear`."""
+
+    def __init__(self, url: str, params: dict | None = None):
+        self.url, self.params = url, params or {}
+        self.stream = MediaStream()  # our side's codec: the same G.711
+        self.received: list[tuple[float, bytes]] = []  # (arrival, G.711 bytes) of each media message
+        self.clears: list[float] = []
+        self.marks: list[tuple[float, str]] = []
+        self.other: list[dict] = []
+
+    async def call(self, pcm: np.ndarray, keys: dict[float, str] | None = None, tail_s: float = 6.0,
+                   extra: dict[float, str] | None = None) -> Platform:
+        """pcm: float32 at 8 kHz; keys: {seconds into the call: digit}; extra: {seconds: raw text to send}."""
+        from websockets.asyncio.client import connect
+
+        keys, extra = dict(keys or {}), dict(extra or {})
+        pcm = np.concatenate([pcm, np.zeros(int(tail_s * RATE), np.float32)])
+        async with connect(self.url) as ws:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(start_msg(params=self.params))
+            [start] = self.stream.receive(start_msg())
+            reader = asyncio.create_task(self._read(ws))
+            loop = asyncio.get_running_loop()
+            t0 = self.t0 = loop.time()
+            for i in range(0, pcm.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+                t = i / RATE
+                await asyncio.sleep(max(0.0, t0 + t - loop.time()))
+                for at in [a for a in keys if a <= t]:
+                    await ws.send(json.dumps({"event": "dtmf", "streamSid": SID,
+                                              "dtmf": {"track": "inbound_track", "digit": keys.pop(at)}}))
+                for at in [a for a in extra if a <= t]:
+                    await ws.send(extra.pop(at))
+                await ws.send(media_msg(self.stream.encode(pcm[i : i + FRAME_SAMPLES]), int(t * 1000)))
+            await ws.send(json.dumps({"event": "stop", "streamSid": SID, "stop": {"callSid": "CA1"}}))
+            await asyncio.wait_for(reader, 10)  # the server closes the stream after stop
+        return self
+
+    async def _read(self, ws) -> None:
+        import websockets
+
+        loop = asyncio.get_running_loop()
+        playhead = 0.0  # when what we were sent ends playing
+        try:
+            async for text in ws:
+                now = loop.time() - self.t0
+                msg = json.loads(text)
+                assert msg.get("streamSid") == SID, msg
+                if msg["event"] == "media":
+                    data = base64.b64decode(msg["media"]["payload"])
+                    self.received.append((now, data))
+                    playhead = max(playhead, now) + len(data) / RATE
+                elif msg["event"] == "mark":
+                    self.marks.append((now, msg["mark"]["name"]))
+                    name = msg["mark"]["name"]
+
+                    async def played(name=name, at=playhead):
+                        await asyncio.sleep(max(0.0, at - (loop.time() - self.t0)))
+                        await ws.send(json.dumps({"event": "mark", "streamSid": SID, "mark": {"name": name}}))
+
+                    asyncio.get_running_loop().create_task(played())
+                elif msg["event"] == "clear":
+                    self.clears.append(now)
+                    playhead = now
+                else:
+                    self.other.append(msg)
+        except websockets.ConnectionClosed:
+            pass
+
+    def reply_pcm(self) -> np.ndarray:
+        return self.stream.decode(b"".join(d for _, d in self.received)) if self.received else np.zeros(0, np.float32)
+
+
+def spoken(text: str, voice: str = "en-us+m1") -> np.ndarray:
+    """`text` said by an espeak-ng voice, as a phone line carries it: 8 kHz (G.711 is applied on the way)."""
+    import soxr
+
+    from talkstream.data.voices import Voice, synthesize
+
+    return soxr.resample(synthesize(Voice("espeak", voice), text), 24_000, RATE).astype(np.float32)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.float32)
+
+
+@pytest.fixture(scope="module")
+def models():
+    from talkstream.checkpoint import load_audio_codec
+    from talkstream.streaming.vad import SileroVAD
+
+    return load_audio_codec(), SileroVAD()
+
+
+def serving(models, responder=None, **kw):
+    from talkstream.services.app import ServerConfig, TalkstreamServer
+
+    codec, vad = models
+    kw.setdefault("thinker", "echo")
+    return TalkstreamServer(ServerConfig(port=0, **kw), codec=codec, vad=vad, responder=responder)
+
+
+@pytest.mark.slow
+def test_a_call_is_answered_paced_marked_and_a_barge_in_clears_it(models):
+    """The echo answerer says each turn back: its reply is as long as the turn, so speaking again while it plays is a
+    barge-in. Malformed events in the middle do not end the call."""
+    first = spoken("the quick brown fox jumps over the lazy dog and runs into the forest far away")
+    second = spoken("stop please")
+    script = np.concatenate([silence(0.5), first, silence(1.2), second, silence(0.3)])
+    barge_at = (0.5 + first.size / RATE + 1.2)
+
+    async def main():
+        async with serving(models) as srv:
+            p = await Platform(f"{srv.url}/twilio").call(script, tail_s=5.0, extra={
+                0.3: "not json", 0.4: json.dumps({"event": "hangup"}),
+                0.45: json.dumps({"event": "dtmf", "dtmf": {"digit": "x"}})})
+            await asyncio.sleep(0.2)
+            [call] = srv.telephony.ended
+            return p, call, len(srv.sessions), srv.render_metrics().decode()
+
+    p, call, live, metrics = asyncio.run(asyncio.wait_for(main(), 180))
+    assert live == 0  # the call's session is gone after stop
+    kinds = [(e["type"], e.get("state")) for e in call.events]
+    assert ("reply", "start") in kinds and ("reply", "interrupted") in kinds, kinds
+    assert 'code="bad_json"' in metrics and 'code="unknown_event"' in metrics  # counted, and the call went on
+    # The reply came as 20 ms media messages, paced: it arrived over about as long as it plays.
+    assert p.received and {len(d) for _, d in p.received} == {FRAME_SAMPLES}
+    first_reply = [t for t, _ in p.received if t < barge_at + 0.3]
+    assert len(first_reply) > 25
+    span = first_reply[-1] - first_reply[0]
+    assert span >= 0.8 * (len(first_reply) - 1) * 0.02, (span, len(first_reply))
+    # Barge-in: the second turn began while the first reply played: `clear`, and the reply stopped coming.
+    assert p.clears and barge_at < p.clears[0] < barge_at + 1.5, (p.clears, barge_at)
+    # A mark follows a reply that played to its end (the second one) and came back once played.
+    assert p.marks and set(call.played) >= {p.marks[-1][1]}
+    reply = p.reply_pcm()
+    assert np.sqrt(np.mean(reply**2)) > 0.005  # the echo of speech, not silence

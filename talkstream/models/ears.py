@@ -16,6 +16,11 @@ faster-whisper's own transcripts (not a shipped benchmark): 17% word drift block
 (Qwen2.5-Omni's 2 s blocks, without its fine-tuning), 11% over the whole padded window at once; `talkstream bench
 model` has the held-out figures.
 
+Open speech (`--thinker transcribe` and `openai`: `load_ears(final="window", commit=True, hear_silence=True)`):
+while the turn is spoken, the words two successive block hypotheses agree on are committed (`committed_text`,
+LocalAgreement-2), and at the end of the turn the whole turn is heard again as Whisper offline hears it (one 30 s
+window, full attention, timestamps; `window_tokens`). `talkstream bench ears` measures both against faster-whisper.
+
 A turn is at most one window (30 s, `max_turn_s`); `hear` refuses more with `TurnTooLong`, which the caller turns
 into a cut turn.
 """
@@ -133,11 +138,11 @@ class WhisperEars:
         return self._commit(state) if self.commit and grown else state
 
     @torch.no_grad()
-    def _commit(self, state: EarsState, context: list[int] | None = None) -> EarsState:
+    def _commit(self, state: EarsState) -> EarsState:
         """LocalAgreement-2 (whisper_streaming): decode the whole blocks heard so far after the committed words,
         and commit the words this hypothesis and the previous one agree on. The last word of a hypothesis may be
         cut by the block's edge, so a word is committed only once the hypothesis goes on past it."""
-        tokens = self._decode(state.cross, state, context, past=state.past)
+        tokens = self._decode(state.cross, state, None, past=state.past)
         tail = tokens[len(state.committed) :]
         n = 0
         while n < min(len(tail), len(state.tail)) and tail[n] == state.tail[n]:
@@ -150,7 +155,8 @@ class WhisperEars:
         return self.decoder.vocabulary[token].startswith("Ġ")  # GPT-2's byte for a space
 
     def committed_text(self, state: EarsState) -> str:
-        """The words committed while the turn is spoken (`commit`): the final transcript begins with them."""
+        """The words committed while the turn is spoken (`commit`), never revised during the turn; the final
+        transcript of a whole-window end of turn (`final="window"`) is decoded afresh and replaces them."""
         return self.decoder.detokenize(state.committed)
 
     def _decode(self, cross: list, state: EarsState, context: list[int] | None, max_tokens: int = 120,

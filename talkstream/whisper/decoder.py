@@ -179,8 +179,8 @@ class WhisperDecoder(nn.Module):
         `timestamps`: decode as Whisper (and faster-whisper) does by default, segment by segment between timestamp
         tokens (`_timestamp_rules`; they are dropped from the result): on a whole window it stops early and
         hallucinates less than without them. Also returns Whisper's average log-probability of what it wrote
-        (end of text included), its test of a failed decode (below -1). `int8=False`: the output projection in
-        float (as Whisper computes it) even when an int8 one is set."""
+        (end of text included), its test of a failed decode (below -1). `int8=False`: tokens chosen as the float
+        output projection chooses them, even when an int8 one is set (`step`)."""
         prev = [self.start_of_prev, *context] if context else []
         prefix = list(prefix or [])
         if timestamps and prefix:

@@ -387,3 +387,30 @@ def test_a_call_is_answered_paced_marked_and_a_barge_in_clears_it(models):
     assert p.marks and set(call.played) >= {p.marks[-1][1]}
     reply = p.reply_pcm()
     assert np.sqrt(np.mean(reply**2)) > 0.005  # the echo of speech, not silence
+
+
+@pytest.mark.slow
+def test_a_phone_call_with_the_builtin_answerer_questions_and_keys(models):
+    """Spoken questions over an 8 kHz G.711 line are answered with media; a key pressed during a question joins its
+    transcript; keys pressed in silence (ended by #) are a turn of their own."""
+    q1 = spoken("what is seven plus five")
+    q2 = spoken("what is two plus")
+    t2 = 0.5 + q1.size / RATE + 5.0  # the second question starts once the first answer has played
+    script = np.concatenate([silence(0.5), q1, silence(5.0), q2, silence(5.0)])
+    keys = {t2 + 0.3: "3", t2 + q2.size / RATE + 5.0 - 1.0: "9", t2 + q2.size / RATE + 5.0 - 0.9: "#"}
+
+    async def main():
+        async with serving(models, thinker="builtin", backend="torch") as srv:
+            p = await Platform(f"{srv.url}/twilio").call(script, keys=keys, tail_s=9.0)  # the last reply plays out
+            await asyncio.sleep(0.2)
+            [call] = srv.telephony.ended
+            return p, call
+
+    p, call = asyncio.run(asyncio.wait_for(main(), 480))
+    transcripts = [e["text"] for e in call.events if e["type"] == "transcript" and e["final"]]
+    replies = [e["text"].strip() for e in call.events if e["type"] == "reply_text" and e["final"]]
+    assert len(replies) == 3, (transcripts, replies)
+    assert replies[0] == "seven plus five is twelve.", (transcripts, replies)
+    assert transcripts[1].endswith(" 3") and replies[1] == "two plus three is five.", (transcripts, replies)
+    assert transcripts[2] == "9"  # the keys alone: the Thinker read them (and says what it can do)
+    assert len(p.received) * 0.02 > 3.0 and len(p.marks) == 3  # three replies went down the line, each marked

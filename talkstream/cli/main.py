@@ -193,6 +193,8 @@ def cmd_serve(args) -> None:
     from talkstream.services.session import Limits
 
     token = args.token or os.environ.get("TALKSTREAM_TOKEN") or None
+    if args.public_host is not None and (not args.public_host or any(c in args.public_host for c in "/?# ")):
+        raise UserError(f"--public-host wants a host name (and :port), e.g. abc.ngrok.app, not {args.public_host!r}")
     limits = Limits(
         max_message_bytes=args.max_message_bytes,
         max_session_s=args.max_session_s,
@@ -216,6 +218,8 @@ def cmd_serve(args) -> None:
         allowed_origins=args.allow_origin,
         weights=args.weights,
         video_weights=args.video_weights,
+        public_host=args.public_host,
+        twilio_auth_token=args.twilio_auth_token or os.environ.get("TWILIO_AUTH_TOKEN") or None,
         **serve_thinker_config(args),
     )
     if args.workers is not None and args.workers < 1:
@@ -463,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="STUN/TURN server for WebRTC (repeatable), e.g. turn:turn.example.org:3478,user,secret; "
         "default none: host candidates only, nothing outside is contacted",
     )
+    sp.add_argument("--public-host", default=None, metavar="HOST[:PORT]",
+                    help="phone calls: the public host (a tunnel's) that reaches the WebSocket port; POST "
+                    "/twilio/voice connects calls to wss://HOST/twilio (default: the webhook request's Host)")
+    sp.add_argument("--twilio-auth-token", default=None,
+                    help="phone calls: refuse (403) a POST /twilio/voice without Twilio's signature made with this "
+                    "account auth token (or TWILIO_AUTH_TOKEN; default: unchecked)")
     weights_arg(sp)
     serve_thinker_args(sp)
     sp.set_defaults(func=cmd_serve)

@@ -414,3 +414,13 @@ def test_a_phone_call_with_the_builtin_answerer_questions_and_keys(models):
     assert transcripts[1].endswith(" 3") and replies[1] == "two plus three is five.", (transcripts, replies)
     assert transcripts[2] == "9"  # the keys alone: the Thinker read them (and says what it can do)
     assert len(p.received) * 0.02 > 3.0 and len(p.marks) == 3  # three replies went down the line, each marked
+
+
+@pytest.mark.parametrize("host", ["https://abc.example.org", "abc.example.org/twilio", ""], ids=["scheme", "path",
+                                                                                              "empty"])
+def test_a_public_host_that_is_not_a_host_is_a_one_line_error(host, capsys):
+    from talkstream.cli import main
+
+    assert main(["serve", "--public-host", host]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("talkstream: error: --public-host") and "\n" not in err

@@ -424,3 +424,56 @@ def test_a_public_host_that_is_not_a_host_is_a_one_line_error(host, capsys):
     assert main(["serve", "--public-host", host]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("talkstream: error: --public-host") and "\n" not in err
+
+
+# -- keys reach the Thinker as text (the chat seam, no models: a stand-in Thinker and the tiny Talker) -----------
+class ReadingThinker:
+    """Hears every turn as the words 'heard words' and answers with what it read; records each transcript."""
+
+    def __init__(self):
+        self.read: list[str] = []
+
+    def start_hearing(self):
+        from talkstream.chat.responder import Heard
+
+        return Heard(None)
+
+    def hear(self, codes, video=None, pcm=None):
+        from talkstream.chat.responder import Heard
+
+        return Heard(None, "heard words")
+
+    def transcript(self, heard) -> str:
+        return heard.transcript or ""
+
+    async def reply(self, heard, history=None):
+        self.read.append(heard.transcript)
+        yield "seven.", None
+
+
+def test_keys_join_the_next_turns_transcript_or_are_a_turn_of_their_own():
+    import torch
+
+    from talkstream.chat.responder import ChatResponder, Speaker
+    from talkstream.models.turn import Turn
+    from tests.models.tiny import tiny_talker
+
+    thinker = ReadingThinker()
+    chat = ChatResponder(thinker, Speaker(tiny_talker(), block_frames=4)).open_session()
+
+    async def answer(codes):
+        return [x for x in [item async for item in chat.respond(Turn(codes, None))] if isinstance(x, dict)]
+
+    async def main():
+        spoken = torch.zeros(1, 3, 10, dtype=torch.long)
+        chat.type_text("3")
+        with_keys = await answer(spoken)
+        alone = await answer(spoken)  # the keys went with the turn they were typed for
+        chat.type_text("42")
+        keys_only = await answer(torch.zeros(1, 3, 0, dtype=torch.long))
+        return with_keys, alone, keys_only
+
+    with_keys, alone, keys_only = asyncio.run(main())
+    assert thinker.read == ["heard words 3", "heard words", "42"]
+    final = lambda events: [e["text"] for e in events if e["type"] == "transcript" and e["final"]]  # noqa: E731
+    assert final(with_keys) == ["heard words 3"] and final(keys_only) == ["42"]

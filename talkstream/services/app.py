@@ -2,10 +2,11 @@
 
 `TalkstreamServer` loads the models (codec, video codec, VAD, the chat model), warms every graph a client can reach
 before a port opens, and owns the one `CodecEngine` (batched codec work, no session state), the one
-`SessionRegistry` (admission and accounting for both transports) and the one `Metrics`. It makes every session
+`SessionRegistry` (admission and accounting for every transport) and the one `Metrics`. It makes every session
 (`open_session`) and starts the transports side by side: the WebSocket listener (ws.py, which also answers
 /healthz and the one /metrics on its port) and, when `http_port` is set, the HTTP app (http.py: the page, WebRTC
-signaling). A transport only adapts its wire to a `Session`; it holds no model and makes no session of its own.
+signaling, a phone call's webhook) and the phone calls' media streams (telephony.py, on the WebSocket port's
+/twilio). A transport only adapts its wire to a `Session`; it holds no model and makes no session of its own.
 """
 
 from __future__ import annotations

@@ -94,6 +94,7 @@ class PhoneLine:
 
     def reply_ended(self) -> None:
         self._mark_due, self._dry = True, 0
+        self.wake.set()  # an idle line still owes the mark
 
     def clear(self) -> None:
         """Barge-in: the reply still held goes, the platform is told to drop what it holds (`clear`)."""

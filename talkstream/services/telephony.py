@@ -15,9 +15,10 @@ ms, and whose `LinePacer` is the session's pacer (one clock for the outbound aud
 resets that pacer: the line drops what it holds and sends `clear`. A `mark` follows each reply once its audio has all
 been sent; the platform echoes it when the caller has heard it.
 
-The stream's `start` may carry parameters (TwiML <Parameter>): `token` (the server's --token, which the TwiML this
-server writes carries when one is set) and `mode` (`chat`, default, or `codec`: the caller hears themself through
-the codec). The platform sends no events of ours: what the session says (transcripts, replies) is logged.
+The stream's `start` may carry parameters (TwiML <Parameter>; for Telnyx, the stream URL's query): `token` (the
+server's --token, which the TwiML this server writes carries when one is set) and `mode` (`chat`, default, or `codec`:
+the caller hears themself through the codec). The platform sends no events of ours: what the session says
+(transcripts, replies) is logged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import json
 import logging
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -241,7 +243,9 @@ class PhoneCall:
         return False
 
     async def _open(self, start: CallStart) -> bool:
-        params = start.params
+        # Parameters come in `start` (Twilio's <Parameter>s) or in the stream URL's query (Telnyx has no others).
+        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(self.ws.request.path).query)
+        params = {**dict(query), **start.params}
         mode = params.get("mode", "chat")
         registry = self.server.sessions
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import urllib.error
 import urllib.parse
@@ -17,6 +18,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import websockets
 
 from talkstream.protocol.telephony import (
     FRAME_SAMPLES,
@@ -37,7 +39,11 @@ from talkstream.protocol.telephony import (
 SID = "MZ0123456789abcdef0123456789abcdef"
 
 
-def start_msg(encoding="audio/x-mulaw", rate=8000, channels=1, params=None) -> str:
+def start_msg(encoding="audio/x-mulaw", rate=8000, channels=1, params=None, telnyx=False) -> str:
+    if telnyx:
+        return json.dumps({"event": "start", "sequence_number": "1", "stream_id": SID,
+                           "start": {"call_control_id": "v3:CA1", "client_state": "aGk=",
+                                     "media_format": {"encoding": "PCMU", "sample_rate": rate, "channels": channels}}})
     return json.dumps({
         "event": "start", "sequenceNumber": "1", "streamSid": SID,
         "start": {"accountSid": "AC1", "streamSid": SID, "callSid": "CA1", "tracks": ["inbound"],
@@ -46,8 +52,8 @@ def start_msg(encoding="audio/x-mulaw", rate=8000, channels=1, params=None) -> s
     })
 
 
-def media_msg(payload: bytes, ts: int = 0, track: str = "inbound") -> str:
-    return json.dumps({"event": "media", "streamSid": SID,
+def media_msg(payload: bytes, ts: int = 0, track: str = "inbound", telnyx=False) -> str:
+    return json.dumps({"event": "media", "stream_id" if telnyx else "streamSid": SID,
                        "media": {"track": track, "chunk": "1", "timestamp": str(ts),
                                  "payload": base64.b64encode(payload).decode()}})
 
@@ -253,8 +259,9 @@ class Platform:
     real time (silence after the script, as a live line does), keys as `dtmf`; plays what comes back, echoes each
     `mark` once the audio before it has played, and drops what it holds at `clear`."""
 
-    def __init__(self, url: str, params: dict | None = None):
-        self.url, self.params = url, params or {}
+    def __init__(self, url: str, params: dict | None = None, telnyx: bool = False):
+        self.url, self.params, self.telnyx = url, params or {}, telnyx
+        self.sid_field = "stream_id" if telnyx else "streamSid"
         self.stream = MediaStream()  # our side's codec: the same G.711
         self.received: list[tuple[float, bytes]] = []  # (arrival, G.711 bytes) of each media message
         self.clears: list[float] = []
@@ -270,34 +277,37 @@ class Platform:
         pcm = np.concatenate([pcm, np.zeros(int(tail_s * RATE), np.float32)])
         async with connect(self.url) as ws:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            await ws.send(start_msg(params=self.params))
-            [start] = self.stream.receive(start_msg())
+            await ws.send(start_msg(params=self.params, telnyx=self.telnyx))
+            self.stream.receive(start_msg(telnyx=self.telnyx))  # our side's codec follows the call's format
             reader = asyncio.create_task(self._read(ws))
-            loop = asyncio.get_running_loop()
-            t0 = self.t0 = loop.time()
-            for i in range(0, pcm.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-                t = i / RATE
-                await asyncio.sleep(max(0.0, t0 + t - loop.time()))
-                for at in [a for a in keys if a <= t]:
-                    await ws.send(json.dumps({"event": "dtmf", "streamSid": SID,
-                                              "dtmf": {"track": "inbound_track", "digit": keys.pop(at)}}))
-                for at in [a for a in extra if a <= t]:
-                    await ws.send(extra.pop(at))
-                await ws.send(media_msg(self.stream.encode(pcm[i : i + FRAME_SAMPLES]), int(t * 1000)))
-            await ws.send(json.dumps({"event": "stop", "streamSid": SID, "stop": {"callSid": "CA1"}}))
+            t0 = self.t0 = asyncio.get_running_loop().time()
+            with contextlib.suppress(websockets.ConnectionClosed):  # the server may end the call (a refusal)
+                await self._speak(ws, pcm, keys, extra, t0)
             await asyncio.wait_for(reader, 10)  # the server closes the stream after stop
         return self
 
-    async def _read(self, ws) -> None:
-        import websockets
+    async def _speak(self, ws, pcm: np.ndarray, keys: dict, extra: dict, t0: float) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(0, pcm.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
+            t = i / RATE
+            await asyncio.sleep(max(0.0, t0 + t - loop.time()))
+            for at in [a for a in keys if a <= t]:
+                await ws.send(json.dumps({"event": "dtmf", self.sid_field: SID,
+                                          "dtmf": {"track": "inbound_track", "digit": keys.pop(at)}}))
+            for at in [a for a in extra if a <= t]:
+                await ws.send(extra.pop(at))
+            await ws.send(media_msg(self.stream.encode(pcm[i : i + FRAME_SAMPLES]), int(t * 1000),
+                                    telnyx=self.telnyx))
+        await ws.send(json.dumps({"event": "stop", self.sid_field: SID, "stop": {"callSid": "CA1"}}))
 
+    async def _read(self, ws) -> None:
         loop = asyncio.get_running_loop()
         playhead = 0.0  # when what we were sent ends playing
         try:
             async for text in ws:
                 now = loop.time() - self.t0
                 msg = json.loads(text)
-                assert msg.get("streamSid") == SID, msg
+                assert msg.get(self.sid_field) == SID, msg
                 if msg["event"] == "media":
                     data = base64.b64decode(msg["media"]["payload"])
                     self.received.append((now, data))
@@ -308,7 +318,7 @@ class Platform:
 
                     async def played(name=name, at=playhead):
                         await asyncio.sleep(max(0.0, at - (loop.time() - self.t0)))
-                        await ws.send(json.dumps({"event": "mark", "streamSid": SID, "mark": {"name": name}}))
+                        await ws.send(json.dumps({"event": "mark", self.sid_field: SID, "mark": {"name": name}}))
 
                     asyncio.get_running_loop().create_task(played())
                 elif msg["event"] == "clear":
@@ -387,6 +397,37 @@ def test_a_call_is_answered_paced_marked_and_a_barge_in_clears_it(models):
     assert p.marks and set(call.played) >= {p.marks[-1][1]}
     reply = p.reply_pcm()
     assert np.sqrt(np.mean(reply**2)) > 0.005  # the echo of speech, not silence
+
+
+@pytest.mark.slow
+def test_telnyx_stream_in_codec_mode_hears_itself_through_the_codec(models):
+    """Telnyx's field names on /telnyx, and the `mode: codec` parameter: the caller's audio comes back through the
+    codec, live (never paced, no marks), and the token the server wants is checked."""
+    speech = spoken("hello there, this is a test of the phone line")
+    script = np.concatenate([silence(0.3), speech, silence(0.3)])
+
+    async def main():
+        from talkstream.services.session import Limits
+
+        async with serving(models, limits=Limits(token="tk")) as srv:
+            p = await Platform(f"{srv.url}/telnyx?mode=codec&token=tk", telnyx=True).call(
+                script, tail_s=1.0)
+            refused = await Platform(f"{srv.url}/twilio", {"mode": "codec"}).call(silence(0.2), tail_s=0.2)
+            return p, refused, len(srv.sessions), len(srv.telephony.ended)
+
+    p, refused, live, ended = asyncio.run(asyncio.wait_for(main(), 180))
+    assert live == 0 and ended == 1  # the call without the token never opened a session
+    assert refused.received == [] and not p.marks and not p.clears
+    assert len(p.received) > 0.8 * script.size / FRAME_SAMPLES  # about all of it came back
+    # A neural codec keeps what is heard, not the waveform's phase: compare loudness envelopes, 20 ms frames placed
+    # at the time they arrived (the line sends nothing while it has nothing).
+    e_in = np.sqrt(np.mean(script[: script.size // 160 * 160].reshape(-1, 160) ** 2, 1))
+    e_out = np.zeros(e_in.size + 100)
+    for t, data in p.received:
+        if round(t / 0.02) < e_out.size:
+            e_out[round(t / 0.02)] = np.sqrt(np.mean(p.stream.decode(data) ** 2))
+    r = [np.corrcoef(e_in, e_out[lag : lag + e_in.size])[0, 1] for lag in range(50)]  # up to a second late
+    assert max(r) > 0.7, r  # the caller's own voice, through the codec
 
 
 @pytest.mark.slow

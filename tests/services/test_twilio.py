@@ -518,3 +518,46 @@ def test_keys_join_the_next_turns_transcript_or_are_a_turn_of_their_own():
     assert thinker.read == ["heard words 3", "heard words", "42"]
     final = lambda events: [e["text"] for e in events if e["type"] == "transcript" and e["final"]]  # noqa: E731
     assert final(with_keys) == ["heard words 3"] and final(keys_only) == ["42"]
+
+
+# -- the outbound line: 20 ms a message against the clock, a mark after a reply, clear at barge-in (no models) -------
+def test_the_line_paces_marks_and_clears():
+    from talkstream.services.telephony import LinePacer, PhoneLine
+
+    async def main():
+        s = started()
+        sent: list[tuple[float, dict]] = []
+        loop = asyncio.get_running_loop()
+
+        async def send(text: str) -> None:
+            sent.append((loop.time(), json.loads(text)))
+
+        line = PhoneLine(s, send)
+        pacer = LinePacer(line)
+        task = asyncio.create_task(line.run())
+        t0 = loop.time()
+        reply = s.encode(tone(0.5))
+        for i in range(0, len(reply), 400):  # a reply handed over in 50 ms chunks, as the session does
+            await pacer.wait(0.05)
+            line.push(reply[i : i + 400], paced=True)
+            assert pacer.playhead is not None
+        line.reply_ended()
+        await asyncio.sleep(0.25)
+        media = [(t, m) for t, m in sent if m["event"] == "media"]
+        marks = [m for _, m in sent if m["event"] == "mark"]
+        line.push(s.encode(tone(1.0)), paced=True)  # the next reply; the caller speaks over it
+        await asyncio.sleep(0.1)
+        pacer.reset()
+        await asyncio.sleep(0.1)
+        after = len([m for _, m in sent if m["event"] == "media"])
+        await asyncio.sleep(0.1)
+        task.cancel()
+        return t0, media, marks, sent, after, line
+
+    t0, media, marks, sent, after, line = asyncio.run(main())
+    assert len(media) == 25 and all(len(base64.b64decode(m["media"]["payload"])) == 160 for _, m in media)
+    span = media[-1][0] - media[0][0]
+    assert 0.4 < span < 0.6, span  # 25 frames of 20 ms took about 0.48 s: real time, not a burst
+    assert len(marks) == 1 and [m["event"] for _, m in sent][:26] == ["media"] * 25 + ["mark"]  # after the reply
+    assert [m["event"] for _, m in sent].count("clear") == 1 and line.buffered_s == 0
+    assert len([m for _, m in sent if m["event"] == "media"]) == after  # nothing after the clear

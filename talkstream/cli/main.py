@@ -320,6 +320,16 @@ def cmd_bench_chat(args) -> None:
     write_result(out, results, args.argv)
 
 
+def cmd_bench_phone(args) -> None:
+    from talkstream.bench.phone import run_phone_bench
+
+    out = out_file(args.out)  # its folder now, not after the run
+    results = run_phone_bench(args.questions, args.thinker)
+    print(f"{results['right']}/{results['questions']} answered right over the 8 kHz line; voice to voice p50 "
+          f"{results['voice_to_voice_ms_p50']} ms, p95 {results['voice_to_voice_ms_p95']} ms")
+    write_result(out, results, args.argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="talkstream",
@@ -637,6 +647,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the server's --thinker (default: the built-in answerer)")
     bch.add_argument("--out", default=None, help="write results JSON here")
     bch.set_defaults(func=cmd_bench_chat)
+    bph = bsub.add_parser(
+        "phone",
+        help="held-out questions asked over a phone line (a scripted Twilio media stream, 8 kHz G.711): answers "
+        "right and voice-to-voice latency",
+        description="Start `talkstream serve` as its own process; one call per held-out question on /twilio, the "
+        "question spoken in an eval voice at 8 kHz mu-law in real time; the reply as the independent recogniser "
+        "hears it over the line, and the end of the caller's speech to the first reply audio.",
+    )
+    bph.add_argument("--questions", type=int, default=8, help="held-out questions, one call each")
+    bph.add_argument("--thinker", choices=["builtin", "echo"], default="builtin", help="the server's --thinker")
+    bph.add_argument("--out", default=None, help="write results JSON here")
+    bph.set_defaults(func=cmd_bench_phone)
     bw = bsub.add_parser(
         "webrtc",
         help="N aiortc clients against a server in its own process(es): mouth-to-ear latency over WebRTC",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import urllib.error
 import urllib.parse
@@ -18,8 +17,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-import websockets
 
+from talkstream.bench.phone import PhoneCaller, to_line
 from talkstream.protocol.telephony import (
     FRAME_SAMPLES,
     RATE,
@@ -39,11 +38,7 @@ from talkstream.protocol.telephony import (
 SID = "MZ0123456789abcdef0123456789abcdef"
 
 
-def start_msg(encoding="audio/x-mulaw", rate=8000, channels=1, params=None, telnyx=False) -> str:
-    if telnyx:
-        return json.dumps({"event": "start", "sequence_number": "1", "stream_id": SID,
-                           "start": {"call_control_id": "v3:CA1", "client_state": "aGk=",
-                                     "media_format": {"encoding": "PCMU", "sample_rate": rate, "channels": channels}}})
+def start_msg(encoding="audio/x-mulaw", rate=8000, channels=1, params=None) -> str:
     return json.dumps({
         "event": "start", "sequenceNumber": "1", "streamSid": SID,
         "start": {"accountSid": "AC1", "streamSid": SID, "callSid": "CA1", "tracks": ["inbound"],
@@ -52,8 +47,8 @@ def start_msg(encoding="audio/x-mulaw", rate=8000, channels=1, params=None, teln
     })
 
 
-def media_msg(payload: bytes, ts: int = 0, track: str = "inbound", telnyx=False) -> str:
-    return json.dumps({"event": "media", "stream_id" if telnyx else "streamSid": SID,
+def media_msg(payload: bytes, ts: int = 0, track: str = "inbound") -> str:
+    return json.dumps({"event": "media", "streamSid": SID,
                        "media": {"track": track, "chunk": "1", "timestamp": str(ts),
                                  "payload": base64.b64encode(payload).decode()}})
 
@@ -253,93 +248,12 @@ def test_voice_webhook_answers_with_twiml_and_refuses_a_bad_signature():
         assert status == 403 and json.loads(text)["code"] == "bad_signature"
 
 
-# -- a scripted platform on loopback (slow: the shipped codec, VAD and, for chat, the Thinker-Talker) --------------
-class Platform:
-    """What Twilio does on a call: connects to the stream, sends `start`, the caller's audio as 20 ms `media` in
-    real time (silence after the script, as a live line does), keys as `dtmf`; plays what comes back, echoes each
-    `mark` once the audio before it has played, and drops what it holds at `clear`."""
-
-    def __init__(self, url: str, params: dict | None = None, telnyx: bool = False):
-        self.url, self.params, self.telnyx = url, params or {}, telnyx
-        self.sid_field = "stream_id" if telnyx else "streamSid"
-        self.stream = MediaStream()  # our side's codec: the same G.711
-        self.received: list[tuple[float, bytes]] = []  # (arrival, G.711 bytes) of each media message
-        self.clears: list[float] = []
-        self.marks: list[tuple[float, str]] = []
-        self.other: list[dict] = []
-
-    async def call(self, pcm: np.ndarray, keys: dict[float, str] | None = None, tail_s: float = 6.0,
-                   extra: dict[float, str] | None = None) -> Platform:
-        """pcm: float32 at 8 kHz; keys: {seconds into the call: digit}; extra: {seconds: raw text to send}."""
-        from websockets.asyncio.client import connect
-
-        keys, extra = dict(keys or {}), dict(extra or {})
-        pcm = np.concatenate([pcm, np.zeros(int(tail_s * RATE), np.float32)])
-        async with connect(self.url) as ws:
-            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            await ws.send(start_msg(params=self.params, telnyx=self.telnyx))
-            self.stream.receive(start_msg(telnyx=self.telnyx))  # our side's codec follows the call's format
-            reader = asyncio.create_task(self._read(ws))
-            t0 = self.t0 = asyncio.get_running_loop().time()
-            with contextlib.suppress(websockets.ConnectionClosed):  # the server may end the call (a refusal)
-                await self._speak(ws, pcm, keys, extra, t0)
-            await asyncio.wait_for(reader, 10)  # the server closes the stream after stop
-        return self
-
-    async def _speak(self, ws, pcm: np.ndarray, keys: dict, extra: dict, t0: float) -> None:
-        loop = asyncio.get_running_loop()
-        for i in range(0, pcm.size - FRAME_SAMPLES + 1, FRAME_SAMPLES):
-            t = i / RATE
-            await asyncio.sleep(max(0.0, t0 + t - loop.time()))
-            for at in [a for a in keys if a <= t]:
-                await ws.send(json.dumps({"event": "dtmf", self.sid_field: SID,
-                                          "dtmf": {"track": "inbound_track", "digit": keys.pop(at)}}))
-            for at in [a for a in extra if a <= t]:
-                await ws.send(extra.pop(at))
-            await ws.send(media_msg(self.stream.encode(pcm[i : i + FRAME_SAMPLES]), int(t * 1000),
-                                    telnyx=self.telnyx))
-        await ws.send(json.dumps({"event": "stop", self.sid_field: SID, "stop": {"callSid": "CA1"}}))
-
-    async def _read(self, ws) -> None:
-        loop = asyncio.get_running_loop()
-        playhead = 0.0  # when what we were sent ends playing
-        try:
-            async for text in ws:
-                now = loop.time() - self.t0
-                msg = json.loads(text)
-                assert msg.get(self.sid_field) == SID, msg
-                if msg["event"] == "media":
-                    data = base64.b64decode(msg["media"]["payload"])
-                    self.received.append((now, data))
-                    playhead = max(playhead, now) + len(data) / RATE
-                elif msg["event"] == "mark":
-                    self.marks.append((now, msg["mark"]["name"]))
-                    name = msg["mark"]["name"]
-
-                    async def played(name=name, at=playhead):
-                        await asyncio.sleep(max(0.0, at - (loop.time() - self.t0)))
-                        await ws.send(json.dumps({"event": "mark", self.sid_field: SID, "mark": {"name": name}}))
-
-                    asyncio.get_running_loop().create_task(played())
-                elif msg["event"] == "clear":
-                    self.clears.append(now)
-                    playhead = now
-                else:
-                    self.other.append(msg)
-        except websockets.ConnectionClosed:
-            pass
-
-    def reply_pcm(self) -> np.ndarray:
-        return self.stream.decode(b"".join(d for _, d in self.received)) if self.received else np.zeros(0, np.float32)
-
-
+# -- a scripted platform (bench.phone.PhoneCaller) on loopback; slow: the shipped codec, VAD, Thinker-Talker ----
 def spoken(text: str, voice: str = "en-us+m1") -> np.ndarray:
     """`text` said by an espeak-ng voice, as a phone line carries it: 8 kHz (G.711 is applied on the way)."""
-    import soxr
-
     from talkstream.data.voices import Voice, synthesize
 
-    return soxr.resample(synthesize(Voice("espeak", voice), text), 24_000, RATE).astype(np.float32)
+    return to_line(synthesize(Voice("espeak", voice), text))
 
 
 def silence(seconds: float) -> np.ndarray:
@@ -373,7 +287,7 @@ def test_a_call_is_answered_paced_marked_and_a_barge_in_clears_it(models):
 
     async def main():
         async with serving(models) as srv:
-            p = await Platform(f"{srv.url}/twilio").call(script, tail_s=5.0, extra={
+            p = await PhoneCaller(f"{srv.url}/twilio").call(script, tail_s=5.0, extra={
                 0.3: "not json", 0.4: json.dumps({"event": "hangup"}),
                 0.45: json.dumps({"event": "dtmf", "dtmf": {"digit": "x"}})})
             await asyncio.sleep(0.2)
@@ -410,9 +324,9 @@ def test_telnyx_stream_in_codec_mode_hears_itself_through_the_codec(models):
         from talkstream.services.session import Limits
 
         async with serving(models, limits=Limits(token="tk")) as srv:
-            p = await Platform(f"{srv.url}/telnyx?mode=codec&token=tk", telnyx=True).call(
+            p = await PhoneCaller(f"{srv.url}/telnyx?mode=codec&token=tk", telnyx=True).call(
                 script, tail_s=1.0)
-            refused = await Platform(f"{srv.url}/twilio", {"mode": "codec"}).call(silence(0.2), tail_s=0.2)
+            refused = await PhoneCaller(f"{srv.url}/twilio", {"mode": "codec"}).call(silence(0.2), tail_s=0.2)
             return p, refused, len(srv.sessions), len(srv.telephony.ended)
 
     p, refused, live, ended = asyncio.run(asyncio.wait_for(main(), 180))
@@ -442,7 +356,7 @@ def test_a_phone_call_with_the_builtin_answerer_questions_and_keys(models):
 
     async def main():
         async with serving(models, thinker="builtin", backend="torch") as srv:
-            p = await Platform(f"{srv.url}/twilio").call(script, keys=keys, tail_s=9.0)  # the last reply plays out
+            p = await PhoneCaller(f"{srv.url}/twilio").call(script, keys=keys, tail_s=9.0)  # the last reply plays out
             await asyncio.sleep(0.2)
             [call] = srv.telephony.ended
             return p, call

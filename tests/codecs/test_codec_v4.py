@@ -202,3 +202,19 @@ def test_v4_on_the_onnx_backend_is_refused_with_a_clear_error():
 
     with pytest.raises(UserError, match="--backend torch"):
         OnnxCodecSteps(tiny_v4())
+
+
+def test_v4_output_never_reaches_full_scale():
+    from talkstream.codecs.audio.codec import soft_limit
+
+    x = torch.linspace(-3, 3, 601)
+    y = soft_limit(x)
+    assert y.abs().max() < 1.0
+    inside = x.abs() <= 0.9
+    torch.testing.assert_close(y[inside], x[inside])  # the level of ordinary speech is untouched
+    assert (torch.diff(y) >= 0).all() and (torch.diff(y[x.abs() < 1.2]) > 0).all()  # monotonic: no fold-over
+    codec = tiny_v4()
+    with torch.no_grad():
+        codec.decoder.head.bias += 6.0  # a decoder far too loud
+        out = codec.decode(codec.encode(glide(0.5)[0] * 8))
+    assert out.abs().max() < 1.0

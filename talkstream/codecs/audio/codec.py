@@ -473,6 +473,8 @@ class AudioCodec(nn.Module):
         else:
             frames, dec = self.decoder.frames(z, state.decoder[:-1])
         out, tail = self.decoder.overlap_add(frames, state.decoder[-1])
+        if self.excited:
+            out = soft_limit(out)
         return out, dataclasses.replace(state, decoder=dec + [tail])
 
     def check_codes(self, codes: Tensor) -> None:
@@ -596,6 +598,14 @@ def with_decoder(codec: AudioCodec, subframes: int | None = None, phase: str | N
             raise ValueError(f"the codec's decoder carries its phase; it cannot go back to {phase!r}")
         codec = with_phase_advance(codec)
     return codec
+
+
+def soft_limit(x: Tensor, knee: float = 0.9, ceiling: float = 0.98) -> Tensor:
+    """Samples within +-knee unchanged, the rest bent by a tanh towards +-ceiling, so nothing reaches full scale
+    (codec v4's output: its harmonic peaks overshot in 0.01% of samples). Memoryless: streaming equals offline."""
+    over = x.abs() - knee
+    bent = torch.sign(x) * (knee + (ceiling - knee) * torch.tanh(over.clamp(min=0) / (ceiling - knee)))
+    return torch.where(over > 0, bent, x)
 
 
 def align_output(out: Tensor, delay: int, length: int) -> Tensor:

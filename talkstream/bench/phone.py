@@ -137,7 +137,7 @@ def to_line(pcm_24k: np.ndarray) -> np.ndarray:
 def run_phone_bench(questions: int = 8, thinker: str = "builtin", answer_s: float = 7.0) -> dict:
     """One call per held-out question against `talkstream serve` in its own process; the replies heard by the
     recogniser at 8 kHz."""
-    from talkstream.bench.listener import normalise_words, transcribe
+    from talkstream.bench.listener import normalise_words, transcribe, wer
     from talkstream.bench.model import speak_held_out
     from talkstream.bench.serve import ServerProcess
     from talkstream.errors import UserError
@@ -171,7 +171,8 @@ def run_phone_bench(questions: int = 8, thinker: str = "builtin", answer_s: floa
         "questions": len(rows),
         "thinker": thinker,
         "answered": len(v2v),
-        "right": sum(r["right"] for r in rows),
+        "right": sum(r["right"] for r in rows),  # the recogniser heard the expected answer word for word
+        "wer": wer([r["answer"] for r in rows], [r["heard"] for r in rows]),
         "voice_to_voice_ms_p50": float(np.percentile(v2v, 50)) if v2v else None,
         "voice_to_voice_ms_p95": float(np.percentile(v2v, 95)) if v2v else None,
         "rows": rows,

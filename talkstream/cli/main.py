@@ -325,8 +325,9 @@ def cmd_bench_phone(args) -> None:
 
     out = out_file(args.out)  # its folder now, not after the run
     results = run_phone_bench(args.questions, args.thinker)
-    print(f"{results['right']}/{results['questions']} answered right over the 8 kHz line; voice to voice p50 "
-          f"{results['voice_to_voice_ms_p50']} ms, p95 {results['voice_to_voice_ms_p95']} ms")
+    print(f"{results['right']}/{results['questions']} answers heard word for word over the 8 kHz line (WER "
+          f"{results['wer']:.2f}); voice to voice p50 {results['voice_to_voice_ms_p50']} ms, p95 "
+          f"{results['voice_to_voice_ms_p95']} ms")
     write_result(out, results, args.argv)
 
 

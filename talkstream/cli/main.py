@@ -174,7 +174,6 @@ def cmd_data_speech(args) -> None:
 
 def cmd_bench_codec(args) -> None:
     from talkstream.bench.codec import run_codec_bench
-
     from talkstream.checkpoint import load_audio_codec
 
     out = out_file(args.out)  # its folder now, not after the run

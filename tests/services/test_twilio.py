@@ -475,3 +475,20 @@ def test_the_line_paces_marks_and_clears():
     assert len(marks) == 1 and [m["event"] for _, m in sent][:26] == ["media"] * 25 + ["mark"]  # after the reply
     assert [m["event"] for _, m in sent].count("clear") == 1 and line.buffered_s == 0
     assert len([m for _, m in sent if m["event"] == "media"]) == after  # nothing after the clear
+
+
+@pytest.mark.slow
+def test_stopping_the_server_ends_a_live_call(models):
+    async def main():
+        srv = serving(models)
+        await srv.start()
+        caller = PhoneCaller(f"{srv.url}/twilio")
+        call = asyncio.create_task(caller.call(spoken("hello there"), tail_s=30.0))
+        while not srv.telephony.calls:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        await asyncio.wait_for(srv.stop(), 20)
+        await asyncio.wait_for(call, 15)  # the stream was closed under the caller: it stops sending
+        return len(srv.sessions), len(srv.telephony.calls), len(srv.telephony.ended)
+
+    assert asyncio.run(asyncio.wait_for(main(), 120)) == (0, 0, 1)

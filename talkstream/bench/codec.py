@@ -228,8 +228,13 @@ def run_codec_bench(codec: AudioCodec, data: Path, max_files: int = 24, weights_
     return _result(codec, rows_in, rows, usage, weights_dir, real_in, real_out)
 
 
-def _label(codec: AudioCodec, several: bool) -> str:
-    return f"{codec.cfg.codec_id.rsplit('-', 1)[-1]} " if several else "talkstream "
+def _labels(codecs: list[AudioCodec]) -> list[str]:
+    """Row prefixes: "talkstream " alone; beside a baseline, each codec's version ("v4 ", "v3 "), or "new " and
+    "baseline " when both have the same id (two trainings of one codec)."""
+    if len(codecs) == 1:
+        return ["talkstream "]
+    ids = [c.cfg.codec_id.rsplit("-", 1)[-1] for c in codecs]
+    return [f"{i} " for i in ids] if len(set(ids)) == len(ids) else ["new ", "baseline "]
 
 
 def _evaluate(codecs: list[AudioCodec], rows_in: list[dict], ear: _Listener, codebooks: tuple[int, ...],
@@ -256,8 +261,7 @@ def _evaluate(codecs: list[AudioCodec], rows_in: list[dict], ear: _Listener, cod
             "clipped": float(np.mean([level(r, r)["clipped"] for r in refs])),
         })
     usage = None
-    for codec in codecs:
-        name = _label(codec, len(codecs) > 1)
+    for codec, name in zip(codecs, _labels(codecs), strict=True):
         for k in codebooks:
             items, elapsed = [], 0.0
             for ref in tqdm(refs, desc=f"{name}{k} codebooks", leave=False):

@@ -34,14 +34,19 @@ class Sink:
         raise AssertionError("no video was sent")
 
 
+def started_session(codec, sink, vad=None) -> tuple[CodecEngine, Session]:
+    """A running codec engine and a session on it with the echo responder and default limits."""
+    engine = CodecEngine(codec)
+    engine.start()
+    return engine, Session(engine, vad or SileroVAD(), EchoResponder(), Limits(), sink)
+
+
 def test_open_feed_and_control_without_a_transport(tiny_codec):
     sink = Sink()
     audio = speechlike(0.5, 16_000)
 
     async def main():
-        engine = CodecEngine(tiny_codec)
-        engine.start()
-        session = Session(engine, SileroVAD(), EchoResponder(), Limits(), sink)
+        engine, session = started_session(tiny_codec, sink)
         try:
             assert await session.open(Hello(1, "codec", 16_000, 2, output=("pcm", "tokens")))
             for i in range(0, audio.size - 320, 320):  # 20 ms at 16 kHz, timestamps in ms
@@ -98,9 +103,7 @@ class BrokenVAD(SileroVAD):
 
 def _codec_session(tiny_codec, vad, sink, audio, chunk=320):
     async def main():
-        engine = CodecEngine(tiny_codec)
-        engine.start()
-        session = Session(engine, vad, EchoResponder(), Limits(), sink)
+        engine, session = started_session(tiny_codec, sink, vad)
         try:
             await session.open(Hello(1, "codec", 16_000, 2, output=("pcm",)))
             for i in range(0, audio.size - chunk, chunk):
@@ -146,9 +149,7 @@ def test_a_chat_turn_collector_whose_flush_fails_ends_the_session_with_an_error(
     audio = speechlike(0.5, 16_000)
 
     async def main():
-        engine = CodecEngine(tiny_codec)
-        engine.start()
-        session = Session(engine, SileroVAD(), EchoResponder(), Limits(), sink)
+        engine, session = started_session(tiny_codec, sink)
         try:
             assert await session.open(Hello(1, "chat", 16_000, 2))
             for i in range(0, audio.size - 320, 320):

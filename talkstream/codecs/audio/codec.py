@@ -444,7 +444,7 @@ class AudioCodec(nn.Module):
             rows = state.num_codebooks + self.pitch_rows
             codes = torch.zeros(x.shape[0], rows, 0, dtype=torch.long, device=x.device)
             return codes, x.new_zeros(x.shape[0], self.cfg.latent_dim, 0), dataclasses.replace(state, pending=x)
-        n_enc = len(state.encoder) - (3 if self.pitch_tracker is not None else 0)
+        n_enc = len(state.encoder) - (len(self.pitch_tracker.init_state(0)) if self.pitch_tracker is not None else 0)
         z, enc = self.encoder.net.step(x[..., :n], state.encoder[:n_enc])
         codes, q = self.quantizer.quantize(z, state.num_codebooks)
         if self.pitch_tracker is not None:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from talkstream.chat.responder import Heard
+from talkstream.chat.protocol import Heard
 from talkstream.models import text as tx
 from talkstream.models.errors import ThinkerEndpointError
 

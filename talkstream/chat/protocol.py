@@ -4,9 +4,21 @@ per-connection `ChatSession` it opens (one user's history and early hearing, clo
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from talkstream.models.thinker import ThinkerState
+
+
+@dataclass
+class Heard:
+    """What a Thinker has heard of a turn so far: the built-in Thinker's state, or a transcript."""
+
+    state: ThinkerState | None
+    transcript: str | None = None
 
 
 class ChatSession(Protocol):

@@ -30,11 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkstream.chat.protocol import Heard
 from talkstream.models import av
 from talkstream.models import text as tx
 from talkstream.models.talker import SamplingConfig, Talker, TalkerState
 from talkstream.models.talker_units import BOS, EOS, PAUSES, word_units
-from talkstream.models.thinker import Thinker, ThinkerState
+from talkstream.models.thinker import Thinker
 from talkstream.models.turn import Turn, split_turn
 
 
@@ -44,12 +45,6 @@ def codes_to_latent(codebook: torch.Tensor, codes: torch.Tensor, stack: int, bef
     z = sum(F.embedding(codes[0, k], codebook[k]) for k in range(codes.shape[1]))  # [F, D]
     pad = 0 if before is None else -(before + z.shape[0]) % stack
     return F.pad(z, (0, 0, 0, pad)).T[None]
-
-
-@dataclass
-class Heard:
-    state: ThinkerState | None
-    transcript: str | None = None
 
 
 class BuiltinThinker:

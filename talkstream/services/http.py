@@ -26,7 +26,7 @@ from talkstream.protocol.telephony import twiml, valid_signature
 from talkstream.services.webrtc import OfferError, WebRTCService
 
 if TYPE_CHECKING:
-    from talkstream.services.app import TalkstreamServer
+    from talkstream.services.ports import ServerPort
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ async def _json_errors(request: web.Request, handler):
 
 
 class HttpService:
-    def __init__(self, server: TalkstreamServer):
+    def __init__(self, server: ServerPort):
         self.server = server
         cfg = server.config
         self.rtc = WebRTCService(server, cfg.ice_servers)

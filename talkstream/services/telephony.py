@@ -54,7 +54,7 @@ from talkstream.streaming.tasks import TaskSet
 from talkstream.streaming.video import VideoOut
 
 if TYPE_CHECKING:
-    from talkstream.services.app import TalkstreamServer
+    from talkstream.services.ports import ServerPort
     from talkstream.services.session import Session
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ class PhoneCall:
 class TelephonyTransport:
     """The server's calls: one `PhoneCall` per media-stream WebSocket (ws.py hands over the paths in `PATHS`)."""
 
-    def __init__(self, server: TalkstreamServer):
+    def __init__(self, server: ServerPort):
         self.server = server
         self.calls: dict[str, PhoneCall] = {}  # by session id, while live
         self.ended: deque[PhoneCall] = deque(maxlen=16)  # the last calls that ended (tests read what they said)

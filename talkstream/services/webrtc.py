@@ -45,7 +45,7 @@ from talkstream.streaming.tasks import TaskSet
 from talkstream.streaming.video import VideoOut
 
 if TYPE_CHECKING:
-    from talkstream.services.app import TalkstreamServer
+    from talkstream.services.ports import ServerPort
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ class WebRTCService:
 
     def __init__(
         self,
-        server: TalkstreamServer,
+        server: ServerPort,
         ice_servers: list[RTCIceServer] | None = None,
         loopback: bool = True,
         jitter_frames: int = 1,

@@ -2,7 +2,7 @@
 plain HTTP on the same port (the server's one metrics endpoint, there whether or not the HTTP app runs).
 
 A thin adapter: admission and accounting go through the server's `SessionRegistry`, the session comes from
-`TalkstreamServer.open_session`, and what the session sends leaves through `WireSink`. Wire bytes are parsed by the
+`ServerPort.open_session`, and what the session sends leaves through `WireSink`. Wire bytes are parsed by the
 session's sans-I/O protocol machine (talkstream/protocol/), not here.
 """
 
@@ -27,7 +27,7 @@ from talkstream.streaming.stages import MediaOut
 from talkstream.streaming.video import VideoOut
 
 if TYPE_CHECKING:
-    from talkstream.services.app import TalkstreamServer
+    from talkstream.services.ports import ServerPort
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class WireSink:
 
 
 class WebSocketTransport:
-    def __init__(self, server: TalkstreamServer):
+    def __init__(self, server: ServerPort):
         self.server = server
         self._server: Server | None = None
 

@@ -57,11 +57,20 @@ class PhoneStreams(Protocol):
 class ServerPort(Protocol):
     """The server as its transports see it (app.TalkstreamServer)."""
 
-    config: ServerConfig
-    metrics: Metrics
-    sessions: SessionRegistry
-    telephony: PhoneStreams
-    codec: Any  # the audio codec, torch or onnx backend: the codec contract's properties are read
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def sessions(self) -> SessionRegistry: ...
+
+    @property
+    def telephony(self) -> PhoneStreams: ...
+
+    @property
+    def codec(self) -> Any: ...  # the audio codec, torch or onnx backend: the codec contract's properties are read
 
     @property
     def port(self) -> int: ...

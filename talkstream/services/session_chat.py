@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -26,14 +27,41 @@ from talkstream.streaming.stages import OutputStage, SlidingDecodeStage, TurnCol
 from talkstream.streaming.tracing import TurnSpan
 
 if TYPE_CHECKING:
-    from talkstream.services.session import Session
+    from talkstream.services.session_video import SessionVideo
+    from talkstream.streaming.codec_engine import CodecEngine
+    from talkstream.streaming.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class ChatHost(Protocol):
+    """What `ChatTurns` uses of the session it belongs to (services/session.py's `Session`): its id, engine and
+    counters, its output (events, errors, media) and its task set. A port, so this module imports no session."""
+
+    id: str
+    engine: CodecEngine
+    codec: Any  # the engine's codec (torch or onnx backend): frame_rate, sample_rate are read
+    metrics: Metrics | None
+    counts: dict[str, int]
+    video: SessionVideo
+    new_pacer: Callable[[], Pacing]
+
+    async def send(self, text: str) -> None: ...
+
+    async def send_error(self, code: str, message: str) -> None: ...
+
+    async def send_media(self, pipeline: Pipeline, pacer: Pacing | None) -> None: ...
+
+    async def fail(self, message: str) -> None: ...
+
+    def spawn(self, coro: Awaitable) -> asyncio.Task: ...
+
+
 KEYS_TURN_S = 1.5  # keys pressed in silence are a turn of their own once none has come for this long (or at #)
 
 
 class ChatTurns:
-    def __init__(self, session: Session, responder: ChatModel):
+    def __init__(self, session: ChatHost, responder: ChatModel):
         self.session, self.responder = session, responder
         self.chat: ChatSession | None = None
         self.reply: Pipeline | None = None

@@ -216,7 +216,7 @@ def run_codec_bench(codec: AudioCodec, data: Path, max_files: int = 24, weights_
     ear = _Listener()
     codecs = [codec] + ([baseline] if baseline is not None else [])
     rows_in = eval_rows(data, max_files)
-    rows, usage = _evaluate(codecs, rows_in, ear, codebooks, opus, with_usage=True)
+    rows, usage, seconds = _evaluate(codecs, rows_in, ear, codebooks, opus, with_usage=True)
     real_in = real_rows(real) if real is not None else []
     if real is not None and not real_in:
         print(f"note: no real recordings at {real} (apt-get install pocketsphinx-testdata): that table is left out")
@@ -225,7 +225,7 @@ def run_codec_bench(codec: AudioCodec, data: Path, max_files: int = 24, weights_
     if real_out:
         print(f"\nreal recordings ({len(real_in)} LibriVox readings, 16 kHz):")
         print(_table(real_out))
-    return _result(codec, rows_in, rows, usage, weights_dir, real_in, real_out)
+    return _result(codec, rows_in, seconds, rows, usage, weights_dir, real_in, real_out)
 
 
 def _labels(codecs: list[AudioCodec]) -> list[str]:
@@ -238,7 +238,8 @@ def _labels(codecs: list[AudioCodec]) -> list[str]:
 
 
 def _evaluate(codecs: list[AudioCodec], rows_in: list[dict], ear: _Listener, codebooks: tuple[int, ...],
-              opus: tuple[int, ...], with_usage: bool = False) -> tuple[list[dict], list | None]:
+              opus: tuple[int, ...], with_usage: bool = False) -> tuple[list[dict], list | None, float]:
+    """-> (rows, codebook usage of the first codec when asked, seconds of audio)."""
     sr = codecs[0].sample_rate
     refs = [load_audio(r["path"], sr) for r in rows_in]
     texts, voices = [r["text"] for r in rows_in], [r["voice"] for r in rows_in]
@@ -306,13 +307,11 @@ def _evaluate(codecs: list[AudioCodec], rows_in: list[dict], ear: _Listener, cod
                 "algorithmic_latency_ms": OPUS_LATENCY_MS,
             }
         )
-    return rows, usage
+    return rows, usage, seconds
 
 
-def _result(codec: AudioCodec, rows_in: list[dict], rows: list[dict], usage: list | None, weights_dir: str | None,
-            real_in: list[dict], real_out: list[dict]) -> dict:
-    sr = codec.sample_rate
-    seconds = sum(load_audio(r["path"], sr).size for r in rows_in) / sr
+def _result(codec: AudioCodec, rows_in: list[dict], seconds: float, rows: list[dict], usage: list | None,
+            weights_dir: str | None, real_in: list[dict], real_out: list[dict]) -> dict:
     voices = [r["voice"] for r in rows_in]
     training = Path(weights_dir or WEIGHTS_DIR / "audio_codec") / "training.json"
     result = {

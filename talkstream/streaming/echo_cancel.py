@@ -1,0 +1,195 @@
+"""Echo cancelling for clients that play the reply into their own microphone (WebSocket, phone lines).
+
+Such a client's microphone hears the agent's reply; unremoved, the VAD takes it for the user and the agent interrupts
+itself. The server knows exactly what it sent, so it cancels that with WebRTC's AEC3 (the echo canceller Chrome runs,
+with its own delay estimator and residual echo suppressor; the `pywebrtc-audio` wheel, Apache-2.0, WebRTC's code
+BSD-3-Clause, no system library needed).
+
+The reference ("far end") is what the session sent, queued as it leaves (`play`) and consumed at the microphone's own
+clock: every N microphone samples take the next N queued ones, zeros when nothing is playing. The offset between a
+sample leaving and its echo coming back (the network both ways, the client's playback buffer, the room) is then about
+constant for as long as the reply plays, and AEC3 finds it by itself: measured over 20-450 ms (docs/echo.md). Longer
+offsets are first taken out by a coarse delay line (`EchoConfig.coarse`): the delay a GCC-PHAT cross-correlation
+between the microphone and the reference finds over the last seconds, less a margin that AEC3 covers.
+
+    canceller = EchoCanceller(EchoConfig(sample_rate=24_000))
+    state = canceller.init_state()           # one per session: AEC3's adaptive filters are the state
+    state = canceller.play(reply_pcm, state)  # whenever reply audio leaves for the client
+    clean, state = canceller.step(mic, state)  # microphone audio in, echo removed
+
+Offline is the same `step` over the whole signal: AEC3 works on whole 10 ms frames, so `step` holds a chunk's last
+part frame for the next call and gives out only whole frames (`flush` gives out the rest at the end of a stream).
+The state's AEC3 object is changed in place (it cannot be copied): a state belongs to one stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pywebrtc_audio import AudioProcessor
+
+FRAME_S = 0.01  # AEC3's frame
+RATES = (8_000, 16_000, 24_000, 32_000, 48_000)  # a whole number of samples per frame
+
+
+@dataclass
+class EchoConfig:
+    sample_rate: int = 24_000
+    max_queued_s: float = 2.0  # reference queued ahead of the microphone at most (a client that stopped sending)
+    coarse: bool = True  # a coarse delay line before AEC3 for offsets longer than its own range
+    coarse_window_s: float = 2.0  # the stretch the coarse delay is measured over (the reference active in it)
+    coarse_max_s: float = 1.2  # the longest offset it looks for
+    coarse_margin_s: float = 0.15  # what it leaves to AEC3 (its delay estimator covers 0-450 ms)
+
+
+@dataclass
+class EchoState:
+    apm: AudioProcessor  # WebRTC's audio processing with AEC3 on: its filters and delay estimate
+    queued: np.ndarray  # reference sent but not yet matched with microphone samples
+    near_held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # short of a frame
+    far_held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    frames: int = 0  # frames processed (the stream clock)
+    shift: int = 0  # the coarse delay line's length in samples
+    line: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # its content: the last `shift` samples
+    history_near: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # for the coarse estimate
+    history_far: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    estimates: list[int] = field(default_factory=list)  # the last coarse estimates (samples)
+
+
+def pcm_in(x, what: str) -> np.ndarray:
+    """Mono PCM as float32 [T] in [-1, 1]: float arrays as they are, int16 scaled; NaN and infinities become 0 (one
+    bad sample must not poison the adaptive filters for the rest of the call). Anything else: ValueError."""
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{what}: mono PCM [T] expected, got shape {a.shape}")
+    if a.dtype == np.int16:
+        return a.astype(np.float32) / 32768.0
+    if a.dtype.kind != "f":
+        raise ValueError(f"{what}: float or int16 PCM expected, got {a.dtype}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(a, -1.0, 1.0)
+
+
+def erle_db(mic: np.ndarray, clean: np.ndarray) -> float:
+    """Echo return loss enhancement: how much weaker the cancelled signal is than the microphone's, in dB, over the
+    given samples (pass the stretch where only echo is present)."""
+    mic, clean = np.asarray(mic, np.float64), np.asarray(clean, np.float64)
+    if mic.shape != clean.shape:
+        raise ValueError(f"erle_db: mic and clean differ in shape: {mic.shape} vs {clean.shape}")
+    return float(10 * np.log10((np.sum(mic**2) + 1e-12) / (np.sum(clean**2) + 1e-12)))
+
+
+def gcc_phat(near: np.ndarray, far: np.ndarray, max_lag: int) -> tuple[int, float]:
+    """The lag (0..max_lag samples) by which `near` follows `far`, and the peak's height over the median (how sure).
+    float [T] each, same length."""
+    n = 1 << int(np.ceil(np.log2(near.size + far.size)))
+    cross = np.fft.rfft(near, n) * np.conj(np.fft.rfft(far, n))
+    r = np.fft.irfft(cross / (np.abs(cross) + 1e-9), n)[: max_lag + 1]
+    lag = int(np.argmax(r))
+    return lag, float(r[lag] / (np.median(np.abs(r)) + 1e-12))
+
+
+class EchoCanceller:
+    """Per-stream echo cancelling with a reference; the object holds only the configuration (sessions share it)."""
+
+    def __init__(self, config: EchoConfig | None = None):
+        self.config = config or EchoConfig()
+        if self.config.sample_rate not in RATES:
+            raise ValueError(f"echo cancelling runs at {RATES} Hz, not {self.config.sample_rate}")
+        self.frame = int(self.config.sample_rate * FRAME_S)
+
+    def init_state(self) -> EchoState:
+        apm = AudioProcessor(sample_rate=self.config.sample_rate, echo_cancellation=True)
+        return EchoState(apm=apm, queued=np.zeros(0, np.float32))
+
+    def reset(self, state: EchoState) -> EchoState:
+        return self.init_state()
+
+    # -- the reference --------------------------------------------------------------------------------------------
+    def play(self, far: np.ndarray, state: EchoState) -> EchoState:
+        """Audio that left for the client (float [T] at the canceller's rate): queued for the microphone samples that
+        come next."""
+        q = np.concatenate([state.queued, pcm_in(far, "reference")])
+        state.queued = q[-int(self.config.max_queued_s * self.config.sample_rate):]
+        return state
+
+    def take_reference(self, n: int, state: EchoState) -> np.ndarray:
+        """The next n queued reference samples, zeros past the end of the queue: the reference for n microphone
+        samples. Kept apart from `cancel` so that a server can take it where it queues (`play`), on one thread."""
+        far = state.queued[:n]
+        state.queued = state.queued[n:]
+        return far if far.size == n else np.concatenate([far, np.zeros(n - far.size, np.float32)])
+
+    # -- the microphone -------------------------------------------------------------------------------------------
+    def step(self, mic: np.ndarray, state: EchoState) -> tuple[np.ndarray, EchoState]:
+        """Microphone PCM (float [T]) -> the same with the echo removed, whole frames only (the rest is held)."""
+        mic = pcm_in(mic, "microphone")
+        return self.cancel(mic, self.take_reference(mic.size, state), state)
+
+    def cancel(self, mic: np.ndarray, far: np.ndarray, state: EchoState) -> tuple[np.ndarray, EchoState]:
+        """`step` with the reference already taken (`take_reference`): the heavy part, for a worker thread."""
+        near = np.concatenate([state.near_held, pcm_in(mic, "microphone")])
+        ref = np.concatenate([state.far_held, pcm_in(far, "reference")])
+        if near.size != ref.size:
+            raise ValueError(f"microphone and reference differ in length: {near.size} vs {ref.size}")
+        whole = near.size // self.frame * self.frame
+        state.near_held, state.far_held = near[whole:], ref[whole:]
+        if not whole:
+            return np.zeros(0, np.float32), state
+        return self._frames(near[:whole], ref[:whole], state), state
+
+    def flush(self, state: EchoState) -> tuple[np.ndarray, EchoState]:
+        """The end of the stream: the held part frame, cancelled (padded with silence to a frame)."""
+        n = state.near_held.size
+        if not n:
+            return np.zeros(0, np.float32), state
+        pad = np.zeros(self.frame - n, np.float32)
+        out = self._frames(np.concatenate([state.near_held, pad]), np.concatenate([state.far_held, pad]), state)
+        state.near_held = state.far_held = np.zeros(0, np.float32)
+        return out[:n], state
+
+    def _frames(self, near: np.ndarray, far: np.ndarray, state: EchoState) -> np.ndarray:
+        """Whole frames through the coarse delay line and AEC3."""
+        if self.config.coarse:
+            self._estimate(near, far, state)
+            line = np.concatenate([state.line, far])
+            far, state.line = line[: far.size], line[far.size:]
+        state.frames += near.size // self.frame
+        return np.asarray(state.apm.process(near, far), np.float32)
+
+    def _estimate(self, near: np.ndarray, far: np.ndarray, state: EchoState) -> None:
+        """Keep the last `coarse_window_s` of both signals; at each whole window, measure the offset and, when two
+        windows in a row agree on one AEC3 cannot cover, move the delay line to it."""
+        cfg, sr = self.config, self.config.sample_rate
+        window = int(cfg.coarse_window_s * sr)
+        state.history_near = np.concatenate([state.history_near, near])
+        state.history_far = np.concatenate([state.history_far, far])
+        while state.history_near.size >= window:
+            hn, hf = state.history_near[:window], state.history_far[:window]
+            # half-overlapping windows: the next starts half a window on
+            state.history_near, state.history_far = state.history_near[window // 2:], state.history_far[window // 2:]
+            if np.mean(hf**2) < 1e-6 or np.mean(hn**2) < 1e-8:  # no reference playing, or a silent microphone
+                continue
+            lag, peak = gcc_phat(hn, hf, int(cfg.coarse_max_s * sr))
+            if peak < 8.0:  # no clear echo path (no echo, or the user talking over it)
+                continue
+            state.estimates = (state.estimates + [lag])[-2:]
+            if len(state.estimates) < 2 or abs(state.estimates[0] - state.estimates[1]) > sr // 100:
+                continue
+            margin = int(cfg.coarse_margin_s * sr)
+            target = max(0, lag - margin) if lag > int(0.45 * sr) else 0
+            if abs(target - state.shift) > int(0.1 * sr):
+                self._move_line(target, state)
+                state.apm.reset()  # AEC3 relearns a moved path faster from scratch (measured: <1 s against 3 s)
+
+    @staticmethod
+    def _move_line(shift: int, state: EchoState) -> None:
+        """The delay line's new length: longer gets silence in front, shorter drops its oldest samples."""
+        if shift > state.shift:
+            state.line = np.concatenate([np.zeros(shift - state.shift, np.float32), state.line])
+        else:
+            state.line = state.line[state.shift - shift:]
+        state.shift = shift

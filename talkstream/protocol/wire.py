@@ -76,6 +76,9 @@ class Hello:
     video_output: tuple[str, ...] = ("rgb",)
     token: str | None = None
     codec_id: str | None = None  # the audio codec whose tokens the client speaks; refused when it is not the server's
+    # The client cancels the echo of what it plays itself (browsers do); when not, the server cancels it with the
+    # reply as reference (streaming/echo_cancel.py). None: the transport decides (WebRTC yes; WebSocket, phone no).
+    echo_cancelled: bool | None = None
 
 
 @dataclass
@@ -182,7 +185,11 @@ def parse_text(text: str, num_codebooks: int = 8) -> Hello | Config | End | Ping
         codec_id = msg.get("codec_id")
         if codec_id is not None and not isinstance(codec_id, str):
             raise ProtocolError("bad_config", "codec_id must be a string")
-        return Hello(version=version, token=token, codec_id=codec_id, **_check_fields(msg, num_codebooks))
+        echo_cancelled = msg.get("echo_cancelled")
+        if echo_cancelled is not None and not isinstance(echo_cancelled, bool):
+            raise ProtocolError("bad_config", f"echo_cancelled must be true or false, got {echo_cancelled!r}")
+        return Hello(version=version, token=token, codec_id=codec_id, echo_cancelled=echo_cancelled,
+                     **_check_fields(msg, num_codebooks))
     if kind == "config":
         return Config(_check_fields(msg, num_codebooks))
     if kind == "end":

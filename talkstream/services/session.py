@@ -56,6 +56,7 @@ from talkstream.protocol import (
 from talkstream.services.session_chat import ChatTurns
 from talkstream.services.session_video import SessionVideo
 from talkstream.streaming.codec_engine import CodecEngine
+from talkstream.streaming.echo_cancel import EchoCancelStage
 from talkstream.streaming.metrics import Metrics, latency_fields
 from talkstream.streaming.pacing import Pacer, Pacing
 from talkstream.streaming.pipeline import Pipeline, PipelineFailed
@@ -141,6 +142,7 @@ class Session:
         self.started = self.protocol.started
         self.input: Pipeline | None = None
         self.vad_branch: Pipeline | None = None  # codec mode: the VAD beside the codec path
+        self.echo: EchoCancelStage | None = None  # chat mode, a client that does not cancel its own echo
         self._branch_drained: asyncio.Task | None = None  # the task that reads the branch to its end
         self._tasks = TaskSet(f"session {self.id}", on_error=self._task_failed)
         self.new_pacer: Callable[[], Pacing] = getattr(sink, "pacer", None) or Pacer
@@ -207,6 +209,8 @@ class Session:
                     await pacer.wait(out.audio_s)
                 out = replace(out, paced=True)
             await self._deliver(self.sink.media(out))
+            if self.echo is not None and out.pcm is not None:
+                self.echo.play(out.pcm, time.monotonic())  # the reference: what the client's microphone may hear
             self.counts["frames_out"] += (out.tokens is not None) + (out.pcm is not None)
             if out.arrived is not None and out.audio_s:
                 dt = time.monotonic() - out.arrived
@@ -321,6 +325,7 @@ class Session:
             codebooks=h.codebooks,
             output=list(h.output),
             input=h.input,
+            echo_cancel=self.echo is not None,
             codec={
                 "codec_id": c.cfg.codec_id,
                 "sample_rate": c.sample_rate,
@@ -358,8 +363,11 @@ class Session:
             ]
             self.input = Pipeline(stages, self.metrics, fused=True)
         else:
+            # A client that does not cancel its echo (WebSocket, phone) has the reply taken out of its microphone.
+            self.echo = None if h.echo_cancelled else EchoCancelStage(h.sample_rate, sr)
             stages = [
                 ResampleIn(h.sample_rate, sr),
+                *([self.echo] if self.echo is not None else []),
                 VoiceActivity(self.vad, sr, self._on_vad, self.engine),
                 CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
                 self.turns.collector(),
@@ -444,7 +452,7 @@ class Session:
         await self.turns.stop()
         await self.video.stop()
         await self._tasks.cancel()
-        self.input = self.vad_branch = self._branch_drained = None
+        self.input = self.vad_branch = self._branch_drained = self.echo = None
 
     async def shut_down(self) -> None:
         """The server is stopping: tell the client (a fatal `shutting_down`), then free everything."""

@@ -259,8 +259,9 @@ class PhoneCall:
         registry.add(session, self.shut_down)
         self.transport.calls[session.id] = self
         self._tasks.spawn(self.line.run())
+        # A phone line may carry the reply back (speakerphones, cheap handsets): the server cancels that echo.
         hello = Hello(PROTOCOL_VERSION, mode, RATE, self.server.codec.num_codebooks, output=("pcm",),
-                      token=params.get("token"))
+                      token=params.get("token"), echo_cancelled=False)
         log.info("call %s: stream %s (%s, %s) is session %s", start.call_id, start.stream_id, start.dialect,
                  start.encoding, session.id)
         return await session.open(hello)

@@ -368,7 +368,8 @@ class PeerSession:
             if t.sender.track is None and t.direction != "recvonly":  # a second camera: nobody reads it
                 t.direction = "inactive"
         p = self.params  # the token is checked by the session too, as a WebSocket hello's
-        hello = Hello(PROTOCOL_VERSION, p.mode, RATE, p.codebooks, output=("pcm",), token=p.token)
+        # A browser cancels the echo of what it plays (getUserMedia's echoCancellation): the server need not.
+        hello = Hello(PROTOCOL_VERSION, p.mode, RATE, p.codebooks, output=("pcm",), token=p.token, echo_cancelled=True)
         if not await self.session.open(hello):
             raise OfferError(500, "internal", "the session did not start")
         await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers every candidate (no trickle)

@@ -8,7 +8,7 @@ BSD-3-Clause, no system library needed).
 The reference ("far end") is what the session sent, queued as it leaves (`play`) and consumed at the microphone's own
 clock: every N microphone samples take the next N queued ones, zeros when nothing is playing. The offset between a
 sample leaving and its echo coming back (the network both ways, the client's playback buffer, the room) is then about
-constant for as long as the reply plays, and AEC3 finds it by itself: measured over 20-450 ms (docs/echo.md). Longer
+constant for as long as the reply plays, and AEC3 finds it by itself: measured over 20-450 ms. Longer
 offsets are first taken out by a coarse delay line (`EchoConfig.coarse`): the delay a GCC-PHAT cross-correlation
 between the microphone and the reference finds over the last seconds, less a margin that AEC3 covers.
 
@@ -24,10 +24,19 @@ The state's AEC3 object is changed in place (it cannot be copied): a state belon
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pywebrtc_audio import AudioProcessor
+
+from talkstream.streaming.stages import resampler
+
+if TYPE_CHECKING:
+    from talkstream.streaming.stages import AudioChunk
 
 FRAME_S = 0.01  # AEC3's frame
 RATES = (8_000, 16_000, 24_000, 32_000, 48_000)  # a whole number of samples per frame
@@ -41,6 +50,7 @@ class EchoConfig:
     coarse_window_s: float = 2.0  # the stretch the coarse delay is measured over (the reference active in it)
     coarse_max_s: float = 1.2  # the longest offset it looks for
     coarse_margin_s: float = 0.15  # what it leaves to AEC3 (its delay estimator covers 0-450 ms)
+    restart_after_s: float = 1.0  # a reference starting after this much digital silence (a new reply) restarts AEC3
 
 
 @dataclass
@@ -55,6 +65,7 @@ class EchoState:
     history_near: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # for the coarse estimate
     history_far: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     estimates: list[int] = field(default_factory=list)  # the last coarse estimates (samples)
+    quiet_frames: int = 0  # frames since the reference last had a sample other than 0
 
 
 def pcm_in(x, what: str) -> np.ndarray:
@@ -158,7 +169,22 @@ class EchoCanceller:
             line = np.concatenate([state.line, far])
             far, state.line = line[: far.size], line[far.size:]
         state.frames += near.size // self.frame
-        return np.asarray(state.apm.process(near, far), np.float32)
+        # A reference that starts again after a silence (a new reply) starts AEC3 afresh: a client may play each
+        # reply with another delay (its playback restarts), and a converged AEC3 took about a second to follow a
+        # 20 ms move, letting the echo through meanwhile; from scratch it finds the path within the first 100 ms.
+        restart, restarts = int(self.config.restart_after_s / FRAME_S), []
+        for k, active in enumerate(far.reshape(-1, self.frame).any(axis=1)):
+            if active and state.quiet_frames >= restart:
+                restarts.append(k)
+            state.quiet_frames = 0 if active else state.quiet_frames + 1
+        pieces, a, f = [], 0, self.frame
+        for k in [*restarts, near.size // f]:
+            if k > a:
+                pieces.append(state.apm.process(near[a * f : k * f], far[a * f : k * f]))
+            if k in restarts:
+                state.apm.reset()
+            a = k
+        return np.concatenate(pieces).astype(np.float32, copy=False)
 
     def _estimate(self, near: np.ndarray, far: np.ndarray, state: EchoState) -> None:
         """Keep the last `coarse_window_s` of both signals; at each whole window, measure the offset and, when two
@@ -193,3 +219,39 @@ class EchoCanceller:
         else:
             state.line = state.line[state.shift - shift:]
         state.shift = shift
+
+
+class EchoCancelStage:
+    """Chat mode, for a client that does not cancel its own echo: the microphone with the reply taken out, between
+    `ResampleIn` and `VoiceActivity`, so that the agent never hears itself as a barge-in.
+
+    The session hands it every piece of reply audio as it leaves for the client (`play`, at the client's rate, with
+    the time). A piece is queued for the microphone audio that *arrives* after it left, not for whatever this stage
+    processes next: a server running behind has older microphone audio waiting, and taking the reference with that
+    would shift the echo's delay by the backlog, differently for every reply (AEC3 then relearns the delay while the
+    echo gets through). The reference is taken here on the event loop; AEC3 runs on the loop's executor (it
+    releases the GIL)."""
+
+    name = "echo_cancel"
+
+    def __init__(self, client_rate: int, rate: int):
+        self.canceller = EchoCanceller(EchoConfig(sample_rate=rate))
+        self.client_rate, self.rate = client_rate, rate
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.canceller.init_state()
+        self.to_rate = resampler(self.client_rate, self.rate)
+        self.sent: deque[tuple[float, np.ndarray]] = deque()  # (when it left, PCM at `rate`), not yet queued
+
+    def play(self, pcm: np.ndarray, sent: float) -> None:
+        """Reply audio that left for the client at `sent` (time.monotonic()): float32 [T] at the client's rate."""
+        x = pcm if self.to_rate is None else self.to_rate.resample_chunk(np.asarray(pcm, np.float32))
+        self.sent.append((sent, x))
+
+    async def process(self, chunk: AudioChunk) -> list[AudioChunk]:
+        while self.sent and self.sent[0][0] <= chunk.arrived:
+            self.state = self.canceller.play(self.sent.popleft()[1], self.state)
+        far = self.canceller.take_reference(chunk.pcm.size, self.state)
+        clean, self.state = await asyncio.to_thread(self.canceller.cancel, chunk.pcm, far, self.state)
+        return [dataclasses.replace(chunk, pcm=clean)] if clean.size else []

@@ -332,7 +332,9 @@ class WsSession {
     this.ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.hostname}:${config.ws_port}`);
     this.ws.binaryType = "arraybuffer";
     this.ws.onopen = () => {
-      const hello = { type: "hello", version: 1, mode, codebooks, sample_rate: rate, output: ["pcm"], token: token() };
+      // echo_cancelled: the microphone is opened with echoCancellation on, so the server need not cancel it
+      const hello = { type: "hello", version: 1, mode, codebooks, sample_rate: rate, output: ["pcm"], token: token(),
+                      echo_cancelled: true };
       this.ws.send(JSON.stringify(hello));
     };
     this.ws.onmessage = (e) => (typeof e.data === "string" ? this.onText(e.data) : this.onAudio(e.data));

@@ -92,6 +92,13 @@ def test_the_right_token_and_codec_are_accepted():
     assert isinstance(p.receive(hello(token="s3cret", codec_id="audio-v2"), 0.0)[0], Start)
 
 
+def test_echo_cancelled_is_kept_through_a_config():
+    p = opened(echo_cancelled=True)
+    assert p.hello.echo_cancelled is True
+    (cmd,) = p.receive('{"type": "config", "codebooks": 4}', 1.0)
+    assert cmd.hello.echo_cancelled is True and cmd.hello.codebooks == 4
+
+
 def test_mid_session_config_changes_only_what_it_names():
     p = opened(codebooks=2, output=["tokens"])
     (cmd,) = p.receive('{"type": "config", "codebooks": 4, "sample_rate": 48000}', 1.0)
@@ -162,7 +169,7 @@ def test_video_frames_follow_the_server_and_the_settings():
 
 # -- fuzzing: arbitrary input never raises, only commands come out ---------------------------------------------
 FIELDS = ["type", "version", "mode", "sample_rate", "codebooks", "output", "input", "token", "codec_id",
-          "video_input", "video_output", "t"]
+          "video_input", "video_output", "echo_cancelled", "t"]
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 50_000) | st.sampled_from(
         ["hello", "config", "end", "ping", "chat", "codec", "pcm", "tokens", "rgb", "s3cret", "audio-v2"]

@@ -62,6 +62,8 @@ def test_hello_and_friends():
         ('{"type": "hello", "version": 1, "mode": "karaoke"}', "bad_config"),
         ('{"type": "hello", "version": 1, "output": ["video"]}', "bad_config"),
         ('{"type": "hello", "version": 1, "token": 123}', "bad_config"),
+        ('{"type": "hello", "version": 1, "echo_cancelled": "yes"}', "bad_config"),
+        ('{"type": "hello", "version": 1, "echo_cancelled": 1}', "bad_config"),
         ('{"type": "hello", "version": 1, "video_input": "jpeg"}', "bad_config"),
         ('{"type": "hello", "version": 1, "video_output": []}', "bad_config"),
         ('{"type": "config", "video_output": ["rgb", "pcm"]}', "bad_config"),
@@ -72,6 +74,15 @@ def test_bad_text(text, code):
     with pytest.raises(ProtocolError) as e:
         parse_text(text)
     assert e.value.code == code and e.value.message
+
+
+@pytest.mark.parametrize("given, parsed", [("", None), (', "echo_cancelled": true', True),
+                                           (', "echo_cancelled": false', False), (', "echo_cancelled": null', None)],
+                         ids=["absent", "true", "false", "null"])
+def test_hello_echo_cancelled(given, parsed):
+    """The client says whether it cancels its own echo; None leaves it to the transport (WebSocket: the server
+    cancels it)."""
+    assert parse_text('{"type": "hello", "version": 1' + given + "}").echo_cancelled is parsed
 
 
 def test_binary_roundtrips():

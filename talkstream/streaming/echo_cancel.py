@@ -199,7 +199,11 @@ class EchoCanceller:
             state.history_near, state.history_far = state.history_near[window // 2:], state.history_far[window // 2:]
             if np.mean(hf**2) < 1e-6 or np.mean(hn**2) < 1e-8:  # no reference playing, or a silent microphone
                 continue
-            lag, peak = gcc_phat(hn, hf, int(cfg.coarse_max_s * sr))
+            # at about 6 kHz (4-sample means at 24 kHz): a quarter of the cost, and 10 ms is all the precision needed
+            d = max(1, sr // 6000)
+            lag, peak = gcc_phat(hn[: hn.size // d * d].reshape(-1, d).mean(1),
+                                 hf[: hf.size // d * d].reshape(-1, d).mean(1), int(cfg.coarse_max_s * sr) // d)
+            lag *= d
             if peak < 8.0:  # no clear echo path (no echo, or the user talking over it)
                 continue
             state.estimates = (state.estimates + [lag])[-2:]

@@ -59,7 +59,6 @@ class EchoState:
     queued: np.ndarray  # reference sent but not yet matched with microphone samples
     near_held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # short of a frame
     far_held: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    frames: int = 0  # frames processed (the stream clock)
     shift: int = 0  # the coarse delay line's length in samples
     line: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # its content: the last `shift` samples
     history_near: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # for the coarse estimate
@@ -168,7 +167,6 @@ class EchoCanceller:
             self._estimate(near, far, state)
             line = np.concatenate([state.line, far])
             far, state.line = line[: far.size], line[far.size:]
-        state.frames += near.size // self.frame
         # A reference that starts again after a silence (a new reply) starts AEC3 afresh: a client may play each
         # reply with another delay (its playback restarts), and a converged AEC3 took about a second to follow a
         # 20 ms move, letting the echo through meanwhile; from scratch it finds the path within the first 100 ms.

@@ -171,7 +171,7 @@ class EchoCanceller:
         # reply with another delay (its playback restarts), and a converged AEC3 took about a second to follow a
         # 20 ms move, letting the echo through meanwhile; from scratch it finds the path within the first 100 ms.
         restart, restarts = int(self.config.restart_after_s / FRAME_S), []
-        for k, active in enumerate(far.reshape(-1, self.frame).any(axis=1)):
+        for k, active in enumerate(np.any(far.reshape(-1, self.frame), axis=1).tolist()):
             if active and state.quiet_frames >= restart:
                 restarts.append(k)
             state.quiet_frames = 0 if active else state.quiet_frames + 1

@@ -245,15 +245,21 @@ class EchoCancelStage:
         self.state = self.canceller.init_state()
         self.to_rate = resampler(self.client_rate, self.rate)
         self.sent: deque[tuple[float, np.ndarray]] = deque()  # (when it left, PCM at `rate`), not yet queued
+        self.sent_samples = 0
 
     def play(self, pcm: np.ndarray, sent: float) -> None:
         """Reply audio that left for the client at `sent` (time.monotonic()): float32 [T] at the client's rate."""
         x = pcm if self.to_rate is None else self.to_rate.resample_chunk(np.asarray(pcm, np.float32))
         self.sent.append((sent, x))
+        self.sent_samples += x.size
+        while self.sent_samples > self.canceller.config.max_queued_s * self.rate:  # no microphone audio comes
+            self.sent_samples -= self.sent.popleft()[1].size
 
     async def process(self, chunk: AudioChunk) -> list[AudioChunk]:
         while self.sent and self.sent[0][0] <= chunk.arrived:
-            self.state = self.canceller.play(self.sent.popleft()[1], self.state)
+            x = self.sent.popleft()[1]
+            self.sent_samples -= x.size
+            self.state = self.canceller.play(x, self.state)
         far = self.canceller.take_reference(chunk.pcm.size, self.state)
         clean, self.state = await asyncio.to_thread(self.canceller.cancel, chunk.pcm, far, self.state)
         return [dataclasses.replace(chunk, pcm=clean)] if clean.size else []

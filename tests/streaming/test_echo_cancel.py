@@ -4,11 +4,14 @@ it, finds longer delays itself, and takes bad input without breaking."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
 from talkstream.data.voices import Voice, synthesize
-from talkstream.streaming.echo_cancel import EchoCanceller, EchoConfig, erle_db, gcc_phat
+from talkstream.streaming.echo_cancel import EchoCanceller, EchoCancelStage, EchoConfig, erle_db, gcc_phat
+from talkstream.streaming.stages import AudioChunk
 from talkstream.streaming.vad import SileroVAD
 
 SR = 24_000
@@ -181,3 +184,23 @@ def test_queue_is_bounded_and_consumed_at_the_microphones_clock():
     assert far.size == SR // 4 and state.queued.size == SR // 4
     far = ec.take_reference(SR // 2, state)  # past the end: silence
     assert far.size == SR // 2 and not far[SR // 4 :].any() and state.queued.size == 0
+
+
+def test_stage_gives_a_reply_to_the_microphone_audio_that_arrives_after_it():
+    """The session's stage: reply audio that left at 10.0 s is the reference of microphone audio that arrived after
+    10.0 s, not of older audio still waiting; what no microphone audio comes for is bounded."""
+    stage = EchoCancelStage(48_000, SR)  # a client at 48 kHz: the reply is resampled to the canceller's rate
+    stage.play(np.full(9_600, 0.1, np.float32), sent=10.0)  # 200 ms
+
+    async def feed(arrived: float) -> AudioChunk:
+        (out,) = await stage.process(AudioChunk(np.zeros(480, np.float32), 7, arrived))
+        return out
+
+    out = asyncio.run(feed(9.99))
+    assert out.pcm.size == 480 and out.timestamp == 7
+    assert stage.state.queued.size == 0 and stage.sent  # older microphone audio: no reference taken for it
+    asyncio.run(feed(10.01))
+    assert not stage.sent and 4_000 < stage.state.queued.size < 4_800 - 400  # 200 ms at 24 kHz, less 20 ms taken
+    for i in range(150):  # 3 s of reply with no microphone audio
+        stage.play(np.zeros(960, np.float32), sent=11.0 + i * 0.02)
+    assert stage.sent_samples <= 2 * SR

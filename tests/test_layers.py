@@ -18,7 +18,7 @@ FLOORS = [
     {"streaming"},  # stages, pipeline, VAD, the codec engine
     {"chat"},  # the chat seam and its models
     {"services", "client"},  # sessions, transports, the server
-    {"bench", "demo"},  # measuring and showing: they run servers and clients
+    {"bench", "demo", "training"},  # measuring, showing and training: never imported by what serves
     {"cli"},
 ]
 FLOOR = {part: n for n, parts in enumerate(FLOORS) for part in parts}

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from talkstream.chat.protocol import Heard
+from talkstream.errors import UserError
 from talkstream.models import av
 from talkstream.models import text as tx
 from talkstream.models.talker import SamplingConfig, Talker, TalkerState
@@ -389,9 +390,9 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
     from talkstream.checkpoint import load_codec_v1, load_talker, load_thinker, load_voice_codec
 
     if thinker not in THINKERS:
-        raise ValueError(f"unknown thinker {thinker!r}: one of {', '.join(THINKERS)}")
+        raise UserError(f"unknown thinker {thinker!r}: one of {', '.join(THINKERS)}")
     if thinker == "openai" and not thinker_url:
-        raise ValueError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
+        raise UserError("--thinker openai needs --thinker-url (an OpenAI-compatible /v1 endpoint)")
     # The v1 Thinker reads codec v1's tokens; the Talker's voice decoder is codec v3's, fine-tuned on its voice.
     codec_v1, voice = load_codec_v1(), load_voice_codec()
     legacy = BuiltinThinker(load_thinker(thinker_path), codec_v1.quantizer.embed.detach().clone())
@@ -403,7 +404,7 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
         legacy.model.onnx_step = onnx_step(legacy.model)
         legacy.model.onnx_listen = onnx_step(legacy.model, block=True)
     elif backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}: torch or onnx")
+        raise UserError(f"unknown backend {backend!r}: torch or onnx")
     from talkstream.models.ears_thinker import EarsThinker, V1Thinker
 
     same_tokens = codec.cfg.codec_id == codec_v1.cfg.codec_id

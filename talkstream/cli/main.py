@@ -13,6 +13,7 @@ from pathlib import Path
 from talkstream.bench.results import write_result
 from talkstream.cli.files import out_file
 from talkstream.cli.model import add_model_commands, serve_thinker_args, serve_thinker_config
+from talkstream.cli.turns import add_turn_commands
 from talkstream.cli.video import add_video_commands
 from talkstream.data import SAMPLE_WAV
 from talkstream.errors import UserError
@@ -219,6 +220,7 @@ def cmd_serve(args) -> None:
         video_weights=args.video_weights,
         public_host=args.public_host,
         twilio_auth_token=args.twilio_auth_token or os.environ.get("TWILIO_AUTH_TOKEN") or None,
+        turn_end=args.turn_end,
         **serve_thinker_config(args),
     )
     if args.workers is not None and args.workers < 1:
@@ -483,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--twilio-auth-token", default=None,
                     help="phone calls: refuse (403) a POST /twilio/voice without Twilio's signature made with this "
                     "account auth token (or TWILIO_AUTH_TOKEN; default: unchecked)")
+    sp.add_argument("--turn-end", choices=("semantic", "silence"), default="semantic",
+                    help="chat: how a user's turn ends. semantic (default): at each pause the end-of-turn head judges "
+                    "whether the turn sounds complete (ends ~130 ms into the pause) or not (waits up to 1.6 s), and "
+                    "speech over a reply is judged a backchannel (the reply goes on) or an interruption; silence: "
+                    "480 ms of silence ends a turn and any speech interrupts. A client's hello may choose (turn_end)")
     weights_arg(sp)
     serve_thinker_args(sp)
     sp.set_defaults(func=cmd_serve)
@@ -702,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.set_defaults(func=cmd_bench_backends)
     add_model_commands(sub, tsub, dsub, bsub, esub)
     add_video_commands(sub, tsub, bsub)
+    add_turn_commands(tsub, dsub, bsub)
     return p
 
 

@@ -45,6 +45,7 @@ FLAG_KEY = 2  # video: the video codec's state was reset before this frame; a de
 MODES = ("codec", "chat")
 OUTPUTS = ("pcm", "tokens")
 VIDEO_INPUTS, VIDEO_OUTPUTS = ("rgb", "tokens"), ("rgb", "tokens")
+TURN_ENDS = ("semantic", "silence")  # chat: how a turn ends (docs/protocol.md)
 MIN_RATE, MAX_RATE = 8_000, 48_000
 
 # Error codes (docs/protocol.md). Fatal ones close the connection after the error event.
@@ -79,6 +80,7 @@ class Hello:
     # The client cancels the echo of what it plays itself (browsers do); when not, the server cancels it with the
     # reply as reference (streaming/echo_cancel.py). None: the transport decides (WebRTC yes; WebSocket, phone no).
     echo_cancelled: bool | None = None
+    turn_end: str | None = None  # chat: "semantic" (turn heads) or "silence" (silence alone); None: the server's
 
 
 @dataclass
@@ -152,6 +154,10 @@ def _check_fields(msg: dict, num_codebooks: int) -> dict[str, Any]:
         out["video_input"] = msg["video_input"]
     if "video_output" in msg:
         out["video_output"] = _outputs(msg, "video_output", VIDEO_OUTPUTS)
+    if "turn_end" in msg:
+        if msg["turn_end"] not in TURN_ENDS:
+            raise ProtocolError("bad_config", f"turn_end must be one of {list(TURN_ENDS)}, got {msg['turn_end']!r}")
+        out["turn_end"] = msg["turn_end"]
     return out
 
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from talkstream.chat import ChatModel, EchoResponder
 from talkstream.errors import UserError
+from talkstream.models.turn_head import load_turn_judge
 from talkstream.services.ports import ServerConfig
 from talkstream.services.registry import SessionRegistry
 from talkstream.services.session import Session, Sink
@@ -27,6 +28,7 @@ from talkstream.services.ws import WebSocketTransport
 from talkstream.streaming import video
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics
+from talkstream.streaming.turn_taking import TurnTaking
 from talkstream.streaming.vad import SileroVAD
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class TalkstreamServer:
         self.codec = codec or load_audio_codec(c.weights)
         self.video_codec = video_codec or load_video_codec(c.video_weights)
         self.vad = vad or SileroVAD()
+        # The turn heads, shared by every session (stateless); loaded whatever the default, since a hello may ask.
+        self.turn_taking = TurnTaking(load_turn_judge())
         self.responder = responder or _make_responder(c, self.codec)
         self.engine = CodecEngine(
             self.codec,
@@ -87,7 +91,8 @@ class TalkstreamServer:
         """A new session over the server's shared engine and models, its output going to the transport's sink.
         Admission (`sessions.admit`) comes first and accounting (`sessions.add`) after; the transport does both."""
         return Session(self.engine, self.vad, self.responder, self.config.limits, sink, self.metrics,
-                       video_codec=self.video_codec, abort=abort)
+                       video_codec=self.video_codec, abort=abort, turn_taking=self.turn_taking,
+                       turn_end=self.config.turn_end)
 
     def _check_ports_free(self) -> None:
         """A port another process holds is a one-line error now, not after the warm-up (tens of seconds)."""

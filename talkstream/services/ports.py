@@ -46,6 +46,10 @@ class ServerConfig:
     public_host: str | None = None  # phone calls: the host the platform reaches the WebSocket port at (TwiML's wss URL)
     twilio_auth_token: str | None = None  # phone calls: POST /twilio/voice must carry Twilio's signature made with it
     reuse_port: bool = False  # SO_REUSEPORT: worker processes share the ports (services/workers.py checks them once)
+    # Chat: how a user's turn ends by default (a hello's `turn_end` chooses per session). "semantic": the turn heads
+    # (models/turn_head.py) judge at each pause whether the turn is complete, and whether speech over a reply is a
+    # backchannel; "silence": 480 ms of silence ends a turn and any speech over a reply interrupts it.
+    turn_end: str = "silence"
 
 
 class PhoneStreams(Protocol):

@@ -72,6 +72,7 @@ from talkstream.streaming.stages import (
     VoiceActivityTap,
 )
 from talkstream.streaming.tasks import TaskSet
+from talkstream.streaming.turn_taking import TurnTaking
 from talkstream.streaming.vad import SileroVAD, VADEvent
 from talkstream.streaming.video import VideoOut
 
@@ -129,11 +130,15 @@ class Session:
         metrics: Metrics | None = None,
         video_codec=None,
         abort: Callable[[str, str], Awaitable[None]] | None = None,
+        turn_taking: TurnTaking | None = None,
+        turn_end: str = "silence",
     ):
         """video_codec: a VideoCodec (None: the session refuses video frames). abort(code, message): the transport
         closes the connection with that reason (a client that stopped reading cannot be sent an error event)."""
         self.id = uuid.uuid4().hex[:12]
         self.engine, self.vad, self.responder = engine, vad, responder
+        # Chat: the turn heads (shared, stateless) and the server's default for a hello that names no `turn_end`.
+        self.turn_taking, self.turn_end_default = turn_taking, turn_end
         self.codec = engine.codec
         self.limits, self.metrics = limits, metrics
         self.sink, self._abort = sink, abort
@@ -368,7 +373,8 @@ class Session:
             stages = [
                 ResampleIn(h.sample_rate, sr),
                 *([self.echo] if self.echo is not None else []),
-                VoiceActivity(self.vad, sr, self._on_vad, self.engine),
+                VoiceActivity(self.vad, sr, self._on_vad, self.engine,
+                              turn_taking=self.turn_taking if self.turn_end() == "semantic" else None),
                 CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
                 self.turns.collector(),
             ]
@@ -392,10 +398,20 @@ class Session:
         if branch.error is not None:
             await self.fail(f"voice activity stopped: {branch.error}")
 
+    def turn_end(self) -> str:
+        """How this session's turns end: its hello's `turn_end`, else the server's (semantic needs the heads)."""
+        chosen = (self.hello.turn_end if self.hello is not None else None) or self.turn_end_default
+        return chosen if self.turn_taking is not None else "silence"
+
     def _on_vad(self, e: VADEvent) -> None:
-        self.spawn(self.send(event("vad", state=e.kind, t=round(e.time_s, 3))))
+        if e.kind in ("start", "end"):
+            self.spawn(self.send(event("vad", state=e.kind, t=round(e.time_s, 3))))
         if e.kind == "start":
-            self.turns.on_speech_start()
+            self.turns.on_speech_start(judged=self.turn_end() == "semantic")
+        elif e.kind == "hold":  # a pause the end-of-turn head judged mid-sentence: the turn stays open
+            self.spawn(self.send(event("turn", state="held", t=round(e.time_s, 3), p_complete=round(e.probability, 3))))
+        elif e.kind in ("backchannel", "interruption", "long"):
+            self.turns.on_barge(e.kind, e.probability)
 
     async def _stats_loop(self) -> None:
         while True:

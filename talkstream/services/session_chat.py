@@ -73,6 +73,8 @@ class ChatTurns:
         self._committed = ""  # the committed words of the turn being spoken, as last sent
         self._collector: TurnCollector | None = None
         self.keys = ""  # keys pressed (a phone's DTMF) not yet handed to the chat
+        self._barge_pending = False  # speech began over the answer; the barge-in head has not judged it yet
+        self._backchannel = False  # the speech now being spoken was judged a backchannel over the answer
         self._keys_due: asyncio.Task | None = None
 
     def collector(self) -> TurnCollector:
@@ -117,10 +119,36 @@ class ChatTurns:
             return False
         return any(q.qsize() for q in self.reply.queues) or (self.pacer.playhead or 0) > time.monotonic()
 
-    def on_speech_start(self) -> None:
-        """The VAD heard the user start speaking: over an answer, that is barge-in."""
-        if self.playing():
+    def on_speech_start(self, judged: bool = False) -> None:
+        """The VAD heard the user start speaking. Over an answer that is barge-in: at once (`judged` False), or once
+        the barge-in head has said whether it is an interruption or a backchannel (`on_barge`)."""
+        self._backchannel = False
+        self._barge_pending = judged and self.playing()
+        if self.playing() and not judged:
             self.session.spawn(self.interrupt())
+
+    def on_barge(self, kind: str, p_backchannel: float) -> None:
+        """The barge-in head's verdict on speech that began over the answer ("backchannel" or "interruption"), or
+        "long": speech taken as a backchannel went on too long to be one. A backchannel leaves the answer playing
+        and is not answered; the client learns which it was (`barge_in` event)."""
+        s = self.session
+        if kind == "long":
+            if not self._backchannel:
+                return
+            self._backchannel = False
+            kind = "interruption"
+        elif not self._barge_pending:
+            return  # nothing was playing when this speech began: an ordinary turn
+        self._barge_pending = False
+        playing = self.playing()
+        if kind == "backchannel" and playing:
+            self._backchannel = True
+            s.counts["backchannels"] = s.counts.get("backchannels", 0) + 1
+            s.spawn(s.send(event("barge_in", kind="backchannel", p_backchannel=round(p_backchannel, 3))))
+        elif kind == "interruption":
+            s.spawn(s.send(event("barge_in", kind="interruption", p_backchannel=round(p_backchannel, 3))))
+            if playing:
+                s.spawn(self.interrupt())
 
     async def interrupt(self) -> None:
         """Barge-in: the user speaks over the answer; stop it now and reset every reply stage."""
@@ -174,6 +202,9 @@ class ChatTurns:
         """Answer every turn the input pipeline collects, one at a time (a new turn interrupts the answer)."""
         s = self.session
         while (turn := await turns.get()) is not None:
+            if self._backchannel:  # "mm-hm" over the answer: the answer goes on, the backchannel is not a turn
+                self._backchannel = False
+                continue
             s.counts["turns"] += 1
             if self.playing():
                 await self.interrupt()

@@ -24,7 +24,8 @@ from talkstream.codecs.audio.codec import AudioCodec
 from talkstream.models.turn import Turn
 from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.sliding_window import SlidingWindowDecoder
-from talkstream.streaming.vad import SileroVAD, VADEvent
+from talkstream.streaming.turn_taking import TurnTaking
+from talkstream.streaming.vad import VAD_RATE, SileroVAD, VADEvent
 
 
 @dataclass
@@ -103,20 +104,35 @@ class VoiceActivity:
     name = "vad"
 
     def __init__(self, vad: SileroVAD, rate: int, on_event: Callable[[VADEvent], None] | None = None,
-                 engine: CodecEngine | None = None, pass_through: bool = True):
-        """pass_through=False: the end of a branch (`VoiceActivityTap`): events only, the audio goes no further."""
+                 engine: CodecEngine | None = None, pass_through: bool = True, turn_taking: TurnTaking | None = None):
+        """pass_through=False: the end of a branch (`VoiceActivityTap`): events only, the audio goes no further.
+        turn_taking: end turns and judge barge-ins by the turn heads (streaming/turn_taking.py); None: silence alone
+        ends a turn and every speech start is a speech start."""
         self.vad, self.rate, self.on_event, self.engine = vad, rate, on_event, engine
-        self.pass_through = pass_through
+        self.pass_through, self.turn_taking = pass_through, turn_taking
         self.reset()
 
     def reset(self) -> None:
-        self.state = self.vad.init_state(self.rate)
+        tt = self.turn_taking
+        self.state = self.vad.init_state(self.rate, **(tt.vad_settings() if tt else {}))
+        self.tt_state = tt.init_state(self.rate) if tt else None
 
     async def process(self, chunk: AudioChunk) -> list[AudioChunk]:
         if self.engine is not None:
             events, self.state = await self.engine.batched(self.vad.step_many, chunk.pcm, self.state)
         else:
             events, self.state = await asyncio.to_thread(self.vad.step, chunk.pcm, self.state)
+        tt = self.turn_taking
+        if tt is not None:
+            # The heads run only when a decision is due, and then on a thread (an encoder call, ~10-30 ms).
+            new = chunk.pcm.size * VAD_RATE // self.rate
+            paused = any(e.kind == "pause" for e in events)
+            if tt.due(events, self.tt_state, new):
+                events, self.tt_state = await asyncio.to_thread(tt.step, chunk.pcm, events, self.tt_state)
+            else:
+                events, self.tt_state = tt.step(chunk.pcm, events, self.tt_state)
+            if paused and any(e.kind == "end" for e in events) and self.state.speaking:
+                self.state = self.vad.end_turn(self.state)  # judged complete at a pause: the VAD's turn ends too
         for e in events:
             if self.on_event is not None:
                 self.on_event(e)

@@ -29,12 +29,14 @@ class VADConfig:
     start_threshold: float = 0.5  # probability that opens a speech segment
     end_threshold: float = 0.35  # below this counts as silence (hysteresis)
     min_speech_ms: float = 96.0  # speech shorter than this is not a turn (clicks, coughs)
-    end_of_turn_ms: float = 480.0  # this much silence after speech ends the user's turn
+    end_of_turn_ms: float = 480.0  # this much silence after speech ends the user's turn (silence-only turn taking)
 
 
 @dataclass
 class VADEvent:
-    kind: str  # "start" (speech began) or "end" (end of turn)
+    # "start" (speech began), "end" (end of turn), "pause" (silence reached the state's `pause_ms` inside a turn);
+    # streaming/turn_taking.py adds "hold" (a pause judged mid-sentence), "backchannel", "interruption", "long".
+    kind: str
     time_s: float  # stream time at 16 kHz resolution, from the first sample the state saw
     probability: float
 
@@ -51,6 +53,9 @@ class VADState:
     speech_windows: int = 0  # consecutive speech windows while not yet in a turn
     silence_windows: int = 0  # consecutive silent windows while in a turn
     probability: float = 0.0  # the latest window's
+    end_of_turn_ms: float | None = None  # this stream's silence that ends a turn (None: the config's)
+    pause_ms: float | None = None  # silence that raises a "pause" event inside a turn (None: none)
+    paused: bool = False  # the current silence has raised its "pause"
 
 
 class SileroVAD:
@@ -73,12 +78,20 @@ class SileroVAD:
     def warmup(self) -> None:
         self.step(np.zeros(WINDOW * 2, np.float32), self.init_state(VAD_RATE))
 
-    def init_state(self, input_rate: int) -> VADState:
+    def init_state(self, input_rate: int, end_of_turn_ms: float | None = None, pause_ms: float | None = None
+                   ) -> VADState:
+        """A stream's state. `pause_ms`: raise a "pause" event when a turn's silence reaches it (the end-of-turn
+        head decides there); `end_of_turn_ms`: the silence that ends a turn whatever (default: the config's)."""
         resampler = None if input_rate == VAD_RATE else soxr.ResampleStream(input_rate, VAD_RATE, 1, "float32", "HQ")
-        return VADState(input_rate=input_rate, resampler=resampler)
+        return VADState(input_rate=input_rate, resampler=resampler, end_of_turn_ms=end_of_turn_ms, pause_ms=pause_ms)
 
     def reset(self, state: VADState) -> VADState:
-        return self.init_state(state.input_rate)
+        return self.init_state(state.input_rate, state.end_of_turn_ms, state.pause_ms)
+
+    @staticmethod
+    def end_turn(state: VADState) -> VADState:
+        """The turn ends now (the end-of-turn head judged it complete at a pause): the next speech starts a new one."""
+        return dataclasses.replace(state, speaking=False, speech_windows=0, silence_windows=0, paused=False)
 
     def step(self, pcm: np.ndarray, state: VADState) -> tuple[list[VADEvent], VADState]:
         """pcm: float32 [T] at `state.input_rate` -> events for every whole 32 ms window now available."""
@@ -124,7 +137,14 @@ class SileroVAD:
                 return [VADEvent("start", t - state.speech_windows * win_ms / 1000, p)]
         else:
             state.silence_windows = state.silence_windows + 1 if p < cfg.end_threshold else 0
-            if state.silence_windows * win_ms >= cfg.end_of_turn_ms:
-                state.speaking, state.speech_windows = False, 0
-                return [VADEvent("end", t - state.silence_windows * win_ms / 1000, p)]
+            silence_ms = state.silence_windows * win_ms
+            if silence_ms == 0:
+                state.paused = False
+            end_ms = cfg.end_of_turn_ms if state.end_of_turn_ms is None else state.end_of_turn_ms
+            if silence_ms >= end_ms:
+                state.speaking, state.speech_windows, state.paused = False, 0, False
+                return [VADEvent("end", t - silence_ms / 1000, p)]
+            if state.pause_ms is not None and not state.paused and silence_ms >= state.pause_ms:
+                state.paused = True
+                return [VADEvent("pause", t - silence_ms / 1000, p)]
         return []

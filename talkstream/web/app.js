@@ -107,6 +107,14 @@ function onEvent(ev) {
     case "reply_text": // chat: what it answers
       if (ev.final) transcript(`talkstream: ${ev.text}`);
       break;
+    case "turn": // chat: a pause the end-of-turn head judged mid-sentence; the turn stays open
+      log(`turn ${ev.state} at ${ev.t} s (P complete ${ev.p_complete})`);
+      if (ev.state === "held") transcript("· pause: turn held open (sounds unfinished)");
+      break;
+    case "barge_in": // chat: speech over the reply, judged a backchannel (the reply goes on) or an interruption
+      log(`barge-in: ${ev.kind} (P backchannel ${ev.p_backchannel})`);
+      transcript(ev.kind === "backchannel" ? "· backchannel: the reply goes on" : "· interruption: the reply stops");
+      break;
     case "reply":
       log(`reply ${ev.state}${ev.frames ? ` (${ev.frames} frames)` : ""}`);
       transcript(`· reply ${ev.state}`);

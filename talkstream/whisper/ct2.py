@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from talkstream.errors import UserError
+
 # CTranslate2's DataType enum, in its order.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 SUPPORTED_VERSIONS = (5, 6)
 
 
-class CT2FormatError(ValueError):
+class CT2FormatError(UserError, ValueError):
     """The file is not a CTranslate2 model of a version this reader knows."""
 
 

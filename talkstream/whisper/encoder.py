@@ -26,13 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from talkstream.errors import UserError
 from talkstream.whisper.ct2 import read_ct2_model
 
 SAMPLE_RATE = 16_000
 N_FFT, HOP = 400, 160
 
 
-class WhisperWeightsError(ValueError):
+class WhisperWeightsError(UserError, ValueError):
     """No usable Whisper checkpoint (missing package, wrong file, other architecture)."""
 
 

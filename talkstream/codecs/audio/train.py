@@ -33,6 +33,7 @@ from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig, with_dec
 from talkstream.codecs.audio.hearing_losses import HearingLosses
 from talkstream.codecs.audio.losses import complex_loss, spectral_losses
 from talkstream.codecs.training_run import read_checkpoint, resume, write_checkpoint
+from talkstream.errors import UserError
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a"}
@@ -235,7 +236,7 @@ def excited_from(codec: AudioCodec, pitch_bits: int = 6, blocks: int = 4) -> Aud
     them keeps working), the pitch in the bitstream, and an excited decoder warm-started from the codec's: its
     input layer (the pitch inputs start at zero), its first `blocks` blocks and its magnitude head."""
     if codec.cfg.encoder != "mel" or codec.cfg.decoder_subframes != 1 or codec.cfg.decoder_phase != "absolute":
-        raise ValueError("codec v4 starts from a mel codec (v3) with one absolute-phase window per frame")
+        raise UserError("codec v4 starts from a mel codec (v3) with one absolute-phase window per frame")
     cfg = dataclasses.replace(codec.cfg, decoder="excited", pitch_bits=pitch_bits, decoder_blocks=blocks,
                               codec_id="talkstream-audio-v4")
     new = AudioCodec(cfg)
@@ -320,7 +321,7 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     codec = codec.to(device)
     if cfg.decoder_only:
         if not (cfg.init or ckpt):
-            raise ValueError("--decoder-only trains a decoder for existing tokens: give --init CODEC_DIR")
+            raise UserError("--decoder-only trains a decoder for existing tokens: give --init CODEC_DIR")
         codec.encoder.requires_grad_(False)
         codec.quantizer.eval()  # no EMA updates, no dead-code restarts: the codebooks stay as they are
     hearing = None

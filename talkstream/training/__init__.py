@@ -1,0 +1,1 @@
+"""Training: data generators and trainers. Serving code never imports this floor (tests/test_layers.py)."""

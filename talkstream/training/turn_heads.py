@@ -1,0 +1,167 @@
+"""Train the turn heads (talkstream/models/turn_head.py) on `turn_data`'s windows.
+
+The encoder is frozen (it is the ears' Whisper tiny.en); its states for every window are computed once and cached
+next to the data. Training voices are split by voice into fit and check (the check voices choose the threshold and
+the epoch); the evaluation voices and sentences are only measured, at the end, never chosen on.
+
+    talkstream train turn-data --out runs/turn_data
+    talkstream train turn-heads --data runs/turn_data --out talkstream/weights
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from talkstream.checkpoint import save_checkpoint
+from talkstream.models import turn_head
+from talkstream.models.turn_head import TurnHead, TurnHeadConfig, fit_window
+from talkstream.whisper.encoder import load_whisper_encoder
+
+WINDOWS = {"end": (3.0, "end"), "barge": (0.6, "start")}
+
+
+def _files(data: Path, split: str) -> list[Path]:
+    """A split's files: eval-*, or train-*, trainb-* (more barge-in windows) and trainm-* (more end-of-turn
+    windows) for "train"."""
+    more = sorted(data.glob("trainb-*.npz")) + sorted(data.glob("trainm-*.npz"))
+    found = sorted(data.glob(f"{split}-*.npz")) + (more if split == "train" else [])
+    return [f for f in found if not f.name.endswith(".tmp.npz")]
+
+
+def _load(data: Path, split: str, task: str) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
+    xs, ys, kinds, voices = [], [], [], []
+    for f in _files(data, split):
+        z = np.load(f)
+        if f"{task}_x" not in z:  # `trainb-` files hold barge-in windows only, `trainm-` end-of-turn ones
+            continue
+        xs += list(z[f"{task}_x"].astype(np.float32))
+        ys += list(z[f"{task}_y"])
+        kinds += [str(k) for k in z[f"{task}_kind"]]
+        voices += [str(z["voice"])] * len(z[f"{task}_y"])
+    return xs, np.array(ys), kinds, voices
+
+
+@torch.no_grad()
+def encoder_states(windows: list[np.ndarray], window_s: float, align: str, batch: int = 16) -> torch.Tensor:
+    enc = load_whisper_encoder()
+    out = []
+    for i in range(0, len(windows), batch):
+        x = torch.from_numpy(np.stack([fit_window(w, window_s, align) for w in windows[i : i + batch]]))
+        out.append(turn_head.encoder_states(enc, x).half())
+    return torch.cat(out)
+
+
+def features(data: Path, split: str, task: str) -> dict:
+    """Cached encoder states and labels of one split and task."""
+    cache = data / f"features-{split}-{task}.pt"
+    files = [p.name for p in _files(data, split)]
+    if cache.exists():
+        got = torch.load(cache)
+        if got["files"] == files:
+            return got
+    xs, ys, kinds, voices = _load(data, split, task)
+    window_s, align = WINDOWS[task]
+    t = time.time()
+    states = encoder_states(xs, window_s, align)
+    print(f"{split}/{task}: {len(ys)} windows encoded in {time.time() - t:.0f} s", flush=True)
+    got = {"files": files, "states": states, "y": torch.from_numpy(ys).float(), "kinds": kinds, "voices": voices}
+    torch.save(got, cache)
+    return got
+
+
+def _auc(p: np.ndarray, y: np.ndarray) -> float | None:
+    """The chance that a positive scores above a negative (ties half): threshold-free."""
+    pos, neg = p[y == 1], p[y == 0]
+    if not pos.size or not neg.size:
+        return None
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size))
+
+
+def _rates(p: np.ndarray, y: np.ndarray, threshold: float) -> dict:
+    pos, neg = y == 1, y == 0
+    return {
+        "auc": _auc(p, y),
+        "accuracy": float(np.mean((p >= threshold) == pos)),
+        "positive_kept": float(np.mean(p[pos] >= threshold)) if pos.any() else None,  # complete / backchannel
+        "negative_taken_as_positive": float(np.mean(p[neg] >= threshold)) if neg.any() else None,
+    }
+
+
+def train_head(task: str, data: Path, epochs: int = 40, seed: int = 0, max_false: float = 0.03, noise: float = 0.5,
+               weight_decay: float = 0.05, d: int = 32, lr: float = 2e-3) -> tuple:
+    torch.manual_seed(seed)
+    train, evals = features(data, "train", task), features(data, "eval", task)
+    voices = sorted(set(train["voices"]))
+    rng = random.Random(seed)
+    check_voices = set(rng.sample(voices, max(2, len(voices) // 7)))
+    check = torch.tensor([v in check_voices for v in train["voices"]])
+    xs, ys = train["states"].float(), train["y"]
+    fit_x, fit_y, chk_x, chk_y = xs[~check], ys[~check], xs[check], ys[check]
+    cfg = TurnHeadConfig(task=task, window_s=WINDOWS[task][0], d=d)
+    head = TurnHead(cfg)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, best_epoch = float("inf"), None, 0
+    for epoch in range(epochs):
+        head.train()
+        order = torch.randperm(len(fit_y))
+        for i in range(0, len(order), 64):
+            b = order[i : i + 64]
+            x = fit_x[b]
+            # A little noise on the frozen encoder's states: the windows are few, the head must not learn them by heart.
+            loss = F.binary_cross_entropy_with_logits(head(x + noise * torch.randn_like(x)), fit_y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head.eval()
+        with torch.no_grad():
+            chk = F.binary_cross_entropy_with_logits(head(chk_x), chk_y).item()
+        if chk < best:
+            best, best_epoch = chk, epoch
+            best_state = {k: v.clone() for k, v in head.state_dict().items()}
+        print(f"{task} epoch {epoch + 1}: train loss {loss.item():.3f}, check loss {chk:.3f}", flush=True)
+    head.load_state_dict(best_state)
+    head.eval()
+    with torch.no_grad():
+        p_chk = torch.sigmoid(head(chk_x)).numpy()
+        p_eval = torch.sigmoid(head(evals["states"].float())).numpy()
+    # The threshold: the lowest one at which at most `max_false` of the check voices' negatives pass as positive
+    # (an incomplete turn taken as complete cuts the user off; an interruption taken as a backchannel is ignored).
+    neg = np.sort(p_chk[chk_y.numpy() == 0])
+    threshold = float(max(0.5, neg[min(len(neg) - 1, int(np.ceil((1 - max_false) * len(neg))))] + 1e-4)) if len(
+        neg) else 0.5
+    head.cfg.threshold = cfg.threshold = round(threshold, 4)
+    ey = evals["y"].numpy()
+    by_kind = {}
+    for k in sorted(set(evals["kinds"])):
+        m = np.array([kk == k for kk in evals["kinds"]])
+        by_kind[k] = {"n": int(m.sum()), "taken_as_positive": float(np.mean(p_eval[m] >= threshold))}
+    report = {
+        "task": task, "epochs": epochs, "best_epoch": best_epoch + 1, "seed": seed, "noise": noise,
+        "weight_decay": weight_decay, "d": d, "lr": lr,
+        "fit_windows": len(fit_y), "check_windows": len(chk_y), "check_voices": sorted(check_voices),
+        "threshold": cfg.threshold, "threshold_rule": f"at most {max_false:.0%} of check-voice negatives above it",
+        "check": _rates(p_chk, chk_y.numpy(), threshold),
+        "eval": {**_rates(p_eval, ey, threshold), "windows": len(ey), "by_kind": by_kind,
+                 "voices": sorted(set(evals["voices"]))},
+    }
+    return head, report
+
+
+def train_turn_heads(data: Path, out: Path, epochs: int = 40, seed: int = 0, command: list[str] | None = None
+                     ) -> dict:
+    reports = {}
+    for task in ("end", "barge"):
+        head, report = train_head(task, data, epochs, seed)
+        report["command"] = " ".join(command or [])
+        folder = save_checkpoint(head, head.cfg.to_dict(), out / f"turn_{task}", "turn_head")
+        (folder / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+        reports[task] = report
+        print(json.dumps({k: report[k] for k in ("task", "threshold", "check", "eval")}, indent=1), flush=True)
+    return reports

@@ -1,7 +1,8 @@
 """An async client for the WebSocket protocol (used by `talkstream client`, the tests and `talkstream bench serve`).
 
 `stream_audio` sends audio in 20 ms frames (in real time by default), receives concurrently, and returns what came
-back: PCM, tokens, events, and per-frame round-trip latency measured with the echoed timestamps.
+back: PCM, tokens, events, and per-frame round-trip latency measured with the echoed timestamps. Not in real time,
+its hello says so (`realtime: false`): the server then reads no faster than it processes, and drops nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class StreamResult:
     first_audio_ms: float | None = None  # from the first frame sent to the first audio back
     summary: dict | None = None
     sent_s: float = 0.0  # seconds of input sent before the stream ended
+    elapsed_s: float = 0.0  # from the first frame sent to the summary (or the stream's end)
+    realtime: bool = True  # sent in real time; else the hello asked the server to read no faster than it processes
     closed: str | None = None  # why the server ended the stream before its summary: a fatal error, or the close
 
     def errors(self) -> list[dict]:
@@ -63,7 +66,10 @@ def _percentiles(values: list[float]) -> str:
 
 def report(r: StreamResult, sample_rate: int, input_s: float) -> list[str]:
     """What `talkstream client` prints: what came back, what was lost or cut, and in chat what was said."""
-    lines = [f"sent {r.sent_s:.2f} of {input_s:.2f} s; {r.pcm.size / sample_rate:.2f} s of audio back"]
+    lines = [f"sent {r.sent_s:.2f} of {input_s:.2f} s; {r.pcm.size / sample_rate:.2f} s of audio back; "
+             f"took {r.elapsed_s:.2f} s"]
+    if not r.realtime and r.ready.get("realtime") is not False:
+        lines.append("the server took the input as live (an older server): what it could not keep up with was dropped")
     first = f"{r.first_audio_ms:.0f} ms after the first frame sent" if r.first_audio_ms is not None else "n/a"
     lines.append(f"first audio back: {first}")
     if r.ready.get("mode") == "chat":
@@ -111,7 +117,7 @@ async def stream_audio(
     """Stream `audio` (float32 [T] at `sample_rate`) or `tokens` (int [K, F]) and collect the answer.
 
     tail_s: after the last frame, how long to keep listening (chat replies come after the turn ends) before
-    sending `end` and waiting for the summary.
+    sending `end` and waiting for the summary. Codec mode not in real time waits for none: `end` drains it all.
     """
     t0 = time.monotonic() - 1.0  # timestamps start at 1000 ms: 0 means "no timestamp" (chat replies)
     hello = {
@@ -123,11 +129,13 @@ async def stream_audio(
         "output": list(output),
         "input": "tokens" if tokens is not None else "pcm",
         **({"token": token} if token else {}),
+        **({} if realtime else {"realtime": False}),
         **(extra_hello or {}),
     }
     pcm_out: list[np.ndarray] = []
     tok_out: list[np.ndarray] = []
-    result = StreamResult(ready={}, pcm=np.zeros(0, np.float32), tokens=np.zeros((codebooks, 0), np.int64))
+    result = StreamResult(ready={}, pcm=np.zeros(0, np.float32), tokens=np.zeros((codebooks, 0), np.int64),
+                          realtime=hello.get("realtime", True))
     first_sent: list[float] = []
 
     async with connect(url, max_size=2**22, open_timeout=open_timeout, compression=None) as ws:
@@ -184,7 +192,7 @@ async def stream_audio(
                         await _sleep_until(start + (i + 1) * frame_ms / 1000)
                     if receiver.done():
                         break
-            if not receiver.done():
+            if not receiver.done() and (realtime or mode != "codec"):
                 await asyncio.wait([receiver], timeout=tail_s)
             if not receiver.done():
                 await ws.send(json.dumps({"type": "end"}))
@@ -196,6 +204,7 @@ async def stream_audio(
             pass
         finally:
             receiver.cancel()
+            result.elapsed_s = time.monotonic() - first_sent[0] if first_sent else 0.0
         if result.summary is None and result.closed is None and ws.close_code is not None:
             result.closed = f"{ws.close_code} {ws.close_reason}".strip()
     result.pcm = np.concatenate(pcm_out) if pcm_out else result.pcm

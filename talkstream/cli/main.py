@@ -506,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--codebooks", type=int, default=8, help="codebooks 1..8 (bitrate)")
     sp.add_argument("--sample-rate", type=int, default=24_000, help="rate to send and receive at (8000..48000)")
     sp.add_argument("--token", default=None, help="shared secret, if the server wants one (or TALKSTREAM_TOKEN)")
-    sp.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    sp.add_argument("--fast", action="store_true",
+                    help="send as fast as the server takes it, not in real time: it reads no faster than it "
+                         "processes, so nothing is dropped")
     sp.add_argument("--tail", type=float, default=2.0, help="seconds to keep listening after the input ends")
     sp.set_defaults(func=cmd_client)
 

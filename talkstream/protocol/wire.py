@@ -81,6 +81,9 @@ class Hello:
     # reply as reference (streaming/echo_cancel.py). None: the transport decides (WebRTC yes; WebSocket, phone no).
     echo_cancelled: bool | None = None
     turn_end: str | None = None  # chat: "semantic" (turn heads) or "silence" (silence alone); None: the server's
+    # PCM input is live (a microphone): when the server is behind, the oldest waiting audio is dropped. False (audio
+    # from a file, sent as fast as it goes): nothing is dropped; the server reads no faster than it processes.
+    realtime: bool = True
 
 
 @dataclass
@@ -194,8 +197,11 @@ def parse_text(text: str, num_codebooks: int = 8) -> Hello | Config | End | Ping
         echo_cancelled = msg.get("echo_cancelled")
         if echo_cancelled is not None and not isinstance(echo_cancelled, bool):
             raise ProtocolError("bad_config", f"echo_cancelled must be true or false, got {echo_cancelled!r}")
+        realtime = msg.get("realtime", True)
+        if not isinstance(realtime, bool):
+            raise ProtocolError("bad_config", f"realtime must be true or false, got {realtime!r}")
         return Hello(version=version, token=token, codec_id=codec_id, echo_cancelled=echo_cancelled,
-                     **_check_fields(msg, num_codebooks))
+                     realtime=realtime, **_check_fields(msg, num_codebooks))
     if kind == "config":
         return Config(_check_fields(msg, num_codebooks))
     if kind == "end":
@@ -291,7 +297,8 @@ def rgb_frame(rgb: np.ndarray, seq: int, timestamp: int, flags: int = 0) -> byte
     )
 
 
-def event(kind: str, **fields: Any) -> str:
+def event(kind: str, /, **fields: Any) -> str:
+    """A JSON event. `kind` is positional-only: an event may have a field named `kind` (`barge_in` has)."""
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
 
 

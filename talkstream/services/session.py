@@ -276,7 +276,7 @@ class Session:
         elif frame.kind == KIND_TOKENS:
             await self._tokens(TokensIn(frame.tokens(), frame.timestamp, time.monotonic()))
         else:
-            self._audio(AudioChunk(frame.pcm(), frame.timestamp, time.monotonic()))
+            await self._audio(AudioChunk(frame.pcm(), frame.timestamp, time.monotonic()))
 
     # -- the typed API: what a transport without wire frames calls ----------------------------------------------
     async def open(self, hello: Hello) -> bool:
@@ -285,8 +285,9 @@ class Session:
         return await self.execute(self.protocol.open(hello, time.monotonic()))
 
     async def feed_audio(self, pcm: np.ndarray, timestamp: int, arrived: float | None = None) -> bool:
-        """Live audio at the session's sample rate (float32 [T] in [-1, 1)), with the client's timestamp in ms.
-        Dropped oldest-first when the server is behind. False when the session is over."""
+        """Audio at the session's sample rate (float32 [T] in [-1, 1)), with the client's timestamp in ms. Live
+        audio (hello `realtime`, the default) is dropped oldest-first when the server is behind; other audio waits
+        for room. False when the session is over."""
         now = time.monotonic()
         self.protocol.activity(now)
         if not await self.execute(self.protocol.expire(now)):
@@ -295,7 +296,7 @@ class Session:
             return await self.execute([Error("not_ready", "audio before the session was opened; it was dropped")])
         if self.hello.input != "pcm":
             return await self.execute([Error("bad_header", "this session takes tokens (set input to pcm)")])
-        self._audio(AudioChunk(pcm, timestamp, now if arrived is None else arrived))
+        await self._audio(AudioChunk(pcm, timestamp, now if arrived is None else arrived))
         return True
 
     async def feed_keys(self, keys: str) -> bool:
@@ -309,9 +310,12 @@ class Session:
             self.turns.on_keys(keys)
         return True
 
-    def _audio(self, chunk: AudioChunk) -> None:
+    async def _audio(self, chunk: AudioChunk) -> None:
         self.counts["frames_in"] += 1
-        self.input.feed(chunk)  # live audio: the oldest is dropped when behind
+        if self.input.live:
+            self.input.feed(chunk)  # live audio: the oldest is dropped when behind
+        else:
+            await self.input.put(chunk)  # audio sent faster than real time: wait (the transport stops reading)
 
     async def _tokens(self, item: TokensIn) -> None:
         self.counts["frames_in"] += 1
@@ -331,6 +335,7 @@ class Session:
             output=list(h.output),
             input=h.input,
             echo_cancel=self.echo is not None,
+            realtime=h.realtime,
             codec={
                 "codec_id": c.cfg.codec_id,
                 "sample_rate": c.sample_rate,
@@ -353,6 +358,16 @@ class Session:
         if h.input == "tokens":
             stages = [TokenDecodeStage(self.engine, h.codebooks), OutputStage(sr, h.sample_rate, False, True)]
             self.input = Pipeline(stages, self.metrics, live=False)
+        elif h.mode == "codec" and not h.realtime:
+            # Audio sent faster than real time: the VAD in line, so that nothing waits where it could drop; the
+            # pipeline's input waits when full, and the transport with it (backpressure to the client).
+            stages = [
+                ResampleIn(h.sample_rate, sr),
+                VoiceActivity(self.vad, sr, self._on_vad, self.engine),
+                CodecStage(self.engine, h.codebooks, "pcm" in h.output, self.limits.frames_per_step),
+                OutputStage(sr, h.sample_rate, "tokens" in h.output, "pcm" in h.output),
+            ]
+            self.input = Pipeline(stages, self.metrics, live=False, fused=True)
         elif h.mode == "codec":
             # One task per session for the whole echo path (fused), and the VAD on a branch of its own: a codec
             # echo waits for nothing but the codec (docs/benchmarks.md: where a loaded worker's time went).
@@ -378,7 +393,7 @@ class Session:
                 CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
                 self.turns.collector(),
             ]
-            self.input = Pipeline(stages, self.metrics)
+            self.input = Pipeline(stages, self.metrics, live=h.realtime)
         self.input.start()
         if h.mode == "chat":
             self.turns.start(h.codebooks, h.sample_rate)

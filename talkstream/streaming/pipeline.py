@@ -8,7 +8,10 @@ with queues:
 - the live input queue (microphone audio) drops its OLDEST item when full and counts the drop: late audio is worth
   less than current audio, and a slow consumer must never grow memory without bound;
 - every other queue blocks the producer when full (tokens and text are never dropped silently); the block travels
-  back up to the live input queue, where it turns into counted drops.
+  back up to the live input queue, where it turns into counted drops;
+- a pipeline whose input is not live (tokens, or audio from a file sent faster than real time) has a blocking input
+  queue too (`put` waits): the transport stops reading while it waits, so the sender is slowed to the pipeline's pace
+  (TCP flow control) and nothing is dropped. A failed or stopped pipeline releases a waiting `put`.
 
 A `fused` pipeline runs every stage in one task, an item through all of them before the next is taken: no queue
 and no task switch between stages. Where each stage awaits a batched engine anyway and the stream is one item per
@@ -58,6 +61,29 @@ class DropOldestQueue(asyncio.Queue):
         self.put_nowait(item)
 
 
+class InputQueue(asyncio.Queue):
+    """A bounded queue for input that must not be lost: `put` waits for room. `close()` is for a pipeline that will
+    take nothing more (a stage failed, or it was stopped): what waits is discarded, a waiting `put` returns, and later
+    items are discarded, so no producer waits forever on a queue nobody empties."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        while not self.empty():  # each get wakes one waiting put, which then finds the queue not full
+            self.get_nowait()
+            self.task_done()
+
+    def full(self) -> bool:
+        return not self.closed and super().full()
+
+    def put_nowait(self, item: Any) -> None:
+        if not self.closed:
+            super().put_nowait(item)
+
+
 _END = object()  # end-of-stream marker, passed through every stage
 
 
@@ -83,7 +109,7 @@ class Pipeline:
         self.metrics = metrics
         self.stats = {s.name: StageStats() for s in self.stages}
         self.live = live
-        self.inbox: asyncio.Queue = DropOldestQueue(live_queue_size) if live else asyncio.Queue(queue_size)
+        self.inbox: asyncio.Queue = DropOldestQueue(live_queue_size) if live else InputQueue(queue_size)
         self.fused = fused
         links = 1 if fused else len(self.stages)
         self.queues: list[asyncio.Queue] = [self.inbox] + [asyncio.Queue(queue_size) for _ in range(links)]
@@ -100,6 +126,11 @@ class Pipeline:
             self._tasks = [asyncio.create_task(self._run_fused(), name=name)]
             return
         self._tasks = [asyncio.create_task(self._run(i), name=f"stage-{s.name}") for i, s in enumerate(self.stages)]
+
+    def _failed(self, e: BaseException) -> None:
+        self.error = e
+        if isinstance(self.inbox, InputQueue):  # nothing will take the input now: release a producer waiting on it
+            self.inbox.close()
 
     def _stage_metrics(self, stage: Stage) -> tuple | None:
         m = self.metrics
@@ -151,7 +182,7 @@ class Pipeline:
                 raise
             except Exception as e:  # as in _run: the stream ends visibly
                 log.exception("fused stages %s failed", "+".join(s.name for s in self.stages))
-                self.error = e
+                self._failed(e)
                 await dst.put(_END)
                 return
             for out in items:
@@ -175,7 +206,7 @@ class Pipeline:
                 raise
             except Exception as e:  # a stage failure ends the stream, visibly: get() returns None, .error says why
                 log.exception("stage %s failed", stage.name)
-                self.error = e
+                self._failed(e)
                 await dst.put(_END)
                 return
             for out in outputs:
@@ -202,7 +233,8 @@ class Pipeline:
             raise PipelineFailed(f"a stage failed: {self.error}")
 
     async def put(self, item: Any) -> None:
-        """Input that must not be lost: waits while the pipeline is full (backpressure)."""
+        """Input that must not be lost: waits while the pipeline is full (backpressure). Returns at once, the item
+        discarded, once the pipeline has stopped; raises PipelineFailed once a stage has failed."""
         self._check_alive()  # a dead pipeline would never make room: fail now instead of waiting forever
         await self.inbox.put(item)
 
@@ -242,6 +274,8 @@ class Pipeline:
 
     async def stop(self) -> None:
         await self._cancel()
+        if isinstance(self.inbox, InputQueue):
+            self.inbox.close()
 
     def summary(self) -> dict:
         return {name: s.summary() for name, s in self.stats.items()}

@@ -18,6 +18,7 @@ from talkstream.protocol import (
     Hello,
     Ping,
     ProtocolError,
+    event,
     parse_binary,
     parse_text,
     pcm_frame,
@@ -64,6 +65,8 @@ def test_hello_and_friends():
         ('{"type": "hello", "version": 1, "token": 123}', "bad_config"),
         ('{"type": "hello", "version": 1, "echo_cancelled": "yes"}', "bad_config"),
         ('{"type": "hello", "version": 1, "echo_cancelled": 1}', "bad_config"),
+        ('{"type": "hello", "version": 1, "realtime": 0}', "bad_config"),
+        ('{"type": "hello", "version": 1, "realtime": null}', "bad_config"),
         ('{"type": "hello", "version": 1, "video_input": "jpeg"}', "bad_config"),
         ('{"type": "hello", "version": 1, "video_output": []}', "bad_config"),
         ('{"type": "config", "video_output": ["rgb", "pcm"]}', "bad_config"),
@@ -83,6 +86,17 @@ def test_hello_echo_cancelled(given, parsed):
     """The client says whether it cancels its own echo; None leaves it to the transport (WebSocket: the server
     cancels it)."""
     assert parse_text('{"type": "hello", "version": 1' + given + "}").echo_cancelled is parsed
+
+
+@pytest.mark.parametrize("given, parsed", [("", True), (', "realtime": true', True), (', "realtime": false', False)],
+                         ids=["absent", "true", "false"])
+def test_hello_realtime(given, parsed):
+    """PCM input is live unless the hello says it is not (audio from a file: read at the server's pace)."""
+    assert parse_text('{"type": "hello", "version": 1' + given + "}").realtime is parsed
+
+
+def test_an_event_may_have_a_field_named_kind():
+    assert json.loads(event("barge_in", kind="interruption")) == {"type": "barge_in", "kind": "interruption"}
 
 
 def test_binary_roundtrips():

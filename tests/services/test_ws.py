@@ -63,14 +63,12 @@ def test_codec_roundtrip_matches_offline(models, speech):
     async def main():
         async with serve(models) as srv:
             r = await stream_audio(srv.url, speech, 24_000, output=("pcm", "tokens"), realtime=True)
-            # A client sending far faster than real time: live audio is dropped oldest-first, and counted.
-            fast = await stream_audio(srv.url, np.tile(speech, 3), 24_000, realtime=False)
-            return r, fast, len(srv.sessions)
+            return r, len(srv.sessions)
 
-    r, fast, live = run(main())
+    # A client faster than real time: test_backpressure.py (live audio dropped oldest-first; a file's, never).
+    r, live = run(main())
     assert live == 0 and r.summary is not None and not r.errors()
     assert r.ready["codec"]["frame_rate"] == 75 and r.summary["drops"] == 0
-    assert fast.summary["drops"] > 0 and fast.summary["frames_in"] == -(-3 * speech.size // 480)
     # Tokens are the offline encoder's on the same audio (whole frames only). Chunked float sums differ from the
     # offline ones in the last bits, which can flip a latent that sits on a codebook cell's border: allow 1%.
     ref = codec.encode(torch.from_numpy(speech)[None, None], 8)[0].numpy()

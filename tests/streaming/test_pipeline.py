@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from talkstream.streaming.metrics import Metrics
-from talkstream.streaming.pipeline import DropOldestQueue, Pipeline
+from talkstream.streaming.pipeline import DropOldestQueue, Pipeline, PipelineFailed
 
 
 class Doubler:
@@ -81,6 +81,22 @@ class FailsAtEnd(HoldUntilEnd):
         raise RuntimeError("flush failed")
 
 
+class Gate:
+    """Takes one item and waits at the gate: fails when `fail` is set, else waits for ever."""
+
+    name = "gate"
+
+    def __init__(self):
+        self.fail = asyncio.Event()
+
+    async def process(self, item):
+        await self.fail.wait()
+        raise RuntimeError("gate failed")
+
+    def reset(self):
+        pass
+
+
 FUSED = pytest.mark.parametrize("fused", [False, True], ids=["task per stage", "fused"])
 
 
@@ -145,6 +161,38 @@ def test_tokens_are_never_dropped_the_producer_waits(fused):
         return out
 
     assert asyncio.run(main()) == [2 * i for i in range(50)]
+
+
+@FUSED
+@pytest.mark.parametrize("how", ["stop", "failure"])
+def test_a_producer_waiting_on_a_full_pipeline_is_released_when_it_stops_or_fails(fused, how):
+    """Nothing will make room in a stopped or failed pipeline: a waiting `put` must not wait for ever (a session's
+    reader would hang, and the server's shutdown behind it)."""
+
+    async def main():
+        gate = Gate()
+        p = Pipeline([gate], live=False, queue_size=1, fused=fused)
+        p.start()
+        await p.put(1)  # taken by the stage, which waits at the gate
+        await asyncio.sleep(0.01)
+        await p.put(2)  # fills the queue
+        waiting = asyncio.create_task(p.put(3))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        if how == "stop":
+            await p.stop()
+        else:
+            gate.fail.set()
+        await asyncio.wait_for(waiting, 5)
+        if how == "stop":
+            await p.put(4)  # discarded: a stopped pipeline takes nothing and makes nobody wait
+            assert p.inbox.qsize() == 0
+        else:
+            with pytest.raises(PipelineFailed, match="gate failed"):
+                await p.put(4)
+        await p.stop()
+
+    asyncio.run(main())
 
 
 @FUSED

@@ -152,8 +152,14 @@ def test_client_command_against_a_running_server(tmp_path, capsys):
     try:
         out = tmp_path / "new" / "back.wav"  # a folder that does not exist yet
         assert main(["client", str(SAMPLE_WAV), "--out", str(out), "--url", server.url, "--tail", "0.5"]) == 0
-        assert "s of audio back\nfirst audio back: " in capsys.readouterr().out
+        assert "s of audio back; took " in capsys.readouterr().out
         assert abs(sf.info(out).duration - sf.info(SAMPLE_WAV).duration) < 0.1
+        # --fast: slowed by the server, never dropped (issue 36): every sample back, and how long it took.
+        assert main(["client", str(SAMPLE_WAV), "--out", str(out), "--url", server.url, "--fast"]) == 0
+        printed = capsys.readouterr().out
+        seconds = f"{sf.info(SAMPLE_WAV).duration:.2f}"
+        assert f"sent {seconds} of {seconds} s; {seconds} s of audio back; took " in printed, printed
+        assert "lost: nothing" in printed and "older server" not in printed
         assert main(["client", str(SAMPLE_WAV), "--out", str(out), "--url", server.url, "--codebooks", "12"]) == 2
         assert "bad_config" in capsys.readouterr().err
     finally:

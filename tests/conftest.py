@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import hypothesis  # noqa: F401  imported at collection, not lazily by its plugin at the end of a run
 import numpy as np
 import pytest
@@ -7,6 +9,11 @@ import soundfile as sf
 import torch
 
 from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig
+from talkstream.services.ray_loopback import LOOPBACK_ENV
+
+# Every Ray cluster the tests start (and `serve --ray` under test) is on 127.0.0.1 only: set before any test module
+# imports ray (talkstream/services/ray_loopback.py says why Ray needs it).
+os.environ.update(LOOPBACK_ENV)
 
 TINY = AudioCodecConfig(
     channels=(8, 8, 16, 16),

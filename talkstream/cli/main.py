@@ -231,11 +231,15 @@ def cmd_serve(args) -> None:
     from talkstream.services.workers import default_workers, serve_workers
 
     if args.ray:
+        from talkstream.services.ray_loopback import prepare_driver
+
+        prepare_driver(args.ray)  # a head on this machine's loopback: before ray is imported (ray_loopback.py)
         try:
             from talkstream.services.ray_serve import run_on_ray
         except ImportError as e:
             raise UserError(f"--ray needs Ray Serve: pip install 'talkstream[ray]' ({e})") from None
-        run_on_ray(cfg, args.ray, args.workers)  # --workers: replicas (default: autoscaled on live sessions)
+        # --workers: replicas (default: autoscaled on live sessions)
+        run_on_ray(cfg, args.ray, args.workers, args.ray_placement_timeout)
         return
     workers = args.workers or default_workers()
     if workers > 1:
@@ -418,6 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="serve on a Ray cluster (auto, or HOST:PORT of its head) through Ray Serve, each replica a worker "
         "(deploy/ray/README.md; needs the ray extra)",
+    )
+    sp.add_argument(
+        "--ray-placement-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="with --ray: how long replicas may wait for room on the cluster before serve exits with what is missing "
+        "(default 10; a cluster that adds nodes on demand needs minutes)",
     )
     sp.add_argument("--max-message-bytes", type=int, default=64 * 1024, help="largest message accepted")
     sp.add_argument("--max-session-s", type=float, default=3600.0, help="longest session, seconds")

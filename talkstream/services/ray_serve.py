@@ -17,6 +17,9 @@ FastAPI ingress bridges to it:
 - **A replica that dies**: Serve's proxy ends its WebSocket sessions (the client sees the connection close with a
   code); clients reconnect and the router sends them to the live replicas; the others' sessions are not touched.
   Serve starts a new replica in its place.
+- **`serve --ray` fails loudly** (`run_on_ray`): replicas the cluster has no room for are a UserError naming what is
+  missing, `placement_timeout_s` after the deploy (Serve would wait for ever); SIGINT/SIGTERM at any moment, the
+  deploy included, and any failure take down what was deployed (and Serve, when this run started it).
 - `/healthz` answers from any replica; `/metrics` from whichever replica the router picks (one endpoint per
   replica: Serve's own metrics carry the per-replica request counts).
 """
@@ -29,7 +32,9 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request, Response, WebSocket
@@ -194,8 +199,98 @@ def build(args: dict) -> serve.Application:
     return application(ServerConfig(**args), replicas)
 
 
-def run_on_ray(config: ServerConfig, address: str, replicas: int | None) -> None:
-    """`talkstream serve --ray ADDRESS`: deploy on the cluster, serve until Ctrl-C/SIGTERM, then take it down."""
+APP = "talkstream"  # the Serve application's name
+
+
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM arrived: unwind from wherever the main thread is (connecting, deploying, serving)."""
+
+
+@contextlib.contextmanager
+def _signals(handler) -> Iterator[None]:
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop(signum, frame) -> None:
+    raise _Stopped
+
+
+def replica_resources() -> dict[str, float]:
+    """What one replica asks of the cluster, in Ray's resource names ({"CPU": 1.0})."""
+    o = TalkstreamReplica.ray_actor_options or {}  # type: ignore[attr-defined]
+    need = {"CPU": float(o.get("num_cpus", 1)), "GPU": float(o.get("num_gpus", 0)),
+            "memory": float(o.get("memory", 0)), **{k: float(v) for k, v in (o.get("resources") or {}).items()}}
+    return {k: v for k, v in need.items() if v > 0}
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in resources.items()) or "nothing"
+
+
+def unplaced_message(address: str, replicas: int, need: dict[str, float], free_before: dict[str, float],
+                     free_now: dict[str, float], total: dict[str, float]) -> str | None:
+    """Why some of `replicas` cannot be placed, or None while they may be. The replicas placed so far hold what
+    left `free_before`; the rest wait for room, and there is none when `free_now` lacks one replica's share."""
+    placed = min(round((free_before.get(k, 0) - free_now.get(k, 0)) / v) for k, v in need.items())
+    waiting = replicas - max(placed, 0)
+    if waiting <= 0 or all(free_now.get(k, 0) >= v for k, v in need.items()):
+        return None
+    missing = {k: waiting * v - free_now.get(k, 0) for k, v in need.items() if waiting * v > free_now.get(k, 0)}
+    return (f"{waiting} of {replicas} replicas cannot be placed on the Ray cluster at {address}: each asks for "
+            f"{_amounts(need)}, the cluster has {_amounts({k: total.get(k, 0) for k in need})} in all and "
+            f"{_amounts({k: free_now.get(k, 0) for k in need})} free (missing {_amounts(missing)}); add nodes, or "
+            f"ask for fewer replicas (--workers)")
+
+
+def _deploy(config: ServerConfig, address: str, replicas: int | None, placement_timeout_s: float) -> None:
+    """Deploy and wait until every replica runs; UserError when some cannot be placed after `placement_timeout_s`
+    (Serve itself would wait for ever) or the replicas fail to start."""
+    import ray
+
+    need, target = replica_resources(), replicas or 1  # autoscaled: min_replicas
+    free_before = ray.available_resources()
+    serve.run_many([serve.RunTarget(application(config, replicas), name=APP, route_prefix="/")],
+                   wait_for_applications_running=False)
+    since = time.monotonic()
+    while True:
+        status = serve.status().applications.get(APP)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            said = " ".join(d.message for d in status.deployments.values() if d.message) or status.message
+            raise UserError(f"the replicas failed to start: {said.splitlines()[0] if said else 'no reason given'}")
+        if time.monotonic() - since > placement_timeout_s:
+            why = unplaced_message(address, target, need, free_before, ray.available_resources(),
+                                   ray.cluster_resources())
+            if why is not None:
+                raise UserError(why)
+        time.sleep(0.5)
+
+
+def _take_down(deployed: bool, started_serve: bool) -> None:
+    """Delete the application; stop Serve too (its proxy holds the port) when this run started it and nothing else
+    is deployed. A failure is said, with what to run by hand, and does not hide the error that led here."""
+    try:
+        if deployed:
+            serve.delete(APP)
+        if started_serve and not serve.status().applications:
+            serve.shutdown()
+    except Exception as e:
+        print(f"talkstream: could not take down the Serve application {APP!r} ({type(e).__name__}: {e}); "
+              f"`serve shutdown` on the cluster removes it", file=sys.stderr, flush=True)
+
+
+def run_on_ray(config: ServerConfig, address: str, replicas: int | None, placement_timeout_s: float = 10.0) -> None:
+    """`talkstream serve --ray ADDRESS`: deploy on the cluster, serve until Ctrl-C/SIGTERM, then take it down.
+
+    A signal at any moment (connecting, deploying, serving) takes down what was deployed before the process exits; so
+    does a failure (replicas that cannot be placed: a UserError after `placement_timeout_s`, naming what is missing).
+    """
     import socket
 
     import ray
@@ -206,34 +301,36 @@ def run_on_ray(config: ServerConfig, address: str, replicas: int | None) -> None
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as e:
             raise UserError(f"cannot reach the Ray cluster at {address} (ray start --head there first): {e}") from None
+    deployed = started_serve = False
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
-    try:
-        serve.start(http_options={"host": config.host, "port": config.port})
-        serve.run(application(config, replicas), name="talkstream", route_prefix="/")
-        print(
-            f"talkstream serving ws://{config.host}:{config.port} through Ray Serve "
-            f"({replicas or 'autoscaled'} replicas); Ctrl-C stops",
-            flush=True,
-        )
-        stop = False
-
-        def on_signal(signum, frame) -> None:
-            nonlocal stop
-            stop = True
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            while not stop:
+        with _signals(_stop):  # installed before anything is deployed: a signal during serve.run unwinds too
+            try:
+                ray.init(address=address, logging_level=logging.WARNING)
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise UserError(f"cannot reach the Ray cluster at {address}: {e}") from None
+            for sig in (signal.SIGINT, signal.SIGTERM):  # again: ray.init put in Ray's own, which aborts the process
+                signal.signal(sig, _stop)
+            started_serve = not serve.status().proxies  # no Serve on the cluster yet: this run starts it
+            serve.start(http_options={"host": config.host, "port": config.port})
+            print(f"deploying {replicas or 'autoscaled'} replicas on the Ray cluster at {address}", flush=True)
+            deployed = True  # from here on something may exist to take down, even if the deploy is cut short
+            _deploy(config, address, replicas, placement_timeout_s)
+            print(
+                f"talkstream serving ws://{config.host}:{config.port} through Ray Serve "
+                f"({replicas or 'autoscaled'} replicas); Ctrl-C stops",
+                flush=True,
+            )
+            while True:
                 time.sleep(0.5)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        serve.delete("talkstream")
+    except _Stopped:
+        pass
     finally:
-        ray.shutdown()
+        with _signals(signal.SIG_IGN):  # a second signal must not cut the clean-up short
+            if ray.is_initialized():
+                if deployed:  # replicas get Serve's grace period (10 s) to close their sessions
+                    print("talkstream: taking down the Serve application", file=sys.stderr, flush=True)
+                _take_down(deployed, started_serve)
+            ray.shutdown()
 
 
 app = build({})  # `serve run talkstream.services.ray_serve:app`: the defaults of `talkstream serve`, WebSocket only

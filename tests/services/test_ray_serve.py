@@ -1,6 +1,6 @@
-"""talkstream on Ray Serve, on a local Ray cluster (a head and a worker node, both on loopback): sessions through
-Serve's ingress spread over two replicas and stay on theirs; a replica killed closes its sessions, they reconnect to
-the other, and the other's sessions keep going."""
+"""talkstream on Ray Serve, on a local Ray cluster (a head and a worker node, both on 127.0.0.1 only:
+tests/conftest.py): sessions through Serve's ingress spread over two replicas and stay on theirs; a replica killed
+closes its sessions, they reconnect to the other, and the other's sessions keep going."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from talkstream.data import SAMPLE_WAV  # noqa: E402
 from talkstream.errors import UserError  # noqa: E402
 from talkstream.protocol import parse_binary, pcm_frame  # noqa: E402
 from talkstream.services.app import ServerConfig  # noqa: E402
-from talkstream.services.ray_serve import application, build  # noqa: E402
+from talkstream.services.ray_serve import application, build, unplaced_message  # noqa: E402
 from tests.services.test_workers import udp_ports  # noqa: E402
 
 
@@ -184,3 +184,12 @@ def test_webrtc_signaling_through_the_ingress_media_straight_to_the_replica(url)
 def test_the_serve_config_refuses_unknown_options():
     with pytest.raises(UserError, match="unknown talkstream options in the Serve config: tinker"):
         build({"tinker": "echo"})
+
+
+def test_replicas_without_room_are_counted_with_what_is_missing():
+    cpu = {"CPU": 1.0}
+    why = unplaced_message("127.0.0.1:6379", 4, cpu, {"CPU": 2.0}, {"CPU": 0.0}, {"CPU": 2.0})  # 2 placed, none free
+    assert why is not None and why.startswith("2 of 4 replicas cannot be placed on the Ray cluster at 127.0.0.1:6379")
+    assert "the cluster has 2 CPU in all and 0 CPU free (missing 2 CPU)" in why
+    assert unplaced_message("h:1", 2, cpu, {"CPU": 2.0}, {"CPU": 0.0}, {"CPU": 2.0}) is None  # both placed (warming up)
+    assert unplaced_message("h:1", 4, cpu, {"CPU": 4.0}, {"CPU": 2.0}, {"CPU": 4.0}) is None  # room: being placed

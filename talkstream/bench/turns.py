@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -41,17 +42,26 @@ CHUNK = 480  # 20 ms
 STOP_WITHIN_MS = 300.0
 
 
+CACHE = Path.home() / ".cache" / "talkstream" / "bench_turns"
+
+
 def _speak(voice: Voice, text: str) -> np.ndarray:
-    """Speech at 24 kHz, leading and trailing silence off."""
+    """Speech at 24 kHz, leading and trailing silence off (kept in ~/.cache/talkstream: TTS is most of a run)."""
+    import hashlib
+
     import soxr
 
     from talkstream.training.turn_data import RATE as R16
 
+    key = CACHE / (hashlib.sha1(f"{voice.id}|{text}".encode()).hexdigest() + ".npy")
+    if key.exists():
+        return np.load(key)
     audio = synthesize(voice, text)
     t16 = trim(soxr.resample(audio, RATE, R16).astype(np.float32))
-    if t16.size == 0:
-        return t16
-    return soxr.resample(t16, R16, RATE).astype(np.float32)
+    out = soxr.resample(t16, R16, RATE).astype(np.float32) if t16.size else t16
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(key, out)
+    return out
 
 
 def _noise(n: int, level: float, rng: np.random.Generator) -> np.ndarray:

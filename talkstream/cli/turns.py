@@ -22,7 +22,7 @@ def cmd_train_turn_heads(args) -> None:
     from talkstream.training.turn_heads import train_turn_heads
 
     reports = train_turn_heads(Path(args.data), Path(args.out), epochs=args.epochs, seed=args.seed,
-                               command=["talkstream", *sys.argv[1:]])
+                               members=args.members, command=["talkstream", *sys.argv[1:]])
     for task, r in reports.items():
         print(f"turn_{task}: threshold {r['threshold']}, held-out accuracy {r['eval']['accuracy']:.3f} -> "
               f"{Path(args.out) / f'turn_{task}'}")
@@ -60,7 +60,8 @@ def add_turn_commands(train_sub, data_sub, bench_sub) -> None:
     tp.add_argument("--data", default="runs/turn_data")
     tp.add_argument("--out", default="runs/turn_heads", help="folder for the two checkpoints "
                     "(talkstream/weights to ship them)")
-    tp.add_argument("--epochs", type=int, default=40)
+    tp.add_argument("--epochs", type=int, default=30)
+    tp.add_argument("--members", type=int, default=5, help="heads per task, each from its own seed, averaged")
     tp.add_argument("--seed", type=int, default=0)
     tp.set_defaults(func=cmd_train_turn_heads)
 
@@ -75,7 +76,7 @@ def add_turn_commands(train_sub, data_sub, bench_sub) -> None:
                     help="also measure end of speech to first reply audio over WebSocket for N held-out questions "
                     "with the built-in Thinker-Talker, both policies on one server")
     bp.add_argument("--pause-ms", type=float, default=128.0, help="silence before the end-of-turn head is asked")
-    bp.add_argument("--barge-decide-ms", type=float, default=250.0, help="speech before the barge-in head decides")
+    bp.add_argument("--barge-decide-ms", type=float, default=180.0, help="speech before the barge-in head decides")
     bp.add_argument("--seed", type=int, default=0)
     bp.add_argument("--json", default="bench-results/turns.json")
     bp.set_defaults(func=cmd_bench_turns)

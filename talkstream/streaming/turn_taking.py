@@ -31,7 +31,7 @@ BARGE_BEFORE_S = 0.2  # the barge-in head hears this much before the speech bega
 class TurnTakingConfig:
     pause_ms: float = 128.0  # silence before the end-of-turn head is asked (the VAD's "pause")
     max_pause_ms: float = 1600.0  # silence that ends a turn the head held open
-    barge_decide_ms: float = 250.0  # speech before the barge-in head decides what it is
+    barge_decide_ms: float = 180.0  # speech (from the VAD's onset estimate) before the barge-in head decides
     backchannel_max_ms: float = 900.0  # speech judged a backchannel that lasts longer is an interruption
 
     def __post_init__(self):

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 
 from talkstream.checkpoint import save_checkpoint
 from talkstream.models import turn_head
-from talkstream.models.turn_head import TurnHead, TurnHeadConfig, fit_window
+from talkstream.models.turn_head import HeadMember, TurnHead, TurnHeadConfig, fit_window, noise_floor
 from talkstream.whisper.encoder import load_whisper_encoder
 
 WINDOWS = {"end": (3.0, "end"), "barge": (0.6, "start")}
+FEATURES_VERSION = 2  # 2: windows given the heads' noise floor (models/turn_head.py noise_floor) as served
 
 
 def _files(data: Path, split: str) -> list[Path]:
@@ -53,7 +54,7 @@ def encoder_states(windows: list[np.ndarray], window_s: float, align: str, batch
     enc = load_whisper_encoder()
     out = []
     for i in range(0, len(windows), batch):
-        x = torch.from_numpy(np.stack([fit_window(w, window_s, align) for w in windows[i : i + batch]]))
+        x = torch.from_numpy(np.stack([noise_floor(fit_window(w, window_s, align)) for w in windows[i : i + batch]]))
         out.append(turn_head.encoder_states(enc, x).half())
     return torch.cat(out)
 
@@ -64,14 +65,15 @@ def features(data: Path, split: str, task: str) -> dict:
     files = [p.name for p in _files(data, split)]
     if cache.exists():
         got = torch.load(cache)
-        if got["files"] == files:
+        if got["files"] == files and got.get("version") == FEATURES_VERSION:
             return got
     xs, ys, kinds, voices = _load(data, split, task)
     window_s, align = WINDOWS[task]
     t = time.time()
     states = encoder_states(xs, window_s, align)
     print(f"{split}/{task}: {len(ys)} windows encoded in {time.time() - t:.0f} s", flush=True)
-    got = {"files": files, "states": states, "y": torch.from_numpy(ys).float(), "kinds": kinds, "voices": voices}
+    got = {"version": FEATURES_VERSION, "files": files, "states": states, "y": torch.from_numpy(ys).float(),
+           "kinds": kinds, "voices": voices}
     torch.save(got, cache)
     return got
 
@@ -94,9 +96,38 @@ def _rates(p: np.ndarray, y: np.ndarray, threshold: float) -> dict:
     }
 
 
-def train_head(task: str, data: Path, epochs: int = 40, seed: int = 0, max_false: float = 0.03, noise: float = 0.5,
-               weight_decay: float = 0.05, d: int = 32, lr: float = 2e-3) -> tuple:
+def _fit_member(cfg: TurnHeadConfig, fit_x, fit_y, chk_x, chk_y, epochs: int, seed: int, noise: float,
+                weight_decay: float, lr: float) -> tuple[HeadMember, int]:
+    """One member from its own seed; the epoch with the lowest check loss is kept."""
     torch.manual_seed(seed)
+    member = HeadMember(cfg)
+    opt = torch.optim.AdamW(member.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, best_epoch = float("inf"), None, 0
+    for epoch in range(epochs):
+        member.train()
+        order = torch.randperm(len(fit_y))
+        for i in range(0, len(order), 64):
+            b = order[i : i + 64]
+            x = fit_x[b]
+            # Noise on the frozen encoder's states: the windows are few, a head must not learn them by heart.
+            loss = F.binary_cross_entropy_with_logits(member(x + noise * torch.randn_like(x)), fit_y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        member.eval()
+        with torch.no_grad():
+            chk = F.binary_cross_entropy_with_logits(member(chk_x), chk_y).item()
+        if chk < best:
+            best, best_epoch = chk, epoch
+            best_state = {k: v.clone() for k, v in member.state_dict().items()}
+        print(f"{cfg.task} seed {seed} epoch {epoch + 1}: train loss {loss.item():.3f}, check loss {chk:.3f}",
+              flush=True)
+    member.load_state_dict(best_state)
+    return member.eval(), best_epoch + 1
+
+
+def train_head(task: str, data: Path, epochs: int = 30, seed: int = 0, max_false: float = 0.03, noise: float = 0.5,
+               weight_decay: float = 0.05, d: int = 32, lr: float = 2e-3, members: int = 5) -> tuple:
     train, evals = features(data, "train", task), features(data, "eval", task)
     voices = sorted(set(train["voices"]))
     rng = random.Random(seed)
@@ -104,29 +135,13 @@ def train_head(task: str, data: Path, epochs: int = 40, seed: int = 0, max_false
     check = torch.tensor([v in check_voices for v in train["voices"]])
     xs, ys = train["states"].float(), train["y"]
     fit_x, fit_y, chk_x, chk_y = xs[~check], ys[~check], xs[check], ys[check]
-    cfg = TurnHeadConfig(task=task, window_s=WINDOWS[task][0], d=d)
+    cfg = TurnHeadConfig(task=task, window_s=WINDOWS[task][0], d=d, members=members)
     head = TurnHead(cfg)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, best_epoch = float("inf"), None, 0
-    for epoch in range(epochs):
-        head.train()
-        order = torch.randperm(len(fit_y))
-        for i in range(0, len(order), 64):
-            b = order[i : i + 64]
-            x = fit_x[b]
-            # A little noise on the frozen encoder's states: the windows are few, the head must not learn them by heart.
-            loss = F.binary_cross_entropy_with_logits(head(x + noise * torch.randn_like(x)), fit_y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        head.eval()
-        with torch.no_grad():
-            chk = F.binary_cross_entropy_with_logits(head(chk_x), chk_y).item()
-        if chk < best:
-            best, best_epoch = chk, epoch
-            best_state = {k: v.clone() for k, v in head.state_dict().items()}
-        print(f"{task} epoch {epoch + 1}: train loss {loss.item():.3f}, check loss {chk:.3f}", flush=True)
-    head.load_state_dict(best_state)
+    best_epochs = []
+    for n in range(members):
+        member, best_epoch = _fit_member(cfg, fit_x, fit_y, chk_x, chk_y, epochs, seed + n, noise, weight_decay, lr)
+        head.members[n].load_state_dict(member.state_dict())
+        best_epochs.append(best_epoch)
     head.eval()
     with torch.no_grad():
         p_chk = torch.sigmoid(head(chk_x)).numpy()
@@ -143,8 +158,8 @@ def train_head(task: str, data: Path, epochs: int = 40, seed: int = 0, max_false
         m = np.array([kk == k for kk in evals["kinds"]])
         by_kind[k] = {"n": int(m.sum()), "taken_as_positive": float(np.mean(p_eval[m] >= threshold))}
     report = {
-        "task": task, "epochs": epochs, "best_epoch": best_epoch + 1, "seed": seed, "noise": noise,
-        "weight_decay": weight_decay, "d": d, "lr": lr,
+        "task": task, "epochs": epochs, "best_epochs": best_epochs, "seed": seed, "members": members,
+        "noise": noise, "weight_decay": weight_decay, "d": d, "lr": lr,
         "fit_windows": len(fit_y), "check_windows": len(chk_y), "check_voices": sorted(check_voices),
         "threshold": cfg.threshold, "threshold_rule": f"at most {max_false:.0%} of check-voice negatives above it",
         "check": _rates(p_chk, chk_y.numpy(), threshold),
@@ -154,11 +169,11 @@ def train_head(task: str, data: Path, epochs: int = 40, seed: int = 0, max_false
     return head, report
 
 
-def train_turn_heads(data: Path, out: Path, epochs: int = 40, seed: int = 0, command: list[str] | None = None
-                     ) -> dict:
+def train_turn_heads(data: Path, out: Path, epochs: int = 30, seed: int = 0, members: int = 5,
+                     command: list[str] | None = None) -> dict:
     reports = {}
     for task in ("end", "barge"):
-        head, report = train_head(task, data, epochs, seed)
+        head, report = train_head(task, data, epochs, seed, members=members)
         report["command"] = " ".join(command or [])
         folder = save_checkpoint(head, head.cfg.to_dict(), out / f"turn_{task}", "turn_head")
         (folder / "training.json").write_text(json.dumps(report, indent=2) + "\n")

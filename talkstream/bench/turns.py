@@ -223,6 +223,53 @@ def _barge_rows() -> list[dict]:
     return rows
 
 
+async def measure_echo(stage: VoiceActivity, replies: list[np.ndarray], user: list[np.ndarray], seed: int) -> dict:
+    """A client that plays each reply into its own microphone (20-200 ms later, -6 to -20 dB, a room's noise),
+    heard raw and through the server's echo canceller (`EchoCanceller`, the reply as reference): the speech starts
+    during the reply (each one a self-interruption with silence-only turns, a barge-in to judge with the heads).
+    Half the replies also have the user break in 1 s into them (a held-out voice): heard within 300 ms or not."""
+    from talkstream.streaming.echo_cancel import EchoCanceller, EchoConfig
+
+    rng, g = random.Random(seed), np.random.default_rng(seed)
+    canceller = EchoCanceller(EchoConfig(sample_rate=RATE))
+    out = {"replies": len(replies), "raw": {"self_starts": 0, "replies_self_interrupted": 0},
+           "cancelled": {"self_starts": 0, "replies_self_interrupted": 0}, "barge_ins": 0,
+           "barge_ins_heard_within_300ms": 0, "rows": []}
+    for n, reply in enumerate(replies):
+        delay, level = rng.uniform(0.02, 0.2), rng.uniform(-20, -6)
+        d = int(delay * RATE)
+        mic = np.zeros(reply.size + d + int(1.5 * RATE), np.float32)
+        mic[d : d + reply.size] += reply * 10 ** (level / 20)
+        mic += _noise(mic.size, 3e-4, g)
+        barge_at = None
+        if n % 2 == 1:
+            u = user[n % len(user)]
+            barge_at = d + RATE
+            mic[barge_at : barge_at + u.size] += u[: mic.size - barge_at] * 0.5
+        state = canceller.play(reply, canceller.init_state())
+        clean = []
+        for i in range(0, mic.size, CHUNK):
+            c, state = canceller.step(mic[i : i + CHUNK], state)
+            clean.append(c)
+        clean = np.concatenate(clean)
+        row = {"delay_ms": round(delay * 1000), "level_db": round(level, 1), "barge_in": barge_at is not None}
+        for name, x in (("raw", mic), ("cancelled", clean)):
+            events = await run_stream(stage, x)
+            before = barge_at / RATE if barge_at is not None else mic.size / RATE
+            selfs = [t for t, k, _ in events if k == "start" and t < before]
+            out[name]["self_starts"] += len(selfs)
+            out[name]["replies_self_interrupted"] += bool(selfs)
+            row[f"{name}_self_starts"] = len(selfs)
+            if name == "cancelled" and barge_at is not None:
+                out["barge_ins"] += 1
+                heard = [t for t, k, _ in events if k in ("interruption", "start") and t >= before]
+                ok = bool(heard) and heard[0] - before <= STOP_WITHIN_MS / 1000 + 0.1
+                out["barge_ins_heard_within_300ms"] += ok
+                row["barge_in_heard_ms"] = round(1000 * (heard[0] - before)) if heard else None
+        out["rows"].append(row)
+    return out
+
+
 async def measure_server(questions: int, seed: int) -> dict:
     """End of speech to first reply audio over WebSocket, real time, both policies on one server (built-in
     Thinker-Talker), questions from the held-out dialogue split in the held-out voices."""
@@ -292,6 +339,9 @@ def run_turns_bench(limit: int | None = None, seed: int = 0, real: bool = True, 
             "pauses": asyncio.run(measure_pauses(stages, pause_streams(real_rows, seed))),
             "complete": asyncio.run(measure_complete(stages, complete_streams(real_rows, seed))),
         }
+    replies = [_speak(Voice("kokoro", "jm_kumo"), t) for t in EVAL_REQUESTS]  # the Talker's voice
+    user = [r["pcm"] for r in barge if r["kind"] == "interruption"]
+    out["echo"] = asyncio.run(measure_echo(stages["semantic"], replies, user, seed))
     if server_questions:
         out["server"] = asyncio.run(measure_server(server_questions, seed))
     print(table(out))
@@ -310,6 +360,13 @@ def table(r: dict) -> str:
         lambda k: f"{c[k]['end_of_turn_ms'].get('p50')}/{c[k]['end_of_turn_ms'].get('p90')}")
     row("backchannel: reply goes on", lambda k: f"{b[k]['backchannels_talked_through']}/{b[k]['backchannels']}")
     row("interruption: stopped within 300 ms", lambda k: f"{b[k]['stopped_within_300ms']}/{b[k]['interruptions']}")
+    if "echo" in r:
+        e = r["echo"]
+        lines.append(f"| reply played into the mic (20-200 ms, -6..-20 dB): replies with a speech start, raw / "
+                     f"echo-cancelled | {e['raw']['replies_self_interrupted']}/{e['replies']} | "
+                     f"{e['cancelled']['replies_self_interrupted']}/{e['replies']} |")
+        lines.append(f"| ... the user's barge-in over it heard (cancelled) | | "
+                     f"{e['barge_ins_heard_within_300ms']}/{e['barge_ins']} |")
     if "real" in r:
         rp, rc = r["real"]["pauses"], r["real"]["complete"]
         row("real readings: pause cut off", lambda k: f"{rp[k]['cut_off']}/{rp[k]['streams']}")

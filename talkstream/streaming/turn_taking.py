@@ -49,6 +49,8 @@ class TurnTakingState:
     speech_start: int | None = None  # where the current segment began (samples), None outside speech
     barge: str | None = None  # the current segment's verdict: "backchannel" | "interruption" | None (not yet)
     long_sent: bool = False
+    paused_at: int | None = None  # where the current pause began (samples), None while speaking
+    talk_start: int | None = None  # speech_start moved on by the segment's pauses: "long" counts speech only
 
 
 class TurnTaking:
@@ -107,7 +109,12 @@ class TurnTaking:
         for e in vad_events:
             if e.kind == "start":
                 st.speech_start, st.barge, st.long_sent = round(e.time_s * VAD_RATE), None, False
+                st.paused_at, st.talk_start = None, st.speech_start
                 out.append(e)
+            elif e.kind == "resume":
+                if st.paused_at is not None and st.talk_start is not None:
+                    st.talk_start += round(e.time_s * VAD_RATE) - st.paused_at  # the pause is not speech
+                st.paused_at = None
             elif e.kind == "pause":
                 at = self._raised_at(e)
                 p = self.judge.p_complete(self._span(st, at - int(HISTORY_S * VAD_RATE), at))
@@ -115,6 +122,7 @@ class TurnTaking:
                     out += self._barge(st) + [VADEvent("end", e.time_s, p)]
                     st.speech_start = None
                 else:
+                    st.paused_at = round(e.time_s * VAD_RATE)
                     out.append(VADEvent("hold", e.time_s, p))
             elif e.kind == "end":
                 out += self._barge(st) + [e]
@@ -124,8 +132,9 @@ class TurnTaking:
         if self._barge_due(st):
             out += self._barge(st)
         cfg = self.config
-        if (st.barge == "backchannel" and not st.long_sent and st.speech_start is not None
-                and st.clock - st.speech_start >= cfg.backchannel_max_ms * VAD_RATE / 1000):
+        if (st.barge == "backchannel" and not st.long_sent and st.talk_start is not None and st.paused_at is None
+                and st.speech_start is not None
+                and st.clock - st.talk_start >= cfg.backchannel_max_ms * VAD_RATE / 1000):
             st.long_sent = True
             out.append(VADEvent("long", st.clock / VAD_RATE, 0.0))
         st.history = st.history[-int(HISTORY_S * VAD_RATE) :]

@@ -34,7 +34,8 @@ class VADConfig:
 
 @dataclass
 class VADEvent:
-    # "start" (speech began), "end" (end of turn), "pause" (silence reached the state's `pause_ms` inside a turn);
+    # "start" (speech began), "end" (end of turn), "pause" (silence reached the state's `pause_ms` inside a turn),
+    # "resume" (speech again after a "pause");
     # streaming/turn_taking.py adds "hold" (a pause judged mid-sentence), "backchannel", "interruption", "long".
     kind: str
     time_s: float  # stream time at 16 kHz resolution, from the first sample the state saw
@@ -138,8 +139,9 @@ class SileroVAD:
         else:
             state.silence_windows = state.silence_windows + 1 if p < cfg.end_threshold else 0
             silence_ms = state.silence_windows * win_ms
-            if silence_ms == 0:
+            if silence_ms == 0 and state.paused:  # speech again after a pause was raised
                 state.paused = False
+                return [VADEvent("resume", t, p)]
             end_ms = cfg.end_of_turn_ms if state.end_of_turn_ms is None else state.end_of_turn_ms
             if silence_ms >= end_ms:
                 state.speaking, state.speech_windows, state.paused = False, 0, False

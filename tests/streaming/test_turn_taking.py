@@ -88,7 +88,7 @@ def test_the_vad_raises_a_pause_only_when_asked(vad, speech):
     for i in range(0, pcm.size, 480):
         ev, state = vad.step(pcm[i : i + 480], state)
         kinds += [e.kind for e in ev]
-    assert kinds == ["start", "pause", "pause", "end"]  # one pause per silence, the 480 ms one ends the turn
+    assert kinds == ["start", "pause", "resume", "pause", "end"]  # a pause per silence; the 480 ms one ends the turn
     assert [e.kind for e in vad.step(pcm, vad.init_state(RATE))[0]] == ["start", "end"]  # no pause_ms: as before
 
 
@@ -133,6 +133,10 @@ def test_barge_in_verdicts_and_a_long_backchannel(vad, speech):
     assert abs(verdict - start - TurnTakingConfig().barge_decide_ms / 1000) < 0.02  # decided that long after it began
     short = TurnTaking(FixedJudge(0.9, 0.9), TurnTakingConfig(backchannel_max_ms=5000))
     assert "long" not in [k for k, _ in events_of(VoiceActivity(vad, RATE, turn_taking=short), pcm)]
+    # "Mm-hm" then silence, its turn held open (judged incomplete): the silence is not speech, so not "long".
+    mm = _stream(0.5, a[: RATE // 2], 1.5)
+    got = [k for k, _ in events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(FixedJudge(0.1, 0.9))), mm)]
+    assert got[:2] == ["start", "backchannel"] and "hold" in got and "long" not in got
 
 
 @pytest.mark.parametrize("chunk", [160, 480, 1999, 24_000])

@@ -49,8 +49,7 @@ class TurnTakingState:
     speech_start: int | None = None  # where the current segment began (samples), None outside speech
     barge: str | None = None  # the current segment's verdict: "backchannel" | "interruption" | None (not yet)
     long_sent: bool = False
-    paused_at: int | None = None  # where the current pause began (samples), None while speaking
-    talk_start: int | None = None  # speech_start moved on by the segment's pauses: "long" counts speech only
+    paused_at: int | None = None  # where the current held pause began (samples), None while speaking
 
 
 class TurnTaking:
@@ -109,11 +108,9 @@ class TurnTaking:
         for e in vad_events:
             if e.kind == "start":
                 st.speech_start, st.barge, st.long_sent = round(e.time_s * VAD_RATE), None, False
-                st.paused_at, st.talk_start = None, st.speech_start
+                st.paused_at = None
                 out.append(e)
             elif e.kind == "resume":
-                if st.paused_at is not None and st.talk_start is not None:
-                    st.talk_start += round(e.time_s * VAD_RATE) - st.paused_at  # the pause is not speech
                 st.paused_at = None
             elif e.kind == "pause":
                 at = self._raised_at(e)
@@ -132,9 +129,12 @@ class TurnTaking:
         if self._barge_due(st):
             out += self._barge(st)
         cfg = self.config
-        if (st.barge == "backchannel" and not st.long_sent and st.talk_start is not None and st.paused_at is None
-                and st.speech_start is not None
-                and st.clock - st.talk_start >= cfg.backchannel_max_ms * VAD_RATE / 1000):
+        # Speaking still (not in a held pause) this long after the onset, its pauses included: no backchannel. A
+        # pause is only known `pause_ms` (and the VAD's ~3 windows of lag) after it began, so "still speaking" is
+        # asked that much later: speech that stopped before `backchannel_max_ms` has raised its pause by then.
+        wait_ms = cfg.backchannel_max_ms + cfg.pause_ms + 96
+        if (st.barge == "backchannel" and not st.long_sent and st.speech_start is not None and st.paused_at is None
+                and st.clock - st.speech_start >= wait_ms * VAD_RATE / 1000):
             st.long_sent = True
             out.append(VADEvent("long", st.clock / VAD_RATE, 0.0))
         st.history = st.history[-int(HISTORY_S * VAD_RATE) :]

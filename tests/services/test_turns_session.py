@@ -43,8 +43,10 @@ def chat(models, audio: np.ndarray, turn_end: str, tail_s: float = 3.0):
     async def main():
         async with TalkstreamServer(ServerConfig(port=0, thinker="echo", turn_end="semantic"), codec=codec,
                                     vad=vad) as srv:
+            # echo_cancelled: these clients play nothing back (the echo cases are test_echo_session.py's), and the
+            # server's AEC3 would take speech that begins in a reply's first second for echo (docs/turns.md)
             return await stream_audio(srv.url, audio, RATE, mode="chat", tail_s=tail_s,
-                                      extra_hello={"turn_end": turn_end})
+                                      extra_hello={"turn_end": turn_end, "echo_cancelled": True})
 
     return asyncio.run(asyncio.wait_for(main(), 120))
 

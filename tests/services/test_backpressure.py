@@ -6,24 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import pytest
 
-from talkstream.audio_io import load_audio
-from talkstream.checkpoint import load_audio_codec
 from talkstream.client import report, stream_audio
-from talkstream.data import SAMPLE_WAV
 from talkstream.services.app import ServerConfig, TalkstreamServer
-from talkstream.streaming.vad import SileroVAD
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_audio_codec(), SileroVAD()
-
-
-@pytest.fixture(scope="module")
-def speech():
-    return load_audio(SAMPLE_WAV, 24_000)
 
 
 def run_on_server(models, *streams):

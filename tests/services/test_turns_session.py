@@ -9,20 +9,13 @@ import asyncio
 import numpy as np
 import pytest
 
-from talkstream.checkpoint import load_audio_codec
 from talkstream.client import stream_audio
 from talkstream.services.app import ServerConfig, TalkstreamServer
-from talkstream.streaming.vad import SileroVAD
 
 pytestmark = pytest.mark.slow  # real-time streams of several seconds each
 
 RATE = 24_000
 VOICE = ("espeak", "en-us+m8")  # an evaluation voice: the heads never trained on it
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_audio_codec(), SileroVAD()
 
 
 def spoken(text: str) -> np.ndarray:

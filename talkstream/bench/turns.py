@@ -246,9 +246,9 @@ async def measure_echo(stage: VoiceActivity, replies: list[np.ndarray], user: li
             u = user[n % len(user)]
             barge_at = d + RATE
             mic[barge_at : barge_at + u.size] += u[: mic.size - barge_at] * 0.5
-        state = canceller.play(reply, canceller.init_state())
-        clean = []
-        for i in range(0, mic.size, CHUNK):
+        state, clean = canceller.init_state(), []
+        for i in range(0, mic.size, CHUNK):  # the reply queued as the server sends it: a chunk ahead of the mic
+            state = canceller.play(reply[i : i + CHUNK], state)
             c, state = canceller.step(mic[i : i + CHUNK], state)
             clean.append(c)
         clean = np.concatenate(clean)

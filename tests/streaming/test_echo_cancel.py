@@ -136,6 +136,20 @@ def test_user_talking_in_the_replys_first_second_without_echo_is_heard(voices, v
     assert found and found[0] <= 0.7, found
 
 
+def test_the_microphone_passes_untouched_between_replies(voices):
+    """No reply playing (a new stream, or a second after one ended): not a sample changed. AEC3 with nothing to
+    cancel still altered the voice enough that Whisper misheard words through it."""
+    far, near = voices
+    gap = np.zeros(int(1.2 * SR), np.float32)
+    mic = np.concatenate([near, played_back(far, 100, -10), gap, near]).astype(np.float32)
+    ref = np.concatenate([np.zeros(near.size, np.float32), far, gap, np.zeros(near.size, np.float32)])
+    clean = cancel(mic, ref, chunk=480)
+    assert np.array_equal(clean[: near.size], mic[: near.size])  # before the first reply
+    tail = near.size // 480 * 480
+    assert np.array_equal(clean[-tail:], mic[-tail:])  # after the reply and a second of nothing
+    assert erle_db(mic[near.size : near.size + far.size], clean[near.size : near.size + far.size]) > 10
+
+
 def test_finds_a_longer_delay_itself(voices):
     """Past AEC3's own range (about 450 ms) the coarse delay line takes the offset out (GCC-PHAT)."""
     far, _ = voices

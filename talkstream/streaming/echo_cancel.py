@@ -64,7 +64,7 @@ class EchoState:
     history_near: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # for the coarse estimate
     history_far: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     estimates: list[int] = field(default_factory=list)  # the last coarse estimates (samples)
-    quiet_frames: int = 1 << 30  # frames since the reference last had a sample other than 0 (a new stream: idle)
+    quiet_frames: int = 0  # frames since the reference last had a sample other than 0
 
 
 def pcm_in(x, what: str) -> np.ndarray:
@@ -170,25 +170,17 @@ class EchoCanceller:
         # A reference that starts again after a silence (a new reply) starts AEC3 afresh: a client may play each
         # reply with another delay (its playback restarts), and a converged AEC3 took about a second to follow a
         # 20 ms move, letting the echo through meanwhile; from scratch it finds the path within the first 100 ms.
-        # Between replies (the reference silent for `restart_after_s`) the microphone passes untouched: AEC3 with
-        # nothing to cancel still changes the user's voice (measured: Whisper heard "smooth planks" as "smooth
-        # clangs" through it), and the next reply starts it afresh anyway.
-        restart, f = int(self.config.restart_after_s / FRAME_S), self.frame
-        modes = []  # per frame: "pass" (between replies), "restart" (a reply begins: AEC3 afresh), "aec"
-        for active in np.any(far.reshape(-1, f), axis=1).tolist():
-            idle = state.quiet_frames >= restart
-            modes.append(("restart" if active else "pass") if idle else "aec")
+        restart, restarts = int(self.config.restart_after_s / FRAME_S), []
+        for k, active in enumerate(np.any(far.reshape(-1, self.frame), axis=1).tolist()):
+            if active and state.quiet_frames >= restart:
+                restarts.append(k)
             state.quiet_frames = 0 if active else state.quiet_frames + 1
-        pieces, a = [], 0
-        for k in range(1, len(modes) + 1):
-            if k < len(modes) and modes[k] == ("aec" if modes[a] == "restart" else modes[a]):
-                continue
-            if modes[a] == "pass":
-                pieces.append(near[a * f : k * f])
-            else:
-                if modes[a] == "restart":
-                    state.apm.reset()
+        pieces, a, f = [], 0, self.frame
+        for k in [*restarts, near.size // f]:
+            if k > a:
                 pieces.append(state.apm.process(near[a * f : k * f], far[a * f : k * f]))
+            if k in restarts:
+                state.apm.reset()
             a = k
         return np.concatenate(pieces).astype(np.float32, copy=False)
 

@@ -14,24 +14,12 @@ from websockets.asyncio.client import connect
 
 from talkstream.audio_io import load_audio
 from talkstream.bench.metrics import stoi
-from talkstream.checkpoint import load_audio_codec
 from talkstream.client import ServerError, stream_audio
 from talkstream.data import SAMPLE_WAV
 from talkstream.errors import UserError
 from talkstream.protocol import HEADER, pcm_frame
 from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.services.session import Limits
-from talkstream.streaming.vad import SileroVAD
-
-
-@pytest.fixture(scope="module")
-def models():
-    return load_audio_codec(), SileroVAD()
-
-
-@pytest.fixture(scope="module")
-def speech():
-    return load_audio(SAMPLE_WAV, 24_000)
 
 
 def serve(models, **kw):

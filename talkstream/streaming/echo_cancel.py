@@ -51,6 +51,16 @@ class EchoConfig:
     coarse_max_s: float = 1.2  # the longest offset it looks for
     coarse_margin_s: float = 0.15  # what it leaves to AEC3 (its delay estimator covers 0-450 ms)
     restart_after_s: float = 1.0  # a reference starting after this much digital silence (a new reply) restarts AEC3
+    # A microphone that hears no echo of a reply (headphones, a phone line whose network cancels it) passes
+    # untouched from the moment that shows, and through the next replies: AEC3, fresh for each reply and hearing no
+    # echo to learn from, takes any speech in its first 2.5 s for echo. Judged on the part of a reply past
+    # `echo_reach_s` (the longest echo delay looked for): echo-free once at least `echo_free_min_s` of it is judged
+    # and `echo_free_share` of its frames are `echo_free_db` under the loudest reference frame of the
+    # `echo_reach_s` before them. An echo that appears later (found by the coarse estimate) turns AEC3 back on.
+    echo_reach_s: float = 1.2
+    echo_free_db: float = 40.0
+    echo_free_share: float = 0.8
+    echo_free_min_s: float = 0.5  # a verdict needs at least this much of a reply past `echo_reach_s`
 
 
 @dataclass
@@ -64,7 +74,13 @@ class EchoState:
     history_near: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # for the coarse estimate
     history_far: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     estimates: list[int] = field(default_factory=list)  # the last coarse estimates (samples)
-    quiet_frames: int = 0  # frames since the reference last had a sample other than 0
+    peaks: list[float] = field(default_factory=list)  # and how sure each was
+    quiet_frames: int = 1 << 30  # frames since the reference last had a sample other than 0 (a new stream: idle)
+    echo_free: bool = False  # the last judged reply had no echo in the microphone: replies pass untouched
+    reply_frames: int = 0  # frames of the current reply so far (idle: 0)
+    judged: int = 0  # of those past `echo_reach_s`: how many were judged, and how many of them were echo-free
+    quiet: int = 0
+    far_energy: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the reference's frame energies, last reach
 
 
 def pcm_in(x, what: str) -> np.ndarray:
@@ -170,19 +186,58 @@ class EchoCanceller:
         # A reference that starts again after a silence (a new reply) starts AEC3 afresh: a client may play each
         # reply with another delay (its playback restarts), and a converged AEC3 took about a second to follow a
         # 20 ms move, letting the echo through meanwhile; from scratch it finds the path within the first 100 ms.
-        restart, restarts = int(self.config.restart_after_s / FRAME_S), []
-        for k, active in enumerate(np.any(far.reshape(-1, self.frame), axis=1).tolist()):
-            if active and state.quiet_frames >= restart:
-                restarts.append(k)
+        # Between replies (the reference silent for `restart_after_s`) the microphone passes untouched: AEC3 with
+        # nothing to cancel still changes the user's voice (measured: Whisper heard "smooth planks" as "smooth
+        # clangs" through it). So does a reply when the last one showed no echo in the microphone (`echo_free`).
+        cfg, f = self.config, self.frame
+        restart, reach = int(cfg.restart_after_s / FRAME_S), int(cfg.echo_reach_s / FRAME_S)
+        near_e = np.mean(near.reshape(-1, f).astype(np.float64) ** 2, axis=1)
+        far_e = np.mean(far.reshape(-1, f).astype(np.float64) ** 2, axis=1)
+        history = np.concatenate([state.far_energy, far_e])
+        free_ratio = 10 ** (-cfg.echo_free_db / 10)
+        modes = []  # per frame: "pass" (between replies, or no echo), "restart" (a reply begins: AEC3 afresh), "aec"
+        for k, active in enumerate((far_e > 0).tolist()):
+            if state.quiet_frames >= restart:  # idle
+                if active:  # a new reply: judge the last one
+                    self._judge(state)
+                    modes.append("pass" if state.echo_free else "restart")
+                else:
+                    modes.append("pass")
+            else:
+                modes.append("pass" if state.echo_free else "aec")
             state.quiet_frames = 0 if active else state.quiet_frames + 1
-        pieces, a, f = [], 0, self.frame
-        for k in [*restarts, near.size // f]:
-            if k > a:
+            if state.quiet_frames < restart:  # in a reply (and the second after it, where its echo may still be)
+                state.reply_frames += 1
+                if state.reply_frames > reach:
+                    loudest = history[max(0, state.far_energy.size + k - reach) : state.far_energy.size + k + 1].max()
+                    if loudest > 1e-6:  # the reference was playing (above -60 dBFS): echo would be heard by now
+                        state.judged += 1
+                        state.quiet += int(near_e[k] < loudest * free_ratio)
+                        if not state.echo_free and self._echo_free(state):  # no echo so far: untouched from here
+                            state.echo_free = True
+        state.far_energy = history[-reach:]
+        pieces, a = [], 0
+        for k in range(1, len(modes) + 1):
+            if k < len(modes) and modes[k] == ("aec" if modes[a] == "restart" else modes[a]):
+                continue
+            if modes[a] == "pass":
+                pieces.append(near[a * f : k * f])
+            else:
+                if modes[a] == "restart":
+                    state.apm.reset()
                 pieces.append(state.apm.process(near[a * f : k * f], far[a * f : k * f]))
-            if k in restarts:
-                state.apm.reset()
             a = k
         return np.concatenate(pieces).astype(np.float32, copy=False)
+
+    def _echo_free(self, state: EchoState) -> bool:
+        return state.quiet >= self.config.echo_free_share * state.judged >= (
+            self.config.echo_free_share * self.config.echo_free_min_s / FRAME_S)
+
+    def _judge(self, state: EchoState) -> None:
+        """The reply that ended: echo-free or not (too short a reply leaves the verdict as it was)."""
+        if state.judged >= self.config.echo_free_min_s / FRAME_S:
+            state.echo_free = self._echo_free(state)
+        state.reply_frames = state.judged = state.quiet = 0
 
     def _estimate(self, near: np.ndarray, far: np.ndarray, state: EchoState) -> None:
         """Keep the last `coarse_window_s` of both signals; at each whole window, measure the offset and, when two
@@ -204,9 +259,14 @@ class EchoCanceller:
             lag *= d
             if peak < 8.0:  # no clear echo path (no echo, or the user talking over it)
                 continue
-            state.estimates = (state.estimates + [lag])[-2:]
+            state.estimates, state.peaks = (state.estimates + [lag])[-2:], (state.peaks + [peak])[-2:]
             if len(state.estimates) < 2 or abs(state.estimates[0] - state.estimates[1]) > sr // 100:
                 continue
+            # An echo where none was heard (the client's speaker went on): cancel again. Surer than the delay line
+            # needs to be: a voice talking over the reply gave agreeing peaks of 8-20; an echo gave 50-180.
+            if state.echo_free and min(state.peaks) >= 30.0:
+                state.echo_free = False
+                state.apm.reset()
             margin = int(cfg.coarse_margin_s * sr)
             target = max(0, lag - margin) if lag > int(0.45 * sr) else 0
             if abs(target - state.shift) > int(0.1 * sr):

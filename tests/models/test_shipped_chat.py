@@ -92,10 +92,8 @@ def _chat_over_websocket(audio: np.ndarray, thinker: str = "builtin"):
         server = TalkstreamServer(ServerConfig(port=0, thinker=thinker))
         await server.start()
         try:
-            # These clients play nothing back; the server's echo canceller would change the voice it hears (a known
-            # gap: tests/streaming/test_echo_cancel.py, docs/turns.md).
-            return await stream_audio(server.url, audio, 24_000, mode="chat", realtime=True, tail_s=6,
-                                      extra_hello={"echo_cancelled": True})
+            # No `echo_cancelled`: the server's echo canceller runs, and must leave the voice as it was.
+            return await stream_audio(server.url, audio, 24_000, mode="chat", realtime=True, tail_s=6)
         finally:
             await server.stop()
 

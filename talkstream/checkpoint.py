@@ -129,6 +129,13 @@ def load_video_codec(path: str | Path | None = None, device: str = "cpu"):
     return _load_model("video_codec", path, lambda c: VideoCodec(VideoCodecConfig.from_dict(c))).to(device)
 
 
+def load_video_codec_v2(path: str | Path | None = None, device: str = "cpu"):
+    """The shipped video codec v2 (or the checkpoint at `path`), in eval mode."""
+    from talkstream.codecs.video.codec_v2 import VideoCodecV2, VideoCodecV2Config
+
+    return _load_model("video_codec_v2", path, lambda c: VideoCodecV2(VideoCodecV2Config.from_dict(c))).to(device)
+
+
 def load_voice_codec(path: str | Path | None = None):
     """The codec whose decoder is fine-tuned on the Talker's voice (talkstream/codecs/audio/voice.py)."""
     return load_audio_codec(path or WEIGHTS_DIR / "voice_codec")

@@ -11,6 +11,18 @@ from talkstream.cli.files import out_file
 
 
 def cmd_train_video(args) -> None:
+    command = "talkstream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.version == 2:
+        from talkstream.codecs.video.train_v2 import VideoV2TrainConfig, train_video_codec_v2
+
+        cfg2 = VideoV2TrainConfig(
+            out=args.out, steps=args.steps, batch_size=args.batch_size, clip_frames=args.clip_frames, crop=args.crop,
+            lr=args.lr if args.lr is not None else 1e-3, checkpoint_minutes=args.checkpoint_minutes,
+            max_minutes=args.max_minutes, threads=args.threads, seed=args.seed,
+        )  # fmt: skip
+        export = train_video_codec_v2(cfg2, command=command)
+        print(f"weights exported to {export} (copy to talkstream/weights/video_codec_v2 to ship them)")
+        return
     from talkstream.codecs.video.train import VideoTrainConfig, train_video_codec
 
     cfg = VideoTrainConfig(
@@ -19,22 +31,30 @@ def cmd_train_video(args) -> None:
         batch_size=args.batch_size,
         clip_frames=args.clip_frames,
         crop=args.crop,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None else 2e-3,
         checkpoint_minutes=args.checkpoint_minutes,
         max_minutes=args.max_minutes,
         threads=args.threads,
         seed=args.seed,
         device=args.device,
     )
-    command = "talkstream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     export = train_video_codec(cfg, command=command)
     print(f"weights exported to {export} (copy to talkstream/weights/video_codec to ship them)")
 
 
 def cmd_bench_video(args) -> None:
+    out = out_file(args.out)  # its folder now, not after the run
+    if args.version == 2:
+        from talkstream.bench.video_v2 import run_video_v2_bench
+        from talkstream.checkpoint import load_video_codec_v2
+
+        codec = load_video_codec_v2(args.weights)
+        write_result(
+            out, run_video_v2_bench(codec, clips=args.clips, frames=args.frames, kbps=tuple(args.kbps)), args.argv
+        )
+        return
     from talkstream.bench.video import run_video_bench
 
-    out = out_file(args.out)  # its folder now, not after the run
     results = run_video_bench(_video_codec(args), clips=args.clips, frames=args.frames, threads=tuple(args.threads))
     write_result(out, results, args.argv)
 
@@ -77,7 +97,14 @@ def add_video_commands(sub, train_sub, bench_sub) -> None:
     tp.add_argument("--batch-size", type=int, default=8, help="clips per step")
     tp.add_argument("--clip-frames", type=int, default=4, help="frames per clip (gradients through the memory)")
     tp.add_argument("--crop", type=int, default=64, help="square crop trained on (multiple of 8)")
-    tp.add_argument("--lr", type=float, default=2e-3)
+    tp.add_argument(
+        "--version",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: the fixed-rate token codec; 2: the entropy-coded conditional codec (codec_v2.py)",
+    )
+    tp.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3 for v1, 1e-3 for v2)")
     tp.add_argument("--checkpoint-minutes", type=float, default=3.0)
     tp.add_argument("--max-minutes", type=float, default=0.0, help="stop this run after N minutes (0: no limit)")
     tp.add_argument("--threads", type=int, default=1, help="CPU threads (0: all)")
@@ -94,6 +121,14 @@ def add_video_commands(sub, train_sub, bench_sub) -> None:
     bp.add_argument("--clips", type=int, default=8, help="held-out clips (4 camera moves, then procedural)")
     bp.add_argument("--frames", type=int, default=50, help="frames per clip (25 fps)")
     bp.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to time")
+    bp.add_argument(
+        "--version",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: the entropy-coded codec v2 against x264 at equal bitrates, static vs moving cost",
+    )
+    bp.add_argument("--kbps", type=float, nargs="+", default=[32, 64, 128], help="v2's rate-control targets")
     bp.add_argument("--out", default=None, help="write results JSON here")
     bp.add_argument("--weights", default=None, help="video codec checkpoint (default: the shipped weights)")
     bp.set_defaults(func=cmd_bench_video)

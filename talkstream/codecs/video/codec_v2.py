@@ -1,0 +1,412 @@
+"""talkstream's video codec v2: conditional coding from the previous decoded frame, entropy-coded latents.
+
+Default: RGB 128x128 at 25 fps. Each frame becomes a latent `y` [C=32, 16, 16] (8x downsampling) and a side latent
+`z` [16, 8, 8]; both are scalar-quantized around a predicted mean and range-coded (`constriction`) under Gaussians
+whose means and scales come from what the decoder already has:
+
+- the context: features of the previous *decoded* frame (`f16` on the latent grid, `f64` at half resolution) and
+  the previous frame's coded innovation `ŷ - μ` (where the picture changed last time, so where it likely changes
+  now);
+- `ẑ`, decoded first in the same frame: it tells the `y` model where this frame departs from the context.
+
+The encoder also sees the context, so it codes only what the context does not predict (conditional coding, as in
+DCVC); the decoder reconstructs from (ŷ, context), so static areas are copied from the previous frame for next to no
+bits: their residual symbols are 0 under sharp Gaussians. The first frame (and every key frame) is coded intra: the
+same nets with a blank previous frame and an intra flag.
+
+Rate: a quality `q` in [0, 1] scales the quantization step of each latent channel (a learned per-channel step,
+log-linear in q; trained over the whole range with the matching rate/distortion weight), sent as one of
+`QUALITY_LEVELS` indices per frame. Rate control picks, per frame, the highest quality whose estimated bits fit a
+leaky-bucket budget for a target bitrate; without a target the quality is fixed (the knob for files).
+
+Causality: frame t's packet depends on frames 0..t only (through the decoded frames); frame latency is one frame.
+Encoder and decoder run the same ops on the same values (the encoder decodes its own packet), so nothing drifts.
+
+Streaming: `state = codec.init_state(bitrate=..)`, `packet, state = codec.encode_step(frame, state)` (packet: bytes,
+see `bitstream_v2.py`), `frame, state = codec.decode_step(packet, state)`; `encode`/`decode` run the same steps.
+One stream per state (batch 1): packets are bit-exact only when the decoder computes exactly what the encoder did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from talkstream.codecs.video import bitstream_v2 as bs
+
+QUALITY_LEVELS = 32  # the quality index sent with each frame: q = index / (QUALITY_LEVELS - 1)
+SCALE_MIN, SCALE_MAX = 0.11, 48.0  # Gaussian scales (in quantization steps) the coder knows
+SCALE_TABLE_SIZE = 64  # scales are snapped to a log-spaced table before coding (encoder and decoder alike)
+
+
+@dataclass
+class VideoCodecV2Config:
+    frame_size: tuple[int, int] = (128, 128)  # (height, width), multiples of 16
+    fps: float = 25.0  # nominal, for bitrates
+    latent_channels: int = 32  # y: [C, H/8, W/8]
+    side_channels: int = 16  # z: [Cz, H/16, W/16]
+    encoder_channels: tuple[int, ...] = (32, 48, 64)  # after each stride-2 stage
+    decoder_channels: tuple[int, ...] = (64, 48, 24)  # before each 2x upsampling stage
+    context_channels: tuple[int, ...] = (16, 32, 64)  # features of the previous decoded frame: f64 .. f16
+    lambda_range: tuple[float, float] = (16.0, 6000.0)  # rate/distortion weight (MSE on [0, 1]) at q = 0 and 1
+    codec_id: str = "talkstream-video-v2"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VideoCodecV2Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown video codec v2 config keys: {sorted(unknown)}")
+        d = dict(d)
+        for k in ("frame_size", "encoder_channels", "decoder_channels", "context_channels", "lambda_range"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def lmbda(self, q: Tensor) -> Tensor:
+        lo, hi = self.lambda_range
+        return torch.exp(math.log(lo) + q * (math.log(hi) - math.log(lo)))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.gelu(self.conv1(F.gelu(x))))
+
+
+def _down(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+
+
+class Context(nn.Module):
+    """(previous decoded frame [B, 3, H, W] in [-1, 1], intra flag [B, 1, H, W], previous innovation [B, C, h, w])
+    -> (f64 [B, c0, H/2, W/2], f16 [B, c2, H/8, W/8])."""
+
+    def __init__(self, cfg: VideoCodecV2Config):
+        super().__init__()
+        c0, c1, c2 = cfg.context_channels
+        self.d1, self.d2, self.d3 = _down(4, c0), _down(c0, c1), _down(c1, c2)
+        self.fuse = nn.Conv2d(c2 + cfg.latent_channels, c2, 1)
+        self.res = ResBlock(c2)
+
+    def forward(self, prev: Tensor, intra: Tensor, innovation: Tensor) -> tuple[Tensor, Tensor]:
+        f64 = F.gelu(self.d1(torch.cat([prev, intra], 1)))
+        x = F.gelu(self.d3(F.gelu(self.d2(f64))))
+        return f64, self.res(self.fuse(torch.cat([x, innovation], 1)))
+
+
+class Encoder(nn.Module):
+    """(frame [B, 3, H, W] in [-1, 1], f16) -> y [B, C, H/8, W/8]."""
+
+    def __init__(self, cfg: VideoCodecV2Config):
+        super().__init__()
+        ch = (3, *cfg.encoder_channels)
+        self.down = nn.ModuleList(_down(ch[i], ch[i + 1]) for i in range(len(ch) - 1))
+        self.fuse = nn.Conv2d(ch[-1] + cfg.context_channels[-1], ch[-1], 1)
+        self.res = ResBlock(ch[-1])
+        self.out = nn.Conv2d(ch[-1], cfg.latent_channels, 1)
+
+    def forward(self, x: Tensor, f16: Tensor) -> Tensor:
+        for conv in self.down:
+            x = F.gelu(conv(x))
+        return self.out(F.gelu(self.res(self.fuse(torch.cat([x, f16], 1)))))
+
+
+class Prior(nn.Module):
+    """The entropy model. side(y, f16) -> z; z_params(f16) -> (μz, σz); y_params(ẑ, f16) -> (μ, σ)."""
+
+    def __init__(self, cfg: VideoCodecV2Config):
+        super().__init__()
+        c, cz, cf = cfg.latent_channels, cfg.side_channels, cfg.context_channels[-1]
+        self.h_enc = nn.Sequential(_down(c + cf, 64), nn.GELU(), nn.Conv2d(64, cz, 1))
+        self.z_net = nn.Sequential(_down(cf, 64), nn.GELU(), nn.Conv2d(64, 2 * cz, 1))
+        self.h_up = nn.Conv2d(cz, 4 * 32, 1)
+        self.y_net = nn.Sequential(
+            nn.Conv2d(32 + cf, 64, 3, padding=1), nn.GELU(), nn.Conv2d(64, 64, 3, padding=1), nn.GELU(),
+            nn.Conv2d(64, 2 * c, 1),
+        )  # fmt: skip
+
+    def side(self, y: Tensor, f16: Tensor) -> Tensor:
+        return self.h_enc(torch.cat([y, f16], 1))
+
+    def z_params(self, f16: Tensor) -> tuple[Tensor, Tensor]:
+        mu, log_s = self.z_net(f16).chunk(2, 1)
+        return mu, log_s.exp()
+
+    def y_params(self, z_hat: Tensor, f16: Tensor) -> tuple[Tensor, Tensor]:
+        up = F.gelu(F.pixel_shuffle(self.h_up(z_hat), 2))
+        mu, log_s = self.y_net(torch.cat([up, f16], 1)).chunk(2, 1)
+        return mu, log_s.exp()
+
+
+class Decoder(nn.Module):
+    """(ŷ [B, C, h, w], f16, f64) -> frame [B, 3, 8h, 8w] in about [-1, 1]; sub-pixel upsampling (convs run at the
+    low resolution), the previous frame's half-resolution features joined before the last 2x."""
+
+    def __init__(self, cfg: VideoCodecV2Config):
+        super().__init__()
+        ch = cfg.decoder_channels
+        self.inp = nn.Conv2d(cfg.latent_channels + cfg.context_channels[-1], ch[0], 3, padding=1)
+        self.res = nn.Sequential(ResBlock(ch[0]), ResBlock(ch[0]))
+        self.up1 = nn.Conv2d(ch[0], 4 * ch[1], 3, padding=1)
+        self.res1 = ResBlock(ch[1])
+        self.up2 = nn.Conv2d(ch[1], 4 * ch[2], 3, padding=1)
+        self.fuse = nn.Conv2d(ch[2] + cfg.context_channels[0], ch[2], 3, padding=1)
+        self.out = nn.Conv2d(ch[2], 12, 3, padding=1)
+
+    def forward(self, y_hat: Tensor, f16: Tensor, f64: Tensor) -> Tensor:
+        x = self.res(self.inp(torch.cat([y_hat, f16], 1)))
+        x = self.res1(F.gelu(F.pixel_shuffle(self.up1(F.gelu(x)), 2)))
+        x = F.gelu(F.pixel_shuffle(self.up2(F.gelu(x)), 2))
+        x = F.gelu(self.fuse(torch.cat([x, f64], 1)))
+        return F.pixel_shuffle(self.out(x), 2)
+
+
+def gaussian_bits(k: Tensor, scale: Tensor) -> Tensor:
+    """-log2 P(k) of integer-valued (or noisy) residuals k under a zero-mean Gaussian of `scale`, discretized to
+    unit bins; the training rate and the rate controller's estimate."""
+    s = scale.clamp(SCALE_MIN, SCALE_MAX)
+    upper = torch.special.ndtr((k + 0.5) / s)
+    lower = torch.special.ndtr((k - 0.5) / s)
+    return -torch.log2((upper - lower).clamp_min(1e-9))
+
+
+@dataclass
+class VideoStreamState:
+    """One stream's state (encoder and decoder each keep one): the previous decoded frame and innovation, the
+    frame count, and for the encoder the rate controller's target and account."""
+
+    prev: Tensor | None = None  # [1, 3, H, W] in [-1, 1]; None: the next frame is a key frame
+    innovation: Tensor | None = None  # [1, C, h, w]
+    frames: int = 0
+    since_key: int = 0
+    bitrate: float | None = None  # target bits/s (rate control), None: fixed quality
+    quality: float = 0.75  # the fixed quality (no target), or the start for rate control
+    key_interval: int = 0  # frames between key frames (0: only the first)
+    bits: int = 0  # bits sent so far
+    debt: float = 0.0  # bits spent beyond the target so far
+
+
+class VideoCodecV2(nn.Module):
+    def __init__(self, cfg: VideoCodecV2Config | None = None):
+        super().__init__()
+        self.cfg = cfg or VideoCodecV2Config()
+        h, w = self.cfg.frame_size
+        if h % 16 or w % 16:
+            raise ValueError(f"frame_size {self.cfg.frame_size} is not a multiple of 16")
+        c = self.cfg.latent_channels
+        self.context = Context(self.cfg)
+        self.encoder = Encoder(self.cfg)
+        self.prior = Prior(self.cfg)
+        self.decoder = Decoder(self.cfg)
+        self.step_low = nn.Parameter(torch.full((c,), 1.0))  # log quantization step per channel at q = 0
+        self.step_high = nn.Parameter(torch.full((c,), -0.7))  # ... and at q = 1
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.abs().sum() > 0:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        table = torch.exp(torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_TABLE_SIZE))
+        self.register_buffer("scale_table", table, persistent=False)
+
+    # --- the contract servers read ---
+    @property
+    def fps(self) -> float:
+        return self.cfg.fps
+
+    @property
+    def frame_rate(self) -> float:
+        return self.cfg.fps
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.cfg.frame_size
+
+    @property
+    def lookahead_frames(self) -> int:
+        return 0
+
+    @property
+    def codec_id(self) -> str:
+        return self.cfg.codec_id
+
+    # --- pieces shared by training and coding ---
+    def step_size(self, q: Tensor) -> Tensor:
+        """q [B] in [0, 1] -> per-channel quantization step [B, C, 1, 1]."""
+        q = q.view(-1, 1)
+        return torch.exp(self.step_low + q * (self.step_high - self.step_low)).unsqueeze(-1).unsqueeze(-1)
+
+    def blank_context(self, b: int, size: tuple[int, int], like: Tensor) -> tuple[Tensor, Tensor]:
+        h, w = size
+        prev = like.new_zeros(b, 3, h, w)
+        innovation = like.new_zeros(b, self.cfg.latent_channels, h // 8, w // 8)
+        return self.context(prev, like.new_ones(b, 1, h, w), innovation)
+
+    def forward_train(self, video: Tensor, q: Tensor) -> dict[str, Tensor]:
+        """Training pass: video float [B, T, 3, H, W] in [0, 1] (frame 0 intra, gradients through the decoded
+        frames), q [B] -> recon [B, T, 3, H, W] (unclamped) and bits [B, T] (y + z, noise-relaxed)."""
+        b, t, _, h, w = video.shape
+        step = self.step_size(q)
+        f64, f16 = self.blank_context(b, (h, w), video)
+        recons, bits = [], []
+        for i in range(t):
+            x = video[:, i] * 2 - 1
+            y = self.encoder(x, f16)
+            z = self.prior.side(y, f16)
+            mu_z, s_z = self.prior.z_params(f16)
+            rz = z - mu_z
+            z_hat = mu_z + rz + (torch.round(rz) - rz).detach()
+            bits_z = gaussian_bits(rz + torch.empty_like(rz).uniform_(-0.5, 0.5), s_z)
+            mu, s = self.prior.y_params(z_hat, f16)
+            r = (y - mu) / step
+            bits_y = gaussian_bits(r + torch.empty_like(r).uniform_(-0.5, 0.5), s / step)
+            innovation = step * (r + (torch.round(r) - r).detach())
+            out = self.decoder(mu + innovation, f16, f64)
+            recons.append((out + 1) / 2)
+            bits.append(bits_y.flatten(1).sum(1) + bits_z.flatten(1).sum(1))
+            if i + 1 < t:
+                f64, f16 = self.context(out.clamp(-1, 1), out.new_zeros(b, 1, h, w), innovation)
+        return {"recon": torch.stack(recons, 1), "bits": torch.stack(bits, 1)}
+
+    # --- streaming ---
+    def init_state(
+        self, bitrate: float | None = None, quality: float = 0.75, key_interval: int = 0
+    ) -> VideoStreamState:
+        """A fresh stream. Encoder: `bitrate` (bits/s) turns rate control on, else every frame is coded at
+        `quality` in [0, 1]; `key_interval` > 0 codes a key frame every that many frames. Decoder: defaults."""
+        if not 0 <= quality <= 1:
+            raise ValueError(f"quality must be in [0, 1], got {quality}")
+        if bitrate is not None and bitrate <= 0:
+            raise ValueError(f"bitrate must be positive, got {bitrate}")
+        return VideoStreamState(bitrate=bitrate, quality=quality, key_interval=key_interval)
+
+    def _context(self, state: VideoStreamState) -> tuple[Tensor, Tensor, bool]:
+        h, w = self.cfg.frame_size
+        p = self.scale_table
+        if state.prev is None:
+            return (*self.blank_context(1, (h, w), p), True)
+        f64, f16 = self.context(state.prev, p.new_zeros(1, 1, h, w), state.innovation)
+        return f64, f16, False
+
+    def _snap(self, scale: Tensor) -> Tensor:
+        """Scales -> the nearest (in log) entry of the scale table, as the coder uses them."""
+        lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
+        idx = torch.round((scale.clamp(SCALE_MIN, SCALE_MAX).log() - lo) / (hi - lo) * (SCALE_TABLE_SIZE - 1))
+        return self.scale_table[idx.long()]
+
+    def _finish(
+        self, state: VideoStreamState, mu: Tensor, k: Tensor, step: Tensor, f16: Tensor, f64: Tensor, intra: bool
+    ) -> tuple[Tensor, VideoStreamState]:
+        innovation = step * k
+        out = self.decoder(mu + innovation, f16, f64).clamp(-1, 1)
+        new = dataclasses.replace(
+            state,
+            prev=out,
+            innovation=innovation,
+            frames=state.frames + 1,
+            since_key=1 if intra else state.since_key + 1,
+        )
+        return ((out + 1) / 2), new
+
+    def _check_frame(self, frame: Tensor) -> None:
+        h, w = self.cfg.frame_size
+        if frame.dim() != 4 or tuple(frame.shape) != (1, 3, h, w):
+            raise ValueError(f"frame must be [1, 3, {h}, {w}], got {list(frame.shape)}")
+
+    def _quality_index(self, state: VideoStreamState, y: Tensor, mu: Tensor, s: Tensor, z_bits: float) -> int:
+        fixed = round(state.quality * (QUALITY_LEVELS - 1))
+        if state.bitrate is None:
+            return fixed
+        per_frame = state.bitrate / self.fps
+        budget = min(max(per_frame - 0.5 * state.debt, 0.1 * per_frame), 8 * per_frame)
+        budget -= 8 * bs.FRAME_HEADER_BYTES + z_bits
+
+        def bits_at(j: int) -> float:
+            step = self.step_size(torch.tensor([j / (QUALITY_LEVELS - 1)]))
+            k = torch.round((y - mu) / step).clamp(-bs.MAX_SYMBOL, bs.MAX_SYMBOL)
+            return float(gaussian_bits(k, self._snap(s / step)).sum())
+
+        lo, hi = 0, QUALITY_LEVELS - 1  # the highest index that fits (bits grow with the index), else 0
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if bits_at(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    @torch.no_grad()
+    def encode_step(self, frame: Tensor, state: VideoStreamState) -> tuple[bytes, VideoStreamState]:
+        """frame: float [1, 3, H, W] in [0, 1] -> (packet bytes, state). The state's `prev` is then the frame the
+        decoder will show."""
+        self._check_frame(frame)
+        key = state.prev is not None and state.key_interval > 0 and state.since_key >= state.key_interval
+        if key:
+            state = dataclasses.replace(state, prev=None, innovation=None)
+        f64, f16, intra = self._context(state)
+        y = self.encoder(frame * 2 - 1, f16)
+        mu_z, s_z = self.prior.z_params(f16)
+        k_z = torch.round(self.prior.side(y, f16) - mu_z).clamp(-bs.MAX_SYMBOL, bs.MAX_SYMBOL)
+        s_z = self._snap(s_z)
+        mu, s = self.prior.y_params(mu_z + k_z, f16)
+        z_bits = float(gaussian_bits(k_z, s_z).sum())
+        qi = self._quality_index(state, y, mu, s, z_bits)
+        step = self.step_size(torch.tensor([qi / (QUALITY_LEVELS - 1)]))
+        k = torch.round((y - mu) / step).clamp(-bs.MAX_SYMBOL, bs.MAX_SYMBOL)
+        packet = bs.pack_frame(intra, qi, [(k_z, s_z), (k, self._snap(s / step))])
+        _, state = self._finish(state, mu, k, step, f16, f64, intra)
+        spent = 8 * len(packet)
+        debt = state.debt + spent - (state.bitrate / self.fps if state.bitrate else 0.0)
+        return packet, dataclasses.replace(state, bits=state.bits + spent, debt=debt)
+
+    @torch.no_grad()
+    def decode_step(self, packet: bytes, state: VideoStreamState) -> tuple[Tensor, VideoStreamState]:
+        """packet bytes -> (frame float [1, 3, H, W] in [0, 1], state). A packet that is not a whole v2 frame,
+        or an inter frame with no frame before it, raises ValueError."""
+        intra, qi, reader = bs.open_frame(packet, QUALITY_LEVELS)
+        if intra:
+            state = dataclasses.replace(state, prev=None, innovation=None)
+        elif state.prev is None:
+            raise ValueError(
+                "video v2 packet: an inter frame with no frame before it (the stream must start with a key frame)"
+            )
+        f64, f16, _ = self._context(state)
+        mu_z, s_z = self.prior.z_params(f16)
+        k_z = reader.read(self._snap(s_z))
+        mu, s = self.prior.y_params(mu_z + k_z, f16)
+        step = self.step_size(torch.tensor([qi / (QUALITY_LEVELS - 1)]))
+        k = reader.read(self._snap(s / step))
+        reader.close()
+        return self._finish(state, mu, k, step, f16, f64, intra)
+
+    # --- offline: the same steps over every frame ---
+    def encode(self, video: Tensor, **state_args) -> list[bytes]:
+        """video float [T, 3, H, W] in [0, 1] -> one packet per frame (`state_args` go to `init_state`)."""
+        state = self.init_state(**state_args)
+        packets = []
+        for t in range(video.shape[0]):
+            packet, state = self.encode_step(video[t : t + 1], state)
+            packets.append(packet)
+        return packets
+
+    def decode(self, packets: list[bytes]) -> Tensor:
+        """packets -> video float [T, 3, H, W] in [0, 1]."""
+        state = self.init_state()
+        frames = []
+        for packet in packets:
+            frame, state = self.decode_step(packet, state)
+            frames.append(frame[0])
+        h, w = self.cfg.frame_size
+        return torch.stack(frames) if frames else torch.zeros(0, 3, h, w)

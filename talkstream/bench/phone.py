@@ -134,12 +134,57 @@ def to_line(pcm_24k: np.ndarray) -> np.ndarray:
     return soxr.resample(pcm_24k, 24_000, RATE).astype(np.float32)
 
 
-def run_phone_bench(questions: int = 8, thinker: str = "builtin", answer_s: float = 7.0) -> dict:
+FILLER = frozenset("the a an is it so that".split())  # words a reply may lose without losing its answer
+
+
+def answer_words(question: str, answer: str) -> list[str]:
+    """What a reply says that the question did not: its words less the question's (each once) and a few fillers
+    ("the day after sunday is monday" to "what day comes after sunday": ["monday"]; "seven times eleven is seventy
+    seven": ["seventy", "seven"]). A reply that only repeats the question ("repeat
+    after me ...") keeps all its words but the fillers."""
+    from collections import Counter
+
+    from talkstream.bench.listener import normalise_words
+
+    asked = Counter(normalise_words(question).split())  # each word the question said takes one of the reply's
+    said, new = [w for w in normalise_words(answer).split() if w not in FILLER], []
+    for w in said:
+        if asked[w]:
+            asked[w] -= 1
+        else:
+            new.append(w)
+    return new or said
+
+
+def answer_heard(question: str, answer: str, heard: str) -> bool:
+    """The recogniser heard the answer: every word of `answer_words`, in order, among the words it heard."""
+    from talkstream.bench.listener import normalise_words
+
+    words = iter(normalise_words(heard).split())
+    return all(any(w == h for h in words) for w in answer_words(question, answer))
+
+
+def _summary(rows: list[dict]) -> dict:
+    v2v = [r["voice_to_voice_ms"] for r in rows if r["voice_to_voice_ms"] is not None]
+    return {
+        "answered": len(v2v),
+        "right": sum(r["right"] for r in rows),  # the recogniser heard the expected reply word for word
+        "answer_heard": sum(r["answer_heard"] for r in rows),  # ... heard what the reply answers (answer_words)
+        "voice_to_voice_ms_p50": round(float(np.percentile(v2v, 50)), 1) if v2v else None,
+        "voice_to_voice_ms_p95": round(float(np.percentile(v2v, 95)), 1) if v2v else None,
+    }
+
+
+def run_phone_bench(questions: int = 8, thinker: str = "builtin", answer_s: float = 7.0,
+                    websocket: bool = True) -> dict:
     """One call per held-out question against `talkstream serve` in its own process; the replies heard by the
-    recogniser at 8 kHz."""
+    recogniser at 8 kHz. `websocket`: each question also asked over the WebSocket path (24 kHz PCM, real time) on
+    the same server, one after the other, for the latency and the answers side by side."""
     from talkstream.bench.listener import normalise_words, transcribe, wer
     from talkstream.bench.model import speak_held_out
     from talkstream.bench.serve import ServerProcess
+    from talkstream.bench.turns import trim_24k
+    from talkstream.client import stream_audio
     from talkstream.errors import UserError
     from talkstream.models.dialogue import dialogues
 
@@ -149,31 +194,46 @@ def run_phone_bench(questions: int = 8, thinker: str = "builtin", answer_s: floa
     items = speak_held_out([{"text": q, "answer": a} for q, a in dialogues(questions, "eval", seed=7)])
     print(f"starting a server with the {thinker} answerer ...", flush=True)
     server = ServerProcess(1, 4, [], thinker=thinker)
-    rows = []
+    rows, ws_rows = [], []
+
+    def row_of(q: dict, heard: str, v2v_s: float | None, **more) -> dict:
+        return {"question": q["text"], "voice": q["voice"], "answer": q["answer"], "heard": heard,
+                "right": normalise_words(heard) == normalise_words(q["answer"]),
+                "answer_heard": answer_heard(q["text"], q["answer"], heard),
+                "voice_to_voice_ms": round(v2v_s * 1000, 1) if v2v_s is not None else None, **more}
+
     try:
         server.wait_ready()
         for i, q in enumerate(items):
             line = to_line(q["pcm"])
-            speech_end = (line.size - int(0.2 * RATE)) / RATE  # the clip ends with 0.2 s of silence
+            speech_end = trim_24k(q["pcm"])  # where the speech itself ends (a voice's clip has its own silence)
             caller = asyncio.run(PhoneCaller(f"{server.url}/twilio").call(line, tail_s=answer_s))
             after = [t for t, _ in caller.received if t > speech_end]
             heard = transcribe(caller.reply_pcm(), RATE) if caller.received else ""
-            row = {"question": q["text"], "voice": q["voice"], "answer": q["answer"], "heard": heard,
-                   "right": normalise_words(heard) == normalise_words(q["answer"]),
-                   "voice_to_voice_ms": round((after[0] - speech_end) * 1000, 1) if after else None,
-                   "reply_s": round(len(caller.received) * FRAME_SAMPLES / RATE, 2), "marks": len(caller.marks)}
+            row = row_of(q, heard, after[0] - speech_end if after else None,
+                         reply_s=round(len(caller.received) * FRAME_SAMPLES / RATE, 2), marks=len(caller.marks))
             rows.append(row)
-            print(f"{i + 1}/{len(items)} {row['voice_to_voice_ms']} ms  {q['text']!r} -> {heard!r}", flush=True)
+            print(f"{i + 1}/{len(items)} phone {row['voice_to_voice_ms']} ms  {q['text']!r} -> {heard!r}", flush=True)
+            if websocket:
+                rate = 24_000
+                pcm = np.concatenate([q["pcm"], np.zeros(int(answer_s * rate), np.float32)])
+                r = asyncio.run(stream_audio(server.url, pcm, rate, mode="chat", output=("pcm",), tail_s=3.0))
+                heard = transcribe(r.pcm, rate) if r.pcm.size else ""
+                first = r.first_audio_ms / 1000 - speech_end if r.first_audio_ms is not None else None
+                ws_rows.append(row_of(q, heard, first))
+                print(f"{i + 1}/{len(items)} websocket {ws_rows[-1]['voice_to_voice_ms']} ms  -> {heard!r}", flush=True)
     finally:
         server.stop()
-    v2v = [r["voice_to_voice_ms"] for r in rows if r["voice_to_voice_ms"] is not None]
-    return {
+    result = {
         "questions": len(rows),
         "thinker": thinker,
-        "answered": len(v2v),
-        "right": sum(r["right"] for r in rows),  # the recogniser heard the expected answer word for word
+        **_summary(rows),
         "wer": wer([r["answer"] for r in rows], [r["heard"] for r in rows]),
-        "voice_to_voice_ms_p50": float(np.percentile(v2v, 50)) if v2v else None,
-        "voice_to_voice_ms_p95": float(np.percentile(v2v, 95)) if v2v else None,
         "rows": rows,
     }
+    if websocket:
+        result["websocket"] = {**_summary(ws_rows), "wer": wer([r["answer"] for r in ws_rows],
+                                                               [r["heard"] for r in ws_rows]), "rows": ws_rows}
+        a, b = result["voice_to_voice_ms_p95"], result["websocket"]["voice_to_voice_ms_p95"]
+        result["p95_phone_minus_websocket_ms"] = round(a - b, 1) if a is not None and b is not None else None
+    return result

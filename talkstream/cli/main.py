@@ -206,6 +206,7 @@ def cmd_serve(args) -> None:
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,
+        max_conversations=args.max_conversations,
         gather_ms=args.gather_ms,
         codec_threads=args.codec_threads,
         step_interval_ms=args.step_interval_ms,
@@ -225,6 +226,8 @@ def cmd_serve(args) -> None:
     )
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
+    if args.max_conversations is not None and args.max_conversations < 1:
+        raise UserError(f"--max-conversations must be at least 1 (got {args.max_conversations})")
     for flag, value in (("--gather-ms", args.gather_ms), ("--step-interval-ms", args.step_interval_ms)):
         if not value >= 0:  # NaN too
             raise UserError(f"{flag} must be at least 0 (got {value:g})")
@@ -321,7 +324,7 @@ def cmd_bench_chat(args) -> None:
     from talkstream.bench.chat_load import run_chat_load_bench
 
     out = out_file(args.out)  # its folder now, not after the run
-    results = run_chat_load_bench(args.sessions, args.workers, args.thinker)
+    results = run_chat_load_bench(args.sessions, args.workers, args.thinker, args.questions, args.server_option)
     write_result(out, results, args.argv)
 
 
@@ -329,10 +332,15 @@ def cmd_bench_phone(args) -> None:
     from talkstream.bench.phone import run_phone_bench
 
     out = out_file(args.out)  # its folder now, not after the run
-    results = run_phone_bench(args.questions, args.thinker)
-    print(f"{results['right']}/{results['questions']} answers heard word for word over the 8 kHz line (WER "
-          f"{results['wer']:.2f}); voice to voice p50 {results['voice_to_voice_ms_p50']} ms, p95 "
-          f"{results['voice_to_voice_ms_p95']} ms")
+    results = run_phone_bench(args.questions, args.thinker, websocket=not args.no_websocket)
+    n = results["questions"]
+    paths = [("phone (8 kHz)", results)] + ([("websocket", results["websocket"])] if "websocket" in results else [])
+    print(f"{'path':<14} {'answer heard':>12} {'word for word':>13} {'WER':>5} {'v2v p50':>8} {'v2v p95':>8}")
+    for name, r in paths:
+        print(f"{name:<14} {r['answer_heard']:>9}/{n:<2} {r['right']:>10}/{n:<2} {r['wer']:>5.2f} "
+              f"{r['voice_to_voice_ms_p50']!s:>8} {r['voice_to_voice_ms_p95']!s:>8}")
+    if results.get("p95_phone_minus_websocket_ms") is not None:
+        print(f"voice-to-voice p95, phone minus websocket: {results['p95_phone_minus_websocket_ms']} ms")
     write_result(out, results, args.argv)
 
 
@@ -409,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     sp.add_argument("--max-sessions", type=int, default=64,
                     help="concurrent sessions before 'busy', per worker (default 64)")
+    sp.add_argument("--max-conversations", type=int, default=None,
+                    help="chat conversations at once per worker before a new one is refused 'busy' at its hello "
+                    "(default: no limit; `talkstream bench chat` measures what a worker holds, docs/scaling.md)")
     sp.add_argument(
         "--workers",
         type=int,
@@ -657,12 +668,18 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=cmd_bench_serve)
     bch = bsub.add_parser(
         "chat",
-        help="N chat sessions asking at once: first-packet latency of the answers, as served",
+        help="N conversations at once, each asking held-out questions in turn: voice-to-voice latency and answers",
         description="Start `talkstream serve` with the built-in Thinker-Talker as its own process; per level, N "
-        "WebSocket clients each speak a held-out question at the same moment; report the answers' first packet "
-        "(end of turn to first audio) p50/p95, answered and exact counts, and the server's CPU.",
+        "WebSocket conversations at once, each asking --questions held-out questions in real time and listening "
+        "to each whole reply before the next; report voice to voice (end of speech to first reply audio) p50/p95, "
+        "turns answered and right, turns that got neither a reply nor an error, sessions refused busy, and the "
+        "server's CPU per conversation-second. One conversation alone always runs too, for the ratio.",
     )
-    bch.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4], help="concurrency levels to run")
+    bch.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 8],
+                     help="conversations at once, per level (1 is always run)")
+    bch.add_argument("--questions", type=int, default=2, help="questions each conversation asks, one after another")
+    bch.add_argument("--server-option", action="append", default=[], metavar="OPT",
+                     help="an option passed to `talkstream serve` (repeat; e.g. --server-option=--max-conversations=8)")
     bch.add_argument("--workers", type=int, default=1, help="the server's --workers")
     bch.add_argument("--thinker", choices=["builtin", "transcribe", "echo"], default="builtin",
                      help="the server's --thinker (default: the built-in answerer)")
@@ -674,10 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
         "right and voice-to-voice latency",
         description="Start `talkstream serve` as its own process; one call per held-out question on /twilio, the "
         "question spoken in an eval voice at 8 kHz mu-law in real time; the reply as the independent recogniser "
-        "hears it over the line, and the end of the caller's speech to the first reply audio.",
+        "hears it over the line (the answer heard, and word for word), and the end of the caller's speech to the "
+        "first reply audio; the same question over the WebSocket path on the same server, side by side.",
     )
     bph.add_argument("--questions", type=int, default=8, help="held-out questions, one call each")
     bph.add_argument("--thinker", choices=["builtin", "echo"], default="builtin", help="the server's --thinker")
+    bph.add_argument("--no-websocket", action="store_true",
+                     help="skip asking each question over the WebSocket path too (the side-by-side latency)")
     bph.add_argument("--out", default=None, help="write results JSON here")
     bph.set_defaults(func=cmd_bench_phone)
     bw = bsub.add_parser(

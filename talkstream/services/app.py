@@ -21,7 +21,7 @@ from talkstream.chat import ChatModel, EchoResponder
 from talkstream.errors import UserError
 from talkstream.models.turn_head import load_turn_judge
 from talkstream.services.ports import ServerConfig
-from talkstream.services.registry import SessionRegistry
+from talkstream.services.registry import ConversationSlots, SessionRegistry
 from talkstream.services.session import Session, Sink
 from talkstream.services.telephony import TelephonyTransport
 from talkstream.services.ws import WebSocketTransport
@@ -75,6 +75,7 @@ class TalkstreamServer:
         )
         # WebSocket and WebRTC sessions alike: one admission, one max_sessions, one count.
         self.sessions = SessionRegistry(c.max_sessions, c.allowed_origins, c.limits.token, self.metrics)
+        self.conversations = ConversationSlots(c.max_conversations)
         self.ws = WebSocketTransport(self)
         self.telephony = TelephonyTransport(self)  # phone calls' media streams, on the WebSocket port's /twilio
         self.http = None  # HttpService when config.http_port is set
@@ -92,7 +93,7 @@ class TalkstreamServer:
         Admission (`sessions.admit`) comes first and accounting (`sessions.add`) after; the transport does both."""
         return Session(self.engine, self.vad, self.responder, self.config.limits, sink, self.metrics,
                        video_codec=self.video_codec, abort=abort, turn_taking=self.turn_taking,
-                       turn_end=self.config.turn_end)
+                       turn_end=self.config.turn_end, conversations=self.conversations)
 
     def _check_ports_free(self) -> None:
         """A port another process holds is a one-line error now, not after the warm-up (tens of seconds)."""

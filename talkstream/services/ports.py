@@ -21,6 +21,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765  # 0: any free port (tests)
     max_sessions: int = 64
+    # Chat conversations at once per worker before a new one is refused `busy` (None: no limit). Each costs the
+    # ears, the Thinker and the Talker; see `talkstream bench chat` and docs/scaling.md for what a core holds.
+    max_conversations: int | None = None
     limits: Limits = field(default_factory=Limits)
     # Browsers send Origin; other clients do not. None: only pages served from localhost may connect.
     allowed_origins: list[str] | None = None

@@ -87,3 +87,30 @@ class SessionRegistry:
         """Server shutdown: refuse new sessions, stop every live one (each tells its client), wait for them."""
         self.stopping = True
         await asyncio.gather(*(stop() for stop in list(self._live.values())), return_exceptions=True)
+
+
+class ConversationSlots:
+    """Chat conversations a worker holds at once: each costs the ears, the Thinker and the Talker, far more than a
+    codec session, so past `limit` a new one is refused `busy` at its hello (never a slow answer for everyone).
+    None: no limit. Per worker process (each has its own models and cores)."""
+
+    def __init__(self, limit: int | None):
+        if limit is not None and limit < 1:
+            raise ValueError(f"a conversation limit must be at least 1 (got {limit})")
+        self.limit = limit
+        self._holders: set[Any] = set()
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+    def take(self, holder: Any) -> bool:
+        """A slot for `holder` (True if it already has one); False when every slot is taken."""
+        if holder in self._holders:
+            return True
+        if self.limit is not None and len(self._holders) >= self.limit:
+            return False
+        self._holders.add(holder)
+        return True
+
+    def release(self, holder: Any) -> None:
+        self._holders.discard(holder)

@@ -53,6 +53,7 @@ from talkstream.protocol import (
     error_event,
     event,
 )
+from talkstream.services.registry import ConversationSlots
 from talkstream.services.session_chat import ChatTurns
 from talkstream.services.session_video import SessionVideo
 from talkstream.streaming.codec_engine import CodecEngine
@@ -132,6 +133,7 @@ class Session:
         abort: Callable[[str, str], Awaitable[None]] | None = None,
         turn_taking: TurnTaking | None = None,
         turn_end: str = "silence",
+        conversations: ConversationSlots | None = None,
     ):
         """video_codec: a VideoCodec (None: the session refuses video frames). abort(code, message): the transport
         closes the connection with that reason (a client that stopped reading cannot be sent an error event)."""
@@ -139,6 +141,7 @@ class Session:
         self.engine, self.vad, self.responder = engine, vad, responder
         # Chat: the turn heads (shared, stateless) and the server's default for a hello that names no `turn_end`.
         self.turn_taking, self.turn_end_default = turn_taking, turn_end
+        self.conversations = conversations  # the worker's chat slots (None: no limit); a chat hello takes one
         self.codec = engine.codec
         self.limits, self.metrics = limits, metrics
         self.sink, self._abort = sink, abort
@@ -256,10 +259,14 @@ class Session:
         elif isinstance(cmd, Error):
             await self.send_error(cmd.code, cmd.message)
         elif isinstance(cmd, Start):
+            if not await self._admit(cmd.hello):
+                return
             self.hello = cmd.hello
             await self._build()
             await self.send(self._ready_event())
         elif isinstance(cmd, Reconfigure):
+            if not await self._admit(cmd.hello):
+                return
             await self._teardown()
             self.hello = cmd.hello
             await self._build()
@@ -268,6 +275,21 @@ class Session:
             await self.send(event("pong", t=cmd.t))
         elif isinstance(cmd, Finish):
             await self.finish()
+
+    async def _admit(self, hello: Hello) -> bool:
+        """A chat hello takes one of the worker's conversation slots (a codec one gives back any it held); when all
+        are taken the session ends with a fatal `busy`, before anything is built."""
+        if self.conversations is None:
+            return True
+        if hello.mode != "chat":
+            self.conversations.release(self)
+            return True
+        if self.conversations.take(self):
+            return True
+        await self.execute(self.protocol.fail(
+            "busy", f"this server holds {self.conversations.limit} conversations at once and all are taken; try "
+            "again shortly"))
+        return False
 
     async def _on_frame(self, frame: BinaryFrame) -> None:
         """A checked wire frame -> the typed input below."""
@@ -493,6 +515,8 @@ class Session:
     async def close(self) -> None:
         """Free everything (called by the transport however the session ended: clean end, error, vanished)."""
         self.closed = True
+        if self.conversations is not None:
+            self.conversations.release(self)
         await self._teardown()
         await self.video.close()
         self.turns.close()

@@ -179,6 +179,47 @@ def test_limits_busy_idle_origin(models):
     assert local["type"] == "ready"
 
 
+def test_conversations_past_the_limit_are_refused_busy_at_hello(models):
+    """--max-conversations: a chat hello past the worker's limit gets a fatal `busy` and the connection closes; codec
+    sessions are not counted; a conversation that ends gives its slot to the next; a session that turns from chat
+    to codec (a config message) gives its slot back."""
+    async def main():
+        async with serve(models, max_conversations=1) as srv:
+            async with connect(srv.url) as first:
+                assert (await hello(first, mode="chat"))["type"] == "ready"
+                async with connect(srv.url) as second:
+                    busy = await hello(second, mode="chat")
+                    with pytest.raises(websockets.ConnectionClosed):
+                        await asyncio.wait_for(second.recv(), 5)
+                async with connect(srv.url) as codec_session:
+                    codec_ready = await hello(codec_session, mode="codec")
+                # the first turns into a codec session: its slot is free for the next conversation
+                await first.send(json.dumps({"type": "config", "mode": "codec"}))
+                assert (await next_event(first, "ready"))["mode"] == "codec"
+                async with connect(srv.url) as third:
+                    third_ready = await hello(third, mode="chat")
+            for _ in range(50):  # the closed sessions are gone
+                if not len(srv.sessions):
+                    break
+                await asyncio.sleep(0.05)
+            async with connect(srv.url) as fourth:
+                fourth_ready = await hello(fourth, mode="chat")
+            return busy, codec_ready, third_ready, fourth_ready, srv.render_metrics().decode()
+
+    busy, codec_ready, third_ready, fourth_ready, metrics = run(main())
+    assert busy["type"] == "error" and busy["code"] == "busy" and busy["fatal"]
+    assert "conversations" in busy["message"]
+    assert codec_ready["type"] == third_ready["type"] == fourth_ready["type"] == "ready"
+    assert 'code="busy"' in metrics  # counted
+
+
+def test_a_conversation_limit_below_one_is_refused():
+    from talkstream.services.registry import ConversationSlots
+
+    with pytest.raises(ValueError, match="at least 1"):
+        ConversationSlots(0)
+
+
 def test_vanishing_clients_free_their_sessions(models, speech):
     async def main():
         async with serve(models) as srv:

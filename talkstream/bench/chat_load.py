@@ -118,8 +118,9 @@ async def converse(url: str, questions: list[dict], start_delay_s: float = 0.0, 
                 for _ in range(int(settle_s / FRAME_S)):
                     await send(silence)
                 first = state["first"]
+                v2v = round(float(1000 * (first - state["speech_end"])), 1) if first else None
                 turns.append({"question": q["text"], "answer": q["answer"], "reply": state["text"],
-                              "voice_to_voice_ms": round(1000 * (first - state["speech_end"]), 1) if first else None,
+                              "voice_to_voice_ms": v2v,
                               "error": state["error"],
                               "silent": first is None and state["text"] is None and state["error"] is None})
                 if receiver.done():
@@ -159,6 +160,8 @@ async def _level(server: ServerProcess, questions: list[dict], conversations: in
         "voice_to_voice_ms": v2v,
         "errors": sorted({c for r in ok for c in r["errors"]}),
         "server_cpu_s_per_conversation_s": round(cpu / talked, 3) if talked else None,
+        "turn_rows": [{k: t[k] for k in ("question", "answer", "reply", "voice_to_voice_ms", "error")}
+                      for t in turns],
     }
 
 

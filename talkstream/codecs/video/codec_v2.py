@@ -10,9 +10,9 @@ whose means and scales come from what the decoder already has:
 - `ẑ`, decoded first in the same frame: it tells the `y` model where this frame departs from the context.
 
 The encoder also sees the context, so it codes only what the context does not predict (conditional coding, as in
-DCVC); the decoder reconstructs from (ŷ, context), so static areas are copied from the previous frame for next to no
-bits: their residual symbols are 0 under sharp Gaussians. The first frame (and every key frame) is coded intra: the
-same nets with a blank previous frame and an intra flag.
+DCVC); the decoder adds what it makes of (ŷ, context) to the previous decoded frame, so static areas are copied
+for next to no bits: their residual symbols are 0 under sharp Gaussians. The first frame (and every key frame) is
+coded intra: the same nets with a blank previous frame and an intra flag.
 
 Rate: a quality `q` in [0, 1] scales the quantization step of each latent channel (a learned per-channel step,
 log-linear in q; trained over the whole range with the matching rate/distortion weight), sent as one of
@@ -153,8 +153,9 @@ class Prior(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(ŷ [B, C, h, w], f16, f64) -> frame [B, 3, 8h, 8w] in about [-1, 1]; sub-pixel upsampling (convs run at the
-    low resolution), the previous frame's half-resolution features joined before the last 2x."""
+    """(ŷ [B, C, h, w], f16, f64) -> [B, 3, 8h, 8w]: what to add to the previous decoded frame (to a blank one for
+    a key frame); sub-pixel upsampling (convs run at the low resolution), the previous frame's half-resolution
+    features joined before the last 2x."""
 
     def __init__(self, cfg: VideoCodecV2Config):
         super().__init__()
@@ -218,6 +219,7 @@ class VideoCodecV2(nn.Module):
             if isinstance(m, nn.Conv2d) and m.weight.abs().sum() > 0:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.decoder.out.weight)  # an inter frame starts as a copy of the previous one
         table = torch.exp(torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_TABLE_SIZE))
         self.register_buffer("scale_table", table, persistent=False)
 
@@ -260,6 +262,7 @@ class VideoCodecV2(nn.Module):
         b, t, _, h, w = video.shape
         step = self.step_size(q)
         f64, f16 = self.blank_context(b, (h, w), video)
+        base = video.new_zeros(b, 3, h, w)  # what the decoder adds its output to: the previous decoded frame
         recons, bits = [], []
         for i in range(t):
             x = video[:, i] * 2 - 1
@@ -273,11 +276,12 @@ class VideoCodecV2(nn.Module):
             r = (y - mu) / step
             bits_y = gaussian_bits(r + torch.empty_like(r).uniform_(-0.5, 0.5), s / step)
             innovation = step * (r + (torch.round(r) - r).detach())
-            out = self.decoder(mu + innovation, f16, f64)
+            out = base + self.decoder(mu + innovation, f16, f64)
             recons.append((out + 1) / 2)
             bits.append(bits_y.flatten(1).sum(1) + bits_z.flatten(1).sum(1))
             if i + 1 < t:
-                f64, f16 = self.context(out.clamp(-1, 1), out.new_zeros(b, 1, h, w), innovation)
+                base = out.clamp(-1, 1)
+                f64, f16 = self.context(base, out.new_zeros(b, 1, h, w), innovation)
         return {"recon": torch.stack(recons, 1), "bits": torch.stack(bits, 1)}
 
     # --- streaming ---
@@ -310,7 +314,8 @@ class VideoCodecV2(nn.Module):
         self, state: VideoStreamState, mu: Tensor, k: Tensor, step: Tensor, f16: Tensor, f64: Tensor, intra: bool
     ) -> tuple[Tensor, VideoStreamState]:
         innovation = step * k
-        out = self.decoder(mu + innovation, f16, f64).clamp(-1, 1)
+        base = 0 if state.prev is None else state.prev
+        out = (base + self.decoder(mu + innovation, f16, f64)).clamp(-1, 1)
         new = dataclasses.replace(
             state,
             prev=out,

@@ -41,6 +41,8 @@ from talkstream.codecs.video import bitstream_v2 as bs
 
 QUALITY_LEVELS = 32  # the quality index sent with each frame: q = index / (QUALITY_LEVELS - 1)
 SCALE_MIN, SCALE_MAX = 0.11, 48.0  # Gaussian scales (in quantization steps) the coder knows
+REFINE_PASSES = 2  # times the encoder rechecks its skip decisions on the frame it will send
+SKIP_BLOCK = 2  # latent cells per side of a skip block (16 x 16 pixels)
 SCALE_TABLE_SIZE = 64  # scales are snapped to a log-spaced table before coding (encoder and decoder alike)
 
 
@@ -199,6 +201,7 @@ class VideoStreamState:
     key_interval: int = 0  # frames between key frames (0: only the first)
     bits: int = 0  # bits sent so far
     debt: float = 0.0  # bits spent beyond the target so far
+    ratio: float = 1.0  # inter frames' bits spent / estimated before skipping (a running mean)
 
 
 class VideoCodecV2(nn.Module):
@@ -296,13 +299,12 @@ class VideoCodecV2(nn.Module):
             raise ValueError(f"bitrate must be positive, got {bitrate}")
         return VideoStreamState(bitrate=bitrate, quality=quality, key_interval=key_interval)
 
-    def _context(self, state: VideoStreamState) -> tuple[Tensor, Tensor, bool]:
+    def _context(self, state: VideoStreamState) -> tuple[Tensor, Tensor]:
         h, w = self.cfg.frame_size
         p = self.scale_table
         if state.prev is None:
-            return (*self.blank_context(1, (h, w), p), True)
-        f64, f16 = self.context(state.prev, p.new_zeros(1, 1, h, w), state.innovation)
-        return f64, f16, False
+            return self.blank_context(1, (h, w), p)
+        return self.context(state.prev, p.new_zeros(1, 1, h, w), state.innovation)
 
     def _snap(self, scale: Tensor) -> Tensor:
         """Scales -> the nearest (in log) entry of the scale table, as the coder uses them."""
@@ -310,36 +312,45 @@ class VideoCodecV2(nn.Module):
         idx = torch.round((scale.clamp(SCALE_MIN, SCALE_MAX).log() - lo) / (hi - lo) * (SCALE_TABLE_SIZE - 1))
         return self.scale_table[idx.long()]
 
-    def _finish(
-        self, state: VideoStreamState, mu: Tensor, k: Tensor, step: Tensor, f16: Tensor, f64: Tensor, intra: bool
-    ) -> tuple[Tensor, VideoStreamState]:
-        innovation = step * k
-        base = 0 if state.prev is None else state.prev
-        out = (base + self.decoder(mu + innovation, f16, f64)).clamp(-1, 1)
-        new = dataclasses.replace(
-            state,
-            prev=out,
-            innovation=innovation,
-            frames=state.frames + 1,
-            since_key=1 if intra else state.since_key + 1,
+    def _step(self, qi: int) -> Tensor:
+        return self.step_size(torch.tensor([qi / (QUALITY_LEVELS - 1)]))
+
+    def _reconstruct(
+        self, state: VideoStreamState, mu: Tensor, innovation: Tensor, f16: Tensor, f64: Tensor, coded: Tensor | None
+    ) -> Tensor:
+        """The decoded frame [1, 3, H, W] in [-1, 1]: the previous one (blank for a key frame) plus the decoder's
+        output, on the blocks that were coded (`coded`: bool [1, 1, h/2, w/2], None: all)."""
+        out = self.decoder(mu + innovation, f16, f64)
+        if coded is not None:
+            out = out * coded.float().repeat_interleave(8 * SKIP_BLOCK, 2).repeat_interleave(8 * SKIP_BLOCK, 3)
+        return ((0 if state.prev is None else state.prev) + out).clamp(-1, 1)
+
+    def _advance(self, state: VideoStreamState, prev: Tensor, innovation: Tensor, intra: bool) -> VideoStreamState:
+        since_key = 1 if intra else state.since_key + 1
+        return dataclasses.replace(
+            state, prev=prev, innovation=innovation, frames=state.frames + 1, since_key=since_key
         )
-        return ((out + 1) / 2), new
 
     def _check_frame(self, frame: Tensor) -> None:
         h, w = self.cfg.frame_size
         if frame.dim() != 4 or tuple(frame.shape) != (1, 3, h, w):
             raise ValueError(f"frame must be [1, 3, {h}, {w}], got {list(frame.shape)}")
 
-    def _quality_index(self, state: VideoStreamState, y: Tensor, mu: Tensor, s: Tensor, z_bits: float) -> int:
+    def _quality_index(
+        self, state: VideoStreamState, y: Tensor, mu: Tensor, s: Tensor, z_bits: float, intra: bool
+    ) -> int:
+        """The fixed quality's index, or with a target bitrate the highest index whose estimated bits fit this
+        frame's budget: the target per frame less 1/8 of the debt so far, the estimate scaled by how far skipped
+        blocks have brought inter frames under it."""
         fixed = round(state.quality * (QUALITY_LEVELS - 1))
         if state.bitrate is None:
             return fixed
         per_frame = state.bitrate / self.fps
-        budget = min(max(per_frame - 0.5 * state.debt, 0.1 * per_frame), 8 * per_frame)
-        budget -= 8 * bs.FRAME_HEADER_BYTES + z_bits
+        budget = min(max(per_frame - state.debt / 8, 0.1 * per_frame), 8 * per_frame)
+        budget = budget / (1.0 if intra else state.ratio) - 8 * bs.FRAME_HEADER_BYTES - z_bits
 
         def bits_at(j: int) -> float:
-            step = self.step_size(torch.tensor([j / (QUALITY_LEVELS - 1)]))
+            step = self._step(j)
             k = torch.round((y - mu) / step).clamp(-bs.MAX_SYMBOL, bs.MAX_SYMBOL)
             return float(gaussian_bits(k, self._snap(s / step)).sum())
 
@@ -352,49 +363,119 @@ class VideoCodecV2(nn.Module):
                 hi = mid - 1
         return lo
 
+    def _blocks(self, t: Tensor) -> Tensor:
+        """Per-cell [1, C, h, w] -> per skip block [1, 1, h/2, w/2] sums (cells of SKIP_BLOCK x SKIP_BLOCK)."""
+        return F.avg_pool2d(t.sum(1, keepdim=True), SKIP_BLOCK) * SKIP_BLOCK**2
+
+    def _skip_decision(
+        self, frame: Tensor, state: VideoStreamState, coded_out: Tensor, bits: Tensor, qi: int
+    ) -> Tensor:
+        """Blocks to skip (bool [1, 1, h/2, w/2]): where repeating the previous frame costs less rate + lambda *
+        distortion than the coded block (the encoder's choice; the decoder reads it)."""
+        px = 8 * SKIP_BLOCK
+        x = frame * 2 - 1
+        sse_skip = F.avg_pool2d(((x - state.prev) ** 2).sum(1, keepdim=True), px) * px * px / 4  # in [0, 1] units
+        sse_code = F.avg_pool2d(((x - coded_out) ** 2).sum(1, keepdim=True), px) * px * px / 4
+        lmbda = float(self.cfg.lmbda(torch.tensor(qi / (QUALITY_LEVELS - 1))))
+        return lmbda * (sse_skip - sse_code) / 3 < self._blocks(bits)
+
     @torch.no_grad()
     def encode_step(self, frame: Tensor, state: VideoStreamState) -> tuple[bytes, VideoStreamState]:
         """frame: float [1, 3, H, W] in [0, 1] -> (packet bytes, state). The state's `prev` is then the frame the
-        decoder will show."""
+        decoder will show (in [-1, 1])."""
         self._check_frame(frame)
-        key = state.prev is not None and state.key_interval > 0 and state.since_key >= state.key_interval
-        if key:
+        if state.prev is not None and state.key_interval > 0 and state.since_key >= state.key_interval:
             state = dataclasses.replace(state, prev=None, innovation=None)
-        f64, f16, intra = self._context(state)
+        intra = state.prev is None
+        f64, f16 = self._context(state)
         y = self.encoder(frame * 2 - 1, f16)
         mu_z, s_z = self.prior.z_params(f16)
         k_z = torch.round(self.prior.side(y, f16) - mu_z).clamp(-bs.MAX_SYMBOL, bs.MAX_SYMBOL)
         s_z = self._snap(s_z)
         mu, s = self.prior.y_params(mu_z + k_z, f16)
         z_bits = float(gaussian_bits(k_z, s_z).sum())
-        qi = self._quality_index(state, y, mu, s, z_bits)
-        step = self.step_size(torch.tensor([qi / (QUALITY_LEVELS - 1)]))
+        qi = self._quality_index(state, y, mu, s, z_bits, intra)
+        step = self._step(qi)
         k = torch.round((y - mu) / step).clamp(-bs.MAX_SYMBOL, bs.MAX_SYMBOL)
-        packet = bs.pack_frame(intra, qi, [(k_z, s_z), (k, self._snap(s / step))])
-        _, state = self._finish(state, mu, k, step, f16, f64, intra)
+        s_y = self._snap(s / step)
+        estimate = 8 * bs.FRAME_HEADER_BYTES + z_bits + float(gaussian_bits(k, s_y).sum())
+        out = self._reconstruct(state, mu, step * k, f16, f64, None)
+        skip_byte, flags, coded = 0, None, None
+        if not intra:
+            skip = self._skip_decision(frame, state, out, gaussian_bits(k, s_y), qi)
+            if bool(skip.all()):
+                packet = bs.pack_frame(False, qi, 255, None, [])
+                state = self._advance(state, state.prev, torch.zeros_like(k), False)
+                return packet, self._account(state, packet, estimate)
+            for _ in range(REFINE_PASSES):  # zeroing skipped cells changes the coded blocks around them: recheck
+                if not bool(skip.any()) or bool(skip.all()):
+                    break
+                k_try = k * self._cells(~skip)
+                out_try = self._reconstruct(state, mu, step * k_try, f16, f64, ~skip)
+                worse = self._skip_decision(frame, state, out_try, gaussian_bits(k_try, s_y), qi) & ~skip
+                if not bool(worse.any()):
+                    break
+                skip = skip | worse
+            if bool(skip.all()):
+                packet = bs.pack_frame(False, qi, 255, None, [])
+                state = self._advance(state, state.prev, torch.zeros_like(k), False)
+                return packet, self._account(state, packet, estimate)
+            if bool(skip.any()):
+                skip_byte = min(max(round(float(skip.float().mean()) * 255), 1), 254)
+                flags, coded = skip.flatten(), ~skip
+                k = k * self._cells(coded)
+                out = self._reconstruct(state, mu, step * k, f16, f64, coded)
+        sel = self._cells(coded).expand_as(k).bool() if coded is not None else torch.ones_like(k, dtype=torch.bool)
+        packet = bs.pack_frame(intra, qi, skip_byte, flags, [(k_z, s_z), (k[sel], s_y[sel])])
+        return packet, self._account(self._advance(state, out, step * k, intra), packet, None if intra else estimate)
+
+    def _cells(self, coded: Tensor | None) -> Tensor:
+        if coded is None:
+            return torch.ones(1)
+        return coded.float().repeat_interleave(SKIP_BLOCK, 2).repeat_interleave(SKIP_BLOCK, 3)
+
+    def _account(self, state: VideoStreamState, packet: bytes, estimate: float | None) -> VideoStreamState:
         spent = 8 * len(packet)
         debt = state.debt + spent - (state.bitrate / self.fps if state.bitrate else 0.0)
-        return packet, dataclasses.replace(state, bits=state.bits + spent, debt=debt)
+        ratio = state.ratio if estimate is None else 0.7 * state.ratio + 0.3 * min(max(spent / estimate, 0.05), 2.0)
+        return dataclasses.replace(state, bits=state.bits + spent, debt=debt, ratio=ratio)
 
     @torch.no_grad()
     def decode_step(self, packet: bytes, state: VideoStreamState) -> tuple[Tensor, VideoStreamState]:
         """packet bytes -> (frame float [1, 3, H, W] in [0, 1], state). A packet that is not a whole v2 frame,
         or an inter frame with no frame before it, raises ValueError."""
-        intra, qi, reader = bs.open_frame(packet, QUALITY_LEVELS)
+        intra, qi, skip_byte, reader = bs.open_frame(packet, QUALITY_LEVELS)
         if intra:
             state = dataclasses.replace(state, prev=None, innovation=None)
         elif state.prev is None:
-            raise ValueError(
-                "video v2 packet: an inter frame with no frame before it (the stream must start with a key frame)"
+            raise bs.BitstreamError(
+                "video v2 packet: an inter frame with no frame before it (streams start with a key frame)"
             )
-        f64, f16, _ = self._context(state)
+        if skip_byte == 255:
+            reader.close()
+            h, w = self.cfg.frame_size
+            innovation = state.prev.new_zeros(1, self.cfg.latent_channels, h // 8, w // 8)
+            return (state.prev + 1) / 2, self._advance(state, state.prev, innovation, False)
+        coded = None
+        if skip_byte:
+            h, w = self.cfg.frame_size
+            flags = reader.read_flags(skip_byte / 255, (h // 8 // SKIP_BLOCK) * (w // 8 // SKIP_BLOCK))
+            coded = ~flags.view(1, 1, h // 8 // SKIP_BLOCK, w // 8 // SKIP_BLOCK)
+        f64, f16 = self._context(state)
         mu_z, s_z = self.prior.z_params(f16)
         k_z = reader.read(self._snap(s_z))
         mu, s = self.prior.y_params(mu_z + k_z, f16)
-        step = self.step_size(torch.tensor([qi / (QUALITY_LEVELS - 1)]))
-        k = reader.read(self._snap(s / step))
+        step = self._step(qi)
+        s_y = self._snap(s / step)
+        k = torch.zeros_like(mu)
+        if coded is None:
+            k = reader.read(s_y)
+        else:
+            sel = self._cells(coded).expand_as(k).bool()
+            k[sel] = reader.read(s_y[sel])
         reader.close()
-        return self._finish(state, mu, k, step, f16, f64, intra)
+        out = self._reconstruct(state, mu, step * k, f16, f64, coded)
+        return (out + 1) / 2, self._advance(state, out, step * k, intra)
 
     # --- offline: the same steps over every frame ---
     def encode(self, video: Tensor, **state_args) -> list[bytes]:

@@ -411,7 +411,8 @@ class Session:
                 ResampleIn(h.sample_rate, sr),
                 *([self.echo] if self.echo is not None else []),
                 VoiceActivity(self.vad, sr, self._on_vad, self.engine,
-                              turn_taking=self.turn_taking if self.turn_end() == "semantic" else None),
+                              turn_taking=self.turn_taking if self.turn_end() == "semantic" else None,
+                              replying=self.turns.playing),
                 CodecStage(self.engine, h.codebooks, False, self.limits.frames_per_step),
                 self.turns.collector(),
             ]

@@ -104,12 +104,15 @@ class VoiceActivity:
     name = "vad"
 
     def __init__(self, vad: SileroVAD, rate: int, on_event: Callable[[VADEvent], None] | None = None,
-                 engine: CodecEngine | None = None, pass_through: bool = True, turn_taking: TurnTaking | None = None):
+                 engine: CodecEngine | None = None, pass_through: bool = True, turn_taking: TurnTaking | None = None,
+                 replying: Callable[[], bool] | None = None):
         """pass_through=False: the end of a branch (`VoiceActivityTap`): events only, the audio goes no further.
         turn_taking: end turns and judge barge-ins by the turn heads (streaming/turn_taking.py); None: silence alone
-        ends a turn and every speech start is a speech start."""
+        ends a turn and every speech start is a speech start. replying: whether a reply is playing now; speech that
+        starts while none is gets no barge-in verdict (the head is not run: an ordinary turn). None: every segment
+        is judged."""
         self.vad, self.rate, self.on_event, self.engine = vad, rate, on_event, engine
-        self.pass_through, self.turn_taking = pass_through, turn_taking
+        self.pass_through, self.turn_taking, self.replying = pass_through, turn_taking, replying
         self.reset()
 
     def reset(self) -> None:
@@ -127,6 +130,8 @@ class VoiceActivity:
             # The heads run only when a decision is due, and then on a thread (an encoder call, ~10-30 ms).
             new = chunk.pcm.size * VAD_RATE // self.rate
             paused = any(e.kind == "pause" for e in events)
+            if self.replying is not None:
+                self.tt_state.judge_barge = self.replying()
             if tt.due(events, self.tt_state, new):
                 events, self.tt_state = await asyncio.to_thread(tt.step, chunk.pcm, events, self.tt_state)
             else:
@@ -304,28 +309,43 @@ class TurnCollector:
 
 
 class SlidingDecodeStage:
-    """Chat replies: token blocks -> PCM through the SlidingWindowDecoder (first audio after one block)."""
+    """Chat replies: token blocks -> PCM, the first audio after one block.
+
+    With the engine's own codec the blocks go through the engine's streaming decoder (its state carried from block
+    to block, every session's step batched into one call, on the engine's backend): the same samples as decoding
+    the whole reply at once, where a sliding window decoded each 6-frame block again from the 39 frames before it
+    (7.5 times the work, in torch, one session at a time: 14% of a conversation's server CPU in a profile of two).
+    A reply decoder of its own (`codec`, the Talker's voice decoder) keeps the SlidingWindowDecoder."""
 
     name = "decode"
 
     def __init__(self, engine: CodecEngine, num_codebooks: int, block_frames: int = 6, codec: AudioCodec | None = None):
         self.engine = engine
         # `codec`: a decoder of the reply's own (the Talker's voice decoder); the engine's codec otherwise.
-        self.decoder = SlidingWindowDecoder(codec or engine.codec, block_frames=block_frames)
+        self.window = None if codec is None or codec is engine.codec else SlidingWindowDecoder(
+            codec, block_frames=block_frames)
         self.num_codebooks = num_codebooks
         self.reset()
 
     def reset(self) -> None:
-        self.state = self.decoder.init_state(self.num_codebooks)
+        if self.window is not None:
+            self.state = self.window.init_state(self.num_codebooks)
+        else:
+            self.state = self.engine.codec.init_state(1, self.num_codebooks)
 
     async def process(self, block: torch.Tensor | None) -> list[CodecOut]:
         """block: long [1, K, F], or None at the end of a reply (flush)."""
         # Decoding runs on the codec thread: ~10 ms a block must not stall every session's I/O on the event loop.
-        if block is None:
-            pcm, self.state = await self.engine.run(self.decoder.flush, self.state)
+        if self.window is None:
+            if block is None:  # a causal decoder holds nothing back: every block's samples are out already
+                self.reset()
+                return []
+            pcm, self.state = await self.engine.decode(block[:, : self.num_codebooks].to(torch.long), self.state)
+        elif block is None:
+            pcm, self.state = await self.engine.run(self.window.flush, self.state)
             self.reset()
         else:
-            pcm, self.state = await self.engine.run(self.decoder.step, block[:, : self.num_codebooks], self.state)
+            pcm, self.state = await self.engine.run(self.window.step, block[:, : self.num_codebooks], self.state)
         if not pcm.shape[-1]:
             return []
         now = time.monotonic()

@@ -47,9 +47,12 @@ class TurnTakingState:
     history: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # the last HISTORY_S at 16 kHz
     clock: int = 0  # 16 kHz samples seen (the VAD's clock)
     speech_start: int | None = None  # where the current segment began (samples), None outside speech
-    barge: str | None = None  # the current segment's verdict: "backchannel" | "interruption" | None (not yet)
+    barge: str | None = None  # the segment's verdict: "backchannel" | "interruption" | "unjudged" | None (not yet)
     long_sent: bool = False
     paused_at: int | None = None  # where the current held pause began (samples), None while speaking
+    # Whether a segment that starts now is judged by the barge-in head: the caller sets it (a reply is playing).
+    # A segment that starts with nothing playing is an ordinary turn: no head call, no verdict ("unjudged").
+    judge_barge: bool = True
 
 
 class TurnTaking:
@@ -89,7 +92,7 @@ class TurnTaking:
         ahead = dataclasses.replace(state, clock=state.clock + new_samples)
         for e in vad_events:
             if e.kind == "start":
-                ahead.speech_start, ahead.barge = round(e.time_s * VAD_RATE), None
+                ahead.speech_start, ahead.barge = round(e.time_s * VAD_RATE), self._unjudged(ahead)
             elif e.kind == "end" and ahead.barge is None and ahead.speech_start is not None:
                 return True
         return self._barge_due(ahead)
@@ -107,7 +110,7 @@ class TurnTaking:
         out: list[VADEvent] = []
         for e in vad_events:
             if e.kind == "start":
-                st.speech_start, st.barge, st.long_sent = round(e.time_s * VAD_RATE), None, False
+                st.speech_start, st.barge, st.long_sent = round(e.time_s * VAD_RATE), self._unjudged(st), False
                 st.paused_at = None
                 out.append(e)
             elif e.kind == "resume":
@@ -139,6 +142,10 @@ class TurnTaking:
             out.append(VADEvent("long", st.clock / VAD_RATE, 0.0))
         st.history = st.history[-int(HISTORY_S * VAD_RATE) :]
         return out, st
+
+    @staticmethod
+    def _unjudged(state: TurnTakingState) -> str | None:
+        return None if state.judge_barge else "unjudged"
 
     def _barge(self, st: TurnTakingState) -> list[VADEvent]:
         """The current segment's verdict, once (at `barge_decide_ms`, or at its end if that comes first)."""

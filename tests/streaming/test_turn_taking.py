@@ -139,6 +139,22 @@ def test_barge_in_verdicts_and_a_long_backchannel(vad, speech):
     assert got[:2] == ["start", "backchannel"] and "hold" in got and "long" not in got
 
 
+def test_speech_that_starts_with_no_reply_playing_gets_no_barge_in_verdict(vad, speech):
+    """An ordinary turn (nothing playing when it began): the barge-in head is never run and no verdict comes; the
+    end-of-turn head still judges its pauses. A segment that starts while a reply plays is judged."""
+    a, b = speech
+    pcm = _stream(0.5, a, 0.7, b, 1.5)
+    judge = FixedJudge(0.9, 0.9)
+    quiet = events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(judge), replying=lambda: False), pcm)
+    kinds = [k for k, _ in quiet]
+    assert "start" in kinds and "end" in kinds
+    assert not {"backchannel", "interruption", "long"} & set(kinds)
+    assert judge.asked and all(what == "end" for what, _ in judge.asked)
+    judge = FixedJudge(0.9, 0.1)
+    playing = events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(judge), replying=lambda: True), pcm)
+    assert "interruption" in [k for k, _ in playing] and ("barge", ) == tuple({w for w, _ in judge.asked} - {"end"})
+
+
 @pytest.mark.parametrize("chunk", [160, 480, 1999, 24_000])
 def test_any_chunking_decides_the_same(vad, speech, chunk):
     a, b = speech

@@ -24,7 +24,9 @@ Encoder and decoder run the same ops on the same values (the encoder decodes its
 
 Streaming: `state = codec.init_state(bitrate=..)`, `packet, state = codec.encode_step(frame, state)` (packet: bytes,
 see `bitstream_v2.py`), `frame, state = codec.decode_step(packet, state)`; `encode`/`decode` run the same steps.
-One stream per state (batch 1): packets are bit-exact only when the decoder computes exactly what the encoder did.
+One stream per state (batch 1): packets are bit-exact only when the decoder computes exactly what the encoder did
+(the same weights and torch build on the same kind of CPU; a decoder whose floats differ may be refused by the
+trailing-data check or may decode a wrong picture: guarantees across machines need an integer entropy model).
 """
 
 from __future__ import annotations
@@ -225,6 +227,7 @@ class VideoCodecV2(nn.Module):
         nn.init.zeros_(self.decoder.out.weight)  # an inter frame starts as a copy of the previous one
         table = torch.exp(torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_TABLE_SIZE))
         self.register_buffer("scale_table", table, persistent=False)
+        self.to(memory_format=torch.channels_last)  # ~20% faster convs on a CPU (and the same on both ends)
 
     # --- the contract servers read ---
     @property
@@ -379,7 +382,7 @@ class VideoCodecV2(nn.Module):
         lmbda = float(self.cfg.lmbda(torch.tensor(qi / (QUALITY_LEVELS - 1))))
         return lmbda * (sse_skip - sse_code) / 3 < self._blocks(bits)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode_step(self, frame: Tensor, state: VideoStreamState) -> tuple[bytes, VideoStreamState]:
         """frame: float [1, 3, H, W] in [0, 1] -> (packet bytes, state). The state's `prev` is then the frame the
         decoder will show (in [-1, 1])."""
@@ -407,15 +410,18 @@ class VideoCodecV2(nn.Module):
                 packet = bs.pack_frame(False, qi, 255, None, [])
                 state = self._advance(state, state.prev, torch.zeros_like(k), False)
                 return packet, self._account(state, packet, estimate)
-            for _ in range(REFINE_PASSES):  # zeroing skipped cells changes the coded blocks around them: recheck
+            settled = None  # (k, frame) for the current decisions, once computed
+            for i in range(REFINE_PASSES + 1):  # zeroing skipped cells changes the coded blocks around them: recheck
                 if not bool(skip.any()) or bool(skip.all()):
                     break
                 k_try = k * self._cells(~skip)
-                out_try = self._reconstruct(state, mu, step * k_try, f16, f64, ~skip)
-                worse = self._skip_decision(frame, state, out_try, gaussian_bits(k_try, s_y), qi) & ~skip
+                settled = k_try, self._reconstruct(state, mu, step * k_try, f16, f64, ~skip)
+                if i == REFINE_PASSES:
+                    break
+                worse = self._skip_decision(frame, state, settled[1], gaussian_bits(k_try, s_y), qi) & ~skip
                 if not bool(worse.any()):
                     break
-                skip = skip | worse
+                skip, settled = skip | worse, None
             if bool(skip.all()):
                 packet = bs.pack_frame(False, qi, 255, None, [])
                 state = self._advance(state, state.prev, torch.zeros_like(k), False)
@@ -423,8 +429,8 @@ class VideoCodecV2(nn.Module):
             if bool(skip.any()):
                 skip_byte = min(max(round(float(skip.float().mean()) * 255), 1), 254)
                 flags, coded = skip.flatten(), ~skip
-                k = k * self._cells(coded)
-                out = self._reconstruct(state, mu, step * k, f16, f64, coded)
+                assert settled is not None
+                k, out = settled
         sel = self._cells(coded).expand_as(k).bool() if coded is not None else torch.ones_like(k, dtype=torch.bool)
         packet = bs.pack_frame(intra, qi, skip_byte, flags, [(k_z, s_z), (k[sel], s_y[sel])])
         return packet, self._account(self._advance(state, out, step * k, intra), packet, None if intra else estimate)
@@ -440,7 +446,7 @@ class VideoCodecV2(nn.Module):
         ratio = state.ratio if estimate is None else 0.7 * state.ratio + 0.3 * min(max(spent / estimate, 0.05), 2.0)
         return dataclasses.replace(state, bits=state.bits + spent, debt=debt, ratio=ratio)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode_step(self, packet: bytes, state: VideoStreamState) -> tuple[Tensor, VideoStreamState]:
         """packet bytes -> (frame float [1, 3, H, W] in [0, 1], state). A packet that is not a whole v2 frame,
         or an inter frame with no frame before it, raises ValueError."""

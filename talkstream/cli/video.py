@@ -73,8 +73,13 @@ def add_video_commands(sub, train_sub, bench_sub) -> None:
         "128x128 keeping the aspect ratio, edge-padded) into video tokens.",
     )
     sp.add_argument("input", help="video file (mp4, mkv, webm, gif, ...)")
-    sp.add_argument("output", help="token file to write (.tsv)")
+    sp.add_argument("output", help="token file to write (.tsv; .tsv2 with --version 2)")
     sp.add_argument("--weights", default=None, help="video codec checkpoint (default: the shipped weights)")
+    sp.add_argument("--version", type=int, choices=(1, 2), default=1, help="2: the entropy-coded codec v2")
+    sp.add_argument(
+        "--quality", type=float, default=0.75, help="v2: quality in [0, 1] (each frame costs what it needs)"
+    )
+    sp.add_argument("--kbps", type=float, default=None, help="v2: hold this bitrate instead of a fixed quality")
     sp.set_defaults(func=cmd_video_encode)
     sp = vsub.add_parser(
         "decode",
@@ -141,9 +146,20 @@ def _video_codec(args):
 
 
 def cmd_video_encode(args) -> None:
+    out_file(args.output)
+    if args.version == 2:
+        from talkstream.checkpoint import load_video_codec_v2
+        from talkstream.codecs.video.files_v2 import encode_file_v2
+
+        h = encode_file_v2(load_video_codec_v2(args.weights), args.input, args.output, args.quality, args.kbps)
+        secs = h["num_frames"] * h["fps"][1] / h["fps"][0]
+        size = Path(args.output).stat().st_size
+        print(
+            f"{args.output}: {h['num_frames']} frames, {secs:.2f} s, {size} bytes ({size * 8 / secs / 1000:.1f} kbps)"
+        )
+        return
     from talkstream.codecs.video.files import encode_file
 
-    out_file(args.output)
     h = encode_file(_video_codec(args), args.input, args.output)
     secs = h["num_frames"] / h["frame_rate"]
     size = Path(args.output).stat().st_size
@@ -154,9 +170,17 @@ def cmd_video_encode(args) -> None:
 
 
 def cmd_video_decode(args) -> None:
+    out_file(args.output)
+    if Path(args.input).is_file() and Path(args.input).read_bytes()[:4] == b"TSV2":
+        from talkstream.checkpoint import load_video_codec_v2
+        from talkstream.codecs.video.files_v2 import decode_file_v2
+
+        h = decode_file_v2(load_video_codec_v2(args.weights), args.input, args.output)
+        sh, sw = h["source_size"]
+        print(f"{args.output}: {h['num_frames']} frames, {sw}x{sh}, {h['duration_s']} s")
+        return
     from talkstream.codecs.video.files import decode_file
 
-    out_file(args.output)
     h = decode_file(_video_codec(args), args.input, args.output)
     sh, sw = h["source_size"]
     print(f"{args.output}: {h['num_frames']} frames, {sw}x{sh} at {h['frame_rate']:.3g} fps, {h['duration_s']} s")

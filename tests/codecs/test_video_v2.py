@@ -200,3 +200,21 @@ def test_shipped_weights_carry_their_command():
     import json
 
     assert "train video --version 2" in json.loads((SHIPPED / "training.json").read_text())["command"]
+
+
+def test_cli_encodes_and_decodes_a_file_and_refuses_a_damaged_one(tmp_path, capsys, monkeypatch, codec, video):
+    from talkstream.cli import main
+    from talkstream.codecs.video.files import write_video
+
+    monkeypatch.setattr("talkstream.checkpoint.load_video_codec_v2", lambda path=None: codec)
+    frames = [(f.permute(1, 2, 0) * 255).to(torch.uint8).numpy() for f in video]
+    write_video(tmp_path / "in.mp4", frames, 25)
+    assert main(["video", "encode", str(tmp_path / "in.mp4"), str(tmp_path / "x.tsv2"), "--version", "2"]) == 0
+    assert main(["video", "decode", str(tmp_path / "x.tsv2"), str(tmp_path / "out.mp4")]) == 0
+    assert (tmp_path / "out.mp4").stat().st_size > 0
+    data = (tmp_path / "x.tsv2").read_bytes()
+    (tmp_path / "bad.tsv2").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    capsys.readouterr()
+    assert main(["video", "decode", str(tmp_path / "bad.tsv2"), str(tmp_path / "o.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("talkstream: error:") and "checksum mismatch" in err and "\n" not in err

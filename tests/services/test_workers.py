@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from talkstream.audio_io import load_audio
@@ -116,6 +117,89 @@ def test_two_workers_share_the_port_and_stop_together():
         code = served.stop()
     assert code == 0, served.final_output
     assert not any(_alive(p) for p in now), "every worker stopped with the supervisor"
+
+
+async def _conversation_on_each_worker(url: str, pids: set[int], clip, kill_after_s: float):
+    """One chat conversation held open on each worker (connections are opened until each worker has one; the rest
+    are closed), speaking in real time; `kill_after_s` in, one worker is killed. Per worker: how its conversation
+    ended ("summary", or "closed" and how long after the kill) and whether any error event came."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    from talkstream.protocol import PROTOCOL_VERSION, pcm_frame
+
+    hello = {"type": "hello", "version": PROTOCOL_VERSION, "mode": "chat", "sample_rate": 24_000, "output": ["pcm"]}
+    held: dict[int, object] = {}
+    for _ in range(40):
+        ws = await connect(url)
+        await ws.send(json.dumps(hello))
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "ready", ready
+        if ready["worker"] in held:
+            await ws.close()
+        else:
+            held[ready["worker"]] = ws
+        if set(held) == pids:
+            break
+    assert set(held) == pids, "the kernel gave every connection to one worker 40 times"
+    victim = min(pids)
+    killed_at: list[float] = []
+
+    async def talk(pid: int, ws) -> dict:
+        loop = asyncio.get_running_loop()
+        out = {"errors": [], "ended": None, "after_kill_s": None}
+        t0 = loop.time()
+        try:
+            for i, j in enumerate(range(0, clip.size, 480)):
+                await asyncio.sleep(max(0.0, t0 + i * 0.02 - loop.time()))
+                await ws.send(pcm_frame(clip[j : j + 480], i, 0))
+            await ws.send(json.dumps({"type": "end"}))
+            async for msg in ws:
+                if isinstance(msg, str):
+                    event = json.loads(msg)
+                    if event["type"] == "error":
+                        out["errors"].append(event["code"])
+                    if event["type"] == "summary":
+                        out["ended"] = "summary"
+                        break
+        except Exception:  # the connection went with its worker
+            out["ended"] = "closed"
+            out["after_kill_s"] = loop.time() - killed_at[0] if killed_at else None
+        finally:
+            await ws.close()
+        return out
+
+    async def kill() -> None:
+        await asyncio.sleep(kill_after_s)
+        killed_at.append(asyncio.get_running_loop().time())
+        os.kill(victim, signal.SIGKILL)
+
+    results = await asyncio.gather(*(talk(pid, ws) for pid, ws in held.items()), kill())
+    return victim, dict(zip(held, results[:-1], strict=True))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_conversation_closes_its_client_and_spares_the_others():
+    """A worker killed outright while a conversation on it and one on another worker are speaking: its client's
+    connection closes at once (no hang; a dead process can send no error event), the other conversation goes on to
+    its summary without an error, and the supervisor replaces the dead worker."""
+    clip = np.tile(load_audio(SAMPLE_WAV, 24_000), 3)[: 6 * 24_000]
+    served = Served("--workers", "2", "--no-http", "--thinker", "echo")
+    try:
+        m = served.wait_for(r"serving (ws://127\.0\.0\.1:(\d+)) .* with 2 workers \(pids (\d+), (\d+)\)")
+        url, pids = m.group(1), {int(m.group(3)), int(m.group(4))}
+        victim, ended = asyncio.run(asyncio.wait_for(_conversation_on_each_worker(url, pids, clip, 2.0), 120))
+        (other,) = pids - {victim}
+        assert ended[victim]["ended"] == "closed" and ended[victim]["after_kill_s"] < 2.0, ended
+        assert ended[other] == {"errors": [], "ended": "summary", "after_kill_s": None}, ended
+        served.wait_for(r"worker \d is back \(pid (\d+)\)")
+        assert victim not in served.workers() and len(served.workers()) == 2
+    except BaseException:
+        print(served.output())
+        raise
+    finally:
+        served.stop()
 
 
 @pytest.mark.slow

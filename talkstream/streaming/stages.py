@@ -129,15 +129,15 @@ class VoiceActivity:
         if tt is not None:
             # The heads run only when a decision is due, and then on a thread (an encoder call, ~10-30 ms).
             new = chunk.pcm.size * VAD_RATE // self.rate
+            paused = any(e.kind == "pause" for e in events)
             if self.replying is not None:
                 self.tt_state.judge_barge = self.replying()
             if tt.due(events, self.tt_state, new):
                 events, self.tt_state = await asyncio.to_thread(tt.step, chunk.pcm, events, self.tt_state)
             else:
                 events, self.tt_state = tt.step(chunk.pcm, events, self.tt_state)
-            if any(e.kind == "end" for e in events) and self.state.speaking:
-                # judged complete at a pause (or an unsure pause ran out): the VAD's turn ends too
-                self.state = self.vad.end_turn(self.state)
+            if paused and any(e.kind == "end" for e in events) and self.state.speaking:
+                self.state = self.vad.end_turn(self.state)  # judged complete at a pause: the VAD's turn ends too
         for e in events:
             if self.on_event is not None:
                 self.on_event(e)

@@ -2,9 +2,7 @@
 
 The VAD (streaming/vad.py) says where speech starts and pauses; the turn heads (models/turn_head.py) judge:
 - at a pause of `pause_ms`, P(the turn is complete) from its last 3 s: complete -> "end" now; not -> "hold" (the
-  turn stays open until speech resumes, or until `max_pause_ms` of silence ends it whatever; a turn the head is
-  unsure of, P at least `unsure_p`, ends after `unsure_pause_ms` of silence instead, as LiveKit's endpointing delay
-  shrinks with the end-of-utterance probability);
+  turn stays open until speech resumes, or until `max_pause_ms` of silence ends it whatever);
 - `barge_decide_ms` after speech starts, P(a backchannel) from its first moments: "backchannel" (the agent talks on)
   or "interruption" (the agent stops); speech judged a backchannel that goes on past `backchannel_max_ms` raises
   "long" (then it is an interruption after all).
@@ -35,16 +33,12 @@ class TurnTakingConfig:
     max_pause_ms: float = 1600.0  # silence that ends a turn the head held open
     barge_decide_ms: float = 180.0  # speech (from the VAD's onset estimate) before the barge-in head decides
     backchannel_max_ms: float = 900.0  # speech judged a backchannel that lasts longer is an interruption
-    unsure_p: float = 1.0  # a held turn with P(complete) at least this (and below the head's threshold) ...
-    unsure_pause_ms: float = 640.0  # ... ends after this much silence (1.0: every held turn waits max_pause_ms)
 
     def __post_init__(self):
         if not 32 <= self.pause_ms < self.max_pause_ms:
             raise ValueError(f"pause_ms must be at least 32 and below max_pause_ms, got {self.pause_ms}")
         if not 0 < self.barge_decide_ms < self.backchannel_max_ms:
             raise ValueError("barge_decide_ms must be positive and below backchannel_max_ms")
-        if not self.pause_ms <= self.unsure_pause_ms <= self.max_pause_ms or not 0 <= self.unsure_p <= 1:
-            raise ValueError("unsure_pause_ms must lie between pause_ms and max_pause_ms, and unsure_p in [0, 1]")
 
 
 @dataclass
@@ -56,8 +50,6 @@ class TurnTakingState:
     barge: str | None = None  # the segment's verdict: "backchannel" | "interruption" | "unjudged" | None (not yet)
     long_sent: bool = False
     paused_at: int | None = None  # where the current held pause began (samples), None while speaking
-    end_at: int | None = None  # a held pause the head was unsure of: where it ends the turn (samples)
-    end_p: float = 0.0
     # Whether a segment that starts now is judged by the barge-in head: the caller sets it (a reply is playing).
     # A segment that starts with nothing playing is an ordinary turn: no head call, no verdict ("unjudged").
     judge_barge: bool = True
@@ -103,8 +95,6 @@ class TurnTaking:
                 ahead.speech_start, ahead.barge = round(e.time_s * VAD_RATE), self._unjudged(ahead)
             elif e.kind == "end" and ahead.barge is None and ahead.speech_start is not None:
                 return True
-        if ahead.end_at is not None and ahead.clock >= ahead.end_at and ahead.barge is None:
-            return True  # an unsure pause runs out with no barge-in verdict yet: it is decided with the end
         return self._barge_due(ahead)
 
     def step(self, pcm: np.ndarray, vad_events: list[VADEvent], state: TurnTakingState
@@ -119,14 +109,12 @@ class TurnTaking:
         st.clock += x.size
         out: list[VADEvent] = []
         for e in vad_events:
-            if st.end_at is not None and round(e.time_s * VAD_RATE) >= st.end_at:
-                out += self._unsure_end(st)  # the unsure pause ran out before this event
             if e.kind == "start":
                 st.speech_start, st.barge, st.long_sent = round(e.time_s * VAD_RATE), self._unjudged(st), False
-                st.paused_at, st.end_at = None, None
+                st.paused_at = None
                 out.append(e)
             elif e.kind == "resume":
-                st.paused_at, st.end_at = None, None
+                st.paused_at = None
             elif e.kind == "pause":
                 at = self._raised_at(e)
                 p = self.judge.p_complete(self._span(st, at - int(HISTORY_S * VAD_RATE), at))
@@ -135,17 +123,12 @@ class TurnTaking:
                     st.speech_start = None
                 else:
                     st.paused_at = round(e.time_s * VAD_RATE)
-                    if p >= self.config.unsure_p:
-                        st.end_at = st.paused_at + round(self.config.unsure_pause_ms * VAD_RATE / 1000)
-                        st.end_p = p
                     out.append(VADEvent("hold", e.time_s, p))
             elif e.kind == "end":
                 out += self._barge(st) + [e]
                 st.speech_start = None
             else:
                 out.append(e)
-        if st.end_at is not None and st.clock >= st.end_at:
-            out += self._unsure_end(st)
         if self._barge_due(st):
             out += self._barge(st)
         cfg = self.config
@@ -159,16 +142,6 @@ class TurnTaking:
             out.append(VADEvent("long", st.clock / VAD_RATE, 0.0))
         st.history = st.history[-int(HISTORY_S * VAD_RATE) :]
         return out, st
-
-    def _unsure_end(self, st: TurnTakingState) -> list[VADEvent]:
-        """A held pause the head was unsure of has lasted `unsure_pause_ms`: the turn ends (the caller ends the
-        VAD's turn too)."""
-        at, st.end_at = st.end_at, None
-        if st.speech_start is None or st.paused_at is None:
-            return []
-        out = self._barge(st) + [VADEvent("end", at / VAD_RATE, st.end_p)]
-        st.speech_start = st.paused_at = None
-        return out
 
     @staticmethod
     def _unjudged(state: TurnTakingState) -> str | None:

@@ -34,8 +34,7 @@ def cmd_bench_turns(args) -> None:
     from talkstream.streaming.turn_taking import TurnTakingConfig
 
     try:
-        config = TurnTakingConfig(pause_ms=args.pause_ms, barge_decide_ms=args.barge_decide_ms,
-                                  unsure_p=args.unsure_p, unsure_pause_ms=args.unsure_pause_ms)
+        config = TurnTakingConfig(pause_ms=args.pause_ms, barge_decide_ms=args.barge_decide_ms)
     except ValueError as e:
         raise UserError(str(e)) from None
     result = run_turns_bench(limit=args.sentences, seed=args.seed, real=not args.no_real,
@@ -78,10 +77,6 @@ def add_turn_commands(train_sub, data_sub, bench_sub) -> None:
                     "with the built-in Thinker-Talker, both policies on one server")
     bp.add_argument("--pause-ms", type=float, default=128.0, help="silence before the end-of-turn head is asked")
     bp.add_argument("--barge-decide-ms", type=float, default=180.0, help="speech before the barge-in head decides")
-    bp.add_argument("--unsure-p", type=float, default=1.0,
-                    help="a held turn with P(complete) at least this ends after --unsure-pause-ms of silence "
-                    "(1: every held turn waits for the cap)")
-    bp.add_argument("--unsure-pause-ms", type=float, default=640.0, help="see --unsure-p")
     bp.add_argument("--seed", type=int, default=0)
     bp.add_argument("--json", default="bench-results/turns.json")
     bp.set_defaults(func=cmd_bench_turns)

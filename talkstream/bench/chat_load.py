@@ -184,7 +184,10 @@ def run_chat_load_bench(levels: list[int], workers: int = 1, thinker: str = "bui
     print("speaking the held-out questions ...", flush=True)
     qs = held_out_questions(max(levels) * questions)
     print(f"starting a server with {workers} worker(s), the {thinker} answerer ...", flush=True)
-    server = ServerProcess(workers, max(levels) + 2, list(server_options or []), thinker=thinker)
+    options = list(server_options or [])
+    if not any(o.startswith("--max-conversations") for o in options):  # measure past the serving default
+        options += ["--max-conversations", "0"]
+    server = ServerProcess(workers, max(levels) + 2, options, thinker=thinker)
     rows = []
     try:
         server.wait_ready()

@@ -206,7 +206,7 @@ def cmd_serve(args) -> None:
         host=args.host,
         port=args.port,
         max_sessions=args.max_sessions,
-        max_conversations=args.max_conversations,
+        max_conversations=_max_conversations(args),
         gather_ms=args.gather_ms,
         codec_threads=args.codec_threads,
         step_interval_ms=args.step_interval_ms,
@@ -226,8 +226,6 @@ def cmd_serve(args) -> None:
     )
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1 (got {args.workers})")
-    if args.max_conversations is not None and args.max_conversations < 1:
-        raise UserError(f"--max-conversations must be at least 1 (got {args.max_conversations})")
     for flag, value in (("--gather-ms", args.gather_ms), ("--step-interval-ms", args.step_interval_ms)):
         if not value >= 0:  # NaN too
             raise UserError(f"{flag} must be at least 0 (got {value:g})")
@@ -344,6 +342,33 @@ def cmd_bench_phone(args) -> None:
     write_result(out, results, args.argv)
 
 
+# What one worker (about one core) holds with the Talker speaking every answer: `bench chat` on 2026-12-07, two
+# workers, 2 conversations each: voice to voice p50 730 ms; 4 each: p50 1.4 s, p95 3.1 s (docs/benchmarks.md).
+CONVERSATIONS_PER_WORKER = 3
+TALKER_THINKERS = ("builtin", "openai", "legacy")
+
+
+def _max_conversations(args) -> int | None:
+    """--max-conversations: N, 0 for no limit, or by default CONVERSATIONS_PER_WORKER when the Talker speaks the
+    answers (the echo and transcribe answerers cost little: no limit)."""
+    n = args.max_conversations
+    if n is None:
+        return CONVERSATIONS_PER_WORKER if args.thinker in TALKER_THINKERS else None
+    if n < 0:
+        raise UserError(f"--max-conversations must be 0 (no limit) or more (got {n})")
+    return n or None
+
+
+def cmd_bench_soak(args) -> None:
+    from talkstream.bench.soak import run_soak_bench
+
+    out = out_file(args.out)  # its folder now, not after the run
+    results = run_soak_bench(args.cycles, args.concurrency, args.thinker)
+    write_result(out, results, args.argv)
+    if not results["passes"]:
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="talkstream",
@@ -418,8 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-sessions", type=int, default=64,
                     help="concurrent sessions before 'busy', per worker (default 64)")
     sp.add_argument("--max-conversations", type=int, default=None,
-                    help="chat conversations at once per worker before a new one is refused 'busy' at its hello "
-                    "(default: no limit; `talkstream bench chat` measures what a worker holds, docs/scaling.md)")
+                    help="chat conversations at once per worker before a new one is refused 'busy' at its hello; 0: "
+                    f"no limit (default: {CONVERSATIONS_PER_WORKER} when the Talker speaks the answers, what one "
+                    "worker held in `talkstream bench chat` on 2 cores; none for echo and transcribe)")
     sp.add_argument(
         "--workers",
         type=int,
@@ -700,6 +726,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip asking each question over the WebSocket path too (the side-by-side latency)")
     bph.add_argument("--out", default=None, help="write results JSON here")
     bph.set_defaults(func=cmd_bench_phone)
+    bso = bsub.add_parser(
+        "soak",
+        help="many connect/converse/disconnect cycles: is anything left behind (sessions, tasks, threads, files)?",
+        description="Start `talkstream serve` as its own process; run --cycles WebSocket sessions, --concurrency at "
+        "once, in turn a chat conversation (a sentence said, the reply heard, a clean end), a codec echo and a "
+        "session dropped mid-stream; compare the server's open sessions, asyncio tasks, threads, open file "
+        "descriptors and memory before and after. Exits 1 when something was left behind.",
+    )
+    bso.add_argument("--cycles", type=int, default=1000, help="sessions to open and close")
+    bso.add_argument("--concurrency", type=int, default=8, help="sessions at once")
+    bso.add_argument("--thinker", choices=["echo", "builtin"], default="echo",
+                     help="the server's --thinker for the chat cycles (echo: says the turn back)")
+    bso.add_argument("--out", default=None, help="write results JSON here")
+    bso.set_defaults(func=cmd_bench_soak)
     bw = bsub.add_parser(
         "webrtc",
         help="N aiortc clients against a server in its own process(es): mouth-to-ear latency over WebRTC",

@@ -12,8 +12,11 @@ signaling, a phone call's webhook) and the phone calls' media streams (telephony
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -154,6 +157,11 @@ class TalkstreamServer:
                     depth[name] = depth.get(name, 0) + n
         for name, n in depth.items():
             self.metrics.queue_depth.labels(name).set(n)
+        with contextlib.suppress(RuntimeError):  # no running loop (a caller outside the server): leave it
+            self.metrics.tasks.set(len(asyncio.all_tasks()))
+        self.metrics.threads.set(threading.active_count())
+        with contextlib.suppress(OSError):
+            self.metrics.open_fds.set(len(os.listdir("/proc/self/fd")))
         return self.metrics.render()
 
 

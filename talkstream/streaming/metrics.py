@@ -56,6 +56,13 @@ class Metrics:
         self.sessions = Gauge("talkstream_sessions_active", "Open sessions", registry=r, multiprocess_mode="livesum")
         self.sessions_total = Counter("talkstream_sessions", "Sessions opened", registry=r)
         self.errors = Counter("talkstream_errors", "Error events sent, by code", ["code"], registry=r)
+        # What a long run must not leak (bench soak reads them): the worker's asyncio tasks, threads and open files.
+        self.tasks = Gauge("talkstream_event_loop_tasks", "asyncio tasks on the worker's event loop", registry=r,
+                           multiprocess_mode="livesum")
+        self.threads = Gauge("talkstream_threads", "Threads in the worker process", registry=r,
+                             multiprocess_mode="livesum")
+        self.open_fds = Gauge("talkstream_open_fds", "Open file descriptors of the worker process (Linux)", registry=r,
+                              multiprocess_mode="livesum")
         self.batch_size = Histogram(
             "talkstream_codec_batch_size",
             "Sessions served by one batched codec step",

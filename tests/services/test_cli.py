@@ -180,3 +180,18 @@ def test_client_to_nowhere_is_a_one_line_error(tmp_path, capsys):
     assert "cannot reach" in capsys.readouterr().err
     assert main(["client", str(SAMPLE_WAV), "--out", str(tmp_path / "o.wav"), "--url", "http://nonsense"]) == 2
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, thinker, want", [(None, "builtin", 3), (None, "openai", 3), (None, "echo", None),
+                                                   (None, "transcribe", None), (0, "builtin", None), (8, "echo", 8)])
+def test_max_conversations_defaults_to_what_a_worker_holds_when_the_talker_speaks(given, thinker, want):
+    from types import SimpleNamespace
+
+    from talkstream.cli.main import _max_conversations
+
+    assert _max_conversations(SimpleNamespace(max_conversations=given, thinker=thinker)) == want
+
+
+def test_a_negative_conversation_limit_is_a_one_line_error(capsys):
+    assert main(["serve", "--max-conversations", "-1", "--thinker", "echo"]) == 2
+    assert "--max-conversations must be 0" in capsys.readouterr().err

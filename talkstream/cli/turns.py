@@ -34,7 +34,8 @@ def cmd_bench_turns(args) -> None:
     from talkstream.streaming.turn_taking import TurnTakingConfig
 
     try:
-        config = TurnTakingConfig(pause_ms=args.pause_ms, barge_decide_ms=args.barge_decide_ms)
+        config = TurnTakingConfig(pause_ms=args.pause_ms, barge_decide_ms=args.barge_decide_ms,
+                                  early_ms=args.early_ms, early_p=args.early_p)
     except ValueError as e:
         raise UserError(str(e)) from None
     result = run_turns_bench(limit=args.sentences, seed=args.seed, real=not args.no_real,
@@ -77,6 +78,9 @@ def add_turn_commands(train_sub, data_sub, bench_sub) -> None:
                     "with the built-in Thinker-Talker, both policies on one server")
     bp.add_argument("--pause-ms", type=float, default=128.0, help="silence before the end-of-turn head is asked")
     bp.add_argument("--barge-decide-ms", type=float, default=180.0, help="speech before the barge-in head decides")
+    bp.add_argument("--early-ms", type=float, default=100.0, help="the barge-in head's first look (see --early-p)")
+    bp.add_argument("--early-p", type=float, default=0.0,
+                    help="at --early-ms, P(backchannel) below this is an interruption at once (0: no first look)")
     bp.add_argument("--seed", type=int, default=0)
     bp.add_argument("--json", default="bench-results/turns.json")
     bp.set_defaults(func=cmd_bench_turns)

@@ -33,12 +33,18 @@ class TurnTakingConfig:
     max_pause_ms: float = 1600.0  # silence that ends a turn the head held open
     barge_decide_ms: float = 180.0  # speech (from the VAD's onset estimate) before the barge-in head decides
     backchannel_max_ms: float = 900.0  # speech judged a backchannel that lasts longer is an interruption
+    # A first look sooner: `early_ms` into the speech, P(backchannel) below `early_p` is an interruption at once
+    # (the rest wait for `barge_decide_ms`). early_p 0: no first look.
+    early_ms: float = 100.0
+    early_p: float = 0.0
 
     def __post_init__(self):
         if not 32 <= self.pause_ms < self.max_pause_ms:
             raise ValueError(f"pause_ms must be at least 32 and below max_pause_ms, got {self.pause_ms}")
         if not 0 < self.barge_decide_ms < self.backchannel_max_ms:
             raise ValueError("barge_decide_ms must be positive and below backchannel_max_ms")
+        if not (0 < self.early_ms <= self.barge_decide_ms and 0 <= self.early_p <= 1):
+            raise ValueError("early_ms must be positive and at most barge_decide_ms, early_p in [0, 1]")
 
 
 @dataclass
@@ -48,6 +54,7 @@ class TurnTakingState:
     clock: int = 0  # 16 kHz samples seen (the VAD's clock)
     speech_start: int | None = None  # where the current segment began (samples), None outside speech
     barge: str | None = None  # the segment's verdict: "backchannel" | "interruption" | "unjudged" | None (not yet)
+    early_done: bool = False  # the segment's first look (early_ms) is taken
     long_sent: bool = False
     paused_at: int | None = None  # where the current held pause began (samples), None while speaking
     # Whether a segment that starts now is judged by the barge-in head: the caller sets it (a reply is playing).
@@ -82,6 +89,13 @@ class TurnTaking:
     def _decide_at(self, state: TurnTakingState) -> int:
         return state.speech_start + round(self.config.barge_decide_ms * VAD_RATE / 1000)
 
+    def _early_at(self, state: TurnTakingState) -> int:
+        return state.speech_start + round(self.config.early_ms * VAD_RATE / 1000)
+
+    def _early_due(self, state: TurnTakingState) -> bool:
+        return (self.config.early_p > 0 and state.speech_start is not None and state.barge is None
+                and not state.early_done and state.clock >= self._early_at(state))
+
     def _barge_due(self, state: TurnTakingState) -> bool:
         return state.speech_start is not None and state.barge is None and state.clock >= self._decide_at(state)
 
@@ -93,9 +107,10 @@ class TurnTaking:
         for e in vad_events:
             if e.kind == "start":
                 ahead.speech_start, ahead.barge = round(e.time_s * VAD_RATE), self._unjudged(ahead)
+                ahead.early_done = False
             elif e.kind == "end" and ahead.barge is None and ahead.speech_start is not None:
                 return True
-        return self._barge_due(ahead)
+        return self._early_due(ahead) or self._barge_due(ahead)
 
     def step(self, pcm: np.ndarray, vad_events: list[VADEvent], state: TurnTakingState
              ) -> tuple[list[VADEvent], TurnTakingState]:
@@ -111,6 +126,7 @@ class TurnTaking:
         for e in vad_events:
             if e.kind == "start":
                 st.speech_start, st.barge, st.long_sent = round(e.time_s * VAD_RATE), self._unjudged(st), False
+                st.early_done = False
                 st.paused_at = None
                 out.append(e)
             elif e.kind == "resume":
@@ -129,6 +145,8 @@ class TurnTaking:
                 st.speech_start = None
             else:
                 out.append(e)
+        if self._early_due(st):
+            out += self._early(st)
         if self._barge_due(st):
             out += self._barge(st)
         cfg = self.config
@@ -142,6 +160,16 @@ class TurnTaking:
             out.append(VADEvent("long", st.clock / VAD_RATE, 0.0))
         st.history = st.history[-int(HISTORY_S * VAD_RATE) :]
         return out, st
+
+    def _early(self, st: TurnTakingState) -> list[VADEvent]:
+        """The first look at `early_ms`: a clear interruption is one now; anything else waits for the verdict."""
+        st.early_done = True
+        start, at = st.speech_start - int(BARGE_BEFORE_S * VAD_RATE), self._early_at(st)
+        p = self.judge.p_backchannel(self._span(st, start, at))
+        if p >= self.config.early_p:
+            return []
+        st.barge = "interruption"
+        return [VADEvent("interruption", at / VAD_RATE, p)]
 
     @staticmethod
     def _unjudged(state: TurnTakingState) -> str | None:

@@ -155,13 +155,34 @@ def test_speech_that_starts_with_no_reply_playing_gets_no_barge_in_verdict(vad, 
     assert "interruption" in [k for k, _ in playing] and ("barge", ) == tuple({w for w, _ in judge.asked} - {"end"})
 
 
+def test_a_clear_interruption_is_one_at_the_first_look(vad, speech):
+    """early_p: at early_ms into speech over a reply, P(backchannel) below it is an interruption then, not at
+    barge_decide_ms; above it the verdict waits (and may still be a backchannel); off (0), no first look."""
+    a, _ = speech
+    pcm = _stream(0.5, a, 1.0)
+    cfg = TurnTakingConfig(early_ms=100, early_p=0.3)
+    clear = events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(FixedJudge(0.9, 0.1), cfg)), pcm)
+    start = next(t for k, t in clear if k == "start")
+    verdicts = [(k, t) for k, t in clear if k in ("interruption", "backchannel")]
+    assert len(verdicts) == 1 and verdicts[0][0] == "interruption" and abs(verdicts[0][1] - start - 0.1) < 0.02
+    judge = FixedJudge(0.9, 0.4)  # not clear at the first look: the verdict at barge_decide_ms
+    unsure = events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(judge, cfg)), pcm)
+    verdict = next((k, t) for k, t in unsure if k in ("interruption", "backchannel"))
+    assert verdict[0] == "interruption" and abs(verdict[1] - start - 0.18) < 0.02
+    assert [w for w, _ in judge.asked].count("barge") == 2
+    judge = FixedJudge(0.9, 0.1)
+    events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(judge)), pcm)
+    assert [w for w, _ in judge.asked].count("barge") == 1  # off by default
+
+
 @pytest.mark.parametrize("chunk", [160, 480, 1999, 24_000])
 def test_any_chunking_decides_the_same(vad, speech, chunk):
     a, b = speech
     pcm = _stream(0.5, a, 0.7, b, 0.3, a, 2.0)
     judge_ref, judge = FixedJudge(0.3, 0.7), FixedJudge(0.3, 0.7)
-    ref = events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(judge_ref)), pcm, 480)
-    got = events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(judge)), pcm, chunk)
+    cfg = TurnTakingConfig(early_p=0.5)  # the first look too (not clear here: 0.7)
+    ref = events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(judge_ref, cfg)), pcm, 480)
+    got = events_of(VoiceActivity(vad, RATE, turn_taking=TurnTaking(judge, cfg)), pcm, chunk)
     assert [k for k, _ in got] == [k for k, _ in ref]
     assert judge.asked == judge_ref.asked  # the heads heard exactly the same audio
 
@@ -171,3 +192,5 @@ def test_config_is_checked():
         TurnTakingConfig(pause_ms=2000, max_pause_ms=1600)
     with pytest.raises(ValueError, match="barge_decide_ms"):
         TurnTakingConfig(barge_decide_ms=0)
+    with pytest.raises(ValueError, match="early_ms"):
+        TurnTakingConfig(early_ms=300)

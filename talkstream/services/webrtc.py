@@ -442,10 +442,18 @@ class PeerSession:
         await self.camera.show(out)
 
     async def event(self, text: str) -> None:
-        if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(text)
-        else:
+        """A JSON event on the data channel. A client that stops reading it fills the channel's send buffer (SCTP
+        keeps what is unacknowledged): past `max_channel_buffer` bytes the send waits, as a WebSocket's does, so
+        the session's send timeout closes a client that takes nothing (`slow_consumer`) and the server's memory
+        stays bounded."""
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
             self._pending.append(text)
+            return
+        while channel.bufferedAmount > self.service.max_channel_buffer and channel.readyState == "open":
+            await asyncio.sleep(0.02)
+        if channel.readyState == "open":
+            channel.send(text)
 
     def _on_datachannel(self, channel) -> None:
         self.channel = channel
@@ -532,12 +540,14 @@ class WebRTCService:
         connect_timeout_s: float = 20.0,
         media_timeout_s: float = 5.0,
         max_backlog_frames: int = 8,
+        max_channel_buffer: int = 1 << 20,
     ):
         self.server = server
         self.jitter_frames = jitter_frames
         self.connect_timeout_s = connect_timeout_s
         self.media_timeout_s = media_timeout_s
         self.max_backlog_frames = max_backlog_frames
+        self.max_channel_buffer = max_channel_buffer  # bytes the data channel may hold unread before sends wait
         self.ice_servers = list(ice_servers or [])  # empty: host candidates only, nothing outside is contacted
         self.peers: dict[str, PeerSession] = {}
         self.closed_ids: deque[str] = deque(maxlen=4096)  # to tell "closed" from "unknown" on a second offer

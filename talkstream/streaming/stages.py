@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -20,10 +21,9 @@ import av
 import numpy as np
 import torch
 
-from talkstream.codecs.audio.codec import AudioCodec
+from talkstream.codecs.audio.codec import AudioCodec, CodecState
 from talkstream.models.turn import Turn
 from talkstream.streaming.codec_engine import CodecEngine
-from talkstream.streaming.sliding_window import SlidingWindowDecoder
 from talkstream.streaming.turn_taking import TurnTaking
 from talkstream.streaming.vad import VAD_RATE, SileroVAD, VADEvent
 
@@ -308,44 +308,70 @@ class TurnCollector:
         return turns
 
 
-class SlidingDecodeStage:
-    """Chat replies: token blocks -> PCM, the first audio after one block.
+class BatchedDecode:
+    """One codec's streaming decode for many sessions at once (`CodecEngine.batched`): each waiting session's
+    (codes [1, K, F], state) stacked into one torch step where their shapes agree. One object per codec
+    (`batched_decode`), so that every session's requests meet in one group."""
 
-    With the engine's own codec the blocks go through the engine's streaming decoder (its state carried from block
-    to block, every session's step batched into one call, on the engine's backend): the same samples as decoding
-    the whole reply at once, where a sliding window decoded each 6-frame block again from the 39 frames before it
-    (7.5 times the work, in torch, one session at a time: 14% of a conversation's server CPU in a profile of two).
-    A reply decoder of its own (`codec`, the Talker's voice decoder) keeps the SlidingWindowDecoder."""
+    def __init__(self, codec: AudioCodec):
+        self.codec = codec
+
+    def __call__(self, items: list[tuple[torch.Tensor, CodecState]]) -> list[tuple[torch.Tensor, CodecState]]:
+        out: list = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (codes, state) in enumerate(items):
+            groups.setdefault((tuple(codes.shape[1:]), state.num_codebooks), []).append(i)
+        with torch.inference_mode():
+            for idx in groups.values():
+                codes = torch.cat([items[i][0] for i in idx])
+                state = CodecState.stack([items[i][1] for i in idx]) if len(idx) > 1 else items[idx[0]][1]
+                pcm, state = self.codec.decode_step(codes, state)
+                states = state.unbind() if len(idx) > 1 else [state]
+                for j, i in enumerate(idx):
+                    out[i] = (pcm[j : j + 1], states[j])
+        return out
+
+
+_BATCHED_DECODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def batched_decode(codec: AudioCodec) -> BatchedDecode:
+    if codec not in _BATCHED_DECODES:
+        _BATCHED_DECODES[codec] = BatchedDecode(codec)
+    return _BATCHED_DECODES[codec]
+
+
+class SlidingDecodeStage:
+    """Chat replies: token blocks -> PCM, the first audio after one block, through a streaming decoder whose state
+    is carried from block to block: the same samples as decoding the whole reply at once (the decoder is causal), where
+    a sliding window decoded each 6-frame block again from the 39 frames before it (7.5 times the work: 14% of a
+    conversation's server CPU in a profile of two). The engine's own codec goes through the engine (its backend,
+    every session's step batched with the others'); a reply decoder of its own (the Talker's voice decoder) through
+    `BatchedDecode` on the engine's batched thread, every session's block in one torch step."""
 
     name = "decode"
 
     def __init__(self, engine: CodecEngine, num_codebooks: int, block_frames: int = 6, codec: AudioCodec | None = None):
         self.engine = engine
         # `codec`: a decoder of the reply's own (the Talker's voice decoder); the engine's codec otherwise.
-        self.window = None if codec is None or codec is engine.codec else SlidingWindowDecoder(
-            codec, block_frames=block_frames)
+        self.own = None if codec is None or codec is engine.codec else codec
         self.num_codebooks = num_codebooks
         self.reset()
 
     def reset(self) -> None:
-        if self.window is not None:
-            self.state = self.window.init_state(self.num_codebooks)
-        else:
-            self.state = self.engine.codec.init_state(1, self.num_codebooks)
+        self.state = (self.own or self.engine.codec).init_state(1, self.num_codebooks)
 
     async def process(self, block: torch.Tensor | None) -> list[CodecOut]:
-        """block: long [1, K, F], or None at the end of a reply (flush)."""
-        # Decoding runs on the codec thread: ~10 ms a block must not stall every session's I/O on the event loop.
-        if self.window is None:
-            if block is None:  # a causal decoder holds nothing back: every block's samples are out already
-                self.reset()
-                return []
-            pcm, self.state = await self.engine.decode(block[:, : self.num_codebooks].to(torch.long), self.state)
-        elif block is None:
-            pcm, self.state = await self.engine.run(self.window.flush, self.state)
+        """block: long [1, K, F], or None at the end of a reply."""
+        if block is None:  # a causal decoder holds nothing back: every block's samples are out already
             self.reset()
+            return []
+        codes = block[:, : self.num_codebooks].to(torch.long)
+        if self.own is None:
+            pcm, self.state = await self.engine.decode(codes, self.state)
         else:
-            pcm, self.state = await self.engine.run(self.window.step, block[:, : self.num_codebooks], self.state)
+            self.own.check_codes(codes)
+            pcm, self.state = await self.engine.batched(batched_decode(self.own), codes, self.state)
         if not pcm.shape[-1]:
             return []
         now = time.monotonic()

@@ -93,6 +93,9 @@ class Limits:
     stats_interval_s: float = 1.0
     frames_per_step: int = 2  # codec frames per step: 1 = lowest latency, more = more sessions per core
     send_timeout_s: float = 10.0  # a client that takes no message for this long is closed (slow_consumer)
+    # Chat: an answer whose first audio is not ready this long after its turn ended (an overloaded server, a stuck
+    # endpoint) is given up with a `reply_timeout` error: a late answer is no answer in a conversation.
+    answer_timeout_s: float = 10.0
 
 
 def _rules(codec, video_codec, limits: Limits) -> ServerRules:

@@ -10,6 +10,7 @@ session's own `send` and reply sender, so the transport sees one stream either w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ class ChatHost(Protocol):
 
     id: str
     engine: CodecEngine
+    limits: Any  # Limits: answer_timeout_s is read
     codec: Any  # the engine's codec (torch or onnx backend): frame_rate, sample_rate are read
     metrics: Metrics | None
     counts: dict[str, int]
@@ -228,8 +230,25 @@ class ChatTurns:
             self._span.end()
         span = self._span = TurnSpan(s.id, int(turn.shape[-1]))
         await s.send(event("reply", state="start", frames=int(turn.shape[-1]), **fields))
+        answer = aiter(self.chat.respond(turn, video))
+        loop = asyncio.get_running_loop()
+        deadline: float | None = loop.time() + s.limits.answer_timeout_s  # until the first audio
         try:
-            async for item in self.chat.respond(turn, video):
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        item = await anext(answer)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    log.warning("session %s: no answer audio %.0f s after the turn; given up", s.id,
+                                s.limits.answer_timeout_s)
+                    span.event("error", code="reply_timeout")
+                    await s.send_error("reply_timeout", f"the answer was not ready {s.limits.answer_timeout_s:.0f} "
+                                       "s after the turn (the server is overloaded); it was given up")
+                    with contextlib.suppress(Exception):
+                        await answer.aclose()
+                    break
                 if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
                     fields = dict(item)
                     kind = fields.pop("type")
@@ -240,6 +259,7 @@ class ChatTurns:
                     await s.send(event(kind, **fields))
                 else:
                     span.event("first_audio")
+                    deadline = None
                     await self.reply.put(item)
         except PipelineFailed:
             return  # the reply's decoder failed: its sender reports it and the session ends

@@ -164,3 +164,52 @@ def test_a_model_error_mid_answer_is_an_error_event_and_the_next_turn_works(mode
     assert kinds == [("reply", "start"), ("error", "reply_failed"), ("reply", "end"),
                      ("reply", "start"), ("reply", "end")]
     assert r.summary["turns"] == 2 and r.summary["errors"] == 1
+
+
+class SlowFirst:
+    """A chat model that says its first answer only after 3 s (an overloaded server), and each later one at once."""
+
+    def __init__(self):
+        self.turns = 0
+        self.closed_early = False
+
+    def warmup(self) -> None:
+        pass
+
+    def open_session(self):
+        return self
+
+    def close(self) -> None:
+        pass
+
+    async def respond(self, turn, video=None):
+        self.turns += 1
+        yield {"type": "transcript", "text": "heard", "final": True}
+        if self.turns == 1:
+            try:
+                await asyncio.sleep(3.0)
+            except asyncio.CancelledError:
+                self.closed_early = True
+                raise
+        yield turn.codes[..., :6]
+
+
+def test_an_answer_not_ready_in_time_is_given_up_with_an_error_and_the_next_turn_works(models):
+    """Limits.answer_timeout_s: no answer audio that long after the turn is a `reply_timeout` error event (never a
+    silent turn, never an answer seconds late); the answer is cancelled and the next turn is answered."""
+    from talkstream.services.session import Limits
+
+    codec, vad = models
+    slow = SlowFirst()
+
+    async def main():
+        config = ServerConfig(port=0, limits=Limits(answer_timeout_s=0.8))
+        async with TalkstreamServer(config, codec=codec, vad=vad, responder=slow) as srv:
+            return await stream_audio(srv.url, two_turns(), 24_000, mode="chat", realtime=True, tail_s=3)
+
+    r = run(main())
+    kinds = [(e["type"], e.get("state", e.get("code"))) for e in r.events if e["type"] in ("reply", "error")]
+    assert kinds == [("reply", "start"), ("error", "reply_timeout"), ("reply", "end"),
+                     ("reply", "start"), ("reply", "end")], kinds
+    assert slow.closed_early  # the late answer was cancelled, not left running
+    assert r.summary["turns"] == 2 and r.pcm.size > 0  # the second answer was spoken

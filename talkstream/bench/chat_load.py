@@ -33,8 +33,8 @@ FRAME_S = 0.02
 def held_out_questions(n: int) -> list[dict]:
     """n held-out dialogue questions spoken round-robin by the eval voices (as `bench model` speaks them), each
     clip ending in 0.2 s of silence; "speech_s": where the speech itself ends."""
+    from talkstream.bench.metrics import trim_24k
     from talkstream.bench.model import speak_held_out
-    from talkstream.bench.turns import trim_24k
     from talkstream.models.dialogue import dialogues
 
     out = speak_held_out([{"text": q, "answer": a} for q, a in dialogues(n, "eval", seed=7)])

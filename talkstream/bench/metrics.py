@@ -114,3 +114,12 @@ def opus_roundtrip(audio: np.ndarray, sample_rate: int, bitrate: int) -> tuple[n
     decoded = resample(np.concatenate(out), out_rate, sample_rate)
     elapsed = time.perf_counter() - t0
     return align(audio, decoded, max_lag=sample_rate // 50), elapsed, nbytes
+
+
+def trim_24k(pcm: np.ndarray) -> float:
+    """Seconds from the clip's start to the end of its speech (its last 20 ms frame above -40 dB of the peak)."""
+    hop = 24_000 // 50
+    n = pcm.size // hop
+    rms = np.sqrt(np.mean(pcm[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > -40)
+    return (loud[-1] + 1) * hop / 24_000 if loud.size else 0.0

@@ -181,9 +181,9 @@ def run_phone_bench(questions: int = 8, thinker: str = "builtin", answer_s: floa
     recogniser at 8 kHz. `websocket`: each question also asked over the WebSocket path (24 kHz PCM, real time) on
     the same server, one after the other, for the latency and the answers side by side."""
     from talkstream.bench.listener import normalise_words, transcribe, wer
+    from talkstream.bench.metrics import trim_24k
     from talkstream.bench.model import speak_held_out
     from talkstream.bench.serve import ServerProcess
-    from talkstream.bench.turns import trim_24k
     from talkstream.client import stream_audio
     from talkstream.errors import UserError
     from talkstream.models.dialogue import dialogues

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from talkstream.bench.metrics import trim_24k
 from talkstream.data.sentences import HARVARD
 from talkstream.data.voices import EVAL_VOICES, Voice, synthesize
 from talkstream.errors import UserError
@@ -299,15 +300,6 @@ async def measure_server(questions: int, seed: int) -> dict:
     finally:
         server.stop()
     return result
-
-
-def trim_24k(pcm: np.ndarray) -> float:
-    """Seconds from the clip's start to the end of its speech (its last 20 ms frame above -40 dB of the peak)."""
-    hop = RATE // 50
-    n = pcm.size // hop
-    rms = np.sqrt(np.mean(pcm[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
-    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > -40)
-    return (loud[-1] + 1) * hop / RATE if loud.size else 0.0
 
 
 def run_turns_bench(limit: int | None = None, seed: int = 0, real: bool = True, server_questions: int = 0,

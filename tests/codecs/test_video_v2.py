@@ -218,3 +218,15 @@ def test_cli_encodes_and_decodes_a_file_and_refuses_a_damaged_one(tmp_path, caps
     assert main(["video", "decode", str(tmp_path / "bad.tsv2"), str(tmp_path / "o.mp4")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("talkstream: error:") and "checksum mismatch" in err and "\n" not in err
+
+
+def test_training_resumes_and_exports_loadable_weights(tmp_path):
+    from talkstream.codecs.video.train_v2 import VideoV2TrainConfig, train_video_codec_v2
+
+    cfg = VideoV2TrainConfig(out=str(tmp_path / "run"), steps=2, batch_size=2, clip_frames=2, crop=32)
+    train_video_codec_v2(cfg, model_cfg=SMALL, command="talkstream train video --version 2")
+    cfg.steps = 3
+    export = train_video_codec_v2(cfg, command="talkstream train video --version 2")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 3
+    codec = load_video_codec_v2(export)
+    assert codec.cfg == SMALL and codec.decode(codec.encode(torch.rand(2, 3, 32, 48))).shape == (2, 3, 32, 48)

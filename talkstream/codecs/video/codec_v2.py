@@ -406,10 +406,6 @@ class VideoCodecV2(nn.Module):
         skip_byte, flags, coded = 0, None, None
         if not intra:
             skip = self._skip_decision(frame, state, out, gaussian_bits(k, s_y), qi)
-            if bool(skip.all()):
-                packet = bs.pack_frame(False, qi, 255, None, [])
-                state = self._advance(state, state.prev, torch.zeros_like(k), False)
-                return packet, self._account(state, packet, estimate)
             settled = None  # (k, frame) for the current decisions, once computed
             for i in range(REFINE_PASSES + 1):  # zeroing skipped cells changes the coded blocks around them: recheck
                 if not bool(skip.any()) or bool(skip.all()):
@@ -431,13 +427,12 @@ class VideoCodecV2(nn.Module):
                 flags, coded = skip.flatten(), ~skip
                 assert settled is not None
                 k, out = settled
-        sel = self._cells(coded).expand_as(k).bool() if coded is not None else torch.ones_like(k, dtype=torch.bool)
+        sel = torch.ones_like(k, dtype=torch.bool) if coded is None else self._cells(coded).expand_as(k).bool()
         packet = bs.pack_frame(intra, qi, skip_byte, flags, [(k_z, s_z), (k[sel], s_y[sel])])
         return packet, self._account(self._advance(state, out, step * k, intra), packet, None if intra else estimate)
 
-    def _cells(self, coded: Tensor | None) -> Tensor:
-        if coded is None:
-            return torch.ones(1)
+    def _cells(self, coded: Tensor) -> Tensor:
+        """Per skip block [1, 1, h/2, w/2] -> per latent cell [1, 1, h, w] (float)."""
         return coded.float().repeat_interleave(SKIP_BLOCK, 2).repeat_interleave(SKIP_BLOCK, 3)
 
     def _account(self, state: VideoStreamState, packet: bytes, estimate: float | None) -> VideoStreamState:

@@ -164,12 +164,16 @@ class TurnTaking:
     def _early(self, st: TurnTakingState) -> list[VADEvent]:
         """The first look at `early_ms`: a clear interruption is one now; anything else waits for the verdict."""
         st.early_done = True
-        start, at = st.speech_start - int(BARGE_BEFORE_S * VAD_RATE), self._early_at(st)
-        p = self.judge.p_backchannel(self._span(st, start, at))
+        at = self._early_at(st)
+        p = self._p_backchannel(st, at)
         if p >= self.config.early_p:
             return []
         st.barge = "interruption"
         return [VADEvent("interruption", at / VAD_RATE, p)]
+
+    def _p_backchannel(self, st: TurnTakingState, until: int) -> float:
+        """The barge-in head on the segment's audio from just before it began up to sample `until`."""
+        return self.judge.p_backchannel(self._span(st, st.speech_start - int(BARGE_BEFORE_S * VAD_RATE), until))
 
     @staticmethod
     def _unjudged(state: TurnTakingState) -> str | None:
@@ -179,7 +183,7 @@ class TurnTaking:
         """The current segment's verdict, once (at `barge_decide_ms`, or at its end if that comes first)."""
         if st.speech_start is None or st.barge is not None:
             return []
-        start, decided = st.speech_start - int(BARGE_BEFORE_S * VAD_RATE), min(st.clock, self._decide_at(st))
-        p = self.judge.p_backchannel(self._span(st, start, decided))
+        decided = min(st.clock, self._decide_at(st))
+        p = self._p_backchannel(st, decided)
         st.barge = "backchannel" if p >= self.judge.barge.cfg.threshold else "interruption"
         return [VADEvent(st.barge, decided / VAD_RATE, p)]

@@ -125,8 +125,8 @@ def test_a_failing_answer_is_an_error_event_and_the_next_turn_works(models, capl
     assert r.pcm.size > 0  # the second answer was spoken
 
 
-class FailsFirst:
-    """A chat model whose answer raises on the first turn (a model error), and says each later turn back."""
+class StubModel:
+    """A chat model and its one session in one object: what the tests' stand-ins share."""
 
     def __init__(self):
         self.turns = 0
@@ -139,6 +139,10 @@ class FailsFirst:
 
     def close(self) -> None:
         pass
+
+
+class FailsFirst(StubModel):
+    """A chat model whose answer raises on the first turn (a model error), and says each later turn back."""
 
     async def respond(self, turn, video=None):
         self.turns += 1
@@ -166,21 +170,12 @@ def test_a_model_error_mid_answer_is_an_error_event_and_the_next_turn_works(mode
     assert r.summary["turns"] == 2 and r.summary["errors"] == 1
 
 
-class SlowFirst:
+class SlowFirst(StubModel):
     """A chat model that says its first answer only after 3 s (an overloaded server), and each later one at once."""
 
     def __init__(self):
-        self.turns = 0
+        super().__init__()
         self.closed_early = False
-
-    def warmup(self) -> None:
-        pass
-
-    def open_session(self):
-        return self
-
-    def close(self) -> None:
-        pass
 
     async def respond(self, turn, video=None):
         self.turns += 1

@@ -15,6 +15,7 @@ def cmd_data_turns(args) -> None:
     files += make(Path(args.out), "train", per_voice=args.per_voice, seed=args.seed)
     files += make_barge(Path(args.out), seed=args.seed)
     files += make(Path(args.out), "trainm", per_voice=args.per_voice, seed=args.seed)
+    files += make(Path(args.out), "trainx", per_voice=args.per_voice, seed=args.seed)
     print(f"{len(files)} files in {args.out}")
 
 

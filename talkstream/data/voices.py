@@ -7,6 +7,7 @@ espeak-ng and festival (Debian). Each engine is imported only when one of its vo
 from __future__ import annotations
 
 import functools
+import random
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -86,6 +87,37 @@ def _kokoro():
 
 
 
+def kokoro_style(name: str) -> tuple[str | np.ndarray, float]:
+    """A Kokoro voice name -> (style, speed). A plain name is a shipped voice; a blend "jf_alpha*0.6+jm_kumo*0.4@1.1"
+    mixes shipped voices' style vectors with those weights (a voice no one shipped: more voices to train on from the
+    same few) and speaks at that speed."""
+    blend, _, speed = name.partition("@")
+    if "*" not in blend:
+        return blend, float(speed or 1.0)
+    parts = [p.split("*") for p in blend.split("+")]
+    try:
+        weights = [(v, float(w)) for v, w in parts]
+    except ValueError:
+        raise UserError(f"a Kokoro blend is voice*weight+voice*weight[@speed], got {name!r}") from None
+    style = sum(w * _kokoro().get_voice_style(v) for v, w in weights)
+    return np.asarray(style, np.float32), float(speed or 1.0)
+
+
+def kokoro_blends(n: int, seed: int, voices: list[str] | None = None) -> list[Voice]:
+    """`n` blended Kokoro voices of the training Kokoro voices (never an evaluation voice): random weights and a
+    speed of 0.85-1.15."""
+    rng = random.Random(seed)
+    names = voices or [v.name for v in TRAIN_VOICES if v.engine == "kokoro"]
+    out = []
+    for _ in range(n):
+        picked = rng.sample(names, rng.choice((2, 2, 3)))
+        w = [rng.uniform(0.2, 1.0) for _ in picked]
+        total = sum(w)
+        blend = "+".join(f"{v}*{x / total:.2f}" for v, x in zip(picked, w))
+        out.append(Voice("kokoro", f"{blend}@{rng.uniform(0.85, 1.15):.2f}"))
+    return out
+
+
 def synthesize(voice: Voice, text: str) -> np.ndarray:
     """Speak `text` in `voice`; returns float32 mono [T] at 24 kHz."""
     if voice.engine == "piper":
@@ -93,7 +125,8 @@ def synthesize(voice: Voice, text: str) -> np.ndarray:
         chunks = list(v.synthesize(text))
         return _to_24k(np.concatenate([c.audio_float_array for c in chunks]), v.config.sample_rate)
     if voice.engine == "kokoro":
-        audio, sr = _kokoro().create(text, voice=voice.name, lang="en-us")
+        style, speed = kokoro_style(voice.name)
+        audio, sr = _kokoro().create(text, voice=style, speed=speed, lang="en-us")
         return _to_24k(audio, sr)
     if voice.engine == "espeak":
         with tempfile.NamedTemporaryFile(suffix=".wav") as f:

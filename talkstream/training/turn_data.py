@@ -27,7 +27,7 @@ import numpy as np
 import soxr
 
 from talkstream.data.sentences import HARVARD, sentences
-from talkstream.data.voices import EVAL_VOICES, THINKER_EXTRA_VOICES, TRAIN_VOICES, Voice, synthesize
+from talkstream.data.voices import EVAL_VOICES, THINKER_EXTRA_VOICES, TRAIN_VOICES, Voice, kokoro_blends, synthesize
 
 RATE = 16_000
 END_WINDOW_S = 3.0  # what the end-of-turn head hears: the turn's last 3 s, its pause included
@@ -154,13 +154,14 @@ def cut_prefix(text: str, rng: random.Random) -> str | None:
     return " ".join(words[:k]).rstrip(",")
 
 
-def end_examples(voice: Voice, texts: list[str], rng: random.Random) -> tuple[list[np.ndarray], list[int], list[str]]:
+def end_examples(voice: Voice, texts: list[str], rng: random.Random,
+                 phone_share: float = 0.2) -> tuple[list[np.ndarray], list[int], list[str]]:
     xs, ys, kinds = [], [], []
     for text in texts:
         full = trim(to_16k(synthesize(voice, text)))
         if full.size < RATE // 4:
             continue
-        xs.append(line(window_end(full, rng.uniform(*ENDS_PAUSE_S)), rng))
+        xs.append(line(window_end(full, rng.uniform(*ENDS_PAUSE_S)), rng, phone_share))
         ys.append(1)
         kinds.append("complete")
         r = rng.random()
@@ -178,7 +179,7 @@ def end_examples(voice: Voice, texts: list[str], rng: random.Random) -> tuple[li
             part = trim(to_16k(synthesize(voice, prefix)))
         if part.size < RATE // 4:
             continue
-        xs.append(line(window_end(part, rng.uniform(*ENDS_PAUSE_S)), rng))
+        xs.append(line(window_end(part, rng.uniform(*ENDS_PAUSE_S)), rng, phone_share))
         ys.append(0)
         kinds.append(kind)
     return xs, ys, kinds
@@ -255,16 +256,43 @@ def plan_more(per_voice: int, seed: int) -> list[tuple[Voice, list[str], list[st
     return out
 
 
+BLENDS = 10  # blended Kokoro voices (`trainx-`)
+
+
+def plan_blends(per_voice: int, seed: int) -> list[tuple[Voice, list[str], list[str], list[str]]]:
+    """Natural voices the shipped ones are not (`trainx-`): `BLENDS` blends of the training Kokoro voices' styles at
+    their own speeds (data/voices.py kokoro_blends), each with its own sentences, requests and questions, and
+    backchannels and interruptions. The held-out Kokoro voice sounded least complete to heads trained mostly on
+    espeak-ng's: a natural voice's falling pitch is gentler."""
+    from talkstream.models.dialogue import dialogues
+
+    rng = random.Random(f"{seed}-blends")
+    pool = sentences(4000, seed=seed + 2)
+    asked = [q[0].upper() + q[1:] + "?" for q, _ in dialogues(2000, "train", seed=seed + 1)]
+    out = []
+    for v in kokoro_blends(BLENDS, seed):
+        n = 2 * per_voice
+        texts = rng.sample(pool, n // 2) + rng.sample(asked, n // 4) + rng.sample(REQUESTS, n - n // 2 - n // 4)
+        out.append((v, texts, rng.sample(BACKCHANNELS, 8), rng.sample(INTERRUPTIONS, 8)))
+    return out
+
+
+def _file_name(split: str, voice: Voice) -> str:
+    return f"{split}-{voice.id}.npz".translate(str.maketrans({":": "_", "+": "_", "*": "x", "@": "s"}))
+
+
 def make(out: Path, split: str = "train", per_voice: int = 24, seed: int = 0) -> list[Path]:
     """One .npz per voice (resumes: files already there are kept)."""
     out.mkdir(parents=True, exist_ok=True)
     done = []
-    planned = plan_more(per_voice, seed) if split == "trainm" else plan(split, per_voice, seed)
+    planners = {"trainm": plan_more, "trainx": plan_blends}
+    planned = planners[split](per_voice, seed) if split in planners else plan(split, per_voice, seed)
     for n, (voice, texts, bcs, ints) in enumerate(planned):
-        path = out / f"{split}-{voice.id.replace(':', '_').replace('+', '_')}.npz"
+        path = out / _file_name(split, voice)
         if not path.exists():
             rng = random.Random(f"{seed}-{split}-{voice.id}")
-            ex, ey, ek = end_examples(voice, texts, rng)
+            # The blends carry more phone lines: complete turns over 8 kHz were held longest (issue 37).
+            ex, ey, ek = end_examples(voice, texts, rng, phone_share=0.35 if split == "trainx" else 0.2)
             bx, by, bk = barge_examples(voice, bcs, ints, rng)
             tmp = path.with_suffix(".tmp.npz")
             barge = {"barge_x": np.stack(bx).astype(np.float16), "barge_y": np.array(by),

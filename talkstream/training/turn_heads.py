@@ -30,9 +30,9 @@ FEATURES_VERSION = 2  # 2: windows given the heads' noise floor (models/turn_hea
 
 
 def _files(data: Path, split: str) -> list[Path]:
-    """A split's files: eval-*, or train-*, trainb-* (more barge-in windows) and trainm-* (more end-of-turn
-    windows) for "train"."""
-    more = sorted(data.glob("trainb-*.npz")) + sorted(data.glob("trainm-*.npz"))
+    """A split's files: eval-*, or train-*, trainb-* (more barge-in windows), trainm-* (more end-of-turn windows) and
+    trainx-* (blended Kokoro voices) for "train"."""
+    more = sorted(data.glob("trainb-*.npz")) + sorted(data.glob("trainm-*.npz")) + sorted(data.glob("trainx-*.npz"))
     found = sorted(data.glob(f"{split}-*.npz")) + (more if split == "train" else [])
     return [f for f in found if not f.name.endswith(".tmp.npz")]
 

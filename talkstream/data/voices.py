@@ -91,16 +91,17 @@ def kokoro_style(name: str) -> tuple[str | np.ndarray, float]:
     """A Kokoro voice name -> (style, speed). A plain name is a shipped voice; a blend "jf_alpha*0.6+jm_kumo*0.4@1.1"
     mixes shipped voices' style vectors with those weights (a voice no one shipped: more voices to train on from the
     same few) and speaks at that speed."""
-    blend, _, speed = name.partition("@")
-    if "*" not in blend:
-        return blend, float(speed or 1.0)
-    parts = [p.split("*") for p in blend.split("+")]
+    blend, _, speed_text = name.partition("@")
     try:
-        weights = [(v, float(w)) for v, w in parts]
+        speed = float(speed_text or 1.0)
+        if "*" not in blend:
+            return blend, speed
+        weights = [(v, float(w)) for v, w in (p.split("*") for p in blend.split("+"))]
     except ValueError:
-        raise UserError(f"a Kokoro blend is voice*weight+voice*weight[@speed], got {name!r}") from None
+        raise UserError(f"a Kokoro voice is name[@speed] or a blend name*weight+name*weight[@speed], got {name!r}"
+                        ) from None
     style = sum(w * _kokoro().get_voice_style(v) for v, w in weights)
-    return np.asarray(style, np.float32), float(speed or 1.0)
+    return np.asarray(style, np.float32), speed
 
 
 def kokoro_blends(n: int, seed: int, voices: list[str] | None = None) -> list[Voice]:

@@ -109,7 +109,8 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
     listener.recogniser()  # a clear error now, not after the synthesis, when the asr extra is missing
     codec = load_audio_codec()
     responder = load_chat(codec, backend=backend)
-    thinker: EarsThinker = responder.thinker
+    thinker = responder.thinker
+    assert isinstance(thinker, EarsThinker)  # what load_chat's built-in answerer hears with
     items = _held_out_speech(questions, sentences)
 
     # Thinker: transcripts, beside the recogniser's own on the same audio; hearing cost as served (2 s blocks).
@@ -229,12 +230,12 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
                          for r, h, t in list(zip(talk_texts, talker_hyp, tts_hyp, strict=True))[:5]],
         },
         "open_domain": open_domain,
-        "video_questions": _video_questions(getattr(thinker.legacy, "thinker", None), Path(data)) if data else None,
+        "video_questions": _video_questions(thinker.legacy, Path(data)) if data else None,
         "first_packet_ms": {
             "p50": round(float(np.percentile(firsts, 50)), 1) if firsts else None,
             "p95": round(float(np.percentile(firsts, 95)), 1) if firsts else None,
             # turns answered from what was heard while they were spoken (as served), of all answered turns
-            "heard_ahead": f"{getattr(responder, 'heard_ahead', 0)}/{len(firsts)}",
+            "heard_ahead": f"{responder.heard_ahead}/{len(firsts)}",
         },
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -265,13 +266,15 @@ def _open_domain(thinker, backend: str) -> dict:
             "wer_faster_whisper": round(listener.wer(HARVARD, recogniser), 4)}
 
 
-def _video_questions(legacy, data: Path) -> dict | None:
+def _video_questions(v1, data: Path) -> dict | None:
     """Held-out spoken questions about held-out clips (`talkstream data video-questions`): exact answers of the v1
-    learned Thinker (the video track), with the video and, as a control, without it."""
-    model = getattr(legacy, "model", None)
+    learned Thinker (the video track; `v1`: the built-in Thinker's `V1Thinker`, or None), with the video and, as a
+    control, without it."""
     path = data / "video_eval.pt"
-    if model is None or not model.cfg.video_features or not path.is_file():
+    if v1 is None or not v1.sees_video or not path.is_file():
         return None
+    legacy = v1.thinker
+    model = legacy.model
     from talkstream.chat.responder import codes_to_latent
 
     items = torch.load(path, weights_only=False)

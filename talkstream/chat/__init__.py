@@ -5,6 +5,6 @@ Above `models` (it wraps the Thinker and Talker), below `services` (sessions ope
 """
 
 from talkstream.chat.echo import EchoResponder
-from talkstream.chat.protocol import ChatModel, ChatSession
+from talkstream.chat.protocol import ChatModel, ChatSession, ReplyFormat, Thinker
 
-__all__ = ["ChatModel", "ChatSession", "EchoResponder"]
+__all__ = ["ChatModel", "ChatSession", "EchoResponder", "ReplyFormat", "Thinker"]

@@ -27,6 +27,12 @@ SYSTEM_PROMPT = ("You are a voice assistant. Your words are spoken aloud: answer
 
 
 class OpenAIThinker:
+    """Hears with `listener` (an `EarsThinker`: its hearing, ahead of the end of the turn too) and answers with the
+    endpoint; it sees no video."""
+
+    sees_video = False
+    hears_ahead = True
+
     def __init__(self, url: str, listener, model: str = "default", api_key: str | None = None,
                  system_prompt: str = SYSTEM_PROMPT, timeout_s: float = 30.0):
         # Checked here, when the server starts, not at the first turn.
@@ -42,6 +48,9 @@ class OpenAIThinker:
             self.url += "/chat/completions"
         self.listener, self.model, self.api_key = listener, model, api_key
         self.system_prompt, self.timeout_s = system_prompt, timeout_s
+
+    def warmup(self) -> None:
+        self.listener.warmup()  # the endpoint is not asked: it may not be up yet
 
     def hear(self, codes, video=None, pcm=None) -> Heard:
         # The endpoint gets the transcript only (the video shapes nothing here).
@@ -65,6 +74,9 @@ class OpenAIThinker:
 
     def transcript(self, heard: Heard) -> str:
         return self.listener.transcript(heard)
+
+    def committed_text(self, heard: Heard) -> str:
+        return ""  # the listener's committed words are not sent in this mode (as before the typed seam)
 
     async def reply(self, heard: Heard, history: deque[dict] | None = None) -> AsyncIterator[tuple[str, None]]:
         """The endpoint's answer to the heard turn, word by word; `history`: this conversation's earlier messages

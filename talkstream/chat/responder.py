@@ -1,13 +1,8 @@
 """Speech in, text and speech out: the Thinker seam, the streaming Speaker, and the chat responder the services use.
 
-The Thinker seam (what a replacement implements; `BuiltinThinker` and `OpenAIThinker` do):
-
-    heard = thinker.hear(codes, video)       # codes long [1, K, F] of the user's turn, and video tokens
-                                             # [T, h*w] seen meanwhile (or None) -> whatever it needs
-    text = thinker.transcript(heard)         # what the user said
-    async for piece, hidden in thinker.reply(heard, history):  # the reply as it is written: text and a hidden
-        ...                                  # state (hidden [dim] or None for a Thinker without one); `history` is
-                                             # the conversation's (a deque the Thinker reads and extends, or None)
+The Thinker seam is `chat.protocol.Thinker` (`BuiltinThinker` here, `EarsThinker` and `V1Thinker` in
+`models.ears_thinker`, `OpenAIThinker` implement it): hear a turn (whole, or while it is spoken), its transcript, and
+the reply as it is written (text pieces and a hidden state [dim] or None).
 
 A Thinker holds no user's state: `ChatResponder` (the chat model, shared by a server) opens one `Conversation` per
 user, which owns that user's history and the turn heard so far; two users never share either.
@@ -30,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talkstream.chat.protocol import Heard
+from talkstream.chat.protocol import ChatSession, Heard, ReplyFormat, Thinker
 from talkstream.errors import UserError
 from talkstream.models import av
 from talkstream.models import text as tx
 from talkstream.models.talker import SamplingConfig, Talker, TalkerState
 from talkstream.models.talker_units import BOS, EOS, PAUSES, word_units
-from talkstream.models.thinker import Thinker
+from talkstream.models.thinker import Thinker as ThinkerModel
 from talkstream.models.turn import Turn, split_turn
 
 
@@ -49,11 +44,20 @@ def codes_to_latent(codebook: torch.Tensor, codes: torch.Tensor, stack: int, bef
 
 
 class BuiltinThinker:
-    """The shipped Thinker behind the seam."""
+    """The v1 learned Thinker behind the seam: it reads the codec's latents, a position per `cfg.stack` frames."""
 
-    def __init__(self, model: Thinker, codebook: torch.Tensor, video_codec=None):
+    hears_ahead = True
+
+    def __init__(self, model: ThinkerModel, codebook: torch.Tensor, video_codec=None):
         self.model, self.codebook = model.eval(), codebook
         self.video_codec = video_codec  # turns video tokens into the Thinker's frame features; loaded when needed
+
+    @property
+    def sees_video(self) -> bool:
+        return bool(self.model.cfg.video_features)
+
+    def warmup(self) -> None:
+        self.transcript(self.hear(torch.zeros(1, 1, 8, dtype=torch.long)))
 
     # Hearing a turn while it is spoken: start, more as it arrives, finish with the last frames (the same state as
     # `hear` over the whole turn: listening in pieces equals listening at once).
@@ -93,6 +97,9 @@ class BuiltinThinker:
         if heard.transcript is None:
             heard.transcript = tx.decode([t for t, _ in self.model.reply(heard.state, tx.ASR)])
         return heard.transcript
+
+    def committed_text(self, heard: Heard) -> str:
+        return ""  # the transcript is read from the whole turn's state, at its end
 
     async def reply(self, heard: Heard, history: deque[dict] | None = None
                     ) -> AsyncIterator[tuple[str, torch.Tensor | None]]:
@@ -187,7 +194,8 @@ class ChatResponder:
     turn alone (the CLI, benchmarks).
     """
 
-    def __init__(self, thinker, speaker: Speaker, transcribe: bool = True, voice_codec=None, max_history: int = 8):
+    def __init__(self, thinker: Thinker, speaker: Speaker, transcribe: bool = True, voice_codec=None,
+                 max_history: int = 8):
         self.thinker, self.speaker, self.transcribe = thinker, speaker, transcribe
         self.voice_codec = voice_codec  # decodes the Talker's tokens (its voice's fine-tuned decoder), or None
         self.max_history = max_history  # messages of a conversation kept as context (user and assistant turns)
@@ -198,15 +206,15 @@ class ChatResponder:
         return self.speaker.num_codebooks
 
     @property
-    def sees_video(self) -> bool:
-        """The Thinker has a video track: the services hand it what the camera showed during the turn."""
-        model = getattr(self.thinker, "model", None)
-        return bool(model is not None and model.cfg.video_features)
+    def reply_format(self) -> ReplyFormat:
+        """Every conversation's: the Talker's codebooks and voice decoder; the video goes to a Thinker with a video
+        track; typed text joins the transcript."""
+        return ReplyFormat(self.num_codebooks, self.voice_codec, sees_video=self.thinker.sees_video, reads_text=True,
+                           hears_ahead=self.thinker.hears_ahead)
 
     def warmup(self) -> None:
         """One pass through each model, so the first user does not pay for lazy initialisation."""
-        listener = getattr(self.thinker, "listener", self.thinker)
-        listener.transcript(listener.hear(torch.zeros(1, 1, 8, dtype=torch.long)))
+        self.thinker.warmup()
         talker = self.speaker.talker
         ids = talker.phoneme_ids([BOS, *word_units("ok", ".", talker.cfg.voice), EOS])
         for _ in talker.frames(ids, None, self.speaker.sampling):
@@ -215,7 +223,7 @@ class ChatResponder:
     def open_session(self) -> Conversation:
         return Conversation(self)
 
-    async def respond(self, turn: torch.Tensor, video: torch.Tensor | None = None
+    async def respond(self, turn: Turn | torch.Tensor, video: torch.Tensor | None = None
                       ) -> AsyncIterator[torch.Tensor | dict]:
         """One turn answered alone, in a conversation of its own."""
         conversation = self.open_session()
@@ -241,16 +249,8 @@ class Conversation:
         self._typed = ""  # text the user typed for their next turn (`type_text`)
 
     @property
-    def num_codebooks(self) -> int:
-        return self.model.num_codebooks
-
-    @property
-    def voice_codec(self):
-        return self.model.voice_codec
-
-    @property
-    def sees_video(self) -> bool:
-        return self.model.sees_video
+    def reply_format(self) -> ReplyFormat:
+        return self.model.reply_format
 
     def close(self) -> None:
         self._ahead = None
@@ -265,15 +265,14 @@ class Conversation:
     async def listen_ahead(self, chunks: list[torch.Tensor], pcm_chunks: list[np.ndarray] | None = None) -> None:
         """The turn so far, while the user speaks (the collector's chunk list: it only grows during a turn, and each
         turn has a new one): the Thinker reads the new chunks now, so at the end of the turn only the last few
-        frames are left to read. A Thinker without incremental hearing is left alone."""
-        if not hasattr(self.thinker, "hear_more"):
+        frames are left to read. A Thinker that hears each turn whole (not `hears_ahead`) is left alone."""
+        if not self.thinker.hears_ahead:
             return
         ahead = self._ahead
         if ahead is None or ahead.chunks is not chunks:
             ahead = self._ahead = _Ahead(chunks, self.thinker.start_hearing())
         new = sum(c.shape[-1] for c in chunks[ahead.used :])
-        short = getattr(self.thinker, "frames_short_of_a_position", None)
-        if new and (short is None or not short(ahead.heard, new)):  # a worker-thread hop only when it pays
+        if new and not self.thinker.frames_short_of_a_position(ahead.heard, new):  # a thread hop only when it pays
             codes = torch.cat(chunks[ahead.used :], -1)
             extra = () if pcm_chunks is None else (np.concatenate(pcm_chunks[ahead.used :]),)
             ahead.heard = await asyncio.to_thread(self.thinker.hear_more, ahead.heard, codes, *extra)
@@ -282,8 +281,7 @@ class Conversation:
     def committed_text(self) -> str:
         """The words of the turn being spoken that the Thinker has committed so far (early hearing; "" when it
         commits none): the session sends them as a `transcript` event with `final: false`."""
-        ahead, committed = self._ahead, getattr(self.thinker, "committed_text", None)
-        return committed(ahead.heard) if ahead is not None and committed is not None else ""
+        return self.thinker.committed_text(self._ahead.heard) if self._ahead is not None else ""
 
     def _take_ahead(self, turn: torch.Tensor, pcm: np.ndarray | None = None
                     ) -> tuple[Heard, torch.Tensor, np.ndarray | None] | None:
@@ -344,9 +342,8 @@ class Conversation:
                     yield {"type": "transcript", "text": text, "final": True}
         if first and self.model.transcribe:  # no audio at all (transcript-only mode, an empty reply)
             yield {"type": "transcript", "text": await asyncio.to_thread(self.thinker.transcript, heard), "final": True}
-        error = getattr(heard, "error", None)
-        if error:  # a tool that failed, a turn that was cut: spoken about above, and said as an event here
-            yield {"type": "error", "fatal": False, **error}
+        if heard.error:  # a tool that failed, a turn that was cut: spoken about above, and said as an event here
+            yield {"type": "error", "fatal": False, **heard.error}
         yield {"type": "reply_text", "text": "".join(reply), "final": True}
 
 
@@ -439,13 +436,14 @@ class TurnResult:
     seconds: float  # wall time of the whole answer
 
 
-async def answer_codes(responder: ChatResponder, codec, codes: Turn | torch.Tensor, block_frames: int = 6,
+async def answer_codes(responder: ChatResponder | ChatSession, codec, codes: Turn, block_frames: int = 6,
                        video: torch.Tensor | None = None) -> TurnResult:
     """One turn, as the server runs it: respond, and decode the reply's blocks with the SlidingWindowDecoder."""
     from talkstream.streaming.sliding_window import SlidingWindowDecoder
 
-    decoder = SlidingWindowDecoder(getattr(responder, "voice_codec", None) or codec, block_frames=block_frames)
-    state = decoder.init_state(responder.num_codebooks)
+    fmt = responder.reply_format
+    decoder = SlidingWindowDecoder(fmt.voice_codec or codec, block_frames=block_frames)
+    state = decoder.init_state(fmt.num_codebooks or codes.shape[1])
     t0 = time.perf_counter()
     first_ms, pcm, frames, transcript, reply = None, [], 0, "", ""
     async for item in (responder.respond(codes, video) if video is not None else responder.respond(codes)):

@@ -124,8 +124,7 @@ def cmd_say(args) -> None:
     responder = _responder(args, codec)
 
     class _Say:  # the responder's speaker alone, as a responder (decoded by the Talker's own voice decoder)
-        num_codebooks = responder.num_codebooks
-        voice_codec = responder.voice_codec
+        reply_format = responder.reply_format
 
         @staticmethod
         def respond(_codes):

@@ -114,7 +114,7 @@ def kokoro_blends(n: int, seed: int, voices: list[str] | None = None) -> list[Vo
         picked = rng.sample(names, rng.choice((2, 2, 3)))
         w = [rng.uniform(0.2, 1.0) for _ in picked]
         total = sum(w)
-        blend = "+".join(f"{v}*{x / total:.2f}" for v, x in zip(picked, w))
+        blend = "+".join(f"{v}*{x / total:.2f}" for v, x in zip(picked, w, strict=True))
         out.append(Voice("kokoro", f"{blend}@{rng.uniform(0.85, 1.15):.2f}"))
     return out
 

@@ -47,12 +47,33 @@ class V1Thinker:
     """The v1 learned Thinker (talkstream.chat.responder.BuiltinThinker) with the codec it was trained on: it hears the
     turn's audio re-encoded by that codec, whole, at the end of the turn (no hearing ahead)."""
 
+    hears_ahead = False
+
     def __init__(self, thinker, codec_v1):
         self.thinker, self.codec = thinker, codec_v1
 
     @property
-    def model(self):
-        return self.thinker.model
+    def sees_video(self) -> bool:
+        return self.thinker.sees_video
+
+    def warmup(self) -> None:
+        self.transcript(self.hear(torch.zeros(1, 1, 8, dtype=torch.long)))
+
+    # Hearing ahead is not done (the turn is re-encoded whole): what the seam asks for it, as no-ops.
+    def start_hearing(self):
+        return self.thinker.start_hearing()  # a typed turn's empty hearing
+
+    def frames_short_of_a_position(self, heard, new: int) -> bool:
+        return True
+
+    def hear_more(self, heard, codes: torch.Tensor, pcm: np.ndarray | None = None):
+        return heard
+
+    def finish_hearing(self, heard, codes: torch.Tensor, pcm: np.ndarray | None = None):
+        return self.hear(codes, None, pcm)
+
+    def committed_text(self, heard) -> str:
+        return ""
 
     def hear(self, codes: torch.Tensor, video: torch.Tensor | None = None, pcm: np.ndarray | None = None):
         if pcm is not None:
@@ -77,6 +98,8 @@ DOMAIN_CONTEXT_IDS = [1374, 466, 345, 4822, 340, 30, 1867, 1110, 2058, 706, 3321
 
 
 class EarsThinker:
+    hears_ahead = True
+
     def __init__(self, ears: WhisperEars, codec, legacy=None, transcribe_only: bool = False,
                  domain_context: bool = False):
         """`codec`: decodes tokens for callers that hand over no audio; `legacy`: the v1 BuiltinThinker (video)."""
@@ -88,9 +111,12 @@ class EarsThinker:
             self.context = DOMAIN_CONTEXT_IDS
 
     @property
-    def model(self):
-        """The learned model behind video turns (ChatResponder.sees_video reads its config), or None."""
-        return getattr(self.legacy, "model", None)
+    def sees_video(self) -> bool:
+        """Video turns go to the v1 learned Thinker (`legacy`), when it has a video track."""
+        return self.legacy is not None and self.legacy.sees_video
+
+    def warmup(self) -> None:
+        self.transcript(self.hear(torch.zeros(1, 1, 8, dtype=torch.long)))
 
     # --- hearing ---
     def start_hearing(self) -> EarsHeard:

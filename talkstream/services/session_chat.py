@@ -83,17 +83,15 @@ class ChatTurns:
         """The input pipeline's last stage: codec tokens -> one turn per VAD end of turn, heard early by the chat."""
         if self.chat is None:  # kept across config changes: the conversation goes on
             self.chat = self.responder.open_session()
-        s = self.session
-        listen = getattr(self.chat, "listen_ahead", None)
-        self._collector = TurnCollector(s.codec, on_speech=None if listen is None else self._listen_ahead)
+        ahead = self._listen_ahead if self.chat.reply_format.hears_ahead else None
+        self._collector = TurnCollector(self.session.codec, on_speech=ahead)
         return self._collector
 
     async def _listen_ahead(self, chunks: list, pcm_chunks: list) -> None:
         """The turn so far goes to the chat while it is spoken; the words it has committed of it (transcribe and
         openai modes) go to the client as they grow, a `transcript` event with `final: false`."""
         await self.chat.listen_ahead(chunks, pcm_chunks)
-        committed = getattr(self.chat, "committed_text", None)
-        text = committed() if committed is not None else ""
+        text = self.chat.committed_text()
         if text and text != self._committed:
             await self.session.send(event("transcript", text=text, final=False))
         self._committed = text
@@ -102,9 +100,9 @@ class ChatTurns:
         """The reply pipeline for the client's settings, and its sender."""
         s = self.session
         # The reply's codebooks are the chat's (the Talker speaks with its own), not the client's input.
-        reply_k = getattr(self.chat, "num_codebooks", None) or codebooks
+        fmt = self.chat.reply_format
         self.reply = Pipeline(
-            [SlidingDecodeStage(s.engine, reply_k, codec=getattr(self.chat, "voice_codec", None)),
+            [SlidingDecodeStage(s.engine, fmt.num_codebooks or codebooks, codec=fmt.voice_codec),
              OutputStage(s.codec.sample_rate, sample_rate, False, True)],
             s.metrics,
             live=False,
@@ -179,7 +177,7 @@ class ChatTurns:
         """Keys the user pressed (DTMF on a phone line) reach the Thinker as text (`ChatSession.type_text`): keys
         pressed while the user speaks join that turn's transcript, after the words; keys pressed in silence are a
         turn of their own once no key has come for `KEYS_TURN_S` or at `#` (which ends them and is not sent)."""
-        if getattr(self.chat, "type_text", None) is None:
+        if self.chat is None or not self.chat.reply_format.reads_text:
             log.info("session %s: keys %r ignored: this chat reads no text", self.session.id, keys)
             return
         self.keys += keys.replace("#", "")
@@ -197,7 +195,7 @@ class ChatTurns:
             await self.interrupt()
         self.chat.type_text(self.keys)
         self.keys = ""
-        codes = torch.zeros(1, getattr(self.chat, "num_codebooks", None) or 1, 0, dtype=torch.long)
+        codes = torch.zeros(1, self.chat.reply_format.num_codebooks or 1, 0, dtype=torch.long)
         self._answering = s.spawn(self._answer(Turn(codes, None)))
 
     async def take_turns(self, turns: Pipeline) -> None:
@@ -211,7 +209,7 @@ class ChatTurns:
             if self.playing():
                 await self.interrupt()
             video = None
-            if getattr(self.chat, "sees_video", False):  # what the camera showed while the turn was spoken
+            if self.chat.reply_format.sees_video:  # what the camera showed while the turn was spoken
                 end = time.monotonic()
                 video = s.video.seen_during(end - turn.shape[-1] / s.codec.frame_rate, end)
             if self.keys:  # pressed while this turn was spoken
@@ -221,7 +219,7 @@ class ChatTurns:
         if turns.error is not None:
             await s.fail(f"stream stopped: {turns.error}")
 
-    async def _answer(self, turn: torch.Tensor, video: torch.Tensor | None = None) -> None:
+    async def _answer(self, turn: Turn, video: torch.Tensor | None = None) -> None:
         """One turn's answer. A failing answer (the endpoint down, a model error) is an error event and a log line;
         what was said of it still plays, the reply ends, and the next turn is answered as usual."""
         s = self.session

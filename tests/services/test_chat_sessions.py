@@ -22,6 +22,7 @@ from talkstream.client import stream_audio  # noqa: E402
 from talkstream.data import SAMPLE_WAV  # noqa: E402
 from talkstream.services.app import ServerConfig, TalkstreamServer  # noqa: E402
 from talkstream.streaming.vad import SileroVAD  # noqa: E402
+from tests.chat.stubs import StubModel  # noqa: E402
 from tests.models.openai_stub import with_openai_stub  # noqa: E402
 from tests.models.tiny import tiny_talker, tiny_thinker  # noqa: E402
 
@@ -123,22 +124,6 @@ def test_a_failing_answer_is_an_error_event_and_the_next_turn_works(models, capl
                      ("reply", "start"), ("reply", "end")]
     assert r.summary["turns"] == 2 and [t.strip() for t in finals(r)] == [f"{WORDS[1]} one."]
     assert r.pcm.size > 0  # the second answer was spoken
-
-
-class StubModel:
-    """A chat model and its one session in one object: what the tests' stand-ins share."""
-
-    def __init__(self):
-        self.turns = 0
-
-    def warmup(self) -> None:
-        pass
-
-    def open_session(self):
-        return self
-
-    def close(self) -> None:
-        pass
 
 
 class FailsFirst(StubModel):

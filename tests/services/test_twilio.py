@@ -385,23 +385,40 @@ def test_a_public_host_that_is_not_a_host_is_a_one_line_error(host, capsys):
 
 # -- keys reach the Thinker as text (the chat seam, no models: a stand-in Thinker and the tiny Talker) -----------
 class ReadingThinker:
-    """Hears every turn as the words 'heard words' and answers with what it read; records each transcript."""
+    """Hears every turn whole as the words 'heard words' and answers with what it read; records each transcript."""
+
+    sees_video = hears_ahead = False
 
     def __init__(self):
         self.read: list[str] = []
 
+    def warmup(self) -> None:
+        pass
+
     def start_hearing(self):
-        from talkstream.chat.responder import Heard
+        from talkstream.chat.protocol import Heard
 
         return Heard(None)
 
+    def frames_short_of_a_position(self, heard, new: int) -> bool:
+        return True
+
+    def hear_more(self, heard, codes, pcm=None):
+        return heard
+
+    def finish_hearing(self, heard, codes, pcm=None):
+        return self.hear(codes, None, pcm)
+
     def hear(self, codes, video=None, pcm=None):
-        from talkstream.chat.responder import Heard
+        from talkstream.chat.protocol import Heard
 
         return Heard(None, "heard words")
 
     def transcript(self, heard) -> str:
         return heard.transcript or ""
+
+    def committed_text(self, heard) -> str:
+        return ""
 
     async def reply(self, heard, history=None):
         self.read.append(heard.transcript)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from websockets.asyncio.client import connect
 
+from talkstream.chat.protocol import ReplyFormat
 from talkstream.checkpoint import load_audio_codec, load_video_codec
 from talkstream.protocol import (
     FLAG_KEY,
@@ -23,6 +24,7 @@ from talkstream.protocol import (
 )
 from talkstream.services.app import ServerConfig, TalkstreamServer
 from talkstream.streaming.vad import SileroVAD
+from tests.chat.stubs import StubModel
 from tests.conftest import moving_pattern, psnr
 
 FRAMES = 6
@@ -170,23 +172,14 @@ def test_bad_video_frames_get_an_error_and_the_session_goes_on(models):
     assert "128x128" in answers["wrong-size"][0]["message"]
 
 
-class SeeingResponder:
+class SeeingResponder(StubModel):
     """A chat responder whose Thinker sees video: records what each turn was given, answers with a short beep."""
 
-    sees_video = True
-    num_codebooks = 4
+    reply_format = ReplyFormat(num_codebooks=4, sees_video=True)
 
     def __init__(self):
+        super().__init__()
         self.turns: list[tuple[int, torch.Tensor | None]] = []
-
-    def warmup(self) -> None:
-        pass
-
-    def open_session(self):
-        return self
-
-    def close(self) -> None:
-        pass
 
     async def respond(self, turn, video=None):
         self.turns.append((turn.shape[-1], video))

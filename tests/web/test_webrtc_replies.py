@@ -18,9 +18,11 @@ import torch
 
 from talkstream.audio_io import load_audio
 from talkstream.bench.webrtc import FRAME, RATE, rtc_session
+from talkstream.chat.protocol import ReplyFormat
 from talkstream.client import stream_audio
 from talkstream.data import SAMPLE_WAV
 from talkstream.services.app import ServerConfig
+from tests.chat.stubs import StubModel
 
 pytestmark = pytest.mark.slow  # docs/tests.md: the fast tier is -m 'not slow'
 
@@ -28,21 +30,13 @@ REPLY_S = 3.0
 BLOCK = RATE // 200  # 5 ms
 
 
-class FixedReply:
+class FixedReply(StubModel):
     """Answers every turn with the same codec tokens, in blocks of 6 frames, as a model streams its reply."""
 
     def __init__(self, tokens: torch.Tensor, block_frames: int = 6):
+        super().__init__()
         self.tokens, self.block_frames = tokens, block_frames  # long [1, K, F]
-        self.num_codebooks = tokens.shape[1]
-
-    def warmup(self) -> None:
-        pass
-
-    def open_session(self) -> FixedReply:
-        return self
-
-    def close(self) -> None:
-        pass
+        self.reply_format = ReplyFormat(num_codebooks=tokens.shape[1])
 
     async def respond(self, turn, video=None):
         for i in range(0, self.tokens.shape[-1], self.block_frames):

@@ -224,7 +224,8 @@ def cmd_data_ears(args) -> None:
         raise UserError(f"--shard must be in 0..{args.shards - 1}")
     out = build_ears_data(Path(args.out), questions=args.questions, validation=args.validation,
                           corpus=Path(args.corpus) if args.corpus else None, shard=args.shard, shards=args.shards,
-                          seed=args.seed, threads=args.threads, vocabulary=args.vocabulary)
+                          seed=args.seed, threads=args.threads, vocabulary=args.vocabulary,
+                          phone_share=args.phone_share)
     print(f"ears data (shard {args.shard + 1} of {args.shards}) written to {out}")
 
 
@@ -406,6 +407,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     dp.add_argument("--vocabulary", type=int, default=1000, help="turns that carry the tools' vocabularies (months, "
                     "days, numbers) in other words, and spelling questions with the corpus's words")
     dp.add_argument("--corpus", default="data/speech", help="the codec's speech corpus to add ('' for none)")
+    dp.add_argument("--phone-share", type=float, default=0.0, help="share of training turns heard over an 8 kHz "
+                    "G.711 phone line (and every other validation question when above 0)")
     dp.add_argument("--shard", type=int, default=0)
     dp.add_argument("--shards", type=int, default=1)
     dp.add_argument("--seed", type=int, default=0)

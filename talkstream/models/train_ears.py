@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from talkstream.audio_io import phone_line
 from talkstream.checkpoint import save_checkpoint
 from talkstream.data.voices import THINKER_EXTRA_VOICES, TRAIN_VOICES, Voice, synthesize
 from talkstream.errors import UserError
@@ -67,14 +68,17 @@ def _tokenizer():
     return Tokenizer.from_file(str(default_model_path().parent / "tokenizer.json"))
 
 
-def _augment(pcm: np.ndarray, rng: random.Random) -> np.ndarray:
-    """Silence around the turn as a VAD cuts it, and light noise on some (live microphones are not clean)."""
+def _augment(pcm: np.ndarray, rng: random.Random, phone_share: float = 0.0) -> np.ndarray:
+    """Silence around the turn as a VAD cuts it, and light noise on some (live microphones are not clean); a share
+    over a phone line (8 kHz G.711: callers on `/twilio`)."""
     before, after = (np.zeros(int(rng.uniform(0.05, 0.4) * SAMPLE_RATE), np.float32) for _ in range(2))
     x = np.concatenate([before, pcm, after]).astype(np.float32)
     if rng.random() < 0.3:
         rms = float(np.sqrt(np.mean(pcm**2))) + 1e-6
         noise = np.random.default_rng(rng.randrange(2**31)).standard_normal(x.size).astype(np.float32)
         x = x + noise * rms * 10 ** (-rng.uniform(15, 35) / 20)
+    if phone_share and rng.random() < phone_share:
+        x = phone_line(x, SAMPLE_RATE, rng.choice(("ulaw", "ulaw", "alaw")))
     return x
 
 
@@ -124,10 +128,11 @@ def _utterances(split: str, questions: int, corpus: Path | None, seed: int, voca
 
 
 def build_ears_data(out: Path, questions: int = 2000, validation: int = 160, corpus: Path | None = None,
-                    shard: int = 0, shards: int = 1, seed: int = 0, threads: int = 1, vocabulary: int = 1000) -> Path:
+                    shard: int = 0, shards: int = 1, seed: int = 0, threads: int = 1, vocabulary: int = 1000,
+                    phone_share: float = 0.0) -> Path:
     """Writes out/{train,train_vocab,validation}_{shard}.pt: per utterance the ears' encoder states (fp16), the
     target's token ids and the text; each shard takes every `shards`-th utterance (run shards side by side, one per
-    core)."""
+    core). `phone_share`: that share of training turns, and every other validation question, over a phone line."""
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     ears, tok = load_ears(adapter=None), _tokenizer()
@@ -138,18 +143,24 @@ def build_ears_data(out: Path, questions: int = 2000, validation: int = 160, cor
         todo = _utterances(split.removesuffix("_vocab"), n, corpus if split != "validation" else None, seed,
                            vocabulary=n if split == "train_vocab" else 0)[shard::shards]
         rng, rows = random.Random(f"{seed}-{split}-{shard}"), []
-        for it in tqdm(todo, desc=f"ears {split} {shard + 1}/{shards}", unit="utt"):
+        for i, it in enumerate(tqdm(todo, desc=f"ears {split} {shard + 1}/{shards}", unit="utt")):
             if "file" in it:
                 audio, sr = sf.read(it["file"], dtype="float32")
             else:
                 audio, sr = synthesize(it["voice"], it["text"].lower()), 24_000
             pcm = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
-            pcm = _augment(pcm, rng) if split == "train" else np.pad(pcm, int(0.2 * SAMPLE_RATE))
+            phone = False
+            if split.startswith("train"):
+                pcm = _augment(pcm, rng, phone_share)
+            else:
+                pcm = np.pad(pcm, int(0.2 * SAMPLE_RATE))
+                if phone_share and i % 2:
+                    pcm, phone = phone_line(pcm, SAMPLE_RATE), True
             with torch.inference_mode():
                 states = ears.turn_states(torch.from_numpy(pcm))
             rows.append({"states": states.half(), "tokens": tok.encode(" " + it["text"], add_special_tokens=False).ids,
                          "text": it["text"], "answer": it["answer"], "seconds": len(pcm) / SAMPLE_RATE,
-                         "voice": it["voice"].id if "voice" in it else "corpus"})
+                         "voice": it["voice"].id if "voice" in it else "corpus", "phone": phone})
         torch.save(rows, out / f"{split}_{shard}.tmp")
         (out / f"{split}_{shard}.tmp").rename(path)
     return out
@@ -234,14 +245,21 @@ def validate(trainer: EarsTraining, rows: list[dict]) -> dict:
     by the built-in answerer)."""
     from talkstream.models.text import normalize
 
-    right, errors, words = 0, 0, 0
+    right, errors, words, phone, phone_right = 0, 0, 0, 0, 0
     for r in rows:
         heard = trainer.transcribe(r, prompt=True)
-        right += _answer(heard) == r["answer"]
+        ok = _answer(heard) == r["answer"]
+        right += ok
+        phone += bool(r.get("phone"))
+        phone_right += ok and bool(r.get("phone"))
         ref, hyp = normalize(r["text"]).split(), normalize(heard).split()
         errors += tools.edit_distance(ref, hyp)
         words += len(ref)
-    return {"answers": round(right / len(rows), 4), "wer": round(errors / max(1, words), 4)}
+    out = {"answers": round(right / len(rows), 4), "wer": round(errors / max(1, words), 4)}
+    if phone:  # validation data made with --phone-share: every other question over the phone line
+        out["answers_phone"] = round(phone_right / phone, 4)
+        out["answers_wideband"] = round((right - phone_right) / max(1, len(rows) - phone), 4)
+    return out
 
 
 def train_ears(data: Path, run: Path, cfg: TrainConfig, rank: int = 16, command: list[str] | None = None) -> Path:

@@ -20,12 +20,12 @@ it (`EVAL_REQUESTS`), never trained on. Every clip gets a random level, backgrou
 from __future__ import annotations
 
 import random
-import warnings
 from pathlib import Path
 
 import numpy as np
 import soxr
 
+from talkstream.audio_io import phone_line
 from talkstream.data.sentences import HARVARD, sentences
 from talkstream.data.voices import EVAL_VOICES, THINKER_EXTRA_VOICES, TRAIN_VOICES, Voice, kokoro_blends, synthesize
 
@@ -119,13 +119,7 @@ def line(audio: np.ndarray, rng: random.Random, phone_share: float = 0.2) -> np.
     noise *= speech_rms * 10 ** (-rng.uniform(15, 45) / 20) / (noise.std() + 1e-9)
     x = (x + noise).astype(np.float32)
     if rng.random() < phone_share:
-        with warnings.catch_warnings():  # 3.11/3.12: deprecated; audioop-lts provides it on 3.13
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import audioop
-        narrow = soxr.resample(x, RATE, 8000)
-        pcm = (np.clip(narrow, -1, 1) * 32767).astype(np.int16).tobytes()
-        back = np.frombuffer(audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2), np.int16).astype(np.float32) / 32768
-        x = soxr.resample(back, 8000, RATE).astype(np.float32)[: x.size]
+        x = phone_line(x, RATE)
     return x
 
 

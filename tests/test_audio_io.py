@@ -80,3 +80,25 @@ def test_save_then_load(tmp_path):
     x = speechlike(0.3)
     save_audio(tmp_path / "o.wav", x, 24_000)
     np.testing.assert_allclose(load_audio(tmp_path / "o.wav", 24_000), x, atol=1 / 32768 + 1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["ulaw", "alaw"])
+def test_a_phone_line_keeps_the_length_and_the_band_below_4_khz(encoding):
+    from talkstream.audio_io import phone_line
+
+    t = np.arange(16_000) / 16_000
+    low, high = 0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 6000 * t)
+    out = phone_line((low + high).astype(np.float32), 16_000, encoding)
+    assert out.shape == (16_000,) and out.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(out[2000:-2000]))
+    freqs = np.fft.rfftfreq(12_000, 1 / 16_000)
+    at = lambda f: spectrum[np.argmin(np.abs(freqs - f))]  # noqa: E731
+    assert at(440) > 100 * at(6000)  # 6 kHz is gone, 440 Hz is kept
+    assert np.corrcoef(out[2000:-2000], low[2000:-2000])[0, 1] > 0.95
+
+
+def test_a_phone_line_refuses_an_unknown_encoding():
+    from talkstream.audio_io import phone_line
+
+    with pytest.raises(ValueError, match="ulaw"):
+        phone_line(np.zeros(800, np.float32), 16_000, "opus")

@@ -76,7 +76,7 @@ class OpenAIThinker:
         return self.listener.transcript(heard)
 
     def committed_text(self, heard: Heard) -> str:
-        return ""  # the listener's committed words are not sent in this mode (as before the typed seam)
+        return self.listener.committed_text(heard)
 
     async def reply(self, heard: Heard, history: deque[dict] | None = None) -> AsyncIterator[tuple[str, None]]:
         """The endpoint's answer to the heard turn, word by word; `history`: this conversation's earlier messages

@@ -102,3 +102,31 @@ def test_unreachable_endpoint_is_a_clear_error():
 def test_a_bad_url_is_refused_when_the_thinker_is_made():
     with pytest.raises(ValueError, match="http"):
         OpenAIThinker("127.0.0.1:8080/v1", _listener())
+
+
+
+def test_the_words_its_ears_commit_while_the_turn_is_spoken_reach_the_conversation():
+    """docs/protocol.md: with `--thinker openai`, the words committed so far go out while the user speaks (the
+    probe for `committed_text` found none on this Thinker before the seam was typed, so none were sent)."""
+    from types import SimpleNamespace
+
+    class Ears:  # commits a word per chunk heard
+        def start_hearing(self):
+            return SimpleNamespace(words=[])
+
+        def frames_short_of_a_position(self, heard, new: int) -> bool:
+            return False
+
+        def hear_more(self, heard, codes, pcm=None):
+            heard.words.append("seven")
+            return heard
+
+        def committed_text(self, heard) -> str:
+            return " ".join(heard.words)
+
+    chat = ChatResponder(OpenAIThinker("http://127.0.0.1:9/v1", Ears()), Speaker(_talker())).open_session()
+    chunks = [torch.zeros(1, 8, 2, dtype=torch.long)]
+    asyncio.run(chat.listen_ahead(chunks))
+    chunks.append(torch.zeros(1, 8, 2, dtype=torch.long))
+    asyncio.run(chat.listen_ahead(chunks))
+    assert chat.reply_format.hears_ahead and chat.committed_text() == "seven seven"

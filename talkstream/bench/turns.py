@@ -303,11 +303,14 @@ async def measure_server(questions: int, seed: int) -> dict:
 
 
 def run_turns_bench(limit: int | None = None, seed: int = 0, real: bool = True, server_questions: int = 0,
-                    config: TurnTakingConfig | None = None) -> dict:
+                    config: TurnTakingConfig | None = None, heads: Path | None = None) -> dict:
+    """`heads`: a folder holding turn_end and turn_barge (a training run's output) to measure instead of the shipped
+    heads (the offline measures; `server_questions` always serve the shipped ones)."""
     from talkstream.models.turn_head import load_turn_judge
 
     try:
-        judge = load_turn_judge()
+        judge = load_turn_judge(end_path=heads / "turn_end" if heads else None,
+                                barge_path=heads / "turn_barge" if heads else None)
     except Exception as e:
         raise UserError(f"the turn heads did not load: {e}") from e
     vad = SileroVAD()
@@ -321,6 +324,7 @@ def run_turns_bench(limit: int | None = None, seed: int = 0, real: bool = True, 
     out: dict = {
         "voices": [v.id for v in EVAL_VOICES],
         "config": dataclasses.asdict(config),
+        "heads": str(heads) if heads else "shipped",
         "thresholds": {"end": judge.end.cfg.threshold, "barge": judge.barge.cfg.threshold},
         "pauses": asyncio.run(measure_pauses(stages, pause_streams(rows, seed))),
         "complete": asyncio.run(measure_complete(stages, complete_streams(rows, seed))),

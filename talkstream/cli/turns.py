@@ -40,7 +40,8 @@ def cmd_bench_turns(args) -> None:
     except ValueError as e:
         raise UserError(str(e)) from None
     result = run_turns_bench(limit=args.sentences, seed=args.seed, real=not args.no_real,
-                             server_questions=args.server_questions, config=config)
+                             server_questions=args.server_questions, config=config,
+                             heads=Path(args.heads) if args.heads else None)
     write_result(args.json, result, sys.argv[1:])
 
 
@@ -82,6 +83,8 @@ def add_turn_commands(train_sub, data_sub, bench_sub) -> None:
     bp.add_argument("--early-ms", type=float, default=100.0, help="the barge-in head's first look (see --early-p)")
     bp.add_argument("--early-p", type=float, default=0.0,
                     help="at --early-ms, P(backchannel) below this is an interruption at once (0: no first look)")
+    bp.add_argument("--heads", default=None, help="a folder with turn_end and turn_barge to measure instead of the "
+                    "shipped heads (`train turn-heads --out`; the --server-questions part serves the shipped ones)")
     bp.add_argument("--seed", type=int, default=0)
     bp.add_argument("--json", default="bench-results/turns.json")
     bp.set_defaults(func=cmd_bench_turns)

@@ -37,17 +37,13 @@ def _files(data: Path, split: str) -> list[Path]:
     return [f for f in found if not f.name.endswith(".tmp.npz")]
 
 
-def _load(data: Path, split: str, task: str) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
-    xs, ys, kinds, voices = [], [], [], []
-    for f in _files(data, split):
-        z = np.load(f)
-        if f"{task}_x" not in z:  # `trainb-` files hold barge-in windows only, `trainm-` end-of-turn ones
-            continue
-        xs += list(z[f"{task}_x"].astype(np.float32))
-        ys += list(z[f"{task}_y"])
-        kinds += [str(k) for k in z[f"{task}_kind"]]
-        voices += [str(z["voice"])] * len(z[f"{task}_y"])
-    return xs, np.array(ys), kinds, voices
+def _load_file(f: Path, task: str) -> tuple[list[np.ndarray], np.ndarray, list[str], list[str]]:
+    z = np.load(f)
+    if f"{task}_x" not in z:  # `trainb-` files hold barge-in windows only, `trainm-` end-of-turn ones
+        return [], np.zeros(0), [], []
+    ys = np.asarray(z[f"{task}_y"])
+    return (list(z[f"{task}_x"].astype(np.float32)), ys, [str(k) for k in z[f"{task}_kind"]],
+            [str(z["voice"])] * len(ys))
 
 
 @torch.no_grad()
@@ -60,23 +56,44 @@ def encoder_states(windows: list[np.ndarray], window_s: float, align: str, batch
     return torch.cat(out)
 
 
+def _cached(cache: Path, data: Path, split: str, task: str) -> dict[str, dict]:
+    """The cache's entries per data file (an older cache, one block for all files, is split by file)."""
+    if not cache.exists():
+        return {}
+    got = torch.load(cache)
+    if got.get("version") != FEATURES_VERSION:
+        return {}
+    if "per_file" in got:
+        return got["per_file"]
+    per_file, at = {}, 0
+    for name in got["files"]:
+        n = len(_load_file(data / name, task)[1])
+        per_file[name] = {k: got[k][at : at + n] for k in ("states", "y")} | {
+            k: got[k][at : at + n] for k in ("kinds", "voices")}
+        at += n
+    return per_file
+
+
 def features(data: Path, split: str, task: str) -> dict:
-    """Cached encoder states and labels of one split and task."""
+    """Encoder states and labels of one split and task, cached beside the data per file (new files are encoded,
+    the others read back)."""
     cache = data / f"features-{split}-{task}.pt"
-    files = [p.name for p in _files(data, split)]
-    if cache.exists():
-        got = torch.load(cache)
-        if got["files"] == files and got.get("version") == FEATURES_VERSION:
-            return got
-    xs, ys, kinds, voices = _load(data, split, task)
     window_s, align = WINDOWS[task]
+    per_file = _cached(cache, data, split, task)
+    files = [p.name for p in _files(data, split)]
+    new = [name for name in files if name not in per_file]
     t = time.time()
-    states = encoder_states(xs, window_s, align)
-    print(f"{split}/{task}: {len(ys)} windows encoded in {time.time() - t:.0f} s", flush=True)
-    got = {"version": FEATURES_VERSION, "files": files, "states": states, "y": torch.from_numpy(ys).float(),
-           "kinds": kinds, "voices": voices}
-    torch.save(got, cache)
-    return got
+    for name in new:
+        xs, ys, kinds, voices = _load_file(data / name, task)
+        states = encoder_states(xs, window_s, align) if xs else torch.zeros(0, round(window_s * 50), 384).half()
+        per_file[name] = {"states": states, "y": torch.from_numpy(ys).float(), "kinds": kinds, "voices": voices}
+    if new:
+        print(f"{split}/{task}: {len(new)} new files encoded in {time.time() - t:.0f} s", flush=True)
+        torch.save({"version": FEATURES_VERSION, "per_file": per_file}, cache)
+    parts = [per_file[name] for name in files]
+    return {"version": FEATURES_VERSION, "files": files, "states": torch.cat([p["states"] for p in parts]),
+            "y": torch.cat([p["y"] for p in parts]), "kinds": [k for p in parts for k in p["kinds"]],
+            "voices": [v for p in parts for v in p["voices"]]}
 
 
 def _auc(p: np.ndarray, y: np.ndarray) -> float | None:

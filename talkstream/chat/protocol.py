@@ -96,17 +96,18 @@ class Thinker(Protocol[H]):
     """What `ChatResponder` hears and answers through (`BuiltinThinker`, `EarsThinker`, `V1Thinker`,
     `OpenAIThinker`). It holds no user's state: each call is given the turn's hearing (`H`, the Thinker's own).
 
-        heard = thinker.hear(codes, video, pcm)  # a whole turn: codes long [1, K, F], the video tokens [T, h*w]
-                                                 # seen meanwhile (or None), its audio float32 [T] (or None)
-        heard = thinker.start_hearing()          # or while it is spoken (`hears_ahead`): start (also the empty
-        heard = thinker.hear_more(heard, codes, pcm)        # hearing of a typed turn), more as it arrives, and the
-        heard = thinker.finish_hearing(heard, codes, pcm)   # last frames: the same as `hear` over the whole turn
+        heard = thinker.hear(codes, video, pcm)            # a whole turn: codes long [1, K, F], the video tokens
+                                                           # [T, h*w] seen meanwhile or None, audio float32 [T] or None
+        heard = thinker.start_hearing()                    # or while it is spoken (`hears_ahead`): start,
+        heard = thinker.hear_more(heard, codes, pcm)       # more as it arrives,
+        heard = thinker.finish_hearing(heard, codes, pcm)  # the last frames: the same as `hear` over the whole turn
         text = thinker.transcript(heard)
-        async for piece, hidden in thinker.reply(heard, history):  # text pieces and a hidden state [dim] or None;
-            ...                                  # `history`: the conversation's (a deque it reads and extends)
+        async for piece, hidden in thinker.reply(heard, history):  # text pieces, a hidden state [dim] or None;
+            ...                                            # `history`: the conversation's (a deque it extends)
 
-    A Thinker that hears each turn whole (`hears_ahead` False) is never handed a turn in pieces: its `hear_more`
-    returns the hearing as it is and its `finish_hearing` hears the frames given, whole.
+    `start_hearing` also gives a typed turn (text, no audio) its empty hearing. A Thinker that hears each turn whole
+    (`hears_ahead` False) is never handed a turn in pieces: its `hear_more` returns the hearing as it is and its
+    `finish_hearing` hears the frames given.
     """
 
     @property

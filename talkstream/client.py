@@ -177,7 +177,8 @@ async def stream_audio(
                 per = max(1, round(frame_ms / 1000 * result.ready["codec"]["frame_rate"]))
                 start = time.monotonic()
                 for i, j in enumerate(range(0, tokens.shape[1], per)):
-                    first_sent or first_sent.append(time.monotonic())
+                    if not first_sent:
+                        first_sent.append(time.monotonic())
                     await ws.send(token_frame(tokens[:, j : j + per], i, _now_ms(t0)))
                     if realtime:
                         await _sleep_until(start + (i + 1) * per / result.ready["codec"]["frame_rate"])
@@ -185,7 +186,8 @@ async def stream_audio(
                 n = round(sample_rate * frame_ms / 1000)
                 start = time.monotonic()
                 for i, j in enumerate(range(0, audio.size, n)):
-                    first_sent or first_sent.append(time.monotonic())
+                    if not first_sent:
+                        first_sent.append(time.monotonic())
                     await ws.send(pcm_frame(audio[j : j + n], i, _now_ms(t0)))
                     result.sent_s = min(j + n, audio.size) / sample_rate
                     if realtime:

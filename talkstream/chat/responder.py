@@ -32,15 +32,25 @@ from talkstream.models import text as tx
 from talkstream.models.talker import SamplingConfig, Talker, TalkerState
 from talkstream.models.talker_units import BOS, EOS, PAUSES, word_units
 from talkstream.models.thinker import Thinker as ThinkerModel
+from talkstream.models.thinker import ThinkerState
 from talkstream.models.turn import Turn, split_turn
 
 
 def codes_to_latent(codebook: torch.Tensor, codes: torch.Tensor, stack: int, before: int | None = 0) -> torch.Tensor:
     """codes long [1, K, F] -> the codec's quantized latent [1, D, F'], zero-padded so that with `before` frames
     already heard the turn ends on a whole Thinker position (`before=None`: no padding, more is coming)."""
-    z = sum(F.embedding(codes[0, k], codebook[k]) for k in range(codes.shape[1]))  # [F, D]
+    z = F.embedding(codes[0, 0], codebook[0])  # [F, D]: the sum of the K codebooks' vectors
+    for k in range(1, codes.shape[1]):
+        z = z + F.embedding(codes[0, k], codebook[k])
     pad = 0 if before is None else -(before + z.shape[0]) % stack
     return F.pad(z, (0, 0, 0, pad)).T[None]
+
+
+def _state(heard: Heard) -> ThinkerState:
+    """The built-in Thinker's state in what it heard (a transcript-only Heard, from another Thinker, has none)."""
+    if heard.state is None:
+        raise ValueError("this turn was heard by a Thinker that keeps no built-in Thinker state")
+    return heard.state
 
 
 class BuiltinThinker:
@@ -67,16 +77,18 @@ class BuiltinThinker:
     def frames_short_of_a_position(self, heard: Heard, new: int) -> bool:
         """Would `new` more frames still leave the Thinker without a whole position to read? (Then hearing them
         can wait: nothing would reach the cache.)"""
-        pending = 0 if heard.state.pending is None else heard.state.pending.shape[-1]
-        return pending + new < self.model.cfg.stack
+        pending = _state(heard).pending
+        return (0 if pending is None else pending.shape[-1]) + new < self.model.cfg.stack
 
     def hear_more(self, heard: Heard, codes: torch.Tensor, pcm: np.ndarray | None = None) -> Heard:
-        return Heard(self.model.listen(codes_to_latent(self.codebook, codes, self.model.cfg.stack, None), heard.state))
+        latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack, None)
+        return Heard(self.model.listen(latent, _state(heard)))
 
     def finish_hearing(self, heard: Heard, codes: torch.Tensor, pcm: np.ndarray | None = None) -> Heard:
-        pending = 0 if heard.state.pending is None else heard.state.pending.shape[-1]
-        latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack, pending)
-        return Heard(self.model.listen(latent, heard.state))
+        pending = _state(heard).pending
+        before = 0 if pending is None else pending.shape[-1]
+        latent = codes_to_latent(self.codebook, codes, self.model.cfg.stack, before)
+        return Heard(self.model.listen(latent, _state(heard)))
 
     def hear(self, codes: torch.Tensor, video: torch.Tensor | None = None, pcm: np.ndarray | None = None) -> Heard:
         """This Thinker reads the codec's latents: `pcm` (the turn's own audio) is not used."""
@@ -95,7 +107,7 @@ class BuiltinThinker:
 
     def transcript(self, heard: Heard) -> str:
         if heard.transcript is None:
-            heard.transcript = tx.decode([t for t, _ in self.model.reply(heard.state, tx.ASR)])
+            heard.transcript = tx.decode([t for t, _ in self.model.reply(_state(heard), tx.ASR)])
         return heard.transcript
 
     def committed_text(self, heard: Heard) -> str:
@@ -104,9 +116,8 @@ class BuiltinThinker:
     async def reply(self, heard: Heard, history: deque[dict] | None = None
                     ) -> AsyncIterator[tuple[str, torch.Tensor | None]]:
         """The built-in model answers each turn alone: `history` is not read."""
-        it = self.model.reply(heard.state, tx.CHAT)
-        done = object()
-        while (item := await asyncio.to_thread(next, it, done)) is not done:
+        it = self.model.reply(_state(heard), tx.CHAT)
+        while (item := await asyncio.to_thread(next, it, None)) is not None:
             token, hidden = item
             yield tx.VOCAB[token], hidden
 
@@ -136,7 +147,8 @@ class Speaker:
         return list(itertools.islice(self.talker.frames(ids, hidden, self.sampling, state, final=final), limit))
 
     async def speak(self, pieces: AsyncIterator[tuple[str, torch.Tensor | None]]) -> AsyncIterator[torch.Tensor]:
-        names, state, buffer, pending = [BOS], TalkerState(), "", []
+        names, state, buffer = [BOS], TalkerState(), ""
+        pending: list[torch.Tensor] = []  # frames [K] not yet sent as a block
         voice = self.talker.cfg.voice
         none = torch.zeros(self.talker.cfg.hidden_dim)
         hidden: list[torch.Tensor] = [none]  # the dual track: per unit, its word's hidden state (zeros: none)
@@ -422,6 +434,7 @@ def load_chat(codec, thinker: str = "builtin", thinker_url: str | None = None, t
     if thinker == "openai":
         from talkstream.chat.openai_thinker import OpenAIThinker
 
+        assert thinker_url is not None  # checked above, before anything loads
         return ChatResponder(OpenAIThinker(thinker_url, ears, thinker_model, api_key), speaker, voice_codec=voice)
     return ChatResponder(ears, speaker, voice_codec=voice)
 

@@ -98,7 +98,7 @@ def export_bytes(spec: GraphSpec) -> bytes:
         torch.onnx.export(
             spec.module.eval(),
             spec.args,
-            buf,
+            buf,  # type: ignore[arg-type]  # torch's stub says a path, but the TorchScript exporter takes a file object
             dynamo=False,
             opset_version=OPSET,
             input_names=spec.input_names,

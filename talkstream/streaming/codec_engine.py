@@ -39,13 +39,16 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from talkstream.codecs.audio.codec import AudioCodec, CodecState
 from talkstream.streaming.metrics import Metrics
+
+if TYPE_CHECKING:
+    from talkstream.codecs.audio.onnx_step import OnnxCodecSteps
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class _Request:
     op: str | Callable[[list[tuple[Any, Any]]], list[Any]]
     state: Any  # a CodecState for the codec's ops
     data: Any  # pcm [1, 1, n*hop] or codes [1, K, F] for the codec's ops
-    future: asyncio.Future = field(repr=False, default=None)  # type: ignore[assignment]
+    future: asyncio.Future = field(repr=False)
     arrived: float = 0.0  # loop time of submission: the gather window counts from here
 
     def key(self) -> tuple:
@@ -70,7 +73,8 @@ class BusyShare:
     `window_s` time constant (1.0 when steps run back to back for a few windows, decaying to 0 when idle)."""
 
     def __init__(self, window_s: float = 1.0):
-        self.window_s, self.share, self.at = window_s, 0.0, None
+        self.window_s, self.share = window_s, 0.0
+        self.at: float | None = None
 
     def value(self, now: float) -> float:
         if self.at is None:
@@ -108,7 +112,7 @@ class CodecEngine:
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.backend = backend
-        self.onnx = None
+        self.onnx: OnnxCodecSteps | None = None
         if backend == "onnx":
             from talkstream.codecs.audio.onnx_step import OnnxCodecSteps
 
@@ -247,6 +251,7 @@ class CodecEngine:
         k = x.shape[1] if op == "decode" else state.num_codebooks
         if self.warmed is not None and (op, k, frames) not in self.warmed:
             raise UnplannedShape(f"no warmed graph for {op} at {k} codebooks, {frames} frames")
+        assert self.onnx is not None  # the onnx backend's steps
         return self.onnx.step(op, x, state)
 
     def _split(self, n: int) -> list[int]:

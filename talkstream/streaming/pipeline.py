@@ -220,10 +220,12 @@ class Pipeline:
         if not self.live:
             raise TypeError("feed() is for live pipelines; use `await put(item)`")
         self._check_alive()
-        self.inbox.put_nowait(item)
-        new = self.inbox.dropped - self._reported_drops
+        inbox = self.inbox
+        assert isinstance(inbox, DropOldestQueue)  # a live pipeline's inbox
+        inbox.put_nowait(item)
+        new = inbox.dropped - self._reported_drops
         if new:
-            self._reported_drops = self.inbox.dropped
+            self._reported_drops = inbox.dropped
             self.stats[self.stages[0].name].drops += new
             if self.metrics is not None:
                 self.metrics.drops.labels(self.stages[0].name).inc(new)

@@ -127,6 +127,7 @@ class VoiceActivity:
             events, self.state = await asyncio.to_thread(self.vad.step, chunk.pcm, self.state)
         tt = self.turn_taking
         if tt is not None:
+            assert self.tt_state is not None  # made with the turn taking
             # The heads run only when a decision is due, and then on a thread (an encoder call, ~10-30 ms).
             new = chunk.pcm.size * VAD_RATE // self.rate
             paused = any(e.kind == "pause" for e in events)
@@ -241,6 +242,7 @@ class CodecStage:
         n = self.pending.size // hop * hop
         if not n:
             return []
+        assert self.pending_since is not None  # set whenever samples are pending
         out = await self._step(self.pending[:n], self.pending_since, self.carried_events)
         self.pending = self.pending[n:]
         return [out]

@@ -13,8 +13,10 @@ import time
 
 try:  # the API alone makes no spans until an SDK provider is set; both come with the `otel` extra
     from opentelemetry import trace as _trace
+
+    _OTEL = True
 except ImportError:  # pragma: no cover - exercised where the extra is absent
-    _trace = None
+    _OTEL = False
 
 
 class TurnSpan:
@@ -24,7 +26,7 @@ class TurnSpan:
         self._span = None
         self._seen: set[str] = set()
         self._t0 = time.perf_counter()
-        if _trace is not None:
+        if _OTEL:
             tracer = _trace.get_tracer("talkstream")
             self._span = tracer.start_span("talkstream.turn", attributes={"talkstream.session": session_id,
                                                                          "talkstream.turn_frames": frames})

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from talkstream.checkpoint import CheckpointError, read_checkpoint
+
+if TYPE_CHECKING:
+    from talkstream.whisper.decoder import WhisperDecoder
 
 TARGETS = ("self_qkv", "self_out", "cross_q", "cross_kv", "cross_out", "fc1", "fc2")
 
@@ -47,7 +51,7 @@ class _Adapted(nn.Module):
 
 
 class DecoderAdapter(nn.Module):
-    def __init__(self, cfg: AdapterConfig, decoder: nn.Module):
+    def __init__(self, cfg: AdapterConfig, decoder: WhisperDecoder):
         super().__init__()
         unknown = set(cfg.targets) - set(TARGETS)
         if unknown or cfg.rank < 1:
@@ -65,13 +69,13 @@ class DecoderAdapter(nn.Module):
     def delta(self, key: str, x: Tensor) -> Tensor:
         return F.linear(F.linear(x, self.down[key]), self.up[key]) * self.scale
 
-    def attach(self, decoder: nn.Module) -> None:
+    def attach(self, decoder: WhisperDecoder) -> None:
         for i, block in enumerate(decoder.blocks):
             for t in self.cfg.targets:
                 setattr(block, t, _Adapted(getattr(block, t), self, f"{i}_{t}"))
 
     @torch.no_grad()
-    def merge_into(self, decoder: nn.Module) -> None:
+    def merge_into(self, decoder: WhisperDecoder) -> None:
         """Fold the adapter into the decoder's own weights (a decoder without `attach`)."""
         for i, block in enumerate(decoder.blocks):
             for t in self.cfg.targets:
@@ -82,7 +86,7 @@ class DecoderAdapter(nn.Module):
                 lin.weight += self.scale * (self.up[key] @ self.down[key]).to(lin.weight.dtype)
 
 
-def load_decoder_adapter(path, decoder: nn.Module) -> DecoderAdapter:
+def load_decoder_adapter(path, decoder: WhisperDecoder) -> DecoderAdapter:
     """The adapter checkpoint at `path` (config + safetensors, `talkstream train ears`), checked against the
     decoder it will merge into."""
     config, state = read_checkpoint(path, "ears_adapter")

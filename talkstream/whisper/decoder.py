@@ -17,6 +17,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -99,6 +100,9 @@ class _Block(nn.Module):
 
 class WhisperDecoder(nn.Module):
     RESCORED = 128  # tokens an int8 projection's logits are recomputed for in float (`step(int8=False)`)
+    positions: Tensor  # buffers (register_buffer), declared for the type checker
+    never: Tensor
+    never_first: Tensor
 
     def __init__(self, cfg: WhisperDecoderConfig, vocabulary: list[str], suppress: list[int],
                  suppress_begin: list[int]):
@@ -160,7 +164,7 @@ class WhisperDecoder(nn.Module):
 
     def cross_caches(self, states: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Per layer, the cross-attention keys and values of states [1, S, d_model] (reusable across decodes)."""
-        return [b.cross_cache(states) for b in self.blocks]
+        return [cast(_Block, b).cross_cache(states) for b in self.blocks]
 
     def greedy_tokens(self, cross: list[tuple[Tensor, Tensor]], max_tokens: int = 120,
                       context: list[int] | None = None, prefix: list[int] | None = None,

@@ -139,6 +139,8 @@ class _Block(nn.Module):
 
 
 class WhisperEncoder(nn.Module):
+    positions: Tensor  # a buffer (register_buffer), declared for the type checker
+
     def __init__(self, cfg: WhisperEncoderConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or WhisperEncoderConfig()

@@ -4,9 +4,23 @@ audio and the video codec trainers both read to resume and write every few minut
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+
+class _Config(Protocol):
+    def to_dict(self) -> dict: ...
+
+
+class ConfiguredModel(Protocol):
+    """A codec that carries its config dataclass (`cfg`): the checkpoint saves both."""
+
+    @property
+    def cfg(self) -> _Config: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 def read_checkpoint(out: Path) -> dict | None:
@@ -24,7 +38,7 @@ def resume(ckpt: dict | None, model: nn.Module, opt: torch.optim.Optimizer) -> i
     return ckpt["step"]
 
 
-def write_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
+def write_checkpoint(out: Path, model: ConfiguredModel, opt: torch.optim.Optimizer, step: int,
                      extra: dict | None = None) -> None:
     """Save atomically (a stop mid-write leaves the previous checkpoint whole); `extra`: training-only modules."""
     path = Path(out) / "checkpoint.pt"

@@ -157,6 +157,11 @@ class LogMelFrames(nn.Module):
     State: the previous hop of input [B, 1, hop], as StreamingConv1d keeps its context.
     """
 
+    basis: Tensor  # buffers (register_buffer), declared for the type checker
+    filterbank: Tensor
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, hop: int, n_mels: int, sample_rate: int):
         super().__init__()
         self.hop, n_fft = hop, 2 * hop
@@ -204,9 +209,41 @@ class MelEncoder(nn.Module):
         self.net = StreamingSequential(LogMelFrames(cfg.hop, cfg.latent_dim, cfg.sample_rate))
 
 
-class Decoder(nn.Module):
+class OverlapAdd(nn.Module):
+    """A decoder's windowed time frames to samples: Decoder's, and ExcitedDecoder's (one window per frame, half
+    overlap)."""
+
+    n_fft: int
+    subframes: int
+
+    def overlap_add(self, frames: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
+        """Windows [B, N, n_fft] at `step` = n_fft / (2*S) apart, window i starting at sample i*step of this block,
+        plus the previous call's tail [B, n_fft - step] -> (the block's N*step final samples, the new tail).
+
+        Sample chunk c (of `step` samples) is the sum over m of chunk m of window c - m. So with S = 1 a block of
+        one hop is final one frame later, and with S = 2 too: the last window of a frame reaches half a hop past
+        the input the frame has heard, under the window's taper, and later windows add onto that."""
+        n = int(frames.shape[1])  # an int (fixed per exported graph); the batch stays -1 (dynamic)
+        parts = 2 * self.subframes  # chunks per window
+        step = self.n_fft // parts
+        if parts == 2:  # half overlap: the same sums, in a third of the kernels an exported graph runs
+            first, second = frames[..., :step], frames[..., step:]
+            out = first + torch.cat([tail[:, None], second[:, :-1]], dim=1)
+            return out.reshape(-1, 1, n * step), second[:, -1]
+        chunks = frames.reshape(-1, n, parts, step)
+        out = torch.cat([tail.reshape(-1, parts - 1, step), torch.zeros_like(chunks[:, :, 0])], dim=1)
+        for m in range(parts):
+            out = out + F.pad(chunks[:, :, m], (0, 0, m, parts - 1 - m))
+        return out[:, :n].reshape(-1, 1, n * step), out[:, n:].reshape(-1, (parts - 1) * step)
+
+
+class Decoder(OverlapAdd):
     """Latent frames -> per-frame log-magnitude and phase of `decoder_subframes` STFT windows of 2*hop samples ->
     windowed time frames, at hop / decoder_subframes apart."""
+
+    window: Tensor  # buffers (register_buffer), declared for the type checker
+    idft_cos: Tensor
+    idft_sin: Tensor
 
     def __init__(self, cfg: AudioCodecConfig):
         super().__init__()
@@ -260,28 +297,8 @@ class Decoder(nn.Module):
         tail = like.new_zeros(batch, self.n_fft - self.n_fft // (2 * self.subframes))
         return self.net.init_state(batch) + phase + [tail]
 
-    def overlap_add(self, frames: Tensor, tail: Tensor) -> tuple[Tensor, Tensor]:
-        """Windows [B, N, n_fft] at `step` = n_fft / (2*S) apart, window i starting at sample i*step of this block,
-        plus the previous call's tail [B, n_fft - step] -> (the block's N*step final samples, the new tail).
 
-        Sample chunk c (of `step` samples) is the sum over m of chunk m of window c - m. So with S = 1 a block of
-        one hop is final one frame later, and with S = 2 too: the last window of a frame reaches half a hop past
-        the input the frame has heard, under the window's taper, and later windows add onto that."""
-        n = int(frames.shape[1])  # an int (fixed per exported graph); the batch stays -1 (dynamic)
-        parts = 2 * self.subframes  # chunks per window
-        step = self.n_fft // parts
-        if parts == 2:  # half overlap: the same sums, in a third of the kernels an exported graph runs
-            first, second = frames[..., :step], frames[..., step:]
-            out = first + torch.cat([tail[:, None], second[:, :-1]], dim=1)
-            return out.reshape(-1, 1, n * step), second[:, -1]
-        chunks = frames.reshape(-1, n, parts, step)
-        out = torch.cat([tail.reshape(-1, parts - 1, step), torch.zeros_like(chunks[:, :, 0])], dim=1)
-        for m in range(parts):
-            out = out + F.pad(chunks[:, :, m], (0, 0, m, parts - 1 - m))
-        return out[:, :n].reshape(-1, 1, n * step), out[:, n:].reshape(-1, (parts - 1) * step)
-
-
-class ExcitedDecoder(nn.Module):
+class ExcitedDecoder(OverlapAdd):
     """Codec v4's decoder: latent frames and decoded pitch -> windowed time frames [B, F, n_fft] (one per frame).
 
     A causal ConvNeXt body reads the latent and two pitch features (log2(F0 / 150 Hz), voiced) and predicts per
@@ -292,6 +309,8 @@ class ExcitedDecoder(nn.Module):
     (docs/benchmarks.md): shaping the excitation with minimum-phase filters instead of per-bin magnitudes, and a
     learned per-bin harmonic share (the spectral losses drove it towards noise; forcing it to 1 raised DNSMOS).
     """
+
+    window: Tensor  # a buffer (register_buffer), declared for the type checker
 
     def __init__(self, cfg: AudioCodecConfig):
         super().__init__()
@@ -311,8 +330,6 @@ class ExcitedDecoder(nn.Module):
         self.head = nn.Linear(cfg.decoder_dim, self.bins)
         self.source = HarmonicSource(cfg.sample_rate, cfg.hop)
         self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True).sqrt(), persistent=False)
-
-    overlap_add = Decoder.overlap_add  # one window per frame, half overlap
 
     def init_state(self, batch: int, like: Tensor) -> State:
         """The body's conv contexts, the source's state (pitch.py), the overlap-add tail [B, hop]."""

@@ -8,6 +8,10 @@ it never ships.
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -89,17 +93,22 @@ class WaveformAndSpectrogramDiscriminator(nn.Module):
         return [d(x) for d in self.periods] + self.spectrogram(x)
 
 
+def _total(terms: Iterable[Tensor]) -> Tensor:
+    """The terms added in order, as `sum` adds them (without its int start, so the result is a tensor)."""
+    return functools.reduce(operator.add, terms)
+
+
 def discriminator_loss(real: list[tuple[Tensor, list[Tensor]]], fake: list[tuple[Tensor, list[Tensor]]]) -> Tensor:
     """Hinge: real logits above 1, fake below -1."""
-    return sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for (r, _), (f, _) in zip(real, fake, strict=True))
+    return _total(F.relu(1 - r).mean() + F.relu(1 + f).mean() for (r, _), (f, _) in zip(real, fake, strict=True))
 
 
 def generator_losses(real: list[tuple[Tensor, list[Tensor]]], fake: list[tuple[Tensor, list[Tensor]]]
                      ) -> tuple[Tensor, Tensor]:
     """(adversarial hinge loss, feature matching L1 against the real audio's feature maps, detached; so `real` may
     come from a pass under no_grad)."""
-    adversarial = sum(F.relu(1 - f).mean() for f, _ in fake)
-    matching = sum(
+    adversarial = _total(F.relu(1 - f).mean() for f, _ in fake)
+    matching = _total(
         F.l1_loss(ff, rf.detach()) / rf.detach().abs().mean().clamp_min(1e-5)
         for (_, rfs), (_, ffs) in zip(real, fake, strict=True)
         for rf, ff in zip(rfs, ffs, strict=True)

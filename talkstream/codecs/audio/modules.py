@@ -7,11 +7,21 @@ tests check it numerically for many chunkings.
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 State = list[Tensor]
+
+
+class Streaming(Protocol):
+    """The streaming contract above (a plain module, without it, is run whole by StreamingSequential)."""
+
+    def init_state(self, batch: int) -> State: ...
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]: ...
 
 
 def keep_last(x: Tensor, n: int) -> Tensor:
@@ -52,6 +62,7 @@ class StreamingConv1d(nn.Module):
         conv = self.conv
         if not (conv.groups == self.c_in == conv.out_channels and conv.stride == (1,) and conv.dilation == (1,)):
             raise ValueError("step_depthwise_time_major needs a depthwise conv with stride 1 and no dilation")
+        assert conv.bias is not None  # nn.Conv1d's default, kept in __init__
         xp = torch.cat([state[0], x], dim=-1)
         t, k = int(x.shape[-1]), conv.kernel_size[0]
         rows = torch.tensor([i + j for i in range(t) for j in range(k)], device=x.device)
@@ -67,17 +78,19 @@ class StreamingSequential(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         # How many state tensors each child owns, counted once here rather than on every step.
-        self.state_counts = [len(layer.init_state(0)) if hasattr(layer, "init_state") else 0 for layer in layers]
+        self.state_counts = [len(cast(Streaming, layer).init_state(0)) if hasattr(layer, "init_state") else 0
+                             for layer in layers]
 
     def init_state(self, batch: int) -> State:
-        return [s for layer in self.layers if hasattr(layer, "init_state") for s in layer.init_state(batch)]
+        return [s for layer in self.layers if hasattr(layer, "init_state")
+                for s in cast(Streaming, layer).init_state(batch)]
 
     def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         new: State = []
         i = 0
         for layer, n in zip(self.layers, self.state_counts, strict=True):
             if n or hasattr(layer, "step"):
-                x, s = layer.step(x, state[i : i + n])
+                x, s = cast(Streaming, layer).step(x, state[i : i + n])
                 new += s
                 i += n
             else:

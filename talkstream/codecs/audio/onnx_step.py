@@ -267,6 +267,7 @@ class OnnxAudioCodec:
         i = 0
         for f in self._split("encode", state.num_codebooks, n):
             c, _, st = self.steps.step("encode", x[..., i * hop : (i + f) * hop].contiguous(), st)
+            assert c is not None  # an encode step gives codes
             codes.append(c)
             i += f
         return torch.cat(codes, dim=-1), dataclasses.replace(st, pending=x[..., n * hop :])
@@ -277,6 +278,7 @@ class OnnxAudioCodec:
         out, i = [torch.zeros(codes.shape[0], 1, 0)], 0
         for f in self._split("decode", codes.shape[1], codes.shape[-1]):
             _, pcm, state = self.steps.step("decode", codes[..., i : i + f].contiguous(), state)
+            assert pcm is not None  # a decode step gives audio
             out.append(pcm)
             i += f
         return torch.cat(out, dim=-1), state

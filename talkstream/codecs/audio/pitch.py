@@ -48,6 +48,8 @@ class PitchTracker(nn.Module):
     the previous frame's lag in 12 kHz samples [B] (0 = unvoiced)].
     """
 
+    taps: Tensor  # a buffer (register_buffer), declared for the type checker
+
     def __init__(self, sample_rate: int, hop: int, f0_min: float = 62.5, f0_max: float = 500.0,
                  window_ms: float = 20.0, threshold: float = 0.25, hold_threshold: float = 0.4,
                  silence_db: float = -60.0):
@@ -173,6 +175,10 @@ class HarmonicSource(nn.Module):
     State: [phase in cycles [B] (float64), previous F0 [B], the previous hop's harmonic signal [B, hop],
     frame index [B]].
     """
+
+    window: Tensor  # buffers (register_buffer), declared for the type checker
+    noise_re: Tensor
+    noise_im: Tensor
 
     def __init__(self, sample_rate: int, hop: int, table_frames: int = 373, seed: int = 1234):
         super().__init__()

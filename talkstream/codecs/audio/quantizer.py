@@ -37,6 +37,10 @@ def kmeans(x: Tensor, k: int, iters: int = 15, seed: int = 0) -> Tensor:
 class ResidualVQ(nn.Module):
     """K stages of VQ over a D-dim latent. Codes: long [B, K, F]; latents: float [B, D, F]."""
 
+    embed: Tensor  # buffers (register_buffer), declared for the type checker
+    cluster_size: Tensor
+    embed_sum: Tensor
+
     def __init__(
         self,
         dim: int,

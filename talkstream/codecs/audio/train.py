@@ -22,6 +22,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -29,9 +30,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from talkstream.audio_io import AudioInputError, load_audio
-from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig, with_decoder
+from talkstream.codecs.audio.codec import AudioCodec, AudioCodecConfig, LogMelFrames, with_decoder
 from talkstream.codecs.audio.hearing_losses import HearingLosses
 from talkstream.codecs.audio.losses import complex_loss, spectral_losses
+from talkstream.codecs.audio.modules import StreamingConv1d
 from talkstream.codecs.training_run import read_checkpoint, resume, write_checkpoint
 from talkstream.errors import UserError
 
@@ -244,7 +246,9 @@ def excited_from(codec: AudioCodec, pitch_bits: int = 6, blocks: int = 4) -> Aud
     missing, unexpected = new.load_state_dict(own, strict=False)
     assert not unexpected and all(k.startswith("decoder.") for k in missing), (missing, unexpected)
     old, dec = codec.decoder, new.decoder
-    first_old, first_new = old.net.layers[0].conv, dec.net.layers[0].conv
+    first_old = cast(StreamingConv1d, old.net.layers[0]).conv
+    first_new = cast(StreamingConv1d, dec.net.layers[0]).conv
+    assert first_old.bias is not None and first_new.bias is not None  # StreamingConv1d's convs have biases
     first_new.weight.zero_()
     first_new.weight[:, : first_old.weight.shape[1]] = first_old.weight
     first_new.bias.copy_(first_old.bias)
@@ -363,7 +367,7 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
     audio_seconds, t_window = 0.0, time.monotonic()
     if codec.cfg.encoder == "mel" and not (cfg.init or ckpt):
         log.info("fitting the log-mel front end's per-band normalisation")
-        codec.encoder.net.layers[0].fit(collect_latents(codec, sampler, 20_000, device))
+        cast(LogMelFrames, codec.encoder.net.layers[0]).fit(collect_latents(codec, sampler, 20_000, device))
     while step < cfg.steps:
         if step == cfg.warmup_steps and not (cfg.init or ckpt):
             log.info("initialising codebooks with k-means on encoder latents")
@@ -387,7 +391,7 @@ def train_codec(cfg: TrainConfig, model_cfg: AudioCodecConfig | None = None) -> 
         step += 1
         audio_seconds += x.shape[0] * x.shape[-1] / codec.sample_rate * world
         bar.update(1)
-        if step % 50 == 0 and rank == 0:
+        if step % 50 == 0 and log_file is not None:  # rank 0
             dt = time.monotonic() - t_window
             row = {
                 "step": step,

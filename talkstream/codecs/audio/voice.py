@@ -93,6 +93,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
         step, history, seconds = saved["step"], saved["history"], saved["seconds"]
         adv_from = saved.get("adversarial_from", step)  # a run that turns the discriminator on part way
         if disc is not None and "discriminator" in saved:
+            assert opt_d is not None  # made with the discriminator
             disc.load_state_dict(saved["discriminator"])
             opt_d.load_state_dict(saved["opt_d"])
         print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
@@ -139,8 +140,10 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
         return loss, parts["mel"].item(), x_hat, real
 
     def save() -> Path:
-        extra = {} if disc is None else {"discriminator": disc.state_dict(), "opt_d": opt_d.state_dict(),
-                                         "adversarial_from": adv_from}
+        extra = {}
+        if disc is not None:
+            assert opt_d is not None  # made with the discriminator
+            extra = {"discriminator": disc.state_dict(), "opt_d": opt_d.state_dict(), "adversarial_from": adv_from}
         torch.save({"decoder": model.decoder.state_dict(), "opt": opt.state_dict(), "step": step,
                     "history": history, "seconds": seconds, **extra}, run / "last.tmp")
         (run / "last.tmp").rename(ckpt)
@@ -167,6 +170,7 @@ def finetune_decoder(codec: AudioCodec, run: Path, items: list[dict], num_codebo
             torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
             opt.step()
         if disc is not None:  # then the discriminator, on the same segments (the decoder's output detached)
+            assert opt_d is not None and real is not None  # made with the discriminator, its real pass by loss_of
             d_loss = discriminator_loss(real, disc(x_hat.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()

@@ -117,7 +117,7 @@ def build_model_data(out: Path, codec, corpus: Path | None = Path("data/speech")
     def thinker_train_more() -> list[dict]:
         # The same questions and sentences again, each in one of many more espeak-ng voices (held-out voices hear
         # the Thinker's weakness: it overfits the few training voices).
-        texts = [(q, a) for q, a in train_q] + [(s, None) for s in asr_text]
+        texts: list[tuple[str, str | None]] = [(q, a) for q, a in train_q] + [(s, None) for s in asr_text]
         return [it for copy in range(2)  # each twice, in two voices drawn at random
                 for it in _thinker_part(codec, texts, THINKER_EXTRA_VOICES, seed + 5 + copy, "thinker more voices")]
 

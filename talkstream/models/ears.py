@@ -32,6 +32,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,9 @@ from talkstream.whisper.encoder import (
     load_whisper_encoder,
     log_mel,
 )
+
+if TYPE_CHECKING:
+    from talkstream.models.ears_onnx import OnnxEncoderBlock
 
 
 def compression_ratio(text: str) -> float:
@@ -100,7 +104,7 @@ class WhisperEars:
         self.encoder, self.decoder = encoder.eval(), decoder.eval()
         self.causal_context = causal_context
         self.final, self.commit, self.hear_silence = final, commit, hear_silence
-        self.onnx_block = None  # the block step in onnxruntime (talkstream.models.ears_onnx), when set
+        self.onnx_block: OnnxEncoderBlock | None = None  # the block step in onnxruntime (models.ears_onnx), when set
         self.block = block_samples(block_s)
         self.positions_per_block = self.block // (2 * HOP)
         self.window_positions = encoder.cfg.n_positions
@@ -221,7 +225,7 @@ class WhisperEars:
         layers = self.decoder.cross_caches(self.encoder(mel))
         committed = len(self.committed_text(state).split())
         # timestamps take tokens too (about two a segment)
-        tries = [dict(max_tokens=8 + int(8 * state.seconds), timestamps=True),
+        tries: list[dict[str, Any]] = [dict(max_tokens=8 + int(8 * state.seconds), timestamps=True),
                  dict(max_tokens=self._limit(state, max_tokens))]
         if state.committed:
             tries.append(dict(max_tokens=self._limit(state, max_tokens), prefix=state.committed))
@@ -232,6 +236,7 @@ class WhisperEars:
             if logprob >= -1.0 and compression_ratio(text) <= 2.4 and len(text.split()) >= committed:
                 return tokens
             best = max(best or (logprob, tokens), (logprob, tokens), key=lambda b: b[0])
+        assert best is not None  # every try sets it
         return best[1]
 
     def last_block(self, state: EarsState) -> Tensor | None:

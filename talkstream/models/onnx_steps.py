@@ -19,13 +19,14 @@ Talker decodes its frames and the Thinker its reply in onnxruntime; `block=True`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from talkstream.export.graphs import GraphSpec, export_graphs, state_dict_sha256
-from talkstream.models.transformer import KVCache, Transformer
+from talkstream.models.transformer import Block, KVCache, Transformer
 
 COMPONENT = "model"
 
@@ -45,8 +46,9 @@ def step_spec(name: str, transformer: Transformer, meta: dict | None = None, blo
     """One position per call, or with `block` any number (traced through the masked attention path, which is
     exact for one position too)."""
     blocks = transformer.blocks
-    layers, heads = len(blocks), blocks[0].attn.heads
-    dim = blocks[0].norm1.weight.shape[0]
+    first = cast(Block, blocks[0])
+    layers, heads = len(blocks), first.attn.heads
+    dim = first.norm1.weight.shape[0]
     past, new = 3, 2 if block else 1  # any lengths: the past axis (and a block's new axis) is dynamic
     args = (torch.randn(1, new, dim), torch.arange(past, past + new)[None],
             *[torch.randn(1, heads, past, dim // heads) for _ in range(2 * layers)])

@@ -63,7 +63,7 @@ def _candidates() -> list[tuple[str, str | None]]:
 
 
 class _Espeak:
-    def __init__(self):
+    def __init__(self) -> None:
         errors = []
         for path, data in _candidates():
             try:
@@ -86,7 +86,7 @@ class _Espeak:
         self._events: list[tuple[int, int, int, bytes]] = []
         self._callback = _CALLBACK(self._on_synth)  # kept referenced: C holds the pointer
         self.lib.espeak_SetSynthCallback(self._callback)
-        self.voice = None
+        self.voice: str | None = None
 
     def _on_synth(self, wav, n, events) -> int:
         if n > 0:

@@ -20,6 +20,7 @@ import functools
 import importlib.resources
 import re
 import unicodedata
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import soxr
@@ -49,7 +50,7 @@ def text_units(text: str, voice: str = "en-us") -> list[str]:
 class _Aligner:
     """What both voices share: the units they read and the conversion of samples per unit to codec frames."""
 
-    id_map: dict[str, list[int]]
+    id_map: Mapping[str, Sequence[int]]
     sample_rate: int
     hop: int
 
@@ -100,7 +101,7 @@ class PiperAligner(_Aligner):
         ids, owner = [], []  # every phoneme id, and the unit it belongs to
         for i, u in enumerate(units):
             extra = pad if u != EOS else []  # Piper puts a pad after every id but the last
-            for x in self.id_map[u] + extra:
+            for x in [*self.id_map[u], *extra]:
                 ids.append(x)
                 owner.append(i)
         audio, samples = self.voice.phoneme_ids_to_audio(ids, self.config, include_alignments=True)

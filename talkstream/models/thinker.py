@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,9 @@ from torch import Tensor, nn
 from talkstream.models import av
 from talkstream.models import text as tx
 from talkstream.models.transformer import KVCache, Transformer
+
+if TYPE_CHECKING:
+    from talkstream.models.onnx_steps import OnnxTransformerStep
 
 
 @dataclass
@@ -78,8 +82,8 @@ class Thinker(nn.Module):
             self.video_in = nn.Sequential(nn.LayerNorm(vwidth), nn.Linear(vwidth, cfg.dim))
         # In onnxruntime (talkstream.models.onnx_steps) when set, torch otherwise: the single-position decoding step
         # of the reply, and the block step of listening (a block of audio positions at once).
-        self.onnx_step = None
-        self.onnx_listen = None
+        self.onnx_step: OnnxTransformerStep | None = None  # set by onnx_steps.onnx_step
+        self.onnx_listen: OnnxTransformerStep | None = None
         self.head.weight = self.embed.weight  # tied: fewer parameters to learn from little data
         nn.init.normal_(self.embed.weight, std=0.02)  # small, since the tied head reads normalised states
 
@@ -112,6 +116,8 @@ class Thinker(nn.Module):
             a, n = int(audio_len[i]), int(text_len[i])
             v = int(video_len[i]) if video_len is not None else 0
             if v:
+                if seen is None:
+                    raise ValueError("video_len counts video positions, but no video was given")
                 is_video, index, pos = av.interleave(a, v, self.cfg)
                 rows = torch.where(is_video[:, None], seen[i][index.clamp(max=v - 1)], audio[i][index.clamp(max=a - 1)])
                 start = int(pos.max()) + 1

@@ -86,7 +86,7 @@ def _clean(transcript: str) -> str:
 
 
 # Loose on purpose: a recogniser mishears the words around the ones that matter ("what they come after monday").
-_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], ToolCall]]] = [
+_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], ToolCall | None]]] = [
     (re.compile(rf"{_NUM}\s*(plus|minus|times|multiplied by|divided by) {_NUM}"),
      lambda m: ToolCall("calculator", (_OPS[m.group(2)], m.group(1).strip(), m.group(3).strip()))),
     (re.compile(r"\bspell (?:the word )?([a-z']+)"), lambda m: ToolCall("speller", (m.group(1),))),
@@ -151,6 +151,7 @@ def choose_tool(transcript: str) -> ToolCall | None:
 
 def _calculator(op: str, a_words: str, b_words: str) -> str:
     a, b = parse_number(a_words), parse_number(b_words)
+    r: float
     if op == "plus":
         r = a + b
     elif op == "minus":

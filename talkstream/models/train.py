@@ -89,7 +89,9 @@ class ThinkerBatches:
 
     def latent(self, codes: torch.Tensor, n_q: int) -> torch.Tensor:
         codes = codes[:n_q, : self.MAX_FRAMES].long()
-        z = sum(F.embedding(codes[k], self.codebook[k]) for k in range(codes.shape[0]))  # [F, D]
+        z = F.embedding(codes[0], self.codebook[0])  # [F, D]: the sum of the codebooks' vectors
+        for k in range(1, codes.shape[0]):
+            z = z + F.embedding(codes[k], self.codebook[k])
         pad = -z.shape[0] % self.stack
         return F.pad(z, (0, 0, 0, pad)).T  # [D, F']
 
@@ -184,7 +186,7 @@ def train(kind: str, data: Path, run: Path, cfg: TrainConfig, codec=None, comman
         codec = codec or load_codec_v1()  # the v1 Thinker hears codec v1's tokens
         video_train, video_eval = _video_items(data, cfg)
         video_features = video_train[0]["video"].shape[1] if video_train else 0
-        model: nn.Module = Thinker(ThinkerConfig(latent_dim=codec.cfg.latent_dim, dim=cfg.dim, layers=cfg.layers,
+        model = Thinker(ThinkerConfig(latent_dim=codec.cfg.latent_dim, dim=cfg.dim, layers=cfg.layers,
                                                  video_features=video_features))
         codebook = codec.quantizer.embed.detach().clone()
         quiet = torch.randn(1, 1, codec.sample_rate) * 1e-3

@@ -63,6 +63,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k = rope(q, positions), rope(k, positions)
         if past_k is not None and past_k.shape[2]:
+            assert past_v is not None  # keys and values are cached together
             k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
         p = k.shape[2] - t
         if t == 1:

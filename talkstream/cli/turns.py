@@ -36,7 +36,7 @@ def cmd_bench_turns(args) -> None:
 
     try:
         config = TurnTakingConfig(pause_ms=args.pause_ms, barge_decide_ms=args.barge_decide_ms,
-                                  early_ms=args.early_ms, early_p=args.early_p)
+                                  early_ms=args.early_ms, early_p=args.early_p, silence_p=args.silence_p)
     except ValueError as e:
         raise UserError(str(e)) from None
     result = run_turns_bench(limit=args.sentences, seed=args.seed, real=not args.no_real,
@@ -83,6 +83,8 @@ def add_turn_commands(train_sub, data_sub, bench_sub) -> None:
     bp.add_argument("--early-ms", type=float, default=100.0, help="the barge-in head's first look (see --early-p)")
     bp.add_argument("--early-p", type=float, default=0.0,
                     help="at --early-ms, P(backchannel) below this is an interruption at once (0: no first look)")
+    bp.add_argument("--silence-p", type=float, default=None, help="VAD probability below which a window in a turn "
+                    "is silence (default: the VAD's 0.35)")
     bp.add_argument("--heads", default=None, help="a folder with turn_end and turn_barge to measure instead of the "
                     "shipped heads (`train turn-heads --out`; the --server-questions part serves the shipped ones)")
     bp.add_argument("--seed", type=int, default=0)

@@ -37,6 +37,10 @@ class TurnTakingConfig:
     # (the rest wait for `barge_decide_ms`). early_p 0: no first look.
     early_ms: float = 100.0
     early_p: float = 0.0
+    # The VAD probability below which a window inside a turn is silence (None: the VAD's own, 0.35). Higher hears
+    # the end of speech sooner (Silero's probability decays over ~100 ms after the last word); the head guards the
+    # pauses it finds.
+    silence_p: float | None = None
 
     def __post_init__(self):
         if not 32 <= self.pause_ms < self.max_pause_ms:
@@ -45,6 +49,8 @@ class TurnTakingConfig:
             raise ValueError("barge_decide_ms must be positive and below backchannel_max_ms")
         if not (0 < self.early_ms <= self.barge_decide_ms and 0 <= self.early_p <= 1):
             raise ValueError("early_ms must be positive and at most barge_decide_ms, early_p in [0, 1]")
+        if self.silence_p is not None and not 0 < self.silence_p < 1:
+            raise ValueError(f"silence_p must be in (0, 1), got {self.silence_p}")
 
 
 @dataclass
@@ -72,7 +78,8 @@ class TurnTaking:
 
     def vad_settings(self) -> dict:
         """The VAD state's settings this policy needs (`SileroVAD.init_state(rate, **these)`)."""
-        return {"end_of_turn_ms": self.config.max_pause_ms, "pause_ms": self.config.pause_ms}
+        return {"end_of_turn_ms": self.config.max_pause_ms, "pause_ms": self.config.pause_ms,
+                "end_threshold": self.config.silence_p}
 
     @staticmethod
     def _span(state: TurnTakingState, start: int, end: int) -> np.ndarray:

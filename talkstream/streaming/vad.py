@@ -56,6 +56,7 @@ class VADState:
     probability: float = 0.0  # the latest window's
     end_of_turn_ms: float | None = None  # this stream's silence that ends a turn (None: the config's)
     pause_ms: float | None = None  # silence that raises a "pause" event inside a turn (None: none)
+    end_threshold: float | None = None  # below this a window in a turn is silence (None: the config's)
     paused: bool = False  # the current silence has raised its "pause"
 
 
@@ -79,15 +80,17 @@ class SileroVAD:
     def warmup(self) -> None:
         self.step(np.zeros(WINDOW * 2, np.float32), self.init_state(VAD_RATE))
 
-    def init_state(self, input_rate: int, end_of_turn_ms: float | None = None, pause_ms: float | None = None
-                   ) -> VADState:
+    def init_state(self, input_rate: int, end_of_turn_ms: float | None = None, pause_ms: float | None = None,
+                   end_threshold: float | None = None) -> VADState:
         """A stream's state. `pause_ms`: raise a "pause" event when a turn's silence reaches it (the end-of-turn
-        head decides there); `end_of_turn_ms`: the silence that ends a turn whatever (default: the config's)."""
+        head decides there); `end_of_turn_ms`: the silence that ends a turn whatever; `end_threshold`: the speech
+        probability below which a window in a turn counts as silence (defaults: the config's)."""
         resampler = None if input_rate == VAD_RATE else soxr.ResampleStream(input_rate, VAD_RATE, 1, "float32", "HQ")
-        return VADState(input_rate=input_rate, resampler=resampler, end_of_turn_ms=end_of_turn_ms, pause_ms=pause_ms)
+        return VADState(input_rate=input_rate, resampler=resampler, end_of_turn_ms=end_of_turn_ms, pause_ms=pause_ms,
+                        end_threshold=end_threshold)
 
     def reset(self, state: VADState) -> VADState:
-        return self.init_state(state.input_rate, state.end_of_turn_ms, state.pause_ms)
+        return self.init_state(state.input_rate, state.end_of_turn_ms, state.pause_ms, state.end_threshold)
 
     @staticmethod
     def end_turn(state: VADState) -> VADState:
@@ -137,7 +140,8 @@ class SileroVAD:
                 state.speaking, state.silence_windows = True, 0
                 return [VADEvent("start", t - state.speech_windows * win_ms / 1000, p)]
         else:
-            state.silence_windows = state.silence_windows + 1 if p < cfg.end_threshold else 0
+            end_p = cfg.end_threshold if state.end_threshold is None else state.end_threshold
+            state.silence_windows = state.silence_windows + 1 if p < end_p else 0
             silence_ms = state.silence_windows * win_ms
             if silence_ms == 0 and state.paused:  # speech again after a pause was raised
                 state.paused = False

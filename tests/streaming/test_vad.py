@@ -167,3 +167,20 @@ def test_the_codec_mode_tap_hands_the_vad_blocks_and_loses_nothing(vad, turn):
         events += ev
     packet_by_packet = run(vad, audio, 480)
     assert [(e.kind, round(e.time_s, 3)) for e in events] == [(e.kind, round(e.time_s, 3)) for e in packet_by_packet]
+
+
+def test_a_higher_silence_threshold_hears_the_end_of_speech_sooner_and_survives_a_reset(vad, turn):
+    audio = turn[0]
+
+    def pause_at(end_threshold):
+        state, found = vad.init_state(24_000, pause_ms=64, end_threshold=end_threshold), []
+        for i in range(0, audio.size, 480):
+            ev, state = vad.step(audio[i : i + 480], state)
+            found += [e.time_s for e in ev if e.kind == "pause"]
+        assert vad.reset(state).end_threshold == end_threshold
+        return found
+
+    default, eager = pause_at(None), pause_at(0.8)
+    assert len(default) == len(eager) == 2  # the same pauses: one inside the sentence, one at its end
+    # The silence after the sentence begins sooner (Silero's probability decays below 0.8 before 0.35).
+    assert eager[0] == default[0] and eager[-1] < default[-1]

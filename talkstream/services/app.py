@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from talkstream.chat import ChatModel, EchoResponder
 from talkstream.errors import UserError
@@ -33,6 +34,9 @@ from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.metrics import Metrics
 from talkstream.streaming.turn_taking import TurnTaking
 from talkstream.streaming.vad import SileroVAD
+
+if TYPE_CHECKING:
+    from talkstream.services.http import HttpService
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class TalkstreamServer:
         self.conversations = ConversationSlots(c.max_conversations)
         self.ws = WebSocketTransport(self)
         self.telephony = TelephonyTransport(self)  # phone calls' media streams, on the WebSocket port's /twilio
-        self.http = None  # HttpService when config.http_port is set
+        self.http: HttpService | None = None  # when config.http_port is set
 
     @property
     def port(self) -> int:

@@ -27,9 +27,9 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,7 +60,7 @@ from talkstream.streaming.codec_engine import CodecEngine
 from talkstream.streaming.echo_cancel import EchoCancelStage
 from talkstream.streaming.metrics import Metrics, latency_fields
 from talkstream.streaming.pacing import Pacer, Pacing
-from talkstream.streaming.pipeline import Pipeline, PipelineFailed
+from talkstream.streaming.pipeline import Pipeline, PipelineFailed, Stage
 from talkstream.streaming.stages import (
     AudioChunk,
     CodecStage,
@@ -170,7 +170,7 @@ class Session:
         """A JSON event to the client."""
         await self._deliver(self.sink.event(text))
 
-    async def _deliver(self, sending: Awaitable[None]) -> None:
+    async def _deliver(self, sending: Coroutine[Any, Any, None]) -> None:
         if self.closed:
             sending.close()  # a coroutine never awaited
             return
@@ -196,6 +196,7 @@ class Session:
 
     def _spawn_abort(self, message: str) -> None:
         # Not one of the session's tasks: closing the session (which cancels those) must not cancel its own abort.
+        assert self._abort is not None  # the caller checks
         _ABORTS.spawn(self._abort("slow_consumer", message))
 
     async def send_error(self, code: str, message: str) -> None:
@@ -336,6 +337,7 @@ class Session:
         return True
 
     async def _audio(self, chunk: AudioChunk) -> None:
+        assert self.input is not None  # built at the hello: the protocol refuses media before it
         self.counts["frames_in"] += 1
         if self.input.live:
             self.input.feed(chunk)  # live audio: the oldest is dropped when behind
@@ -343,12 +345,14 @@ class Session:
             await self.input.put(chunk)  # audio sent faster than real time: wait (the transport stops reading)
 
     async def _tokens(self, item: TokensIn) -> None:
+        assert self.input is not None  # built at the hello: the protocol refuses media before it
         self.counts["frames_in"] += 1
         await self.input.put(item)  # tokens are never dropped: wait when full
 
     # -- pipelines --------------------------------------------------------------------------------------------
     def _ready_event(self) -> str:
         c, h = self.codec, self.hello
+        assert h is not None  # sent once the hello is in force
         return event(
             "ready",
             version=PROTOCOL_VERSION,
@@ -375,11 +379,13 @@ class Session:
                 "max_session_s": self.limits.max_session_s,
                 "idle_timeout_s": self.limits.idle_timeout_s,
             },
-            **self.video.ready_fields(self.hello),
+            **self.video.ready_fields(h),
         )
 
     async def _build(self) -> None:
         h, sr = self.hello, self.codec.sample_rate
+        assert h is not None  # built for the hello in force
+        stages: list[Stage]
         if h.input == "tokens":
             stages = [TokenDecodeStage(self.engine, h.codebooks), OutputStage(sr, h.sample_rate, False, True)]
             self.input = Pipeline(stages, self.metrics, live=False)
@@ -484,7 +490,7 @@ class Session:
             if self.vad_branch is not None and self._branch_drained is not None:  # its last events before the summary
                 await self.vad_branch.end()
                 await asyncio.gather(self._branch_drained, return_exceptions=True)
-            if self.hello.mode == "chat":
+            if self.hello is not None and self.hello.mode == "chat":  # set with the input
                 await self.turns.finish()
         await self.video.finish()
         await self.send(

@@ -115,9 +115,9 @@ class SessionVideo:
             self._sender = asyncio.ensure_future(self._send_outputs(self.pipeline))
         self.stats.frames_in += 1
         if self.pipeline.live:
-            before = self.pipeline.inbox.dropped
+            before = self.pipeline.dropped
             self.pipeline.feed(item)
-            self.stats.drops += self.pipeline.inbox.dropped - before
+            self.stats.drops += self.pipeline.dropped - before
         else:
             await self.pipeline.put(item)
 
@@ -152,6 +152,7 @@ class SessionVideo:
         """The client sent `end`: code and send what is queued."""
         self._refusing = True
         if self.pipeline is not None:
+            assert self._sender is not None  # started with the pipeline
             await self.pipeline.end()
             await asyncio.gather(self._sender, return_exceptions=True)
 

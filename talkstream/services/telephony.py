@@ -136,6 +136,7 @@ class PhoneLine:
                     self._mark_due = False
                     name, text = self.stream.mark()
                     await self.send(text)
+                    assert self.stream.start is not None  # replies go out on a started stream (mark() checks it)
                     log.debug("stream %s: %s after the reply", self.stream.start.stream_id, name)
 
 
@@ -225,9 +226,10 @@ class PhoneCall:
 
     async def _on(self, e) -> bool:
         """One stream event; False when the call is over."""
-        if isinstance(e, Audio):
-            return await self.session.feed_audio(e.pcm, e.timestamp)
-        if isinstance(e, Keys):
+        if isinstance(e, Audio | Keys):
+            assert self.session is not None  # opened at CallStart: the stream refuses media and keys before it
+            if isinstance(e, Audio):
+                return await self.session.feed_audio(e.pcm, e.timestamp)
             return await self.session.feed_keys(e.digits)
         if isinstance(e, MarkPlayed):
             self.played.append(e.name)
@@ -244,6 +246,7 @@ class PhoneCall:
 
     async def _open(self, start: CallStart) -> bool:
         # Parameters come in `start` (Twilio's <Parameter>s) or in the stream URL's query (Telnyx has no others).
+        assert self.ws.request is not None  # the handshake is done
         query = urllib.parse.parse_qsl(urllib.parse.urlsplit(self.ws.request.path).query)
         params = {**dict(query), **start.params}
         mode = params.get("mode", "chat")

@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections import deque
 from fractions import Fraction
+from typing import cast
 
 import av
 import numpy as np
@@ -67,6 +68,7 @@ class CodecVideoTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         frame = self._frames.popleft()
+        assert frame.pts is not None and frame.time_base is not None  # stamped by `show` before it is pushed
         await self._pace(float(frame.pts * frame.time_base))
         return frame
 
@@ -105,7 +107,7 @@ class CameraEcho:
             now = time.monotonic()
             ms = int((now - self._t0) * 1000)
             timing = (frame.pts, frame.time_base) if frame.pts is not None and frame.time_base else (ms, MS)
-            item = VideoIn(frame.to_ndarray(format="rgb24"), None, ms & 0xFFFFFFFF, now, timing)
+            item = VideoIn(cast(av.VideoFrame, frame).to_ndarray(format="rgb24"), None, ms & 0xFFFFFFFF, now, timing)
             try:
                 await session.video.feed(item, session.hello)
                 refused = False

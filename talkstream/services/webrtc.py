@@ -27,10 +27,11 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import av
 import numpy as np
+import numpy.typing as npt
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import SessionDescription
@@ -175,7 +176,11 @@ class PacedAudioTrack(MediaStreamTrack):
         self._paced = 0
         return cut
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet:
+        return await self.next_frame()
+
+    async def next_frame(self) -> av.AudioFrame:
+        """The next 20 ms frame, when the clock says it is due (what `recv` sends)."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -237,7 +242,7 @@ class OpusPacedAudioTrack(PacedAudioTrack):
         self.encoder.options = {"application": "voip", "frame_duration": "20"}
 
     async def recv(self) -> av.Packet | av.AudioFrame:
-        frame = await super().recv()
+        frame = await self.next_frame()
         packets = self.encoder.encode(frame)  # one 20 ms frame in, one packet out (libopus buffers nothing here)
         if len(packets) != 1:
             # Never seen; if it were, an exception would end the RTP loop and the audio with it, so the frame goes
@@ -245,6 +250,7 @@ class OpusPacedAudioTrack(PacedAudioTrack):
             log.warning("Opus encoder gave %d packets for one 20 ms frame; aiortc encodes this one", len(packets))
             return frame
         packet = packets[0]
+        assert frame.time_base is not None  # next_frame stamps every frame
         packet.pts, packet.time_base = frame.pts, frame.time_base  # the frame's time, whatever the encoder's delay
         return packet
 
@@ -319,7 +325,7 @@ def parse_offer(body: object, num_codebooks: int) -> OfferParams:
 def mono_s16(frame: av.AudioFrame, resampler: av.AudioResampler) -> list[np.ndarray]:
     """A decoded frame -> mono PCM16 at 48 kHz. Opus gives packed s16 at 48 kHz: a numpy downmix, no resampler."""
     if frame.format.name == "s16" and frame.sample_rate == RATE:
-        x = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+        x = cast(npt.NDArray[np.int16], frame.to_ndarray()).reshape(-1, len(frame.layout.channels))  # s16 samples
         if x.shape[1] == 1:
             return [x[:, 0].copy()]
         return [((x[:, 0].astype(np.int32) + x[:, 1]) >> 1).astype("<i2")]  # Opus decodes to stereo: average L, R
@@ -405,7 +411,7 @@ class PeerSession:
                 except TimeoutError:
                     await self.session.send_error("idle_timeout", f"no audio for {idle:.0f} s")
                     break
-                for pcm in mono_s16(frame, resampler):
+                for pcm in mono_s16(cast(av.AudioFrame, frame), resampler):  # an audio track's frames
                     if self.session.protocol.closed:  # `end` or an error ended it: whoever did closes the peer
                         return  # (closing here would cancel the draining that ends in the summary)
                     if self._behind():

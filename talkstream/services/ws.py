@@ -115,6 +115,7 @@ class WebSocketTransport:
             await ws.close(1008, refused.code)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert ws.request is not None  # websockets calls the handler after the handshake
         if ws.request.path.split("?")[0] in TELEPHONY_PATHS:  # a phone call's media stream (telephony.py)
             await self.server.telephony.handle(ws)
             return

@@ -220,15 +220,18 @@ class Pipeline:
         if not self.live:
             raise TypeError("feed() is for live pipelines; use `await put(item)`")
         self._check_alive()
-        inbox = self.inbox
-        assert isinstance(inbox, DropOldestQueue)  # a live pipeline's inbox
-        inbox.put_nowait(item)
-        new = inbox.dropped - self._reported_drops
+        self.inbox.put_nowait(item)
+        new = self.dropped - self._reported_drops
         if new:
-            self._reported_drops = inbox.dropped
+            self._reported_drops = self.dropped
             self.stats[self.stages[0].name].drops += new
             if self.metrics is not None:
                 self.metrics.drops.labels(self.stages[0].name).inc(new)
+
+    @property
+    def dropped(self) -> int:
+        """Live input items dropped so far (0 for a pipeline whose input waits)."""
+        return self.inbox.dropped if isinstance(self.inbox, DropOldestQueue) else 0
 
     def _check_alive(self) -> None:
         if self.error is not None:

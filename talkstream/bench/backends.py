@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,7 +206,8 @@ def _ear():
 def quality(codec: AudioCodec, backend_codecs: dict, refs: list[np.ndarray], k: int, texts=None) -> dict:
     """PESQ-WB, STOI, codes equal to torch's, and with `texts` and the recogniser installed, WER of each backend's
     round trip (and of the original audio: what the recogniser itself gets wrong)."""
-    out, torch_codes = {}, None
+    out: dict[str, dict[str, Any]] = {}  # per backend: its scores (JSON)
+    torch_codes = None
     ear = _ear() if texts else None
     sr = codec.sample_rate
     for name, c in backend_codecs.items():
@@ -285,7 +287,7 @@ def run_backends_bench(
     backends: tuple[str, ...] = BACKENDS,
 ) -> dict:
     torch.set_num_threads(1)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for make_targets in STEP_TARGETS:
         for target in make_targets(codec, codebooks, providers):
             for b in backends:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,8 @@ async def converse(url: str, questions: list[dict], start_delay_s: float = 0.0, 
     turns: list[dict] = []
     errors: list[str] = []
     loop = asyncio.get_running_loop()
-    state = {"speech_end": None, "first": None, "ended": False, "last_audio": 0.0, "text": None, "error": None}
+    state: dict[str, Any] = {"speech_end": None, "first": None, "ended": False, "last_audio": 0.0, "text": None,
+                             "error": None}
     async with connect(url, max_size=2**22, compression=None, open_timeout=10) as ws:
         await ws.send(json.dumps(hello))
         while True:

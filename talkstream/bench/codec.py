@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,7 +143,7 @@ def level(ref: np.ndarray, y: np.ndarray) -> dict:
 
 
 def _summarise(name: str, items: list[dict], texts: list[str], originals: list[str], voices: list[str]) -> dict:
-    out = {
+    out: dict[str, Any] = {
         "pesq_wb": float(np.nanmean([i["pesq"] for i in items])),
         "stoi": float(np.nanmean([i["stoi"] for i in items])),
         "level_db": float(np.mean([i["level_db"] for i in items])),
@@ -314,7 +315,7 @@ def _result(codec: AudioCodec, rows_in: list[dict], seconds: float, rows: list[d
             weights_dir: str | None, real_in: list[dict], real_out: list[dict]) -> dict:
     voices = [r["voice"] for r in rows_in]
     training = Path(weights_dir or WEIGHTS_DIR / "audio_codec") / "training.json"
-    result = {
+    result: dict[str, Any] = {
         "codec_id": codec.cfg.codec_id,
         "files": len(rows_in),
         "seconds": seconds,

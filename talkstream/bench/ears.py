@@ -28,6 +28,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,9 @@ from talkstream.bench.results import write_result
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata
 PIECE = 1280  # 80 ms at 16 kHz
-MODES = {"blocks": dict(final="blocks", commit=False), "blocks+silence": dict(final="blocks", hear_silence=True),
-         "window+commit": dict(final="window", commit=True, hear_silence=True)}
+MODES: dict[str, dict[str, Any]] = {  # load_ears keywords
+    "blocks": dict(final="blocks", commit=False), "blocks+silence": dict(final="blocks", hear_silence=True),
+    "window+commit": dict(final="window", commit=True, hear_silence=True)}
 
 
 def real_turns(folder: Path = LIBRIVOX) -> list[dict]:
@@ -58,7 +60,7 @@ def real_turns(folder: Path = LIBRIVOX) -> list[dict]:
         return {"name": "+".join(p[0][-4:] for p in parts),
                 "pcm": np.concatenate([x for p in parts for x in (p[1], gap)]), "ref": " ".join(p[2] for p in parts)}
 
-    turns = [{"name": n[-4:], "pcm": np.pad(x, 3200), "ref": r} for n, x, r in clips]
+    turns: list[dict[str, Any]] = [{"name": n[-4:], "pcm": np.pad(x, 3200), "ref": r} for n, x, r in clips]
     turns += [join(clips[0:2]), join(clips[2:4]), join(clips)]
     whole = turns[-1]["pcm"]
     turns += [{"name": f"cut@{s}s", "pcm": whole[int(s * 16_000) : int((s + 10) * 16_000)], "ref": None}

@@ -26,6 +26,7 @@ import re
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soxr
@@ -51,7 +52,8 @@ def _held_out_speech(questions: int, sentences: int) -> list[dict]:
     from talkstream.data.sentences import sentences as make_sentences
     from talkstream.models.dialogue import dialogues
 
-    items = [{"text": q, "answer": a, "skill": _skill(q)} for q, a in dialogues(questions, "eval", seed=7)]
+    items: list[dict[str, Any]] = [{"text": q, "answer": a, "skill": _skill(q)}
+                                   for q, a in dialogues(questions, "eval", seed=7)]
     items += [{"text": q, "answer": None, "skill": "clock", "clock": what} for q, what in CLOCK_QUESTIONS]
     items += [{"text": s, "answer": None, "skill": "sentence"} for s in make_sentences(sentences, seed=424_242)]
     return speak_held_out(items)
@@ -128,6 +130,7 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
         heard = thinker.finish_hearing(heard, codes[..., whole // hop :], pcm[whole:])
         hear_s += time.perf_counter() - t0
         audio_s += pcm.size / codec.sample_rate
+        assert heard.finish_ms is not None  # set when the ears finish hearing
         finish.append(heard.finish_ms)
         it["heard"] = thinker.transcript(heard)
         refs.append(it["text"])
@@ -163,7 +166,8 @@ def run_model_bench(data: Path | None = None, questions: int = 100, sentences: i
     voice = responder.voice_codec or codec
     tts = make_aligner(responder.speaker.talker.cfg.speaker, threads)  # the voice the Talker learned
     talker_hyp, tts_hyp, talker_mos, tts_mos, opus_mos = [], [], [], [], []
-    gen_seconds = gen_frames = 0
+    gen_seconds: float = 0
+    gen_frames = 0
     for text in tqdm(talk_texts, desc="talker sentences", unit="sentence", leave=False):
         t0 = time.perf_counter()
         blocks = asyncio.run(_collect(responder.speaker.say(text)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import lzma
 import time
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from talkstream.codecs.video.data import clips_to_uint8, eval_clips
 
 
 def psnr(ref: np.ndarray, out: np.ndarray) -> float:
-    mse = np.mean((ref.astype(np.float64) - out.astype(np.float64)) ** 2)
+    mse = float(np.mean((ref.astype(np.float64) - out.astype(np.float64)) ** 2))
     return float(10 * np.log10(255**2 / max(mse, 1e-10)))
 
 
@@ -178,7 +179,7 @@ def run_video_bench(codec: VideoCodec, clips: int = 8, frames: int = 50, threads
         rows.append(_row(f"H.264 zerolatency, {goal / 1000:.0f} kbps matched", data, runs, fps))
     for r in rows:
         r.pop("recon", None)
-    result = {
+    result: dict[str, Any] = {
         "clips": [n for n, _ in named],
         "frames_per_clip": frames,
         "frame_size": list(codec.frame_size),

@@ -17,6 +17,7 @@ next one), RGB to RGB, with torch on one thread: wall clock and CPU time.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,7 +136,7 @@ def run_video_v2_bench(
         points.append({"target_kbps": target, "kbps": a["kbps"], "h264_kbps": b["kbps"],
                        "psnr_gap_db": round(b["psnr_db"] - a["psnr_db"], 2),
                        "ms_ssim_gap": round(b["ms_ssim"] - a["ms_ssim"], 4)})  # fmt: skip
-    result = {
+    result: dict[str, Any] = {
         "clips": [n for n, _ in named],
         "frames_per_clip": frames,
         "frame_size": list(codec.frame_size),

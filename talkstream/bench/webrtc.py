@@ -19,8 +19,9 @@ import fractions
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import aiohttp
 import av
@@ -89,7 +90,7 @@ async def rtc_session(
     seconds: float,
     mode: str = "codec",
     codebooks: int = 8,
-    messages: list[bytes | str] = (),
+    messages: Sequence[bytes | str] = (),
     jitter_frames: int | None = None,
     until: Callable[[list[dict]], bool] | None = None,
 ) -> RTCResult:
@@ -121,7 +122,7 @@ async def rtc_session(
             except MediaStreamError:
                 return
             now = time.monotonic()
-            for pcm in mono_s16(frame, resampler):
+            for pcm in mono_s16(cast(av.AudioFrame, frame), resampler):  # an audio track's frames
                 chunks.append(pcm.astype(np.float32) / 32768)
                 times.append(now)
 
@@ -141,8 +142,8 @@ async def rtc_session(
             await asyncio.sleep(0.05)
     finally:
         await pc.close()
-        for t in tasks:
-            t.cancel()
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return RTCResult(answer, pcm, np.array(times), np.array(source.sent_at), events)
@@ -202,7 +203,7 @@ async def _run_level(
     latency_events = [r.of_type("latency")[-1] for r in ok if r.of_type("latency")]
     server_share = [e["server_ms_p50"] for e in latency_events]
     workers = {e.get("worker") for r in ok for e in r.of_type("ready")}
-    row = {
+    row: dict[str, Any] = {
         "workers": server.workers,
         "step_interval_ms": server.step_interval_ms,
         "sessions": sessions,
@@ -231,7 +232,8 @@ async def _run_level(
     return row
 
 
-async def _bench(levels, seconds, weights, frames_per_step, backend, jitter_frames, variants):
+async def _bench(levels: list[int], seconds: float, weights: str | None, frames_per_step: int, backend: str,
+                 jitter_frames: int, variants: list[tuple[int, float]]) -> list[dict]:
     from talkstream.audio_io import load_audio
     from talkstream.data import SAMPLE_WAV
     from talkstream.services.webrtc import allow_loopback_candidates
@@ -284,7 +286,7 @@ def run_webrtc_bench(
     variants = [(w, i) for w in workers for i in intervals]
     rows = asyncio.run(_bench(levels, seconds, weights, frames_per_step, backend, client_jitter_frames, variants))
     passing = [r for r in rows if r["passes"]]
-    result = {
+    result: dict[str, Any] = {
         "budget_ms": BUDGET_MS,
         "mode": "codec, 8 codebooks",
         "seconds": seconds,

@@ -20,6 +20,7 @@ import dataclasses
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ async def run_stream(stage: VoiceActivity, pcm: np.ndarray) -> list[tuple[float,
 def _materials(seed: int, limit: int | None) -> list[dict]:
     rng = random.Random(seed)
     texts = HARVARD + EVAL_REQUESTS
-    rows = []
+    rows: list[dict[str, Any]] = []
     for v in EVAL_VOICES:
         chosen = texts if limit is None else rng.sample(texts, min(limit, len(texts)))
         for text in chosen:
@@ -233,9 +234,9 @@ async def measure_echo(stage: VoiceActivity, replies: list[np.ndarray], user: li
 
     rng, g = random.Random(seed), np.random.default_rng(seed)
     canceller = EchoCanceller(EchoConfig(sample_rate=RATE))
-    out = {"replies": len(replies), "raw": {"self_starts": 0, "replies_self_interrupted": 0},
-           "cancelled": {"self_starts": 0, "replies_self_interrupted": 0}, "barge_ins": 0,
-           "barge_ins_heard_within_300ms": 0, "rows": []}
+    out: dict[str, Any] = {"replies": len(replies), "raw": {"self_starts": 0, "replies_self_interrupted": 0},
+                           "cancelled": {"self_starts": 0, "replies_self_interrupted": 0}, "barge_ins": 0,
+                           "barge_ins_heard_within_300ms": 0, "rows": []}
     for n, reply in enumerate(replies):
         delay, level = rng.uniform(0.02, 0.2), rng.uniform(-20, -6)
         d = int(delay * RATE)
@@ -247,13 +248,14 @@ async def measure_echo(stage: VoiceActivity, replies: list[np.ndarray], user: li
             u = user[n % len(user)]
             barge_at = d + RATE
             mic[barge_at : barge_at + u.size] += u[: mic.size - barge_at] * 0.5
-        state, clean = canceller.init_state(), []
+        state, pieces = canceller.init_state(), []
         for i in range(0, mic.size, CHUNK):  # the reply queued as the server sends it: a chunk ahead of the mic
             state = canceller.play(reply[i : i + CHUNK], state)
             c, state = canceller.step(mic[i : i + CHUNK], state)
-            clean.append(c)
-        clean = np.concatenate(clean)
-        row = {"delay_ms": round(delay * 1000), "level_db": round(level, 1), "barge_in": barge_at is not None}
+            pieces.append(c)
+        clean = np.concatenate(pieces)
+        row: dict[str, Any] = {"delay_ms": round(delay * 1000), "level_db": round(level, 1),
+                               "barge_in": barge_at is not None}
         for name, x in (("raw", mic), ("cancelled", clean)):
             events = await run_stream(stage, x)
             before = barge_at / RATE if barge_at is not None else mic.size / RATE

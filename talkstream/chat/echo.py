@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class EchoResponder:
         pass
 
     async def respond(self, turn: Turn | torch.Tensor, video: torch.Tensor | None = None
-                      ) -> AsyncIterator[torch.Tensor]:
+                      ) -> AsyncGenerator[torch.Tensor, None]:
         turn, _ = split_turn(turn)
         for i in range(0, turn.shape[-1], self.block_frames):
             yield turn[..., i : i + self.block_frames]

@@ -9,7 +9,7 @@ and implements as a no-op, so no caller probes for an attribute.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
@@ -56,7 +56,9 @@ class ChatSession(Protocol):
     def type_text(self, text: str) -> None:
         """Text the user typed, for their next turn (read when `reply_format.reads_text`; a no-op otherwise)."""
 
-    def respond(self, turn: Turn, video: torch.Tensor | None = None) -> AsyncIterator[torch.Tensor | dict]: ...
+    def respond(self, turn: Turn, video: torch.Tensor | None = None) -> AsyncGenerator[torch.Tensor | dict, None]:
+        """An async generator: the caller may close it (`aclose`) when it gives the answer up."""
+        ...
 
     def close(self) -> None: ...
 

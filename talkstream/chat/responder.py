@@ -18,14 +18,15 @@ import itertools
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talkstream.chat.protocol import ChatSession, Heard, ReplyFormat, Thinker
+from talkstream.chat.protocol import Heard, ReplyFormat, Thinker
 from talkstream.errors import UserError
 from talkstream.models import av
 from talkstream.models import text as tx
@@ -236,7 +237,7 @@ class ChatResponder:
         return Conversation(self)
 
     async def respond(self, turn: Turn | torch.Tensor, video: torch.Tensor | None = None
-                      ) -> AsyncIterator[torch.Tensor | dict]:
+                      ) -> AsyncGenerator[torch.Tensor | dict, None]:
         """One turn answered alone, in a conversation of its own."""
         conversation = self.open_session()
         try:
@@ -311,7 +312,7 @@ class Conversation:
         return ahead.heard, turn[..., n:], rest_pcm
 
     async def respond(self, turn: Turn | torch.Tensor, video: torch.Tensor | None = None
-                      ) -> AsyncIterator[torch.Tensor | dict]:
+                      ) -> AsyncGenerator[torch.Tensor | dict, None]:
         """`turn`: a Turn (codes [1, K, F] and their audio) or bare codes; `video` the video tokens [T, h*w] seen
         during the turn, if any."""
         t0 = time.perf_counter()
@@ -449,7 +450,16 @@ class TurnResult:
     seconds: float  # wall time of the whole answer
 
 
-async def answer_codes(responder: ChatResponder | ChatSession, codec, codes: Turn, block_frames: int = 6,
+class Responds(Protocol):
+    """What `answer_codes` runs: a chat model or session, or the CLI's Talker alone (`say`)."""
+
+    @property
+    def reply_format(self) -> ReplyFormat: ...
+
+    def respond(self, turn: Turn, video: torch.Tensor | None = None) -> AsyncIterator[torch.Tensor | dict]: ...
+
+
+async def answer_codes(responder: Responds, codec, codes: Turn, block_frames: int = 6,
                        video: torch.Tensor | None = None) -> TurnResult:
     """One turn, as the server runs it: respond, and decode the reply's blocks with the SlidingWindowDecoder."""
     from talkstream.streaming.sliding_window import SlidingWindowDecoder

@@ -111,10 +111,12 @@ def cmd_say(args) -> None:
     import asyncio
 
     import soundfile as sf
+    import torch
 
     from talkstream.chat.responder import answer_codes
     from talkstream.checkpoint import load_audio_codec
     from talkstream.models import text as tx
+    from talkstream.models.turn import Turn
 
     if not any(c.isalpha() for c in tx.normalize(args.text)):
         raise UserError("nothing to say: the text has no letters or digits")
@@ -127,10 +129,11 @@ def cmd_say(args) -> None:
         reply_format = responder.reply_format
 
         @staticmethod
-        def respond(_codes):
+        def respond(_turn, video=None):
             return responder.speaker.say(args.text)
 
-    r = asyncio.run(answer_codes(_Say(), codec, None))
+    nothing = Turn(torch.zeros(1, responder.reply_format.num_codebooks or 1, 0, dtype=torch.long), None)
+    r = asyncio.run(answer_codes(_Say(), codec, nothing))
     sf.write(args.out, r.pcm, codec.sample_rate, subtype="PCM_16")
     print(f"said:   {tx.normalize(args.text)}")
     print(f"audio:  {args.out} ({len(r.pcm) / codec.sample_rate:.2f} s, {r.talker_frames} frames)")

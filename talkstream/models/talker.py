@@ -27,17 +27,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from talkstream.errors import UserError
-from talkstream.models.transformer import KVCache, RMSNorm, Transformer
-
-if TYPE_CHECKING:
-    from talkstream.models.onnx_steps import OnnxTransformerStep
+from talkstream.models.transformer import KVCache, RMSNorm, Transformer, TransformerStep
 
 PAD_PHONEME, UNK_PHONEME = "<pad>", "<unk>"
 
@@ -104,7 +100,7 @@ class Talker(nn.Module):
         # The codec's residual codebooks [K, V, D]: the Talker's tokens are the codec's by construction.
         self.register_buffer("codebooks", torch.zeros(cfg.num_codebooks, cfg.codebook_size, cfg.latent_dim))
         # The per-frame transformer step in onnxruntime (talkstream.models.onnx_steps), when set; torch otherwise.
-        self.onnx_step: OnnxTransformerStep | None = None  # set by onnx_steps.onnx_step
+        self.onnx_step: TransformerStep | None = None  # set by onnx_steps.onnx_step
         self._norms: Tensor | None = None  # the codes' squared norms, computed once, not on every frame
         self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_norms", None))
 

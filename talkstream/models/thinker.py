@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +25,7 @@ from torch import Tensor, nn
 
 from talkstream.models import av
 from talkstream.models import text as tx
-from talkstream.models.transformer import KVCache, Transformer
-
-if TYPE_CHECKING:
-    from talkstream.models.onnx_steps import OnnxTransformerStep
+from talkstream.models.transformer import KVCache, Transformer, TransformerStep
 
 
 @dataclass
@@ -82,8 +78,8 @@ class Thinker(nn.Module):
             self.video_in = nn.Sequential(nn.LayerNorm(vwidth), nn.Linear(vwidth, cfg.dim))
         # In onnxruntime (talkstream.models.onnx_steps) when set, torch otherwise: the single-position decoding step
         # of the reply, and the block step of listening (a block of audio positions at once).
-        self.onnx_step: OnnxTransformerStep | None = None  # set by onnx_steps.onnx_step
-        self.onnx_listen: OnnxTransformerStep | None = None
+        self.onnx_step: TransformerStep | None = None  # set by onnx_steps.onnx_step
+        self.onnx_listen: TransformerStep | None = None
         self.head.weight = self.embed.weight  # tied: fewer parameters to learn from little data
         nn.init.normal_(self.embed.weight, std=0.02)  # small, since the tied head reads normalised states
 

@@ -20,6 +20,7 @@ import random
 import re
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import soundfile as sf
@@ -37,6 +38,7 @@ from talkstream.models.dialogue import dialogues
 from talkstream.models.ears import WhisperEars, load_ears
 from talkstream.models.train import TrainConfig, _lr, optimiser_step, resume_run
 from talkstream.whisper.adapter import AdapterConfig, DecoderAdapter
+from talkstream.whisper.decoder import _Block
 from talkstream.whisper.encoder import SAMPLE_RATE, default_model_path
 
 VALIDATION_VOICES = [Voice("espeak", v)
@@ -182,12 +184,12 @@ class EarsTraining:
         self.positions = ears.positions_per_block
         self.silent = ears.silent_states()
         with torch.no_grad():  # the frozen part of the silent window's keys/values, once
-            self.silent_base = [b.cross_kv(self.silent) for b in self.dec.blocks]
+            self.silent_base = [cast(_Block, b).cross_kv(self.silent) for b in self.dec.blocks]
         adapter.attach(self.dec)
 
     def _kv(self, i: int, states: list[torch.Tensor]) -> torch.Tensor:
         """Layer i's cross keys+values [B, window, 2d] for each turn's states [n_i, d]."""
-        block = self.dec.blocks[i]
+        block = cast(_Block, self.dec.blocks[i])
         silent = self.silent_base[i]
         if "cross_kv" in self.adapter.cfg.targets:
             silent = silent + self.adapter.delta(f"{i}_cross_kv", self.silent)
@@ -199,7 +201,7 @@ class EarsTraining:
         for i in range(len(self.dec.blocks)):
             k, v = self._kv(i, states).chunk(2, dim=-1)
             b, s, d = k.shape
-            out.append(tuple(t.view(b, s, h, d // h).transpose(1, 2) for t in (k, v)))
+            out.append((k.view(b, s, h, d // h).transpose(1, 2), v.view(b, s, h, d // h).transpose(1, 2)))
         return out
 
     def sequence(self, tokens: list[int], prompt: bool) -> tuple[list[int], int]:

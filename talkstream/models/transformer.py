@@ -8,6 +8,7 @@ running the whole sequence at once (tests/models check it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -125,3 +126,11 @@ def sample(logits: Tensor, generator: torch.Generator | None, temperature: float
         probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+class TransformerStep(Protocol):
+    """A transformer's step over positions with a KV cache, as the models call it: the torch `Transformer` itself, or
+    its onnxruntime stand-in (`models.onnx_steps.OnnxTransformerStep`; a Protocol here so the models need not import
+    the export layer)."""
+
+    def __call__(self, x: Tensor, positions: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]: ...

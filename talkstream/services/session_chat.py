@@ -87,11 +87,24 @@ class ChatTurns:
         self._collector = TurnCollector(self.session.codec, on_speech=ahead)
         return self._collector
 
+    @property
+    def conversation(self) -> ChatSession:
+        """The user's chat session (opened by `collector`, which every chat stream builds first)."""
+        if self.chat is None:
+            raise RuntimeError("chat: no conversation is open yet")
+        return self.chat
+
+    def _reply_out(self) -> tuple[Pipeline, Pacing, asyncio.Task]:
+        """The reply pipeline, its pacer and its sender (made together by `start`)."""
+        if self.reply is None or self.pacer is None or self.sender is None:
+            raise RuntimeError("chat: the reply pipeline is not started")
+        return self.reply, self.pacer, self.sender
+
     async def _listen_ahead(self, chunks: list, pcm_chunks: list) -> None:
         """The turn so far goes to the chat while it is spoken; the words it has committed of it (transcribe and
         openai modes) go to the client as they grow, a `transcript` event with `final: false`."""
-        await self.chat.listen_ahead(chunks, pcm_chunks)
-        text = self.chat.committed_text()
+        await self.conversation.listen_ahead(chunks, pcm_chunks)
+        text = self.conversation.committed_text()
         if text and text != self._committed:
             await self.session.send(event("transcript", text=text, final=False))
         self._committed = text
@@ -100,7 +113,7 @@ class ChatTurns:
         """The reply pipeline for the client's settings, and its sender."""
         s = self.session
         # The reply's codebooks are the chat's (the Talker speaks with its own), not the client's input.
-        fmt = self.chat.reply_format
+        fmt = self.conversation.reply_format
         self.reply = Pipeline(
             [SlidingDecodeStage(s.engine, fmt.num_codebooks or codebooks, codec=fmt.voice_codec),
              OutputStage(s.codec.sample_rate, sample_rate, False, True)],
@@ -117,7 +130,8 @@ class ChatTurns:
             return True
         if self.reply is None:
             return False
-        return any(q.qsize() for q in self.reply.queues) or (self.pacer.playhead or 0) > time.monotonic()
+        reply, pacer, _ = self._reply_out()
+        return any(q.qsize() for q in reply.queues) or (pacer.playhead or 0) > time.monotonic()
 
     def on_speech_start(self, judged: bool = False) -> None:
         """The VAD heard the user start speaking. Over an answer that is barge-in: at once (`judged` False), or once
@@ -162,12 +176,13 @@ class ChatTurns:
                 self._answering.cancel()
                 await asyncio.gather(self._answering, return_exceptions=True)
             if self.reply is not None:
+                reply, pacer, sender = self._reply_out()
                 # The reply sender may hold a chunk it is pacing: replace it too, with a fresh clock.
-                self.sender.cancel()
-                await asyncio.gather(self.sender, return_exceptions=True)
-                await self.reply.interrupt()
-                self.pacer.reset()  # a track's pacer drops the reply audio it still holds
-                self.sender = s.spawn(s.send_media(self.reply, self.pacer))
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+                await reply.interrupt()
+                pacer.reset()  # a track's pacer drops the reply audio it still holds
+                self.sender = s.spawn(s.send_media(reply, pacer))
             s.counts["interruptions"] += 1
             if self._span is not None:
                 self._span.end()
@@ -193,9 +208,9 @@ class ChatTurns:
         s.counts["turns"] += 1
         if self.playing():
             await self.interrupt()
-        self.chat.type_text(self.keys)
+        self.conversation.type_text(self.keys)
         self.keys = ""
-        codes = torch.zeros(1, self.chat.reply_format.num_codebooks or 1, 0, dtype=torch.long)
+        codes = torch.zeros(1, self.conversation.reply_format.num_codebooks or 1, 0, dtype=torch.long)
         self._answering = s.spawn(self._answer(Turn(codes, None)))
 
     async def take_turns(self, turns: Pipeline) -> None:
@@ -209,11 +224,11 @@ class ChatTurns:
             if self.playing():
                 await self.interrupt()
             video = None
-            if self.chat.reply_format.sees_video:  # what the camera showed while the turn was spoken
+            if self.conversation.reply_format.sees_video:  # what the camera showed while the turn was spoken
                 end = time.monotonic()
                 video = s.video.seen_during(end - turn.shape[-1] / s.codec.frame_rate, end)
             if self.keys:  # pressed while this turn was spoken
-                self.chat.type_text(self.keys)
+                self.conversation.type_text(self.keys)
                 self.keys = ""
             self._answering = s.spawn(self._answer(turn, video))
         if turns.error is not None:
@@ -223,12 +238,15 @@ class ChatTurns:
         """One turn's answer. A failing answer (the endpoint down, a model error) is an error event and a log line;
         what was said of it still plays, the reply ends, and the next turn is answered as usual."""
         s = self.session
+        reply = self.reply
+        if reply is None:  # the stream stopped (a config change) before the answer began
+            return
         fields = {"video_frames": int(video.shape[0])} if video is not None else {}
         if self._span is not None:  # the previous turn's span lasts until this one begins (its audio played)
             self._span.end()
         span = self._span = TurnSpan(s.id, int(turn.shape[-1]))
         await s.send(event("reply", state="start", frames=int(turn.shape[-1]), **fields))
-        answer = aiter(self.chat.respond(turn, video))
+        answer = self.conversation.respond(turn, video)
         loop = asyncio.get_running_loop()
         deadline: float | None = loop.time() + s.limits.answer_timeout_s  # until the first audio
         try:
@@ -249,7 +267,7 @@ class ChatTurns:
                     break
                 if isinstance(item, dict):  # transcript, reply text, latency: events beside the audio
                     fields = dict(item)
-                    kind = fields.pop("type")
+                    kind = str(fields.pop("type"))
                     if kind == "reply_text" and fields.get("text"):
                         span.event("first_reply_text")
                     elif kind == "error":
@@ -258,7 +276,7 @@ class ChatTurns:
                 else:
                     span.event("first_audio")
                     deadline = None
-                    await self.reply.put(item)
+                    await reply.put(item)
         except PipelineFailed:
             return  # the reply's decoder failed: its sender reports it and the session ends
         except ThinkerEndpointError as e:
@@ -270,7 +288,7 @@ class ChatTurns:
             span.event("error", code="reply_failed")
             await s.send_error("reply_failed", f"the answer failed: {type(e).__name__}: {e}")
         try:
-            await self.reply.put(None)  # flush the decoder's last frames
+            await reply.put(None)  # flush the decoder's last frames
         except PipelineFailed:
             return
         span.event("reply_end")
@@ -281,8 +299,9 @@ class ChatTurns:
         if self._answering is not None:
             await asyncio.gather(self._answering, return_exceptions=True)
         if self.reply is not None:
-            await self.reply.end()
-            await asyncio.gather(self.sender, return_exceptions=True)
+            reply, _, sender = self._reply_out()
+            await reply.end()
+            await asyncio.gather(sender, return_exceptions=True)
 
     async def stop(self) -> None:
         """Stop the reply (a config change or the end); the chat session and its history stay until `close`."""

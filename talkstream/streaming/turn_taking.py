@@ -93,11 +93,18 @@ class TurnTaking:
         windows = -(-self.config.pause_ms // 32)
         return round(e.time_s * VAD_RATE) + int(windows) * 512
 
+    @staticmethod
+    def _start(state: TurnTakingState) -> int:
+        """Where the current segment began (callers decide only inside a segment)."""
+        if state.speech_start is None:
+            raise RuntimeError("a barge-in decision outside a speech segment")
+        return state.speech_start
+
     def _decide_at(self, state: TurnTakingState) -> int:
-        return state.speech_start + round(self.config.barge_decide_ms * VAD_RATE / 1000)
+        return self._start(state) + round(self.config.barge_decide_ms * VAD_RATE / 1000)
 
     def _early_at(self, state: TurnTakingState) -> int:
-        return state.speech_start + round(self.config.early_ms * VAD_RATE / 1000)
+        return self._start(state) + round(self.config.early_ms * VAD_RATE / 1000)
 
     def _early_due(self, state: TurnTakingState) -> bool:
         return (self.config.early_p > 0 and state.speech_start is not None and state.barge is None
@@ -180,7 +187,7 @@ class TurnTaking:
 
     def _p_backchannel(self, st: TurnTakingState, until: int) -> float:
         """The barge-in head on the segment's audio from just before it began up to sample `until`."""
-        return self.judge.p_backchannel(self._span(st, st.speech_start - int(BARGE_BEFORE_S * VAD_RATE), until))
+        return self.judge.p_backchannel(self._span(st, self._start(st) - int(BARGE_BEFORE_S * VAD_RATE), until))
 
     @staticmethod
     def _unjudged(state: TurnTakingState) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soxr
@@ -241,7 +242,7 @@ def plan_more(per_voice: int, seed: int) -> list[tuple[Voice, list[str], list[st
     rng = random.Random(f"{seed}-more")
     prose = licence_sentences() or sentences(500, seed=seed + 1)
     asked = [q[0].upper() + q[1:] + "?" for q, _ in dialogues(2000, "train", seed=seed)]
-    out = []
+    out: list[tuple[Voice, list[str], list[str], list[str]]] = []
     for v in TRAIN_VOICES + THINKER_EXTRA_VOICES:
         if v.engine == "kokoro" and v.name not in ("jm_kumo", "jf_nezumi"):
             continue
@@ -272,7 +273,8 @@ def plan_blends(per_voice: int, seed: int) -> list[tuple[Voice, list[str], list[
 
 
 def _file_name(split: str, voice: Voice) -> str:
-    return f"{split}-{voice.id}.npz".translate(str.maketrans({":": "_", "+": "_", "*": "x", "@": "s"}))
+    table: dict[str, str | int | None] = {":": "_", "+": "_", "*": "x", "@": "s"}
+    return f"{split}-{voice.id}.npz".translate(str.maketrans(table))
 
 
 def make(out: Path, split: str = "train", per_voice: int = 24, seed: int = 0) -> list[Path]:
@@ -289,10 +291,12 @@ def make(out: Path, split: str = "train", per_voice: int = 24, seed: int = 0) ->
             ex, ey, ek = end_examples(voice, texts, rng, phone_share=0.35 if split == "trainx" else 0.2)
             bx, by, bk = barge_examples(voice, bcs, ints, rng)
             tmp = path.with_suffix(".tmp.npz")
-            barge = {"barge_x": np.stack(bx).astype(np.float16), "barge_y": np.array(by),
-                     "barge_kind": np.array(bk)} if by else {}
-            np.savez_compressed(tmp, end_x=np.stack(ex).astype(np.float16), end_y=np.array(ey),
-                                end_kind=np.array(ek), voice=voice.id, **barge)
+            arrays: dict[str, Any] = {"end_x": np.stack(ex).astype(np.float16), "end_y": np.array(ey),
+                                      "end_kind": np.array(ek), "voice": voice.id}
+            if by:
+                arrays |= {"barge_x": np.stack(bx).astype(np.float16), "barge_y": np.array(by),
+                           "barge_kind": np.array(bk)}
+            np.savez_compressed(tmp, **arrays)
             tmp.rename(path)
             print(f"{split} {n + 1}: {voice.id}: {len(ey)} end, {len(by)} barge", flush=True)
         done.append(path)

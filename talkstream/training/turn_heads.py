@@ -22,11 +22,17 @@ import torch.nn.functional as F
 from talkstream.checkpoint import save_checkpoint
 from talkstream.models import turn_head
 from talkstream.models.turn_head import HeadMember, TurnHead, TurnHeadConfig, fit_window, noise_floor
+from talkstream.training.turn_data import BARGE_BEFORE_S, RATE
 from talkstream.whisper.encoder import load_whisper_encoder
 
 WINDOWS = {"end": (3.0, "end"), "barge": (0.6, "start")}
 MAX_FALSE = {"end": 0.05, "barge": 0.03}
-FEATURES_VERSION = 2  # 2: windows given the heads' noise floor (models/turn_head.py noise_floor) as served
+# 2: windows given the heads' noise floor (models/turn_head.py noise_floor) as served; barge 3: training windows
+# also cut shorter (`SHORT_BARGE_S`)
+FEATURES_VERSION = {"end": 2, "barge": 3}
+# The barge-in head also learns from each training window cut to this much speech: the VAD's onset estimate lags the
+# speech by 0-120 ms, so at `barge_decide_ms` the head has heard 0.18-0.3 s of it, less when it decides sooner.
+SHORT_BARGE_S = (0.12, 0.22)
 
 
 def _files(data: Path, split: str) -> list[Path]:
@@ -41,9 +47,17 @@ def _load_file(f: Path, task: str) -> tuple[list[np.ndarray], np.ndarray, list[s
     z = np.load(f)
     if f"{task}_x" not in z:  # `trainb-` files hold barge-in windows only, `trainm-` end-of-turn ones
         return [], np.zeros(0), [], []
-    ys = np.asarray(z[f"{task}_y"])
-    return (list(z[f"{task}_x"].astype(np.float32)), ys, [str(k) for k in z[f"{task}_kind"]],
-            [str(z["voice"])] * len(ys))
+    xs, ys = list(z[f"{task}_x"].astype(np.float32)), np.asarray(z[f"{task}_y"])
+    kinds, voices = [str(k) for k in z[f"{task}_kind"]], [str(z["voice"])] * len(ys)
+    if task == "barge" and not f.name.startswith("eval-"):
+        rng = np.random.default_rng(sum(map(ord, f.name)))  # the same cuts every run
+        short = []
+        for x in xs:
+            y = x.copy()
+            y[int((BARGE_BEFORE_S + rng.uniform(*SHORT_BARGE_S)) * RATE) :] = 0.0
+            short.append(y)
+        xs, ys, kinds, voices = xs + short, np.concatenate([ys, ys]), kinds + kinds, voices + voices
+    return xs, ys, kinds, voices
 
 
 @torch.no_grad()
@@ -61,7 +75,7 @@ def _cached(cache: Path, data: Path, split: str, task: str) -> dict[str, dict]:
     if not cache.exists():
         return {}
     got = torch.load(cache)
-    if got.get("version") != FEATURES_VERSION:
+    if got.get("version") != FEATURES_VERSION[task]:
         return {}
     if "per_file" in got:
         return got["per_file"]
@@ -89,9 +103,9 @@ def features(data: Path, split: str, task: str) -> dict:
         per_file[name] = {"states": states, "y": torch.from_numpy(ys).float(), "kinds": kinds, "voices": voices}
     if new:
         print(f"{split}/{task}: {len(new)} new files encoded in {time.time() - t:.0f} s", flush=True)
-        torch.save({"version": FEATURES_VERSION, "per_file": per_file}, cache)
+        torch.save({"version": FEATURES_VERSION[task], "per_file": per_file}, cache)
     parts = [per_file[name] for name in files]
-    return {"version": FEATURES_VERSION, "files": files, "states": torch.cat([p["states"] for p in parts]),
+    return {"version": FEATURES_VERSION[task], "files": files, "states": torch.cat([p["states"] for p in parts]),
             "y": torch.cat([p["y"] for p in parts]), "kinds": [k for p in parts for k in p["kinds"]],
             "voices": [v for p in parts for v in p["voices"]]}
 
@@ -140,6 +154,7 @@ def _fit_member(cfg: TurnHeadConfig, fit_x, fit_y, chk_x, chk_y, epochs: int, se
             best_state = {k: v.clone() for k, v in member.state_dict().items()}
         print(f"{cfg.task} seed {seed} epoch {epoch + 1}: train loss {loss.item():.3f}, check loss {chk:.3f}",
               flush=True)
+    assert best_state is not None  # the first epoch's check loss is below inf
     member.load_state_dict(best_state)
     return member.eval(), best_epoch + 1
 

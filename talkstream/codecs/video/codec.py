@@ -67,6 +67,10 @@ class FSQ(nn.Module):
     mixed-radix number of its per-dimension level indices (0 .. prod(levels) - 1).
     """
 
+    levels: Tensor
+    basis: Tensor
+    half_width: Tensor
+
     def __init__(self, levels: tuple[int, ...]):
         super().__init__()
         lv = torch.tensor(levels, dtype=torch.float32)
@@ -198,7 +202,8 @@ class VideoCodec(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.weight.abs().sum() > 0:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     # --- the contract servers read instead of hard-coding numbers ---
     @property

@@ -207,6 +207,8 @@ class VideoStreamState:
 
 
 class VideoCodecV2(nn.Module):
+    scale_table: Tensor
+
     def __init__(self, cfg: VideoCodecV2Config | None = None):
         super().__init__()
         self.cfg = cfg or VideoCodecV2Config()
@@ -223,11 +225,13 @@ class VideoCodecV2(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.weight.abs().sum() > 0:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         nn.init.zeros_(self.decoder.out.weight)  # an inter frame starts as a copy of the previous one
         table = torch.exp(torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_TABLE_SIZE))
         self.register_buffer("scale_table", table, persistent=False)
-        self.to(memory_format=torch.channels_last)  # ~20% faster convs on a CPU (and the same on both ends)
+        # ~20% faster convs on a CPU (and the same on both ends). torch's stub for Module.to lacks memory_format.
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     # --- the contract servers read ---
     @property
@@ -377,7 +381,8 @@ class VideoCodecV2(nn.Module):
         distortion than the coded block (the encoder's choice; the decoder reads it)."""
         px = 8 * SKIP_BLOCK
         x = frame * 2 - 1
-        sse_skip = F.avg_pool2d(((x - state.prev) ** 2).sum(1, keepdim=True), px) * px * px / 4  # in [0, 1] units
+        prev = self._prev(state)
+        sse_skip = F.avg_pool2d(((x - prev) ** 2).sum(1, keepdim=True), px) * px * px / 4  # in [0, 1] units
         sse_code = F.avg_pool2d(((x - coded_out) ** 2).sum(1, keepdim=True), px) * px * px / 4
         lmbda = float(self.cfg.lmbda(torch.tensor(qi / (QUALITY_LEVELS - 1))))
         return lmbda * (sse_skip - sse_code) / 3 < self._blocks(bits)
@@ -420,7 +425,7 @@ class VideoCodecV2(nn.Module):
                 skip, settled = skip | worse, None
             if bool(skip.all()):
                 packet = bs.pack_frame(False, qi, 255, None, [])
-                state = self._advance(state, state.prev, torch.zeros_like(k), False)
+                state = self._advance(state, self._prev(state), torch.zeros_like(k), False)
                 return packet, self._account(state, packet, estimate)
             if bool(skip.any()):
                 skip_byte = min(max(round(float(skip.float().mean()) * 255), 1), 254)
@@ -430,6 +435,13 @@ class VideoCodecV2(nn.Module):
         sel = torch.ones_like(k, dtype=torch.bool) if coded is None else self._cells(coded).expand_as(k).bool()
         packet = bs.pack_frame(intra, qi, skip_byte, flags, [(k_z, s_z), (k[sel], s_y[sel])])
         return packet, self._account(self._advance(state, out, step * k, intra), packet, None if intra else estimate)
+
+    @staticmethod
+    def _prev(state: VideoStreamState) -> Tensor:
+        """The previous decoded frame, which an inter frame needs (callers have checked the frame is one)."""
+        if state.prev is None:
+            raise bs.BitstreamError("video v2: an inter frame with no frame before it")
+        return state.prev
 
     def _cells(self, coded: Tensor) -> Tensor:
         """Per skip block [1, 1, h/2, w/2] -> per latent cell [1, 1, h, w] (float)."""
@@ -455,8 +467,9 @@ class VideoCodecV2(nn.Module):
         if skip_byte == 255:
             reader.close()
             h, w = self.cfg.frame_size
-            innovation = state.prev.new_zeros(1, self.cfg.latent_channels, h // 8, w // 8)
-            return (state.prev + 1) / 2, self._advance(state, state.prev, innovation, False)
+            prev = self._prev(state)
+            innovation = prev.new_zeros(1, self.cfg.latent_channels, h // 8, w // 8)
+            return (prev + 1) / 2, self._advance(state, prev, innovation, False)
         coded = None
         if skip_byte:
             h, w = self.cfg.frame_size

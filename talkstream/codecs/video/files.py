@@ -77,7 +77,7 @@ def read_frames(path: str | Path) -> tuple[Iterator[np.ndarray], Fraction, tuple
             tb, avg = s.time_base, s.average_rate
     except av.FFmpegError as e:
         raise VideoInputError(f"{path}: not a readable video ({e.strerror or type(e).__name__})") from None
-    if len(pts) >= 3:
+    if len(pts) >= 3 and tb is not None:  # a stream with no time base: its timestamps say nothing
         d = np.diff(np.asarray(pts, dtype=np.float64)) * float(tb)
         med = float(np.median(d))
         if med <= 0 or np.abs(d - med).max() > 0.1 * med + float(tb):

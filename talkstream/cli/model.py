@@ -238,7 +238,8 @@ def cmd_train_ears(args) -> None:
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                       seed=args.seed, warmup=args.warmup, eval_every=args.eval_every)
-    out = train_ears(Path(args.data), Path(args.run), cfg, rank=args.rank, command=["talkstream", *sys.argv[1:]])
+    out = train_ears(Path(args.data), Path(args.run), cfg, rank=args.rank, command=["talkstream", *sys.argv[1:]],
+                     init=Path(args.init) if args.init else None)
     print(f"adapter exported to {out} (copy to talkstream/weights/ears_adapter to ship it)")
 
 
@@ -393,6 +394,8 @@ def add_model_commands(sub, train_sub, data_sub, bench_sub, export_sub) -> None:
     tp.add_argument("--batch-size", type=int, default=16)
     tp.add_argument("--lr", type=float, default=1e-3)
     tp.add_argument("--rank", type=int, default=16, help="the adapter's rank (parameters grow with it)")
+    tp.add_argument("--init", default=None, help="an adapter folder to start from (talkstream/weights/ears_adapter: "
+                    "the shipped one); its rank is kept")
     tp.add_argument("--warmup", type=int, default=100, help="steps of learning-rate warm-up")
     tp.add_argument("--eval-every", type=int, default=250)
     tp.add_argument("--threads", type=int, default=1)

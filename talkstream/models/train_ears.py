@@ -264,9 +264,11 @@ def validate(trainer: EarsTraining, rows: list[dict]) -> dict:
     return out
 
 
-def train_ears(data: Path, run: Path, cfg: TrainConfig, rank: int = 16, command: list[str] | None = None) -> Path:
+def train_ears(data: Path, run: Path, cfg: TrainConfig, rank: int = 16, command: list[str] | None = None,
+               init: Path | None = None) -> Path:
     """Train (or resume) the decoder adapter; returns run/best (the checkpoint with the most validation answers
-    right, then the lowest WER)."""
+    right, then the lowest WER). `init`: an adapter to start from (e.g. the shipped one, to teach it phone lines),
+    its rank taken over; step 0 is then that adapter, the mark to beat."""
     from talkstream.models.ears_thinker import DOMAIN_CONTEXT_IDS
 
     torch.set_num_threads(cfg.threads)
@@ -276,13 +278,18 @@ def train_ears(data: Path, run: Path, cfg: TrainConfig, rank: int = 16, command:
     ears = load_ears(adapter=None, int8_projection=False)
     for p in ears.decoder.parameters():
         p.requires_grad_(False)
-    adapter = DecoderAdapter(AdapterConfig(rank=rank, alpha=float(rank)), ears.decoder)
+    if init is not None:
+        from talkstream.whisper.adapter import load_decoder_adapter
+
+        adapter = load_decoder_adapter(init, ears.decoder)
+    else:
+        adapter = DecoderAdapter(AdapterConfig(rank=rank, alpha=float(rank)), ears.decoder)
     trainer = EarsTraining(ears, adapter, DOMAIN_CONTEXT_IDS)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, history, seconds = resume_run(run / "last.pt", adapter, opt, "the ears adapter")
-    if not history:  # step 0: the decoder as it ships, the mark to beat
-        history.append({"step": 0, **validate(trainer, val_rows)})
-        print(f"step 0 (Whisper as it ships): {history[-1]}")
+    if not history:  # step 0: the decoder as it ships (or the adapter started from), the mark to beat
+        history.append({"step": 0, **validate(trainer, val_rows), **({"init": str(init)} if init else {})})
+        print(f"step 0 ({'from ' + str(init) if init else 'Whisper as it ships'}): {history[-1]}")
     rng = random.Random(f"{cfg.seed}-{step}")
 
     def score(h: dict) -> tuple:

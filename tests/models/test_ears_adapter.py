@@ -4,6 +4,8 @@ what the tools answer, and training lowers the loss it reports."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -109,3 +111,29 @@ def test_only_the_builtin_answerer_hears_through_the_shipped_adapter():
     as_shipped = load_ears().decoder
     assert torch.equal(transcribe.blocks[0].fc1.weight, as_shipped.blocks[0].fc1.weight)
     assert not torch.equal(builtin.blocks[0].fc1.weight, as_shipped.blocks[0].fc1.weight)
+
+
+@pytest.mark.slow
+def test_training_can_start_from_an_adapter_and_keeps_it_when_nothing_beats_it(sample16k, tmp_path):
+    """`train ears --init`: step 0 is the adapter started from (its validation is the mark to beat), and with no
+    step taken the exported best is that adapter, weight for weight."""
+    from safetensors.torch import load_file
+
+    from talkstream.models.train import TrainConfig
+    from talkstream.models.train_ears import train_ears
+
+    ears = load_ears(adapter=None, int8_projection=False)
+    start = _randomised(DecoderAdapter(AdapterConfig(rank=4), ears.decoder), seed=5)
+    save_checkpoint(start, {"adapter": start.cfg.to_dict()}, tmp_path / "start", "ears_adapter")
+    row = {"states": ears.turn_states(sample16k[:32_000]).half(), "tokens": [1374, 466], "text": "what is",
+           "answer": None, "seconds": 2.0}
+    data = tmp_path / "data"
+    data.mkdir()
+    torch.save([row], data / "train_0.pt")
+    torch.save([row], data / "validation_0.pt")
+    best = train_ears(data, tmp_path / "run", TrainConfig(steps=0, batch_size=1, threads=1),
+                      init=tmp_path / "start")
+    got, want = load_file(best / "model.safetensors"), load_file(tmp_path / "start" / "model.safetensors")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    history = json.loads((best / "training.json").read_text())["history"]
+    assert history[0]["step"] == 0 and history[0]["init"] == str(tmp_path / "start")

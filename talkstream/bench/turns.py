@@ -167,15 +167,17 @@ async def measure_pauses(stages: dict[str, VoiceActivity], streams: list[dict]) 
 async def measure_complete(stages: dict[str, VoiceActivity], streams: list[dict]) -> dict:
     result = {}
     for name, stage in stages.items():
-        delays, missed = [], 0
+        delays, missed, cut = [], 0, 0
         for s in streams:
             events = await run_stream(stage, s["pcm"])
+            cut += any(k == "end" and t < s["end_s"] - 0.05 for t, k, _ in events)  # at a pause inside it
             ends = [t for t, k, _ in events if k == "end" and t >= s["end_s"] - 0.05]
             if ends:
                 delays.append(1000 * (ends[0] - s["end_s"]))
             else:
                 missed += 1
-        result[name] = {"streams": len(streams), "no_end": missed, "end_of_turn_ms": _stats(delays)}
+        result[name] = {"streams": len(streams), "no_end": missed, "cut_inside": cut,
+                        "end_of_turn_ms": _stats(delays)}
     return result
 
 
@@ -356,6 +358,7 @@ def table(r: dict) -> str:
     row("mid-sentence pause 0.5-1.2 s: cut off", lambda k: f"{p[k]['cut_off']}/{p[k]['streams']}")
     row("complete turn: end of speech to end of turn, p50/p90 ms",
         lambda k: f"{c[k]['end_of_turn_ms'].get('p50')}/{c[k]['end_of_turn_ms'].get('p90')}")
+    row("complete turn: cut off at a pause inside it", lambda k: f"{c[k].get('cut_inside', '-')}/{c[k]['streams']}")
     row("backchannel: reply goes on", lambda k: f"{b[k]['backchannels_talked_through']}/{b[k]['backchannels']}")
     row("interruption: stopped within 300 ms", lambda k: f"{b[k]['stopped_within_300ms']}/{b[k]['interruptions']}")
     if "echo" in r:

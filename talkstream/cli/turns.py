@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -35,8 +36,11 @@ def cmd_bench_turns(args) -> None:
     from talkstream.streaming.turn_taking import TurnTakingConfig
 
     try:
-        config = TurnTakingConfig(pause_ms=args.pause_ms, barge_decide_ms=args.barge_decide_ms,
-                                  early_ms=args.early_ms, early_p=args.early_p, silence_p=args.silence_p)
+        given = {"pause_ms": args.pause_ms, "barge_decide_ms": args.barge_decide_ms, "early_ms": args.early_ms,
+                 "early_p": args.early_p, "silence_p": args.silence_p}
+        config = TurnTakingConfig(**{k: v for k, v in given.items() if v is not None})
+        if args.silence_p == 0:
+            config = dataclasses.replace(config, silence_p=None)
     except ValueError as e:
         raise UserError(str(e)) from None
     result = run_turns_bench(limit=args.sentences, seed=args.seed, real=not args.no_real,
@@ -78,13 +82,15 @@ def add_turn_commands(train_sub, data_sub, bench_sub) -> None:
     bp.add_argument("--server-questions", type=int, default=0,
                     help="also measure end of speech to first reply audio over WebSocket for N held-out questions "
                     "with the built-in Thinker-Talker, both policies on one server")
-    bp.add_argument("--pause-ms", type=float, default=128.0, help="silence before the end-of-turn head is asked")
-    bp.add_argument("--barge-decide-ms", type=float, default=180.0, help="speech before the barge-in head decides")
-    bp.add_argument("--early-ms", type=float, default=100.0, help="the barge-in head's first look (see --early-p)")
-    bp.add_argument("--early-p", type=float, default=0.0,
+    # Unset: the server's own (streaming/turn_taking.py TurnTakingConfig), so the bench measures what serves.
+    bp.add_argument("--pause-ms", type=float, help="silence before the end-of-turn head is asked (default: the "
+                    "server's, 64)")
+    bp.add_argument("--barge-decide-ms", type=float, help="speech before the barge-in head decides (the server's: 150)")
+    bp.add_argument("--early-ms", type=float, help="the barge-in head's first look (--early-p; the server's: 100)")
+    bp.add_argument("--early-p", type=float,
                     help="at --early-ms, P(backchannel) below this is an interruption at once (0: no first look)")
-    bp.add_argument("--silence-p", type=float, default=None, help="VAD probability below which a window in a turn "
-                    "is silence (default: the VAD's 0.35)")
+    bp.add_argument("--silence-p", type=float, help="VAD probability below which a window in a turn is silence "
+                    "(the server's: 0.6; 0: the VAD's own, 0.35)")
     bp.add_argument("--heads", default=None, help="a folder with turn_end and turn_barge to measure instead of the "
                     "shipped heads (`train turn-heads --out`; the --server-questions part serves the shipped ones)")
     bp.add_argument("--seed", type=int, default=0)

@@ -96,6 +96,7 @@ def test_a_turn_split_at_every_block_boundary_equals_the_offline_transcript(ears
     assert word_distance(listener.transcribe(long_turn.numpy(), 16_000), final) <= 0.15
 
 
+@pytest.mark.slow  # 20 s; the fast tier keeps the block-boundary and committed-words checks
 def test_turns_cut_mid_speech_do_not_repeat_when_the_silence_after_them_was_heard(long_turn):
     """10 s cut out of the long turn at word-cutting points, as a recording cut from a longer one: the block decode
     repeated the end of such a turn ("The hogs were burned. The hogs were burned.") when the silence after the

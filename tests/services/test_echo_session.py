@@ -62,6 +62,7 @@ async def speaker_into_mic(url: str, script: np.ndarray, hello: dict) -> tuple[d
     return ready, events
 
 
+@pytest.mark.slow  # 20 s; the canceller itself is tested fast in tests/streaming/test_echo_cancel.py
 def test_a_reply_played_into_the_microphone_does_not_interrupt_itself(models):
     """Two turns, each answered (the echo thinker says them back) and played into the microphone; then, during the
     second answer, the user speaks over it in another voice: that, and only that, interrupts."""

@@ -221,6 +221,7 @@ def test_bad_offers_get_clear_http_errors(server, speech48):
     assert r.pcm.size and not r.of_type("error")
 
 
+@pytest.mark.slow  # 8 s; the fast tier keeps the connect/disconnect leak check
 def test_max_sessions_unconnected_offers_and_shutdown_free_everything(start_server):
     st = start_server(ServerConfig(port=0, http_port=0, max_sessions=2))
     rtc = st.srv.http.rtc

@@ -84,22 +84,13 @@ def save_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
 
 
 def phone_line(audio: np.ndarray, rate: int, encoding: str = "ulaw") -> np.ndarray:
-    """`audio` as a phone call carries it: down to 8 kHz, G.711 (mu-law or A-law) there and back, up to `rate` again
-    (the same length). Training material for the models that hear phone callers (the turn heads, the ears)."""
-    import warnings
+    """`audio` as a phone call carries it: down to 8 kHz, G.711 (mu-law or A-law) there and back
+    (protocol/telephony.py's codec, as calls are served), up to `rate` again (the same length). Training material
+    for the models that hear phone callers (the turn heads, the ears)."""
+    from talkstream.protocol.telephony import RATE, g711_decode, g711_encode
 
-    with warnings.catch_warnings():  # 3.11/3.12: deprecated; audioop-lts provides it on 3.13
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import audioop
-    narrow = soxr.resample(np.asarray(audio, np.float32), rate, 8000)
-    pcm = (np.clip(narrow, -1, 1) * 32767).astype(np.int16).tobytes()
-    if encoding == "ulaw":
-        pcm = audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2)
-    elif encoding == "alaw":
-        pcm = audioop.alaw2lin(audioop.lin2alaw(pcm, 2), 2)
-    else:
-        raise ValueError(f"encoding must be 'ulaw' or 'alaw', got {encoding!r}")
-    back = soxr.resample(np.frombuffer(pcm, np.int16).astype(np.float32) / 32768, 8000, rate).astype(np.float32)
+    narrow = soxr.resample(np.asarray(audio, np.float32), rate, RATE)
+    back = soxr.resample(g711_decode(g711_encode(narrow, encoding), encoding), RATE, rate).astype(np.float32)
     out = np.zeros(len(audio), np.float32)
     out[: min(back.size, out.size)] = back[: out.size]
     return out

@@ -104,11 +104,11 @@ def kokoro_style(name: str) -> tuple[str | np.ndarray, float]:
     return np.asarray(style, np.float32), speed
 
 
-def kokoro_blends(n: int, seed: int, voices: list[str] | None = None) -> list[Voice]:
+def kokoro_blends(n: int, seed: int) -> list[Voice]:
     """`n` blended Kokoro voices of the training Kokoro voices (never an evaluation voice): random weights and a
     speed of 0.85-1.15."""
     rng = random.Random(seed)
-    names = voices or [v.name for v in TRAIN_VOICES if v.engine == "kokoro"]
+    names = [v.name for v in TRAIN_VOICES if v.engine == "kokoro"]
     out = []
     for _ in range(n):
         picked = rng.sample(names, rng.choice((2, 2, 3)))

@@ -53,6 +53,25 @@ DTMF_KEYS = set("0123456789*#ABCD")
 FATAL = {"bad_media_format"}
 
 
+def _check_encoding(encoding: str) -> None:
+    if encoding not in SILENCE:
+        raise ValueError(f"G.711 encoding must be 'ulaw' or 'alaw', got {encoding!r}")
+
+
+def g711_decode(data: bytes, encoding: str) -> np.ndarray:
+    """G.711 bytes ("ulaw" or "alaw") -> float32 [T]."""
+    _check_encoding(encoding)
+    pcm16 = audioop.ulaw2lin(data, 2) if encoding == "ulaw" else audioop.alaw2lin(data, 2)
+    return np.frombuffer(pcm16, "<i2").astype(np.float32) / 32768.0
+
+
+def g711_encode(pcm: np.ndarray, encoding: str) -> bytes:
+    """float32 [T] -> G.711 bytes ("ulaw" or "alaw"), one per sample."""
+    _check_encoding(encoding)
+    x = np.round(np.clip(pcm, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+    return audioop.lin2ulaw(x, 2) if encoding == "ulaw" else audioop.lin2alaw(x, 2)
+
+
 class CallState(enum.Enum):
     CONNECTING = "connecting"  # before `start`
     STREAMING = "streaming"
@@ -234,13 +253,11 @@ class MediaStream:
 
     def decode(self, data: bytes) -> np.ndarray:
         """G.711 bytes -> float32 [T] at 8 kHz."""
-        pcm16 = audioop.ulaw2lin(data, 2) if self.encoding == "ulaw" else audioop.alaw2lin(data, 2)
-        return np.frombuffer(pcm16, "<i2").astype(np.float32) / 32768.0
+        return g711_decode(data, self.encoding)
 
     def encode(self, pcm: np.ndarray) -> bytes:
         """float32 [T] at 8 kHz -> G.711 bytes (one per sample)."""
-        x = np.round(np.clip(pcm, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
-        return audioop.lin2ulaw(x, 2) if self.encoding == "ulaw" else audioop.lin2alaw(x, 2)
+        return g711_encode(pcm, self.encoding)
 
     def silence(self, samples: int) -> bytes:
         return SILENCE[self.encoding] * samples

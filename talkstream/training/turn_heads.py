@@ -82,8 +82,7 @@ def _cached(cache: Path, data: Path, split: str, task: str) -> dict[str, dict]:
     per_file, at = {}, 0
     for name in got["files"]:
         n = len(_load_file(data / name, task)[1])
-        per_file[name] = {k: got[k][at : at + n] for k in ("states", "y")} | {
-            k: got[k][at : at + n] for k in ("kinds", "voices")}
+        per_file[name] = {k: got[k][at : at + n] for k in ("states", "y", "kinds", "voices")}
         at += n
     return per_file
 

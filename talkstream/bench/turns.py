@@ -288,7 +288,7 @@ async def measure_server(questions: int, seed: int) -> dict:
     try:
         server.wait_ready()
         for name in ("silence", "semantic"):
-            v2v, right = [], 0
+            v2v, first_packet, right = [], [], 0
             for q in qs:
                 speech = trim_24k(q["pcm"])
                 # A microphone goes on sending after the question: 2.5 s of silence (a held turn ends at 1.6 s).
@@ -298,9 +298,12 @@ async def measure_server(questions: int, seed: int) -> dict:
                                        extra_hello={"turn_end": name})
                 if r.first_audio_ms is not None:
                     v2v.append(r.first_audio_ms - 1000 * speech)
+                # The server's own share: from the turn handed to the answerer to its first audio block.
+                first_packet += [e["first_packet_ms"] for e in r.events if e.get("type") == "latency"][:1]
                 replies = r.final("reply_text")
                 right += bool(replies) and q["answer"].lower() in replies[0].lower()
-            result[name] = {"questions": len(qs), "answered_right": right, "voice_to_voice_ms": _stats(v2v)}
+            result[name] = {"questions": len(qs), "answered_right": right, "voice_to_voice_ms": _stats(v2v),
+                            "answer_first_packet_ms": _stats(first_packet)}
     finally:
         server.stop()
     return result
@@ -376,5 +379,8 @@ def table(r: dict) -> str:
         s = r["server"]
         row("server: end of speech to first reply audio p50/p90 ms",
             lambda k: f"{s[k]['voice_to_voice_ms'].get('p50')}/{s[k]['voice_to_voice_ms'].get('p90')}")
+        row("server: the answer's first audio after the turn (first_packet_ms) p50/p90",
+            lambda k: f"{s[k].get('answer_first_packet_ms', {}).get('p50')}/"
+                      f"{s[k].get('answer_first_packet_ms', {}).get('p90')}")
         row("server: answered right", lambda k: f"{s[k]['answered_right']}/{s[k]['questions']}")
     return "\n".join(lines)
